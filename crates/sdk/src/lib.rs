@@ -1,0 +1,25 @@
+//! MirageSDK system interface: everything a service does with the kernel.
+//!
+//! This is the only crate of the workspace with `unsafe`; every block carries
+//! a `SAFETY:` comment. Module map:
+//! - [`channel`]: SOCK_SEQPACKET IPC, one postcard message per datagram.
+//! - [`spawn`]: roles started by re-executing our own binary with the fds
+//!   each needs at fixed numbers.
+//! - [`sandbox`]: privilege drop (uid/gid, capabilities, no_new_privs,
+//!   rlimits, mount namespace, Landlock) and per-role seccomp allow-lists.
+//! - [`clock`]: CLOCK_BOOTTIME and wall-clock time.
+//! - [`packet`]: AF_PACKET sockets with classic BPF filters and checksum
+//!   offload flags; outbound frame policy.
+//! - [`netlink`]: rtnetlink: links, addresses, routes, MTU, carrier events.
+//! - [`files`]: atomic state files, resolv.conf, status.json, metrics.prom.
+//! - [`config`]: TOML configuration with errors that name file, line and key.
+//! - [`log`]: role-tagged logging to stderr.
+pub mod channel;
+pub mod clock;
+pub mod config;
+pub mod files;
+pub mod log;
+pub mod netlink;
+pub mod packet;
+pub mod sandbox;
+pub mod spawn;
