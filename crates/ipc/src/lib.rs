@@ -23,6 +23,7 @@ use core::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use policy::{Limits, Refusal, is_valid_domain_name};
+pub use policy::unicast_refusal;
 
 /// Hard cap on one encoded message (one datagram). Anything larger is refused
 /// by the receiving side before it is decoded.
@@ -257,7 +258,7 @@ impl EngineConfig {
             client_id,
             hostname: None,
             vendor_class: None,
-            first_retransmit_ms: 1000,
+            first_retransmit_ms: 4000,
             max_retransmit_ms: 64_000,
             init_reboot_budget_ms: 2000,
             acd: AcdConfig::default(),

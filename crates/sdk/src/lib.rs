@@ -11,12 +11,14 @@
 //! - [`packet`]: AF_PACKET sockets with classic BPF filters and checksum
 //!   offload flags; outbound frame policy.
 //! - [`netlink`]: rtnetlink: links, addresses, routes, MTU, carrier events.
+//! - [`fd`]: fixed fd numbers handed to roles.
 //! - [`files`]: atomic state files, resolv.conf, status.json, metrics.prom.
 //! - [`config`]: TOML configuration with errors that name file, line and key.
 //! - [`log`]: role-tagged logging to stderr.
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod fd;
 pub mod files;
 pub mod log;
 pub mod netlink;

@@ -1,0 +1,177 @@
+//! mirage-dhcp: a privilege-separated DHCPv4 client in one static binary.
+//!
+//! `run` starts the supervisor, which re-executes this binary as three
+//! roles (hidden subcommands): `network` (packet socket, no capabilities),
+//! `engine` (parses every untrusted byte, holds nothing) and `actuator`
+//! (CAP_NET_ADMIN only, applies checked intents). See docs/security.md.
+
+mod config;
+mod roles;
+mod supervisor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use config::{Config, DEFAULT_CONFIG, DEFAULT_RUN_DIR, Overrides, SandboxKind};
+
+#[derive(Parser, Debug)]
+#[command(name = "mirage-dhcp", version, about = "Privilege-separated DHCPv4 client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Get a lease on an interface and keep it (runs until SIGTERM/SIGINT).
+    Run(RunArgs),
+    /// Print the status a running client published (status.json).
+    Status {
+        /// Runtime directory the client publishes to.
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Print the raw JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: a role started by the supervisor.
+    #[command(hide = true)]
+    Role(roles::RoleArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Interface to configure (overrides `interface` in the config file).
+    #[arg(short, long)]
+    interface: Option<String>,
+    /// Configuration file (TOML). Absent default file is fine; an explicit one must exist.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Persistent state directory (lease, DUID) [default: /var/lib/mirage/dhcp].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Runtime directory (status.json, metrics.prom) [default: /run/mirage/dhcp].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// resolv.conf to write; an empty value disables it [default: /etc/resolv.conf].
+    #[arg(long)]
+    resolv_conf: Option<PathBuf>,
+    /// Sandbox for the engine role [default: seccomp].
+    #[arg(long, value_enum)]
+    sandbox: Option<SandboxKind>,
+    /// Exit 0 once the lease is applied (the address stays), non-zero on timeout.
+    #[arg(long)]
+    oneshot: bool,
+    /// Seconds before --oneshot gives up.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Skip RFC 5227 address conflict detection.
+    #[arg(long)]
+    no_acd: bool,
+    /// Send DHCPRELEASE and remove the address on SIGTERM/SIGINT.
+    #[arg(long)]
+    release_on_stop: bool,
+    /// First DHCP retransmission timeout in milliseconds (RFC 2131: 4000).
+    #[arg(long)]
+    first_retransmit_ms: Option<u32>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: log::LevelFilter,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            mirage_sdk::log::init(args.log_level, "[supervisor] ");
+            let explicit = args.config.is_some();
+            let path = args.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+            let overrides = Overrides {
+                interface: args.interface,
+                state_dir: args.state_dir,
+                run_dir: args.run_dir,
+                resolv_conf: args.resolv_conf,
+                sandbox: args.sandbox,
+                no_acd: args.no_acd,
+                release_on_stop: args.release_on_stop,
+                first_retransmit_ms: args.first_retransmit_ms,
+            };
+            let config = match Config::load(&path, explicit, overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mirage-dhcp: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let oneshot = args.oneshot.then(|| std::time::Duration::from_secs(args.timeout));
+            match supervisor::run(config, args.log_level, oneshot) {
+                Ok(code) => code,
+                Err(e) => {
+                    log::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { run_dir, json } => status(&run_dir, json),
+        Command::Role(args) => roles::main(args),
+    }
+}
+
+fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
+    let path = run_dir.join("status.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mirage-dhcp: cannot read {}: {e} (is the client running?)", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if raw {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("mirage-dhcp: {} is not valid JSON: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("interface  {}", v["interface"].as_str().unwrap_or("?"));
+    println!("state      {}", v["state"].as_str().unwrap_or("?"));
+    println!("sandbox    {}", v["sandbox"].as_str().unwrap_or("?"));
+    let l = &v["lease"];
+    if l.is_null() {
+        println!("lease      none");
+    } else {
+        println!("address    {}/{}", l["address"].as_str().unwrap_or("?"), l["prefix_len"]);
+        println!("server     {}", l["server_id"].as_str().unwrap_or("?"));
+        for r in l["routes"].as_array().into_iter().flatten() {
+            println!(
+                "route      {} via {}",
+                r["destination"].as_str().unwrap_or("?"),
+                r["gateway"].as_str().unwrap_or("?")
+            );
+        }
+        let list = |k: &str| {
+            l[k].as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        println!("dns        {}", list("dns_servers"));
+        println!("search     {}", list("search"));
+        println!("ntp        {}", list("ntp_servers"));
+        if let Some(mtu) = l["mtu"].as_u64() {
+            println!("mtu        {mtu}");
+        }
+        println!(
+            "lease      {} s left (renew in {} s, rebind in {} s)",
+            l["remaining_secs"], l["renew_in_secs"], l["rebind_in_secs"]
+        );
+    }
+    println!("restarts   {}", v["engine_restarts"]);
+    println!("counters   {}", v["counters"]);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,665 @@
+//! The supervisor: reads config and stored state, opens the privileged fds,
+//! spawns the roles, then only routes typed messages between them, relays
+//! their logs, restarts a dead engine and handles signals.
+//!
+//! Message routing (the supervisor never parses frames; it decodes only
+//! size-capped typed messages and re-checks nothing the actuator will check):
+//! ```text
+//!   network --Frame--> engine --Transmit--> network
+//!   engine --Apply/Remove/Persist--> actuator --Result--> engine
+//!   actuator --LinkUp/LinkDown--> engine
+//!   engine --PublishStatus--> (supervisor adds its counters) --> actuator
+//! ```
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant as StdInstant};
+
+use mirage_ipc::{
+    ClientIdKind, EngineAction, EngineConfig, EngineEvent, FromActuator, FromEngine, FromNetwork, IntentKind,
+    Lease, Outcome, PublishedStatus, Status, ToActuator, ToEngine, ToNetwork,
+};
+use mirage_sdk::channel::{Channel, wait_readable};
+use mirage_sdk::clock::{boottime, realtime_ms};
+use mirage_sdk::files::{self, StoredLease};
+use mirage_sdk::netlink::{LinkMonitor, Rtnl};
+use mirage_sdk::packet::PacketSocket;
+
+use crate::config::{ClientIdMode, Config, SandboxKind};
+use crate::roles::{self, RoleName};
+
+/// Engine restart back-off: doubles from the first value to the cap, and
+/// resets once an engine has lived for `STABLE`.
+const RESTART_FIRST: Duration = Duration::from_millis(200);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+const STABLE: Duration = Duration::from_secs(60);
+/// How long a stop waits for the engine's last actions (RELEASE...).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// status.json / metrics.prom are refreshed at least this often.
+const REPUBLISH: Duration = Duration::from_secs(30);
+
+/// A running role: its process, channel and log pipe.
+struct Role {
+    name: RoleName,
+    child: std::process::Child,
+    chan: Channel,
+    log: OwnedFd,
+    log_buf: Vec<u8>,
+    started: StdInstant,
+}
+
+impl Role {
+    /// Relay complete lines from the role's stderr; `false` at EOF.
+    fn relay_logs(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        let n = match rustix_read(&self.log, &mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        self.log_buf.extend_from_slice(&buf[..n]);
+        while let Some(pos) = self.log_buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.log_buf.drain(..=pos).collect();
+            eprintln!("{}", mirage_sdk::log::relay_line(self.name.as_str(), &line[..line.len() - 1]));
+        }
+        if self.log_buf.len() > mirage_sdk::log::MAX_RELAYED_LINE {
+            let line: Vec<u8> = std::mem::take(&mut self.log_buf);
+            eprintln!("{}", mirage_sdk::log::relay_line(self.name.as_str(), &line));
+        }
+        true
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rustix_read(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut f = std::fs::File::from(fd.try_clone()?);
+    f.read(buf)
+}
+
+/// Everything the supervisor knows while it runs.
+struct Supervisor {
+    config: Config,
+    level: log::LevelFilter,
+    ifindex: u32,
+    mac: [u8; 6],
+    engine_config: EngineConfig,
+    engine: Option<Role>,
+    network: Role,
+    actuator: Role,
+    /// The lease last persisted (given to a restarted engine).
+    lease: Option<Lease>,
+    link_up: bool,
+    status: Status,
+    engine_restarts: u32,
+    frames_refused: u64,
+    intents_refused: u64,
+    restart_delay: Duration,
+    restart_at: Option<StdInstant>,
+    last_publish: StdInstant,
+    /// Intents forwarded to the actuator and not answered yet.
+    outstanding: u32,
+    applied: bool,
+}
+
+pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -> Result<ExitCode, String> {
+    if config.sandbox == SandboxKind::None {
+        log::warn!("SANDBOX DISABLED (--sandbox none): the engine parses network input without seccomp");
+    }
+    let signals = SignalPipe::new()?;
+    let (state_dir, run_dir, resolv) = prepare_dirs(&config)?;
+
+    let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink: {e}"))?;
+    let link = rtnl
+        .link_by_name(&config.interface)
+        .map_err(|e| format!("interface {}: {e}", config.interface))?;
+    if !link.up {
+        rtnl.set_link_up(link.index).map_err(|e| format!("bringing {} up: {e}", config.interface))?;
+    }
+    let link = rtnl.link(link.index).map_err(|e| format!("interface {}: {e}", config.interface))?;
+    let client_id = client_id(&config, &state_dir, link.mac)?;
+    let stored = load_stored_lease(&config, &state_dir);
+
+    let mut engine_config = EngineConfig::new(link.mac, client_id);
+    engine_config.hostname = config.hostname.clone();
+    engine_config.vendor_class = config.vendor_class.clone();
+    engine_config.first_retransmit_ms = config.timing.first_retransmit_ms;
+    engine_config.max_retransmit_ms = config.timing.max_retransmit_ms;
+    engine_config.init_reboot_budget_ms = config.timing.init_reboot_budget_ms;
+    engine_config.acd = config.acd;
+    engine_config.limits = config.limits;
+    engine_config.release_on_stop = config.release_on_stop;
+
+    let packet = PacketSocket::open(link.index, config.acd.enabled)
+        .map_err(|e| format!("packet socket on {}: {e}", config.interface))?;
+    let monitor = LinkMonitor::open(link.index).map_err(|e| format!("link monitor: {e}"))?;
+
+    let common = RoleCommon { config: &config, level, ifindex: link.index, mac: link.mac };
+    let network = common.spawn(RoleName::Network, vec![OwnedFd::from(packet)])?;
+    let mut actuator_fds: Vec<OwnedFd> =
+        vec![OwnedFd::from(rtnl), OwnedFd::from(monitor), state_dir, run_dir];
+    if let Some((dir, _)) = resolv {
+        actuator_fds.push(dir);
+    }
+    let actuator = common.spawn(RoleName::Actuator, actuator_fds)?;
+
+    let mut sup = Supervisor {
+        config: config.clone(),
+        level,
+        ifindex: link.index,
+        mac: link.mac,
+        engine_config,
+        engine: None,
+        network,
+        actuator,
+        lease: stored,
+        link_up: link.carrier,
+        status: Status::default(),
+        engine_restarts: 0,
+        frames_refused: 0,
+        intents_refused: 0,
+        restart_delay: RESTART_FIRST,
+        restart_at: None,
+        last_publish: StdInstant::now(),
+        outstanding: 0,
+        applied: false,
+    };
+    sup.start_engine()?;
+    mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
+    log::info!(
+        "started on {} (index {}, {}), sandbox {}",
+        config.interface,
+        link.index,
+        roles::format_mac(&link.mac),
+        config.sandbox.as_str()
+    );
+    let deadline = oneshot.map(|d| StdInstant::now() + d);
+    let code = sup.event_loop(&signals, deadline);
+    sup.shutdown();
+    Ok(code)
+}
+
+struct RoleCommon<'a> {
+    config: &'a Config,
+    level: log::LevelFilter,
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
+impl RoleCommon<'_> {
+    fn spawn(&self, name: RoleName, extra_fds: Vec<OwnedFd>) -> Result<Role, String> {
+        let c = self.config;
+        let (ours, theirs) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let mut args: Vec<String> = vec![
+            "role".into(),
+            name.as_str().into(),
+            "--interface".into(),
+            c.interface.clone(),
+            "--ifindex".into(),
+            self.ifindex.to_string(),
+            "--mac".into(),
+            roles::format_mac(&self.mac),
+            "--uid".into(),
+            c.uid.to_string(),
+            "--gid".into(),
+            c.gid.to_string(),
+            "--sandbox".into(),
+            c.sandbox.as_str().into(),
+            "--log-level".into(),
+            self.level.to_string().to_lowercase(),
+            "--max-routes".into(),
+            c.limits.max_routes.to_string(),
+            "--max-dns-servers".into(),
+            c.limits.max_dns_servers.to_string(),
+            "--max-ntp-servers".into(),
+            c.limits.max_ntp_servers.to_string(),
+            "--max-search-domains".into(),
+            c.limits.max_search_domains.to_string(),
+        ];
+        if name == RoleName::Network && c.acd.enabled {
+            args.push("--with-arp".into());
+        }
+        if name == RoleName::Actuator
+            && let Some(name) = c.resolv_conf.as_ref().and_then(|p| p.file_name())
+        {
+            args.push("--resolv-name".into());
+            args.push(name.to_string_lossy().into_owned());
+        }
+        let mut fds = vec![OwnedFd::from(theirs)];
+        fds.extend(extra_fds);
+        let spawned = mirage_sdk::spawn::spawn_self(&args, fds)
+            .map_err(|e| format!("starting the {} role: {e}", name.as_str()))?;
+        Ok(Role {
+            name,
+            child: spawned.child,
+            chan: ours,
+            log: spawned.stderr,
+            log_buf: Vec::new(),
+            started: StdInstant::now(),
+        })
+    }
+}
+
+impl Supervisor {
+    fn common(&self) -> RoleCommon<'_> {
+        RoleCommon { config: &self.config, level: self.level, ifindex: self.ifindex, mac: self.mac }
+    }
+
+    fn start_engine(&mut self) -> Result<(), String> {
+        let role = self.common().spawn(RoleName::Engine, Vec::new())?;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+        let start = ToEngine::Start {
+            config: self.engine_config.clone(),
+            stored: self.lease.clone(),
+            seed,
+            link_up: self.link_up,
+        };
+        role.chan.send(&start).map_err(|e| format!("starting the engine: {e}"))?;
+        self.engine = Some(role);
+        Ok(())
+    }
+
+    /// The engine died or misbehaved: kill it and schedule a restart. The
+    /// address stays: the new engine verifies the lease (INIT-REBOOT).
+    fn engine_failed(&mut self, why: &str) {
+        if let Some(mut e) = self.engine.take() {
+            while e.relay_logs() {}
+            e.kill();
+            if e.started.elapsed() >= STABLE {
+                self.restart_delay = RESTART_FIRST;
+            }
+            log::error!("engine stopped ({why}); restarting in {:?}", self.restart_delay);
+            self.restart_at = Some(StdInstant::now() + self.restart_delay);
+            self.restart_delay = (self.restart_delay * 2).min(RESTART_MAX);
+        }
+    }
+
+    fn to_engine(&mut self, event: EngineEvent) {
+        if let Some(e) = &self.engine
+            && let Err(err) = e.chan.send(&ToEngine::Event(event))
+        {
+            self.engine_failed(&format!("send: {err}"));
+        }
+    }
+
+    fn to_actuator(&mut self, msg: ToActuator) -> Result<(), String> {
+        self.outstanding += 1;
+        self.actuator.chan.send(&msg).map_err(|e| format!("actuator: {e}"))
+    }
+
+    fn publish(&mut self) -> Result<(), String> {
+        self.last_publish = StdInstant::now();
+        let p = PublishedStatus {
+            status: self.status.clone(),
+            interface: self.config.interface.clone(),
+            sandbox: self.config.sandbox.as_str().into(),
+            engine_restarts: self.engine_restarts,
+            frames_refused: self.frames_refused,
+            intents_refused: self.intents_refused,
+            now: boottime(),
+        };
+        self.to_actuator(ToActuator::Publish(p))
+    }
+
+    fn on_engine_message(&mut self, msg: FromEngine) -> Result<(), String> {
+        match msg {
+            FromEngine::Dropped(reason) => log::debug!("engine dropped a frame: {reason:?}"),
+            FromEngine::Action(EngineAction::Transmit(frame)) => {
+                self.network.chan.send(&ToNetwork::Transmit(frame)).map_err(|e| format!("network: {e}"))?;
+            }
+            FromEngine::Action(EngineAction::ApplyLease { lease, valid_secs }) => {
+                log::info!(
+                    "applying {}/{} from {} ({} s)",
+                    lease.address,
+                    lease.prefix_len,
+                    lease.server_id,
+                    valid_secs
+                );
+                self.to_actuator(ToActuator::Apply { lease, valid_secs })?;
+            }
+            FromEngine::Action(EngineAction::RemoveLease { lease }) => {
+                log::info!("removing {}/{}", lease.address, lease.prefix_len);
+                self.applied = false;
+                self.to_actuator(ToActuator::Remove { lease })?;
+            }
+            FromEngine::Action(EngineAction::PersistLease(lease)) => {
+                self.lease = lease.clone();
+                self.to_actuator(ToActuator::Persist(lease))?;
+            }
+            FromEngine::Action(EngineAction::PublishStatus(status)) => {
+                if status.state != self.status.state {
+                    log::info!("state {} -> {}", self.status.state.as_str(), status.state.as_str());
+                }
+                self.status = status;
+                self.publish()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_actuator_message(&mut self, msg: FromActuator) {
+        match msg {
+            FromActuator::LinkUp => {
+                log::info!("carrier up");
+                self.link_up = true;
+                self.to_engine(EngineEvent::LinkUp);
+            }
+            FromActuator::LinkDown => {
+                log::info!("carrier down");
+                self.link_up = false;
+                self.to_engine(EngineEvent::LinkDown);
+            }
+            FromActuator::Result { kind, outcome } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let ok = matches!(outcome, Outcome::Done);
+                match outcome {
+                    Outcome::Refused(r) => {
+                        self.intents_refused += 1;
+                        log::warn!("actuator refused {kind:?}: {r}");
+                    }
+                    Outcome::Failed(e) => log::warn!("actuator: {kind:?} failed: {e}"),
+                    Outcome::Done => {
+                        if kind == IntentKind::ApplyLease {
+                            self.applied = true;
+                        }
+                    }
+                }
+                if kind != IntentKind::PublishStatus {
+                    self.to_engine(EngineEvent::IntentResult { kind, ok });
+                }
+            }
+        }
+    }
+
+    fn event_loop(&mut self, signals: &SignalPipe, deadline: Option<StdInstant>) -> ExitCode {
+        loop {
+            if let Some(d) = deadline {
+                if self.applied && self.outstanding == 0 {
+                    log::info!("lease applied; exiting (--oneshot)");
+                    return ExitCode::SUCCESS;
+                }
+                if StdInstant::now() >= d {
+                    log::error!("no lease before the --oneshot timeout");
+                    return ExitCode::from(3);
+                }
+            }
+            if self.engine.is_none()
+                && let Some(at) = self.restart_at
+                && StdInstant::now() >= at
+            {
+                self.restart_at = None;
+                self.engine_restarts += 1;
+                if let Err(e) = self.start_engine() {
+                    log::error!("{e}");
+                    self.restart_at = Some(StdInstant::now() + self.restart_delay);
+                }
+            }
+            if self.last_publish.elapsed() >= REPUBLISH
+                && let Err(e) = self.publish()
+            {
+                log::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+
+            let mut fds: Vec<RawFd> = vec![
+                signals.fd(),
+                self.network.chan.as_raw_fd(),
+                self.network.log.as_raw_fd(),
+                self.actuator.chan.as_raw_fd(),
+                self.actuator.log.as_raw_fd(),
+            ];
+            if let Some(e) = &self.engine {
+                fds.push(e.chan.as_raw_fd());
+                fds.push(e.log.as_raw_fd());
+            }
+            let mut timeout = REPUBLISH.saturating_sub(self.last_publish.elapsed());
+            if let Some(at) = self.restart_at {
+                timeout = timeout.min(at.saturating_duration_since(StdInstant::now()));
+            }
+            if let Some(d) = deadline {
+                timeout = timeout.min(d.saturating_duration_since(StdInstant::now()));
+            }
+            let ready = match wait_readable(&fds, Some(timeout.as_millis().min(60_000) as i32 + 1)) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("poll: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if ready[0] {
+                let sig = signals.read();
+                log::info!("signal {sig}: stopping");
+                self.stop();
+                return ExitCode::SUCCESS;
+            }
+            if ready[2] && !self.network.relay_logs() {
+                log::error!("the network role exited");
+                return ExitCode::FAILURE;
+            }
+            if ready[4] && !self.actuator.relay_logs() {
+                log::error!("the actuator role exited");
+                return ExitCode::FAILURE;
+            }
+            if ready.len() > 6 && ready[6] && !self.engine.as_mut().is_some_and(|e| e.relay_logs()) {
+                self.engine_failed("exited");
+            }
+            if ready[1] {
+                match self.network.chan.recv::<FromNetwork>() {
+                    Ok(Some(FromNetwork::Frame { data, checksum_offloaded })) => {
+                        self.to_engine(EngineEvent::Frame { data, checksum_offloaded });
+                    }
+                    Ok(Some(FromNetwork::Refused { reason })) => {
+                        self.frames_refused += 1;
+                        log::warn!("network role refused a frame from the engine: {reason}");
+                    }
+                    Ok(None) => {
+                        log::error!("the network role closed its channel");
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        log::error!("bad message from the network role: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if ready[3] {
+                match self.actuator.chan.recv::<FromActuator>() {
+                    Ok(Some(msg)) => self.on_actuator_message(msg),
+                    Ok(None) => {
+                        log::error!("the actuator role closed its channel");
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        log::error!("bad message from the actuator role: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if ready.len() > 5 && ready[5] {
+                let msg = self.engine.as_ref().map(|e| e.chan.recv::<FromEngine>());
+                match msg {
+                    Some(Ok(Some(msg))) => {
+                        if let Err(e) = self.on_engine_message(msg) {
+                            log::error!("{e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    Some(Ok(None)) => self.engine_failed("closed its channel"),
+                    Some(Err(e)) => self.engine_failed(&format!("sent a bad message: {e}")),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// SIGTERM/SIGINT: let the engine release (if configured) and finish its
+    /// last intents, within a grace period.
+    fn stop(&mut self) {
+        self.to_engine(EngineEvent::Stop { force_release: false });
+        let until = StdInstant::now() + STOP_GRACE;
+        while StdInstant::now() < until {
+            let Some(engine) = &self.engine else { break };
+            let fds = [engine.chan.as_raw_fd(), self.actuator.chan.as_raw_fd()];
+            let left = until.saturating_duration_since(StdInstant::now()).as_millis() as i32;
+            let ready = match wait_readable(&fds, Some(left.clamp(1, 200))) {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            if ready[0] {
+                match engine.chan.recv::<FromEngine>() {
+                    Ok(Some(msg)) => {
+                        if self.on_engine_message(msg).is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if ready[1] {
+                match self.actuator.chan.recv::<FromActuator>() {
+                    Ok(Some(FromActuator::Result { .. })) => {
+                        self.outstanding = self.outstanding.saturating_sub(1)
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            if !ready[0] && !ready[1] && self.outstanding == 0 {
+                break;
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut e) = self.engine.take() {
+            e.kill();
+        }
+        self.network.kill();
+        self.actuator.kill();
+        while self.network.relay_logs() {}
+        while self.actuator.relay_logs() {}
+    }
+}
+
+/// State dir, run dir and resolv.conf's directory, created if missing and
+/// opened as directory fds for the actuator.
+#[allow(clippy::type_complexity)]
+fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<(OwnedFd, String)>), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mk = |p: &Path, mode: u32| -> Result<OwnedFd, String> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(p)
+            .map_err(|e| format!("creating {}: {e}", p.display()))?;
+        files::open_dir(p).map_err(|e| format!("opening {}: {e}", p.display()))
+    };
+    let state = mk(&c.state_dir, 0o700)?;
+    let run = mk(&c.run_dir, 0o755)?;
+    let resolv = match &c.resolv_conf {
+        None => None,
+        Some(p) => {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let dir = files::open_dir(parent).map_err(|e| format!("opening {}: {e}", parent.display()))?;
+            Some((dir, name))
+        }
+    };
+    Ok((state, run, resolv))
+}
+
+/// Option 61. RFC 4361: IAID + DUID; the DUID is kept in the state directory
+/// so it survives restarts; a new one is DUID-LL (RFC 8415 11.4) from the
+/// MAC, which is stable without state and unique per NIC even on cloned VMs.
+fn client_id(c: &Config, state_dir: &OwnedFd, mac: [u8; 6]) -> Result<ClientIdKind, String> {
+    if c.client_id == ClientIdMode::Mac {
+        return Ok(ClientIdKind::Mac);
+    }
+    let iaid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
+    let stored = files::read_bounded(state_dir, "duid", 1024).ok().flatten().and_then(|b| parse_hex(&b));
+    let duid = match stored {
+        Some(d) if (4..=130).contains(&d.len()) => d,
+        _ => {
+            let mut d = vec![0, 3, 0, 1];
+            d.extend_from_slice(&mac);
+            let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+            if let Err(e) = files::write_atomic(state_dir, "duid", format!("{hex}\n").as_bytes(), 0o600) {
+                log::warn!("cannot store the DUID: {e}");
+            }
+            d
+        }
+    };
+    Ok(ClientIdKind::Duid { iaid, duid })
+}
+
+fn parse_hex(bytes: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+}
+
+/// The stored lease, rebased onto this boot. A corrupt or foreign file is
+/// warned about and ignored: the client starts with a fresh DISCOVER.
+fn load_stored_lease(c: &Config, state_dir: &OwnedFd) -> Option<Lease> {
+    let name = roles::lease_file_name(&c.interface);
+    let bytes = match files::read_bounded(state_dir, &name, 64 * 1024) {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(e) => {
+            log::warn!("ignoring the stored lease {name}: {e}");
+            return None;
+        }
+    };
+    let stored = match StoredLease::from_json(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("ignoring the stored lease {name}: {e}");
+            return None;
+        }
+    };
+    if stored.interface != c.interface {
+        log::warn!("ignoring the stored lease {name}: it is for {}", stored.interface);
+        return None;
+    }
+    let lease = stored.rebase(boottime(), realtime_ms());
+    if let Err(r) = lease.check(&c.limits) {
+        log::warn!("ignoring the stored lease {name}: {r}");
+        return None;
+    }
+    Some(lease)
+}
+
+/// SIGTERM, SIGINT and SIGHUP turned into a readable pipe for poll.
+struct SignalPipe {
+    read: std::os::unix::net::UnixStream,
+}
+
+impl SignalPipe {
+    fn new() -> Result<Self, String> {
+        let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        read.set_nonblocking(true).map_err(|e| e.to_string())?;
+        write.set_nonblocking(true).map_err(|e| e.to_string())?;
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+            let w = write.try_clone().map_err(|e| e.to_string())?;
+            signal_hook::low_level::pipe::register_raw(sig, w).map_err(|e| e.to_string())?;
+        }
+        Ok(SignalPipe { read })
+    }
+
+    fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    fn read(&self) -> String {
+        let mut buf = [0u8; 16];
+        let _ = (&self.read).read(&mut buf);
+        "received".into()
+    }
+}

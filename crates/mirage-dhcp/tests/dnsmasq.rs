@@ -1,0 +1,205 @@
+//! End to end against dnsmasq from Debian, in namespaces the tests create.
+//! Needs root (network namespaces, raw sockets); CI runs as root.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{CLIENT_IF, Net, read};
+
+const BOUND_WITHIN: Duration = Duration::from_secs(20);
+
+#[test]
+fn lease_is_applied_with_routes_mtu_dns_and_files() {
+    let mut net = Net::new();
+    net.start_dnsmasq(
+        "120",
+        &[
+            "--dhcp-option=option:mtu,1400",
+            "--dhcp-option=option:domain-search,corp.example,example.org",
+            "--dhcp-option=option:ntp-server,10.9.9.9",
+        ],
+    );
+    let daemon = net.start_client(&[]);
+    let status = net.wait_state("bound", BOUND_WITHIN);
+    let lease = &status["lease"];
+    let addr = lease["address"].as_str().unwrap().to_string();
+    assert!(addr.starts_with(&format!("{}.", net.subnet)), "{addr}");
+    assert_eq!(lease["prefix_len"], 24);
+    assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+    // Kernel lifetimes come from the lease (120 s), not "forever".
+    let a = net.client_addr_json();
+    let valid = a["valid_life_time"].as_u64().unwrap();
+    assert!((100..=120).contains(&valid), "valid_life_time {valid}");
+    let routes = net.client_routes();
+    assert!(routes.contains(&format!("default via {} dev {CLIENT_IF}", net.server_ip)), "{routes}");
+    let link = net.in_client(&["ip", "-j", "link", "show", CLIENT_IF]);
+    let link: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
+    assert_eq!(link[0]["mtu"], 1400);
+    let resolv = read(&net.path("resolv.conf"));
+    assert!(resolv.contains(&format!("nameserver {}\n", net.server_ip)), "{resolv}");
+    assert!(resolv.contains("search corp.example example.org\n"), "{resolv}");
+    assert_eq!(lease["ntp_servers"][0], "10.9.9.9");
+    assert_eq!(lease["mtu"], 1400);
+    let stored: serde_json::Value =
+        serde_json::from_str(&read(&net.path(&format!("state/lease-{CLIENT_IF}.json")))).unwrap();
+    assert_eq!(stored["lease"]["address"], addr.as_str());
+    assert_eq!(stored["version"], 1);
+    let metrics = read(&net.path("run/metrics.prom"));
+    assert!(metrics.contains(&format!("mirage_dhcp_bound{{interface=\"{CLIENT_IF}\"}} 1\n")), "{metrics}");
+    assert!(metrics.contains("mirage_dhcp_sandbox{interface=\"veth-c\",kind=\"seccomp\"} 1"), "{metrics}");
+    assert_eq!(status["sandbox"], "seccomp");
+    // The engine saw one offer and one ack, and nothing was refused.
+    assert_eq!(status["counters"]["offers"], 1);
+    assert_eq!(status["counters"]["acks"], 1);
+    assert_eq!(status["frames_refused"], 0);
+    assert_eq!(status["intents_refused"], 0);
+    net.signal(daemon, "TERM");
+    assert!(net.wait_exit(daemon, Duration::from_secs(5)).is_some_and(|s| s.success()));
+    // Default: the address stays after a stop (kernel lifetime still runs).
+    assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+}
+
+#[test]
+fn oneshot_exits_zero_once_applied() {
+    let mut net = Net::new();
+    net.start_dnsmasq("120", &[]);
+    let daemon = net.start_client(&["--oneshot", "--timeout", "20"]);
+    let st = net.wait_exit(daemon, Duration::from_secs(25)).expect("oneshot did not exit");
+    assert!(st.success(), "exit {st:?}\n{}", net.client_log());
+    assert_eq!(net.client_addrs().len(), 1);
+}
+
+#[test]
+fn short_lease_is_renewed() {
+    let mut net = Net::new();
+    // dnsmasq's minimum lease is 120 s but it sends the T1/T2 we set.
+    net.start_dnsmasq("120", &["--dhcp-option=option:T1,2", "--dhcp-option=option:T2,4"]);
+    net.start_client(&[]);
+    net.wait_state("bound", BOUND_WITHIN);
+    let addr = net.client_addrs();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = net.status().unwrap();
+        if s["counters"]["renewals"].as_u64().unwrap_or(0) >= 2 {
+            assert_eq!(s["state"], "bound");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no renewals: {s}\n{}", net.client_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(net.client_addrs(), addr, "the address changed or vanished during renewals");
+}
+
+#[test]
+fn restart_keeps_the_address_without_a_gap() {
+    let mut net = Net::new();
+    net.start_dnsmasq("120", &[]);
+    let first = net.start_client(&[]);
+    net.wait_state("bound", BOUND_WITHIN);
+    let addr = net.client_addrs();
+    // Watch every address event in the client namespace from now on.
+    let monitor_log = net.path("monitor.log");
+    let mut monitor = Command::new("ip")
+        .args(["netns", "exec", &net.client_ns, "ip", "monitor", "address"])
+        .stdout(std::fs::File::create(&monitor_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    net.signal(first, "TERM");
+    assert!(net.wait_exit(first, Duration::from_secs(5)).is_some());
+    std::fs::remove_file(net.path("run/status.json")).unwrap();
+    net.start_client(&[]);
+    let status = net.wait_state("bound", BOUND_WITHIN);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let events = read(&monitor_log);
+    assert!(!events.contains("Deleted"), "the address disappeared during the restart:\n{events}");
+    assert_eq!(net.client_addrs(), addr);
+    // The restarted daemon verified the stored lease instead of a new DISCOVER.
+    assert_eq!(status["counters"]["offers"], 0, "{status}");
+}
+
+#[test]
+fn killed_engine_is_restarted_and_the_lease_goes_on() {
+    let mut net = Net::new();
+    net.start_dnsmasq("120", &["--dhcp-option=option:T1,3", "--dhcp-option=option:T2,5"]);
+    let daemon = net.start_client(&[]);
+    net.wait_state("bound", BOUND_WITHIN);
+    let addr = net.client_addrs();
+    let engine = net.role_pids(daemon).into_iter().find(|(r, _)| r == "engine").expect("engine role").1;
+    support::run(Command::new("kill").args(["-9", &engine.to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = net.status().unwrap();
+        if s["engine_restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "bound" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "engine not restarted: {s}\n{}", net.client_log());
+        assert_eq!(net.client_addrs(), addr, "the address vanished while the engine was down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_engine = net.role_pids(daemon).into_iter().find(|(r, _)| r == "engine").expect("engine role").1;
+    assert_ne!(new_engine, engine);
+    assert_eq!(net.client_addrs(), addr);
+}
+
+#[test]
+fn roles_run_with_the_privileges_the_design_says() {
+    let mut net = Net::new();
+    net.start_dnsmasq("120", &[]);
+    let daemon = net.start_client(&[]);
+    net.wait_state("bound", BOUND_WITHIN);
+    let roles = net.role_pids(daemon);
+    assert_eq!(roles.len(), 3, "{roles:?}");
+    for (role, pid) in roles {
+        let status = read(std::path::Path::new(&format!("/proc/{pid}/status")));
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(&format!("{k}:")))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Uid"), "65534 65534 65534 65534", "{role}");
+        assert_eq!(field("Gid"), "65534 65534 65534 65534", "{role}");
+        assert_eq!(field("NoNewPrivs"), "1", "{role}");
+        assert_eq!(field("Seccomp"), "2", "{role}: seccomp filter mode");
+        assert_eq!(field("CapBnd"), "0000000000000000", "{role}");
+        assert_eq!(field("CapInh"), "0000000000000000", "{role}");
+        assert_eq!(field("CapAmb"), "0000000000000000", "{role}");
+        // CAP_NET_ADMIN is bit 12.
+        let want = if role == "actuator" { "0000000000001000" } else { "0000000000000000" };
+        assert_eq!(field("CapEff"), want, "{role}");
+        assert_eq!(field("CapPrm"), want, "{role}");
+    }
+}
+
+/// The slow one (dnsmasq will not lease for less than 120 s): the server
+/// vanishes, the client rebinds at T2 and removes the address at expiry.
+#[test]
+fn server_gone_rebinds_then_removes_the_address_at_expiry() {
+    let mut net = Net::new();
+    let server = net.start_dnsmasq("120", &["--dhcp-option=option:T1,5", "--dhcp-option=option:T2,10"]);
+    net.start_client(&[]);
+    let status = net.wait_state("bound", BOUND_WITHIN);
+    let bound_at = Instant::now();
+    let remaining = status["lease"]["remaining_secs"].as_u64().unwrap();
+    net.signal(server, "KILL");
+    net.wait_state("rebinding", Duration::from_secs(20));
+    // Still there while the lease is valid.
+    assert_eq!(net.client_addrs().len(), 1);
+    support::wait_until(Duration::from_secs(remaining + 10), || net.client_addrs().is_empty());
+    let gone_after = bound_at.elapsed().as_secs();
+    assert!(
+        gone_after + 3 >= remaining && gone_after <= remaining + 3,
+        "removed after {gone_after} s, lease had {remaining} s"
+    );
+    support::wait_until(Duration::from_secs(5), || {
+        net.status().is_some_and(|s| s["counters"]["expiries"].as_u64() >= Some(1) && s["state"] != "bound")
+    });
+    assert!(!net.client_routes().contains("default"), "{}", net.client_routes());
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. The end-to-end and sandbox tests create
+# network namespaces, veth pairs and raw sockets, so this must run as root on
+# a machine with dnsmasq installed (see .ci/run for the packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: run as root (the tests create network namespaces)" >&2
+    exit 1
+fi
+for tool in ip dnsmasq ethtool; do
+    command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool is missing (see .ci/run)" >&2; exit 1; }
+done
+# Each test bounds its own waits; this bounds the whole run.
+exec timeout 2400 cargo test --workspace --locked "$@"
