@@ -23,7 +23,7 @@ use core::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use policy::{Limits, Refusal, is_valid_domain_name};
-pub use policy::unicast_refusal;
+pub use policy::{server_refusal, unicast_refusal};
 
 /// Hard cap on one encoded message (one datagram). Anything larger is refused
 /// by the receiving side before it is decoded.
@@ -363,6 +363,8 @@ pub enum DropReason {
 }
 
 /// Supervisor -> engine role.
+// Start is large but sent once; messages are encoded, not kept around.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ToEngine {
     /// First message. `stored` is the lease read from the state directory,
@@ -377,6 +379,7 @@ pub enum ToEngine {
 }
 
 /// Engine role -> supervisor.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum FromEngine {
     Action(EngineAction),

@@ -128,6 +128,16 @@ pub fn unicast_refusal(addr: Ipv4Addr) -> Option<Refusal> {
     }
 }
 
+/// Why `addr` cannot be a DNS or NTP server we use, if it cannot. Like
+/// [`unicast_refusal`] but link-local is allowed: clouds serve DNS and NTP
+/// from 169.254.169.254 (the metadata server of Google Cloud, and others).
+pub fn server_refusal(addr: Ipv4Addr) -> Option<Refusal> {
+    match unicast_refusal(addr) {
+        Some(Refusal::AddressLinkLocal) => None,
+        other => other,
+    }
+}
+
 /// A DNS name as it may appear in resolv.conf: LDH labels of 1..=63 bytes
 /// (underscore allowed, as real zones use it), at most 253 bytes, no leading
 /// or trailing hyphen. Anything else (spaces, quotes, newlines, shell
@@ -200,13 +210,13 @@ impl Lease {
         if self.dns_servers.len() > usize::from(limits.max_dns_servers) {
             return Err(Refusal::TooManyDnsServers);
         }
-        if self.dns_servers.iter().any(|a| unicast_refusal(*a).is_some()) {
+        if self.dns_servers.iter().any(|a| server_refusal(*a).is_some()) {
             return Err(Refusal::BadDnsServer);
         }
         if self.ntp_servers.len() > usize::from(limits.max_ntp_servers) {
             return Err(Refusal::TooManyNtpServers);
         }
-        if self.ntp_servers.iter().any(|a| unicast_refusal(*a).is_some()) {
+        if self.ntp_servers.iter().any(|a| server_refusal(*a).is_some()) {
             return Err(Refusal::BadNtpServer);
         }
         if self.search.len() > usize::from(limits.max_search_domains) {
@@ -342,6 +352,18 @@ mod tests {
         let mut l = lease();
         l.routes = vec![l.routes[0]; 1000];
         assert_eq!(l.check(&Limits::default()), Err(Refusal::TooManyRoutes));
+    }
+
+    #[test]
+    fn link_local_servers_are_fine_but_not_loopback_ones() {
+        let mut l = lease();
+        l.dns_servers = vec![ip("169.254.169.254")];
+        l.ntp_servers = vec![ip("169.254.169.254")];
+        assert_eq!(l.check(&Limits::default()), Ok(()));
+        l.dns_servers = vec![ip("127.0.0.53")];
+        assert_eq!(l.check(&Limits::default()), Err(Refusal::BadDnsServer));
+        l.dns_servers = vec![ip("0.0.0.0")];
+        assert_eq!(l.check(&Limits::default()), Err(Refusal::BadDnsServer));
     }
 
     #[test]
