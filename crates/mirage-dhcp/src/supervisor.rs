@@ -12,7 +12,7 @@
 //! ```
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
@@ -45,7 +45,7 @@ struct Role {
     name: RoleName,
     child: std::process::Child,
     chan: Channel,
-    log: OwnedFd,
+    log: std::process::ChildStderr,
     log_buf: Vec<u8>,
     started: StdInstant,
 }
@@ -54,7 +54,7 @@ impl Role {
     /// Relay complete lines from the role's stderr; `false` at EOF.
     fn relay_logs(&mut self) -> bool {
         let mut buf = [0u8; 4096];
-        let n = match rustix_read(&self.log, &mut buf) {
+        let n = match self.log.read(&mut buf) {
             Ok(0) | Err(_) => return false,
             Ok(n) => n,
         };
@@ -74,11 +74,6 @@ impl Role {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn rustix_read(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut f = std::fs::File::from(fd.try_clone()?);
-    f.read(buf)
 }
 
 /// Everything the supervisor knows while it runs.
@@ -121,10 +116,11 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         rtnl.set_link_up(link.index).map_err(|e| format!("bringing {} up: {e}", config.interface))?;
     }
     let link = rtnl.link(link.index).map_err(|e| format!("interface {}: {e}", config.interface))?;
-    let client_id = client_id(&config, &state_dir, link.mac)?;
+    let mac = link.mac.ok_or_else(|| format!("{} has no Ethernet address", config.interface))?;
+    let client_id = client_id(&config, &state_dir, mac)?;
     let stored = load_stored_lease(&config, &state_dir);
 
-    let mut engine_config = EngineConfig::new(link.mac, client_id);
+    let mut engine_config = EngineConfig::new(mac, client_id);
     engine_config.hostname = config.hostname.clone();
     engine_config.vendor_class = config.vendor_class.clone();
     engine_config.first_retransmit_ms = config.timing.first_retransmit_ms;
@@ -138,20 +134,25 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         .map_err(|e| format!("packet socket on {}: {e}", config.interface))?;
     let monitor = LinkMonitor::open(link.index).map_err(|e| format!("link monitor: {e}"))?;
 
-    let common = RoleCommon { config: &config, level, ifindex: link.index, mac: link.mac };
-    let network = common.spawn(RoleName::Network, vec![OwnedFd::from(packet)])?;
-    let mut actuator_fds: Vec<OwnedFd> =
-        vec![OwnedFd::from(rtnl), OwnedFd::from(monitor), state_dir, run_dir];
-    if let Some((dir, _)) = resolv {
-        actuator_fds.push(dir);
+    let resolv_name = resolv.as_ref().map(|(_, _, name)| name.clone());
+    let common = RoleCommon { config: &config, resolv_name, level, ifindex: link.index, mac };
+    let network = common.spawn(RoleName::Network, &[packet.as_fd()])?;
+    drop(packet);
+    let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
+    if let Some((dir, file, _)) = &resolv {
+        actuator_fds.push(dir.as_fd());
+        actuator_fds.push(file.as_fd());
     }
-    let actuator = common.spawn(RoleName::Actuator, actuator_fds)?;
+    let actuator = common.spawn(RoleName::Actuator, &actuator_fds)?;
+    drop(actuator_fds);
+    // The supervisor keeps none of the privileged fds.
+    drop((rtnl, monitor, state_dir, run_dir, resolv));
 
     let mut sup = Supervisor {
         config: config.clone(),
         level,
         ifindex: link.index,
-        mac: link.mac,
+        mac,
         engine_config,
         engine: None,
         network,
@@ -169,12 +170,12 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         applied: false,
     };
     sup.start_engine()?;
-    mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
+    roles::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
     log::info!(
         "started on {} (index {}, {}), sandbox {}",
         config.interface,
         link.index,
-        roles::format_mac(&link.mac),
+        roles::format_mac(&mac),
         config.sandbox.as_str()
     );
     let deadline = oneshot.map(|d| StdInstant::now() + d);
@@ -185,13 +186,14 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
 
 struct RoleCommon<'a> {
     config: &'a Config,
+    resolv_name: Option<String>,
     level: log::LevelFilter,
     ifindex: u32,
     mac: [u8; 6],
 }
 
 impl RoleCommon<'_> {
-    fn spawn(&self, name: RoleName, extra_fds: Vec<OwnedFd>) -> Result<Role, String> {
+    fn spawn(&self, name: RoleName, extra_fds: &[BorrowedFd<'_>]) -> Result<Role, String> {
         let c = self.config;
         let (ours, theirs) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
         let mut args: Vec<String> = vec![
@@ -224,33 +226,29 @@ impl RoleCommon<'_> {
             args.push("--with-arp".into());
         }
         if name == RoleName::Actuator
-            && let Some(name) = c.resolv_conf.as_ref().and_then(|p| p.file_name())
+            && let Some(name) = &self.resolv_name
         {
             args.push("--resolv-name".into());
-            args.push(name.to_string_lossy().into_owned());
+            args.push(name.clone());
         }
-        let mut fds = vec![OwnedFd::from(theirs)];
-        fds.extend(extra_fds);
-        let spawned = mirage_sdk::spawn::spawn_self(&args, fds)
+        let mut fds = vec![theirs.as_fd()];
+        fds.extend_from_slice(extra_fds);
+        let spawned = mirage_sdk::spawn::spawn(None, &args, &fds)
             .map_err(|e| format!("starting the {} role: {e}", name.as_str()))?;
-        Ok(Role {
-            name,
-            child: spawned.child,
-            chan: ours,
-            log: spawned.stderr,
-            log_buf: Vec::new(),
-            started: StdInstant::now(),
-        })
+        // Our copy of the role's end closes here; the role holds the only one.
+        drop(theirs);
+        let (child, log) = spawned.into_parts();
+        Ok(Role { name, child, chan: ours, log, log_buf: Vec::new(), started: StdInstant::now() })
     }
 }
 
 impl Supervisor {
     fn common(&self) -> RoleCommon<'_> {
-        RoleCommon { config: &self.config, level: self.level, ifindex: self.ifindex, mac: self.mac }
+        RoleCommon { config: &self.config, resolv_name: None, level: self.level, ifindex: self.ifindex, mac: self.mac }
     }
 
     fn start_engine(&mut self) -> Result<(), String> {
-        let role = self.common().spawn(RoleName::Engine, Vec::new())?;
+        let role = self.common().spawn(RoleName::Engine, &[])?;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
         let start = ToEngine::Start {
@@ -406,16 +404,16 @@ impl Supervisor {
                 return ExitCode::FAILURE;
             }
 
-            let mut fds: Vec<RawFd> = vec![
-                signals.fd(),
-                self.network.chan.as_raw_fd(),
-                self.network.log.as_raw_fd(),
-                self.actuator.chan.as_raw_fd(),
-                self.actuator.log.as_raw_fd(),
+            let mut fds: Vec<BorrowedFd<'_>> = vec![
+                signals.read.as_fd(),
+                self.network.chan.as_fd(),
+                self.network.log.as_fd(),
+                self.actuator.chan.as_fd(),
+                self.actuator.log.as_fd(),
             ];
             if let Some(e) = &self.engine {
-                fds.push(e.chan.as_raw_fd());
-                fds.push(e.log.as_raw_fd());
+                fds.push(e.chan.as_fd());
+                fds.push(e.log.as_fd());
             }
             let mut timeout = REPUBLISH.saturating_sub(self.last_publish.elapsed());
             if let Some(at) = self.restart_at {
@@ -424,7 +422,9 @@ impl Supervisor {
             if let Some(d) = deadline {
                 timeout = timeout.min(d.saturating_duration_since(StdInstant::now()));
             }
-            let ready = match wait_readable(&fds, Some(timeout.as_millis().min(60_000) as i32 + 1)) {
+            let ready = wait_readable(&fds, Some(timeout.as_millis().min(60_000) as u64 + 1));
+            drop(fds);
+            let ready = match ready {
                 Ok(r) => r,
                 Err(e) => {
                     log::error!("poll: {e}");
@@ -504,8 +504,8 @@ impl Supervisor {
         let until = StdInstant::now() + STOP_GRACE;
         while StdInstant::now() < until {
             let Some(engine) = &self.engine else { break };
-            let fds = [engine.chan.as_raw_fd(), self.actuator.chan.as_raw_fd()];
-            let left = until.saturating_duration_since(StdInstant::now()).as_millis() as i32;
+            let fds = [engine.chan.as_fd(), self.actuator.chan.as_fd()];
+            let left = until.saturating_duration_since(StdInstant::now()).as_millis() as u64;
             let ready = match wait_readable(&fds, Some(left.clamp(1, 200))) {
                 Ok(r) => r,
                 Err(_) => break,
@@ -546,10 +546,14 @@ impl Supervisor {
     }
 }
 
-/// State dir, run dir and resolv.conf's directory, created if missing and
-/// opened as directory fds for the actuator.
-#[allow(clippy::type_complexity)]
-fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<(OwnedFd, String)>), String> {
+/// resolv.conf as the actuator gets it: the directory that really holds it
+/// (symlinks resolved, so a link such as /etc/resolv.conf -> /run/... is
+/// followed, not replaced), the file itself opened for writing, its name.
+type ResolvTarget = (OwnedFd, OwnedFd, String);
+
+/// State dir and run dir (created if missing, owned by the roles' ids so the
+/// unprivileged actuator can write them) and the resolv.conf target.
+fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<ResolvTarget>), String> {
     use std::os::unix::fs::DirBuilderExt;
     let mk = |p: &Path, mode: u32| -> Result<OwnedFd, String> {
         std::fs::DirBuilder::new()
@@ -557,6 +561,8 @@ fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<(OwnedFd, String
             .mode(mode)
             .create(p)
             .map_err(|e| format!("creating {}: {e}", p.display()))?;
+        std::os::unix::fs::chown(p, Some(c.uid), Some(c.gid))
+            .map_err(|e| format!("giving {} to uid {}: {e}", p.display(), c.uid))?;
         files::open_dir(p).map_err(|e| format!("opening {}: {e}", p.display()))
     };
     let state = mk(&c.state_dir, 0o700)?;
@@ -564,10 +570,17 @@ fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<(OwnedFd, String
     let resolv = match &c.resolv_conf {
         None => None,
         Some(p) => {
-            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+                .map_err(|e| format!("opening {}: {e}", p.display()))?;
+            let real = std::fs::canonicalize(p).map_err(|e| format!("resolving {}: {e}", p.display()))?;
+            let parent = real.parent().unwrap_or(Path::new("/"));
+            let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let dir = files::open_dir(parent).map_err(|e| format!("opening {}: {e}", parent.display()))?;
-            Some((dir, name))
+            Some((dir, OwnedFd::from(file), name))
         }
     };
     Ok((state, run, resolv))
@@ -647,14 +660,10 @@ impl SignalPipe {
         read.set_nonblocking(true).map_err(|e| e.to_string())?;
         write.set_nonblocking(true).map_err(|e| e.to_string())?;
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
-            let w = write.try_clone().map_err(|e| e.to_string())?;
+            let w = OwnedFd::from(write.try_clone().map_err(|e| e.to_string())?);
             signal_hook::low_level::pipe::register_raw(sig, w).map_err(|e| e.to_string())?;
         }
         Ok(SignalPipe { read })
-    }
-
-    fn fd(&self) -> RawFd {
-        self.read.as_raw_fd()
     }
 
     fn read(&self) -> String {

@@ -61,6 +61,25 @@ pub fn write_atomic(dir: impl AsFd, name: &str, contents: &[u8], mode: u32) -> i
     Ok(())
 }
 
+/// Rewrite an open file in place: write everything at offset 0, cut the
+/// rest, fsync. Not atomic for concurrent readers, so it is only the fallback
+/// for targets that cannot be renamed over: a bind-mounted file (containers
+/// mount /etc/resolv.conf that way: rename fails with EBUSY) or a directory
+/// the role may not write.
+pub fn rewrite_in_place(file: impl AsFd, contents: &[u8]) -> io::Result<()> {
+    let mut offset = 0u64;
+    while (offset as usize) < contents.len() {
+        let n = rustix::io::pwrite(&file, &contents[offset as usize..], offset)?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        offset += n as u64;
+    }
+    rustix::fs::ftruncate(&file, contents.len() as u64)?;
+    rustix::fs::fsync(&file)?;
+    Ok(())
+}
+
 /// Remove `dir/name` if present, durably.
 pub fn remove(dir: impl AsFd, name: &str) -> io::Result<()> {
     validate_name(name)?;
@@ -346,6 +365,10 @@ mod tests {
         assert!(read_bounded(&dir, "absent", 2).unwrap().is_none());
         remove(&dir, "x").unwrap();
         remove(&dir, "x").unwrap();
+        std::fs::write(d.join("y"), b"a much longer old content").unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(d.join("y")).unwrap();
+        rewrite_in_place(&f, b"short").unwrap();
+        assert_eq!(std::fs::read(d.join("y")).unwrap(), b"short");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -7,7 +7,7 @@
 //! the lease in force), because the engine that asked may be compromised.
 //! Refusals are logged, counted by the supervisor and answered.
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use mirage_ipc::{FromActuator, INFINITE_LEASE, IntentKind, Lease, Limits, Outcome, Refusal, ToActuator};
 use mirage_sdk::channel::{Channel, wait_readable};
@@ -15,11 +15,16 @@ use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
 use mirage_sdk::netlink::{LinkEvent, LinkMonitor, Rtnl};
 
-use super::{FD_CHANNEL, FD_LINK_EVENTS, FD_RESOLV_DIR, FD_RTNL, FD_RUN_DIR, FD_STATE_DIR, RoleArgs};
+use super::{
+    FD_CHANNEL, FD_LINK_EVENTS, FD_RESOLV_DIR, FD_RESOLV_FILE, FD_RTNL, FD_RUN_DIR, FD_STATE_DIR, RoleArgs,
+};
 
-/// Route metric for what we install (the value systemd-networkd uses for
-/// DHCP routes, so a static default route with a lower metric wins).
-const ROUTE_METRIC: u32 = 1024;
+/// Route metric for what we install: one per interface (as dhcpcd does),
+/// because the kernel matches routes on destination and metric only, so two
+/// interfaces must never share one; above static routes' usual 0..=100.
+fn route_metric(ifindex: u32) -> u32 {
+    1000 + ifindex
+}
 
 /// Largest status message accepted for publishing (bounded anyway by the
 /// IPC cap; this keeps the files small).
@@ -40,22 +45,25 @@ fn dir(fd: RawFd) -> BorrowedFd<'static> {
 }
 
 pub fn run(args: &RoleArgs) -> Result<(), String> {
+    let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
+    let mut rtnl = Rtnl::from_raw_fd(FD_RTNL).map_err(|e| format!("rtnetlink: {e}"))?;
+    let mut monitor =
+        LinkMonitor::from_raw_fd(FD_LINK_EVENTS, args.ifindex).map_err(|e| format!("link events: {e}"))?;
+    // Every fd is checked and wrapped before the sandbox closes the calls
+    // that checking needs (getsockopt, fcntl).
     super::sandbox::enter(args, super::sandbox::Profile::Actuator)?;
-    let chan = Channel::from_raw_fd(FD_CHANNEL);
-    let mut rtnl = Rtnl::from_raw_fd(FD_RTNL);
-    let mut monitor = LinkMonitor::from_raw_fd(FD_LINK_EVENTS, args.ifindex);
     let link = rtnl.link(args.ifindex).map_err(|e| format!("link {}: {e}", args.interface))?;
     let mut act = Actuator {
         args,
         limits: args.limits(),
         rtnl,
         applied: None,
-        min_mtu: link.min_mtu.max(576),
-        max_mtu: if link.max_mtu == 0 { 65535 } else { link.max_mtu },
+        min_mtu: link.min_mtu.unwrap_or(0).max(576),
+        max_mtu: link.max_mtu.unwrap_or(65535),
     };
     act.adopt_stored_lease();
     loop {
-        let ready = wait_readable(&[FD_CHANNEL, FD_LINK_EVENTS], None).map_err(|e| format!("poll: {e}"))?;
+        let ready = wait_readable(&[chan.as_fd(), monitor.as_fd()], None).map_err(|e| format!("poll: {e}"))?;
         if ready[1] {
             match monitor.read_events() {
                 Ok(events) => {
@@ -119,7 +127,8 @@ impl Actuator<'_> {
     /// The policy for ApplyLease, without side effects.
     fn vet_apply(&self, lease: &Lease, valid_secs: u32) -> Result<(), Refusal> {
         lease.check(&self.limits)?;
-        if lease.lease_secs != INFINITE_LEASE && valid_secs > lease.lease_secs {
+        // The kernel refuses a zero lifetime; an expired lease is removed, not applied.
+        if valid_secs == 0 || (lease.lease_secs != INFINITE_LEASE && valid_secs > lease.lease_secs) {
             return Err(Refusal::BadLeaseTimes);
         }
         Ok(())
@@ -145,7 +154,7 @@ impl Actuator<'_> {
                 index,
                 lease.address,
                 lease.prefix_len,
-                lease.broadcast(),
+                (lease.prefix_len < 31).then(|| lease.broadcast()),
                 valid_secs,
                 valid_secs,
             )?;
@@ -160,11 +169,11 @@ impl Actuator<'_> {
             // routes to gateways come first in the lease, RFC 3442 / cloud /32).
             if let Some(old) = &self.applied {
                 for r in old.routes.iter().filter(|r| !lease.routes.contains(r)) {
-                    let _ = self.rtnl.delete_route(index, *r, ROUTE_METRIC);
+                    let _ = self.rtnl.delete_route(index, *r, route_metric(index));
                 }
             }
             for r in &lease.routes {
-                self.rtnl.replace_route(index, *r, Some(lease.address), ROUTE_METRIC)?;
+                self.rtnl.replace_route(index, *r, Some(lease.address), route_metric(index))?;
             }
             Ok(())
         })();
@@ -178,7 +187,10 @@ impl Actuator<'_> {
         {
             let text = files::render_resolv_conf(&self.args.interface, lease);
             if let Err(e) = files::write_atomic(dir(FD_RESOLV_DIR), name, text.as_bytes(), 0o644) {
-                return Outcome::Failed(format!("writing {name}: {e}"));
+                log::debug!("{name} cannot be replaced ({e}); rewriting it in place");
+                if let Err(e) = files::rewrite_in_place(dir(FD_RESOLV_FILE), text.as_bytes()) {
+                    return Outcome::Failed(format!("writing {name}: {e}"));
+                }
             }
         }
         Outcome::Done
@@ -203,7 +215,7 @@ impl Actuator<'_> {
     fn unconfigure(&mut self, lease: &Lease) -> std::io::Result<()> {
         let index = self.args.ifindex;
         for r in lease.routes.iter().rev() {
-            let _ = self.rtnl.delete_route(index, *r, ROUTE_METRIC);
+            let _ = self.rtnl.delete_route(index, *r, route_metric(index));
         }
         match self.rtnl.delete_address(index, lease.address, lease.prefix_len) {
             Err(e) if e.raw_os_error() != Some(libc::EADDRNOTAVAIL) => Err(e),

@@ -3,6 +3,8 @@
 //! allow-list of a handful of calls. It only relays between the channel and
 //! the sans-IO [`dhcp_engine::Client`], stamping events with CLOCK_BOOTTIME.
 
+use std::os::fd::AsFd;
+
 use dhcp_engine::Client;
 use mirage_ipc::{EngineAction, EngineEvent, FromEngine, ToEngine};
 use mirage_sdk::channel::{Channel, wait_readable};
@@ -11,8 +13,8 @@ use mirage_sdk::clock::boottime;
 use super::{FD_CHANNEL, RoleArgs};
 
 pub fn run(args: &RoleArgs) -> Result<(), String> {
+    let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
     super::sandbox::enter(args, super::sandbox::Profile::Engine)?;
-    let chan = Channel::from_raw_fd(FD_CHANNEL);
     let Some(ToEngine::Start { config, stored, seed, link_up }) =
         chan.recv::<ToEngine>().map_err(|e| format!("first message: {e}"))?
     else {
@@ -30,13 +32,12 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
         let due = client.poll_at();
         if due.0 == u64::MAX {
             // Stopped: nothing more to do; wait for the supervisor to close.
-            let _ = wait_readable(&[FD_CHANNEL], None);
+            let _ = wait_readable(&[chan.as_fd()], None);
         } else if due > now {
-            let timeout = due.since(now).min(i32::MAX as u64) as i32;
-            wait_readable(&[FD_CHANNEL], Some(timeout)).map_err(|e| format!("poll: {e}"))?;
+            wait_readable(&[chan.as_fd()], Some(due.since(now))).map_err(|e| format!("poll: {e}"))?;
         }
         // Whatever woke us, read what is there without blocking.
-        let ready = wait_readable(&[FD_CHANNEL], Some(0)).map_err(|e| format!("poll: {e}"))?;
+        let ready = wait_readable(&[chan.as_fd()], Some(0)).map_err(|e| format!("poll: {e}"))?;
         let event = if ready[0] {
             match chan.recv::<ToEngine>() {
                 Ok(Some(ToEngine::Event(e))) => e,

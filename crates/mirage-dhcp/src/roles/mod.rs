@@ -6,6 +6,7 @@
 mod actuator;
 mod engine;
 mod network;
+pub mod sandbox;
 
 use std::os::fd::RawFd;
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ pub const FD_STATE_DIR: RawFd = 6;
 pub const FD_RUN_DIR: RawFd = 7;
 /// Actuator role: directory holding resolv.conf (only with --resolv-name).
 pub const FD_RESOLV_DIR: RawFd = 8;
+/// Actuator role: resolv.conf itself, opened for writing, for targets that
+/// cannot be replaced by rename (bind mounts, directories we may not write).
+pub const FD_RESOLV_FILE: RawFd = 9;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoleName {

@@ -3,6 +3,8 @@
 //! Outbound frames are checked here, because the engine may be compromised:
 //! our source MAC, IPv4 UDP 68 -> 67 or ARP from our MAC, bounded size.
 
+use std::os::fd::AsFd;
+
 use mirage_ipc::{FromNetwork, MAX_FRAME_LEN, ToNetwork};
 use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::packet::{PacketSocket, check_outbound};
@@ -10,12 +12,12 @@ use mirage_sdk::packet::{PacketSocket, check_outbound};
 use super::{FD_CHANNEL, FD_PACKET, RoleArgs};
 
 pub fn run(args: &RoleArgs) -> Result<(), String> {
+    let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
+    let sock = PacketSocket::from_raw_fd(FD_PACKET).map_err(|e| format!("packet socket: {e}"))?;
     super::sandbox::enter(args, super::sandbox::Profile::Network)?;
-    let chan = Channel::from_raw_fd(FD_CHANNEL);
-    let sock = PacketSocket::from_raw_fd(FD_PACKET);
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     loop {
-        let ready = wait_readable(&[FD_CHANNEL, FD_PACKET], None).map_err(|e| format!("poll: {e}"))?;
+        let ready = wait_readable(&[chan.as_fd(), sock.as_fd()], None).map_err(|e| format!("poll: {e}"))?;
         if ready[1] {
             match sock.recv(&mut buf) {
                 Ok(r) if r.truncated => log::debug!("dropped an oversized frame"),
