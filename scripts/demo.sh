@@ -35,6 +35,7 @@ ip netns exec "$SRV" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0
     --dhcp-option=option:router,192.0.2.1 --dhcp-option=option:dns-server,192.0.2.1 \
     --dhcp-option=option:domain-search,demo.example --dhcp-option=option:mtu,1450 \
     2>"$TMP/dnsmasq.log" &
+disown
 for _ in $(seq 100); do ip netns exec "$SRV" ss -lun | grep -q ':67 ' && break; sleep 0.05; done
 
 echo "== mirage-dhcp run --oneshot (log follows)"

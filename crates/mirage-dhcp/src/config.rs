@@ -186,7 +186,10 @@ impl Config {
         if let Some(h) = &f.hostname
             && (!is_valid_domain_name(h) || h.contains('.'))
         {
-            return Err(bad("hostname", "must be one DNS label (letters, digits, hyphens)"));
+            return Err(bad(
+                "hostname",
+                "must be one DNS label (letters, digits, hyphens)",
+            ));
         }
         if let Some(v) = &f.vendor_class
             && (v.is_empty() || v.len() > 255 || !v.is_ascii())
@@ -201,14 +204,20 @@ impl Config {
             return Err(bad("timing.first_retransmit_ms", "must be 10..=64000"));
         }
         if timing.max_retransmit_ms < timing.first_retransmit_ms || timing.max_retransmit_ms > 600_000 {
-            return Err(bad("timing.max_retransmit_ms", "must be first_retransmit_ms..=600000"));
+            return Err(bad(
+                "timing.max_retransmit_ms",
+                "must be first_retransmit_ms..=600000",
+            ));
         }
         if timing.init_reboot_budget_ms > 60_000 {
             return Err(bad("timing.init_reboot_budget_ms", "must be at most 60000"));
         }
         let a = f.acd;
         if a.probe_min_ms > a.probe_max_ms || a.probe_max_ms > 10_000 || a.probe_wait_ms > 10_000 {
-            return Err(bad("acd", "need probe_min_ms <= probe_max_ms <= 10000 and probe_wait_ms <= 10000"));
+            return Err(bad(
+                "acd",
+                "need probe_min_ms <= probe_max_ms <= 10000 and probe_wait_ms <= 10000",
+            ));
         }
         if a.enabled && a.probe_count == 0 {
             return Err(bad("acd.probe_count", "must be at least 1 when acd is enabled"));
@@ -228,7 +237,10 @@ impl Config {
             return Err(bad("limits.max_routes", "must be 1..=256"));
         }
         if l.max_dns_servers == 0 || l.max_search_domains > 64 {
-            return Err(bad("limits", "max_dns_servers must be >= 1 and max_search_domains <= 64"));
+            return Err(bad(
+                "limits",
+                "max_dns_servers must be >= 1 and max_search_domains <= 64",
+            ));
         }
         let resolv_conf = match o.resolv_conf.or(f.resolv_conf) {
             None => Some(PathBuf::from(DEFAULT_RESOLV_CONF)),
@@ -242,7 +254,10 @@ impl Config {
         };
         Ok(Config {
             interface,
-            state_dir: o.state_dir.or(f.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir: o
+                .state_dir
+                .or(f.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             run_dir: o.run_dir.or(f.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
             resolv_conf,
             sandbox: o.sandbox.or(f.sandbox).unwrap_or_default(),
@@ -300,10 +315,16 @@ mod tests {
     #[test]
     fn overrides_win_and_empty_resolv_conf_disables() {
         let p = Path::new("c.toml");
-        let f: FileConfig =
-            mirage_sdk::config::parse(p, "interface = \"a\"\nresolv_conf = \"\"\n[acd]\nenabled = true\n")
-                .unwrap();
-        let o = Overrides { interface: Some("b".into()), no_acd: true, ..Default::default() };
+        let f: FileConfig = mirage_sdk::config::parse(
+            p,
+            "interface = \"a\"\nresolv_conf = \"\"\n[acd]\nenabled = true\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            interface: Some("b".into()),
+            no_acd: true,
+            ..Default::default()
+        };
         let c = Config::resolve(p, f, o).unwrap();
         assert_eq!(c.interface, "b");
         assert_eq!(c.resolv_conf, None);

@@ -124,7 +124,10 @@ fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("mirage-dhcp: cannot read {}: {e} (is the client running?)", path.display());
+            eprintln!(
+                "mirage-dhcp: cannot read {}: {e} (is the client running?)",
+                path.display()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -146,7 +149,11 @@ fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
     if l.is_null() {
         println!("lease      none");
     } else {
-        println!("address    {}/{}", l["address"].as_str().unwrap_or("?"), l["prefix_len"]);
+        println!(
+            "address    {}/{}",
+            l["address"].as_str().unwrap_or("?"),
+            l["prefix_len"]
+        );
         println!("server     {}", l["server_id"].as_str().unwrap_or("?"));
         for r in l["routes"].as_array().into_iter().flatten() {
             println!(

@@ -61,7 +61,10 @@ impl Role {
         self.log_buf.extend_from_slice(&buf[..n]);
         while let Some(pos) = self.log_buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.log_buf.drain(..=pos).collect();
-            eprintln!("{}", mirage_sdk::log::relay_line(self.name.as_str(), &line[..line.len() - 1]));
+            eprintln!(
+                "{}",
+                mirage_sdk::log::relay_line(self.name.as_str(), &line[..line.len() - 1])
+            );
         }
         if self.log_buf.len() > mirage_sdk::log::MAX_RELAYED_LINE {
             let line: Vec<u8> = std::mem::take(&mut self.log_buf);
@@ -113,10 +116,15 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         .link_by_name(&config.interface)
         .map_err(|e| format!("interface {}: {e}", config.interface))?;
     if !link.up {
-        rtnl.set_link_up(link.index).map_err(|e| format!("bringing {} up: {e}", config.interface))?;
+        rtnl.set_link_up(link.index)
+            .map_err(|e| format!("bringing {} up: {e}", config.interface))?;
     }
-    let link = rtnl.link(link.index).map_err(|e| format!("interface {}: {e}", config.interface))?;
-    let mac = link.mac.ok_or_else(|| format!("{} has no Ethernet address", config.interface))?;
+    let link = rtnl
+        .link(link.index)
+        .map_err(|e| format!("interface {}: {e}", config.interface))?;
+    let mac = link
+        .mac
+        .ok_or_else(|| format!("{} has no Ethernet address", config.interface))?;
     let client_id = client_id(&config, &state_dir, mac)?;
     let stored = load_stored_lease(&config, &state_dir);
 
@@ -135,7 +143,13 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     let monitor = LinkMonitor::open(link.index).map_err(|e| format!("link monitor: {e}"))?;
 
     let resolv_name = resolv.as_ref().map(|(_, _, name)| name.clone());
-    let common = RoleCommon { config: &config, resolv_name, level, ifindex: link.index, mac };
+    let common = RoleCommon {
+        config: &config,
+        resolv_name,
+        level,
+        ifindex: link.index,
+        mac,
+    };
     let network = common.spawn(RoleName::Network, &[packet.as_fd()])?;
     drop(packet);
     let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
@@ -238,13 +252,26 @@ impl RoleCommon<'_> {
         // Our copy of the role's end closes here; the role holds the only one.
         drop(theirs);
         let (child, log) = spawned.into_parts();
-        Ok(Role { name, child, chan: ours, log, log_buf: Vec::new(), started: StdInstant::now() })
+        Ok(Role {
+            name,
+            child,
+            chan: ours,
+            log,
+            log_buf: Vec::new(),
+            started: StdInstant::now(),
+        })
     }
 }
 
 impl Supervisor {
     fn common(&self) -> RoleCommon<'_> {
-        RoleCommon { config: &self.config, resolv_name: None, level: self.level, ifindex: self.ifindex, mac: self.mac }
+        RoleCommon {
+            config: &self.config,
+            resolv_name: None,
+            level: self.level,
+            ifindex: self.ifindex,
+            mac: self.mac,
+        }
     }
 
     fn start_engine(&mut self) -> Result<(), String> {
@@ -257,7 +284,9 @@ impl Supervisor {
             seed,
             link_up: self.link_up,
         };
-        role.chan.send(&start).map_err(|e| format!("starting the engine: {e}"))?;
+        role.chan
+            .send(&start)
+            .map_err(|e| format!("starting the engine: {e}"))?;
         self.engine = Some(role);
         Ok(())
     }
@@ -287,7 +316,10 @@ impl Supervisor {
 
     fn to_actuator(&mut self, msg: ToActuator) -> Result<(), String> {
         self.outstanding += 1;
-        self.actuator.chan.send(&msg).map_err(|e| format!("actuator: {e}"))
+        self.actuator
+            .chan
+            .send(&msg)
+            .map_err(|e| format!("actuator: {e}"))
     }
 
     fn publish(&mut self) -> Result<(), String> {
@@ -308,7 +340,10 @@ impl Supervisor {
         match msg {
             FromEngine::Dropped(reason) => log::debug!("engine dropped a frame: {reason:?}"),
             FromEngine::Action(EngineAction::Transmit(frame)) => {
-                self.network.chan.send(&ToNetwork::Transmit(frame)).map_err(|e| format!("network: {e}"))?;
+                self.network
+                    .chan
+                    .send(&ToNetwork::Transmit(frame))
+                    .map_err(|e| format!("network: {e}"))?;
             }
             FromEngine::Action(EngineAction::ApplyLease { lease, valid_secs }) => {
                 log::info!(
@@ -331,7 +366,11 @@ impl Supervisor {
             }
             FromEngine::Action(EngineAction::PublishStatus(status)) => {
                 if status.state != self.status.state {
-                    log::info!("state {} -> {}", self.status.state.as_str(), status.state.as_str());
+                    log::info!(
+                        "state {} -> {}",
+                        self.status.state.as_str(),
+                        status.state.as_str()
+                    );
                 }
                 self.status = status;
                 self.publish()?;
@@ -450,8 +489,14 @@ impl Supervisor {
             }
             if ready[1] {
                 match self.network.chan.recv::<FromNetwork>() {
-                    Ok(Some(FromNetwork::Frame { data, checksum_offloaded })) => {
-                        self.to_engine(EngineEvent::Frame { data, checksum_offloaded });
+                    Ok(Some(FromNetwork::Frame {
+                        data,
+                        checksum_offloaded,
+                    })) => {
+                        self.to_engine(EngineEvent::Frame {
+                            data,
+                            checksum_offloaded,
+                        });
                     }
                     Ok(Some(FromNetwork::Refused { reason })) => {
                         self.frames_refused += 1;
@@ -578,7 +623,10 @@ fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<ResolvTarget>), 
                 .map_err(|e| format!("opening {}: {e}", p.display()))?;
             let real = std::fs::canonicalize(p).map_err(|e| format!("resolving {}: {e}", p.display()))?;
             let parent = real.parent().unwrap_or(Path::new("/"));
-            let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = real
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let dir = files::open_dir(parent).map_err(|e| format!("opening {}: {e}", parent.display()))?;
             Some((dir, OwnedFd::from(file), name))
         }
@@ -594,7 +642,10 @@ fn client_id(c: &Config, state_dir: &OwnedFd, mac: [u8; 6]) -> Result<ClientIdKi
         return Ok(ClientIdKind::Mac);
     }
     let iaid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let stored = files::read_bounded(state_dir, "duid", 1024).ok().flatten().and_then(|b| parse_hex(&b));
+    let stored = files::read_bounded(state_dir, "duid", 1024)
+        .ok()
+        .flatten()
+        .and_then(|b| parse_hex(&b));
     let duid = match stored {
         Some(d) if (4..=130).contains(&d.len()) => d,
         _ => {
@@ -615,7 +666,10 @@ fn parse_hex(bytes: &[u8]) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// The stored lease, rebased onto this boot. A corrupt or foreign file is
@@ -659,7 +713,11 @@ impl SignalPipe {
         let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
         read.set_nonblocking(true).map_err(|e| e.to_string())?;
         write.set_nonblocking(true).map_err(|e| e.to_string())?;
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        for sig in [
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ] {
             let w = OwnedFd::from(write.try_clone().map_err(|e| e.to_string())?);
             signal_hook::low_level::pipe::register_raw(sig, w).map_err(|e| e.to_string())?;
         }

@@ -33,12 +33,18 @@ fn lease_is_applied_with_routes_mtu_dns_and_files() {
     let valid = a["valid_life_time"].as_u64().unwrap();
     assert!((100..=120).contains(&valid), "valid_life_time {valid}");
     let routes = net.client_routes();
-    assert!(routes.contains(&format!("default via {} dev {CLIENT_IF}", net.server_ip)), "{routes}");
+    assert!(
+        routes.contains(&format!("default via {} dev {CLIENT_IF}", net.server_ip)),
+        "{routes}"
+    );
     let link = net.in_client(&["ip", "-j", "link", "show", CLIENT_IF]);
     let link: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
     assert_eq!(link[0]["mtu"], 1400);
     let resolv = read(&net.path("resolv.conf"));
-    assert!(resolv.contains(&format!("nameserver {}\n", net.server_ip)), "{resolv}");
+    assert!(
+        resolv.contains(&format!("nameserver {}\n", net.server_ip)),
+        "{resolv}"
+    );
     assert!(resolv.contains("search corp.example example.org\n"), "{resolv}");
     assert_eq!(lease["ntp_servers"][0], "10.9.9.9");
     assert_eq!(lease["mtu"], 1400);
@@ -47,8 +53,14 @@ fn lease_is_applied_with_routes_mtu_dns_and_files() {
     assert_eq!(stored["lease"]["address"], addr.as_str());
     assert_eq!(stored["version"], 1);
     let metrics = read(&net.path("run/metrics.prom"));
-    assert!(metrics.contains(&format!("mirage_dhcp_bound{{interface=\"{CLIENT_IF}\"}} 1\n")), "{metrics}");
-    assert!(metrics.contains("mirage_dhcp_sandbox{interface=\"veth-c\",kind=\"seccomp\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("mirage_dhcp_bound{{interface=\"{CLIENT_IF}\"}} 1\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mirage_dhcp_sandbox{interface=\"veth-c\",kind=\"seccomp\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(status["sandbox"], "seccomp");
     // The engine saw one offer and one ack, and nothing was refused.
     assert_eq!(status["counters"]["offers"], 1);
@@ -56,7 +68,10 @@ fn lease_is_applied_with_routes_mtu_dns_and_files() {
     assert_eq!(status["frames_refused"], 0);
     assert_eq!(status["intents_refused"], 0);
     net.signal(daemon, "TERM");
-    assert!(net.wait_exit(daemon, Duration::from_secs(5)).is_some_and(|s| s.success()));
+    assert!(
+        net.wait_exit(daemon, Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
     // Default: the address stays after a stop (kernel lifetime still runs).
     assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
 }
@@ -66,7 +81,9 @@ fn oneshot_exits_zero_once_applied() {
     let mut net = Net::new();
     net.start_dnsmasq("120", &[]);
     let daemon = net.start_client(&["--oneshot", "--timeout", "20"]);
-    let st = net.wait_exit(daemon, Duration::from_secs(25)).expect("oneshot did not exit");
+    let st = net
+        .wait_exit(daemon, Duration::from_secs(25))
+        .expect("oneshot did not exit");
     assert!(st.success(), "exit {st:?}\n{}", net.client_log());
     assert_eq!(net.client_addrs().len(), 1);
 }
@@ -86,10 +103,18 @@ fn short_lease_is_renewed() {
             assert_eq!(s["state"], "bound");
             break;
         }
-        assert!(Instant::now() < deadline, "no renewals: {s}\n{}", net.client_log());
+        assert!(
+            Instant::now() < deadline,
+            "no renewals: {s}\n{}",
+            net.client_log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(net.client_addrs(), addr, "the address changed or vanished during renewals");
+    assert_eq!(
+        net.client_addrs(),
+        addr,
+        "the address changed or vanished during renewals"
+    );
 }
 
 #[test]
@@ -117,7 +142,10 @@ fn restart_keeps_the_address_without_a_gap() {
     let _ = monitor.kill();
     let _ = monitor.wait();
     let events = read(&monitor_log);
-    assert!(!events.contains("Deleted"), "the address disappeared during the restart:\n{events}");
+    assert!(
+        !events.contains("Deleted"),
+        "the address disappeared during the restart:\n{events}"
+    );
     assert_eq!(net.client_addrs(), addr);
     // The restarted daemon verified the stored lease instead of a new DISCOVER.
     assert_eq!(status["counters"]["offers"], 0, "{status}");
@@ -130,7 +158,12 @@ fn killed_engine_is_restarted_and_the_lease_goes_on() {
     let daemon = net.start_client(&[]);
     net.wait_state("bound", BOUND_WITHIN);
     let addr = net.client_addrs();
-    let engine = net.role_pids(daemon).into_iter().find(|(r, _)| r == "engine").expect("engine role").1;
+    let engine = net
+        .role_pids(daemon)
+        .into_iter()
+        .find(|(r, _)| r == "engine")
+        .expect("engine role")
+        .1;
     support::run(Command::new("kill").args(["-9", &engine.to_string()]));
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -138,11 +171,24 @@ fn killed_engine_is_restarted_and_the_lease_goes_on() {
         if s["engine_restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "bound" {
             break;
         }
-        assert!(Instant::now() < deadline, "engine not restarted: {s}\n{}", net.client_log());
-        assert_eq!(net.client_addrs(), addr, "the address vanished while the engine was down");
+        assert!(
+            Instant::now() < deadline,
+            "engine not restarted: {s}\n{}",
+            net.client_log()
+        );
+        assert_eq!(
+            net.client_addrs(),
+            addr,
+            "the address vanished while the engine was down"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let new_engine = net.role_pids(daemon).into_iter().find(|(r, _)| r == "engine").expect("engine role").1;
+    let new_engine = net
+        .role_pids(daemon)
+        .into_iter()
+        .find(|(r, _)| r == "engine")
+        .expect("engine role")
+        .1;
     assert_ne!(new_engine, engine);
     assert_eq!(net.client_addrs(), addr);
 }
@@ -172,7 +218,11 @@ fn roles_run_with_the_privileges_the_design_says() {
         assert_eq!(field("CapInh"), "0000000000000000", "{role}");
         assert_eq!(field("CapAmb"), "0000000000000000", "{role}");
         // CAP_NET_ADMIN is bit 12.
-        let want = if role == "actuator" { "0000000000001000" } else { "0000000000000000" };
+        let want = if role == "actuator" {
+            "0000000000001000"
+        } else {
+            "0000000000000000"
+        };
         assert_eq!(field("CapEff"), want, "{role}");
         assert_eq!(field("CapPrm"), want, "{role}");
     }
@@ -183,7 +233,10 @@ fn roles_run_with_the_privileges_the_design_says() {
 #[test]
 fn server_gone_rebinds_then_removes_the_address_at_expiry() {
     let mut net = Net::new();
-    let server = net.start_dnsmasq("120", &["--dhcp-option=option:T1,5", "--dhcp-option=option:T2,10"]);
+    let server = net.start_dnsmasq(
+        "120",
+        &["--dhcp-option=option:T1,5", "--dhcp-option=option:T2,10"],
+    );
     net.start_client(&[]);
     let status = net.wait_state("bound", BOUND_WITHIN);
     let bound_at = Instant::now();
@@ -192,14 +245,21 @@ fn server_gone_rebinds_then_removes_the_address_at_expiry() {
     net.wait_state("rebinding", Duration::from_secs(20));
     // Still there while the lease is valid.
     assert_eq!(net.client_addrs().len(), 1);
-    support::wait_until(Duration::from_secs(remaining + 10), || net.client_addrs().is_empty());
+    support::wait_until(Duration::from_secs(remaining + 10), || {
+        net.client_addrs().is_empty()
+    });
     let gone_after = bound_at.elapsed().as_secs();
     assert!(
         gone_after + 3 >= remaining && gone_after <= remaining + 3,
         "removed after {gone_after} s, lease had {remaining} s"
     );
     support::wait_until(Duration::from_secs(5), || {
-        net.status().is_some_and(|s| s["counters"]["expiries"].as_u64() >= Some(1) && s["state"] != "bound")
+        net.status()
+            .is_some_and(|s| s["counters"]["expiries"].as_u64() >= Some(1) && s["state"] != "bound")
     });
-    assert!(!net.client_routes().contains("default"), "{}", net.client_routes());
+    assert!(
+        !net.client_routes().contains("default"),
+        "{}",
+        net.client_routes()
+    );
 }

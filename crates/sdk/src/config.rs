@@ -38,7 +38,12 @@ impl std::error::Error for ConfigError {}
 /// `required` is false (every key has a default). `T` should use
 /// `#[serde(deny_unknown_fields)]` so that typos are errors.
 pub fn load<T: DeserializeOwned>(path: &Path, required: bool) -> Result<Option<T>, ConfigError> {
-    let err = |message: String| ConfigError { path: path.to_path_buf(), line: None, column: None, message };
+    let err = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        line: None,
+        column: None,
+        message,
+    };
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
@@ -63,7 +68,12 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
             }
             None => (None, None),
         };
-        ConfigError { path: path.to_path_buf(), line, column, message: e.message().to_string() }
+        ConfigError {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().to_string(),
+        }
     })
 }
 

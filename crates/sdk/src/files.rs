@@ -67,13 +67,14 @@ pub fn write_atomic(dir: impl AsFd, name: &str, contents: &[u8], mode: u32) -> i
 /// mount /etc/resolv.conf that way: rename fails with EBUSY) or a directory
 /// the role may not write.
 pub fn rewrite_in_place(file: impl AsFd, contents: &[u8]) -> io::Result<()> {
-    let mut offset = 0u64;
-    while (offset as usize) < contents.len() {
-        let n = rustix::io::pwrite(&file, &contents[offset as usize..], offset)?;
+    rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0))?;
+    let mut rest = contents;
+    while !rest.is_empty() {
+        let n = rustix::io::write(&file, rest)?;
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::WriteZero));
         }
-        offset += n as u64;
+        rest = &rest[n..];
     }
     rustix::fs::ftruncate(&file, contents.len() as u64)?;
     rustix::fs::fsync(&file)?;
@@ -111,7 +112,10 @@ pub fn read_bounded(dir: impl AsFd, name: &str, max: usize) -> io::Result<Option
             return Ok(Some(out));
         }
         if out.len() + n > max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{name} is over {max} bytes")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{name} is over {max} bytes"),
+            ));
         }
         out.extend_from_slice(&buf[..n]);
     }
@@ -120,7 +124,10 @@ pub fn read_bounded(dir: impl AsFd, name: &str, max: usize) -> io::Result<Option
 /// Only plain names in the directory: no separators, no dot-dot.
 fn validate_name(name: &str) -> io::Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad file name {name:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad file name {name:?}"),
+        ));
     }
     Ok(())
 }
@@ -181,7 +188,11 @@ impl StoredLease {
         } else {
             let before_boot_secs = u32::try_from((age - now_boot.0).div_ceil(1000)).unwrap_or(u32::MAX);
             let shorten = |v: u32| {
-                if v == mirage_ipc::INFINITE_LEASE { v } else { v.saturating_sub(before_boot_secs) }
+                if v == mirage_ipc::INFINITE_LEASE {
+                    v
+                } else {
+                    v.saturating_sub(before_boot_secs)
+                }
             };
             lease.lease_secs = shorten(lease.lease_secs);
             lease.renew_secs = shorten(lease.renew_secs);
@@ -271,31 +282,75 @@ pub fn render_metrics(p: &PublishedStatus) -> String {
         let _ = writeln!(out, "# TYPE mirage_dhcp_{name} gauge");
         let _ = writeln!(out, "mirage_dhcp_{name}{{interface=\"{iface}\"}} {value}");
     };
-    gauge("bound", "1 when a lease is held and applied.", u8::from(s.lease.is_some()).to_string());
+    gauge(
+        "bound",
+        "1 when a lease is held and applied.",
+        u8::from(s.lease.is_some()).to_string(),
+    );
     let remaining = s.lease.as_ref().map_or(0, |l| l.remaining_secs(p.now));
-    gauge("lease_remaining_seconds", "Seconds until the lease expires.", remaining.to_string());
-    gauge("engine_restarts", "Times the engine role was restarted.", p.engine_restarts.to_string());
+    gauge(
+        "lease_remaining_seconds",
+        "Seconds until the lease expires.",
+        remaining.to_string(),
+    );
+    gauge(
+        "engine_restarts",
+        "Times the engine role was restarted.",
+        p.engine_restarts.to_string(),
+    );
     let _ = writeln!(out, "# HELP mirage_dhcp_state Current client state (RFC 2131).");
     let _ = writeln!(out, "# TYPE mirage_dhcp_state gauge");
-    let _ = writeln!(out, "mirage_dhcp_state{{interface=\"{iface}\",state=\"{}\"}} 1", s.state.as_str());
+    let _ = writeln!(
+        out,
+        "mirage_dhcp_state{{interface=\"{iface}\",state=\"{}\"}} 1",
+        s.state.as_str()
+    );
     let _ = writeln!(out, "# HELP mirage_dhcp_sandbox Sandbox in force for the engine.");
     let _ = writeln!(out, "# TYPE mirage_dhcp_sandbox gauge");
-    let _ = writeln!(out, "mirage_dhcp_sandbox{{interface=\"{iface}\",kind=\"{}\"}} 1", escape_label(&p.sandbox));
+    let _ = writeln!(
+        out,
+        "mirage_dhcp_sandbox{{interface=\"{iface}\",kind=\"{}\"}} 1",
+        escape_label(&p.sandbox)
+    );
     let counters: [(&str, &str, u64); 14] = [
-        ("frames_received_total", "Frames given to the engine.", c.frames_received),
-        ("frames_dropped_total", "Frames the engine dropped.", c.frames_dropped),
+        (
+            "frames_received_total",
+            "Frames given to the engine.",
+            c.frames_received,
+        ),
+        (
+            "frames_dropped_total",
+            "Frames the engine dropped.",
+            c.frames_dropped,
+        ),
         ("offers_total", "DHCPOFFERs accepted.", c.offers),
         ("acks_total", "DHCPACKs accepted.", c.acks),
         ("naks_total", "DHCPNAKs honoured.", c.naks),
-        ("leases_refused_total", "Offers or ACKs refused by the lease policy.", c.leases_refused),
+        (
+            "leases_refused_total",
+            "Offers or ACKs refused by the lease policy.",
+            c.leases_refused,
+        ),
         ("renewals_total", "Leases renewed.", c.renewals),
         ("rebinds_total", "Leases rebound.", c.rebinds),
         ("declines_total", "DHCPDECLINEs sent.", c.declines),
         ("expiries_total", "Leases that expired.", c.expiries),
-        ("transmitted_total", "Frames the engine asked to send.", c.transmitted),
+        (
+            "transmitted_total",
+            "Frames the engine asked to send.",
+            c.transmitted,
+        ),
         ("conflicts_total", "Address conflicts detected.", c.conflicts),
-        ("frames_refused_total", "Outbound frames refused by the network role.", p.frames_refused),
-        ("intents_refused_total", "Intents refused by the actuator.", p.intents_refused),
+        (
+            "frames_refused_total",
+            "Outbound frames refused by the network role.",
+            p.frames_refused,
+        ),
+        (
+            "intents_refused_total",
+            "Intents refused by the actuator.",
+            p.intents_refused,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP mirage_dhcp_{name} {help}");
@@ -345,7 +400,10 @@ mod tests {
     }
 
     fn rand_suffix() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
     }
 
     #[test]
@@ -355,10 +413,16 @@ mod tests {
         write_atomic(&dir, "x", b"one", 0o644).unwrap();
         write_atomic(&dir, "x", b"two", 0o600).unwrap();
         assert_eq!(std::fs::read(d.join("x")).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x")]);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(d.join("x")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(d.join("x")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(write_atomic(&dir, "../escape", b"", 0o644).is_err());
         assert_eq!(read_bounded(&dir, "x", 10).unwrap().unwrap(), b"two");
         assert!(read_bounded(&dir, "x", 2).is_err());
@@ -366,7 +430,11 @@ mod tests {
         remove(&dir, "x").unwrap();
         remove(&dir, "x").unwrap();
         std::fs::write(d.join("y"), b"a much longer old content").unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(d.join("y")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(d.join("y"))
+            .unwrap();
         rewrite_in_place(&f, b"short").unwrap();
         assert_eq!(std::fs::read(d.join("y")).unwrap(), b"short");
         std::fs::remove_dir_all(&d).unwrap();
@@ -405,7 +473,11 @@ mod tests {
     #[test]
     fn status_and_metrics_render() {
         let p = PublishedStatus {
-            status: Status { state: mirage_ipc::ClientState::Bound, lease: Some(lease()), ..Default::default() },
+            status: Status {
+                state: mirage_ipc::ClientState::Bound,
+                lease: Some(lease()),
+                ..Default::default()
+            },
             interface: "eth0".into(),
             sandbox: "seccomp".into(),
             now: Instant(65_000),

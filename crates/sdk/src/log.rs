@@ -61,7 +61,13 @@ mod tests {
 
     #[test]
     fn relayed_lines_cannot_forge_other_roles() {
-        assert_eq!(relay_line("engine", b"INFO x\n[actuator] y"), "[engine] INFO x?[actuator] y");
-        assert_eq!(relay_line("engine", &[b'a'; 5000]).len(), "[engine] ".len() + MAX_RELAYED_LINE);
+        assert_eq!(
+            relay_line("engine", b"INFO x\n[actuator] y"),
+            "[engine] INFO x?[actuator] y"
+        );
+        assert_eq!(
+            relay_line("engine", &[b'a'; 5000]).len(),
+            "[engine] ".len() + MAX_RELAYED_LINE
+        );
     }
 }

@@ -52,7 +52,9 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
     // Every fd is checked and wrapped before the sandbox closes the calls
     // that checking needs (getsockopt, fcntl).
     super::sandbox::enter(args, super::sandbox::Profile::Actuator)?;
-    let link = rtnl.link(args.ifindex).map_err(|e| format!("link {}: {e}", args.interface))?;
+    let link = rtnl
+        .link(args.ifindex)
+        .map_err(|e| format!("link {}: {e}", args.interface))?;
     let mut act = Actuator {
         args,
         limits: args.limits(),
@@ -63,7 +65,8 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
     };
     act.adopt_stored_lease();
     loop {
-        let ready = wait_readable(&[chan.as_fd(), monitor.as_fd()], None).map_err(|e| format!("poll: {e}"))?;
+        let ready =
+            wait_readable(&[chan.as_fd(), monitor.as_fd()], None).map_err(|e| format!("poll: {e}"))?;
         if ready[1] {
             match monitor.read_events() {
                 Ok(events) => {
@@ -90,7 +93,8 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
                 Outcome::Refused(r) => log::warn!("refused {kind:?}: {r}"),
                 Outcome::Failed(e) => log::warn!("{kind:?} failed: {e}"),
             }
-            chan.send(&FromActuator::Result { kind, outcome }).map_err(|e| format!("send: {e}"))?;
+            chan.send(&FromActuator::Result { kind, outcome })
+                .map_err(|e| format!("send: {e}"))?;
         }
     }
 }
@@ -108,7 +112,9 @@ impl Actuator<'_> {
         };
         let lease = stored.rebase(boottime(), realtime_ms());
         let present = self.rtnl.addresses(self.args.ifindex).map(|addrs| {
-            addrs.iter().any(|a| a.addr == lease.address && a.prefix_len == lease.prefix_len)
+            addrs
+                .iter()
+                .any(|a| a.addr == lease.address && a.prefix_len == lease.prefix_len)
         });
         if matches!(present, Ok(true)) && lease.check(&self.limits).is_ok() {
             self.applied = Some(lease);
@@ -117,7 +123,9 @@ impl Actuator<'_> {
 
     fn handle(&mut self, msg: ToActuator) -> (IntentKind, Outcome) {
         match msg {
-            ToActuator::Apply { lease, valid_secs } => (IntentKind::ApplyLease, self.apply(&lease, valid_secs)),
+            ToActuator::Apply { lease, valid_secs } => {
+                (IntentKind::ApplyLease, self.apply(&lease, valid_secs))
+            }
             ToActuator::Remove { lease } => (IntentKind::RemoveLease, self.remove(&lease)),
             ToActuator::Persist(lease) => (IntentKind::PersistLease, self.persist(lease.as_ref())),
             ToActuator::Publish(status) => (IntentKind::PublishStatus, self.publish(&status)),
@@ -173,7 +181,8 @@ impl Actuator<'_> {
                 }
             }
             for r in &lease.routes {
-                self.rtnl.replace_route(index, *r, Some(lease.address), route_metric(index))?;
+                self.rtnl
+                    .replace_route(index, *r, Some(lease.address), route_metric(index))?;
             }
             Ok(())
         })();

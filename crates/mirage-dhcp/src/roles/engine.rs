@@ -15,18 +15,29 @@ use super::{FD_CHANNEL, RoleArgs};
 pub fn run(args: &RoleArgs) -> Result<(), String> {
     let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
     super::sandbox::enter(args, super::sandbox::Profile::Engine)?;
-    let Some(ToEngine::Start { config, stored, seed, link_up }) =
-        chan.recv::<ToEngine>().map_err(|e| format!("first message: {e}"))?
+    let Some(ToEngine::Start {
+        config,
+        stored,
+        seed,
+        link_up,
+    }) = chan
+        .recv::<ToEngine>()
+        .map_err(|e| format!("first message: {e}"))?
     else {
         return Err("the first message was not Start".into());
     };
     let mut client = Client::new(config, stored, boottime(), seed);
     let mut actions: Vec<EngineAction> = Vec::new();
-    let first = if link_up { EngineEvent::Tick } else { EngineEvent::LinkDown };
+    let first = if link_up {
+        EngineEvent::Tick
+    } else {
+        EngineEvent::LinkDown
+    };
     let _ = client.handle(boottime(), first, &mut actions);
     loop {
         for action in actions.drain(..) {
-            chan.send(&FromEngine::Action(action)).map_err(|e| format!("send: {e}"))?;
+            chan.send(&FromEngine::Action(action))
+                .map_err(|e| format!("send: {e}"))?;
         }
         let now = boottime();
         let due = client.poll_at();
@@ -49,7 +60,8 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
             EngineEvent::Tick
         };
         if let Err(reason) = client.handle(boottime(), event, &mut actions) {
-            chan.send(&FromEngine::Dropped(reason)).map_err(|e| format!("send: {e}"))?;
+            chan.send(&FromEngine::Dropped(reason))
+                .map_err(|e| format!("send: {e}"))?;
         }
     }
 }

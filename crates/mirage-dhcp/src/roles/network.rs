@@ -41,7 +41,9 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
                     }
                     Err(why) => {
                         log::warn!("refused an outbound frame: {}", why.as_str());
-                        let msg = FromNetwork::Refused { reason: why.as_str().to_string() };
+                        let msg = FromNetwork::Refused {
+                            reason: why.as_str().to_string(),
+                        };
                         chan.send(&msg).map_err(|e| format!("send: {e}"))?;
                     }
                 },

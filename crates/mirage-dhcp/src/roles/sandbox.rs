@@ -28,7 +28,10 @@ pub fn enter(args: &RoleArgs, profile: Profile) -> Result<(), String> {
             plan.keep_caps = vec![Capability::CAP_NET_ADMIN];
             plan.fsize_zero = false;
             plan.nofile = 32;
-            let rw = |fd| LandlockDir { dir: DirRef::Fd(mirage_sdk::fd::borrow_fixed(fd)), access: DirAccess::ReadWrite };
+            let rw = |fd| LandlockDir {
+                dir: DirRef::Fd(mirage_sdk::fd::borrow_fixed(fd)),
+                access: DirAccess::ReadWrite,
+            };
             plan.landlock_dirs = vec![rw(FD_STATE_DIR), rw(FD_RUN_DIR)];
             if args.resolv_name.is_some() {
                 plan.landlock_dirs.push(rw(FD_RESOLV_DIR));

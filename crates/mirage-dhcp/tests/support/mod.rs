@@ -27,7 +27,11 @@ pub struct Net {
 
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -53,8 +57,33 @@ impl Net {
         };
         run(Command::new("ip").args(["netns", "add", &net.server_ns]));
         run(Command::new("ip").args(["netns", "add", &net.client_ns]));
-        sh(&net.server_ns, &["ip", "link", "add", SERVER_IF, "type", "veth", "peer", "name", CLIENT_IF, "netns", &net.client_ns]);
-        sh(&net.server_ns, &["ip", "addr", "add", &format!("{}/24", net.server_ip), "dev", SERVER_IF]);
+        sh(
+            &net.server_ns,
+            &[
+                "ip",
+                "link",
+                "add",
+                SERVER_IF,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                CLIENT_IF,
+                "netns",
+                &net.client_ns,
+            ],
+        );
+        sh(
+            &net.server_ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", net.server_ip),
+                "dev",
+                SERVER_IF,
+            ],
+        );
         sh(&net.server_ns, &["ip", "link", "set", SERVER_IF, "up"]);
         sh(&net.server_ns, &["ip", "link", "set", "lo", "up"]);
         sh(&net.client_ns, &["ip", "link", "set", "lo", "up"]);
@@ -79,10 +108,19 @@ impl Net {
     pub fn start_dnsmasq(&mut self, lease: &str, extra: &[&str]) -> usize {
         let s = &self.subnet;
         let mut args: Vec<String> = vec![
-            "netns".into(), "exec".into(), self.server_ns.clone(), "dnsmasq".into(),
-            "--keep-in-foreground".into(), "--no-daemon".into(), "--conf-file=/dev/null".into(),
-            "--port=0".into(), "--bind-interfaces".into(), format!("--interface={SERVER_IF}"),
-            "--except-interface=lo".into(), "--no-ping".into(), "--log-dhcp".into(),
+            "netns".into(),
+            "exec".into(),
+            self.server_ns.clone(),
+            "dnsmasq".into(),
+            "--keep-in-foreground".into(),
+            "--no-daemon".into(),
+            "--conf-file=/dev/null".into(),
+            "--port=0".into(),
+            "--bind-interfaces".into(),
+            format!("--interface={SERVER_IF}"),
+            "--except-interface=lo".into(),
+            "--no-ping".into(),
+            "--log-dhcp".into(),
             format!("--dhcp-range={s}.50,{s}.150,255.255.255.0,{lease}"),
             format!("--dhcp-leasefile={}", self.path("dnsmasq.leases").display()),
             format!("--pid-file={}", self.path("dnsmasq.pid").display()),
@@ -100,7 +138,10 @@ impl Net {
         self.children.push(child);
         // dnsmasq is ready once it has bound its DHCP socket.
         wait_until(Duration::from_secs(10), || {
-            let out = Command::new("ip").args(["netns", "exec", &self.server_ns, "ss", "-lun"]).output().unwrap();
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.server_ns, "ss", "-lun"])
+                .output()
+                .unwrap();
             String::from_utf8_lossy(&out.stdout).contains(":67 ")
         });
         self.children.len() - 1
@@ -110,13 +151,25 @@ impl Net {
     /// directory.
     pub fn start_client(&mut self, extra: &[&str]) -> usize {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client_ns, BIN, "run", "--interface", CLIENT_IF]);
+        cmd.args([
+            "netns",
+            "exec",
+            &self.client_ns,
+            BIN,
+            "run",
+            "--interface",
+            CLIENT_IF,
+        ]);
         cmd.arg("--state-dir").arg(self.path("state"));
         cmd.arg("--run-dir").arg(self.path("run"));
         cmd.arg("--resolv-conf").arg(self.path("resolv.conf"));
         cmd.args(["--log-level", "debug"]);
         cmd.args(extra);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("client.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("client.log"))
+            .unwrap();
         cmd.stdout(Stdio::null()).stderr(log);
         self.children.push(cmd.spawn().unwrap());
         self.children.len() - 1
@@ -185,7 +238,11 @@ impl Net {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("no state {state} within {timeout:?}; status {:?}\nlog:\n{}", self.status(), self.client_log());
+                panic!(
+                    "no state {state} within {timeout:?}; status {:?}\nlog:\n{}",
+                    self.status(),
+                    self.client_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -196,14 +253,29 @@ impl Net {
         let parent = self.child_pid(daemon);
         let mut out = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let ppid: u32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
             if ppid != parent {
                 continue;
             }
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmdline.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
             if args.len() > 2 && args[1] == "role" {
                 out.push((args[2].clone(), pid));
             }
@@ -229,7 +301,10 @@ impl Drop for Net {
         }
         if std::thread::panicking() {
             eprintln!("client log:\n{}", self.client_log());
-            eprintln!("dnsmasq log:\n{}", std::fs::read_to_string(self.path("dnsmasq.log")).unwrap_or_default());
+            eprintln!(
+                "dnsmasq log:\n{}",
+                std::fs::read_to_string(self.path("dnsmasq.log")).unwrap_or_default()
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -1,1 +1,272 @@
-//! See the crate docs.
+//! Privilege drop and sandboxes for roles (DESIGN.md sections 1 and 3).
+//!
+//! A role calls [`apply`] early in its `main`, with the [`DropPlan`] the
+//! service chose for it, and then [`seccomp::install`] as the very last step
+//! (the allow-lists do not contain the calls [`apply`] makes). The steps run
+//! in this order, each for a reason:
+//!
+//! 1. Landlock preparation: open the allowed directories (paths need the
+//!    host's file system, which step 2 hides) and build the ruleset (it needs
+//!    a new fd, which the `RLIMIT_NOFILE` of step 8 may forbid).
+//! 2. Optional private mount namespace whose root is an empty, read-only
+//!    tmpfs (best effort: needs `CAP_SYS_ADMIN`; the report says if it holds).
+//! 3. Clear the capability bounding set (needs `CAP_SETPCAP`, so before the
+//!    uid change).
+//! 4. `PR_SET_KEEPCAPS`, so the permitted set survives the uid change.
+//! 5. `setgroups([])`, `setresgid`, `setresuid`: numeric ids only, a static
+//!    binary in a scratch image cannot look names up.
+//! 6. Exactly `keep_caps` in permitted and effective; inheritable and ambient
+//!    empty, so nothing survives an execve.
+//! 7. Resource limits: `RLIMIT_NOFILE`, `RLIMIT_CORE` 0, optionally
+//!    `RLIMIT_NPROC` 0 (no fork) and `RLIMIT_FSIZE` 0 (no file growth).
+//! 8. `PR_SET_NO_NEW_PRIVS`, `PR_SET_DUMPABLE` 0 (no ptrace by same-uid
+//!    processes, no core dumps, /proc/pid files owned by root).
+//! 9. Re-arm `PR_SET_PDEATHSIG`: the kernel clears it on every credential
+//!    change; if the parent died meanwhile the process exits.
+//! 10. Landlock restriction (best effort: fully, partially or not enforced).
+
+mod landlock;
+mod mount;
+mod privileges;
+pub mod seccomp;
+
+use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use caps::Capability;
+
+/// Exit status used when the supervisor died while a role dropped its
+/// privileges (the role must not keep running orphaned).
+pub const EXIT_PARENT_GONE: i32 = 70;
+
+/// A directory a role may use under Landlock.
+#[derive(Debug)]
+pub enum DirRef<'a> {
+    /// An open directory (any open mode, `O_PATH` is enough); survives the
+    /// mount-namespace step, so this is what roles in an empty root use.
+    Fd(BorrowedFd<'a>),
+    /// A path, opened before the mount-namespace step.
+    Path(PathBuf),
+}
+
+/// What a role may do beneath a [`LandlockDir`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DirAccess {
+    /// List and read files.
+    ReadOnly,
+    /// Read, create, write, truncate, rename and delete regular files and
+    /// directories; never execute, create devices, sockets, fifos or links.
+    ReadWrite,
+}
+
+/// One directory hierarchy the Landlock ruleset allows.
+#[derive(Debug)]
+pub struct LandlockDir<'a> {
+    pub dir: DirRef<'a>,
+    pub access: DirAccess,
+}
+
+/// Everything [`apply`] does to a role.
+#[derive(Debug)]
+pub struct DropPlan<'a> {
+    /// Numeric ids to switch to (real, effective and saved).
+    pub uid: u32,
+    pub gid: u32,
+    /// Capabilities kept in the permitted and effective sets; every other
+    /// one is gone for good (the bounding set is cleared).
+    pub keep_caps: Vec<Capability>,
+    /// `RLIMIT_NOFILE`, soft and hard: new fds get numbers below this.
+    pub nofile: u64,
+    /// `RLIMIT_NPROC` 0: the role cannot fork (its uid is not root).
+    pub nproc_zero: bool,
+    /// `RLIMIT_FSIZE` 0: the role cannot grow any file (SIGXFSZ).
+    pub fsize_zero: bool,
+    /// Move into a private mount namespace with an empty read-only root.
+    pub private_mount_ns: bool,
+    /// Directories Landlock allows; empty means no file access at all.
+    pub landlock_dirs: Vec<LandlockDir<'a>>,
+}
+
+impl DropPlan<'_> {
+    /// The strictest plan: nobody/nogroup (65534), no capabilities, 16 fds,
+    /// no fork, no file growth, empty root, no file access. Roles loosen
+    /// only what they need.
+    pub fn strict() -> Self {
+        DropPlan {
+            uid: 65534,
+            gid: 65534,
+            keep_caps: Vec::new(),
+            nofile: 16,
+            nproc_zero: true,
+            fsize_zero: true,
+            private_mount_ns: true,
+            landlock_dirs: Vec::new(),
+        }
+    }
+}
+
+/// How much of the Landlock ruleset the running kernel enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LandlockState {
+    FullyEnforced,
+    /// An older kernel: some access rights could not be restricted.
+    PartiallyEnforced,
+    /// No Landlock in this kernel (or disabled at boot).
+    NotEnforced,
+}
+
+impl LandlockState {
+    /// Words for logs and status.json.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LandlockState::FullyEnforced => "fully enforced",
+            LandlockState::PartiallyEnforced => "partially enforced",
+            LandlockState::NotEnforced => "not enforced",
+        }
+    }
+}
+
+/// What is in force after [`apply`], for logs and status.json. Everything
+/// not listed here is guaranteed (apply fails otherwise).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    /// Empty read-only root in a private mount namespace.
+    pub mount_namespace: bool,
+    /// Why the mount namespace is not in force (when asked for but missing).
+    pub mount_namespace_error: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    /// Capabilities left in the permitted and effective sets, as
+    /// `CAP_NET_ADMIN`-style names, sorted.
+    pub capabilities: Vec<String>,
+    pub nofile: u64,
+    pub nproc_zero: bool,
+    pub fsize_zero: bool,
+    pub no_new_privs: bool,
+    pub landlock: LandlockState,
+}
+
+impl fmt::Display for SandboxReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let caps = if self.capabilities.is_empty() {
+            "none".to_owned()
+        } else {
+            self.capabilities.join(",")
+        };
+        write!(
+            f,
+            "uid={} gid={} caps={} mount-ns={} landlock={} no-new-privs={} nofile={}{}{}",
+            self.uid,
+            self.gid,
+            caps,
+            if self.mount_namespace {
+                "private-empty-root"
+            } else {
+                "host"
+            },
+            self.landlock.as_str(),
+            self.no_new_privs,
+            self.nofile,
+            if self.nproc_zero { " nproc=0" } else { "" },
+            if self.fsize_zero { " fsize=0" } else { "" },
+        )
+    }
+}
+
+/// A step of [`apply`] that failed. Every error is fatal for the role: the
+/// process is half-dropped and must exit.
+#[derive(Debug)]
+pub enum SandboxError {
+    /// A system call failed; `step` names it.
+    Os { step: &'static str, source: io::Error },
+    /// The capability library refused.
+    Caps { step: &'static str, message: String },
+    /// Landlock refused the ruleset (not "unsupported kernel", which is a
+    /// report state, but a real error such as a bad directory).
+    Landlock(String),
+    /// After the drop, the kernel shows something other than the plan.
+    Verify(String),
+}
+
+impl fmt::Display for SandboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SandboxError::Os { step, source } => write!(f, "sandbox: {step}: {source}"),
+            SandboxError::Caps { step, message } => write!(f, "sandbox: {step}: {message}"),
+            SandboxError::Landlock(m) => write!(f, "sandbox: landlock: {m}"),
+            SandboxError::Verify(m) => write!(f, "sandbox: verification failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SandboxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SandboxError::Os { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand for "system call in `step` failed with errno".
+pub(crate) fn os_err(step: &'static str) -> SandboxError {
+    SandboxError::Os {
+        step,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// Drop privileges as `plan` says (see the module docs for the order). Call
+/// it single-threaded, early in the role's `main`, then install the role's
+/// seccomp filter. If the parent (supervisor) died meanwhile, the process
+/// exits with [`EXIT_PARENT_GONE`] instead of returning.
+pub fn apply(plan: &DropPlan<'_>) -> Result<SandboxReport, SandboxError> {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let ruleset = landlock::prepare(&plan.landlock_dirs)?;
+
+    let (mount_namespace, mount_namespace_error) = if plan.private_mount_ns {
+        match mount::enter_empty_root() {
+            Ok(()) => (true, None),
+            Err(e) => (false, Some(e.to_string())),
+        }
+    } else {
+        (false, None)
+    };
+
+    privileges::clear_bounding_set()?;
+    privileges::set_keepcaps(true)?;
+    privileges::switch_ids(plan.uid, plan.gid)?;
+    privileges::set_caps(&plan.keep_caps)?;
+    privileges::set_keepcaps(false)?;
+    privileges::set_rlimits(plan)?;
+    privileges::set_no_new_privs()?;
+    privileges::set_not_dumpable()?;
+    privileges::rearm_pdeathsig()?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        // Re-parented: the supervisor is gone and nobody will read our
+        // messages or stop us; do not run on half-configured.
+        std::process::exit(EXIT_PARENT_GONE);
+    }
+    let landlock = landlock::restrict(ruleset)?;
+
+    let capabilities = privileges::verify(plan)?;
+    Ok(SandboxReport {
+        mount_namespace,
+        mount_namespace_error,
+        uid: plan.uid,
+        gid: plan.gid,
+        capabilities,
+        nofile: plan.nofile,
+        nproc_zero: plan.nproc_zero,
+        fsize_zero: plan.fsize_zero,
+        no_new_privs: true,
+        landlock,
+    })
+}
