@@ -306,7 +306,7 @@ impl Supervisor {
         }
     }
 
-    fn to_engine(&mut self, event: EngineEvent) {
+    fn send_engine(&mut self, event: EngineEvent) {
         if let Some(e) = &self.engine
             && let Err(err) = e.chan.send(&ToEngine::Event(event))
         {
@@ -314,7 +314,7 @@ impl Supervisor {
         }
     }
 
-    fn to_actuator(&mut self, msg: ToActuator) -> Result<(), String> {
+    fn send_actuator(&mut self, msg: ToActuator) -> Result<(), String> {
         self.outstanding += 1;
         self.actuator
             .chan
@@ -333,7 +333,7 @@ impl Supervisor {
             intents_refused: self.intents_refused,
             now: boottime(),
         };
-        self.to_actuator(ToActuator::Publish(p))
+        self.send_actuator(ToActuator::Publish(p))
     }
 
     fn on_engine_message(&mut self, msg: FromEngine) -> Result<(), String> {
@@ -353,16 +353,16 @@ impl Supervisor {
                     lease.server_id,
                     valid_secs
                 );
-                self.to_actuator(ToActuator::Apply { lease, valid_secs })?;
+                self.send_actuator(ToActuator::Apply { lease, valid_secs })?;
             }
             FromEngine::Action(EngineAction::RemoveLease { lease }) => {
                 log::info!("removing {}/{}", lease.address, lease.prefix_len);
                 self.applied = false;
-                self.to_actuator(ToActuator::Remove { lease })?;
+                self.send_actuator(ToActuator::Remove { lease })?;
             }
             FromEngine::Action(EngineAction::PersistLease(lease)) => {
                 self.lease = lease.clone();
-                self.to_actuator(ToActuator::Persist(lease))?;
+                self.send_actuator(ToActuator::Persist(lease))?;
             }
             FromEngine::Action(EngineAction::PublishStatus(status)) => {
                 if status.state != self.status.state {
@@ -384,12 +384,12 @@ impl Supervisor {
             FromActuator::LinkUp => {
                 log::info!("carrier up");
                 self.link_up = true;
-                self.to_engine(EngineEvent::LinkUp);
+                self.send_engine(EngineEvent::LinkUp);
             }
             FromActuator::LinkDown => {
                 log::info!("carrier down");
                 self.link_up = false;
-                self.to_engine(EngineEvent::LinkDown);
+                self.send_engine(EngineEvent::LinkDown);
             }
             FromActuator::Result { kind, outcome } => {
                 self.outstanding = self.outstanding.saturating_sub(1);
@@ -407,7 +407,7 @@ impl Supervisor {
                     }
                 }
                 if kind != IntentKind::PublishStatus {
-                    self.to_engine(EngineEvent::IntentResult { kind, ok });
+                    self.send_engine(EngineEvent::IntentResult { kind, ok });
                 }
             }
         }
@@ -493,7 +493,7 @@ impl Supervisor {
                         data,
                         checksum_offloaded,
                     })) => {
-                        self.to_engine(EngineEvent::Frame {
+                        self.send_engine(EngineEvent::Frame {
                             data,
                             checksum_offloaded,
                         });
@@ -545,7 +545,7 @@ impl Supervisor {
     /// SIGTERM/SIGINT: let the engine release (if configured) and finish its
     /// last intents, within a grace period.
     fn stop(&mut self) {
-        self.to_engine(EngineEvent::Stop { force_release: false });
+        self.send_engine(EngineEvent::Stop { force_release: false });
         let until = StdInstant::now() + STOP_GRACE;
         while StdInstant::now() < until {
             let Some(engine) = &self.engine else { break };
