@@ -12,6 +12,9 @@ use mirage_sdk::clock::boottime;
 
 use super::{FD_CHANNEL, RoleArgs};
 
+/// Longest single sleep of the engine loop (see the suspend note below).
+const MAX_SLEEP_MS: u64 = 5_000;
+
 pub fn run(args: &RoleArgs) -> Result<(), String> {
     let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
     super::sandbox::enter(args, super::sandbox::Profile::Engine)?;
@@ -45,7 +48,11 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
             // Stopped: nothing more to do; wait for the supervisor to close.
             let _ = wait_readable(&[chan.as_fd()], None);
         } else if due > now {
-            wait_readable(&[chan.as_fd()], Some(due.since(now))).map_err(|e| format!("poll: {e}"))?;
+            // poll's timeout runs on CLOCK_MONOTONIC, which stops during
+            // suspend; waking at least every few seconds and re-reading
+            // CLOCK_BOOTTIME finds the lease state right soon after resume.
+            let wait = due.since(now).min(MAX_SLEEP_MS);
+            wait_readable(&[chan.as_fd()], Some(wait)).map_err(|e| format!("poll: {e}"))?;
         }
         // Whatever woke us, read what is there without blocking.
         let ready = wait_readable(&[chan.as_fd()], Some(0)).map_err(|e| format!("poll: {e}"))?;

@@ -49,7 +49,7 @@ pub fn enter(args: &RoleArgs, profile: Profile) -> Result<(), String> {
     match args.sandbox {
         SandboxKind::Seccomp => {
             seccomp::install(role).map_err(|e| format!("seccomp: {e}"))?;
-            log::debug!("sandbox: {report} seccomp={}", role.as_str());
+            log::info!("sandbox: {report} seccomp={}", role.as_str());
         }
         SandboxKind::None => log::warn!("sandbox: {report} seccomp=OFF"),
     }
