@@ -4,6 +4,8 @@
 //! in `Drop`, also when a test fails. Needs root (CI runs as root).
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,663 @@
+//! Fuzz harness bodies, shared by the libFuzzer targets (`fuzz_targets/`)
+//! and the AFL targets (`afl/`), so both fuzzers check the same invariants.
+//!
+//! Every entry point takes raw bytes and must accept any of them. The
+//! structured target (`engine_events`) reads its bytes with a small total
+//! decoder ([`EngineInput::from_bytes`]) that has an exact inverse
+//! ([`EngineInput::to_bytes`]), so that checked-in seeds can be written as
+//! readable scenarios (see `tests/seeds.rs`) and stay valid when the harness
+//! changes.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use dhcp_engine::Client;
+use dhcp_engine::lease::lease_from_reply;
+use dhcp_engine::wire::dhcp::Message;
+use dhcp_engine::wire::frame::{BROADCAST_MAC, Inbound, build_arp_frame, build_udp_frame, parse_frame};
+use mirage_ipc::{
+    ClientIdKind, ClientState, Counters, EngineAction, EngineConfig, EngineEvent, FromActuator, FromEngine,
+    FromNetwork, INFINITE_LEASE, Instant, IntentKind, Lease, Limits, MAX_FRAME_LEN, ToActuator, ToEngine,
+    ToNetwork, decode, encode,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+// ---- frame_parse -----------------------------------------------------------
+
+/// Whole inbound frames, exactly as the engine sees them: the first input
+/// byte is the checksum-offload flag (bit 0, TP_STATUS_CSUMNOTREADY as the
+/// network role forwards it), the rest is the Ethernet frame. Framing, then
+/// the DHCP message, then the lease builder.
+///
+/// Invariants: no panic; the frame builders and the parser agree (what
+/// parses, rebuilt from its fields, parses to the same fields with the
+/// checksum verified); whatever lease the builder returns passes the policy
+/// the actuator enforces.
+pub fn frame_parse(data: &[u8]) {
+    let Some((&flag, frame)) = data.split_first() else {
+        return;
+    };
+    match parse_frame(frame, flag & 1 == 1) {
+        Ok(Inbound::Dhcp(udp)) => {
+            let rebuilt = build_udp_frame(
+                udp.src_mac,
+                udp.dst_mac,
+                udp.src_ip,
+                udp.dst_ip,
+                udp.src_port,
+                udp.dst_port,
+                udp.payload,
+            );
+            assert_eq!(
+                parse_frame(&rebuilt, false),
+                Ok(Inbound::Dhcp(udp)),
+                "a rebuilt UDP frame does not parse back"
+            );
+            let Ok(msg) = Message::parse(udp.payload) else {
+                return;
+            };
+            if let Ok(lease) = lease_from_reply(&msg, udp.src_ip, Instant(1000), &Limits::default()) {
+                // Whatever the builder accepts, the policy accepts.
+                assert_eq!(lease.check(&Limits::default()), Ok(()));
+                assert_eq!(
+                    lease.address, msg.yiaddr,
+                    "the lease is not for the offered address"
+                );
+            }
+        }
+        Ok(Inbound::Arp(arp)) => {
+            let rebuilt = build_arp_frame(&arp, BROADCAST_MAC);
+            assert_eq!(
+                parse_frame(&rebuilt, false),
+                Ok(Inbound::Arp(arp)),
+                "a rebuilt ARP frame does not parse back"
+            );
+        }
+        Err(_) => {}
+    }
+}
+
+// ---- dhcp_roundtrip --------------------------------------------------------
+
+/// DHCP payloads. Invariants: decode -> encode -> decode -> encode gives the
+/// same bytes twice (whatever we parse we can write back, and a second pass
+/// changes nothing), and the fixed header survives the first pass unchanged
+/// (only option values may be normalized, e.g. invalid names dropped).
+pub fn dhcp_roundtrip(data: &[u8]) {
+    let Ok(first) = Message::parse(data) else {
+        return;
+    };
+    let mut bytes = Vec::new();
+    first.encode(&mut bytes);
+    let second = Message::parse(&bytes).expect("our own encoding parses");
+    let mut again = Vec::new();
+    second.encode(&mut again);
+    assert_eq!(bytes, again, "encoding is not stable");
+    let header = |m: &Message| {
+        (
+            (m.op, m.htype, m.hlen, m.hops, m.xid, m.secs, m.broadcast),
+            (m.ciaddr, m.yiaddr, m.siaddr, m.giaddr, m.chaddr),
+            m.options.message_type,
+        )
+    };
+    assert_eq!(header(&first), header(&second), "the fixed header changed");
+}
+
+// ---- engine_events ---------------------------------------------------------
+
+/// The client's MAC in `engine_events` (locally administered).
+pub const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+/// The server's MAC in `engine_events`.
+pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+/// At most this many steps of one input are run (keeps every input fast).
+pub const MAX_STEPS: usize = 256;
+/// Option bytes of one reply are cut to this (the reply then fits one
+/// Ethernet frame, as it would on the wire).
+pub const MAX_REPLY_OPTIONS: usize = 1200;
+/// Time advance per step is taken modulo this (ms, about 66 minutes), so
+/// that a few hundred steps span a day of lease life.
+pub const MAX_ADVANCE_MS: u32 = 4_000_000;
+/// Actions one step may produce before we call the output unbounded.
+pub const MAX_ACTIONS_PER_STEP: usize = 64;
+
+/// A lease stored by a previous run, handed to `Client::new`:
+/// 10.0.0.`host`/24 from server 10.0.0.1, acquired at time 0, `secs` long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredLease {
+    pub host: u8,
+    pub secs: u16,
+}
+
+/// One event of an `engine_events` input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A BOOTREPLY shaped to the engine's current transaction (its last xid,
+    /// our chaddr), option 53 = `msg_type` first, then `options`, then END;
+    /// sent from `server` (IP) and [`SERVER_MAC`] to our MAC, UDP 67 -> 68.
+    Reply {
+        msg_type: u8,
+        yiaddr: [u8; 4],
+        server: [u8; 4],
+        offloaded: bool,
+        options: Vec<u8>,
+    },
+    /// Any bytes, as a frame.
+    RawFrame(Vec<u8>),
+    /// An ARP packet from [`SERVER_MAC`] (conflict detection and defence).
+    Arp {
+        request: bool,
+        sender_ip: [u8; 4],
+        target_ip: [u8; 4],
+    },
+    Tick,
+    LinkUp,
+    LinkDown,
+    /// The actuator's answer to an intent.
+    Intent {
+        kind: IntentKind,
+        ok: bool,
+    },
+    Renew,
+    Stop {
+        release: bool,
+    },
+}
+
+/// A whole `engine_events` input: the engine's start, then timed steps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineInput {
+    pub seed: [u8; 32],
+    /// RFC 5227 conflict detection on (with the default short timings).
+    pub acd: bool,
+    pub stored: Option<StoredLease>,
+    /// (milliseconds to advance before the step, step).
+    pub steps: Vec<(u32, Step)>,
+}
+
+/// Reads bytes front to back; past the end every read yields zeros, so any
+/// byte string decodes to some input (libFuzzer's mutations never waste an
+/// execution on a parse error).
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        core::array::from_fn(|_| self.u8())
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.array())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.array())
+    }
+    /// A length-prefixed (u16 LE) byte string, cut at the end of the data.
+    fn bytes(&mut self) -> Vec<u8> {
+        let len = usize::from(self.u16()).min(self.data.len());
+        let (taken, rest) = self.data.split_at(len);
+        self.data = rest;
+        taken.to_vec()
+    }
+}
+
+// Step opcodes of the byte format (an opcode is read modulo STEP_KINDS).
+const OP_REPLY: u8 = 0;
+const OP_RAW: u8 = 1;
+const OP_ARP: u8 = 2;
+const OP_TICK: u8 = 3;
+const OP_LINK_UP: u8 = 4;
+const OP_LINK_DOWN: u8 = 5;
+const OP_INTENT: u8 = 6;
+const OP_RENEW: u8 = 7;
+const OP_STOP: u8 = 8;
+const STEP_KINDS: u8 = 9;
+
+const INTENT_KINDS: [IntentKind; 4] = [
+    IntentKind::ApplyLease,
+    IntentKind::RemoveLease,
+    IntentKind::PersistLease,
+    IntentKind::PublishStatus,
+];
+
+impl EngineInput {
+    /// Decode the byte format:
+    /// `seed[32] flags(bit0 acd, bit1 stored) host secs:u16le`, then steps
+    /// `op advance:u32le` followed by the step's fields (lengths u16le).
+    /// Total: every byte string is some input.
+    pub fn from_bytes(data: &[u8]) -> EngineInput {
+        let mut r = Reader { data };
+        let seed = r.array();
+        let flags = r.u8();
+        let host = r.u8();
+        let secs = r.u16();
+        let stored = (flags & 2 != 0).then_some(StoredLease { host, secs });
+        let mut steps = Vec::new();
+        while !r.data.is_empty() && steps.len() < MAX_STEPS {
+            let op = r.u8() % STEP_KINDS;
+            let advance = r.u32();
+            let step = match op {
+                OP_REPLY => {
+                    let msg_type = r.u8();
+                    let yiaddr = r.array();
+                    let server = r.array();
+                    let offloaded = r.u8() & 1 != 0;
+                    Step::Reply {
+                        msg_type,
+                        yiaddr,
+                        server,
+                        offloaded,
+                        options: r.bytes(),
+                    }
+                }
+                OP_RAW => Step::RawFrame(r.bytes()),
+                OP_ARP => Step::Arp {
+                    request: r.u8() & 1 != 0,
+                    sender_ip: r.array(),
+                    target_ip: r.array(),
+                },
+                OP_TICK => Step::Tick,
+                OP_LINK_UP => Step::LinkUp,
+                OP_LINK_DOWN => Step::LinkDown,
+                OP_INTENT => Step::Intent {
+                    kind: INTENT_KINDS[usize::from(r.u8() % 4)],
+                    ok: r.u8() & 1 != 0,
+                },
+                OP_RENEW => Step::Renew,
+                _ => Step::Stop {
+                    release: r.u8() & 1 != 0,
+                },
+            };
+            steps.push((advance, step));
+        }
+        EngineInput {
+            seed,
+            acd: flags & 1 != 0,
+            stored,
+            steps,
+        }
+    }
+
+    /// The exact inverse of [`EngineInput::from_bytes`] for inputs of at
+    /// most [`MAX_STEPS`] steps whose byte strings fit a u16 length.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+            let len = u16::try_from(b.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&b[..usize::from(len)]);
+        }
+        let mut out = self.seed.to_vec();
+        let stored = self.stored.unwrap_or(StoredLease { host: 0, secs: 0 });
+        out.push(u8::from(self.acd) | (u8::from(self.stored.is_some()) << 1));
+        out.push(stored.host);
+        out.extend_from_slice(&stored.secs.to_le_bytes());
+        for (advance, step) in &self.steps {
+            let op = match step {
+                Step::Reply { .. } => OP_REPLY,
+                Step::RawFrame(_) => OP_RAW,
+                Step::Arp { .. } => OP_ARP,
+                Step::Tick => OP_TICK,
+                Step::LinkUp => OP_LINK_UP,
+                Step::LinkDown => OP_LINK_DOWN,
+                Step::Intent { .. } => OP_INTENT,
+                Step::Renew => OP_RENEW,
+                Step::Stop { .. } => OP_STOP,
+            };
+            out.push(op);
+            out.extend_from_slice(&advance.to_le_bytes());
+            match step {
+                Step::Reply {
+                    msg_type,
+                    yiaddr,
+                    server,
+                    offloaded,
+                    options,
+                } => {
+                    out.push(*msg_type);
+                    out.extend_from_slice(yiaddr);
+                    out.extend_from_slice(server);
+                    out.push(u8::from(*offloaded));
+                    put_bytes(&mut out, options);
+                }
+                Step::RawFrame(data) => put_bytes(&mut out, data),
+                Step::Arp {
+                    request,
+                    sender_ip,
+                    target_ip,
+                } => {
+                    out.push(u8::from(*request));
+                    out.extend_from_slice(sender_ip);
+                    out.extend_from_slice(target_ip);
+                }
+                Step::Intent { kind, ok } => {
+                    let k = INTENT_KINDS.iter().position(|x| x == kind).unwrap_or(0);
+                    out.push(k as u8);
+                    out.push(u8::from(*ok));
+                }
+                Step::Stop { release } => out.push(u8::from(*release)),
+                Step::Tick | Step::LinkUp | Step::LinkDown | Step::Renew => {}
+            }
+        }
+        out
+    }
+}
+
+/// What one `engine_events` run went through; tests use it to show that the
+/// seeds reach the states they were written for.
+#[derive(Clone, Debug, Default)]
+pub struct EngineTrace {
+    /// States seen after each step, each listed once, in order of first visit.
+    pub states: Vec<ClientState>,
+    pub applied: usize,
+    pub removed: usize,
+    pub transmitted: usize,
+    pub counters: Counters,
+}
+
+/// The BOOTREPLY payload of a [`Step::Reply`].
+pub fn reply_payload(xid: [u8; 4], msg_type: u8, yiaddr: [u8; 4], options: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 236];
+    p[0] = 2; // BOOTREPLY
+    p[1] = 1; // Ethernet
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid);
+    p[16..20].copy_from_slice(&yiaddr);
+    p[28..34].copy_from_slice(&MAC);
+    p.extend_from_slice(&[99, 130, 83, 99, 53, 1, msg_type]);
+    p.extend_from_slice(&options[..options.len().min(MAX_REPLY_OPTIONS)]);
+    p.push(255);
+    p
+}
+
+/// An Ethernet ARP frame from [`SERVER_MAC`], broadcast.
+pub fn arp_frame(request: bool, sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&SERVER_MAC);
+    f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, if request { 1 } else { 2 }]);
+    f.extend_from_slice(&SERVER_MAC);
+    f.extend_from_slice(&sender_ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target_ip);
+    f
+}
+
+/// Checks on every frame the engine asks to send: the shapes the network
+/// role lets through (DESIGN.md section 3: our MAC, UDP 68 -> 67 or ARP as
+/// us, size bound). A frame outside them would be refused on the way out,
+/// i.e. an engine bug. Returns the xid of a DHCP frame; panics on a frame
+/// outside those shapes.
+pub fn check_transmit(f: &[u8]) -> Option<[u8; 4]> {
+    assert!(
+        (42..=MAX_FRAME_LEN).contains(&f.len()),
+        "transmit of {} bytes",
+        f.len()
+    );
+    assert_eq!(f[6..12], MAC, "transmit from a foreign MAC");
+    match [f[12], f[13]] {
+        // RFC 826 Ethernet/IPv4 ARP, request or reply, sent as us.
+        [8, 6] => {
+            assert_eq!(f[14..20], [0, 1, 8, 0, 6, 4], "ARP not Ethernet/IPv4");
+            assert!(matches!(f[20..22], [0, 1] | [0, 2]), "ARP opcode");
+            assert_eq!(f[22..28], MAC, "ARP sender is not us");
+            None
+        }
+        [8, 0] => {
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            let udp = 14 + ihl;
+            let dhcp = udp + 8;
+            assert!(f[14] >> 4 == 4 && ihl >= 20, "bad IPv4 header");
+            assert_eq!(f[23], 17, "IPv4 but not UDP");
+            assert!(f.len() >= dhcp + 240, "DHCP message too short");
+            assert_eq!(f[udp..udp + 4], [0, 68, 0, 67], "not UDP 68 -> 67");
+            let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+            assert_eq!(14 + total, f.len(), "IPv4 length disagrees with the frame");
+            // BOOTREQUEST with our chaddr (RFC 2131 section 2).
+            assert_eq!(f[dhcp], 1, "client sent a BOOTREPLY");
+            assert_eq!(f[dhcp + 28..dhcp + 34], MAC, "chaddr is not ours");
+            Some([f[dhcp + 4], f[dhcp + 5], f[dhcp + 6], f[dhcp + 7]])
+        }
+        other => panic!("transmit of ethertype {other:02x?}"),
+    }
+}
+
+/// Run one input, asserting the invariants at every step:
+/// - no panic; at most [`MAX_ACTIONS_PER_STEP`] actions per step;
+/// - every transmitted frame is one the network role would pass, and none
+///   once stopped;
+/// - no ApplyLease / PersistLease / PublishStatus of a lease the policy
+///   refuses, no lease that starts in the future, no kernel lifetime longer
+///   than the lease;
+/// - RemoveLease only of an address that was applied (or stored);
+/// - after each step (and the wake-up it asked for, handled as a real loop
+///   would), the next wake-up is finite and in the future unless stopped,
+///   and `Instant::NEVER` once stopped.
+pub fn run_engine_events(input: &EngineInput) -> EngineTrace {
+    let mut config = EngineConfig::new(MAC, ClientIdKind::Mac);
+    config.acd.enabled = input.acd;
+    let limits = config.limits;
+    let stored = input.stored.map(|s| Lease {
+        address: Ipv4Addr::new(10, 0, 0, s.host.clamp(2, 254)),
+        prefix_len: 24,
+        server_id: Ipv4Addr::new(10, 0, 0, 1),
+        routes: vec![],
+        dns_servers: vec![],
+        ntp_servers: vec![],
+        domain_name: None,
+        search: vec![],
+        hostname: None,
+        mtu: None,
+        lease_secs: u32::from(s.secs).max(1),
+        renew_secs: u32::from(s.secs) / 2,
+        rebind_secs: u32::from(s.secs) * 7 / 8,
+        acquired_at: Instant(0),
+    });
+    // Addresses the engine may legitimately ask to remove.
+    let mut applied: HashSet<Ipv4Addr> = stored.iter().map(|l| l.address).collect();
+    let mut now = Instant(1_000);
+    let mut client = Client::new(config, stored, now, input.seed);
+    let mut trace = EngineTrace::default();
+    let mut out = Vec::new();
+    let mut xid = [0u8; 4];
+    let mut stopped = false;
+
+    let mut check = |out: &mut Vec<EngineAction>,
+                     now: Instant,
+                     stopped_before: bool,
+                     xid: &mut [u8; 4],
+                     trace: &mut EngineTrace| {
+        assert!(
+            out.len() <= MAX_ACTIONS_PER_STEP,
+            "unbounded output: {} actions",
+            out.len()
+        );
+        for a in out.drain(..) {
+            match a {
+                EngineAction::Transmit(f) => {
+                    assert!(!stopped_before, "transmit after stop");
+                    trace.transmitted += 1;
+                    if let Some(x) = check_transmit(&f) {
+                        *xid = x;
+                    }
+                }
+                EngineAction::ApplyLease { lease, valid_secs } => {
+                    assert_eq!(lease.check(&limits), Ok(()), "applied a refused lease");
+                    assert!(lease.acquired_at <= now, "lease starts in the future");
+                    assert!(lease.lease_secs == INFINITE_LEASE || valid_secs <= lease.lease_secs);
+                    applied.insert(lease.address);
+                    trace.applied += 1;
+                }
+                EngineAction::RemoveLease { lease } => {
+                    assert!(
+                        applied.contains(&lease.address),
+                        "removed an address never applied"
+                    );
+                    trace.removed += 1;
+                }
+                EngineAction::PersistLease(Some(lease)) => {
+                    assert_eq!(lease.check(&limits), Ok(()), "persisted a refused lease");
+                }
+                EngineAction::PublishStatus(status) => {
+                    if let Some(lease) = status.lease {
+                        assert_eq!(lease.check(&limits), Ok(()), "published a refused lease");
+                    }
+                }
+                EngineAction::PersistLease(None) => {}
+            }
+        }
+    };
+
+    let _ = client.handle(now, EngineEvent::Tick, &mut out);
+    check(&mut out, now, false, &mut xid, &mut trace);
+    for (advance, step) in &input.steps {
+        now = now.add_millis(u64::from(advance % MAX_ADVANCE_MS));
+        let stopped_before = stopped;
+        let event = match step {
+            Step::Reply {
+                msg_type,
+                yiaddr,
+                server,
+                offloaded,
+                options,
+            } => EngineEvent::Frame {
+                data: build_udp_frame(
+                    SERVER_MAC,
+                    MAC,
+                    Ipv4Addr::from(*server),
+                    Ipv4Addr::BROADCAST,
+                    67,
+                    68,
+                    &reply_payload(xid, *msg_type, *yiaddr, options),
+                ),
+                checksum_offloaded: *offloaded,
+            },
+            Step::RawFrame(data) => EngineEvent::Frame {
+                data: data.clone(),
+                checksum_offloaded: false,
+            },
+            Step::Arp {
+                request,
+                sender_ip,
+                target_ip,
+            } => EngineEvent::Frame {
+                data: arp_frame(*request, *sender_ip, *target_ip),
+                checksum_offloaded: false,
+            },
+            Step::Tick => EngineEvent::Tick,
+            Step::LinkUp => EngineEvent::LinkUp,
+            Step::LinkDown => EngineEvent::LinkDown,
+            Step::Intent { kind, ok } => EngineEvent::IntentResult { kind: *kind, ok: *ok },
+            Step::Renew => EngineEvent::Renew,
+            Step::Stop { release } => {
+                stopped = true;
+                EngineEvent::Stop {
+                    force_release: *release,
+                }
+            }
+        };
+        let _ = client.handle(now, event, &mut out);
+        // Honour the wake-up the engine asked for, as a real loop would.
+        if client.poll_at() <= now {
+            let _ = client.handle(now, EngineEvent::Tick, &mut out);
+        }
+        check(&mut out, now, stopped_before, &mut xid, &mut trace);
+        let due = client.poll_at();
+        if stopped {
+            assert_eq!(client.state(), ClientState::Stopped, "not stopped after Stop");
+            assert_eq!(due, Instant::NEVER, "a stopped engine asks to wake up");
+        } else {
+            assert!(due != Instant::NEVER, "no wake-up while running");
+            assert!(due > now, "wake-up in the past after a tick");
+        }
+        if !trace.states.contains(&client.state()) {
+            trace.states.push(client.state());
+        }
+    }
+    trace.counters = client.counters();
+    trace
+}
+
+/// The engine fed event sequences, with replies shaped to match its last
+/// transaction (right xid and chaddr) so that the fuzzer reaches every state,
+/// not only the drop paths. See [`run_engine_events`] for the invariants.
+pub fn engine_events(data: &[u8]) {
+    run_engine_events(&EngineInput::from_bytes(data));
+}
+
+// ---- ipc_decode ------------------------------------------------------------
+
+/// What decodes must re-encode (within the size cap) and decode to the same
+/// value: the supervisor re-encodes what it forwards to the actuator.
+fn decodes_stably<T: Serialize + DeserializeOwned + PartialEq + core::fmt::Debug>(data: &[u8]) -> Option<T> {
+    let value: T = decode(data).ok()?;
+    let bytes = encode(&value).expect("a decoded message re-encodes");
+    let again: T = decode(&bytes).expect("our own encoding decodes");
+    assert_eq!(again, value, "re-encoding changed the message");
+    Some(value)
+}
+
+/// Every lease method the supervisor and actuator call on a lease they were
+/// sent; none may panic, whatever the fields.
+fn exercise_lease(lease: &Lease) {
+    let _ = lease.check(&Limits::default());
+    let _ = (lease.expires_at(), lease.renew_at(), lease.rebind_at());
+    let _ = (
+        lease.remaining_secs(Instant(0)),
+        lease.remaining_secs(Instant::NEVER),
+    );
+    let _ = (lease.network(), lease.broadcast());
+}
+
+/// Bytes read off an IPC channel. The supervisor and the actuator decode what
+/// a compromised engine (or network role) wrote; the engine decodes what the
+/// supervisor sent. Invariants: no panic; what decodes re-encodes to the same
+/// value; every lease inside is checked by the policy without panicking; an
+/// engine started from any decodable `Start` takes its first steps without
+/// panicking.
+pub fn ipc_decode(data: &[u8]) {
+    match decodes_stably::<ToActuator>(data) {
+        Some(ToActuator::Apply { lease, .. } | ToActuator::Remove { lease }) => exercise_lease(&lease),
+        Some(ToActuator::Persist(Some(lease))) => exercise_lease(&lease),
+        Some(ToActuator::Publish(p)) => p.status.lease.iter().for_each(exercise_lease),
+        Some(ToActuator::Persist(None)) | None => {}
+    }
+    match decodes_stably::<FromEngine>(data) {
+        Some(FromEngine::Action(
+            EngineAction::ApplyLease { lease, .. }
+            | EngineAction::RemoveLease { lease }
+            | EngineAction::PersistLease(Some(lease)),
+        )) => exercise_lease(&lease),
+        Some(FromEngine::Action(EngineAction::PublishStatus(s))) => s.lease.iter().for_each(exercise_lease),
+        _ => {}
+    }
+    let _ = decodes_stably::<FromActuator>(data);
+    let _ = decodes_stably::<FromNetwork>(data);
+    let _ = decodes_stably::<ToNetwork>(data);
+    if let Some(ToEngine::Start {
+        config,
+        stored,
+        seed,
+        link_up,
+    }) = decodes_stably::<ToEngine>(data)
+    {
+        let now = Instant(1_000);
+        let mut client = Client::new(config, stored, now, seed);
+        let mut out = Vec::new();
+        let first = if link_up {
+            EngineEvent::Tick
+        } else {
+            EngineEvent::LinkDown
+        };
+        let _ = client.handle(now, first, &mut out);
+        let later = client.poll_at().max(now);
+        let _ = client.handle(later, EngineEvent::Tick, &mut out);
+    }
+}
