@@ -149,7 +149,9 @@ fn lease_times(lease: Option<u32>, t1: Option<u32>, t2: Option<u32>) -> Result<(
     let default_t2 = (u64::from(lease) * 7 / 8) as u32;
     let t1 = t1.unwrap_or(default_t1);
     let t2 = t2.unwrap_or(default_t2);
-    Ok(if t1 < t2 && t2 < lease {
+    // T1 = 0 would renew right after every ACK, a busy loop against the
+    // server (mozim#99 shape): treat it like any other out-of-order value.
+    Ok(if 0 < t1 && t1 < t2 && t2 < lease {
         (lease, t1, t2)
     } else {
         (lease, default_t1, default_t2)
@@ -254,6 +256,7 @@ mod tests {
         assert_eq!(lease_times(Some(8), None, None), Ok((8, 4, 7)));
         assert_eq!(lease_times(Some(8), Some(4), Some(4)), Ok((8, 4, 7)));
         assert_eq!(lease_times(Some(8), Some(1), Some(7)), Ok((8, 1, 7)));
+        assert_eq!(lease_times(Some(8), Some(0), Some(7)), Ok((8, 4, 7)));
         for lease in [1, 2, 3, 1000, u32::MAX - 1] {
             for t1 in [None, Some(0), Some(lease / 3), Some(lease), Some(u32::MAX)] {
                 for t2 in [None, Some(0), Some(lease / 2), Some(lease), Some(u32::MAX)] {
