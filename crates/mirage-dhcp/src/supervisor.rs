@@ -185,6 +185,11 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     };
     sup.start_engine()?;
     roles::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
+    if config.sandbox == SandboxKind::Seccomp {
+        // Restarted engines inherit this filter and stack their own on top.
+        mirage_sdk::sandbox::seccomp::install(mirage_sdk::sandbox::seccomp::Role::Supervisor)
+            .map_err(|e| format!("supervisor seccomp: {e}"))?;
+    }
     log::info!(
         "started on {} (index {}, {}), sandbox {}",
         config.interface,

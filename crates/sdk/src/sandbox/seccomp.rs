@@ -113,6 +113,7 @@ mod sys {
         set_robust_list => SYS_set_robust_list, rseq => SYS_rseq, nanosleep => SYS_nanosleep,
         clock_nanosleep => SYS_clock_nanosleep, sched_yield => SYS_sched_yield,
         sched_getaffinity => SYS_sched_getaffinity, uname => SYS_uname, readlinkat => SYS_readlinkat,
+        getsockopt => SYS_getsockopt,
     );
     #[cfg(target_arch = "x86_64")]
     nrs!(poll => SYS_poll, renameat => SYS_renameat, dup2 => SYS_dup2, arch_prctl => SYS_arch_prctl,
@@ -232,6 +233,9 @@ const SUPERVISOR: &[Allow] = &[
     allow!(dup3),
     allow!(close_range),
     allow!(fcntl),
+    // A restarted role checks that its inherited fds are what it expects
+    // (SO_DOMAIN, SO_TYPE) before it installs its own filter.
+    allow!(getsockopt),
     // Start-up of a re-executed static binary.
     allow!(set_tid_address),
     allow!(set_robust_list),
