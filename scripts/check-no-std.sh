@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The engine and IPC crates must link into a freestanding guest later: no
+# dependency of theirs may have its "std" feature on. (Both crates are
+# `#![no_std]` themselves; this checks what they pull in.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+status=0
+for crate in dhcp-engine mirage-ipc; do
+    found=$(cargo tree -p "$crate" -e normal,features --prefix none --locked 2>/dev/null \
+        | grep -E 'feature "std"' | sort -u || true)
+    if [ -n "$found" ]; then
+        echo "check-no-std: $crate pulls in std through:" >&2
+        echo "$found" >&2
+        status=1
+    fi
+done
+[ "$status" = 0 ] && echo "check-no-std: dhcp-engine and mirage-ipc pull in no std feature"
+exit "$status"
