@@ -12,8 +12,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use mirage_ipc::{
-    FromActuator, FromNetwork, INFINITE_LEASE, Instant, IntentKind, Lease, Outcome, Refusal, Route,
-    ToActuator, ToNetwork,
+    FromActuator, FromNetwork, INFINITE_LEASE, Instant, Lease, Outcome, Refusal, Route, ToActuator, ToNetwork,
 };
 use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
