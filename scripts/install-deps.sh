@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs, on Debian, everything the tests and the demo need. Run as root.
+# Several of these packages ship system services (Kea, ISC dhcpd): a
+# policy-rc.d that refuses every start is put in place first, so no DHCP
+# server ever starts on a real interface; the tests start their own, bound to
+# veths in namespaces they create.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+fi
+apt-get update -qq
+# dnsmasq-base: the dnsmasq binary without its system service. Kea, ISC dhcpd
+# and dhcrelay, busybox udhcpd and nftables serve the interop and fault
+# suites. podman + runc run the image in tests/container.rs (runc named so
+# apt does not pick crun); file is used by the image build.
+apt-get install -y -qq --no-install-recommends \
+    dnsmasq-base iproute2 ethtool procps kmod \
+    kea-dhcp4-server isc-dhcp-server isc-dhcp-relay busybox nftables \
+    podman runc file >/dev/null
