@@ -982,10 +982,13 @@ impl Client {
     ) -> Result<(), DropReason> {
         match self.state {
             ClientState::Requesting => {
-                let Some((_, server)) = self.selected else {
+                let Some((addr, server)) = self.selected else {
                     return Err(DropReason::Unexpected);
                 };
-                if msg.options.server_id.is_some_and(|s| s != server) {
+                // RFC 2131 4.3.2: the ACK to a SELECTING REQUEST confirms the
+                // address named in its option 50; an ACK for another one
+                // answers something we did not ask (as in RENEWING below).
+                if msg.options.server_id.is_some_and(|s| s != server) || msg.yiaddr != addr {
                     return Err(DropReason::Unexpected);
                 }
                 self.counters.acks += 1;

@@ -672,6 +672,28 @@ fn nak_from_the_selected_server_while_requesting_restarts() {
     assert!(s.removes().is_empty(), "nothing was applied");
 }
 
+/// Regression (hostile-server suite): an ACK from the selected server for
+/// another address than the REQUEST's option 50 was bound.
+#[test]
+fn ack_for_another_address_in_requesting_is_dropped() {
+    let mut s = Sim::with_server(config(), 48);
+    s.latency_ms = 10;
+    s.run_until(Instant(10));
+    assert_eq!(s.client.state(), ClientState::Requesting);
+    let req = s.servers[0].seen_of(MessageType::Request)[0].msg.clone();
+    let asked = req.options.requested_ip.unwrap();
+    let wrong = s.servers[0].reply(&req, MessageType::Ack, ip("192.168.7.200"));
+    assert_ne!(asked, ip("192.168.7.200"));
+    assert_eq!(s.inject(wrong), Err(DropReason::Unexpected));
+    assert_eq!(s.client.state(), ClientState::Requesting);
+    assert_eq!(s.client.counters().acks, 0);
+    assert!(s.applies().is_empty());
+    // The honest ACK in flight binds the address asked for.
+    s.run_until(Instant(30));
+    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(lease_of(&s).address, asked);
+}
+
 #[test]
 fn replies_that_are_not_ours_are_dropped() {
     let mut s = Sim::with_server(config(), 37);

@@ -74,6 +74,18 @@ impl PacketSocket {
     /// (`SO_LOCK_FILTER`): a compromised network role cannot widen it.
     /// Needs `CAP_NET_RAW`.
     pub fn open(ifindex: u32, with_arp: bool) -> io::Result<PacketSocket> {
+        Self::open_filtered(ifindex, filter_program(with_arp))
+    }
+
+    /// The server-side twin of [`PacketSocket::open`], for test DHCP servers
+    /// that craft their own replies: receives unfragmented IPv4/UDP to port
+    /// 67 and ARP, with the same locked filter, auxdata and own-traffic
+    /// suppression. Needs `CAP_NET_RAW`.
+    pub fn open_server(ifindex: u32) -> io::Result<PacketSocket> {
+        Self::open_filtered(ifindex, filter_program_for(DHCP_SERVER_PORT, true))
+    }
+
+    fn open_filtered(ifindex: u32, mut program: Vec<libc::sock_filter>) -> io::Result<PacketSocket> {
         let ifindex = i32::try_from(ifindex)
             .ok()
             .filter(|&i| i > 0)
@@ -85,7 +97,6 @@ impl PacketSocket {
         }
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut program = filter_program(with_arp);
         let fprog = libc::sock_fprog {
             len: program.len() as u16,
             filter: program.as_mut_ptr(),
@@ -228,6 +239,11 @@ const fn hop(from: usize, to: usize) -> u8 {
 /// 23, flags and fragment offset at 20, version/IHL at 14; the UDP header at
 /// 14 + 4 * IHL, its destination port 2 bytes in (RFC 791, RFC 768).
 pub(crate) fn filter_program(with_arp: bool) -> Vec<libc::sock_filter> {
+    filter_program_for(DHCP_CLIENT_PORT, with_arp)
+}
+
+/// [`filter_program`] for UDP to `port` (68 for clients, 67 for servers).
+fn filter_program_for(port: u16, with_arp: bool) -> Vec<libc::sock_filter> {
     use libc::{
         BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_MSH, BPF_RET,
     };
@@ -264,7 +280,7 @@ pub(crate) fn filter_program(with_arp: bool) -> Vec<libc::sock_filter> {
             BPF_JMP | BPF_JEQ | BPF_K,
             hop(10, ACCEPT),
             hop(10, DROP),
-            u32::from(DHCP_CLIENT_PORT),
+            u32::from(port),
         ),
         /* 11 */
         insn(
@@ -815,6 +831,28 @@ mod tests {
             v6[12..14].copy_from_slice(&[0x86, 0xdd]);
             assert_eq!(run(&v6), 0);
         }
+    }
+
+    #[test]
+    fn server_filter_accepts_udp_to_67_and_arp_only() {
+        let snap = MAX_FRAME_LEN as u32;
+        let prog = filter_program_for(DHCP_SERVER_PORT, true);
+        let run = |f: &[u8]| run_filter(&prog, f, 0);
+        let to_67 = udp_frame(OTHER_MAC, IPPROTO_UDP, 68, 67, 300);
+        assert_eq!(run(&to_67), snap);
+        assert_eq!(run_filter(&prog, &to_67, PACKET_OUTGOING), 0);
+        assert_eq!(
+            run(&udp_frame(OTHER_MAC, IPPROTO_UDP, 67, 68, 300)),
+            0,
+            "client port"
+        );
+        let mut mf = to_67.clone();
+        mf[20] = 0x20;
+        assert_eq!(run(&mf), 0, "fragment");
+        assert_eq!(run(&arp_frame(OTHER_MAC, OTHER_MAC, 1)), snap);
+        // The client filter is unchanged by the parameter.
+        assert_eq!(filter_program(true).len(), prog.len());
+        assert_eq!(run_filter(&filter_program(true), &to_67, 0), 0);
     }
 
     #[test]
