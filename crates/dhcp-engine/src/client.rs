@@ -60,6 +60,9 @@ const IDLE_WAKE_MS: u64 = 3_600_000;
 /// a logic loop. Anything left is due at once and `poll_at` says so.
 const MAX_TIMER_STEPS: usize = 1024;
 
+/// Shortest interval between two publications of changed counters alone.
+const COUNTERS_PUBLISH_MS: u64 = 1000;
+
 /// The DHCPv4 client engine. See the crate docs for the driving loop.
 pub struct Client {
     config: EngineConfig,
@@ -79,6 +82,11 @@ pub struct Client {
     lease_gen: u64,
     /// What was last published: (state, lease_gen).
     published: Option<(ClientState, u64)>,
+    /// Counters as last published, and when changed counters alone are
+    /// published next (`NEVER` when they are unchanged): metrics stay fresh
+    /// while bound, at most one PublishStatus per COUNTERS_PUBLISH_MS.
+    published_counters: Counters,
+    counters_publish_at: Instant,
     /// Source MAC of the frame that carried the last ACK: the next hop to
     /// the server for unicast RENEWING and RELEASE.
     server_mac: [u8; 6],
@@ -142,6 +150,8 @@ impl Client {
             lease: stored,
             lease_gen: 0,
             published: None,
+            published_counters: Counters::default(),
+            counters_publish_at: Instant::NEVER,
             server_mac: BROADCAST_MAC,
             xid: 0,
             exchange_started: now,
@@ -254,6 +264,7 @@ impl Client {
         }
         let expiry = self.lease.as_ref().map_or(Instant::NEVER, Lease::expires_at);
         self.timer
+            .min(self.counters_publish_at)
             .min(self.announce_at)
             .min(self.apply_retry_at)
             .min(expiry)
@@ -291,11 +302,25 @@ impl Client {
         out.push(EngineAction::Transmit(frame));
     }
 
-    /// PublishStatus if the state or the lease changed since the last one.
+    /// PublishStatus if the state or the lease changed since the last one,
+    /// or, rate-limited, if only the counters did (a flood of junk frames
+    /// shows up in the metrics within a second, not at the next renewal).
     fn publish(&mut self, out: &mut Vec<EngineAction>) {
-        let now = (self.state, self.lease_gen);
-        if self.published != Some(now) {
-            self.published = Some(now);
+        let key = (self.state, self.lease_gen);
+        let due = if self.published != Some(key) {
+            true
+        } else if self.counters == self.published_counters {
+            false
+        } else if self.counters_publish_at == Instant::NEVER {
+            self.counters_publish_at = self.now.add_millis(COUNTERS_PUBLISH_MS);
+            false
+        } else {
+            self.now >= self.counters_publish_at
+        };
+        if due {
+            self.published = Some(key);
+            self.published_counters = self.counters;
+            self.counters_publish_at = Instant::NEVER;
             out.push(EngineAction::PublishStatus(self.status()));
         }
     }

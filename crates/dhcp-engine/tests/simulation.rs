@@ -968,6 +968,39 @@ fn time_going_backwards_is_treated_as_now() {
     assert_eq!(s.client.poll_at(), p);
 }
 
+#[test]
+fn junk_while_bound_reaches_the_published_counters_within_a_second() {
+    let mut s = bound_sim(47);
+    s.run_for_secs(10);
+    let published = |s: &Sim| {
+        s.log
+            .iter()
+            .filter_map(|(t, a)| match a {
+                EngineAction::PublishStatus(st) => Some((*t, st.counters.frames_dropped)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = published(&s).len();
+    let t0 = s.now;
+    for _ in 0..50 {
+        assert!(s.inject(vec![0u8; 60]).is_err());
+    }
+    // Nothing published at once: the burst is coalesced...
+    assert_eq!(published(&s).len(), before);
+    s.run_for_secs(2);
+    // ...and shows up once, about a second later, with every drop counted.
+    let after = published(&s);
+    assert_eq!(after.len(), before + 1, "{after:?}");
+    let (t, dropped) = after[after.len() - 1];
+    assert_eq!(dropped, 50);
+    assert!(
+        t.since(t0) >= 1000 && t.since(t0) <= 1100,
+        "published at +{} ms",
+        t.since(t0)
+    );
+}
+
 // ---- property-style test -------------------------------------------------
 
 /// xorshift64*: a tiny seeded generator for the test's own choices.
