@@ -853,6 +853,7 @@ fn strict_drop_leaves_nothing() {
             uid: 65534,
             gid: 65534,
             capabilities: vec![],
+            bounding_set: vec![],
             nofile: 32,
             nproc_zero: true,
             fsize_zero: true,
@@ -1185,4 +1186,147 @@ fn spawned_role_dies_with_its_parent() {
         0
     );
     assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+// ------------------------------------------- started as a container user
+
+/// Put the calling (root) process where a container runtime puts a non-root
+/// container user that was given NET_ADMIN and NET_RAW (podman/runc with
+/// `--user 65534:65534 --cap-drop=all --cap-add=NET_RAW,NET_ADMIN`): uid and
+/// gid 65534, `groups` as supplementary groups, both capabilities in the
+/// bounding, permitted, effective, inheritable and ambient sets, nothing else
+/// (no CAP_SETPCAP, CAP_SETUID, CAP_SETGID). Returns false on any failure.
+fn become_container_user(groups: &[libc::gid_t]) -> bool {
+    let keep = (1u64 << 12) | (1u64 << 13);
+    // SAFETY: prctl/setgroups/setres[ug]id/capset with valid arguments, in
+    // a forked child.
+    unsafe {
+        for cap in 0..64u64 {
+            if keep & (1 << cap) == 0
+                && libc::prctl(libc::PR_CAPBSET_READ, cap) == 1
+                && libc::prctl(libc::PR_CAPBSET_DROP, cap) != 0
+            {
+                return false;
+            }
+        }
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::prctl(libc::PR_SET_KEEPCAPS, 1) != 0
+            || libc::setresgid(65534, 65534, 65534) != 0
+            || libc::setresuid(65534, 65534, 65534) != 0
+        {
+            return false;
+        }
+        let hdr = [0x2008_0522u32, 0];
+        let (lo, hi) = (keep as u32, (keep >> 32) as u32);
+        let data = [lo, lo, lo, hi, hi, hi];
+        if libc::syscall(libc::SYS_capset, hdr.as_ptr(), data.as_ptr()) != 0
+            || libc::prctl(libc::PR_SET_KEEPCAPS, 0) != 0
+        {
+            return false;
+        }
+        for cap in [12u64, 13] {
+            let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+            if libc::prctl(libc::PR_CAP_AMBIENT, raise, cap, 0, 0) != 0 {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// As [`drop_in_child`], after [`become_container_user`]: the child's
+/// status and report, or the error `apply` gave.
+fn drop_as_container_user(
+    groups: &'static [libc::gid_t],
+    make_plan: fn() -> DropPlan<'static>,
+) -> Result<(String, SandboxReport), String> {
+    let (rx, tx) = pipe();
+    let ended = in_child(|| {
+        if !become_container_user(groups) {
+            return 20;
+        }
+        let Ok(mut status_file) = std::fs::File::open("/proc/self/status") else {
+            return 10;
+        };
+        let text = match sandbox::apply(&make_plan()) {
+            Ok(report) => {
+                let mut status = String::new();
+                if status_file.read_to_string(&mut status).is_err() {
+                    return 12;
+                }
+                format!(
+                    "{status}\x00{}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                )
+            }
+            Err(e) => format!("ERROR {e}"),
+        };
+        if write_all(tx.as_raw_fd(), text.as_bytes()) {
+            0
+        } else {
+            13
+        }
+    });
+    drop(tx);
+    let out = String::from_utf8(read_to_end_bounded(rx)).unwrap();
+    assert_eq!(ended, Ended::Exited(0), "child said: {out}");
+    if let Some(e) = out.strip_prefix("ERROR ") {
+        return Err(e.to_owned());
+    }
+    let (status, report) = out.split_once('\x00').unwrap();
+    Ok((status.to_owned(), serde_json::from_str(report).unwrap()))
+}
+
+/// Regression: a role started inside a container as uid 65534 with ambient
+/// capabilities has no CAP_SETPCAP (bounding set cannot shrink) and no
+/// CAP_SETGID (its runtime-given supplementary group, its own gid, cannot
+/// be cleared). Both steps used to fail; now they are left as they are,
+/// reported, and everything else of the plan still holds.
+#[test]
+fn container_user_with_ambient_caps_drops_to_the_plan() {
+    let (status, report) = drop_as_container_user(&[65534], net_admin_plan).unwrap();
+    assert_eq!(status_field(&status, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(&status, "Groups"), "65534");
+    assert_eq!(status_field(&status, "CapEff"), "0000000000001000");
+    assert_eq!(status_field(&status, "CapPrm"), "0000000000001000");
+    assert_eq!(status_field(&status, "CapInh"), "0000000000000000");
+    assert_eq!(status_field(&status, "CapAmb"), "0000000000000000");
+    assert_eq!(status_field(&status, "CapBnd"), "0000000000003000");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    assert_eq!(report.capabilities, vec!["CAP_NET_ADMIN".to_owned()]);
+    assert_eq!(
+        report.bounding_set,
+        vec!["CAP_NET_ADMIN".to_owned(), "CAP_NET_RAW".to_owned()]
+    );
+    // No CAP_SYS_ADMIN: the empty root is reported missing, not faked.
+    assert!(!report.mount_namespace);
+    assert!(report.mount_namespace_error.is_some());
+    assert!(
+        report
+            .to_string()
+            .contains(" bounding=CAP_NET_ADMIN,CAP_NET_RAW "),
+        "{report}"
+    );
+
+    let (status, report) = drop_as_container_user(&[], nobody_plan).unwrap();
+    assert_eq!(status_field(&status, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(&status, "Groups"), "");
+    assert!(report.capabilities.is_empty());
+}
+
+/// What cannot be reached without the privilege still fails: another uid
+/// (no CAP_SETUID), or a supplementary group other than the target gid.
+#[test]
+fn container_user_cannot_skip_what_would_matter() {
+    fn other_uid() -> DropPlan<'static> {
+        DropPlan {
+            uid: 1000,
+            gid: 65534,
+            ..nobody_plan()
+        }
+    }
+    let err = drop_as_container_user(&[], other_uid).unwrap_err();
+    assert!(err.contains("setresuid"), "{err}");
+    let err = drop_as_container_user(&[65534, 100], nobody_plan).unwrap_err();
+    assert!(err.contains("setgroups"), "{err}");
 }

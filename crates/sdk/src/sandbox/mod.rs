@@ -11,7 +11,9 @@
 //! 2. Optional private mount namespace whose root is an empty, read-only
 //!    tmpfs (best effort: needs `CAP_SYS_ADMIN`; the report says if it holds).
 //! 3. Clear the capability bounding set (needs `CAP_SETPCAP`, so before the
-//!    uid change).
+//!    uid change). A process that never held `CAP_SETPCAP` (a non-root
+//!    container user with ambient capabilities) keeps the set it was given;
+//!    no_new_privs makes it inert, and the report lists it.
 //! 4. `PR_SET_KEEPCAPS`, so the permitted set survives the uid change.
 //! 5. `setgroups([])`, `setresgid`, `setresuid`: numeric ids only, a static
 //!    binary in a scratch image cannot look names up.
@@ -144,6 +146,10 @@ pub struct SandboxReport {
     /// Capabilities left in the permitted and effective sets, as
     /// `CAP_NET_ADMIN`-style names, sorted.
     pub capabilities: Vec<String>,
+    /// Capabilities left in the bounding set, sorted: empty unless the
+    /// process started without `CAP_SETPCAP` (see [`apply`], step 3).
+    #[serde(default)]
+    pub bounding_set: Vec<String>,
     pub nofile: u64,
     pub nproc_zero: bool,
     pub fsize_zero: bool,
@@ -160,10 +166,15 @@ impl fmt::Display for SandboxReport {
         };
         write!(
             f,
-            "uid={} gid={} caps={} mount-ns={} landlock={} no-new-privs={} nofile={}{}{}",
+            "uid={} gid={} caps={}{} mount-ns={} landlock={} no-new-privs={} nofile={}{}{}",
             self.uid,
             self.gid,
             caps,
+            if self.bounding_set.is_empty() {
+                String::new()
+            } else {
+                format!(" bounding={}", self.bounding_set.join(","))
+            },
             if self.mount_namespace {
                 "private-empty-root"
             } else {
@@ -221,6 +232,14 @@ pub(crate) fn os_err(step: &'static str) -> SandboxError {
     }
 }
 
+/// Make the calling process non-dumpable (`PR_SET_DUMPABLE` 0): no core
+/// file, and no ptrace attach or /proc access from processes of the same
+/// uid. [`apply`] does this to every role; a supervisor that shares its uid
+/// with its roles (a container run as a non-root user) calls it for itself.
+pub fn set_not_dumpable() -> Result<(), SandboxError> {
+    privileges::set_not_dumpable()
+}
+
 /// Drop privileges as `plan` says (see the module docs for the order). Call
 /// it single-threaded, early in the role's `main`, then install the role's
 /// seccomp filter. If the parent (supervisor) died meanwhile, the process
@@ -239,7 +258,7 @@ pub fn apply(plan: &DropPlan<'_>) -> Result<SandboxReport, SandboxError> {
         (false, None)
     };
 
-    privileges::clear_bounding_set()?;
+    let bounding_left = privileges::clear_bounding_set()?;
     privileges::set_keepcaps(true)?;
     privileges::switch_ids(plan.uid, plan.gid)?;
     privileges::set_caps(&plan.keep_caps)?;
@@ -256,13 +275,14 @@ pub fn apply(plan: &DropPlan<'_>) -> Result<SandboxReport, SandboxError> {
     }
     let landlock = landlock::restrict(ruleset)?;
 
-    let capabilities = privileges::verify(plan)?;
+    let capabilities = privileges::verify(plan, bounding_left)?;
     Ok(SandboxReport {
         mount_namespace,
         mount_namespace_error,
         uid: plan.uid,
         gid: plan.gid,
         capabilities,
+        bounding_set: privileges::names_of(bounding_left),
         nofile: plan.nofile,
         nproc_zero: plan.nproc_zero,
         fsize_zero: plan.fsize_zero,

@@ -116,16 +116,52 @@ fn bounding_set() -> u64 {
 }
 
 /// Empty the bounding set, so no execve can ever grant a capability again
-/// (not even through file capabilities). Needs CAP_SETPCAP unless the set is
-/// already empty.
-pub(super) fn clear_bounding_set() -> Result<(), SandboxError> {
+/// (not even through file capabilities). Returns the mask left in the set.
+///
+/// Dropping needs CAP_SETPCAP. A process that never had it cannot shrink
+/// the set: that is how a role starts in a container run as a non-root uid
+/// with ambient capabilities (docs/security.md, "Running in a container").
+/// Such a set is left as it is, and reported: it bounds only what an execve
+/// could grant (file capabilities, setuid-root) and what capset(2) may add
+/// to the inheritable set, and both are closed without it: no_new_privs
+/// (set by every plan) makes execve grant nothing, and without CAP_SETPCAP
+/// the inheritable set can only gain capabilities already permitted, which
+/// [`set_caps`] reduces to the plan's. A process that holds CAP_SETPCAP
+/// (root on a host) still clears the set, and any failure is an error.
+pub(super) fn clear_bounding_set() -> Result<u64, SandboxError> {
     let set = bounding_set();
+    if set == 0 {
+        return Ok(0);
+    }
+    let setpcap = Capability::CAP_SETPCAP.bitmask();
+    let sets = capget()?;
+    if sets.permitted & setpcap == 0 {
+        return Ok(set);
+    }
+    if sets.effective & setpcap == 0 {
+        // Permitted but not effective: raise it for the drops below.
+        capset(&CapSets {
+            effective: sets.effective | setpcap,
+            ..sets
+        })?;
+    }
     for cap in 0..CAP_PROBE_LIMIT {
         if set & (1 << cap) != 0 {
             prctl("drop capability from bounding set", libc::PR_CAPBSET_DROP, cap)?;
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+/// Names of the capabilities in `mask`, sorted (`CAP_NET_ADMIN` style).
+pub(super) fn names_of(mask: u64) -> Vec<String> {
+    let mut names: Vec<String> = caps::all()
+        .into_iter()
+        .filter(|c| mask & c.bitmask() != 0)
+        .map(|c| c.to_string())
+        .collect();
+    names.sort();
+    names
 }
 
 /// PR_SET_KEEPCAPS: keep the permitted set across the switch away from
@@ -143,6 +179,27 @@ fn group_count() -> Result<libc::c_int, SandboxError> {
     Ok(n)
 }
 
+/// The supplementary group list.
+fn groups() -> Result<Vec<libc::gid_t>, SandboxError> {
+    let n = group_count()?;
+    let mut list = vec![0; n as usize];
+    // SAFETY: `list` has room for `n` entries.
+    let got = unsafe { libc::getgroups(n, list.as_mut_ptr()) };
+    if got < 0 {
+        return Err(os_err("getgroups"));
+    }
+    list.truncate(got as usize);
+    Ok(list)
+}
+
+/// True if the supplementary groups grant nothing beyond `gid`: none, or
+/// only `gid` itself. Container runtimes give a non-root container user its
+/// own gid as a supplementary group (OCI `additionalGids`), and such a
+/// process has no CAP_SETGID to clear the list.
+fn groups_add_nothing(gid: u32) -> Result<bool, SandboxError> {
+    Ok(groups()?.iter().all(|&g| g == gid))
+}
+
 /// Supplementary groups, then gid, then uid (gid first: changing it needs
 /// the privilege the uid change takes away).
 pub(super) fn switch_ids(uid: u32, gid: u32) -> Result<(), SandboxError> {
@@ -151,7 +208,14 @@ pub(super) fn switch_ids(uid: u32, gid: u32) -> Result<(), SandboxError> {
     if group_count()? != 0 {
         // SAFETY: an empty list: size 0 with a null pointer.
         if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-            return Err(os_err("setgroups"));
+            let err = os_err("setgroups");
+            // Without CAP_SETGID the list stays; that is only acceptable
+            // when it holds nothing but the gid we switch to anyway.
+            let eperm = matches!(&err, SandboxError::Os { source, .. }
+                if source.raw_os_error() == Some(libc::EPERM));
+            if !(eperm && groups_add_nothing(gid)?) {
+                return Err(err);
+            }
         }
     }
     // SAFETY: integer arguments only.
@@ -238,9 +302,10 @@ pub(super) fn rearm_pdeathsig() -> Result<(), SandboxError> {
     .map(drop)
 }
 
-/// Read back what the kernel holds and compare with the plan; returns the
-/// kept capabilities' names, sorted.
-pub(super) fn verify(plan: &DropPlan<'_>) -> Result<Vec<String>, SandboxError> {
+/// Read back what the kernel holds and compare with the plan (and with the
+/// bounding set [`clear_bounding_set`] had to leave); returns the kept
+/// capabilities' names, sorted.
+pub(super) fn verify(plan: &DropPlan<'_>, bounding_left: u64) -> Result<Vec<String>, SandboxError> {
     let (mut ru, mut eu, mut su) = (0, 0, 0);
     let (mut rg, mut eg, mut sg) = (0, 0, 0);
     // SAFETY: three valid, writable uid_t locations.
@@ -256,7 +321,7 @@ pub(super) fn verify(plan: &DropPlan<'_>) -> Result<Vec<String>, SandboxError> {
             "ids are uid {ru}/{eu}/{su} gid {rg}/{eg}/{sg}"
         )));
     }
-    if group_count()? != 0 {
+    if !groups_add_nothing(plan.gid)? {
         return Err(SandboxError::Verify("supplementary groups left".into()));
     }
     let want = mask_of(&plan.keep_caps);
@@ -272,8 +337,11 @@ pub(super) fn verify(plan: &DropPlan<'_>) -> Result<Vec<String>, SandboxError> {
             "capability sets are {got:x?}, want {want:#x}"
         )));
     }
-    if bounding_set() != 0 {
-        return Err(SandboxError::Verify("bounding set not empty".into()));
+    let bounding = bounding_set();
+    if bounding != bounding_left {
+        return Err(SandboxError::Verify(format!(
+            "bounding set is {bounding:#x}, want {bounding_left:#x}"
+        )));
     }
     if prctl("PR_GET_NO_NEW_PRIVS", libc::PR_GET_NO_NEW_PRIVS, 0)? != 1 {
         return Err(SandboxError::Verify("no_new_privs not set".into()));

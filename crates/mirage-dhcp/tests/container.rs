@@ -1,0 +1,434 @@
+//! mirage-dhcp as a system container, in a real runtime: podman with runc,
+//! the image built by the reproducible writer (crates/oci-image) from this
+//! build's binary and loaded through the `oci:` transport (no registry), run
+//! as uid 65534 with only CAP_NET_RAW and CAP_NET_ADMIN (ambient), inside the
+//! client namespace of the test hosts, against dnsmasq in the peer namespace.
+//!
+//! Needs root (network namespaces, podman's rootful storage), podman and runc
+//! (CI installs them). Every podman call is bounded by `timeout`, and the
+//! containers and the image are removed in `Drop`, also when a test fails.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use oci_image::{LayerCompression, Meta};
+use support::{BIN, CLIENT_IF, Net, read, wait_until};
+
+const BOUND_WITHIN: Duration = Duration::from_secs(30);
+/// Bound on any one podman command (image import, start, stop).
+const PODMAN_TIMEOUT_SECS: &str = "120";
+/// The service uid of the image (and of every process in the container).
+const SERVICE_ID: u32 = oci_image::SERVICE_ID;
+/// Capability bits (linux/capability.h).
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_NET_RAW: u64 = 1 << 13;
+
+/// podman as CI can run it: runc (crun fails on hosts with hybrid cgroups)
+/// and explicit rlimits (podman otherwise copies the host's, which a host
+/// without CAP_SYS_RESOURCE cannot grant).
+fn podman(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg(PODMAN_TIMEOUT_SECS)
+        .arg("podman")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("podman {args:?}: {e} (apt-get install podman runc)"))
+}
+
+fn podman_ok(args: &[&str]) -> String {
+    let out = podman(args);
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Containers and images this test made; removed on drop. Declared after
+/// the `Net` so it is dropped first (containers go before their namespace).
+#[derive(Default)]
+struct Podman {
+    containers: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Podman {
+    fn logs(&self, name: &str) -> String {
+        let out = podman(&["logs", name]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            if std::thread::panicking() {
+                eprintln!("container {c} log:\n{}", self.logs(c));
+            }
+            let _ = podman(&["rm", "--force", "--time", "0", c]);
+        }
+        for i in &self.images {
+            let _ = podman(&["rmi", "--force", i]);
+        }
+    }
+}
+
+fn meta() -> Meta {
+    Meta {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        source: env!("CARGO_PKG_REPOSITORY").to_owned(),
+        revision: "container-test".to_owned(),
+        created: Some(0),
+    }
+}
+
+/// Build the image layout from this build's binary into `dir`.
+fn build_layout(dir: &Path) -> oci_image::Written {
+    let binary = std::fs::read(BIN).unwrap();
+    let image = oci_image::mirage_dhcp(binary, &meta()).unwrap();
+    // Unoptimized test builds of the compressor take half a minute on the
+    // debug binary; the plain layer is built by the same code path.
+    oci_image::write_layout(&image, dir, LayerCompression::None).unwrap()
+}
+
+/// Host paths for the bind mounts of the convention, owned as the service
+/// uid needs them (the operator's job; docs/operators.md).
+struct Mounts {
+    etc: PathBuf,
+    state: PathBuf,
+    run: PathBuf,
+    resolv: PathBuf,
+}
+
+fn chown_service(p: &Path) {
+    std::os::unix::fs::chown(p, Some(SERVICE_ID), Some(SERVICE_ID)).unwrap();
+}
+
+fn mounts(net: &Net) -> Mounts {
+    let m = Mounts {
+        etc: net.path("etc"),
+        state: net.path("state"),
+        run: net.path("run"),
+        resolv: net.path("resolv.conf"),
+    };
+    std::fs::create_dir_all(&m.etc).unwrap();
+    // The interface comes from the read-only config file, not the command
+    // line: this proves the config bind works.
+    std::fs::write(
+        m.etc.join("config.toml"),
+        format!(
+            "interface = \"{CLIENT_IF}\"\nhostname = \"mirage-container\"\n\n[timing]\nfirst_retransmit_ms = 500\n"
+        ),
+    )
+    .unwrap();
+    for d in [&m.state, &m.run] {
+        std::fs::create_dir_all(d).unwrap();
+        chown_service(d);
+    }
+    std::fs::write(&m.resolv, "# before\n").unwrap();
+    chown_service(&m.resolv);
+    m
+}
+
+/// `podman run -d` with exactly the privileges of docs/security.md.
+fn run_container(net: &Net, pm: &mut Podman, m: &Mounts, image: &str, name: &str) {
+    let bind = |host: &Path, inside: &str, opts: &str| format!("{}:{inside}{opts}", host.display());
+    let netns = format!("ns:/run/netns/{}", net.client_ns);
+    let args = [
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--runtime",
+        "runc",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--cap-drop=all",
+        "--cap-add=NET_RAW,NET_ADMIN",
+        "--user",
+        "65534:65534",
+        "--security-opt",
+        "no-new-privileges",
+        "--read-only",
+        "--network",
+        &netns,
+        "--volume",
+        &bind(&m.etc, "/etc/mirage/dhcp", ":ro"),
+        "--volume",
+        &bind(&m.state, "/var/lib/mirage/dhcp", ""),
+        "--volume",
+        &bind(&m.run, "/run/mirage/dhcp", ""),
+        "--volume",
+        &bind(&m.resolv, "/etc/resolv.conf", ""),
+        image,
+        "run",
+        "--log-level",
+        "debug",
+    ];
+    pm.containers.push(name.to_owned());
+    podman_ok(&args);
+}
+
+/// A process's /proc/<pid>/status fields.
+struct ProcStatus(String);
+
+impl ProcStatus {
+    fn read(pid: u32) -> ProcStatus {
+        ProcStatus(std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap())
+    }
+    fn field(&self, key: &str) -> &str {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{key} missing in {}", self.0))
+    }
+    fn caps(&self, key: &str) -> u64 {
+        u64::from_str_radix(self.field(key), 16).unwrap()
+    }
+}
+
+/// Children of `parent` that are roles, as (role name, pid), sorted.
+fn roles_of(parent: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1));
+        if ppid != Some(parent.to_string().as_str()) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        if args.len() > 2 && args[1] == "role" {
+            out.push((args[2].clone(), pid));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn container_pid(name: &str) -> u32 {
+    podman_ok(&["inspect", "--format", "{{.State.Pid}}", name])
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
+    let mut net = Net::new();
+    let mut pm = Podman::default();
+    net.start_dnsmasq("120", &["--dhcp-option=option:domain-search,corp.example"]);
+
+    // The reproducible build: same inputs, same digest, twice in one run.
+    let first = build_layout(&net.path("layout-a"));
+    let second = build_layout(&net.path("layout-b"));
+    assert_eq!(first, second, "two builds of the same binary differ");
+    assert!(first.manifest_digest.starts_with("sha256:"));
+
+    // Import through the oci: transport (local directory, no registry).
+    // podman names an image by its config digest: that is the image id.
+    let layout = format!(
+        "oci:{}:{}",
+        net.path("layout-a").display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let id = podman_ok(&["pull", "--quiet", &layout]);
+    pm.images.push(id.clone());
+    assert_eq!(format!("sha256:{id}"), first.config_digest);
+    let labels = podman_ok(&["image", "inspect", "--format", "{{json .Labels}}", &id]);
+    let labels: serde_json::Value = serde_json::from_str(&labels).unwrap();
+    assert_eq!(
+        labels["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(labels["org.opencontainers.image.revision"], "container-test");
+
+    let m = mounts(&net);
+    let name = format!("mirage-dhcp-test-{}", std::process::id());
+    run_container(&net, &mut pm, &m, &id, &name);
+    let status = net.wait_state("bound", BOUND_WITHIN);
+
+    // The lease is applied in the namespace and published through the binds.
+    let addr = status["lease"]["address"].as_str().unwrap().to_owned();
+    assert!(addr.starts_with(&format!("{}.", net.subnet)), "{addr}");
+    assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+    assert!(
+        net.client_routes()
+            .contains(&format!("default via {} dev {CLIENT_IF}", net.server_ip)),
+        "{}",
+        net.client_routes()
+    );
+    let resolv = read(&m.resolv);
+    assert!(
+        resolv.contains(&format!("nameserver {}\n", net.server_ip)),
+        "{resolv}"
+    );
+    assert!(resolv.contains("search corp.example\n"), "{resolv}");
+    assert_eq!(status["sandbox"], "seccomp");
+    assert_eq!(status["intents_refused"], 0);
+    let stored: serde_json::Value =
+        serde_json::from_str(&read(&m.state.join(format!("lease-{CLIENT_IF}.json")))).unwrap();
+    assert_eq!(stored["lease"]["address"], addr.as_str());
+    assert!(read(&m.run.join("metrics.prom")).contains("mirage_dhcp_bound{interface=\"veth-c\"} 1"));
+    // The read-only config was read: dnsmasq saw its hostname.
+    wait_until(Duration::from_secs(5), || {
+        read(&net.path("dnsmasq.log")).contains("mirage-container")
+    });
+
+    // What the container got, as podman reports it.
+    let caps = podman_ok(&["inspect", "--format", "{{json .EffectiveCaps}}", &name]);
+    let mut caps: Vec<String> = serde_json::from_str(&caps).unwrap();
+    caps.sort();
+    assert_eq!(caps, ["CAP_NET_ADMIN", "CAP_NET_RAW"]);
+
+    // And what each process holds, read from the host's /proc.
+    let sup_pid = container_pid(&name);
+    let sup = ProcStatus::read(sup_pid);
+    let container_bounding = CAP_NET_ADMIN | CAP_NET_RAW;
+    assert_eq!(sup.field("Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(sup.caps("CapBnd"), container_bounding);
+    // The supervisor keeps nothing once the roles run.
+    for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(sup.caps(set), 0, "supervisor {set}");
+    }
+    // Not dumpable: its /proc files belong to root, not to the shared uid.
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{sup_pid}/mem")).unwrap().uid(),
+        0
+    );
+
+    let roles = roles_of(sup_pid);
+    let names: Vec<&str> = roles.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["actuator", "engine", "network"], "roles of {sup_pid}");
+    for (role, pid) in &roles {
+        let st = ProcStatus::read(*pid);
+        let want = if role == "actuator" { CAP_NET_ADMIN } else { 0 };
+        assert_eq!(st.caps("CapEff"), want, "{role} CapEff");
+        assert_eq!(st.caps("CapPrm"), want, "{role} CapPrm");
+        assert_eq!(st.caps("CapInh"), 0, "{role} CapInh");
+        assert_eq!(st.caps("CapAmb"), 0, "{role} CapAmb");
+        // Fewer than the container's: strictly inside its bounding set.
+        assert_ne!(st.caps("CapPrm"), container_bounding, "{role}");
+        assert_eq!(st.caps("CapBnd") & !container_bounding, 0, "{role}");
+        assert_eq!(st.field("Uid"), "65534\t65534\t65534\t65534", "{role}");
+        assert_eq!(st.field("NoNewPrivs"), "1", "{role}");
+        assert_eq!(st.field("Seccomp"), "2", "{role} runs under its filter");
+        assert_eq!(
+            std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid(),
+            0,
+            "{role}"
+        );
+    }
+    let logs = pm.logs(&name);
+    assert!(logs.contains("bounding=CAP_NET_ADMIN,CAP_NET_RAW"), "{logs}");
+
+    // Stop (SIGTERM) keeps the address; a new container (an upgrade) adopts
+    // the stored lease instead of starting over.
+    podman_ok(&["stop", "--time", "10", &name]);
+    assert_eq!(
+        podman_ok(&["inspect", "--format", "{{.State.ExitCode}}", &name]),
+        "0"
+    );
+    assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+    std::fs::remove_file(m.run.join("status.json")).unwrap();
+    let second_name = format!("{name}-b");
+    run_container(&net, &mut pm, &m, &id, &second_name);
+    let status = net.wait_state("bound", BOUND_WITHIN);
+    assert_eq!(status["lease"]["address"], addr.as_str());
+    assert_eq!(
+        status["counters"]["offers"], 0,
+        "the stored lease was verified (INIT-REBOOT), not rediscovered"
+    );
+    assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+}
+
+/// The Containerfile describes the same image as the reproducible writer:
+/// same user, entrypoint, command and labels (the binary is the same file).
+#[test]
+fn containerfile_builds_the_same_image_config() {
+    let ctx = std::env::temp_dir().join(format!("mirage-containerfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx).unwrap();
+    struct Cleanup(PathBuf, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = podman(&["rmi", "--force", &self.1]);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let tag = format!("localhost/mirage-dhcp-containerfile-test:{}", std::process::id());
+    let _cleanup = Cleanup(ctx.clone(), tag.clone());
+    std::fs::copy(BIN, ctx.join("mirage-dhcp")).unwrap();
+    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Containerfile");
+    let m = meta();
+    podman_ok(&[
+        "build",
+        "--quiet",
+        // No cached intermediate images left behind once the tag is removed.
+        "--layers=false",
+        "--runtime",
+        "runc",
+        "--file",
+        containerfile.to_str().unwrap(),
+        "--build-arg",
+        "BINARY=mirage-dhcp",
+        "--build-arg",
+        &format!("VERSION={}", m.version),
+        "--build-arg",
+        &format!("REVISION={}", m.revision),
+        "--build-arg",
+        &format!("SOURCE={}", m.source),
+        "--tag",
+        &tag,
+        ctx.to_str().unwrap(),
+    ]);
+    let built = podman_ok(&["image", "inspect", "--format", "{{json .Config}}", &tag]);
+    let built: serde_json::Value = serde_json::from_str(&built).unwrap();
+    let ours = oci_image::mirage_dhcp(b"-".to_vec(), &Meta { created: None, ..m }).unwrap();
+    assert_eq!(built["User"], ours.user.as_str());
+    assert_eq!(built["Entrypoint"], serde_json::json!(ours.entrypoint));
+    assert_eq!(built["Cmd"], serde_json::json!(ours.cmd));
+    for (k, v) in &ours.labels {
+        let got = built["Labels"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("label {k} missing"));
+        if k == "org.mobyproject.config" {
+            let got: serde_json::Value = serde_json::from_str(got).unwrap();
+            assert_eq!(got, oci_image::linuxkit_config(), "{k}");
+        } else {
+            assert_eq!(got, v, "{k}");
+        }
+    }
+    // And it runs, with no capability at all for `--version`.
+    let files = podman_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--cap-drop=all",
+        "--network",
+        "none",
+        &tag,
+        "--version",
+    ]);
+    assert_eq!(files, format!("mirage-dhcp {}", env!("CARGO_PKG_VERSION")));
+}

@@ -1,0 +1,561 @@
+//! Reproducible OCI images of MirageSDK's static service binaries, built
+//! without a container engine, a daemon or a registry.
+//!
+//! The image is `FROM scratch`: one layer holding the static binary, nothing
+//! else (the runtime creates /proc and the mount points of the bind mounts
+//! of the convention, DESIGN.md section 6).
+//! Everything that usually makes image builds differ from run to run is fixed
+//! here: file times are the epoch, owners are numeric, entries are written in
+//! sorted order, the layer's gzip header carries no time or name, JSON keys
+//! are sorted, and `created` comes from the caller (`SOURCE_DATE_EPOCH`), not
+//! the clock. The same binary and metadata therefore always give the same
+//! manifest digest, which is what [`write_layout`] returns.
+//!
+//! The output is an OCI image layout (image-spec v1.1, "image-layout.md"):
+//! `oci-layout`, `index.json` and content-addressed `blobs/sha256/`. podman,
+//! skopeo and buildah read it through the `oci:DIR:TAG` transport; `podman
+//! load` reads the same directory packed as an `oci-archive` ([`archive_layout`]).
+
+pub mod tar;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// How the layer is stored. Both are reproducible; gzip is what to ship,
+/// a plain tar is for quick local builds (tests build from unoptimized
+/// binaries, where compressing tens of MiB costs half a minute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerCompression {
+    Gzip,
+    None,
+}
+
+/// The uid and gid the service runs as inside its container: nobody/nogroup.
+/// Numeric, because a static binary in a scratch image has no name lookup.
+/// See docs/security.md ("Running in a container") for why not root.
+pub const SERVICE_ID: u32 = 65534;
+
+/// Where the binary lives in the image.
+pub const BINARY_PATH: &str = "/mirage-dhcp";
+
+/// Capabilities the container is given, ambient for the non-root user.
+pub const CAPABILITIES: [&str; 2] = ["CAP_NET_ADMIN", "CAP_NET_RAW"];
+
+/// Bind mounts of the convention, `host:container[:options]`.
+pub const BINDS: [&str; 4] = [
+    "/etc/mirage/dhcp:/etc/mirage/dhcp:ro",
+    "/var/lib/mirage/dhcp:/var/lib/mirage/dhcp",
+    "/run/mirage/dhcp:/run/mirage/dhcp",
+    "/etc/resolv.conf:/etc/resolv.conf",
+];
+
+/// Provenance written into the image's labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// `org.opencontainers.image.version`, also the tag in `index.json`.
+    pub version: String,
+    /// `org.opencontainers.image.source`: the repository URL.
+    pub source: String,
+    /// `org.opencontainers.image.revision`: the commit the binary was built from.
+    pub revision: String,
+    /// `SOURCE_DATE_EPOCH`: seconds for `created`; none leaves it out.
+    pub created: Option<u64>,
+}
+
+/// An image before it is written: the layer's entries and the runtime
+/// configuration (image-spec "config.md", the `config` object).
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub entries: Vec<tar::Entry>,
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Tag recorded as `org.opencontainers.image.ref.name` in `index.json`.
+    pub tag: String,
+    pub created: Option<String>,
+}
+
+/// Why an image could not be built or written.
+#[derive(Debug)]
+pub enum Error {
+    Tar(tar::TarError),
+    Io(String, std::io::Error),
+    /// The output directory exists and is not empty.
+    NotEmpty(String),
+    BadMeta(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Tar(e) => write!(f, "{e}"),
+            Error::Io(what, e) => write!(f, "{what}: {e}"),
+            Error::NotEmpty(d) => write!(f, "{d} exists and is not empty; remove it first"),
+            Error::BadMeta(m) => write!(f, "bad image metadata: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<tar::TarError> for Error {
+    fn from(e: tar::TarError) -> Self {
+        Error::Tar(e)
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Io(what, e)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (RFC 3339, as the
+/// image spec asks for `created`). Days to civil date after the well-known
+/// era arithmetic of the proleptic Gregorian calendar.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn dir(path: &str, mode: u32, id: u32) -> tar::Entry {
+    tar::Entry {
+        path: path.into(),
+        mode,
+        uid: id,
+        gid: id,
+        kind: tar::Kind::Dir,
+    }
+}
+
+/// The mirage-dhcp image around `binary` (the static executable's bytes),
+/// the same image the Containerfile describes.
+///
+/// The layer holds the binary only. The `org.mobyproject.config` label carries the LinuxKit defaults
+/// (capabilities, ambient set, uid, binds, host network), so that a LinuxKit
+/// YAML entry needs only the `image:` line.
+pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
+    for (name, value) in [
+        ("version", &meta.version),
+        ("source", &meta.source),
+        ("revision", &meta.revision),
+    ] {
+        if value.is_empty() || value.chars().any(char::is_control) {
+            return Err(Error::BadMeta(format!("{name} {value:?}")));
+        }
+    }
+    // The tag must be a valid OCI reference tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127}).
+    let tag_ok = meta.version.len() <= 128
+        && meta
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !meta.version.starts_with(['.', '-']);
+    if !tag_ok {
+        return Err(Error::BadMeta(format!(
+            "version {:?} is not a valid tag",
+            meta.version
+        )));
+    }
+    let id = SERVICE_ID;
+    // Read and execute for everyone, writable by nobody: the service runs
+    // as uid 65534 and must not be able to change its own code.
+    let entries = vec![tar::Entry {
+        path: BINARY_PATH.trim_start_matches('/').into(),
+        mode: 0o555,
+        uid: 0,
+        gid: 0,
+        kind: tar::Kind::File(binary),
+    }];
+    let created = meta.created.map(rfc3339);
+    let mut labels = BTreeMap::new();
+    let mut label = |k: &str, v: &str| {
+        labels.insert(k.to_owned(), v.to_owned());
+    };
+    label("org.opencontainers.image.title", "mirage-dhcp");
+    label(
+        "org.opencontainers.image.description",
+        "Privilege-separated DHCPv4 client: sandboxed engine, checked actuator, one static binary",
+    );
+    label("org.opencontainers.image.licenses", "Apache-2.0");
+    label("org.opencontainers.image.version", &meta.version);
+    label("org.opencontainers.image.source", &meta.source);
+    label("org.opencontainers.image.revision", &meta.revision);
+    if let Some(c) = &created {
+        label("org.opencontainers.image.created", c);
+    }
+    label("org.mobyproject.config", &linuxkit_config().to_string());
+    Ok(Image {
+        entries,
+        user: format!("{id}:{id}"),
+        entrypoint: vec![BINARY_PATH.into()],
+        cmd: vec!["run".into()],
+        labels,
+        tag: meta.version.clone(),
+        created,
+    })
+}
+
+/// LinuxKit's per-image defaults (its `org.mobyproject.config` label):
+/// the same capabilities, ids and binds as examples/mirage-dhcp.yml.
+pub fn linuxkit_config() -> Value {
+    json!({
+        "net": "host",
+        "uid": SERVICE_ID,
+        "gid": SERVICE_ID,
+        "capabilities": CAPABILITIES,
+        "ambient": CAPABILITIES,
+        "noNewPrivileges": true,
+        "readonly": true,
+        "binds": BINDS,
+    })
+}
+
+/// A blob: its bytes and `sha256:<hex>` digest.
+struct Blob {
+    bytes: Vec<u8>,
+    digest: String,
+}
+
+impl Blob {
+    fn new(bytes: Vec<u8>) -> Blob {
+        let digest = sha256(&bytes);
+        Blob { bytes, digest }
+    }
+    fn json(v: &Value) -> Blob {
+        // serde_json::Value objects keep keys sorted (BTreeMap) unless the
+        // `preserve_order` feature is on, and then keep the fixed order of
+        // the literals above: the bytes are the same on every run either way.
+        Blob::new(v.to_string().into_bytes())
+    }
+    fn descriptor(&self, media_type: &str) -> Value {
+        json!({"mediaType": media_type, "digest": self.digest, "size": self.bytes.len()})
+    }
+}
+
+/// `sha256:<lowercase hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in hash {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// gzip with a fixed header: no file name, mtime 0, fixed OS byte.
+fn gzip(data: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).map_err(io("compressing the layer"))?;
+    enc.finish().map_err(io("compressing the layer"))
+}
+
+/// What [`write_layout`] produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The manifest's digest: the image's identity (`podman inspect`'s
+    /// `Digest`), equal for equal inputs.
+    pub manifest_digest: String,
+    /// The config's digest: podman's image id.
+    pub config_digest: String,
+    /// Compressed layer size in bytes (what a pull transfers).
+    pub layer_size: u64,
+    /// Uncompressed layer size (what the image takes unpacked).
+    pub unpacked_size: u64,
+}
+
+/// The blobs of `image`: layer, config, manifest, and the index document.
+fn blobs(image: &Image, compression: LayerCompression) -> Result<(Vec<Blob>, Value, Written), Error> {
+    let mut entries = image.entries.clone();
+    // Sorted by path, so parents come before children and the order never
+    // depends on how the caller listed them.
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let layer_tar = tar::archive(&entries)?;
+    let diff_id = sha256(&layer_tar);
+    let (layer, layer_media) = match compression {
+        LayerCompression::Gzip => (Blob::new(gzip(&layer_tar)?), MEDIA_LAYER_GZIP),
+        LayerCompression::None => (Blob::new(layer_tar.clone()), MEDIA_LAYER_TAR),
+    };
+    let mut config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "User": image.user,
+            "Entrypoint": image.entrypoint,
+            "Cmd": image.cmd,
+            "WorkingDir": "/",
+            "Labels": image.labels,
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "oci-image (MirageSDK reproducible image writer)"}],
+    });
+    if let Some(c) = &image.created {
+        config["created"] = json!(c);
+        config["history"][0]["created"] = json!(c);
+    }
+    let config = Blob::json(&config);
+    let manifest = Blob::json(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": config.descriptor(MEDIA_CONFIG),
+        "layers": [layer.descriptor(layer_media)],
+        "annotations": {
+            "org.opencontainers.image.version": image.labels.get("org.opencontainers.image.version"),
+            "org.opencontainers.image.revision": image.labels.get("org.opencontainers.image.revision"),
+            "org.opencontainers.image.source": image.labels.get("org.opencontainers.image.source"),
+        },
+    }));
+    let mut desc = manifest.descriptor(MEDIA_MANIFEST);
+    desc["annotations"] = json!({"org.opencontainers.image.ref.name": image.tag});
+    desc["platform"] = json!({"architecture": "amd64", "os": "linux"});
+    let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [desc]});
+    let written = Written {
+        manifest_digest: manifest.digest.clone(),
+        config_digest: config.digest.clone(),
+        layer_size: layer.bytes.len() as u64,
+        unpacked_size: layer_tar.len() as u64,
+    };
+    Ok((vec![layer, config, manifest], index, written))
+}
+
+/// Write `image` as an OCI image layout into `out`, which must be absent or
+/// empty (a stale blob or index entry would make the result depend on
+/// earlier runs).
+pub fn write_layout(image: &Image, out: &Path, compression: LayerCompression) -> Result<Written, Error> {
+    let shown = out.display().to_string();
+    if let Ok(mut it) = std::fs::read_dir(out)
+        && it.next().is_some()
+    {
+        return Err(Error::NotEmpty(shown));
+    }
+    let (blobs, index, written) = blobs(image, compression)?;
+    let blob_dir = out.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blob_dir).map_err(io(format!("creating {}", blob_dir.display())))?;
+    for b in &blobs {
+        let name = b.digest.trim_start_matches("sha256:");
+        let path = blob_dir.join(name);
+        std::fs::write(&path, &b.bytes).map_err(io(format!("writing {}", path.display())))?;
+    }
+    let layout = json!({"imageLayoutVersion": "1.0.0"}).to_string();
+    std::fs::write(out.join("oci-layout"), layout).map_err(io(format!("writing {shown}/oci-layout")))?;
+    std::fs::write(out.join("index.json"), index.to_string())
+        .map_err(io(format!("writing {shown}/index.json")))?;
+    Ok(written)
+}
+
+/// Pack a layout directory written by [`write_layout`] as an `oci-archive`
+/// tar (what `podman load -i` and `skopeo copy oci-archive:` read), with
+/// the same fixed times and owners, so equal layouts give equal archives.
+pub fn archive_layout(layout: &Path) -> Result<Vec<u8>, Error> {
+    let mut entries = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let path = if rel.is_empty() {
+            layout.to_path_buf()
+        } else {
+            layout.join(&rel)
+        };
+        let rd = std::fs::read_dir(&path).map_err(io(format!("reading {}", path.display())))?;
+        for e in rd {
+            let e = e.map_err(io(format!("reading {}", path.display())))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = e.file_type().map_err(io(format!("reading {child}")))?;
+            if ft.is_dir() {
+                entries.push(dir(&child, 0o755, 0));
+                stack.push(child);
+            } else if ft.is_file() {
+                let data = std::fs::read(e.path()).map_err(io(format!("reading {child}")))?;
+                entries.push(tar::Entry {
+                    path: child,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    kind: tar::Kind::File(data),
+                });
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(tar::archive(&entries)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            version: "0.1.0".into(),
+            source: "https://example.org/mirage".into(),
+            revision: "0123456789abcdef".into(),
+            created: Some(0),
+        }
+    }
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn same_inputs_same_digest_and_any_change_shows() {
+        let a = blobs(
+            &mirage_dhcp(b"binary".to_vec(), &meta()).unwrap(),
+            LayerCompression::Gzip,
+        )
+        .unwrap()
+        .2;
+        let b = blobs(
+            &mirage_dhcp(b"binary".to_vec(), &meta()).unwrap(),
+            LayerCompression::Gzip,
+        )
+        .unwrap()
+        .2;
+        assert_eq!(a, b);
+        let other_bin = blobs(
+            &mirage_dhcp(b"binarY".to_vec(), &meta()).unwrap(),
+            LayerCompression::Gzip,
+        )
+        .unwrap()
+        .2;
+        assert_ne!(a.manifest_digest, other_bin.manifest_digest);
+        let mut m = meta();
+        m.revision = "fedcba9876543210".into();
+        let other_rev = blobs(
+            &mirage_dhcp(b"binary".to_vec(), &m).unwrap(),
+            LayerCompression::Gzip,
+        )
+        .unwrap()
+        .2;
+        assert_ne!(a.manifest_digest, other_rev.manifest_digest);
+        // The layer does not depend on labels: only config and manifest move.
+        assert_eq!(a.layer_size, other_rev.layer_size);
+    }
+
+    #[test]
+    fn config_has_labels_user_and_diff_id() {
+        let image = mirage_dhcp(b"bin".to_vec(), &meta()).unwrap();
+        let (blobs, index, written) = blobs(&image, LayerCompression::Gzip).unwrap();
+        let config: Value = serde_json::from_slice(&blobs[1].bytes).unwrap();
+        let labels = &config["config"]["Labels"];
+        assert_eq!(labels["org.opencontainers.image.version"], "0.1.0");
+        assert_eq!(
+            labels["org.opencontainers.image.source"],
+            "https://example.org/mirage"
+        );
+        assert_eq!(labels["org.opencontainers.image.revision"], "0123456789abcdef");
+        assert_eq!(labels["org.opencontainers.image.created"], "1970-01-01T00:00:00Z");
+        assert_eq!(config["config"]["User"], "65534:65534");
+        assert_eq!(config["config"]["Entrypoint"], json!(["/mirage-dhcp"]));
+        let moby: Value = serde_json::from_str(labels["org.mobyproject.config"].as_str().unwrap()).unwrap();
+        assert_eq!(moby["ambient"], json!(["CAP_NET_ADMIN", "CAP_NET_RAW"]));
+        // diff_id is the digest of the uncompressed layer.
+        let mut d = flate2::read::GzDecoder::new(&blobs[0].bytes[..]);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut raw).unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"][0], sha256(&raw).as_str());
+        assert_eq!(raw.len() as u64, written.unpacked_size);
+        assert_eq!(index["manifests"][0]["digest"], written.manifest_digest.as_str());
+        assert_eq!(
+            index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+            "0.1.0"
+        );
+        let manifest: Value = serde_json::from_slice(&blobs[2].bytes).unwrap();
+        assert_eq!(manifest["config"]["digest"], written.config_digest.as_str());
+        assert_eq!(manifest["layers"][0]["size"], written.layer_size);
+    }
+
+    #[test]
+    fn plain_layer_is_the_diff_id_itself() {
+        let image = mirage_dhcp(b"bin".to_vec(), &meta()).unwrap();
+        let (blobs, _, written) = blobs(&image, LayerCompression::None).unwrap();
+        let config: Value = serde_json::from_slice(&blobs[1].bytes).unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"][0], blobs[0].digest.as_str());
+        assert_eq!(written.layer_size, written.unpacked_size);
+        let manifest: Value = serde_json::from_slice(&blobs[2].bytes).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], MEDIA_LAYER_TAR);
+        let gz = blobs_digest(&image, LayerCompression::Gzip);
+        assert_ne!(gz, written.manifest_digest);
+    }
+
+    fn blobs_digest(image: &Image, c: LayerCompression) -> String {
+        blobs(image, c).unwrap().2.manifest_digest
+    }
+
+    #[test]
+    fn bad_metadata_is_refused() {
+        for (field, value) in [
+            ("version", ""),
+            ("version", "-x"),
+            ("version", "1 0"),
+            ("revision", "a\nb"),
+        ] {
+            let mut m = meta();
+            match field {
+                "version" => m.version = value.into(),
+                _ => m.revision = value.into(),
+            }
+            assert!(
+                matches!(mirage_dhcp(Vec::new(), &m), Err(Error::BadMeta(_))),
+                "{field}={value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn layout_on_disk_matches_and_refuses_a_used_directory() {
+        let dir = std::env::temp_dir().join(format!("oci-image-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let image = mirage_dhcp(b"bin".to_vec(), &meta()).unwrap();
+        let written = write_layout(&image, &dir, LayerCompression::Gzip).unwrap();
+        let blob = dir
+            .join("blobs/sha256")
+            .join(written.manifest_digest.trim_start_matches("sha256:"));
+        assert_eq!(sha256(&std::fs::read(&blob).unwrap()), written.manifest_digest);
+        assert!(matches!(
+            write_layout(&image, &dir, LayerCompression::Gzip),
+            Err(Error::NotEmpty(_))
+        ));
+        let a = archive_layout(&dir).unwrap();
+        assert_eq!(a, archive_layout(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
