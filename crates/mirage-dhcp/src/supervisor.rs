@@ -101,6 +101,7 @@ struct Supervisor {
     last_publish: StdInstant,
     /// Intents forwarded to the actuator and not answered yet.
     outstanding: u32,
+    drop_log: DropLog,
     applied: bool,
 }
 
@@ -182,6 +183,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         last_publish: StdInstant::now(),
         outstanding: 0,
         applied: false,
+        drop_log: DropLog::default(),
     };
     sup.start_engine()?;
     roles::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
@@ -343,7 +345,7 @@ impl Supervisor {
 
     fn on_engine_message(&mut self, msg: FromEngine) -> Result<(), String> {
         match msg {
-            FromEngine::Dropped(reason) => log::debug!("engine dropped a frame: {reason:?}"),
+            FromEngine::Dropped(reason) => self.drop_log.record(reason),
             FromEngine::Action(EngineAction::Transmit(frame)) => {
                 self.network
                     .chan
@@ -600,6 +602,44 @@ impl Supervisor {
 /// (symlinks resolved, so a link such as /etc/resolv.conf -> /run/... is
 /// followed, not replaced), the file itself opened for writing, its name.
 type ResolvTarget = (OwnedFd, OwnedFd, String);
+
+/// Log lines for dropped frames, rate-limited: a flood of junk must not
+/// turn into a flood of log lines (the counters in status.json and metrics
+/// count every drop).
+#[derive(Default)]
+struct DropLog {
+    window: Option<StdInstant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl DropLog {
+    /// Lines per second logged one by one; the rest are summed up.
+    const PER_SECOND: u32 = 50;
+
+    fn record(&mut self, reason: mirage_ipc::DropReason) {
+        let now = StdInstant::now();
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            if self.suppressed > 0 {
+                log::info!("{} more dropped frames not logged one by one", self.suppressed);
+            }
+            *self = DropLog {
+                window: Some(now),
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if self.logged < Self::PER_SECOND {
+            self.logged += 1;
+            log::debug!("engine dropped a frame: {reason:?}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
 
 /// State dir and run dir (created if missing, owned by the roles' ids so the
 /// unprivileged actuator can write them) and the resolv.conf target.
