@@ -39,7 +39,14 @@ BUILD=1
 INSTALL=1
 JSON_OUT=""
 WRITE_DOCS=0
-ARGS_GIVEN="$*"
+# The command as recorded in the report: everything but --json, which only
+# names where a raw copy goes (a local path that has no place in the docs).
+ARGS_GIVEN=""
+RECORD=("$@")
+for ((i = 0; i < ${#RECORD[@]}; i++)); do
+    if [ "${RECORD[i]}" = --json ]; then i=$((i + 1)); continue; fi
+    ARGS_GIVEN="${ARGS_GIVEN:+$ARGS_GIVEN }${RECORD[i]}"
+done
 while [ $# -gt 0 ]; do
     case "$1" in
     -n | --runs) RUNS="${2:?}"; shift 2 ;;
@@ -202,7 +209,7 @@ setup_run() {
     DNSMASQ_PID=$!
     for _ in $(seq 200); do
         if ip netns exec "$SRV" ss -Hlun 'sport = :67' 2>/dev/null | grep -q . &&
-            ip -n "$CLI" -o link show dev veth-c | grep -q 'state UP'; then
+            ip -n "$CLI" -o link show dev veth-c 2>/dev/null | grep -q 'state UP'; then
             return 0
         fi
         kill -0 "$DNSMASQ_PID" 2>/dev/null || { log "dnsmasq died:"; tail -5 "$TMP/dnsmasq.log" >&2; return 1; }
@@ -328,6 +335,10 @@ run_one() {
 
 log "variants: ${#VARIANTS[@]}, runs: $RUNS (+$WARMUP warm-up), timeout ${TIMEOUT}s"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+# Timings of multi-process clients suffer most from a busy machine: say so.
+if awk -v n="$(nproc)" '{ exit !($1 > n) }' /proc/loadavg; then
+    log "warning: load average ${LOAD_BEFORE%% *} exceeds $(nproc) CPUs; timings will be noisy"
+fi
 START_TS="$(date -u +%Y-%m-%dT%H:%MZ)"
 # Round-robin over the variants, so that load that comes and goes on the
 # machine is spread over all clients alike. Runs 1-WARMUP..0 are warm-up.

@@ -44,6 +44,7 @@ def summarise(runs: list[dict]) -> dict:
     procs = [int(r["procs"]) for r in ok if isinstance(r.get("procs"), int)]
     if procs:
         out["procs_max"] = max(procs)
+    out["comms"] = sorted({c for r in ok for c in r.get("comms", []) if isinstance(c, str)})
     return out
 
 
@@ -112,6 +113,13 @@ def render(meta: dict, results: list[dict]) -> str:
         "",
         *table(meta, stats),
     ]
+    counted = [
+        f"{v['client']} {v['variant']}: {stats[v['name']]['procs_max']} ({', '.join(stats[v['name']]['comms'])})"
+        for v in meta["variants"]
+        if "procs_max" in stats.get(v["name"], {})
+    ]
+    if counted:
+        lines += ["", "Processes counted in the peak RSS (most in one run, with their names): " + "; ".join(counted) + "."]
     notes = []
     for v in meta["variants"]:
         s = stats.get(v["name"], {})

@@ -194,6 +194,7 @@ class Statistics(unittest.TestCase):
         self.assertIn("| 4.00 |", row["default"])  # 80 / 20 (both without ACD)
         self.assertIn("| 10.00 |", row["-a"])  # 2000 / 200 (both with ACD)
         self.assertIn("| 512 |", row["default"])  # binary size in KiB
+        self.assertIn("udhcpc default: 2", report.render(meta_for(VARIANTS), results))
 
     def test_failing_client_is_reported_as_failed(self):
         results = [{"variant": "m-acd", "ok": False, "error": "build failed"}] + [ok("u", 80), ok("u-arp", 90)]
