@@ -56,8 +56,9 @@ struct RunArgs {
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// resolv.conf to write; an empty value disables it [default: /etc/resolv.conf].
-    #[arg(long)]
-    resolv_conf: Option<PathBuf>,
+    // OsString: clap's PathBuf parser refuses the empty value that means "off".
+    #[arg(long, value_parser = clap::builder::OsStringValueParser::new())]
+    resolv_conf: Option<std::ffi::OsString>,
     /// Sandbox for the engine role [default: seccomp].
     #[arg(long, value_enum)]
     sandbox: Option<SandboxKind>,
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
                 interface: args.interface,
                 state_dir: args.state_dir,
                 run_dir: args.run_dir,
-                resolv_conf: args.resolv_conf,
+                resolv_conf: args.resolv_conf.map(PathBuf::from),
                 sandbox: args.sandbox,
                 no_acd: args.no_acd,
                 release_on_stop: args.release_on_stop,
@@ -116,6 +117,33 @@ fn main() -> ExitCode {
         }
         Command::Status { run_dir, json } => status(&run_dir, json),
         Command::Role(args) => roles::main(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_resolv_conf_flag_parses_and_means_off() {
+        let cli = Cli::try_parse_from(["mirage-dhcp", "run", "-i", "eth0", "--resolv-conf", ""]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.resolv_conf, Some(std::ffi::OsString::new()));
+        let o = Overrides {
+            interface: args.interface,
+            resolv_conf: args.resolv_conf.map(PathBuf::from),
+            ..Default::default()
+        };
+        let c = Config::resolve(std::path::Path::new("none"), Default::default(), o).unwrap();
+        assert_eq!(c.resolv_conf, None);
+    }
+
+    #[test]
+    fn help_renders() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }
 

@@ -151,6 +151,10 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         ifindex: link.index,
         mac,
     };
+    // The engine first: its start-up and sandbox are on the path to the first
+    // DISCOVER; the other two start while it gets ready (messages to them
+    // wait in their channels).
+    let engine = launch_engine(&common, &engine_config, stored.clone(), link.carrier)?;
     let network = common.spawn(RoleName::Network, &[packet.as_fd()])?;
     drop(packet);
     let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
@@ -169,7 +173,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         ifindex: link.index,
         mac,
         engine_config,
-        engine: None,
+        engine: Some(engine),
         network,
         actuator,
         lease: stored,
@@ -185,7 +189,6 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         applied: false,
         drop_log: DropLog::default(),
     };
-    sup.start_engine()?;
     roles::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
     if config.sandbox == SandboxKind::Seccomp {
         // Restarted engines inherit this filter and stack their own on top.
@@ -270,6 +273,29 @@ impl RoleCommon<'_> {
     }
 }
 
+/// Start an engine and hand it its Start message (it may sit in the channel
+/// until the engine has dropped its privileges and reads it).
+fn launch_engine(
+    common: &RoleCommon<'_>,
+    config: &EngineConfig,
+    stored: Option<Lease>,
+    link_up: bool,
+) -> Result<Role, String> {
+    let role = common.spawn(RoleName::Engine, &[])?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+    let start = ToEngine::Start {
+        config: config.clone(),
+        stored,
+        seed,
+        link_up,
+    };
+    role.chan
+        .send(&start)
+        .map_err(|e| format!("starting the engine: {e}"))?;
+    Ok(role)
+}
+
 impl Supervisor {
     fn common(&self) -> RoleCommon<'_> {
         RoleCommon {
@@ -282,18 +308,12 @@ impl Supervisor {
     }
 
     fn start_engine(&mut self) -> Result<(), String> {
-        let role = self.common().spawn(RoleName::Engine, &[])?;
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
-        let start = ToEngine::Start {
-            config: self.engine_config.clone(),
-            stored: self.lease.clone(),
-            seed,
-            link_up: self.link_up,
-        };
-        role.chan
-            .send(&start)
-            .map_err(|e| format!("starting the engine: {e}"))?;
+        let role = launch_engine(
+            &self.common(),
+            &self.engine_config,
+            self.lease.clone(),
+            self.link_up,
+        )?;
         self.engine = Some(role);
         Ok(())
     }

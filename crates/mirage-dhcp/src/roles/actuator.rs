@@ -256,8 +256,9 @@ impl Actuator<'_> {
         if json.len() > MAX_PUBLISHED || metrics.len() > MAX_PUBLISHED {
             return Outcome::Refused(Refusal::NotAllowed);
         }
-        let r = files::write_atomic(dir(FD_RUN_DIR), "status.json", json.as_bytes(), 0o644)
-            .and_then(|()| files::write_atomic(dir(FD_RUN_DIR), "metrics.prom", metrics.as_bytes(), 0o644));
+        let r = files::write_atomic_runtime(dir(FD_RUN_DIR), "status.json", json.as_bytes(), 0o644).and_then(
+            |()| files::write_atomic_runtime(dir(FD_RUN_DIR), "metrics.prom", metrics.as_bytes(), 0o644),
+        );
         match r {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e.to_string()),
