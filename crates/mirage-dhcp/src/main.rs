@@ -120,33 +120,6 @@ fn main() -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_empty_resolv_conf_flag_parses_and_means_off() {
-        let cli = Cli::try_parse_from(["mirage-dhcp", "run", "-i", "eth0", "--resolv-conf", ""]).unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        assert_eq!(args.resolv_conf, Some(std::ffi::OsString::new()));
-        let o = Overrides {
-            interface: args.interface,
-            resolv_conf: args.resolv_conf.map(PathBuf::from),
-            ..Default::default()
-        };
-        let c = Config::resolve(std::path::Path::new("none"), Default::default(), o).unwrap();
-        assert_eq!(c.resolv_conf, None);
-    }
-
-    #[test]
-    fn help_renders() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
-}
-
 fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
     let path = run_dir.join("status.json");
     let text = match std::fs::read_to_string(&path) {
@@ -209,4 +182,31 @@ fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
     println!("restarts   {}", v["engine_restarts"]);
     println!("counters   {}", v["counters"]);
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_resolv_conf_flag_parses_and_means_off() {
+        let cli = Cli::try_parse_from(["mirage-dhcp", "run", "-i", "eth0", "--resolv-conf", ""]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.resolv_conf, Some(std::ffi::OsString::new()));
+        let o = Overrides {
+            interface: args.interface,
+            resolv_conf: args.resolv_conf.map(PathBuf::from),
+            ..Default::default()
+        };
+        let c = Config::resolve(std::path::Path::new("none"), Default::default(), o).unwrap();
+        assert_eq!(c.resolv_conf, None);
+    }
+
+    #[test]
+    fn help_renders() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }
