@@ -256,9 +256,12 @@ impl Actuator<'_> {
         if json.len() > MAX_PUBLISHED || metrics.len() > MAX_PUBLISHED {
             return Outcome::Refused(Refusal::NotAllowed);
         }
-        let r = files::write_atomic_runtime(dir(FD_RUN_DIR), "status.json", json.as_bytes(), 0o644).and_then(
-            |()| files::write_atomic_runtime(dir(FD_RUN_DIR), "metrics.prom", metrics.as_bytes(), 0o644),
-        );
+        // metrics.prom first: whoever sees a state in status.json finds the
+        // metrics of that state already in place.
+        let r = files::write_atomic_runtime(dir(FD_RUN_DIR), "metrics.prom", metrics.as_bytes(), 0o644)
+            .and_then(|()| {
+                files::write_atomic_runtime(dir(FD_RUN_DIR), "status.json", json.as_bytes(), 0o644)
+            });
         match r {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e.to_string()),
