@@ -189,6 +189,9 @@ impl ClientState {
 /// boot; the defaults here keep the whole check under 300 ms, which still
 /// catches any host that answers ARP on a LAN.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+// Also the `[acd]` table of configuration files: missing keys keep their
+// defaults, unknown keys are errors.
+#[serde(default, deny_unknown_fields)]
 pub struct AcdConfig {
     pub enabled: bool,
     /// Random delay before the first probe: 0..=probe_wait_ms.

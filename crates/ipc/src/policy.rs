@@ -12,6 +12,8 @@ use crate::{INFINITE_LEASE, Lease, prefix_mask};
 
 /// Bounds on what a lease may carry. Fixed at start, identical on both sides.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+// Also the `[limits]` table of configuration files (see AcdConfig).
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_routes: u16,
     pub max_dns_servers: u8,

@@ -59,8 +59,8 @@ pub struct FileConfig {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub timing: TimingConfig,
-    pub acd: AcdFile,
-    pub limits: LimitsFile,
+    pub acd: AcdConfig,
+    pub limits: Limits,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq)]
@@ -78,56 +78,6 @@ impl Default for TimingConfig {
             first_retransmit_ms: d.first_retransmit_ms,
             max_retransmit_ms: d.max_retransmit_ms,
             init_reboot_budget_ms: d.init_reboot_budget_ms,
-        }
-    }
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AcdFile {
-    pub enabled: bool,
-    pub probe_wait_ms: u32,
-    pub probe_count: u8,
-    pub probe_min_ms: u32,
-    pub probe_max_ms: u32,
-    pub announce_wait_ms: u32,
-    pub announce_count: u8,
-    pub announce_interval_ms: u32,
-}
-
-impl Default for AcdFile {
-    fn default() -> Self {
-        let a = AcdConfig::default();
-        AcdFile {
-            enabled: a.enabled,
-            probe_wait_ms: a.probe_wait_ms,
-            probe_count: a.probe_count,
-            probe_min_ms: a.probe_min_ms,
-            probe_max_ms: a.probe_max_ms,
-            announce_wait_ms: a.announce_wait_ms,
-            announce_count: a.announce_count,
-            announce_interval_ms: a.announce_interval_ms,
-        }
-    }
-}
-
-#[derive(Deserialize, Debug, Clone, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsFile {
-    pub max_routes: u16,
-    pub max_dns_servers: u8,
-    pub max_ntp_servers: u8,
-    pub max_search_domains: u8,
-}
-
-impl Default for LimitsFile {
-    fn default() -> Self {
-        let l = Limits::default();
-        LimitsFile {
-            max_routes: l.max_routes,
-            max_dns_servers: l.max_dns_servers,
-            max_ntp_servers: l.max_ntp_servers,
-            max_search_domains: l.max_search_domains,
         }
     }
 }
@@ -212,31 +162,22 @@ impl Config {
         if timing.init_reboot_budget_ms > 60_000 {
             return Err(bad("timing.init_reboot_budget_ms", "must be at most 60000"));
         }
-        let a = f.acd;
-        if a.probe_min_ms > a.probe_max_ms || a.probe_max_ms > 10_000 || a.probe_wait_ms > 10_000 {
+        let mut acd = f.acd;
+        if acd.probe_min_ms > acd.probe_max_ms || acd.probe_max_ms > 10_000 || acd.probe_wait_ms > 10_000 {
             return Err(bad(
                 "acd",
                 "need probe_min_ms <= probe_max_ms <= 10000 and probe_wait_ms <= 10000",
             ));
         }
-        if a.enabled && a.probe_count == 0 {
+        if acd.enabled && acd.probe_count == 0 {
             return Err(bad("acd.probe_count", "must be at least 1 when acd is enabled"));
         }
-        let acd = AcdConfig {
-            enabled: a.enabled && !o.no_acd,
-            probe_wait_ms: a.probe_wait_ms,
-            probe_count: a.probe_count,
-            probe_min_ms: a.probe_min_ms,
-            probe_max_ms: a.probe_max_ms,
-            announce_wait_ms: a.announce_wait_ms,
-            announce_count: a.announce_count,
-            announce_interval_ms: a.announce_interval_ms,
-        };
-        let l = f.limits;
-        if l.max_routes == 0 || l.max_routes > 256 {
+        acd.enabled &= !o.no_acd;
+        let limits = f.limits;
+        if limits.max_routes == 0 || limits.max_routes > 256 {
             return Err(bad("limits.max_routes", "must be 1..=256"));
         }
-        if l.max_dns_servers == 0 || l.max_search_domains > 64 {
+        if limits.max_dns_servers == 0 || limits.max_search_domains > 64 {
             return Err(bad(
                 "limits",
                 "max_dns_servers must be >= 1 and max_search_domains <= 64",
@@ -269,12 +210,7 @@ impl Config {
             gid: f.gid.unwrap_or(DEFAULT_ROLE_ID),
             timing,
             acd,
-            limits: Limits {
-                max_routes: l.max_routes,
-                max_dns_servers: l.max_dns_servers,
-                max_ntp_servers: l.max_ntp_servers,
-                max_search_domains: l.max_search_domains,
-            },
+            limits,
         })
     }
 }
