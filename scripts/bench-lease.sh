@@ -225,6 +225,9 @@ teardown_run() {
         wait "$DNSMASQ_PID" 2>/dev/null || true
         DNSMASQ_PID=""
     fi
+    # A lingering daemonized client can keep the client namespace (and so
+    # the veth pair) alive: remove the server end explicitly.
+    ip -n "$SRV" link del veth-s 2>/dev/null || true
     kill_ns "$CLI" # also removes the veth pair
     CLI=""
 }

@@ -66,7 +66,8 @@ struct RunArgs {
     #[arg(long)]
     oneshot: bool,
     /// Seconds before --oneshot gives up.
-    #[arg(long, default_value_t = 30)]
+    // Bounded: the deadline is now + timeout, and std's Instant panics on overflow.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(..=u64::from(u32::MAX)))]
     timeout: u64,
     /// Skip RFC 5227 address conflict detection.
     #[arg(long)]
@@ -202,6 +203,22 @@ mod tests {
         };
         let c = Config::resolve(std::path::Path::new("none"), Default::default(), o).unwrap();
         assert_eq!(c.resolv_conf, None);
+    }
+
+    #[test]
+    fn an_oversized_oneshot_timeout_is_an_error_not_a_panic() {
+        let parse =
+            |t: &str| Cli::try_parse_from(["mirage-dhcp", "run", "-i", "eth0", "--oneshot", "--timeout", t]);
+        assert!(parse(&u64::MAX.to_string()).is_err());
+        let Command::Run(args) = parse(&u32::MAX.to_string()).unwrap().command else {
+            panic!("not run")
+        };
+        // The largest accepted value still makes a deadline.
+        assert!(
+            std::time::Instant::now()
+                .checked_add(std::time::Duration::from_secs(args.timeout))
+                .is_some()
+        );
     }
 
     #[test]

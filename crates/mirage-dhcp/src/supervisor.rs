@@ -35,6 +35,8 @@ use crate::roles::{self, RoleName};
 const RESTART_FIRST: Duration = Duration::from_millis(200);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(60);
+/// Engine messages handled in one round of the event loop (see there).
+const ENGINE_BURST: usize = 64;
 /// How long a stop waits for the engine's last actions (RELEASE...).
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// status.json / metrics.prom are refreshed at least this often.
@@ -43,7 +45,7 @@ const REPUBLISH: Duration = Duration::from_secs(30);
 /// A running role: its process, channel and log pipe.
 struct Role {
     name: RoleName,
-    child: std::process::Child,
+    child: mirage_sdk::spawn::RoleProcess,
     chan: Channel,
     log: std::process::ChildStderr,
     log_buf: Vec<u8>,
@@ -77,6 +79,14 @@ impl Role {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Kill the role, then relay what it logged until its stderr ends. In
+    /// this order: a live role (one that sent a bad message and keeps its
+    /// stderr open) would otherwise block the supervisor in the read forever.
+    fn kill_and_drain(&mut self) {
+        self.kill();
+        while self.relay_logs() {}
+    }
 }
 
 /// Everything the supervisor knows while it runs.
@@ -103,6 +113,8 @@ struct Supervisor {
     outstanding: u32,
     drop_log: DropLog,
     applied: bool,
+    /// Frames not delivered because the receiving role's queue was full.
+    frames_shed: u64,
 }
 
 pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -> Result<ExitCode, String> {
@@ -126,7 +138,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     let mac = link
         .mac
         .ok_or_else(|| format!("{} has no Ethernet address", config.interface))?;
-    let client_id = client_id(&config, &state_dir, mac)?;
+    let (client_id, new_duid) = client_id(&config, &state_dir, mac)?;
     let stored = load_stored_lease(&config, &state_dir);
 
     let mut engine_config = EngineConfig::new(mac, client_id);
@@ -150,22 +162,41 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         level,
         ifindex: link.index,
         mac,
+        // A first start's DUID is stored durably (atomic replace, fsyncs)
+        // by the actuator once the lease is applied, off the path to it: the
+        // engine has the DUID already, and a crash before it is stored
+        // derives the same DUID-LL from the MAC again.
+        new_duid,
     };
-    // The engine first: its start-up and sandbox are on the path to the first
-    // DISCOVER; the other two start while it gets ready (messages to them
-    // wait in their channels).
+    // All three roles start side by side: each fork returns at once, and
+    // the children exec and drop their privileges in parallel instead of
+    // one after the other (their start-up, not the DHCP exchange, is most
+    // of the time to a lease). The engine first: it and the network role
+    // are on the path to the first DISCOVER. Messages to a role wait in
+    // its channel until it is ready.
     let engine = launch_engine(&common, &engine_config, stored.clone(), link.carrier)?;
-    let network = common.spawn(RoleName::Network, &[packet.as_fd()])?;
+    let network = common.start(RoleName::Network, &[packet.as_fd()])?;
     drop(packet);
     let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
     if let Some((dir, file, _)) = &resolv {
         actuator_fds.push(dir.as_fd());
         actuator_fds.push(file.as_fd());
     }
-    let actuator = common.spawn(RoleName::Actuator, &actuator_fds)?;
+    let actuator = common.start(RoleName::Actuator, &actuator_fds)?;
     drop(actuator_fds);
     // The supervisor keeps none of the privileged fds.
     drop((rtnl, monitor, state_dir, run_dir, resolv));
+    // Sandbox the supervisor now, before the roles' exec is confirmed: the
+    // children are past the fork and inherit nothing more from us, and
+    // confirming takes no privilege, so the filter's compile and install
+    // overlap the roles' start-up instead of delaying the first frames.
+    roles::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
+    if config.sandbox == SandboxKind::Seccomp {
+        // Restarted engines inherit this filter and stack their own on top.
+        mirage_sdk::sandbox::seccomp::install(mirage_sdk::sandbox::seccomp::Role::Supervisor)
+            .map_err(|e| format!("supervisor seccomp: {e}"))?;
+    }
+    let (engine, network, actuator) = (engine.finish()?, network.finish()?, actuator.finish()?);
 
     let mut sup = Supervisor {
         config: config.clone(),
@@ -188,13 +219,8 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         outstanding: 0,
         applied: false,
         drop_log: DropLog::default(),
+        frames_shed: 0,
     };
-    roles::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
-    if config.sandbox == SandboxKind::Seccomp {
-        // Restarted engines inherit this filter and stack their own on top.
-        mirage_sdk::sandbox::seccomp::install(mirage_sdk::sandbox::seccomp::Role::Supervisor)
-            .map_err(|e| format!("supervisor seccomp: {e}"))?;
-    }
     log::info!(
         "started on {} (index {}, {}), sandbox {}",
         config.interface,
@@ -214,10 +240,14 @@ struct RoleCommon<'a> {
     level: log::LevelFilter,
     ifindex: u32,
     mac: [u8; 6],
+    /// DUID text for the actuator to store (first start only).
+    new_duid: Option<String>,
 }
 
 impl RoleCommon<'_> {
-    fn spawn(&self, name: RoleName, extra_fds: &[BorrowedFd<'_>]) -> Result<Role, String> {
+    /// Start a role without waiting for its exec; [`StartingRole::finish`]
+    /// confirms it.
+    fn start(&self, name: RoleName, extra_fds: &[BorrowedFd<'_>]) -> Result<StartingRole, String> {
         let c = self.config;
         let (ours, theirs) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
         let mut args: Vec<String> = vec![
@@ -255,20 +285,51 @@ impl RoleCommon<'_> {
             args.push("--resolv-name".into());
             args.push(name.clone());
         }
+        if name == RoleName::Actuator
+            && let Some(duid) = &self.new_duid
+        {
+            args.push("--store-duid".into());
+            args.push(duid.clone());
+        }
         let mut fds = vec![theirs.as_fd()];
         fds.extend_from_slice(extra_fds);
-        let spawned = mirage_sdk::spawn::spawn(None, &args, &fds)
+        let pending = mirage_sdk::spawn::start(None, &args, &fds)
             .map_err(|e| format!("starting the {} role: {e}", name.as_str()))?;
         // Our copy of the role's end closes here; the role holds the only one.
         drop(theirs);
-        let (child, log) = spawned.into_parts();
+        Ok(StartingRole {
+            name,
+            pending,
+            chan: ours,
+            started: StdInstant::now(),
+        })
+    }
+}
+
+/// A role whose process exists but whose exec is not confirmed yet.
+struct StartingRole {
+    name: RoleName,
+    pending: mirage_sdk::spawn::PendingRole,
+    chan: Channel,
+    started: StdInstant,
+}
+
+impl StartingRole {
+    /// Wait until the role runs our binary, or say why it could not.
+    fn finish(self) -> Result<Role, String> {
+        let name = self.name;
+        let child = self
+            .pending
+            .finish()
+            .map_err(|e| format!("starting the {} role: {e}", name.as_str()))?;
+        let (child, log) = child.into_parts();
         Ok(Role {
             name,
             child,
-            chan: ours,
+            chan: self.chan,
             log,
             log_buf: Vec::new(),
-            started: StdInstant::now(),
+            started: self.started,
         })
     }
 }
@@ -280,8 +341,8 @@ fn launch_engine(
     config: &EngineConfig,
     stored: Option<Lease>,
     link_up: bool,
-) -> Result<Role, String> {
-    let role = common.spawn(RoleName::Engine, &[])?;
+) -> Result<StartingRole, String> {
+    let role = common.start(RoleName::Engine, &[])?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
     let start = ToEngine::Start {
@@ -304,6 +365,7 @@ impl Supervisor {
             level: self.level,
             ifindex: self.ifindex,
             mac: self.mac,
+            new_duid: None,
         }
     }
 
@@ -313,7 +375,8 @@ impl Supervisor {
             &self.engine_config,
             self.lease.clone(),
             self.link_up,
-        )?;
+        )?
+        .finish()?;
         self.engine = Some(role);
         Ok(())
     }
@@ -322,8 +385,7 @@ impl Supervisor {
     /// address stays: the new engine verifies the lease (INIT-REBOOT).
     fn engine_failed(&mut self, why: &str) {
         if let Some(mut e) = self.engine.take() {
-            while e.relay_logs() {}
-            e.kill();
+            e.kill_and_drain();
             if e.started.elapsed() >= STABLE {
                 self.restart_delay = RESTART_FIRST;
             }
@@ -338,6 +400,37 @@ impl Supervisor {
             && let Err(err) = e.chan.send(&ToEngine::Event(event))
         {
             self.engine_failed(&format!("send: {err}"));
+        }
+    }
+
+    /// Hand a frame on without ever blocking: the supervisor must not wait
+    /// on a role that may itself be blocked sending to the supervisor (both
+    /// would hang, e.g. under a flood of junk frames). A full queue drops
+    /// the frame, as a busy link would; DHCP retransmits.
+    fn send_frame<T: serde::Serialize>(&mut self, to: RoleName, msg: &T) -> Result<(), String> {
+        let chan = match to {
+            RoleName::Engine => match &self.engine {
+                Some(e) => &e.chan,
+                None => return Ok(()),
+            },
+            RoleName::Network => &self.network.chan,
+            RoleName::Actuator => &self.actuator.chan,
+        };
+        match chan.try_send(msg) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.frames_shed += 1;
+                // Logged at 1, 2, 4, 8... so a flood cannot flood the log.
+                if self.frames_shed.is_power_of_two() {
+                    log::warn!(
+                        "the {} role's queue is full: {} frames dropped so far",
+                        to.as_str(),
+                        self.frames_shed
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!("{}: {e}", to.as_str())),
         }
     }
 
@@ -367,10 +460,7 @@ impl Supervisor {
         match msg {
             FromEngine::Dropped(reason) => self.drop_log.record(reason),
             FromEngine::Action(EngineAction::Transmit(frame)) => {
-                self.network
-                    .chan
-                    .send(&ToNetwork::Transmit(frame))
-                    .map_err(|e| format!("network: {e}"))?;
+                self.send_frame(RoleName::Network, &ToNetwork::Transmit(frame))?;
             }
             FromEngine::Action(EngineAction::ApplyLease { lease, valid_secs }) => {
                 log::info!(
@@ -392,6 +482,13 @@ impl Supervisor {
                 self.send_actuator(ToActuator::Persist(lease))?;
             }
             FromEngine::Action(EngineAction::PublishStatus(status)) => {
+                if !forwardable(&status, &self.config.interface) {
+                    // Only a misbehaving engine sends one (a real status is a
+                    // few hundred bytes): restart it; the send to the
+                    // actuator would fail and stop the whole service.
+                    self.engine_failed("published a status too large to forward");
+                    return Ok(());
+                }
                 if status.state != self.status.state {
                     log::info!(
                         "state {} -> {}",
@@ -520,10 +617,13 @@ impl Supervisor {
                         data,
                         checksum_offloaded,
                     })) => {
-                        self.send_engine(EngineEvent::Frame {
+                        let event = ToEngine::Event(EngineEvent::Frame {
                             data,
                             checksum_offloaded,
                         });
+                        if let Err(e) = self.send_frame(RoleName::Engine, &event) {
+                            self.engine_failed(&format!("send: {e}"));
+                        }
                     }
                     Ok(Some(FromNetwork::Refused { reason })) => {
                         self.frames_refused += 1;
@@ -552,7 +652,13 @@ impl Supervisor {
                     }
                 }
             }
-            if ready.len() > 5 && ready[5] {
+            // Everything the engine has queued, up to a bound: with one
+            // message a round, an engine that answers some frames with two
+            // (a drop report, then a status) falls behind under a flood
+            // until it blocks sending while we block forwarding to it.
+            let mut burst = 0;
+            while ready.len() > 5 && ready[5] && burst < ENGINE_BURST {
+                burst += 1;
                 let msg = self.engine.as_ref().map(|e| e.chan.recv::<FromEngine>());
                 match msg {
                     Some(Ok(Some(msg))) => {
@@ -564,6 +670,13 @@ impl Supervisor {
                     Some(Ok(None)) => self.engine_failed("closed its channel"),
                     Some(Err(e)) => self.engine_failed(&format!("sent a bad message: {e}")),
                     None => {}
+                }
+                let more = self
+                    .engine
+                    .as_ref()
+                    .map(|e| wait_readable(&[e.chan.as_fd()], Some(0)));
+                if !matches!(more, Some(Ok(r)) if r[0]) {
+                    break;
                 }
             }
         }
@@ -702,38 +815,45 @@ fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<ResolvTarget>), 
 /// Option 61. RFC 4361: IAID + DUID; the DUID is kept in the state directory
 /// so it survives restarts; a new one is DUID-LL (RFC 8415 11.4) from the
 /// MAC, which is stable without state and unique per NIC even on cloned VMs.
-fn client_id(c: &Config, state_dir: &OwnedFd, mac: [u8; 6]) -> Result<ClientIdKind, String> {
+///
+/// Returns the client id and, on a first start, the DUID in hex for the
+/// actuator to store.
+fn client_id(
+    c: &Config,
+    state_dir: &OwnedFd,
+    mac: [u8; 6],
+) -> Result<(ClientIdKind, Option<String>), String> {
     if c.client_id == ClientIdMode::Mac {
-        return Ok(ClientIdKind::Mac);
+        return Ok((ClientIdKind::Mac, None));
     }
     let iaid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
     let stored = files::read_bounded(state_dir, "duid", 1024)
         .ok()
         .flatten()
         .and_then(|b| parse_hex(&b));
-    let duid = match stored {
-        Some(d) if (4..=130).contains(&d.len()) => d,
+    let (duid, new) = match stored {
+        Some(d) if (4..=130).contains(&d.len()) => (d, None),
         _ => {
             let mut d = vec![0, 3, 0, 1];
             d.extend_from_slice(&mac);
             let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
-            if let Err(e) = files::write_atomic(state_dir, "duid", format!("{hex}\n").as_bytes(), 0o600) {
-                log::warn!("cannot store the DUID: {e}");
-            }
-            d
+            (d, Some(hex))
         }
     };
-    Ok(ClientIdKind::Duid { iaid, duid })
+    Ok((ClientIdKind::Duid { iaid, duid }, new))
 }
 
+/// Hex digits (surrounding white space ignored) to bytes. Works on bytes,
+/// not `str` slices: the file is written by a role's uid, and slicing a
+/// multi-byte character in half would panic.
 fn parse_hex(bytes: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(bytes).ok()?.trim();
-    if text.len() % 2 != 0 {
+    let text = bytes.trim_ascii();
+    if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    text.chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect()
 }
 
@@ -768,6 +888,22 @@ fn load_stored_lease(c: &Config, state_dir: &OwnedFd) -> Option<Lease> {
     Some(lease)
 }
 
+/// Whether the engine's `status` still fits one message once the supervisor
+/// adds its fields, checked with the largest values those can take, so that
+/// no later publish of the same status can fail.
+fn forwardable(status: &Status, interface: &str) -> bool {
+    let worst = PublishedStatus {
+        status: status.clone(),
+        interface: interface.into(),
+        sandbox: SandboxKind::Seccomp.as_str().into(),
+        engine_restarts: u32::MAX,
+        frames_refused: u64::MAX,
+        intents_refused: u64::MAX,
+        now: mirage_ipc::Instant::NEVER,
+    };
+    mirage_ipc::encode(&ToActuator::Publish(worst)).is_ok()
+}
+
 /// SIGTERM, SIGINT and SIGHUP turned into a readable pipe for poll.
 struct SignalPipe {
     read: std::os::unix::net::UnixStream,
@@ -793,5 +929,98 @@ impl SignalPipe {
         let mut buf = [0u8; 16];
         let _ = (&self.read).read(&mut buf);
         "received".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_a_live_role_that_keeps_its_stderr_open_returns() {
+        // A misbehaving engine is still alive when it is stopped; reading
+        // its stderr to the end before killing it would wait for ever.
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sleep(1) runs");
+        let log = child.stderr.take().expect("piped stderr");
+        let mut role = Role {
+            name: RoleName::Engine,
+            child: child.into(),
+            chan: Channel::pair().expect("socketpair").0,
+            log,
+            log_buf: Vec::new(),
+            started: StdInstant::now(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            role.kill_and_drain();
+            let _ = tx.send(role.child.try_wait().map(|s| s.is_some()));
+        });
+        let reaped = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stopping the role blocked on its log pipe");
+        assert!(matches!(reaped, Ok(true)), "the role was not killed and reaped");
+    }
+
+    #[test]
+    fn duid_hex_parses_and_bad_files_never_panic() {
+        assert_eq!(parse_hex(b" 00030001aabb\n"), Some(vec![0, 3, 0, 1, 0xaa, 0xbb]));
+        assert_eq!(parse_hex(b"0A0b"), Some(vec![0x0a, 0x0b]));
+        for bad in [
+            &b"abc"[..],
+            b"zz",
+            b"+1",
+            "aé0".as_bytes(),
+            "éé".as_bytes(),
+            b"\xff\xfe",
+        ] {
+            assert_eq!(parse_hex(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_engine_status_is_caught_before_forwarding() {
+        let status = Status::default();
+        assert!(forwardable(&status, "eth0"));
+        // Exactly one full engine message, so it passes the engine channel's
+        // size check, but not once the supervisor's fields are added.
+        let mut lease = Lease {
+            address: std::net::Ipv4Addr::new(10, 0, 0, 5),
+            prefix_len: 24,
+            server_id: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            routes: vec![],
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            domain_name: None,
+            search: vec![],
+            hostname: Some("h".repeat(200)),
+            mtu: None,
+            lease_secs: 600,
+            renew_secs: 300,
+            rebind_secs: 525,
+            acquired_at: mirage_ipc::Instant(0),
+        };
+        let wrap = |l: &Lease| {
+            FromEngine::Action(EngineAction::PublishStatus(Status {
+                lease: Some(l.clone()),
+                ..Status::default()
+            }))
+        };
+        let len = mirage_ipc::encode(&wrap(&lease)).unwrap().len();
+        lease.hostname = Some("h".repeat(200 + mirage_ipc::MAX_MESSAGE_LEN - len));
+        assert_eq!(
+            mirage_ipc::encode(&wrap(&lease)).map(|b| b.len()),
+            Ok(mirage_ipc::MAX_MESSAGE_LEN)
+        );
+        let big = Status {
+            lease: Some(lease),
+            ..Status::default()
+        };
+        assert!(!forwardable(&big, "eth0"));
     }
 }

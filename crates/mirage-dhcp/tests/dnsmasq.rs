@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{CLIENT_IF, Net, read};
@@ -124,27 +124,19 @@ fn restart_keeps_the_address_without_a_gap() {
     let first = net.start_client(&[]);
     net.wait_state("bound", BOUND_WITHIN);
     let addr = net.client_addrs();
-    // Watch every address event in the client namespace from now on.
-    let monitor_log = net.path("monitor.log");
-    let mut monitor = Command::new("ip")
-        .args(["netns", "exec", &net.client_ns, "ip", "monitor", "address"])
-        .stdout(std::fs::File::create(&monitor_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Watch every address event in the client namespace from now on (the
+    // watch returns once the monitor is subscribed).
+    let watch = net.watch_addresses();
     net.signal(first, "TERM");
     assert!(net.wait_exit(first, Duration::from_secs(5)).is_some());
     std::fs::remove_file(net.path("run/status.json")).unwrap();
     net.start_client(&[]);
     let status = net.wait_state("bound", BOUND_WITHIN);
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = monitor.kill();
-    let _ = monitor.wait();
-    let events = read(&monitor_log);
+    // Every event up to the bind is in the watch's log when it answers.
+    let deleted = watch.deletions();
     assert!(
-        !events.contains("Deleted"),
-        "the address disappeared during the restart:\n{events}"
+        deleted.is_empty(),
+        "the address disappeared during the restart: {deleted:?}"
     );
     assert_eq!(net.client_addrs(), addr);
     // The restarted daemon verified the stored lease instead of a new DISCOVER.

@@ -154,9 +154,27 @@ impl Channel {
         Ok(())
     }
 
+    /// Like [`Channel::send`], but never blocks: `Ok(false)` when the peer's
+    /// queue is full and the message was not sent. For traffic that may be
+    /// lost (frames: UDP is lossy anyway), so that a peer that does not keep
+    /// up can never stall the sender; a sender that blocks on a peer which
+    /// is itself blocked sending back to it would deadlock both.
+    pub fn try_send<T: Serialize>(&self, msg: &T) -> Result<bool, ChannelError> {
+        let bytes = mirage_ipc::encode(msg).map_err(ChannelError::Codec)?;
+        match self.send_flags(&bytes, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(ChannelError::Io(e)),
+        }
+    }
+
     /// Send already-encoded bytes as one datagram (also used by tests to play
     /// a misbehaving peer).
     pub fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        self.send_flags(bytes, libc::MSG_NOSIGNAL)
+    }
+
+    fn send_flags(&self, bytes: &[u8], flags: libc::c_int) -> io::Result<()> {
         loop {
             // SAFETY: `bytes` is valid for reads of its length; no address is
             // passed (the socket is connected).
@@ -165,7 +183,7 @@ impl Channel {
                     self.fd.as_raw_fd(),
                     bytes.as_ptr().cast(),
                     bytes.len(),
-                    libc::MSG_NOSIGNAL,
+                    flags,
                     std::ptr::null(),
                     0,
                 )
@@ -384,6 +402,26 @@ mod tests {
         assert!(matches!(b.recv::<u32>(), Err(ChannelError::Codec(_))));
         drop(a);
         assert!(matches!(b.recv::<u32>(), Ok(None)));
+    }
+
+    #[test]
+    fn try_send_returns_instead_of_blocking_on_a_full_peer() {
+        let (a, b) = Channel::pair().unwrap();
+        let frame = vec![0u8; 1500];
+        // Nobody reads `b`: the queue fills within its buffer size (a few
+        // hundred KiB at most); a blocking send would hang here.
+        let mut sent = 0usize;
+        while a.try_send(&frame).unwrap() {
+            sent += 1;
+            assert!(sent < 100_000, "the queue never filled");
+        }
+        assert!(sent > 0);
+        // Reading one makes room again, and what was queued is intact.
+        assert_eq!(b.recv::<Vec<u8>>().unwrap(), Some(frame.clone()));
+        assert!(a.try_send(&frame).unwrap());
+        // A gone peer is an error, not "full".
+        drop(b);
+        assert!(matches!(a.try_send(&frame), Err(ChannelError::Io(_))));
     }
 
     #[test]

@@ -41,10 +41,18 @@ pub fn write_atomic_runtime(dir: impl AsFd, name: &str, contents: &[u8], mode: u
 fn replace(dir: impl AsFd, name: &str, contents: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     validate_name(name)?;
     let tmp = format!(".{name}.tmp");
+    // A fresh temp file, never one found in place: the directory may be
+    // writable by another uid than ours (the roles' one, when the root
+    // supervisor writes the DUID), which could have left a FIFO there (an
+    // open that blocks forever) or a link to some other file.
+    match rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
     let file = rustix::fs::openat(
         &dir,
         tmp.as_str(),
-        OFlags::CREATE | OFlags::TRUNC | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(mode),
     )?;
     let result = (|| -> io::Result<()> {
@@ -111,16 +119,26 @@ pub fn remove(dir: impl AsFd, name: &str) -> io::Result<()> {
 /// Read `dir/name`, refusing files over `max` bytes. `Ok(None)` if absent.
 pub fn read_bounded(dir: impl AsFd, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
     validate_name(name)?;
+    // NONBLOCK: opening a FIFO someone put there must not hang us (it has
+    // no effect on regular files); anything but a regular file is refused.
     let file = match rustix::fs::openat(
         &dir,
         name,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         Mode::empty(),
     ) {
         Ok(f) => f,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&file)?.st_mode)
+        != rustix::fs::FileType::RegularFile
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name} is not a regular file"),
+        ));
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -454,6 +472,52 @@ mod tests {
             .unwrap();
         rewrite_in_place(&f, b"short").unwrap();
         assert_eq!(std::fs::read(d.join("y")).unwrap(), b"short");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn planted_fifos_and_links_neither_hang_nor_get_written_through() {
+        let d = tempdir();
+        let dir = open_dir(&d).unwrap();
+        // Opening a FIFO without O_NONBLOCK blocks until a writer comes: run
+        // on a thread so that a regression fails the test instead of hanging it.
+        rustix::fs::mknodat(
+            &dir,
+            "lease",
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            &dir,
+            ".x.tmp",
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        std::fs::write(d.join("victim"), b"keep").unwrap();
+        std::fs::hard_link(d.join("victim"), d.join(".y.tmp")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = d.clone();
+        std::thread::spawn(move || {
+            let dir = open_dir(&path).unwrap();
+            let read = read_bounded(&dir, "lease", 1024).map_err(|e| e.kind());
+            let write_x = write_atomic(&dir, "x", b"new", 0o600).map_err(|e| e.kind());
+            let write_y = write_atomic(&dir, "y", b"new", 0o600).map_err(|e| e.kind());
+            let _ = tx.send((read, write_x, write_y));
+        });
+        let (read, write_x, write_y) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a FIFO in the directory blocked the reader or the writer");
+        assert_eq!(read, Err(io::ErrorKind::InvalidData));
+        assert_eq!(write_x, Ok(()));
+        assert_eq!(write_y, Ok(()));
+        assert_eq!(std::fs::read(d.join("x")).unwrap(), b"new");
+        assert_eq!(std::fs::read(d.join("y")).unwrap(), b"new");
+        // The file the planted temp name was linked to is untouched.
+        assert_eq!(std::fs::read(d.join("victim")).unwrap(), b"keep");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -8,8 +8,11 @@
 //! Refusals are logged, counted by the supervisor and answered.
 
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
 
-use mirage_ipc::{FromActuator, INFINITE_LEASE, IntentKind, Lease, Limits, Outcome, Refusal, ToActuator};
+use mirage_ipc::{
+    FromActuator, INFINITE_LEASE, IntentKind, Lease, Limits, Outcome, PublishedStatus, Refusal, ToActuator,
+};
 use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
@@ -64,9 +67,11 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
         max_mtu: link.max_mtu.unwrap_or(65535),
     };
     act.adopt_stored_lease();
+    let mut deferred = Deferred::with_duid(args.store_duid.clone(), Instant::now());
     loop {
+        let timeout = deferred.timeout_ms(Instant::now());
         let ready =
-            wait_readable(&[chan.as_fd(), monitor.as_fd()], None).map_err(|e| format!("poll: {e}"))?;
+            wait_readable(&[chan.as_fd(), monitor.as_fd()], timeout).map_err(|e| format!("poll: {e}"))?;
         if ready[1] {
             match monitor.read_events() {
                 Ok(events) => {
@@ -84,22 +89,138 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
         if ready[0] {
             let msg = match chan.recv::<ToActuator>() {
                 Ok(Some(m)) => m,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // The supervisor is stopping: nothing deferred is lost.
+                    act.run_deferred(&mut deferred, &chan)?;
+                    return Ok(());
+                }
                 Err(e) => return Err(format!("bad message from the supervisor: {e}")),
             };
-            let (kind, outcome) = act.handle(msg);
-            match &outcome {
-                Outcome::Done => {}
-                Outcome::Refused(r) => log::warn!("refused {kind:?}: {r}"),
-                Outcome::Failed(e) => log::warn!("{kind:?} failed: {e}"),
+            match msg {
+                ToActuator::Publish(status) => {
+                    if deferred.publish(status, Instant::now()) {
+                        // Answered now, never written: a newer status replaced it.
+                        answer(&chan, IntentKind::PublishStatus, Outcome::Done)?;
+                    }
+                }
+                other => {
+                    let (kind, outcome) = act.handle(other);
+                    answer(&chan, kind, outcome)?;
+                }
             }
-            chan.send(&FromActuator::Result { kind, outcome })
-                .map_err(|e| format!("send: {e}"))?;
+        }
+        if deferred.is_due(Instant::now()) {
+            act.run_deferred(&mut deferred, &chan)?;
         }
     }
 }
 
+fn answer(chan: &Channel, kind: IntentKind, outcome: Outcome) -> Result<(), String> {
+    match &outcome {
+        Outcome::Done => {}
+        Outcome::Refused(r) => log::warn!("refused {kind:?}: {r}"),
+        Outcome::Failed(e) => log::warn!("{kind:?} failed: {e}"),
+    }
+    chan.send(&FromActuator::Result { kind, outcome })
+        .map_err(|e| format!("send: {e}"))
+}
+
+/// How long file writes that nobody waits for are held back.
+///
+/// Status publishes (status.json and metrics.prom) and storing a first
+/// start's DUID are the actuator's slowest work: each creates files, with
+/// fsyncs for the DUID, which takes from tens of microseconds on tmpfs to
+/// milliseconds on a busy disk. At start-up they arrive while the lease is
+/// being acquired, and written at once they would delay the ApplyLease that
+/// follows a round trip later. Held back, the lease goes first, and a
+/// status that a newer one replaces in the meantime is not written at all
+/// (RFC 2131 exchanges on a LAN take a few milliseconds; the files lag
+/// behind by at most this).
+const DEFER: Duration = Duration::from_millis(25);
+
+/// Writes held back by [`DEFER`].
+#[derive(Debug, Default)]
+struct Deferred {
+    /// The newest status not written yet.
+    status: Option<PublishedStatus>,
+    /// A new DUID (hex text) for the state directory.
+    duid: Option<String>,
+    /// When the held-back writes are done; set by the first of them, so no
+    /// stream of newer ones can postpone them for ever.
+    due: Option<Instant>,
+}
+
+impl Deferred {
+    fn with_duid(duid: Option<String>, now: Instant) -> Self {
+        Deferred {
+            due: duid.as_ref().map(|_| now + DEFER),
+            status: None,
+            duid,
+        }
+    }
+
+    /// Hold `status` back; true if it replaced one that was held back (that
+    /// one is answered without being written).
+    fn publish(&mut self, status: PublishedStatus, now: Instant) -> bool {
+        self.due.get_or_insert(now + DEFER);
+        self.status.replace(status).is_some()
+    }
+
+    /// Milliseconds until the writes are due (rounded up, so the wake-up is
+    /// never early), or `None` with nothing held back.
+    fn timeout_ms(&self, now: Instant) -> Option<u64> {
+        self.due
+            .map(|d| d.saturating_duration_since(now).as_micros().div_ceil(1000) as u64)
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        self.due.is_some_and(|d| now >= d)
+    }
+
+    fn take(&mut self) -> (Option<PublishedStatus>, Option<String>) {
+        self.due = None;
+        (self.status.take(), self.duid.take())
+    }
+}
+
+/// Store a first start's DUID durably (atomic replace with fsyncs), for
+/// the supervisor to read on later starts. A failure is only a warning: the
+/// DUID-LL is derived from the MAC again next time.
+fn store_duid(text: &str) {
+    if !valid_duid_text(text) {
+        log::warn!("not storing a malformed DUID");
+        return;
+    }
+    let line = format!("{text}\n");
+    if let Err(e) = files::write_atomic(dir(FD_STATE_DIR), "duid", line.as_bytes(), 0o600) {
+        log::warn!("cannot store the DUID: {e}");
+    }
+}
+
+/// A DUID as the supervisor passes it: hex digits, 2 per byte, at most the
+/// 130 bytes RFC 8415 section 11.1 allows.
+fn valid_duid_text(hex: &str) -> bool {
+    !hex.is_empty()
+        && hex.len().is_multiple_of(2)
+        && hex.len() <= 260
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Actuator<'_> {
+    /// Do the held-back writes (DUID first: it is the one that must last),
+    /// answering the status publish.
+    fn run_deferred(&mut self, deferred: &mut Deferred, chan: &Channel) -> Result<(), String> {
+        let (status, duid) = deferred.take();
+        if let Some(text) = duid {
+            store_duid(&text);
+        }
+        if let Some(status) = status {
+            let outcome = self.publish(&status);
+            answer(chan, IntentKind::PublishStatus, outcome)?;
+        }
+        Ok(())
+    }
+
     /// After a daemon restart the previous run's address is still on the
     /// interface; knowing it lets a later NAK or expiry remove it.
     fn adopt_stored_lease(&mut self) {
@@ -250,7 +371,7 @@ impl Actuator<'_> {
         }
     }
 
-    fn publish(&mut self, status: &mirage_ipc::PublishedStatus) -> Outcome {
+    fn publish(&mut self, status: &PublishedStatus) -> Outcome {
         let json = files::render_status_json(status);
         let metrics = files::render_metrics(status);
         if json.len() > MAX_PUBLISHED || metrics.len() > MAX_PUBLISHED {
@@ -266,5 +387,78 @@ impl Actuator<'_> {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(n: u32) -> PublishedStatus {
+        PublishedStatus {
+            engine_restarts: n,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn publishes_are_held_back_and_only_the_newest_is_kept() {
+        let t0 = Instant::now();
+        let mut d = Deferred::default();
+        assert_eq!(d.timeout_ms(t0), None);
+        assert!(!d.is_due(t0));
+        assert!(!d.publish(status(1), t0));
+        assert_eq!(d.timeout_ms(t0), Some(DEFER.as_millis() as u64));
+        // A newer status replaces the held one but does not postpone it.
+        assert!(d.publish(status(2), t0 + Duration::from_millis(10)));
+        assert_eq!(d.timeout_ms(t0 + Duration::from_millis(10)), Some(15));
+        assert!(!d.is_due(t0 + DEFER - Duration::from_micros(1)));
+        assert!(d.is_due(t0 + DEFER));
+        assert_eq!(d.take(), (Some(status(2)), None));
+        assert_eq!(d.timeout_ms(t0 + DEFER), None);
+        assert!(!d.is_due(t0 + DEFER * 10));
+    }
+
+    #[test]
+    fn the_wake_up_is_never_early() {
+        let t0 = Instant::now();
+        let mut d = Deferred::default();
+        d.publish(status(1), t0);
+        // 0.5 ms left rounds up to 1 ms, not down to a busy 0.
+        assert_eq!(d.timeout_ms(t0 + DEFER - Duration::from_micros(500)), Some(1));
+        assert_eq!(d.timeout_ms(t0 + DEFER * 2), Some(0));
+    }
+
+    #[test]
+    fn a_new_duid_is_held_back_too() {
+        let t0 = Instant::now();
+        let mut d = Deferred::with_duid(Some("0003000102005e100001".into()), t0);
+        assert!(!d.is_due(t0));
+        assert!(d.is_due(t0 + DEFER));
+        // A publish in between keeps the DUID's (earlier) due time.
+        assert!(!d.publish(status(1), t0 + Duration::from_millis(5)));
+        assert!(d.is_due(t0 + DEFER));
+        assert_eq!(d.take(), (Some(status(1)), Some("0003000102005e100001".into())));
+        assert_eq!(Deferred::with_duid(None, t0).timeout_ms(t0), None);
+    }
+
+    #[test]
+    fn only_well_formed_duid_text_is_stored() {
+        assert!(valid_duid_text("0003000102005e100001"));
+        assert!(valid_duid_text("00030001AABBCCDDEEFF"));
+        for bad in [
+            "",
+            "\n",
+            "0011\n",
+            "abc",
+            "zz",
+            "../../x",
+            "00 11",
+            &"00".repeat(131),
+            "é0",
+        ] {
+            assert!(!valid_duid_text(bad), "{bad:?}");
+        }
+        assert!(valid_duid_text(&"00".repeat(130)));
     }
 }

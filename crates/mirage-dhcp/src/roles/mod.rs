@@ -75,6 +75,10 @@ pub struct RoleArgs {
     /// Actuator role: resolv.conf file name inside fd 8's directory.
     #[arg(long)]
     pub resolv_name: Option<String>,
+    /// Actuator role: a first start's DUID (hex) to store in the state
+    /// directory, off the path to the first lease.
+    #[arg(long)]
+    pub store_duid: Option<String>,
     #[arg(long, default_value_t = 64)]
     pub max_routes: u16,
     #[arg(long, default_value_t = 8)]

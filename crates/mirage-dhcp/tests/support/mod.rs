@@ -1058,9 +1058,16 @@ impl Net {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // `ip monitor` subscribes right after start; give it that moment.
-        std::thread::sleep(Duration::from_millis(200));
-        AddrWatch { child, log }
+        let watch = AddrWatch {
+            child,
+            log,
+            ns: self.client_ns.clone(),
+            marks: std::cell::Cell::new(0),
+        };
+        // Watching starts once `ip monitor` has subscribed, which it shows
+        // by logging the first marker.
+        watch.sync();
+        watch
     }
 
     /// The daemon's role pid by name (panics if it is not running).
@@ -1077,11 +1084,46 @@ impl Net {
 pub struct AddrWatch {
     child: Child,
     log: PathBuf,
+    ns: String,
+    /// Marker addresses added so far (see [`AddrWatch::sync`]).
+    marks: std::cell::Cell<u32>,
 }
 
 impl AddrWatch {
-    /// Lines of address deletions seen so far.
+    /// Add a fresh marker address on `lo` (the daemon watches only its own
+    /// interface and never touches `lo`) and wait until the monitor has
+    /// logged it. Netlink delivers a namespace's address events in order,
+    /// so every event before a logged marker is in the log too: no fixed
+    /// sleep, and nothing missed on a busy machine. A marker added before
+    /// `ip monitor` subscribed is never logged, so a new one is added every
+    /// 200 ms until one shows up.
+    pub fn sync(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = self.marks.get() + 1;
+            self.marks.set(n);
+            let mark = format!("127.77.{}.{}/32", n / 250, 1 + n % 250);
+            sh(&self.ns, &["ip", "addr", "add", &mark, "dev", "lo"]);
+            let needle = format!("inet {mark} ");
+            let retry = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < retry {
+                if read_lossy(&self.log).contains(&needle) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ip monitor logged none of {n} markers within 10 s:\n{}",
+                read_lossy(&self.log)
+            );
+        }
+    }
+
+    /// Lines of address deletions seen so far (everything up to this call:
+    /// it syncs with the monitor first).
     pub fn deletions(&self) -> Vec<String> {
+        self.sync();
         read_lossy(&self.log)
             .lines()
             .filter(|l| l.starts_with("Deleted"))
