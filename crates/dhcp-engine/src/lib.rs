@@ -17,6 +17,21 @@
 //!     client.handle(now, event, &mut actions)            // Err(reason): log + count, nothing else
 //! }
 //! ```
+//!
+//! - `now` is [`Instant`]: milliseconds of a clock that counts through
+//!   suspend (CLOCK_BOOTTIME on Linux). It must not go backwards (an
+//!   earlier value is treated as the last one).
+//! - Actions are carried out in order. Every `ApplyLease`, `RemoveLease` and
+//!   `PersistLease` should be answered with
+//!   `EngineEvent::IntentResult { kind, ok }`: a failed apply is retried with
+//!   back-off while the lease is valid.
+//! - Frames come in with `EngineEvent::Frame`, flagged `checksum_offloaded`
+//!   when the kernel said the UDP checksum is not filled in yet.
+//! - `EngineEvent::LinkDown`/`LinkUp` follow the carrier; `Renew` forces a
+//!   renewal; `Stop` releases (if configured) and ends the client, after
+//!   which `poll_at` is `Instant::NEVER`.
+//! - Every `ApplyLease` passes [`Lease::check`]; the caller's actuator runs
+//!   the same check again.
 #![no_std]
 #![forbid(unsafe_code)]
 
