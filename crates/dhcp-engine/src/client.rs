@@ -613,30 +613,7 @@ impl Client {
     /// least a minute apart, and a fresh xid ties an ACK to the exact
     /// transmission it answers, whose time starts the new lease (4.4.1).
     fn send_renew(&mut self, now: Instant, out: &mut Vec<EngineAction>) {
-        let Some((addr, server, t2)) = self
-            .lease
-            .as_ref()
-            .map(|l| (l.address, l.server_id, l.rebind_at()))
-        else {
-            return self.enter_init(now, 0, out);
-        };
-        self.xid = self.rng.next_u32();
-        self.request_sent_at = now;
-        let o = build::Outgoing {
-            kind: MessageType::Request,
-            xid: self.xid,
-            secs: self.secs(now),
-            broadcast: false,
-            ciaddr: addr,
-            requested: None,
-            server_id: None,
-        };
-        let mac = self.server_mac;
-        self.send_dhcp(&o, mac, addr, server, out);
-        self.transmissions += 1;
-        // Half the time left to T2, at least 60 s, never past T2.
-        let wait = (t2.since(now) / 2).max(MIN_RENEW_RETRY_MS);
-        self.timer = now.add_millis(wait).min(t2);
+        self.send_lease_request(now, false, out);
     }
 
     fn enter_rebinding(&mut self, now: Instant, out: &mut Vec<EngineAction>) {
@@ -648,8 +625,22 @@ impl Client {
 
     /// Broadcast to any server, ciaddr set, no 50 / 54 (RFC 2131 4.4.5).
     fn send_rebind(&mut self, now: Instant, out: &mut Vec<EngineAction>) {
-        let Some((addr, expiry)) = self.lease.as_ref().map(|l| (l.address, l.expires_at())) else {
+        self.send_lease_request(now, true, out);
+    }
+
+    /// The REQUEST of RENEWING (unicast to the server, until T2) and of
+    /// REBINDING (broadcast, until expiry): ciaddr set, no 50 / 54, a fresh
+    /// xid. The next try comes after half the time left to that deadline, at
+    /// least 60 s, never past it (RFC 2131 4.4.5).
+    fn send_lease_request(&mut self, now: Instant, rebinding: bool, out: &mut Vec<EngineAction>) {
+        let Some(lease) = self.lease.as_ref() else {
             return self.enter_init(now, 0, out);
+        };
+        let addr = lease.address;
+        let (dst_mac, dst_ip, deadline) = if rebinding {
+            (BROADCAST_MAC, Ipv4Addr::BROADCAST, lease.expires_at())
+        } else {
+            (self.server_mac, lease.server_id, lease.rebind_at())
         };
         self.xid = self.rng.next_u32();
         self.request_sent_at = now;
@@ -662,11 +653,10 @@ impl Client {
             requested: None,
             server_id: None,
         };
-        self.send_dhcp(&o, BROADCAST_MAC, addr, Ipv4Addr::BROADCAST, out);
+        self.send_dhcp(&o, dst_mac, addr, dst_ip, out);
         self.transmissions += 1;
-        // Half the time left to expiry, at least 60 s, never past expiry.
-        let wait = (expiry.since(now) / 2).max(MIN_RENEW_RETRY_MS);
-        self.timer = now.add_millis(wait).min(expiry);
+        let wait = (deadline.since(now) / 2).max(MIN_RENEW_RETRY_MS);
+        self.timer = now.add_millis(wait).min(deadline);
     }
 
     // ---- timers -------------------------------------------------------------
