@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use oci_image::{LayerCompression, Meta};
-use support::{BIN, CLIENT_IF, Net, read, wait_until};
+use support::{BIN, CLIENT_IF, Net, read, roles_of, wait_until};
 
 const BOUND_WITHIN: Duration = Duration::from_secs(30);
 /// Bound on any one podman command (image import, start, stop).
@@ -193,33 +193,6 @@ impl ProcStatus {
     fn caps(&self, key: &str) -> u64 {
         u64::from_str_radix(self.field(key), 16).unwrap()
     }
-}
-
-/// Children of `parent` that are roles, as (role name, pid), sorted.
-fn roles_of(parent: u32) -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1));
-        if ppid != Some(parent.to_string().as_str()) {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if args.len() > 2 && args[1] == "role" {
-            out.push((args[2].clone(), pid));
-        }
-    }
-    out.sort();
-    out
 }
 
 fn container_pid(name: &str) -> u32 {

@@ -287,37 +287,7 @@ impl Net {
 
     /// Pids of the daemon's roles, by role name.
     pub fn role_pids(&self, daemon: usize) -> Vec<(String, u32)> {
-        let parent = self.child_pid(daemon);
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let ppid: u32 = stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap();
-            if ppid != parent {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmdline
-                .split(|&b| b == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect();
-            if args.len() > 2 && args[1] == "role" {
-                out.push((args[2].clone(), pid));
-            }
-        }
-        out
+        roles_of(self.child_pid(daemon))
     }
 }
 
@@ -1233,4 +1203,31 @@ where
         "{scenario} failed for:\n{}",
         failures.join("\n---\n")
     );
+}
+
+/// Children of `parent` that are roles, as (role name, pid), sorted.
+pub fn roles_of(parent: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1));
+        if ppid != Some(parent.to_string().as_str()) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        if args.len() > 2 && args[1] == "role" {
+            out.push((args[2].clone(), pid));
+        }
+    }
+    out.sort();
+    out
 }
