@@ -341,7 +341,7 @@ fn poll_once(fds: &[BorrowedFd<'_>], timeout_ms: Option<u64>) -> io::Result<Vec<
             let left = d.saturating_sub(monotonic_ms());
             libc::timespec {
                 // Capped far beyond any timer we use; keeps the cast lossless.
-                tv_sec: (left / 1000).min(i32::MAX as u64) as libc::time_t,
+                tv_sec: (left / 1000).min(i32::MAX as u64) as _,
                 tv_nsec: ((left % 1000) * 1_000_000) as libc::c_long,
             }
         });

@@ -21,15 +21,15 @@ use std::time::{Duration, Instant};
 
 use mirage_ipc::Route;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NlasIterator,
 };
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope, CacheInfo};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::packet::adopt_socket;
@@ -55,6 +55,35 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+/// Fixed headers in front of the attributes: `struct ifinfomsg`,
+/// `struct ifaddrmsg` and `struct rtmsg` (linux/rtnetlink.h, if_addr.h).
+const IFINFOMSG_LEN: usize = 16;
+const IFADDRMSG_LEN: usize = 8;
+const RTMSG_LEN: usize = 12;
+/// The attributes we read back (linux/if_link.h, if_addr.h, rtnetlink.h).
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_MIN_MTU: u16 = 50;
+const IFLA_MAX_MTU: u16 = 51;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_CACHEINFO: u16 = 6;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_TABLE: u16 = 15;
+const AF_INET: u8 = 2;
+const RTN_UNICAST: u8 = 1;
 /// Multicast group bit of link events (`RTMGRP_LINK`) and its group number.
 const RTMGRP_LINK: u32 = 1;
 const RTNLGRP_LINK: u32 = 1;
@@ -96,10 +125,14 @@ pub struct LinkInfo {
 }
 
 impl LinkInfo {
-    fn from_message(msg: &LinkMessage) -> LinkInfo {
-        let flags = msg.header.flags.bits();
+    /// Reads an RTM_NEWLINK payload (`ifinfomsg` + attributes).
+    fn parse(payload: &[u8]) -> io::Result<LinkInfo> {
+        let fixed = payload
+            .get(..IFINFOMSG_LEN)
+            .ok_or_else(|| invalid_data("short ifinfomsg"))?;
+        let flags = ne_u32(&fixed[8..12]);
         let mut info = LinkInfo {
-            index: msg.header.index,
+            index: ne_u32(&fixed[4..8]),
             name: String::new(),
             mac: None,
             mtu: 0,
@@ -108,17 +141,20 @@ impl LinkInfo {
             up: flags & IFF_UP != 0,
             carrier: carrier_from_flags(flags),
         };
-        for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(name) => info.name = name.clone(),
-                LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
-                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
-                LinkAttribute::MinMtu(m) => info.min_mtu = Some(*m).filter(|&m| m > 0),
-                LinkAttribute::MaxMtu(m) => info.max_mtu = Some(*m).filter(|&m| m > 0),
+        for (kind, value) in attributes(&payload[IFINFOMSG_LEN..])? {
+            match kind {
+                IFLA_IFNAME => {
+                    let name = value.split(|&b| b == 0).next().unwrap_or_default();
+                    info.name = String::from_utf8_lossy(name).into_owned();
+                }
+                IFLA_ADDRESS => info.mac = <[u8; 6]>::try_from(value).ok(),
+                IFLA_MTU => info.mtu = attr_u32(value)?,
+                IFLA_MIN_MTU => info.min_mtu = Some(attr_u32(value)?).filter(|&m| m > 0),
+                IFLA_MAX_MTU => info.max_mtu = Some(attr_u32(value)?).filter(|&m| m > 0),
                 _ => {}
             }
         }
-        info
+        Ok(info)
     }
 }
 
@@ -143,7 +179,8 @@ struct RouteEntry {
     oif: Option<u32>,
     metric: u32,
     tos: u8,
-    kind: RouteType,
+    /// `rtm_type` (RTN_UNICAST, RTN_LOCAL...).
+    kind: u8,
 }
 
 fn invalid_input(what: &'static str) -> io::Error {
@@ -165,16 +202,66 @@ fn initial_sequence() -> u32 {
     nanos ^ std::process::id().rotate_left(16)
 }
 
-/// Serializes one request. Never panics: the buffer is sized from the message.
-fn encode_request(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+/// Serializes one request of type `kind`. Never panics: the buffer is sized
+/// from the message.
+///
+/// Requests are emitted from their concrete message type, and answers are
+/// read field by field over [`NlasIterator`] (see [`attributes`]), never
+/// through the crate's catch-all `RouteNetlinkMessage`: decoding or encoding
+/// that enum links in the codec of every rtnetlink family (traffic control,
+/// neighbours, every link kind...), which made up a quarter of the binary's
+/// code for the dozen fields we use.
+fn encode_request<M: Emitable>(kind: u16, msg: &M, flags: u16, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HEADER_LEN + msg.buffer_len();
     let mut header = NetlinkHeader::default();
+    header.length = u32::try_from(len).unwrap_or(u32::MAX);
+    header.message_type = kind;
     header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = seq;
-    let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-    nl.finalize();
-    let mut out = vec![0u8; nl.buffer_len()];
-    nl.serialize(&mut out);
+    let mut out = vec![0u8; len];
+    header.emit(&mut out[..NLMSG_HEADER_LEN]);
+    msg.emit(&mut out[NLMSG_HEADER_LEN..]);
     out
+}
+
+fn ne_u32(b: &[u8]) -> u32 {
+    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A 4-byte attribute value; any other length is malformed.
+fn attr_u32(value: &[u8]) -> io::Result<u32> {
+    match value {
+        [a, b, c, d] => Ok(u32::from_ne_bytes([*a, *b, *c, *d])),
+        _ => Err(invalid_data("netlink attribute is not 4 bytes")),
+    }
+}
+
+/// An IPv4 address attribute; any other length is malformed.
+fn attr_ipv4(value: &[u8]) -> io::Result<Ipv4Addr> {
+    <[u8; 4]>::try_from(value)
+        .map(Ipv4Addr::from)
+        .map_err(|_| invalid_data("netlink address attribute is not IPv4"))
+}
+
+/// The (type, value) pairs of an attribute area, the nested and byte-order
+/// flag bits masked off the type. A length pointing outside the area fails.
+fn attributes(area: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
+    NlasIterator::new(area)
+        .map(|nla| {
+            nla.map(|nla| {
+                // new_checked proved 4 <= length <= the bytes left.
+                let (kind, len) = (nla.kind(), usize::from(nla.length()));
+                (kind, &nla.into_inner()[4..len])
+            })
+            .map_err(|_| invalid_data("netlink attribute length out of bounds"))
+        })
+        .collect()
+}
+
+/// One answer message of a request: its type and what follows `nlmsghdr`.
+struct Reply {
+    kind: u16,
+    payload: Vec<u8>,
 }
 
 /// The fixed header fields of one raw netlink message.
@@ -244,8 +331,9 @@ fn send_request(sock: &Socket, bytes: &[u8]) -> io::Result<()> {
 fn set_recv_timeout(sock: &Socket, timeout: Option<Duration>) -> io::Result<()> {
     let t = timeout.unwrap_or(Duration::ZERO);
     let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(t.subsec_micros()),
+        // Both fields are 64-bit on x86_64 and aarch64 (glibc and musl).
+        tv_sec: t.as_secs().min(i64::MAX as u64) as _,
+        tv_usec: t.subsec_micros() as _,
     };
     crate::packet::setsockopt(sock.as_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
 }
@@ -328,13 +416,13 @@ impl Rtnl {
 
     /// Sends one request and collects the answer: the messages that carry
     /// our sequence number, up to the ACK (or NLMSG_DONE for a dump).
-    fn transact(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    fn transact<M: Emitable>(&mut self, kind: u16, msg: &M, flags: u16) -> io::Result<Vec<Reply>> {
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let flags = if dump { flags } else { flags | NLM_F_ACK };
         for _ in 0..DUMP_ATTEMPTS {
             self.seq = self.seq.wrapping_add(1);
             let seq = self.seq;
-            send_request(&self.sock, &encode_request(msg.clone(), flags, seq))?;
+            send_request(&self.sock, &encode_request(kind, msg, flags, seq))?;
             let mut replies = Vec::new();
             let mut interrupted = false;
             loop {
@@ -364,11 +452,10 @@ impl Rtnl {
                         NLMSG_OVERRUN => return Err(invalid_data("netlink overrun")),
                         _ => {
                             interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
-                            let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
-                                .map_err(|_| invalid_data("undecodable rtnetlink message"))?;
-                            if let NetlinkPayload::InnerMessage(inner) = parsed.payload {
-                                replies.push(inner);
-                            }
+                            replies.push(Reply {
+                                kind: header.kind,
+                                payload: raw[NLMSG_HEADER_LEN..].to_vec(),
+                            });
                         }
                     }
                 }
@@ -387,18 +474,17 @@ impl Rtnl {
     }
 
     /// A change request: succeeds when the kernel ACKs it.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        self.transact(msg, flags).map(drop)
+    fn request<M: Emitable>(&mut self, kind: u16, msg: &M, flags: u16) -> io::Result<()> {
+        self.transact(kind, msg, flags).map(drop)
     }
 
     fn get_link(&mut self, msg: LinkMessage) -> io::Result<LinkInfo> {
-        self.transact(RouteNetlinkMessage::GetLink(msg), 0)?
+        let replies = self.transact(RTM_GETLINK, &msg, 0)?;
+        let link = replies
             .iter()
-            .find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(link) => Some(LinkInfo::from_message(link)),
-                _ => None,
-            })
-            .ok_or_else(|| invalid_data("no link in the answer"))
+            .find(|r| r.kind == RTM_NEWLINK)
+            .ok_or_else(|| invalid_data("no link in the answer"))?;
+        LinkInfo::parse(&link.payload)
     }
 
     /// The link with this index (ENODEV if there is none).
@@ -427,7 +513,7 @@ impl Rtnl {
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RTM_SETLINK, &msg, 0)
     }
 
     /// Sets the link MTU. The kernel refuses values outside the device's
@@ -436,7 +522,7 @@ impl Rtnl {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RTM_SETLINK, &msg, 0)
     }
 
     fn address_message(index: u32, addr: Ipv4Addr, prefix_len: u8) -> io::Result<AddressMessage> {
@@ -479,13 +565,13 @@ impl Rtnl {
         cache.ifa_valid = valid_secs;
         cache.ifa_preferred = preferred_secs;
         msg.attributes.push(AddressAttribute::CacheInfo(cache));
-        self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_REPLACE)
+        self.request(RTM_NEWADDR, &msg, NLM_F_CREATE | NLM_F_REPLACE)
     }
 
     /// Removes `addr/prefix_len` (EADDRNOTAVAIL if it is not there).
     pub fn delete_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
         let msg = Rtnl::address_message(index, addr, prefix_len)?;
-        self.request(RouteNetlinkMessage::DelAddress(msg), 0)
+        self.request(RTM_DELADDR, &msg, 0)
     }
 
     /// The IPv4 addresses of the interface with their remaining lifetimes.
@@ -493,31 +579,11 @@ impl Rtnl {
         let mut query = AddressMessage::default();
         query.header.family = AddressFamily::Inet;
         query.header.index = index;
-        let replies = self.transact(RouteNetlinkMessage::GetAddress(query), NLM_F_DUMP)?;
+        let replies = self.transact(RTM_GETADDR, &query, NLM_F_DUMP)?;
         let mut out = Vec::new();
-        for reply in &replies {
-            let RouteNetlinkMessage::NewAddress(msg) = reply else {
-                continue;
-            };
-            if msg.header.index != index || msg.header.family != AddressFamily::Inet {
-                continue;
-            }
-            let (mut local, mut address, mut cache) = (None, None, None);
-            for attr in &msg.attributes {
-                match attr {
-                    AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
-                    AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
-                    AddressAttribute::CacheInfo(c) => cache = Some(*c),
-                    _ => {}
-                }
-            }
-            if let Some(addr) = local.or(address) {
-                out.push(AddressInfo {
-                    addr,
-                    prefix_len: msg.header.prefix_len,
-                    valid_secs: cache.map_or(FOREVER, |c| c.ifa_valid),
-                    preferred_secs: cache.map_or(FOREVER, |c| c.ifa_preferred),
-                });
+        for reply in replies.iter().filter(|r| r.kind == RTM_NEWADDR) {
+            if let Some(info) = parse_address(&reply.payload, index)? {
+                out.push(info);
             }
         }
         Ok(out)
@@ -578,10 +644,7 @@ impl Rtnl {
             msg.attributes
                 .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
         }
-        match self.request(
-            RouteNetlinkMessage::NewRoute(msg.clone()),
-            NLM_F_CREATE | NLM_F_EXCL,
-        ) {
+        match self.request(RTM_NEWROUTE, &msg, NLM_F_CREATE | NLM_F_EXCL) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             other => return other,
         }
@@ -595,7 +658,7 @@ impl Rtnl {
         if foreign {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
-        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_REPLACE)
+        self.request(RTM_NEWROUTE, &msg, NLM_F_CREATE | NLM_F_REPLACE)
     }
 
     /// Deletes our route (this interface, this gateway, protocol DHCP, this
@@ -604,7 +667,7 @@ impl Rtnl {
     pub fn delete_route(&mut self, index: u32, route: Route, metric: u32) -> io::Result<()> {
         let mut msg = Rtnl::route_message(index, &route, metric)?;
         msg.header.scope = RouteScope::NoWhere;
-        self.request(RouteNetlinkMessage::DelRoute(msg), 0)
+        self.request(RTM_DELROUTE, &msg, 0)
     }
 
     /// The unicast routes of the main table that leave through this
@@ -613,7 +676,7 @@ impl Rtnl {
         Ok(self
             .main_routes()?
             .into_iter()
-            .filter(|r| r.oif == Some(index) && r.kind == RouteType::Unicast)
+            .filter(|r| r.oif == Some(index) && r.kind == RTN_UNICAST)
             .map(|r| r.route)
             .collect())
     }
@@ -621,43 +684,82 @@ impl Rtnl {
     fn main_routes(&mut self) -> io::Result<Vec<RouteEntry>> {
         let mut query = RouteMessage::default();
         query.header.address_family = AddressFamily::Inet;
-        let replies = self.transact(RouteNetlinkMessage::GetRoute(query), NLM_F_DUMP)?;
+        let replies = self.transact(RTM_GETROUTE, &query, NLM_F_DUMP)?;
         let mut out = Vec::new();
-        for reply in &replies {
-            let RouteNetlinkMessage::NewRoute(msg) = reply else {
-                continue;
-            };
-            if msg.header.address_family != AddressFamily::Inet {
-                continue;
-            }
-            let mut table = u32::from(msg.header.table);
-            let mut entry = RouteEntry {
-                route: Route {
-                    destination: Ipv4Addr::UNSPECIFIED,
-                    prefix_len: msg.header.destination_prefix_length,
-                    gateway: Ipv4Addr::UNSPECIFIED,
-                },
-                oif: None,
-                metric: 0,
-                tos: msg.header.tos,
-                kind: msg.header.kind,
-            };
-            for attr in &msg.attributes {
-                match attr {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => entry.route.destination = *a,
-                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => entry.route.gateway = *a,
-                    RouteAttribute::Oif(i) => entry.oif = Some(*i),
-                    RouteAttribute::Priority(p) => entry.metric = *p,
-                    RouteAttribute::Table(t) => table = *t,
-                    _ => {}
-                }
-            }
-            if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
+        for reply in replies.iter().filter(|r| r.kind == RTM_NEWROUTE) {
+            if let Some(entry) = parse_main_route(&reply.payload)? {
                 out.push(entry);
             }
         }
         Ok(out)
     }
+}
+
+/// Reads an RTM_NEWADDR payload (`ifaddrmsg` + attributes); `None` for
+/// another interface's or a non-IPv4 address.
+fn parse_address(payload: &[u8], index: u32) -> io::Result<Option<AddressInfo>> {
+    let fixed = payload
+        .get(..IFADDRMSG_LEN)
+        .ok_or_else(|| invalid_data("short ifaddrmsg"))?;
+    if fixed[0] != AF_INET || ne_u32(&fixed[4..8]) != index {
+        return Ok(None);
+    }
+    let (mut local, mut address, mut lifetimes) = (None, None, None);
+    for (kind, value) in attributes(&payload[IFADDRMSG_LEN..])? {
+        match kind {
+            IFA_LOCAL => local = Some(attr_ipv4(value)?),
+            IFA_ADDRESS => address = Some(attr_ipv4(value)?),
+            // struct ifa_cacheinfo: ifa_prefered, ifa_valid, cstamp, tstamp.
+            IFA_CACHEINFO if value.len() >= 8 => {
+                lifetimes = Some((ne_u32(&value[4..8]), ne_u32(&value[..4])));
+            }
+            IFA_CACHEINFO => return Err(invalid_data("short ifa_cacheinfo")),
+            _ => {}
+        }
+    }
+    let (valid_secs, preferred_secs) = lifetimes.unwrap_or((FOREVER, FOREVER));
+    Ok(local.or(address).map(|addr| AddressInfo {
+        addr,
+        prefix_len: fixed[1],
+        valid_secs,
+        preferred_secs,
+    }))
+}
+
+/// Reads an RTM_NEWROUTE payload (`rtmsg` + attributes); `None` for a
+/// non-IPv4 route or one outside the main table.
+fn parse_main_route(payload: &[u8]) -> io::Result<Option<RouteEntry>> {
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
+    // type, flags (u32).
+    let fixed = payload
+        .get(..RTMSG_LEN)
+        .ok_or_else(|| invalid_data("short rtmsg"))?;
+    if fixed[0] != AF_INET {
+        return Ok(None);
+    }
+    let mut table = u32::from(fixed[4]);
+    let mut entry = RouteEntry {
+        route: Route {
+            destination: Ipv4Addr::UNSPECIFIED,
+            prefix_len: fixed[1],
+            gateway: Ipv4Addr::UNSPECIFIED,
+        },
+        oif: None,
+        metric: 0,
+        tos: fixed[3],
+        kind: fixed[7],
+    };
+    for (kind, value) in attributes(&payload[RTMSG_LEN..])? {
+        match kind {
+            RTA_DST => entry.route.destination = attr_ipv4(value)?,
+            RTA_GATEWAY => entry.route.gateway = attr_ipv4(value)?,
+            RTA_OIF => entry.oif = Some(attr_u32(value)?),
+            RTA_PRIORITY => entry.metric = attr_u32(value)?,
+            RTA_TABLE => table = attr_u32(value)?,
+            _ => {}
+        }
+    }
+    Ok((table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(entry))
 }
 
 impl AsRawFd for Rtnl {
@@ -755,10 +857,7 @@ impl LinkMonitor {
         self.seq = self.seq.wrapping_add(1);
         let mut msg = LinkMessage::default();
         msg.header.index = self.index;
-        send_request(
-            &self.sock,
-            &encode_request(RouteNetlinkMessage::GetLink(msg), 0, self.seq),
-        )?;
+        send_request(&self.sock, &encode_request(RTM_GETLINK, &msg, 0, self.seq))?;
         Ok(self.seq)
     }
 
@@ -1000,7 +1099,7 @@ mod tests {
     fn requests_carry_flags_and_sequence() {
         let mut msg = LinkMessage::default();
         msg.header.index = 5;
-        let bytes = encode_request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK, 0xabcd);
+        let bytes = encode_request(RTM_GETLINK, &msg, NLM_F_ACK, 0xabcd);
         let msgs = split_messages(&bytes).unwrap();
         assert_eq!(msgs.len(), 1);
         let (h, raw) = msgs[0];
@@ -1011,6 +1110,161 @@ mod tests {
             &raw[NLMSG_HEADER_LEN + 4..NLMSG_HEADER_LEN + 8],
             &5u32.to_ne_bytes()
         );
+    }
+
+    /// One attribute as the kernel lays it out: length, type, value, padding.
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    fn ifaddrmsg(family: u8, prefix_len: u8, index: u32) -> Vec<u8> {
+        let mut out = vec![family, prefix_len, 0, 0];
+        out.extend_from_slice(&index.to_ne_bytes());
+        out
+    }
+
+    #[test]
+    fn addresses_are_read_field_by_field() {
+        let mut cache = Vec::new();
+        for v in [600u32, 3600, 1, 2] {
+            cache.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut msg = ifaddrmsg(AF_INET, 24, 7);
+        msg.extend(nla(IFA_ADDRESS, &[10, 0, 0, 9]));
+        msg.extend(nla(IFA_LOCAL, &[10, 0, 0, 5]));
+        msg.extend(nla(IFA_CACHEINFO, &cache));
+        msg.extend(nla(99, &[1, 2, 3])); // unknown, skipped
+        let info = parse_address(&msg, 7).unwrap().unwrap();
+        // IFA_LOCAL wins; ifa_cacheinfo holds preferred before valid.
+        assert_eq!(info.addr, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(info.prefix_len, 24);
+        assert_eq!((info.valid_secs, info.preferred_secs), (3600, 600));
+
+        // Other interfaces and families are not ours.
+        assert_eq!(parse_address(&msg, 8).unwrap(), None);
+        let mut v6 = msg.clone();
+        v6[0] = 10;
+        assert_eq!(parse_address(&v6, 7).unwrap(), None);
+
+        // No lifetimes: permanent.
+        let mut plain = ifaddrmsg(AF_INET, 32, 7);
+        plain.extend(nla(IFA_ADDRESS, &[192, 0, 2, 1]));
+        let info = parse_address(&plain, 7).unwrap().unwrap();
+        assert_eq!((info.valid_secs, info.preferred_secs), (FOREVER, FOREVER));
+
+        // Malformed: short header, short or wrong-sized values, a length
+        // running past the end.
+        assert!(parse_address(&msg[..7], 7).is_err());
+        let mut bad = ifaddrmsg(AF_INET, 24, 7);
+        bad.extend(nla(IFA_LOCAL, &[10, 0, 0]));
+        assert!(parse_address(&bad, 7).is_err());
+        let mut bad = ifaddrmsg(AF_INET, 24, 7);
+        bad.extend(nla(IFA_CACHEINFO, &[0; 4]));
+        assert!(parse_address(&bad, 7).is_err());
+        let mut bad = ifaddrmsg(AF_INET, 24, 7);
+        bad.extend(nla(IFA_LOCAL, &[10, 0, 0, 5]));
+        bad[IFADDRMSG_LEN] = 40;
+        assert!(parse_address(&bad, 7).is_err());
+    }
+
+    #[test]
+    fn routes_are_read_field_by_field() {
+        // family, dst_len, src_len, tos, table, protocol, scope, type, flags
+        let mut msg = vec![AF_INET, 32, 0, 0, 254, 16, 0, RTN_UNICAST, 0, 0, 0, 0];
+        msg.extend(nla(RTA_DST, &[10, 128, 0, 1]));
+        msg.extend(nla(RTA_GATEWAY, &[10, 0, 0, 1]));
+        msg.extend(nla(RTA_OIF, &3u32.to_ne_bytes()));
+        msg.extend(nla(RTA_PRIORITY, &100u32.to_ne_bytes()));
+        let entry = parse_main_route(&msg).unwrap().unwrap();
+        assert_eq!(
+            entry.route,
+            Route {
+                destination: Ipv4Addr::new(10, 128, 0, 1),
+                prefix_len: 32,
+                gateway: Ipv4Addr::new(10, 0, 0, 1),
+            }
+        );
+        assert_eq!((entry.oif, entry.metric, entry.kind), (Some(3), 100, RTN_UNICAST));
+
+        // RTA_TABLE overrides the 8-bit table field (tables above 255).
+        let mut other = msg.clone();
+        other.extend(nla(RTA_TABLE, &1000u32.to_ne_bytes()));
+        assert_eq!(parse_main_route(&other).unwrap(), None);
+        let mut main = msg.clone();
+        main[4] = 252; // RT_TABLE_COMPAT, real table in RTA_TABLE
+        main.extend(nla(RTA_TABLE, &254u32.to_ne_bytes()));
+        assert!(parse_main_route(&main).unwrap().is_some());
+
+        let mut v6 = msg.clone();
+        v6[0] = 10;
+        assert_eq!(parse_main_route(&v6).unwrap(), None);
+        assert!(parse_main_route(&msg[..11]).is_err());
+        let mut bad = msg[..RTMSG_LEN].to_vec();
+        bad.extend(nla(RTA_OIF, &[3, 0]));
+        assert!(parse_main_route(&bad).is_err());
+    }
+
+    #[test]
+    fn links_are_read_field_by_field() {
+        // family, pad, type (u16), index, flags, change mask
+        let mut msg = vec![0, 0, 1, 0];
+        msg.extend_from_slice(&4u32.to_ne_bytes());
+        msg.extend_from_slice(&(IFF_UP | IFF_LOWER_UP).to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend(nla(IFLA_IFNAME, b"eth0\0"));
+        msg.extend(nla(IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1]));
+        msg.extend(nla(IFLA_MTU, &1500u32.to_ne_bytes()));
+        msg.extend(nla(IFLA_MIN_MTU, &0u32.to_ne_bytes()));
+        msg.extend(nla(IFLA_MAX_MTU, &9000u32.to_ne_bytes()));
+        let info = LinkInfo::parse(&msg).unwrap();
+        assert_eq!(
+            info,
+            LinkInfo {
+                index: 4,
+                name: "eth0".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                mtu: 1500,
+                min_mtu: None,
+                max_mtu: Some(9000),
+                up: true,
+                carrier: true,
+            }
+        );
+        // A hardware address that is not 6 bytes (tun, ip6gre) is none.
+        let mut tun = msg[..IFINFOMSG_LEN].to_vec();
+        tun.extend(nla(IFLA_ADDRESS, &[0; 16]));
+        assert_eq!(LinkInfo::parse(&tun).unwrap().mac, None);
+        assert!(LinkInfo::parse(&msg[..15]).is_err());
+        let mut bad = msg[..IFINFOMSG_LEN].to_vec();
+        bad.extend(nla(IFLA_MTU, &[0; 8]));
+        assert!(LinkInfo::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn answer_parsers_never_panic_on_garbage() {
+        let mut seed = 0x2545_f491_u32;
+        for len in 0..400 {
+            let data: Vec<u8> = (0..len)
+                .map(|i| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    // Keep some attribute lengths plausible.
+                    if i % 8 == 0 {
+                        (seed % 24) as u8
+                    } else {
+                        (seed >> 24) as u8
+                    }
+                })
+                .collect();
+            let _ = LinkInfo::parse(&data);
+            // The index the message names, so its attributes get read.
+            let index = data.get(4..8).map_or(0, ne_u32);
+            let _ = parse_address(&data, index);
+            let _ = parse_main_route(&data);
+        }
     }
 
     #[test]

@@ -250,11 +250,13 @@ pub(super) fn set_caps(keep: &[Capability]) -> Result<(), SandboxError> {
     .map(drop)
 }
 
-fn setrlimit(
-    step: &'static str,
-    resource: libc::__rlimit_resource_t,
-    value: u64,
-) -> Result<(), SandboxError> {
+/// glibc and musl spell the resource argument's type differently.
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
+
+fn setrlimit(step: &'static str, resource: RlimitResource, value: u64) -> Result<(), SandboxError> {
     let lim = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
