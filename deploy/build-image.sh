@@ -16,17 +16,19 @@ revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 # The commit time, not the build time: rebuilding later gives the same image.
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 
-cargo build --release --locked -p mirage-dhcp -p oci-image
-bin_dir="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release"
-file "$bin_dir/mirage-dhcp" 2>/dev/null | grep -q 'static' || {
-    echo "build-image.sh: $bin_dir/mirage-dhcp is not statically linked (see .cargo/config.toml)" >&2
+./scripts/build-release.sh
+cargo build --release --locked -p oci-image
+target_dir="${CARGO_TARGET_DIR:-target}"
+binary="$target_dir/dist/mirage-dhcp"
+file "$binary" 2>/dev/null | grep -q 'static' || {
+    echo "build-image.sh: $binary is not statically linked (see .cargo/config.toml)" >&2
     exit 1
 }
 
 rm -rf "$out/mirage-dhcp" "$out/mirage-dhcp.tar"
 mkdir -p "$out"
-"$bin_dir/oci-image" \
-    --binary "$bin_dir/mirage-dhcp" \
+"$target_dir/x86_64-unknown-linux-musl/release/oci-image" \
+    --binary "$binary" \
     --out "$out/mirage-dhcp" \
     --archive "$out/mirage-dhcp.tar" \
     --revision "$revision"

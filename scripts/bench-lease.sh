@@ -20,7 +20,7 @@ usage: scripts/bench-lease.sh [options]
                        (default: all)
   -t, --timeout S      seconds a run may take to get its address (default 20)
       --settle-ms MS   time a client keeps running after its address (default 500)
-      --bin PATH       mirage-dhcp binary to use (skips the cargo build)
+      --bin PATH       mirage-dhcp binary to use (skips scripts/build-release.sh)
       --no-build       do not build mirage-dhcp; use the binary already built
       --no-install     do not apt-get install missing peers
       --json FILE      also write the raw per-run results (JSON lines) to FILE
@@ -160,11 +160,11 @@ DNSMASQ="$(command -v dnsmasq || echo /usr/sbin/dnsmasq)"
 MIRAGE_NOTE=""
 if [[ ",$CLIENTS," == *,mirage,* ]]; then
     if [ -z "$BIN" ]; then
-        BIN="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release/mirage-dhcp"
+        BIN="${CARGO_TARGET_DIR:-$ROOT/target}/dist/mirage-dhcp"
     fi
     if [ "$BUILD" = 1 ]; then
-        log "building mirage-dhcp (release)"
-        if ! cargo build --release --locked -q -p mirage-dhcp >"$TMP/build.log" 2>&1; then
+        log "building mirage-dhcp (scripts/build-release.sh)"
+        if ! "$ROOT/scripts/build-release.sh" >"$TMP/build.log" 2>&1; then
             tail -n 20 "$TMP/build.log" >&2
             log "mirage-dhcp does not build: its rows will say failed"
             MIRAGE_NOTE="build failed"

@@ -22,7 +22,7 @@ done
 
 cargo build --release --locked -q -p mirage-dhcp
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/mirage-dhcp"
+BIN="$TARGET_DIR/x86_64-unknown-linux-musl/release/mirage-dhcp"
 OUT="crates/dhcp-engine/tests/data/captured"
 ID=$$
 TMP="$(mktemp -d)"

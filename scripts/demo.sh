@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root" >&2; exit 1; }
 command -v dnsmasq >/dev/null || { echo "demo.sh: apt-get install dnsmasq-base" >&2; exit 1; }
 
-cargo build --release --locked -q -p mirage-dhcp
-BIN="$PWD/target/x86_64-unknown-linux-gnu/release/mirage-dhcp"
+./scripts/build-release.sh >/dev/null
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/dist/mirage-dhcp"
 ID=$$
 SRV="mirage-demo-srv-$ID"
 CLI="mirage-demo-cli-$ID"

@@ -14,8 +14,21 @@ apt-get update -qq
 # dnsmasq-base: the dnsmasq binary without its system service. Kea, ISC dhcpd
 # and dhcrelay, busybox udhcpd and nftables serve the interop and fault
 # suites. podman + runc run the image in tests/container.rs (runc named so
-# apt does not pick crun); file is used by the image build.
+# apt does not pick crun); file is used by the image build; musl-tools
+# compiles the C of dev-dependencies (criterion) for the musl target.
 apt-get install -y -qq --no-install-recommends \
     dnsmasq-base iproute2 ethtool procps kmod \
     kea-dhcp4-server isc-dhcp-server isc-dhcp-relay busybox nftables \
-    podman runc file >/dev/null
+    podman runc file musl-tools >/dev/null
+# The product is built for musl (see .cargo/config.toml); its standard
+# library comes from rustup, which every Rust toolchain here is managed by.
+# The shipped binary (scripts/build-release.sh) rebuilds std from source
+# with the nightly toolchain, which the fuzzers use too.
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl
+fi
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+fi
+rustup component add rust-src --toolchain nightly
+rustup target add x86_64-unknown-linux-musl --toolchain nightly

@@ -18,7 +18,7 @@ use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
 use mirage_sdk::spawn::{RoleChild, spawn};
-use support::{BIN, CLIENT_IF, Net};
+use support::{CLIENT_IF, Net, bin};
 
 /// Bound on one answer from a role. The first answer includes the role's
 /// start-up (exec of the test build, sandbox set-up), which takes far longer
@@ -148,7 +148,7 @@ fn actuator_refuses_every_out_of_policy_intent() {
             resolv_dir.as_fd(),
             resolv_file.as_fd(),
         ];
-        let mut actuator = spawn(Some(std::path::Path::new(BIN)), &args, &fds).unwrap();
+        let mut actuator = spawn(Some(std::path::Path::new(bin())), &args, &fds).unwrap();
         drop(theirs);
 
         let ask = |msg: ToActuator| -> Outcome {
@@ -346,7 +346,7 @@ fn network_role_refuses_frames_that_are_not_ours() {
         let (ours, theirs) = Channel::pair().unwrap();
         let args = role_args("network", link.index, mac);
         let mut network = spawn(
-            Some(std::path::Path::new(BIN)),
+            Some(std::path::Path::new(bin())),
             &args,
             &[theirs.as_fd(), sock.as_fd()],
         )

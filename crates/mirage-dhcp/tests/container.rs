@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use oci_image::{LayerCompression, Meta};
-use support::{BIN, CLIENT_IF, Net, read, roles_of, wait_until};
+use support::{CLIENT_IF, Net, bin, read, roles_of, wait_until};
 
 const BOUND_WITHIN: Duration = Duration::from_secs(30);
 /// Bound on any one podman command (image import, start, stop).
@@ -89,7 +89,7 @@ fn meta() -> Meta {
 
 /// Build the image layout from this build's binary into `dir`.
 fn build_layout(dir: &Path) -> oci_image::Written {
-    let binary = std::fs::read(BIN).unwrap();
+    let binary = std::fs::read(bin()).unwrap();
     let image = oci_image::mirage_dhcp(binary, &meta()).unwrap();
     // Unoptimized test builds of the compressor take half a minute on the
     // debug binary; the plain layer is built by the same code path.
@@ -346,7 +346,7 @@ fn containerfile_builds_the_same_image_config() {
     }
     let tag = format!("localhost/mirage-dhcp-containerfile-test:{}", std::process::id());
     let _cleanup = Cleanup(ctx.clone(), tag.clone());
-    std::fs::copy(BIN, ctx.join("mirage-dhcp")).unwrap();
+    std::fs::copy(bin(), ctx.join("mirage-dhcp")).unwrap();
     let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Containerfile");
     let m = meta();
     podman_ok(&[

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use mirage_ipc::Route;
 use netlink_packet_core::{
-    Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkHeader, NlasIterator,
+    DefaultNla, Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST, NetlinkHeader, NlasIterator,
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope, CacheInfo};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkFlags, LinkHeader};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -258,6 +258,38 @@ fn attributes(area: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
         .collect()
 }
 
+/// A link request: the crate's `ifinfomsg` header and raw attributes.
+///
+/// Not `LinkMessage`: its attribute type covers every link kind's settings,
+/// and emitting it links in all of their encoders (about 25 KiB) for the two
+/// attributes we send, IFLA_IFNAME and IFLA_MTU.
+#[derive(Default)]
+struct LinkRequest {
+    header: LinkHeader,
+    attributes: Vec<DefaultNla>,
+}
+
+impl LinkRequest {
+    fn index(index: u32) -> LinkRequest {
+        let mut req = LinkRequest::default();
+        req.header.index = index;
+        req
+    }
+}
+
+impl Emitable for LinkRequest {
+    fn buffer_len(&self) -> usize {
+        self.header.buffer_len() + self.attributes.as_slice().buffer_len()
+    }
+
+    fn emit(&self, buffer: &mut [u8]) {
+        self.header.emit(buffer);
+        self.attributes
+            .as_slice()
+            .emit(&mut buffer[self.header.buffer_len()..]);
+    }
+}
+
 /// One answer message of a request: its type and what follows `nlmsghdr`.
 struct Reply {
     kind: u16,
@@ -478,7 +510,7 @@ impl Rtnl {
         self.transact(kind, msg, flags).map(drop)
     }
 
-    fn get_link(&mut self, msg: LinkMessage) -> io::Result<LinkInfo> {
+    fn get_link(&mut self, msg: LinkRequest) -> io::Result<LinkInfo> {
         let replies = self.transact(RTM_GETLINK, &msg, 0)?;
         let link = replies
             .iter()
@@ -492,9 +524,7 @@ impl Rtnl {
         if index == 0 {
             return Err(invalid_input("interface index 0"));
         }
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        self.get_link(msg)
+        self.get_link(LinkRequest::index(index))
     }
 
     /// The link with this name (ENODEV if there is none).
@@ -502,15 +532,17 @@ impl Rtnl {
         if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['\0', '/']) {
             return Err(invalid_input("not an interface name"));
         }
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let mut msg = LinkRequest::default();
+        // IFLA_IFNAME is a NUL-terminated string.
+        let mut value = name.as_bytes().to_vec();
+        value.push(0);
+        msg.attributes.push(DefaultNla::new(IFLA_IFNAME, value));
         self.get_link(msg)
     }
 
     /// Sets `IFF_UP` on the link, leaving its other flags alone.
     pub fn set_link_up(&mut self, index: u32) -> io::Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
+        let mut msg = LinkRequest::index(index);
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         self.request(RTM_SETLINK, &msg, 0)
@@ -519,9 +551,9 @@ impl Rtnl {
     /// Sets the link MTU. The kernel refuses values outside the device's
     /// `min_mtu..=max_mtu` with EINVAL; callers clamp first (field note 4).
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        let mut msg = LinkRequest::index(index);
+        msg.attributes
+            .push(DefaultNla::new(IFLA_MTU, mtu.to_ne_bytes().to_vec()));
         self.request(RTM_SETLINK, &msg, 0)
     }
 
@@ -855,8 +887,7 @@ impl LinkMonitor {
     /// is handled like any notification. Returns the request's sequence.
     fn request_link(&mut self) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let mut msg = LinkMessage::default();
-        msg.header.index = self.index;
+        let msg = LinkRequest::index(self.index);
         send_request(&self.sock, &encode_request(RTM_GETLINK, &msg, 0, self.seq))?;
         Ok(self.seq)
     }
@@ -1097,8 +1128,9 @@ mod tests {
 
     #[test]
     fn requests_carry_flags_and_sequence() {
-        let mut msg = LinkMessage::default();
-        msg.header.index = 5;
+        let mut msg = LinkRequest::index(5);
+        msg.attributes
+            .push(DefaultNla::new(IFLA_MTU, 1400u32.to_ne_bytes().to_vec()));
         let bytes = encode_request(RTM_GETLINK, &msg, NLM_F_ACK, 0xabcd);
         let msgs = split_messages(&bytes).unwrap();
         assert_eq!(msgs.len(), 1);
@@ -1110,6 +1142,11 @@ mod tests {
             &raw[NLMSG_HEADER_LEN + 4..NLMSG_HEADER_LEN + 8],
             &5u32.to_ne_bytes()
         );
+        // The header's length covers the attribute; the request reads back
+        // as the link it names.
+        assert_eq!(raw.len(), NLMSG_HEADER_LEN + IFINFOMSG_LEN + 8);
+        let link = LinkInfo::parse(&raw[NLMSG_HEADER_LEN..]).unwrap();
+        assert_eq!((link.index, link.mtu), (5, 1400));
     }
 
     /// One attribute as the kernel lays it out: length, type, value, padding.

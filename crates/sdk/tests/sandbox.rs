@@ -484,7 +484,7 @@ fn network_filter_allows_frames_with_auxdata() {
                 return 41;
             }
             msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of_val(&cbuf);
+            msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
             if libc::recvmsg(b.as_raw_fd(), &mut msg, 0) != 64 {
                 return 42;
             }
@@ -536,7 +536,10 @@ fn actuator_filter_allows_atomic_file_writes() {
         // SAFETY: raw calls on descriptors opened here, with literal C strings
         // and local buffers.
         unsafe {
-            let d = libc::open(
+            // openat, as the actuator's file code (rustix) calls it; musl's
+            // open() is the legacy open syscall on x86_64.
+            let d = libc::openat(
+                libc::AT_FDCWD,
                 dir_c.as_ptr(),
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
             );
@@ -571,7 +574,9 @@ fn actuator_filter_allows_atomic_file_writes() {
                 return 54;
             }
             if libc::renameat(d, c".lease.tmp".as_ptr(), d, c"lease".as_ptr()) != 0
-                || libc::renameat2(
+                // musl has no renameat2 wrapper.
+                || libc::syscall(
+                    libc::SYS_renameat2,
                     d,
                     c"lease".as_ptr(),
                     d,
@@ -773,7 +778,8 @@ fn probes() -> String {
         let mut fs: libc::statfs = std::mem::zeroed();
         let mut vfs: libc::statvfs = std::mem::zeroed();
         let root_tmpfs_ro = libc::statfs(c"/".as_ptr(), &mut fs) == 0
-            && fs.f_type == libc::TMPFS_MAGIC
+            // f_type is i64 on glibc, u64 on musl: compare the bits.
+            && u64::from_ne_bytes(fs.f_type.to_ne_bytes()) == libc::TMPFS_MAGIC as u64
             && libc::statvfs(c"/".as_ptr(), &mut vfs) == 0
             && (vfs.f_flag & libc::ST_RDONLY) != 0;
         out += &format!("root-tmpfs-ro={root_tmpfs_ro} ");

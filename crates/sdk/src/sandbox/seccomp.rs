@@ -117,7 +117,7 @@ mod sys {
     );
     #[cfg(target_arch = "x86_64")]
     nrs!(poll => SYS_poll, renameat => SYS_renameat, dup2 => SYS_dup2, arch_prctl => SYS_arch_prctl,
-         readlink => SYS_readlink);
+         readlink => SYS_readlink, fork => SYS_fork, open => SYS_open);
 }
 
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
@@ -160,8 +160,10 @@ const ENGINE: &[Allow] = &[
     allow!(sigaltstack),
     // The kernel restarts interrupted sleeps/polls with this call.
     allow!(restart_syscall),
-    // abort(): glibc raises SIGABRT with tgkill(getpid(), gettid(), SIGABRT).
+    // abort(): glibc raises SIGABRT with tgkill(getpid(), gettid(), SIGABRT),
+    // musl with tkill(gettid(), SIGABRT).
     allow!(tgkill, When::ArgEq(2, libc::SIGABRT as u64)),
+    allow!(tkill, When::ArgEq(1, libc::SIGABRT as u64)),
     allow!(getpid),
     allow!(gettid),
     // Dropping a channel at shutdown. Debug builds of std check that an
@@ -273,7 +275,16 @@ const SUPERVISOR: &[Allow] = &[
 ];
 
 #[cfg(target_arch = "x86_64")]
-const SUPERVISOR_ARCH: &[Allow] = &[allow!(dup2), allow!(arch_prctl), allow!(readlink)];
+const SUPERVISOR_ARCH: &[Allow] = &[
+    allow!(dup2),
+    allow!(arch_prctl),
+    allow!(readlink),
+    // musl's fork() and open() use the legacy calls where the architecture
+    // has them: fork carries no flags (no namespaces), and open is the
+    // supervisor's /dev/null for a restarted role.
+    allow!(fork),
+    allow!(open),
+];
 #[cfg(not(target_arch = "x86_64"))]
 const SUPERVISOR_ARCH: &[Allow] = &[];
 
@@ -423,7 +434,6 @@ mod tests {
             libc::SYS_ptrace,
             libc::SYS_socket,
             libc::SYS_clone3,
-            libc::SYS_fork,
         ];
         for role in Role::ALL {
             for entry in allow_list(role) {
@@ -443,7 +453,7 @@ mod tests {
                     );
                 }
                 if role != Role::Supervisor {
-                    for forbidden in [sys::execve, sys::clone, sys::unshare, sys::kill] {
+                    for forbidden in [sys::execve, sys::clone, sys::unshare, sys::kill, libc::SYS_fork] {
                         assert_ne!(entry.nr, forbidden, "{} allows {}", role.as_str(), entry.name);
                     }
                 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the mirage-dhcp binary we ship: one static-pie musl executable,
+# written to target/dist/mirage-dhcp (under $CARGO_TARGET_DIR if set).
+#
+# Every role process maps the whole binary, and on current kernels the page
+# cache hands out large folios, so each process's RSS is close to the binary's
+# size. The shipped build therefore rebuilds the standard library for size
+# (nightly's -Z build-std with std's `optimize_for_size` feature, which also
+# leaves out std's backtrace symbolizer; panic messages still print). The
+# stable toolchain builds the same code (`cargo build --release`, about 40%
+# larger); docs/benchmarks.md compares the two.
+#
+# usage: scripts/build-release.sh [--stable]
+#   --stable   build with the default toolchain and the prebuilt std instead
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=x86_64-unknown-linux-musl
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+OUT="$TARGET_DIR/dist/mirage-dhcp"
+
+case "${1:-}" in
+--stable)
+    cargo build --locked --release -p mirage-dhcp --target "$TARGET"
+    BUILT="$TARGET_DIR/$TARGET/release/mirage-dhcp"
+    ;;
+"")
+    if ! rustup run nightly rustc --version >/dev/null 2>&1 ||
+        ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' ||
+        ! rustup target list --toolchain nightly --installed 2>/dev/null | grep -qx "$TARGET"; then
+        echo "build-release: needs the nightly toolchain with rust-src and the $TARGET target" >&2
+        echo "build-release: run scripts/install-deps.sh, or pass --stable" >&2
+        exit 1
+    fi
+    # Its own target directory: std built from source must not mix with the
+    # prebuilt one the stable builds use.
+    cargo +nightly build --locked --release -p mirage-dhcp --target "$TARGET" \
+        --target-dir "$TARGET_DIR/build-std" \
+        -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
+    BUILT="$TARGET_DIR/build-std/$TARGET/release/mirage-dhcp"
+    ;;
+-h | --help)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+*)
+    echo "build-release: unknown argument: $1 (see --help)" >&2
+    exit 2
+    ;;
+esac
+
+mkdir -p "$(dirname "$OUT")"
+cp "$BUILT" "$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+echo "build-release: $OUT ($(stat -c %s "$OUT") bytes)"
