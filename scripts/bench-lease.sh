@@ -16,11 +16,14 @@ usage() {
 usage: scripts/bench-lease.sh [options]
   -n, --runs N         measured runs per client variant (default 20)
   -w, --warmup N       unmeasured warm-up runs per variant (default 1)
-  -c, --clients LIST   comma-separated subset of: mirage,dhcpcd,dhclient,udhcpc
-                       (default: all)
+  -c, --clients LIST   comma-separated subset of:
+                       mirage,mirage-stable,dhcpcd,dhclient,udhcpc (default: all;
+                       mirage-stable is the same code built by the stable
+                       toolchain with its prebuilt std, --no-acd only)
   -t, --timeout S      seconds a run may take to get its address (default 20)
       --settle-ms MS   time a client keeps running after its address (default 500)
       --bin PATH       mirage-dhcp binary to use (skips scripts/build-release.sh)
+      --stable-bin PATH  the mirage-stable binary (skips its cargo build)
       --no-build       do not build mirage-dhcp; use the binary already built
       --no-install     do not apt-get install missing peers
       --json FILE      also write the raw per-run results (JSON lines) to FILE
@@ -31,10 +34,12 @@ EOF
 
 RUNS=20
 WARMUP=1
-CLIENTS="mirage,dhcpcd,dhclient,udhcpc"
+CLIENTS="mirage,mirage-stable,dhcpcd,dhclient,udhcpc"
 TIMEOUT=20
 SETTLE_MS=500
 BIN=""
+STABLE_BIN=""
+STABLE_BUILD=1
 BUILD=1
 INSTALL=1
 JSON_OUT=""
@@ -55,7 +60,8 @@ while [ $# -gt 0 ]; do
     -t | --timeout) TIMEOUT="${2:?}"; shift 2 ;;
     --settle-ms) SETTLE_MS="${2:?}"; shift 2 ;;
     --bin) BIN="${2:?}"; BUILD=0; shift 2 ;;
-    --no-build) BUILD=0; shift ;;
+    --stable-bin) STABLE_BIN="${2:?}"; STABLE_BUILD=0; shift 2 ;;
+    --no-build) BUILD=0; STABLE_BUILD=0; shift ;;
     --no-install) INSTALL=0; shift ;;
     --json) JSON_OUT="${2:?}"; shift 2 ;;
     --write-docs) WRITE_DOCS=1; shift ;;
@@ -72,7 +78,7 @@ if [ "$RUNS" -lt 1 ] || [ "$TIMEOUT" -lt 1 ]; then
 fi
 IFS=, read -r -a WANT <<<"$CLIENTS"
 for c in "${WANT[@]}"; do
-    case "$c" in mirage | dhcpcd | dhclient | udhcpc) ;; *) echo "bench-lease.sh: unknown client $c" >&2; exit 2 ;; esac
+    case "$c" in mirage | mirage-stable | dhcpcd | dhclient | udhcpc) ;; *) echo "bench-lease.sh: unknown client $c" >&2; exit 2 ;; esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-lease.sh: run as root (it creates network namespaces)" >&2; exit 1; }
 
@@ -172,6 +178,20 @@ if [[ ",$CLIENTS," == *,mirage,* ]]; then
     fi
     if [ -z "$MIRAGE_NOTE" ] && [ ! -x "$BIN" ]; then MIRAGE_NOTE="no binary at $BIN"; fi
 fi
+STABLE_NOTE=""
+if [[ ",$CLIENTS," == *,mirage-stable,* ]]; then
+    if [ -z "$STABLE_BIN" ]; then
+        STABLE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-musl/release/mirage-dhcp"
+    fi
+    if [ "$STABLE_BUILD" = 1 ]; then
+        log "building mirage-dhcp with the stable toolchain (cargo build --release)"
+        if ! cargo build --release --locked -q -p mirage-dhcp >"$TMP/build-stable.log" 2>&1; then
+            tail -n 20 "$TMP/build-stable.log" >&2
+            STABLE_NOTE="build failed"
+        fi
+    fi
+    if [ -z "$STABLE_NOTE" ] && [ ! -x "$STABLE_BIN" ]; then STABLE_NOTE="no binary at $STABLE_BIN"; fi
+fi
 
 # --- the network ----------------------------------------------------------------
 # 198.18.0.0/15 is reserved for benchmarking network devices (RFC 2544); it
@@ -248,6 +268,7 @@ VARIANTS=()
 for c in "${WANT[@]}"; do
     case "$c" in
     mirage) VARIANTS+=("mirage-acd|mirage-dhcp|default (ACD on)|on" "mirage-noacd|mirage-dhcp|--no-acd|off") ;;
+    mirage-stable) VARIANTS+=("mirage-stable|mirage-dhcp (stable build)|--no-acd|off") ;;
     dhcpcd) VARIANTS+=("dhcpcd-default|dhcpcd|default (ARP on, random delay)|on"
         "dhcpcd-nodelay|dhcpcd|nodelay (ARP on)|on" "dhcpcd-noarp|dhcpcd|nodelay + noarp|off") ;;
     dhclient) VARIANTS+=("dhclient|dhclient|default (no ACD)|off") ;;
@@ -261,11 +282,13 @@ client_command() {
     local name="$1" dir="$2"
     EXTRA=()
     case "$name" in
-    mirage-acd | mirage-noacd)
+    mirage-acd | mirage-noacd | mirage-stable)
         mkdir -p "$dir/state" "$dir/run"
-        CMD=("$BIN" run --interface veth-c --state-dir "$dir/state" --run-dir "$dir/run"
+        local bin="$BIN"
+        [ "$name" = mirage-stable ] && bin="$STABLE_BIN"
+        CMD=("$bin" run --interface veth-c --state-dir "$dir/state" --run-dir "$dir/run"
             --resolv-conf "$dir/resolv.conf")
-        [ "$name" = mirage-noacd ] && CMD+=(--no-acd)
+        [ "$name" != mirage-acd ] && CMD+=(--no-acd)
         ;;
     dhcpcd-*)
         # dhcpcd keeps its lease, DUID and pid file in fixed directories; the
@@ -291,9 +314,11 @@ declare -A FAILS=() TRIES=() GAVE_UP=()
 # when measured (run index > 0).
 run_one() {
     local name="$1" idx="$2" dir="$TMP/run-$1-$2" out rc
-    if [[ "$name" == mirage-* ]] && [ -n "$MIRAGE_NOTE" ]; then
+    local note="$MIRAGE_NOTE"
+    [ "$name" = mirage-stable ] && note="$STABLE_NOTE"
+    if [[ "$name" == mirage-* ]] && [ -n "$note" ]; then
         [ "$idx" -gt 0 ] && printf '{"variant":"%s","run":%d,"ok":false,"error":"%s"}\n' \
-            "$name" "$idx" "$MIRAGE_NOTE" >>"$RESULTS"
+            "$name" "$idx" "$note" >>"$RESULTS"
         return 0
     fi
     if [ -n "${GAVE_UP[$name]:-}" ]; then
@@ -355,17 +380,16 @@ done
 # --- facts and the report -------------------------------------------------------------
 pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
 size_of() { stat -L -c %s "$1" 2>/dev/null || echo 0; }
+# Stripped size: the release profile strips already; strip a copy to be sure.
+stripped_size() {
+    if strip -o "$TMP/stripped" "$1" 2>/dev/null; then size_of "$TMP/stripped"; else size_of "$1"; fi
+}
 MIRAGE_SIZE=0
+STABLE_SIZE=0
 MIRAGE_VER="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if ! git -C "$ROOT" diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null; then MIRAGE_VER="$MIRAGE_VER+local changes"; fi
-if [ -n "$BIN" ] && [ -x "$BIN" ]; then
-    # Stripped size: the release profile strips already; strip a copy to be sure.
-    if strip -o "$TMP/mirage-dhcp.stripped" "$BIN" 2>/dev/null; then
-        MIRAGE_SIZE="$(size_of "$TMP/mirage-dhcp.stripped")"
-    else
-        MIRAGE_SIZE="$(size_of "$BIN")"
-    fi
-fi
+[ -n "$BIN" ] && [ -x "$BIN" ] && MIRAGE_SIZE="$(stripped_size "$BIN")"
+[ -n "$STABLE_BIN" ] && [ -x "$STABLE_BIN" ] && STABLE_SIZE="$(stripped_size "$STABLE_BIN")"
 linkage() {
     local out
     out="$(ldd "$1" 2>&1)" || true
@@ -378,11 +402,12 @@ B_VARIANTS="$(printf '%s\n' "${VARIANTS[@]}")" B_RUNS="$RUNS" B_WARMUP="$WARMUP"
     B_OS="$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)" B_LOAD_BEFORE="$LOAD_BEFORE" \
     B_LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)" B_SERVER="dnsmasq-base $(pkgver dnsmasq-base)" \
     B_MIRAGE="$MIRAGE_SIZE|git $MIRAGE_VER|$([ "$MIRAGE_SIZE" != 0 ] && linkage "$BIN" || echo -)" \
+    B_MIRAGE_STABLE="$STABLE_SIZE|git $MIRAGE_VER|$([ "$STABLE_SIZE" != 0 ] && linkage "$STABLE_BIN" || echo -)" \
     B_DHCPCD="$(size_of "$DHCPCD")|dhcpcd-base $(pkgver dhcpcd-base)|$(linkage "$DHCPCD")" \
     B_DHCLIENT="$(size_of "$DHCLIENT")|isc-dhcp-client $(pkgver isc-dhcp-client)|$(linkage "$DHCLIENT")" \
     B_UDHCPC="$(size_of "$BUSYBOX")|busybox $(pkgver busybox)|$(linkage "$BUSYBOX")"
 export B_VARIANTS B_RUNS B_WARMUP B_TIMEOUT B_SETTLE B_ARGS B_DATE B_NPROC B_KERNEL B_CPU B_OS B_LOAD_BEFORE \
-    B_LOAD_AFTER B_SERVER B_MIRAGE B_DHCPCD B_DHCLIENT B_UDHCPC
+    B_LOAD_AFTER B_SERVER B_MIRAGE B_MIRAGE_STABLE B_DHCPCD B_DHCLIENT B_UDHCPC
 "$PY" -I - "$TMP/meta.json" <<'EOF'
 import json, os, sys
 e = os.environ
@@ -398,7 +423,8 @@ meta = {
     "date": e["B_DATE"],
     "machine": {"nproc": e["B_NPROC"], "kernel": e["B_KERNEL"], "cpu": e["B_CPU"], "os": e["B_OS"],
                 "loadavg_before": e["B_LOAD_BEFORE"], "loadavg_after": e["B_LOAD_AFTER"]},
-    "binaries": {"mirage-dhcp": binary("B_MIRAGE"), "dhcpcd": binary("B_DHCPCD"),
+    "binaries": {"mirage-dhcp": binary("B_MIRAGE"),
+                 "mirage-dhcp (stable build)": binary("B_MIRAGE_STABLE"), "dhcpcd": binary("B_DHCPCD"),
                  "dhclient": binary("B_DHCLIENT"), "udhcpc": binary("B_UDHCPC")},
     "server": e["B_SERVER"],
 }
