@@ -446,15 +446,64 @@ fn engine_filter_allows_an_event_loop() {
 
 #[test]
 fn engine_filter_lets_abort_abort() {
-    let program = seccomp::filter(Role::Engine).unwrap();
     let ended = in_child(|| {
-        if seccomp::install_program(&program).is_err() {
+        // Compiled in the child: the filter names the pid it may signal.
+        if seccomp::install(Role::Engine).is_err() {
             return 10;
         }
         std::process::abort();
     });
-    // SIGABRT, not SIGSYS: glibc's abort path is on the list.
+    // SIGABRT, not SIGSYS: the libc's abort path is on the list.
     assert_eq!(ended, Ended::Signaled(libc::SIGABRT));
+}
+
+#[test]
+fn roles_may_not_signal_another_process() {
+    // A stand-in for the supervisor (same uid, as in a container): the
+    // filtered child tries to abort it.
+    // SAFETY: fork in a multi-threaded process; the child only calls pause
+    // and _exit.
+    let target = unsafe { libc::fork() };
+    assert!(target >= 0);
+    if target == 0 {
+        // SAFETY: the stand-in only sleeps until it is killed.
+        unsafe {
+            libc::pause();
+            libc::_exit(0)
+        };
+    }
+    for role in [Role::Engine, Role::Network, Role::Actuator] {
+        for call in [libc::SYS_tgkill, libc::SYS_tkill, libc::SYS_kill] {
+            let ended = in_child(|| {
+                if seccomp::install(role).is_err() {
+                    return 10;
+                }
+                // SAFETY: signal calls with plain integer arguments.
+                unsafe {
+                    match call {
+                        libc::SYS_tgkill => libc::syscall(call, target, target, libc::SIGABRT),
+                        _ => libc::syscall(call, target, libc::SIGABRT),
+                    };
+                }
+                20
+            });
+            assert_eq!(
+                ended,
+                Ended::Signaled(libc::SIGSYS),
+                "{} may call {call} on another pid",
+                role.as_str()
+            );
+        }
+    }
+    let mut status = 0;
+    // SAFETY: our own child; still there, so no signal reached it.
+    let alive = unsafe { libc::waitpid(target, &mut status, libc::WNOHANG) } == 0;
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(target, libc::SIGKILL);
+        libc::waitpid(target, &mut status, 0);
+    }
+    assert!(alive, "the stand-in supervisor was signalled");
 }
 
 #[test]

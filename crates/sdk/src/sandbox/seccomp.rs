@@ -9,12 +9,18 @@
 //! filtered supervisor runs under both filters, so the supervisor's must let
 //! the role's start-up and its [`super::apply`] through.
 //!
-//! No list contains `socket`, `ptrace`, `process_vm_*`, `setns`, `fork`,
-//! `vfork`, `clone3` (its flags live in memory, out of the filter's sight)
-//! or an unconditional `unshare`: unprivileged user namespaces are enabled
-//! on typical hosts, so a uid-65534 process could otherwise
+//! No list contains `socket`, `ptrace`, `process_vm_*`, `setns`, `vfork`,
+//! `clone3` (its flags live in memory, out of the filter's sight) or an
+//! unconditional `unshare`: unprivileged user namespaces are enabled on
+//! typical hosts, so a uid-65534 process could otherwise
 //! `unshare(CLONE_NEWUSER)` and gain a fresh set of namespace-local
-//! capabilities to attack the kernel with.
+//! capabilities to attack the kernel with. Only the supervisor's list holds
+//! `fork` (x86_64, where musl's fork() calls it; it takes no flags).
+//!
+//! A sandboxed role may signal only itself, and only with SIGABRT (its abort
+//! path): in a container every role shares one uid, so a wider `tgkill`
+//! would let a compromised engine abort the supervisor. The role's own pid is
+//! written into its filter when the filter is compiled, in the role.
 
 use std::collections::BTreeMap;
 
@@ -59,6 +65,13 @@ pub enum When {
     ArgEq(u8, u64),
     /// Argument `n` has none of the mask's bits set.
     ArgMaskClear(u8, u64),
+    /// Argument `pid_arg` is the calling process's own pid and argument
+    /// `arg` equals `value`. The pid is the one [`filter_for`] is given.
+    OwnPidAndArgEq {
+        pid_arg: u8,
+        arg: u8,
+        value: u64,
+    },
 }
 
 /// One entry of an allow-list.
@@ -121,6 +134,7 @@ mod sys {
 }
 
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+const SIGABRT: u64 = libc::SIGABRT as u64;
 
 /// `clone` flags that create namespaces. The low byte of clone's flags is
 /// the exit signal, so CLONE_NEWTIME (0x80, clone3/unshare only) is not
@@ -161,9 +175,24 @@ const ENGINE: &[Allow] = &[
     // The kernel restarts interrupted sleeps/polls with this call.
     allow!(restart_syscall),
     // abort(): glibc raises SIGABRT with tgkill(getpid(), gettid(), SIGABRT),
-    // musl with tkill(gettid(), SIGABRT).
-    allow!(tgkill, When::ArgEq(2, libc::SIGABRT as u64)),
-    allow!(tkill, When::ArgEq(1, libc::SIGABRT as u64)),
+    // musl with tkill(gettid(), SIGABRT); roles are single-threaded, so the
+    // thread id is the pid.
+    allow!(
+        tgkill,
+        When::OwnPidAndArgEq {
+            pid_arg: 0,
+            arg: 2,
+            value: SIGABRT
+        }
+    ),
+    allow!(
+        tkill,
+        When::OwnPidAndArgEq {
+            pid_arg: 0,
+            arg: 1,
+            value: SIGABRT
+        }
+    ),
     allow!(getpid),
     allow!(gettid),
     // Dropping a channel at shutdown. Debug builds of std check that an
@@ -328,21 +357,28 @@ impl std::fmt::Display for SeccompError {
 
 impl std::error::Error for SeccompError {}
 
-fn condition(when: When) -> Result<Option<SeccompCondition>, seccompiler::BackendError> {
+/// The conditions that must all hold; none: always allowed.
+fn conditions(when: When, own_pid: u32) -> Result<Vec<SeccompCondition>, seccompiler::BackendError> {
+    let eq = |arg, v| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v);
     Ok(match when {
-        When::Always => None,
-        When::ArgEq(arg, v) => Some(SeccompCondition::new(
-            arg,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::Eq,
-            v,
-        )?),
-        When::ArgMaskClear(arg, mask) => Some(SeccompCondition::new(
+        When::Always => Vec::new(),
+        When::ArgEq(arg, v) => vec![eq(arg, v)?],
+        When::ArgMaskClear(arg, mask) => vec![SeccompCondition::new(
             arg,
             SeccompCmpArgLen::Qword,
             SeccompCmpOp::MaskedEq(mask),
             0,
-        )?),
+        )?],
+        // pid_t is an int: the kernel reads only the low 32 bits.
+        When::OwnPidAndArgEq { pid_arg, arg, value } => vec![
+            SeccompCondition::new(
+                pid_arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                u64::from(own_pid),
+            )?,
+            eq(arg, value)?,
+        ],
     })
 }
 
@@ -350,18 +386,26 @@ fn target_arch() -> Result<TargetArch, seccompiler::BackendError> {
     TargetArch::try_from(std::env::consts::ARCH)
 }
 
-/// Compile `role`'s allow-list into a BPF program (allocates; compile before
-/// `fork` if the program is to be applied where allocating is unsafe).
+/// Compile `role`'s allow-list for the calling process (its own pid goes
+/// into the filter; see [`filter_for`]).
 pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
+    filter_for(role, std::process::id())
+}
+
+/// Compile `role`'s allow-list into a BPF program for the process `pid`,
+/// the only one its self-signalling entries let it signal (allocates;
+/// compile before `fork` if the program is to be applied where allocating
+/// is unsafe, with the child's pid).
+pub fn filter_for(role: Role, pid: u32) -> Result<BpfProgram, SeccompError> {
     // None: allowed unconditionally; Some(rules): allowed if any rule matches.
     let mut calls: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for entry in allow_list(role) {
-        let cond = condition(entry.when).map_err(SeccompError::Compile)?;
+        let conds = conditions(entry.when, pid).map_err(SeccompError::Compile)?;
         let slot = calls.entry(entry.nr).or_insert_with(|| Some(Vec::new()));
-        match (cond, slot.as_mut()) {
-            (None, _) => *slot = None,
-            (Some(c), Some(rules)) => rules.push(SeccompRule::new(vec![c]).map_err(SeccompError::Compile)?),
-            (Some(_), None) => {}
+        match (conds.is_empty(), slot.as_mut()) {
+            (true, _) => *slot = None,
+            (false, Some(rules)) => rules.push(SeccompRule::new(conds).map_err(SeccompError::Compile)?),
+            (false, None) => {}
         }
     }
     let rules = calls
