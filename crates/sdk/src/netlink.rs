@@ -8,7 +8,7 @@
 //!
 //! Syscalls. [`Rtnl::open`]: socket, setsockopt (SO_RCVTIMEO).
 //! [`Rtnl::from_raw_fd`]: getsockopt (SO_DOMAIN, SO_TYPE, SO_PROTOCOL),
-//! recvfrom (drain), setsockopt. Every request: `sendto` (glibc's `send`),
+//! recvfrom (drain), setsockopt. Every request: `sendto` (the libc's `send`),
 //! then `recvfrom` until the answer. [`LinkMonitor::open`]: socket, bind;
 //! `from_raw_fd`: getsockopt, setsockopt (NETLINK_ADD_MEMBERSHIP); both then
 //! sendto, poll, recvfrom. [`LinkMonitor::read_events`]: `recvfrom` with

@@ -16,7 +16,7 @@
 //! SO_LOCK_FILTER, PACKET_AUXDATA, PACKET_IGNORE_OUTGOING), recvfrom (drain),
 //! bind. `from_raw_fd`/`from_fd` make getsockopt. The hot path is only
 //! `recvmsg` ([`PacketSocket::recv`]) and `sendto` ([`PacketSocket::send`];
-//! glibc's `send` is the sendto syscall).
+//! the libc's `send` is the sendto syscall, in glibc and musl alike).
 
 use std::io;
 use std::mem;

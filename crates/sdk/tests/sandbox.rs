@@ -8,8 +8,9 @@
 //! pairs and pipes are used.
 //!
 //! A forked child of this multi-threaded test process only uses raw system
-//! calls, glibc's malloc (made fork-safe by glibc) and this crate, and
-//! always leaves with `_exit`, never by returning into the test harness.
+//! calls, the libc's malloc (which glibc and musl make fork-safe) and this
+//! crate, and always leaves with `_exit`, never by returning into the test
+//! harness.
 
 use std::ffi::CString;
 use std::io::Read;

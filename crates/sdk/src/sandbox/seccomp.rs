@@ -167,7 +167,7 @@ const ENGINE: &[Allow] = &[
     allow!(mremap),
     allow!(madvise),
     allow!(futex),
-    // glibc's malloc may seed itself; std's HashMap keys.
+    // A libc's malloc may seed itself; std's HashMap keys.
     allow!(getrandom),
     allow!(rt_sigreturn),
     allow!(rt_sigprocmask),
@@ -240,7 +240,7 @@ const ACTUATOR_ARCH: &[Allow] = &[allow!(renameat)];
 const ACTUATOR_ARCH: &[Allow] = &[];
 
 /// Supervisor (on top of all roles): spawning, reaping, signalling, and what
-/// a re-executed role needs before its own filter is in place (static-glibc
+/// a re-executed role needs before its own filter is in place (static libc
 /// and Rust start-up, then [`super::apply`]).
 const SUPERVISOR: &[Allow] = &[
     // Processes and threads, without namespaces (see module docs for clone3).
@@ -423,7 +423,7 @@ pub fn filter_for(role: Role, pid: u32) -> Result<BpfProgram, SeccompError> {
 }
 
 /// Three instructions put before the supervisor's program: `clone3` fails
-/// with ENOSYS, which makes glibc fall back to `clone` (whose flags the
+/// with ENOSYS, which makes a libc fall back to `clone` (whose flags the
 /// filter can see). Any other number goes on to the seccompiler program,
 /// which starts with its own architecture check.
 fn clone3_enosys_prefix() -> BpfProgram {
