@@ -1093,21 +1093,26 @@ mod tests {
         assert!(error_code(&raw_message(NLMSG_ERROR, 0, 1, &[])).is_err());
     }
 
+    /// `len` pseudo-random bytes (an LCG), every `stride`-th one below
+    /// `small` so that some length fields are plausible.
+    fn garbage(seed: &mut u32, len: usize, stride: usize, small: u32) -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                if i % stride == 0 {
+                    (*seed % small) as u8
+                } else {
+                    (*seed >> 24) as u8
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn split_messages_never_panics_on_garbage() {
         let mut seed = 0x9e37_79b9_u32;
         for len in 0..300 {
-            let data: Vec<u8> = (0..len)
-                .map(|i| {
-                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    // Keep some length fields plausible.
-                    if i % 16 == 0 {
-                        (seed % 40) as u8
-                    } else {
-                        (seed >> 24) as u8
-                    }
-                })
-                .collect();
+            let data = garbage(&mut seed, len, 16, 40);
             if let Ok(msgs) = split_messages(&data) {
                 for (h, raw) in msgs {
                     if h.kind == NLMSG_ERROR {
@@ -1285,17 +1290,7 @@ mod tests {
     fn answer_parsers_never_panic_on_garbage() {
         let mut seed = 0x2545_f491_u32;
         for len in 0..400 {
-            let data: Vec<u8> = (0..len)
-                .map(|i| {
-                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    // Keep some attribute lengths plausible.
-                    if i % 8 == 0 {
-                        (seed % 24) as u8
-                    } else {
-                        (seed >> 24) as u8
-                    }
-                })
-                .collect();
+            let data = garbage(&mut seed, len, 8, 24);
             let _ = LinkInfo::parse(&data);
             // The index the message names, so its attributes get read.
             let index = data.get(4..8).map_or(0, ne_u32);
