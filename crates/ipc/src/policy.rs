@@ -187,7 +187,11 @@ impl Lease {
         if self.prefix_len <= 30 && (self.address == self.network() || self.address == self.broadcast()) {
             return Err(Refusal::AddressIsNetworkOrBroadcast);
         }
-        if self.server_id.is_unspecified() || self.server_id.is_broadcast() || self.server_id.is_multicast() {
+        // The server identifier is where renewals are unicast to: it must be
+        // a host a server could be. Link-local is one (Google Cloud's DHCP
+        // server is 169.254.169.254); loopback, 0/8, class E and group
+        // addresses are not.
+        if server_refusal(self.server_id).is_some() {
             return Err(Refusal::BadServerId);
         }
         if self.routes.len() > usize::from(limits.max_routes) {
@@ -354,6 +358,26 @@ mod tests {
         let mut l = lease();
         l.routes = vec![l.routes[0]; 1000];
         assert_eq!(l.check(&Limits::default()), Err(Refusal::TooManyRoutes));
+    }
+
+    #[test]
+    fn server_id_must_be_a_host_a_server_could_be() {
+        let mut l = lease();
+        for ok in ["192.168.1.1", "169.254.169.254", "10.0.0.1"] {
+            l.server_id = ip(ok);
+            assert_eq!(l.check(&Limits::default()), Ok(()), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            l.server_id = ip(bad);
+            assert_eq!(l.check(&Limits::default()), Err(Refusal::BadServerId), "{bad}");
+        }
     }
 
     #[test]

@@ -783,6 +783,14 @@ fn server_id_broadcast(mode: Mode) {
     );
 }
 
+fn server_id_loopback(mode: Mode) {
+    refused_offer(
+        mode,
+        |_, m| m.options.server_id = Some(ip("127.0.0.1")),
+        "BadServerId",
+    );
+}
+
 fn classless_route_prefix_over_32(mode: Mode) {
     refused_offer(
         mode,
@@ -1319,6 +1327,7 @@ const CASES: &[Case] = &[
     ("yiaddr_subnet_broadcast", yiaddr_subnet_broadcast),
     ("subnet_mask_not_contiguous", subnet_mask_not_contiguous),
     ("server_id_broadcast", server_id_broadcast),
+    ("server_id_loopback", server_id_loopback),
     ("classless_route_prefix_over_32", classless_route_prefix_over_32),
     (
         "classless_route_bits_past_prefix",
