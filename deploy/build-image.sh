@@ -16,6 +16,7 @@ revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 # The commit time, not the build time: rebuilding later gives the same image.
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 
+. scripts/rust-target.sh
 ./scripts/build-release.sh
 cargo build --release --locked -p oci-image
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -27,7 +28,7 @@ file "$binary" 2>/dev/null | grep -q 'static' || {
 
 rm -rf "$out/mirage-dhcp" "$out/mirage-dhcp.tar"
 mkdir -p "$out"
-"$target_dir/x86_64-unknown-linux-musl/release/oci-image" \
+"$target_dir/$MIRAGE_TARGET/release/oci-image" \
     --binary "$binary" \
     --out "$out/mirage-dhcp" \
     --archive "$out/mirage-dhcp.tar" \

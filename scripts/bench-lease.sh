@@ -181,7 +181,8 @@ fi
 STABLE_NOTE=""
 if [[ ",$CLIENTS," == *,mirage-stable,* ]]; then
     if [ -z "$STABLE_BIN" ]; then
-        STABLE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-musl/release/mirage-dhcp"
+        . "$ROOT/scripts/rust-target.sh"
+        STABLE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$MIRAGE_TARGET/release/mirage-dhcp"
     fi
     if [ "$STABLE_BUILD" = 1 ]; then
         log "building mirage-dhcp with the stable toolchain (cargo build --release)"

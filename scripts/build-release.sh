@@ -10,8 +10,9 @@
 # stable toolchain builds the same code (`cargo build --release`, about 40%
 # larger); docs/benchmarks.md compares the two.
 #
-# usage: scripts/build-release.sh [--stable]
+# usage: scripts/build-release.sh [--stable | --check]
 #   --stable   build with the default toolchain and the prebuilt std instead
+#   --check    only say (exit status) whether the nightly build can run here
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,15 +20,26 @@ TARGET=x86_64-unknown-linux-musl
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 OUT="$TARGET_DIR/dist/mirage-dhcp"
 
+nightly_ready() {
+    local sysroot
+    sysroot="$(rustup run nightly rustc --print sysroot 2>/dev/null)" &&
+        [ -d "$sysroot/lib/rustlib/src/rust/library" ] &&
+        [ -d "$sysroot/lib/rustlib/$TARGET/lib" ]
+}
+
 case "${1:-}" in
+--check)
+    nightly_ready
+    exit
+    ;;
 --stable)
-    cargo build --locked --release -p mirage-dhcp --target "$TARGET"
-    BUILT="$TARGET_DIR/$TARGET/release/mirage-dhcp"
+    # musl, or static glibc where rustup could not add musl.
+    . scripts/rust-target.sh
+    cargo build --locked --release -p mirage-dhcp --target "$MIRAGE_TARGET"
+    BUILT="$TARGET_DIR/$MIRAGE_TARGET/release/mirage-dhcp"
     ;;
 "")
-    if ! rustup run nightly rustc --version >/dev/null 2>&1 ||
-        ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' ||
-        ! rustup target list --toolchain nightly --installed 2>/dev/null | grep -qx "$TARGET"; then
+    if ! nightly_ready; then
         echo "build-release: needs the nightly toolchain with rust-src and the $TARGET target" >&2
         echo "build-release: run scripts/install-deps.sh, or pass --stable" >&2
         exit 1
@@ -40,7 +52,7 @@ case "${1:-}" in
     BUILT="$TARGET_DIR/build-std/$TARGET/release/mirage-dhcp"
     ;;
 -h | --help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)

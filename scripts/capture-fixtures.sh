@@ -20,9 +20,10 @@ for tool in dnsmasq kea-dhcp4 ethtool python3; do
     command -v "$tool" >/dev/null || { echo "capture-fixtures.sh: $tool missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
 
+. scripts/rust-target.sh
 cargo build --release --locked -q -p mirage-dhcp
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-BIN="$TARGET_DIR/x86_64-unknown-linux-musl/release/mirage-dhcp"
+BIN="$TARGET_DIR/$MIRAGE_TARGET/release/mirage-dhcp"
 OUT="crates/dhcp-engine/tests/data/captured"
 ID=$$
 TMP="$(mktemp -d)"

@@ -24,11 +24,17 @@ apt-get install -y -qq --no-install-recommends \
 # library comes from rustup, which every Rust toolchain here is managed by.
 # The shipped binary (scripts/build-release.sh) rebuilds std from source
 # with the nightly toolchain, which the fuzzers use too.
+# These come from rustup's own server, not a package registry: where it
+# cannot be reached, the build falls back to static glibc, loudly
+# (scripts/rust-target.sh), and the shipped build to the stable toolchain.
+rustup_try() {
+    "$@" || echo "install-deps: warning: '$*' failed; see scripts/rust-target.sh" >&2
+}
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
-    rustup target add x86_64-unknown-linux-musl
+    rustup_try rustup target add x86_64-unknown-linux-musl
 fi
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-    rustup toolchain install nightly --profile minimal
+    rustup_try rustup toolchain install nightly --profile minimal
 fi
-rustup component add rust-src --toolchain nightly
-rustup target add x86_64-unknown-linux-musl --toolchain nightly
+rustup_try rustup component add rust-src --toolchain nightly
+rustup_try rustup target add x86_64-unknown-linux-musl --toolchain nightly

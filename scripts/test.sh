@@ -11,5 +11,6 @@ fi
 for tool in ip dnsmasq ethtool kea-dhcp4 dhcpd dhcrelay busybox nft; do
     command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool is missing (see .ci/run)" >&2; exit 1; }
 done
+. scripts/rust-target.sh
 # Each test bounds its own waits; this bounds the whole run.
 exec timeout 2400 cargo test --workspace --locked "$@"
