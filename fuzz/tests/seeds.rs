@@ -35,19 +35,9 @@ use mirage_ipc::{
 const MAX_SEED_LEN: usize = 4096;
 const TARGETS: [&str; 4] = ["frame_parse", "dhcp_roundtrip", "engine_events", "ipc_decode"];
 
-/// Hex fixture: `#` starts a comment, everything else is hex byte pairs.
-fn hex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text
-        .lines()
-        .flat_map(|l| l.split('#').next().unwrap_or("").bytes())
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).expect("ascii"), 16).expect("hex digit"))
-        .collect()
-}
+#[path = "../../crates/dhcp-engine/tests/support/hex.rs"]
+mod fixture;
+use fixture::hex;
 
 /// The codec fixtures: whole Ethernet frames of real servers' shapes.
 fn fixtures() -> Vec<(&'static str, Vec<u8>)> {

@@ -44,18 +44,9 @@ const T_RUN: Instant = Instant(10_100);
 /// Selecting / renewing clients per batch of the mix.
 const MIX_CLIENTS: usize = 8;
 
-/// Hex fixture: `#` starts a comment, everything else is hex byte pairs.
-fn hex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text
-        .lines()
-        .flat_map(|l| l.split('#').next().unwrap_or("").bytes())
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect()
-}
+#[path = "../tests/support/hex.rs"]
+mod fixture;
+use fixture::hex;
 
 fn offer_fixture() -> Vec<u8> {
     hex(include_str!("../tests/data/dnsmasq-offer.hex"))

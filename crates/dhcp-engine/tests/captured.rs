@@ -55,21 +55,9 @@ fn configured_routes() -> Vec<Route> {
     ]
 }
 
-/// Hex fixture: `#` starts a comment, everything else is hex byte pairs
-/// (the loader of `codec.rs`, copied so the two test files stay independent).
-fn hex(text: &str) -> Vec<u8> {
-    let digits: String = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(|l| l.chars())
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
+#[path = "support/hex.rs"]
+mod fixture;
+use fixture::hex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Server {

@@ -29,20 +29,9 @@ fn route(d: &str, p: u8, g: &str) -> Route {
     }
 }
 
-/// Hex fixture: `#` starts a comment, everything else is hex byte pairs.
-fn hex(text: &str) -> Vec<u8> {
-    let digits: String = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(|l| l.chars())
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
+#[path = "support/hex.rs"]
+mod fixture;
+use fixture::hex;
 
 fn dnsmasq_offer() -> Vec<u8> {
     hex(include_str!("data/dnsmasq-offer.hex"))
