@@ -25,7 +25,9 @@ use netlink_packet_core::{
     NLM_F_REQUEST, NetlinkHeader, NlasIterator,
 };
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope, CacheInfo};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeader, AddressMessage, AddressScope, CacheInfo,
+};
 use netlink_packet_route::link::{LinkFlags, LinkHeader};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -63,11 +65,6 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
-/// Fixed headers in front of the attributes: `struct ifinfomsg`,
-/// `struct ifaddrmsg` and `struct rtmsg` (linux/rtnetlink.h, if_addr.h).
-const IFINFOMSG_LEN: usize = 16;
-const IFADDRMSG_LEN: usize = 8;
-const RTMSG_LEN: usize = 12;
 /// The attributes we read back (linux/if_link.h, if_addr.h, rtnetlink.h).
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
@@ -82,8 +79,6 @@ const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PRIORITY: u16 = 6;
 const RTA_TABLE: u16 = 15;
-const AF_INET: u8 = 2;
-const RTN_UNICAST: u8 = 1;
 /// Multicast group bit of link events (`RTMGRP_LINK`) and its group number.
 const RTMGRP_LINK: u32 = 1;
 const RTNLGRP_LINK: u32 = 1;
@@ -127,12 +122,10 @@ pub struct LinkInfo {
 impl LinkInfo {
     /// Reads an RTM_NEWLINK payload (`ifinfomsg` + attributes).
     fn parse(payload: &[u8]) -> io::Result<LinkInfo> {
-        let fixed = payload
-            .get(..IFINFOMSG_LEN)
-            .ok_or_else(|| invalid_data("short ifinfomsg"))?;
-        let flags = ne_u32(&fixed[8..12]);
+        let header = LinkHeader::parse(payload).map_err(|_| invalid_data("short ifinfomsg"))?;
+        let flags = header.flags.bits();
         let mut info = LinkInfo {
-            index: ne_u32(&fixed[4..8]),
+            index: header.index,
             name: String::new(),
             mac: None,
             mtu: 0,
@@ -141,7 +134,7 @@ impl LinkInfo {
             up: flags & IFF_UP != 0,
             carrier: carrier_from_flags(flags),
         };
-        for (kind, value) in attributes(&payload[IFINFOMSG_LEN..])? {
+        for (kind, value) in attributes(&payload[header.buffer_len()..])? {
             match kind {
                 IFLA_IFNAME => {
                     let name = value.split(|&b| b == 0).next().unwrap_or_default();
@@ -179,8 +172,7 @@ struct RouteEntry {
     oif: Option<u32>,
     metric: u32,
     tos: u8,
-    /// `rtm_type` (RTN_UNICAST, RTN_LOCAL...).
-    kind: u8,
+    kind: RouteType,
 }
 
 fn invalid_input(what: &'static str) -> io::Error {
@@ -708,7 +700,7 @@ impl Rtnl {
         Ok(self
             .main_routes()?
             .into_iter()
-            .filter(|r| r.oif == Some(index) && r.kind == RTN_UNICAST)
+            .filter(|r| r.oif == Some(index) && r.kind == RouteType::Unicast)
             .map(|r| r.route)
             .collect())
     }
@@ -730,14 +722,12 @@ impl Rtnl {
 /// Reads an RTM_NEWADDR payload (`ifaddrmsg` + attributes); `None` for
 /// another interface's or a non-IPv4 address.
 fn parse_address(payload: &[u8], index: u32) -> io::Result<Option<AddressInfo>> {
-    let fixed = payload
-        .get(..IFADDRMSG_LEN)
-        .ok_or_else(|| invalid_data("short ifaddrmsg"))?;
-    if fixed[0] != AF_INET || ne_u32(&fixed[4..8]) != index {
+    let header = AddressHeader::parse(payload).map_err(|_| invalid_data("short ifaddrmsg"))?;
+    if header.family != AddressFamily::Inet || header.index != index {
         return Ok(None);
     }
     let (mut local, mut address, mut lifetimes) = (None, None, None);
-    for (kind, value) in attributes(&payload[IFADDRMSG_LEN..])? {
+    for (kind, value) in attributes(&payload[header.buffer_len()..])? {
         match kind {
             IFA_LOCAL => local = Some(attr_ipv4(value)?),
             IFA_ADDRESS => address = Some(attr_ipv4(value)?),
@@ -752,7 +742,7 @@ fn parse_address(payload: &[u8], index: u32) -> io::Result<Option<AddressInfo>> 
     let (valid_secs, preferred_secs) = lifetimes.unwrap_or((FOREVER, FOREVER));
     Ok(local.or(address).map(|addr| AddressInfo {
         addr,
-        prefix_len: fixed[1],
+        prefix_len: header.prefix_len,
         valid_secs,
         preferred_secs,
     }))
@@ -761,27 +751,23 @@ fn parse_address(payload: &[u8], index: u32) -> io::Result<Option<AddressInfo>> 
 /// Reads an RTM_NEWROUTE payload (`rtmsg` + attributes); `None` for a
 /// non-IPv4 route or one outside the main table.
 fn parse_main_route(payload: &[u8]) -> io::Result<Option<RouteEntry>> {
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
-    // type, flags (u32).
-    let fixed = payload
-        .get(..RTMSG_LEN)
-        .ok_or_else(|| invalid_data("short rtmsg"))?;
-    if fixed[0] != AF_INET {
+    let header = RouteHeader::parse(payload).map_err(|_| invalid_data("short rtmsg"))?;
+    if header.address_family != AddressFamily::Inet {
         return Ok(None);
     }
-    let mut table = u32::from(fixed[4]);
+    let mut table = u32::from(header.table);
     let mut entry = RouteEntry {
         route: Route {
             destination: Ipv4Addr::UNSPECIFIED,
-            prefix_len: fixed[1],
+            prefix_len: header.destination_prefix_length,
             gateway: Ipv4Addr::UNSPECIFIED,
         },
         oif: None,
         metric: 0,
-        tos: fixed[3],
-        kind: fixed[7],
+        tos: header.tos,
+        kind: header.kind,
     };
-    for (kind, value) in attributes(&payload[RTMSG_LEN..])? {
+    for (kind, value) in attributes(&payload[header.buffer_len()..])? {
         match kind {
             RTA_DST => entry.route.destination = attr_ipv4(value)?,
             RTA_GATEWAY => entry.route.gateway = attr_ipv4(value)?,
@@ -1154,6 +1140,14 @@ mod tests {
         assert_eq!((link.index, link.mtu), (5, 1400));
     }
 
+    /// Fixed header lengths (`ifinfomsg`, `ifaddrmsg`, `rtmsg`) and the
+    /// numbers the hand-built answers below use.
+    const IFINFOMSG_LEN: usize = 16;
+    const IFADDRMSG_LEN: usize = 8;
+    const RTMSG_LEN: usize = 12;
+    const AF_INET: u8 = 2;
+    const RTN_UNICAST: u8 = 1;
+
     /// One attribute as the kernel lays it out: length, type, value, padding.
     fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
         let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
@@ -1230,7 +1224,10 @@ mod tests {
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
             }
         );
-        assert_eq!((entry.oif, entry.metric, entry.kind), (Some(3), 100, RTN_UNICAST));
+        assert_eq!(
+            (entry.oif, entry.metric, entry.kind),
+            (Some(3), 100, RouteType::Unicast)
+        );
 
         // RTA_TABLE overrides the 8-bit table field (tables above 255).
         let mut other = msg.clone();
