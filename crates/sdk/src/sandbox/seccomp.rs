@@ -66,7 +66,8 @@ pub enum When {
     /// Argument `n` has none of the mask's bits set.
     ArgMaskClear(u8, u64),
     /// Argument `pid_arg` is the calling process's own pid and argument
-    /// `arg` equals `value`. The pid is the one [`filter_for`] is given.
+    /// `arg` equals `value`. The pid is the compiling process's (see
+    /// [`filter`]).
     OwnPidAndArgEq {
         pid_arg: u8,
         arg: u8,
@@ -386,17 +387,12 @@ fn target_arch() -> Result<TargetArch, seccompiler::BackendError> {
     TargetArch::try_from(std::env::consts::ARCH)
 }
 
-/// Compile `role`'s allow-list for the calling process (its own pid goes
-/// into the filter; see [`filter_for`]).
+/// Compile `role`'s allow-list into a BPF program (allocates). The calling
+/// process's pid goes into the self-signalling entries: a program compiled
+/// before `fork` names the parent, so the child could abort its parent and
+/// not itself. Compile in the process that installs it.
 pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
-    filter_for(role, std::process::id())
-}
-
-/// Compile `role`'s allow-list into a BPF program for the process `pid`,
-/// the only one its self-signalling entries let it signal (allocates;
-/// compile before `fork` if the program is to be applied where allocating
-/// is unsafe, with the child's pid).
-pub fn filter_for(role: Role, pid: u32) -> Result<BpfProgram, SeccompError> {
+    let pid = std::process::id();
     // None: allowed unconditionally; Some(rules): allowed if any rule matches.
     let mut calls: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for entry in allow_list(role) {
