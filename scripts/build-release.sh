@@ -10,9 +10,9 @@
 # stable toolchain builds the same code (`cargo build --release`, about 40%
 # larger); docs/benchmarks.md compares the two.
 #
-# usage: scripts/build-release.sh [--stable | --check]
+# usage: scripts/build-release.sh [--stable | --best]
 #   --stable   build with the default toolchain and the prebuilt std instead
-#   --check    only say (exit status) whether the nightly build can run here
+#   --best     the nightly build where it can run here, else --stable (warns)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,11 +27,17 @@ nightly_ready() {
         [ -d "$sysroot/lib/rustlib/$TARGET/lib" ]
 }
 
-case "${1:-}" in
---check)
-    nightly_ready
-    exit
-    ;;
+MODE="${1:-}"
+if [ "$MODE" = --best ]; then
+    if nightly_ready; then
+        MODE=""
+    else
+        echo "build-release: warning: no nightly toolchain with rust-src and $TARGET here; building --stable" >&2
+        MODE=--stable
+    fi
+fi
+
+case "$MODE" in
 --stable)
     # musl, or static glibc where rustup could not add musl.
     . scripts/rust-target.sh
@@ -56,7 +62,7 @@ case "${1:-}" in
     exit 0
     ;;
 *)
-    echo "build-release: unknown argument: $1 (see --help)" >&2
+    echo "build-release: unknown argument: $MODE (see --help)" >&2
     exit 2
     ;;
 esac

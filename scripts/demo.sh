@@ -8,11 +8,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root" >&2; exit 1; }
 command -v dnsmasq >/dev/null || { echo "demo.sh: apt-get install dnsmasq-base" >&2; exit 1; }
 
-if ./scripts/build-release.sh --check 2>/dev/null; then
-    ./scripts/build-release.sh >/dev/null
-else
-    ./scripts/build-release.sh --stable >/dev/null
-fi
+./scripts/build-release.sh --best >/dev/null
 BIN="${CARGO_TARGET_DIR:-$PWD/target}/dist/mirage-dhcp"
 ID=$$
 SRV="mirage-demo-srv-$ID"
