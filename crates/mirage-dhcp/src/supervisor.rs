@@ -11,6 +11,7 @@
 //!   engine --PublishStatus--> (supervisor adds its counters) --> actuator
 //! ```
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -21,9 +22,10 @@ use mirage_ipc::{
     ClientIdKind, EngineAction, EngineConfig, EngineEvent, FromActuator, FromEngine, FromNetwork, IntentKind,
     Lease, Outcome, PublishedStatus, Status, ToActuator, ToEngine, ToNetwork,
 };
-use mirage_sdk::channel::{Channel, wait_readable};
+use mirage_sdk::channel::{Channel, Outbox, OutboxError, wait, wait_readable};
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
+use mirage_sdk::log::{LineLimiter, LineVerdict};
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
 
@@ -35,8 +37,22 @@ use crate::roles::{self, RoleName};
 const RESTART_FIRST: Duration = Duration::from_millis(200);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(60);
-/// Engine messages handled in one round of the event loop (see there).
-const ENGINE_BURST: usize = 64;
+/// Messages read from one role in one round of the event loop: every role
+/// is drained in turn, so none can starve the others (or the signal pipe).
+const BURST: usize = 64;
+/// Messages for one role that its socket could not take yet. A role that
+/// leaves this many unread does not read its channel: an engine is then
+/// restarted, the network role or actuator stops the service.
+const OUTBOX_MAX: usize = 64;
+/// Intents of one engine the actuator has not answered yet. A real engine
+/// has at most three at a time (apply, persist, and a retry); one past the
+/// cap floods the actuator and is restarted.
+const MAX_ENGINE_INTENTS: usize = 16;
+/// Status publications in flight at the actuator; newer ones wait, and only
+/// the newest of those is sent (the actuator writes files for each).
+const MAX_PUBLISHES_IN_FLIGHT: u32 = 2;
+/// Lines a role's dead channel may still hold, read after it exited.
+const DRAIN_MAX: usize = 1024;
 /// How long a stop waits for the engine's last actions (RELEASE...).
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// status.json / metrics.prom are refreshed at least this often.
@@ -47,32 +63,81 @@ struct Role {
     name: RoleName,
     child: mirage_sdk::spawn::RoleProcess,
     chan: Channel,
+    /// What the role's socket could not take yet (never a blocking send).
+    outbox: Outbox,
     log: std::process::ChildStderr,
     log_buf: Vec<u8>,
+    log_limit: LineLimiter,
     started: StdInstant,
 }
 
 impl Role {
-    /// Relay complete lines from the role's stderr; `false` at EOF.
+    fn new(
+        name: RoleName,
+        child: mirage_sdk::spawn::RoleProcess,
+        chan: Channel,
+        log: std::process::ChildStderr,
+        started: StdInstant,
+    ) -> Role {
+        Role {
+            name,
+            child,
+            chan,
+            outbox: Outbox::new(OUTBOX_MAX),
+            log,
+            log_buf: Vec::new(),
+            log_limit: LineLimiter::new(
+                LineLimiter::ROLE_PER_SECOND,
+                LineLimiter::ROLE_BURST,
+                StdInstant::now(),
+            ),
+            started,
+        }
+    }
+
+    /// Relay complete lines from the role's stderr, rate-limited; `false`
+    /// at EOF.
     fn relay_logs(&mut self) -> bool {
+        self.relay_logs_to(&mut |line| eprintln!("{line}"))
+    }
+
+    fn relay_logs_to(&mut self, out: &mut dyn FnMut(&str)) -> bool {
         let mut buf = [0u8; 4096];
         let n = match self.log.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => {
+                let n = self.log_limit.take_suppressed();
+                if n > 0 {
+                    out(&format!(
+                        "[{}] {n} more log lines not relayed (rate limit)",
+                        self.name.as_str()
+                    ));
+                }
+                return false;
+            }
             Ok(n) => n,
         };
         self.log_buf.extend_from_slice(&buf[..n]);
         while let Some(pos) = self.log_buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.log_buf.drain(..=pos).collect();
-            eprintln!(
-                "{}",
-                mirage_sdk::log::relay_line(self.name.as_str(), &line[..line.len() - 1])
-            );
+            self.relay_line(&line[..line.len() - 1], out);
         }
         if self.log_buf.len() > mirage_sdk::log::MAX_RELAYED_LINE {
             let line: Vec<u8> = std::mem::take(&mut self.log_buf);
-            eprintln!("{}", mirage_sdk::log::relay_line(self.name.as_str(), &line));
+            self.relay_line(&line, out);
         }
         true
+    }
+
+    fn relay_line(&mut self, line: &[u8], out: &mut dyn FnMut(&str)) {
+        let name = self.name.as_str();
+        match self.log_limit.check(StdInstant::now()) {
+            LineVerdict::Drop => {}
+            LineVerdict::Relay => out(&mirage_sdk::log::relay_line(name, line)),
+            LineVerdict::RelayAfter(n) => {
+                out(&format!("[{name}] {n} log lines not relayed (rate limit)"));
+                out(&mirage_sdk::log::relay_line(name, line));
+            }
+        }
     }
 
     fn kill(&mut self) {
@@ -109,8 +174,16 @@ struct Supervisor {
     restart_delay: Duration,
     restart_at: Option<StdInstant>,
     last_publish: StdInstant,
-    /// Intents forwarded to the actuator and not answered yet.
-    outstanding: u32,
+    /// Which engine this is (counts restarts): answers to a dead engine's
+    /// intents are not handed to its successor.
+    engine_generation: u64,
+    /// The engine generation of each apply/remove/persist forwarded to the
+    /// actuator and not answered yet, oldest first (the actuator answers
+    /// those in order).
+    intents: VecDeque<u64>,
+    publishes_in_flight: u32,
+    /// A status to publish once one in flight is answered.
+    publish_pending: bool,
     drop_log: DropLog,
     applied: bool,
     /// Frames not delivered because the receiving role's queue was full.
@@ -198,29 +271,15 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     }
     let (engine, network, actuator) = (engine.finish()?, network.finish()?, actuator.finish()?);
 
-    let mut sup = Supervisor {
-        config: config.clone(),
+    let mut sup = Supervisor::new(
+        config.clone(),
         level,
-        ifindex: link.index,
-        mac,
+        (link.index, mac),
         engine_config,
-        engine: Some(engine),
-        network,
-        actuator,
-        lease: stored,
-        link_up: link.carrier,
-        status: Status::default(),
-        engine_restarts: 0,
-        frames_refused: 0,
-        intents_refused: 0,
-        restart_delay: RESTART_FIRST,
-        restart_at: None,
-        last_publish: StdInstant::now(),
-        outstanding: 0,
-        applied: false,
-        drop_log: DropLog::default(),
-        frames_shed: 0,
-    };
+        [engine, network, actuator],
+        stored,
+        link.carrier,
+    );
     log::info!(
         "started on {} (index {}, {}), sandbox {}",
         config.interface,
@@ -232,6 +291,46 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     let code = sup.event_loop(&signals, deadline);
     sup.shutdown();
     Ok(code)
+}
+
+impl Supervisor {
+    /// The supervisor of running roles (engine, network, actuator).
+    fn new(
+        config: Config,
+        level: log::LevelFilter,
+        (ifindex, mac): (u32, [u8; 6]),
+        engine_config: EngineConfig,
+        [engine, network, actuator]: [Role; 3],
+        lease: Option<Lease>,
+        link_up: bool,
+    ) -> Supervisor {
+        Supervisor {
+            config,
+            level,
+            ifindex,
+            mac,
+            engine_config,
+            engine: Some(engine),
+            network,
+            actuator,
+            lease,
+            link_up,
+            status: Status::default(),
+            engine_restarts: 0,
+            frames_refused: 0,
+            intents_refused: 0,
+            restart_delay: RESTART_FIRST,
+            restart_at: None,
+            last_publish: StdInstant::now(),
+            engine_generation: 0,
+            intents: VecDeque::new(),
+            publishes_in_flight: 0,
+            publish_pending: false,
+            applied: false,
+            drop_log: DropLog::default(),
+            frames_shed: 0,
+        }
+    }
 }
 
 struct RoleCommon<'a> {
@@ -323,14 +422,7 @@ impl StartingRole {
             .finish()
             .map_err(|e| format!("starting the {} role: {e}", name.as_str()))?;
         let (child, log) = child.into_parts();
-        Ok(Role {
-            name,
-            child,
-            chan: self.chan,
-            log,
-            log_buf: Vec::new(),
-            started: self.started,
-        })
+        Ok(Role::new(name, child, self.chan, log, self.started))
     }
 }
 
@@ -378,6 +470,7 @@ impl Supervisor {
         )?
         .finish()?;
         self.engine = Some(role);
+        self.engine_generation += 1;
         Ok(())
     }
 
@@ -395,55 +488,96 @@ impl Supervisor {
         }
     }
 
+    /// Hand an event to the engine without ever blocking (see [`Outbox`]);
+    /// an engine that leaves [`OUTBOX_MAX`] of them unread is restarted.
     fn send_engine(&mut self, event: EngineEvent) {
-        if let Some(e) = &self.engine
-            && let Err(err) = e.chan.send(&ToEngine::Event(event))
-        {
+        let Some(e) = &mut self.engine else { return };
+        if let Err(err) = e.outbox.push(&e.chan, &ToEngine::Event(event)) {
             self.engine_failed(&format!("send: {err}"));
         }
     }
 
-    /// Hand a frame on without ever blocking: the supervisor must not wait
-    /// on a role that may itself be blocked sending to the supervisor (both
-    /// would hang, e.g. under a flood of junk frames). A full queue drops
-    /// the frame, as a busy link would; DHCP retransmits.
+    /// Hand a frame on without ever blocking: a frame that the receiving
+    /// role's socket cannot take now, or that would overtake messages
+    /// queued before it, is dropped, as a busy link would; DHCP retransmits.
     fn send_frame<T: serde::Serialize>(&mut self, to: RoleName, msg: &T) -> Result<(), String> {
-        let chan = match to {
+        let role = match to {
             RoleName::Engine => match &self.engine {
-                Some(e) => &e.chan,
+                Some(e) => e,
                 None => return Ok(()),
             },
-            RoleName::Network => &self.network.chan,
-            RoleName::Actuator => &self.actuator.chan,
+            RoleName::Network => &self.network,
+            RoleName::Actuator => &self.actuator,
         };
-        match chan.try_send(msg) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                self.frames_shed += 1;
-                // Logged at 1, 2, 4, 8... so a flood cannot flood the log.
-                if self.frames_shed.is_power_of_two() {
-                    log::warn!(
-                        "the {} role's queue is full: {} frames dropped so far",
-                        to.as_str(),
-                        self.frames_shed
-                    );
-                }
-                Ok(())
+        let sent = if role.outbox.is_empty() {
+            role.chan
+                .try_send(msg)
+                .map_err(|e| format!("{}: {e}", to.as_str()))?
+        } else {
+            false
+        };
+        if !sent {
+            self.frames_shed += 1;
+            // Logged at 1, 2, 4, 8... so a flood cannot flood the log.
+            if self.frames_shed.is_power_of_two() {
+                log::warn!(
+                    "the {} role's queue is full: {} frames dropped so far",
+                    to.as_str(),
+                    self.frames_shed
+                );
             }
-            Err(e) => Err(format!("{}: {e}", to.as_str())),
         }
+        Ok(())
     }
 
+    /// Queue a message for the actuator (it answers every one). It never
+    /// blocks; an actuator that leaves [`OUTBOX_MAX`] unread stops the
+    /// service, since nothing else can apply or remove the lease.
     fn send_actuator(&mut self, msg: ToActuator) -> Result<(), String> {
-        self.outstanding += 1;
-        self.actuator
-            .chan
-            .send(&msg)
-            .map_err(|e| format!("actuator: {e}"))
+        match &msg {
+            ToActuator::Publish(_) => self.publishes_in_flight += 1,
+            _ => self.intents.push_back(self.engine_generation),
+        }
+        let a = &mut self.actuator;
+        a.outbox.push(&a.chan, &msg).map_err(|e| match e {
+            OutboxError::Full => "the actuator does not read its channel".to_string(),
+            OutboxError::Channel(e) => format!("actuator: {e}"),
+        })
     }
 
+    /// Requests the actuator has not answered yet.
+    fn outstanding(&self) -> usize {
+        self.intents.len() + self.publishes_in_flight as usize
+    }
+
+    /// Forward an engine's intent, unless that engine already has
+    /// [`MAX_ENGINE_INTENTS`] unanswered: then it floods the actuator (a
+    /// real engine never does) and is restarted instead.
+    fn forward_intent(&mut self, msg: ToActuator) -> Result<(), String> {
+        let mine = self
+            .intents
+            .iter()
+            .filter(|&&g| g == self.engine_generation)
+            .count();
+        if mine >= MAX_ENGINE_INTENTS {
+            self.intents_refused += 1;
+            self.engine_failed(&format!(
+                "more than {MAX_ENGINE_INTENTS} intents waiting for the actuator"
+            ));
+            return Ok(());
+        }
+        self.send_actuator(msg)
+    }
+
+    /// Publish the status; while [`MAX_PUBLISHES_IN_FLIGHT`] are being
+    /// written, only remember that a newer one is due.
     fn publish(&mut self) -> Result<(), String> {
         self.last_publish = StdInstant::now();
+        if self.publishes_in_flight >= MAX_PUBLISHES_IN_FLIGHT {
+            self.publish_pending = true;
+            return Ok(());
+        }
+        self.publish_pending = false;
         let p = PublishedStatus {
             status: self.status.clone(),
             interface: self.config.interface.clone(),
@@ -470,16 +604,16 @@ impl Supervisor {
                     lease.server_id,
                     valid_secs
                 );
-                self.send_actuator(ToActuator::Apply { lease, valid_secs })?;
+                self.forward_intent(ToActuator::Apply { lease, valid_secs })?;
             }
             FromEngine::Action(EngineAction::RemoveLease { lease }) => {
                 log::info!("removing {}/{}", lease.address, lease.prefix_len);
                 self.applied = false;
-                self.send_actuator(ToActuator::Remove { lease })?;
+                self.forward_intent(ToActuator::Remove { lease })?;
             }
             FromEngine::Action(EngineAction::PersistLease(lease)) => {
                 self.lease = lease.clone();
-                self.send_actuator(ToActuator::Persist(lease))?;
+                self.forward_intent(ToActuator::Persist(lease))?;
             }
             FromEngine::Action(EngineAction::PublishStatus(status)) => {
                 if !forwardable(&status, &self.config.interface) {
@@ -503,7 +637,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn on_actuator_message(&mut self, msg: FromActuator) {
+    fn on_actuator_message(&mut self, msg: FromActuator) -> Result<(), String> {
         match msg {
             FromActuator::LinkUp => {
                 log::info!("carrier up");
@@ -516,7 +650,13 @@ impl Supervisor {
                 self.send_engine(EngineEvent::LinkDown);
             }
             FromActuator::Result { kind, outcome } => {
-                self.outstanding = self.outstanding.saturating_sub(1);
+                // Whose intent this answers; `None` for a publish.
+                let generation = if kind == IntentKind::PublishStatus {
+                    self.publishes_in_flight = self.publishes_in_flight.saturating_sub(1);
+                    None
+                } else {
+                    Some(self.intents.pop_front())
+                };
                 let ok = matches!(outcome, Outcome::Done);
                 match outcome {
                     Outcome::Refused(r) => {
@@ -530,17 +670,24 @@ impl Supervisor {
                         }
                     }
                 }
-                if kind != IntentKind::PublishStatus {
-                    self.send_engine(EngineEvent::IntentResult { kind, ok });
+                match generation {
+                    None if self.publish_pending => self.publish()?,
+                    None => {}
+                    Some(g) if g == Some(self.engine_generation) => {
+                        self.send_engine(EngineEvent::IntentResult { kind, ok })
+                    }
+                    // An answer to an engine that was restarted since.
+                    Some(_) => {}
                 }
             }
         }
+        Ok(())
     }
 
     fn event_loop(&mut self, signals: &SignalPipe, deadline: Option<StdInstant>) -> ExitCode {
         loop {
             if let Some(d) = deadline {
-                if self.applied && self.outstanding == 0 {
+                if self.applied && self.outstanding() == 0 {
                     log::info!("lease applied; exiting (--oneshot)");
                     return ExitCode::SUCCESS;
                 }
@@ -566,18 +713,6 @@ impl Supervisor {
                 log::error!("{e}");
                 return ExitCode::FAILURE;
             }
-
-            let mut fds: Vec<BorrowedFd<'_>> = vec![
-                signals.read.as_fd(),
-                self.network.chan.as_fd(),
-                self.network.log.as_fd(),
-                self.actuator.chan.as_fd(),
-                self.actuator.log.as_fd(),
-            ];
-            if let Some(e) = &self.engine {
-                fds.push(e.chan.as_fd());
-                fds.push(e.log.as_fd());
-            }
             let mut timeout = REPUBLISH.saturating_sub(self.last_publish.elapsed());
             if let Some(at) = self.restart_at {
                 timeout = timeout.min(at.saturating_duration_since(StdInstant::now()));
@@ -585,137 +720,166 @@ impl Supervisor {
             if let Some(d) = deadline {
                 timeout = timeout.min(d.saturating_duration_since(StdInstant::now()));
             }
-            let ready = wait_readable(&fds, Some(timeout.as_millis().min(60_000) as u64 + 1));
-            drop(fds);
-            let ready = match ready {
-                Ok(r) => r,
+            let timeout_ms = timeout.as_millis().min(60_000) as u64 + 1;
+            match self.round(Some(signals.read.as_fd()), timeout_ms) {
+                Ok(Progress { signal: true, .. }) => {
+                    let sig = signals.read();
+                    log::info!("signal {sig}: stopping");
+                    self.stop();
+                    return ExitCode::SUCCESS;
+                }
+                Ok(_) => {}
                 Err(e) => {
-                    log::error!("poll: {e}");
+                    log::error!("{e}");
                     return ExitCode::FAILURE;
-                }
-            };
-            if ready[0] {
-                let sig = signals.read();
-                log::info!("signal {sig}: stopping");
-                self.stop();
-                return ExitCode::SUCCESS;
-            }
-            if ready[2] && !self.network.relay_logs() {
-                log::error!("the network role exited");
-                return ExitCode::FAILURE;
-            }
-            if ready[4] && !self.actuator.relay_logs() {
-                log::error!("the actuator role exited");
-                return ExitCode::FAILURE;
-            }
-            if ready.len() > 6 && ready[6] && !self.engine.as_mut().is_some_and(|e| e.relay_logs()) {
-                self.engine_failed("exited");
-            }
-            if ready[1] {
-                match self.network.chan.recv::<FromNetwork>() {
-                    Ok(Some(FromNetwork::Frame {
-                        data,
-                        checksum_offloaded,
-                    })) => {
-                        let event = ToEngine::Event(EngineEvent::Frame {
-                            data,
-                            checksum_offloaded,
-                        });
-                        if let Err(e) = self.send_frame(RoleName::Engine, &event) {
-                            self.engine_failed(&format!("send: {e}"));
-                        }
-                    }
-                    Ok(Some(FromNetwork::Refused { reason })) => {
-                        self.frames_refused += 1;
-                        log::warn!("network role refused a frame from the engine: {reason}");
-                    }
-                    Ok(None) => {
-                        log::error!("the network role closed its channel");
-                        return ExitCode::FAILURE;
-                    }
-                    Err(e) => {
-                        log::error!("bad message from the network role: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            if ready[3] {
-                match self.actuator.chan.recv::<FromActuator>() {
-                    Ok(Some(msg)) => self.on_actuator_message(msg),
-                    Ok(None) => {
-                        log::error!("the actuator role closed its channel");
-                        return ExitCode::FAILURE;
-                    }
-                    Err(e) => {
-                        log::error!("bad message from the actuator role: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            // Everything the engine has queued, up to a bound: with one
-            // message a round, an engine that answers some frames with two
-            // (a drop report, then a status) falls behind under a flood
-            // until it blocks sending while we block forwarding to it.
-            let mut burst = 0;
-            while ready.len() > 5 && ready[5] && burst < ENGINE_BURST {
-                burst += 1;
-                let msg = self.engine.as_ref().map(|e| e.chan.recv::<FromEngine>());
-                match msg {
-                    Some(Ok(Some(msg))) => {
-                        if let Err(e) = self.on_engine_message(msg) {
-                            log::error!("{e}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                    Some(Ok(None)) => self.engine_failed("closed its channel"),
-                    Some(Err(e)) => self.engine_failed(&format!("sent a bad message: {e}")),
-                    None => {}
-                }
-                let more = self
-                    .engine
-                    .as_ref()
-                    .map(|e| wait_readable(&[e.chan.as_fd()], Some(0)));
-                if !matches!(more, Some(Ok(r)) if r[0]) {
-                    break;
                 }
             }
         }
     }
 
+    /// One round of the event loop: wait up to `timeout_ms` for any role
+    /// (or `signal`), then send what the roles' sockets take, relay logs and
+    /// read at most [`BURST`] messages from each role. Nothing here blocks,
+    /// so a role that floods or stops reading can slow a round but never
+    /// hold the supervisor. An error stops the service.
+    fn round(&mut self, signal: Option<BorrowedFd<'_>>, timeout_ms: u64) -> Result<Progress, String> {
+        let mut fds: Vec<(BorrowedFd<'_>, bool)> = vec![
+            (self.network.chan.as_fd(), !self.network.outbox.is_empty()),
+            (self.network.log.as_fd(), false),
+            (self.actuator.chan.as_fd(), !self.actuator.outbox.is_empty()),
+            (self.actuator.log.as_fd(), false),
+        ];
+        if let Some(e) = &self.engine {
+            fds.push((e.chan.as_fd(), !e.outbox.is_empty()));
+            fds.push((e.log.as_fd(), false));
+        }
+        if let Some(fd) = signal {
+            fds.push((fd, false));
+        }
+        let ready = wait(&fds, Some(timeout_ms)).map_err(|e| format!("poll: {e}"))?;
+        drop(fds);
+        let has_engine = self.engine.is_some();
+        let (engine_chan, engine_log) = if has_engine {
+            (ready[4].readable, ready[5].readable)
+        } else {
+            (false, false)
+        };
+        let progress = Progress {
+            signal: signal.is_some() && ready.last().is_some_and(|r| r.readable),
+            any: ready.iter().any(|r| r.readable),
+        };
+
+        self.network
+            .outbox
+            .flush(&self.network.chan)
+            .map_err(|e| format!("network: {e}"))?;
+        self.actuator
+            .outbox
+            .flush(&self.actuator.chan)
+            .map_err(|e| format!("actuator: {e}"))?;
+        if let Some(e) = &mut self.engine
+            && let Err(err) = e.outbox.flush(&e.chan)
+        {
+            self.engine_failed(&format!("send: {err}"));
+        }
+
+        if ready[1].readable && !self.network.relay_logs() {
+            return Err("the network role exited".into());
+        }
+        if ready[3].readable && !self.actuator.relay_logs() {
+            return Err("the actuator role exited".into());
+        }
+        let engine_exited = engine_log && !self.engine.as_mut().is_some_and(|e| e.relay_logs());
+
+        let mut readable = ready[0].readable;
+        for _ in 0..BURST {
+            if !readable {
+                break;
+            }
+            match self.network.chan.recv::<FromNetwork>() {
+                Ok(Some(FromNetwork::Frame {
+                    data,
+                    checksum_offloaded,
+                })) => {
+                    let event = ToEngine::Event(EngineEvent::Frame {
+                        data,
+                        checksum_offloaded,
+                    });
+                    if let Err(e) = self.send_frame(RoleName::Engine, &event) {
+                        self.engine_failed(&format!("send: {e}"));
+                    }
+                }
+                Ok(Some(FromNetwork::Refused { reason })) => {
+                    self.frames_refused += 1;
+                    log::warn!("network role refused a frame from the engine: {reason}");
+                }
+                Ok(None) => return Err("the network role closed its channel".into()),
+                Err(e) => return Err(format!("bad message from the network role: {e}")),
+            }
+            readable = more(&self.network.chan)?;
+        }
+
+        let mut readable = ready[2].readable;
+        for _ in 0..BURST {
+            if !readable {
+                break;
+            }
+            match self.actuator.chan.recv::<FromActuator>() {
+                Ok(Some(msg)) => self.on_actuator_message(msg)?,
+                Ok(None) => return Err("the actuator role closed its channel".into()),
+                Err(e) => return Err(format!("bad message from the actuator role: {e}")),
+            }
+            readable = more(&self.actuator.chan)?;
+        }
+
+        // An engine that exited may have sent its last intents (a lease to
+        // persist) just before: read everything it left before acting on
+        // its exit.
+        let budget = if engine_exited { DRAIN_MAX } else { BURST };
+        let mut readable = engine_chan || engine_exited;
+        for _ in 0..budget {
+            if !readable {
+                break;
+            }
+            let Some(e) = &self.engine else { break };
+            match e.chan.recv::<FromEngine>() {
+                Ok(Some(msg)) => self.on_engine_message(msg)?,
+                Ok(None) => self.engine_failed("closed its channel"),
+                Err(e) => self.engine_failed(&format!("sent a bad message: {e}")),
+            }
+            readable = match &self.engine {
+                Some(e) => more(&e.chan)?,
+                None => false,
+            };
+        }
+        if engine_exited {
+            self.engine_failed("exited");
+        }
+        Ok(progress)
+    }
+
     /// SIGTERM/SIGINT: let the engine release (if configured) and finish its
-    /// last intents, within a grace period.
+    /// last intents, within a grace period that nothing can extend: every
+    /// round is bounded and nothing in it blocks.
     fn stop(&mut self) {
         self.send_engine(EngineEvent::Stop { force_release: false });
         let until = StdInstant::now() + STOP_GRACE;
         while StdInstant::now() < until {
-            let Some(engine) = &self.engine else { break };
-            let fds = [engine.chan.as_fd(), self.actuator.chan.as_fd()];
             let left = until.saturating_duration_since(StdInstant::now()).as_millis() as u64;
-            let ready = match wait_readable(&fds, Some(left.clamp(1, 200))) {
-                Ok(r) => r,
-                Err(_) => break,
-            };
-            if ready[0] {
-                match engine.chan.recv::<FromEngine>() {
-                    Ok(Some(msg)) => {
-                        if self.on_engine_message(msg).is_err() {
-                            break;
-                        }
+            match self.round(None, left.clamp(1, 200)) {
+                Ok(p) => {
+                    let queued = !self.actuator.outbox.is_empty() || !self.network.outbox.is_empty();
+                    if !p.any && !queued && self.outstanding() == 0 {
+                        break;
                     }
-                    _ => break,
-                }
-            }
-            if ready[1] {
-                match self.actuator.chan.recv::<FromActuator>() {
-                    Ok(Some(FromActuator::Result { .. })) => {
-                        self.outstanding = self.outstanding.saturating_sub(1)
+                    if self.engine.is_none() && self.outstanding() == 0 && !queued {
+                        break;
                     }
-                    Ok(Some(_)) => {}
-                    _ => break,
                 }
-            }
-            if !ready[0] && !ready[1] && self.outstanding == 0 {
-                break;
+                Err(e) => {
+                    log::error!("{e}");
+                    break;
+                }
             }
         }
     }
@@ -729,6 +893,22 @@ impl Supervisor {
         while self.network.relay_logs() {}
         while self.actuator.relay_logs() {}
     }
+}
+
+/// What one [`Supervisor::round`] saw.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    /// The signal pipe was readable.
+    signal: bool,
+    /// Anything was readable.
+    any: bool,
+}
+
+/// Whether another message waits on `chan` (a zero-timeout poll).
+fn more(chan: &Channel) -> Result<bool, String> {
+    wait_readable(&[chan.as_fd()], Some(0))
+        .map(|r| r[0])
+        .map_err(|e| format!("poll: {e}"))
 }
 
 /// resolv.conf as the actuator gets it: the directory that really holds it
@@ -935,6 +1115,209 @@ impl SignalPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{FileConfig, Overrides};
+    use std::io::Write as _;
+
+    /// A stand-in role: a real child process (`sh -c script`) whose stderr
+    /// is the role's log, and the channel's far end for the test to play
+    /// the role with.
+    fn stand_in(name: RoleName, script: &str) -> (Role, Channel) {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        let log = child.stderr.take().expect("piped stderr");
+        let (ours, theirs) = Channel::pair().expect("socketpair");
+        (
+            Role::new(name, child.into(), ours, log, StdInstant::now()),
+            theirs,
+        )
+    }
+
+    /// A supervisor over three stand-in roles, and their far ends (engine,
+    /// network, actuator). Restarts are scheduled but never due during a
+    /// test: a restart would re-execute the test binary as a role.
+    fn supervisor_with_stand_ins() -> (Supervisor, [Channel; 3]) {
+        let config = Config::resolve(
+            Path::new("config.toml"),
+            FileConfig::default(),
+            Overrides {
+                interface: Some("eth0".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("a valid config");
+        let mac = [2, 0, 0, 0, 0, 1];
+        let (engine, e) = stand_in(RoleName::Engine, "exec sleep 60");
+        let (network, n) = stand_in(RoleName::Network, "exec sleep 60");
+        let (actuator, a) = stand_in(RoleName::Actuator, "exec sleep 60");
+        let mut sup = Supervisor::new(
+            config,
+            log::LevelFilter::Info,
+            (1, mac),
+            EngineConfig::new(mac, ClientIdKind::Mac),
+            [engine, network, actuator],
+            None,
+            true,
+        );
+        sup.restart_delay = Duration::from_secs(3600);
+        (sup, [e, n, a])
+    }
+
+    /// Runs the event loop on a thread, sends it a signal after `after`,
+    /// and returns the supervisor once the loop has returned; fails if it
+    /// did not return within its stop grace plus a margin for slow machines.
+    fn stop_after(mut sup: Supervisor, after: Duration) -> Supervisor {
+        let (read, write) = std::os::unix::net::UnixStream::pair().unwrap();
+        read.set_nonblocking(true).unwrap();
+        let signals = SignalPipe { read };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let code = sup.event_loop(&signals, None);
+            let _ = tx.send((code, sup));
+        });
+        std::thread::sleep(after);
+        (&write).write_all(b"T").unwrap();
+        let (code, mut sup) = rx
+            .recv_timeout(STOP_GRACE + Duration::from_secs(10))
+            .expect("the supervisor did not honour the signal: it is blocked");
+        assert_eq!(code, ExitCode::SUCCESS);
+        sup.shutdown();
+        sup
+    }
+
+    fn apply() -> FromEngine {
+        FromEngine::Action(EngineAction::ApplyLease {
+            lease: Lease {
+                address: std::net::Ipv4Addr::new(10, 0, 0, 5),
+                prefix_len: 24,
+                server_id: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                routes: vec![],
+                dns_servers: vec![],
+                ntp_servers: vec![],
+                domain_name: None,
+                search: vec![],
+                hostname: None,
+                mtu: None,
+                lease_secs: 600,
+                renew_secs: 300,
+                rebind_secs: 525,
+                acquired_at: mirage_ipc::Instant(0),
+            },
+            valid_secs: 600,
+        })
+    }
+
+    #[test]
+    fn an_engine_flooding_intents_is_restarted_and_signals_still_work() {
+        let (sup, [engine, _network, actuator]) = supervisor_with_stand_ins();
+        // The engine sends intents as fast as the supervisor takes them.
+        std::thread::spawn(move || while engine.send(&apply()).is_ok() {});
+        // The actuator answers every request, sending each answer before it
+        // reads the next request (as the real one does): with blocking
+        // sends both ways, it and the supervisor wedge each other.
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = answered.clone();
+        std::thread::spawn(move || {
+            while let Ok(Some(msg)) = actuator.recv::<ToActuator>() {
+                let kind = match msg {
+                    ToActuator::Publish(_) => IntentKind::PublishStatus,
+                    _ => IntentKind::ApplyLease,
+                };
+                let result = FromActuator::Result {
+                    kind,
+                    outcome: Outcome::Done,
+                };
+                if actuator.send(&result).is_err() {
+                    break;
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let sup = stop_after(sup, Duration::from_millis(500));
+        assert!(sup.engine.is_none(), "the flooding engine was not stopped");
+        assert!(sup.restart_at.is_some(), "no restart was scheduled");
+        assert!(sup.intents_refused >= 1);
+        let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            answered <= (MAX_ENGINE_INTENTS + OUTBOX_MAX) as u64 + 8,
+            "{answered} intents reached the actuator: the cap did not hold"
+        );
+    }
+
+    #[test]
+    fn an_engine_that_stops_reading_is_restarted_and_signals_still_work() {
+        let (sup, [engine, _network, actuator]) = supervisor_with_stand_ins();
+        // The engine never reads; the actuator reports carrier changes
+        // without pause, each of which the supervisor hands to the engine.
+        std::thread::spawn(move || {
+            let mut up = false;
+            loop {
+                up = !up;
+                let msg = if up {
+                    FromActuator::LinkUp
+                } else {
+                    FromActuator::LinkDown
+                };
+                if actuator.send(&msg).is_err() {
+                    break;
+                }
+            }
+        });
+        let sup = stop_after(sup, Duration::from_millis(500));
+        drop(engine);
+        assert!(
+            sup.engine.is_none(),
+            "the engine that does not read was not stopped"
+        );
+        assert!(sup.restart_at.is_some(), "no restart was scheduled");
+    }
+
+    #[test]
+    fn an_actuator_that_stops_reading_never_wedges_the_supervisor() {
+        let (mut sup, [engine, _network, actuator]) = supervisor_with_stand_ins();
+        // Under the intent cap, but the actuator never answers or reads.
+        std::thread::spawn(move || {
+            for _ in 0..MAX_ENGINE_INTENTS - 1 {
+                let _ = engine.send(&apply());
+            }
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        for _ in 0..OUTBOX_MAX * 4 {
+            let _ = sup.publish();
+        }
+        // Publishes beyond those in flight are coalesced, never queued.
+        assert_eq!(sup.publishes_in_flight, MAX_PUBLISHES_IN_FLIGHT);
+        let sup = stop_after(sup, Duration::from_millis(300));
+        assert!(sup.outstanding() <= MAX_ENGINE_INTENTS + MAX_PUBLISHES_IN_FLIGHT as usize);
+        drop(actuator);
+    }
+
+    #[test]
+    fn a_role_flooding_its_log_is_relayed_at_a_bounded_rate() {
+        let (mut role, _chan) = stand_in(RoleName::Engine, "exec yes 'INFO flood' >&2");
+        let start = StdInstant::now();
+        let (mut relayed, mut summaries) = (0u64, 0u64);
+        while start.elapsed() < Duration::from_millis(1500) {
+            assert!(role.relay_logs_to(&mut |line| {
+                if line.contains("not relayed (rate limit)") {
+                    summaries += 1;
+                } else {
+                    assert_eq!(line, "[engine] INFO flood");
+                    relayed += 1;
+                }
+            }));
+        }
+        let secs = start.elapsed().as_secs() + 1;
+        let bound = u64::from(LineLimiter::ROLE_BURST) + secs * u64::from(LineLimiter::ROLE_PER_SECOND);
+        assert!(relayed <= bound, "{relayed} lines relayed (bound {bound})");
+        assert!(relayed >= u64::from(LineLimiter::ROLE_BURST), "{relayed}");
+        assert!(summaries >= 1 && summaries <= secs, "{summaries} summary lines");
+        role.kill();
+    }
 
     #[test]
     fn stopping_a_live_role_that_keeps_its_stderr_open_returns() {
@@ -948,14 +1331,8 @@ mod tests {
             .spawn()
             .expect("sleep(1) runs");
         let log = child.stderr.take().expect("piped stderr");
-        let mut role = Role {
-            name: RoleName::Engine,
-            child: child.into(),
-            chan: Channel::pair().expect("socketpair").0,
-            log,
-            log_buf: Vec::new(),
-            started: StdInstant::now(),
-        };
+        let chan = Channel::pair().expect("socketpair").0;
+        let mut role = Role::new(RoleName::Engine, child.into(), chan, log, StdInstant::now());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             role.kill_and_drain();

@@ -10,6 +10,7 @@
 //! Only plain system calls are used (`socketpair`, `sendto`, `recvfrom`,
 //! `ppoll`, `close`) so that a seccomp allow-list can name every one of them.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -161,10 +162,16 @@ impl Channel {
     /// is itself blocked sending back to it would deadlock both.
     pub fn try_send<T: Serialize>(&self, msg: &T) -> Result<bool, ChannelError> {
         let bytes = mirage_ipc::encode(msg).map_err(ChannelError::Codec)?;
-        match self.send_flags(&bytes, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
+        Ok(self.try_send_raw(&bytes)?)
+    }
+
+    /// [`Channel::try_send`] for already-encoded bytes: `Ok(false)` when the
+    /// peer's queue is full.
+    pub fn try_send_raw(&self, bytes: &[u8]) -> io::Result<bool> {
+        match self.send_flags(bytes, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(ChannelError::Io(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -311,6 +318,119 @@ impl From<Channel> for OwnedFd {
     }
 }
 
+/// Messages for one peer that must not be lost but must never block the
+/// sender: what the peer's socket cannot take now waits here, in order, up
+/// to a bound. A sender that blocks on a peer which is itself blocked
+/// sending back to it would deadlock both; an outbox that overflows instead
+/// tells the caller that the peer does not read, and the caller ends it.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: VecDeque<Vec<u8>>,
+    max: usize,
+}
+
+/// Why [`Outbox::push`] failed.
+#[derive(Debug)]
+pub enum OutboxError {
+    /// The peer has not taken the `max` messages queued before this one.
+    Full,
+    Channel(ChannelError),
+}
+
+impl fmt::Display for OutboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutboxError::Full => f.write_str("the peer does not read its channel (queue full)"),
+            OutboxError::Channel(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Outbox {
+    /// An outbox that holds at most `max` messages the socket did not take.
+    pub fn new(max: usize) -> Self {
+        Outbox {
+            queue: VecDeque::new(),
+            max,
+        }
+    }
+
+    /// Send `msg` now if the socket takes it and nothing is waiting before
+    /// it, else queue it. Never blocks.
+    pub fn push<T: Serialize>(&mut self, chan: &Channel, msg: &T) -> Result<(), OutboxError> {
+        let bytes = mirage_ipc::encode(msg).map_err(|e| OutboxError::Channel(ChannelError::Codec(e)))?;
+        self.flush(chan).map_err(OutboxError::Channel)?;
+        if self.queue.is_empty()
+            && chan
+                .try_send_raw(&bytes)
+                .map_err(|e| OutboxError::Channel(e.into()))?
+        {
+            return Ok(());
+        }
+        if self.queue.len() >= self.max {
+            return Err(OutboxError::Full);
+        }
+        self.queue.push_back(bytes);
+        Ok(())
+    }
+
+    /// Send what is queued, in order, while the socket takes it.
+    pub fn flush(&mut self, chan: &Channel) -> Result<(), ChannelError> {
+        while let Some(bytes) = self.queue.front() {
+            if !chan.try_send_raw(bytes)? {
+                break;
+            }
+            self.queue.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Messages waiting for the peer.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// What [`wait`] found for one descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Data, or a hang-up the next read reports.
+    pub readable: bool,
+    /// Room to send (only reported when asked for).
+    pub writable: bool,
+}
+
+/// Like [`wait_readable`], also waking when a descriptor whose flag is set
+/// in `fds` has room to send (for draining an [`Outbox`]).
+pub fn wait(fds: &[(BorrowedFd<'_>, bool)], timeout_ms: Option<u64>) -> io::Result<Vec<Ready>> {
+    let events: Vec<(BorrowedFd<'_>, libc::c_short)> = fds
+        .iter()
+        .map(|(fd, write)| {
+            (
+                *fd,
+                if *write {
+                    READABLE | libc::POLLOUT
+                } else {
+                    READABLE
+                },
+            )
+        })
+        .collect();
+    let revents = poll_events(&events, timeout_ms)?;
+    Ok(revents
+        .iter()
+        .zip(fds)
+        .map(|(r, (_, write))| Ready {
+            readable: r & READABLE != 0,
+            writable: *write && r & libc::POLLOUT != 0,
+        })
+        .collect())
+}
+
 /// Events that make a descriptor worth a read: data, or a hang-up/error that
 /// the next read reports (end-of-file for a channel).
 const READABLE: libc::c_short = libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP;
@@ -327,11 +447,19 @@ pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout_ms: Option<u64>) -> io::Res
 
 /// ppoll(2) with EINTR retried against a deadline on CLOCK_MONOTONIC.
 fn poll_once(fds: &[BorrowedFd<'_>], timeout_ms: Option<u64>) -> io::Result<Vec<libc::c_short>> {
+    let events: Vec<(BorrowedFd<'_>, libc::c_short)> = fds.iter().map(|fd| (*fd, READABLE)).collect();
+    poll_events(&events, timeout_ms)
+}
+
+fn poll_events(
+    fds: &[(BorrowedFd<'_>, libc::c_short)],
+    timeout_ms: Option<u64>,
+) -> io::Result<Vec<libc::c_short>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|fd| libc::pollfd {
+        .map(|(fd, events)| libc::pollfd {
             fd: fd.as_raw_fd(),
-            events: READABLE,
+            events: *events,
             revents: 0,
         })
         .collect();
@@ -422,6 +550,40 @@ mod tests {
         // A gone peer is an error, not "full".
         drop(b);
         assert!(matches!(a.try_send(&frame), Err(ChannelError::Io(_))));
+    }
+
+    #[test]
+    fn outbox_queues_in_order_and_reports_a_peer_that_does_not_read() {
+        let (a, b) = Channel::pair().unwrap();
+        let mut out = Outbox::new(4);
+        let big = vec![7u8; 4000];
+        // Fill the socket first, then the outbox, without ever blocking.
+        let mut sent = 0u32;
+        let full = loop {
+            match out.push(&a, &(sent, big.clone())) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 100_000, "the outbox never filled");
+        };
+        assert!(matches!(full, OutboxError::Full), "{full}");
+        assert_eq!(out.len(), 4);
+        // The peer asks for room: room shows as writable, and everything
+        // queued arrives, in order, nothing twice.
+        let mut next = 0u32;
+        while next < sent {
+            let r = wait(&[(b.as_fd(), false), (a.as_fd(), !out.is_empty())], Some(1000)).unwrap();
+            assert!(r[0].readable, "message {next} of {sent} never came");
+            let (n, body): (u32, Vec<u8>) = b.recv().unwrap().unwrap();
+            assert_eq!((n, body.len()), (next, big.len()));
+            next += 1;
+            if r[1].writable {
+                out.flush(&a).unwrap();
+            }
+            out.flush(&a).unwrap();
+        }
+        assert!(out.is_empty());
+        assert!(wait(&[(a.as_fd(), true)], Some(0)).unwrap()[0].writable);
     }
 
     #[test]

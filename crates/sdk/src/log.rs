@@ -55,9 +55,109 @@ pub fn relay_line(role: &str, raw: &[u8]) -> String {
     format!("[{role}] {text}")
 }
 
+/// A bound on the lines relayed from one role: a role (compromised, or
+/// stuck in a loop) that writes lines as fast as it can must not turn the
+/// host's log into a flood. Up to `burst` lines pass at once, refilled at
+/// `per_second`; the rest are counted and summed up in one line per second.
+#[derive(Debug)]
+pub struct LineLimiter {
+    per_second: u32,
+    burst: u32,
+    tokens: f64,
+    last: std::time::Instant,
+    suppressed: u64,
+    summary_at: std::time::Instant,
+}
+
+/// What to do with one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineVerdict {
+    Relay,
+    Drop,
+    /// Relay this line after a summary of `n` lines dropped before it.
+    RelayAfter(u64),
+}
+
+impl LineLimiter {
+    /// Default for a role: enough for any start-up and a busy lease
+    /// exchange at debug level, far below a flood.
+    pub const ROLE_PER_SECOND: u32 = 100;
+    pub const ROLE_BURST: u32 = 500;
+
+    pub fn new(per_second: u32, burst: u32, now: std::time::Instant) -> Self {
+        LineLimiter {
+            per_second,
+            burst,
+            tokens: f64::from(burst),
+            last: now,
+            suppressed: 0,
+            summary_at: now,
+        }
+    }
+
+    /// Decide for one line at `now`.
+    pub fn check(&mut self, now: std::time::Instant) -> LineVerdict {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * f64::from(self.per_second)).min(f64::from(self.burst));
+        if self.tokens < 1.0 {
+            self.suppressed += 1;
+            return LineVerdict::Drop;
+        }
+        self.tokens -= 1.0;
+        if self.suppressed > 0 && now.saturating_duration_since(self.summary_at).as_secs() >= 1 {
+            self.summary_at = now;
+            return LineVerdict::RelayAfter(std::mem::take(&mut self.suppressed));
+        }
+        if self.suppressed == 0 {
+            self.summary_at = now;
+        }
+        LineVerdict::Relay
+    }
+
+    /// Lines dropped and not yet summed up (reported at the role's end).
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_line_flood_is_bounded_and_summed_up() {
+        let start = Instant::now();
+        let mut lim = LineLimiter::new(100, 500, start);
+        let (mut relayed, mut dropped, mut summed) = (0u64, 0u64, 0u64);
+        // 245,000 lines over 3 s, as a flooding role wrote them.
+        for i in 0..245_000u64 {
+            let now = start + Duration::from_micros(i * 3_000_000 / 245_000);
+            match lim.check(now) {
+                LineVerdict::Relay => relayed += 1,
+                LineVerdict::Drop => dropped += 1,
+                LineVerdict::RelayAfter(n) => {
+                    relayed += 1;
+                    summed += n;
+                }
+            }
+        }
+        // The burst, then the refill rate; the summary lines come at most
+        // once a second.
+        assert!(relayed <= 500 + 3 * 100 + 1, "{relayed} lines relayed");
+        assert!(relayed >= 500, "{relayed} lines relayed");
+        summed += lim.take_suppressed();
+        assert_eq!(summed, dropped, "every dropped line is summed up once");
+        // A quiet role is never limited.
+        let mut lim = LineLimiter::new(100, 500, start);
+        for i in 0..1000u64 {
+            assert_eq!(
+                lim.check(start + Duration::from_millis(i * 20)),
+                LineVerdict::Relay
+            );
+        }
+    }
 
     #[test]
     fn relayed_lines_cannot_forge_other_roles() {
