@@ -24,6 +24,9 @@ usage: scripts/bench-lease.sh [options]
       --settle-ms MS   time a client keeps running after its address (default 500)
       --bin PATH       mirage-dhcp binary to use (skips scripts/build-release.sh)
       --stable-bin PATH  the mirage-stable binary (skips its cargo build)
+      --baseline-bin PATH  also measure this mirage-dhcp binary (--no-acd) as
+                       "mirage-dhcp (baseline)": an earlier build, side by side
+                       with this one, to show a change costs nothing
       --no-build       do not build mirage-dhcp; use the binary already built
       --no-install     do not apt-get install missing peers
       --json FILE      also write the raw per-run results (JSON lines) to FILE
@@ -40,6 +43,7 @@ SETTLE_MS=500
 BIN=""
 STABLE_BIN=""
 STABLE_BUILD=1
+BASELINE_BIN=""
 BUILD=1
 INSTALL=1
 JSON_OUT=""
@@ -50,6 +54,9 @@ ARGS_GIVEN=""
 RECORD=("$@")
 for ((i = 0; i < ${#RECORD[@]}; i++)); do
     if [ "${RECORD[i]}" = --json ]; then i=$((i + 1)); continue; fi
+    if [ "${RECORD[i]}" = --baseline-bin ]; then
+        ARGS_GIVEN="${ARGS_GIVEN:+$ARGS_GIVEN }--baseline-bin BASELINE"; i=$((i + 1)); continue
+    fi
     ARGS_GIVEN="${ARGS_GIVEN:+$ARGS_GIVEN }${RECORD[i]}"
 done
 while [ $# -gt 0 ]; do
@@ -61,6 +68,7 @@ while [ $# -gt 0 ]; do
     --settle-ms) SETTLE_MS="${2:?}"; shift 2 ;;
     --bin) BIN="${2:?}"; BUILD=0; shift 2 ;;
     --stable-bin) STABLE_BIN="${2:?}"; STABLE_BUILD=0; shift 2 ;;
+    --baseline-bin) BASELINE_BIN="${2:?}"; shift 2 ;;
     --no-build) BUILD=0; STABLE_BUILD=0; shift ;;
     --no-install) INSTALL=0; shift ;;
     --json) JSON_OUT="${2:?}"; shift 2 ;;
@@ -77,8 +85,13 @@ if [ "$RUNS" -lt 1 ] || [ "$TIMEOUT" -lt 1 ]; then
     exit 2
 fi
 IFS=, read -r -a WANT <<<"$CLIENTS"
+if [ -n "$BASELINE_BIN" ]; then
+    [ -x "$BASELINE_BIN" ] || { echo "bench-lease.sh: --baseline-bin: no executable at $BASELINE_BIN" >&2; exit 2; }
+    BASELINE_BIN="$(realpath "$BASELINE_BIN")"
+    WANT+=(mirage-baseline)
+fi
 for c in "${WANT[@]}"; do
-    case "$c" in mirage | mirage-stable | dhcpcd | dhclient | udhcpc) ;; *) echo "bench-lease.sh: unknown client $c" >&2; exit 2 ;; esac
+    case "$c" in mirage | mirage-stable | mirage-baseline | dhcpcd | dhclient | udhcpc) ;; *) echo "bench-lease.sh: unknown client $c" >&2; exit 2 ;; esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-lease.sh: run as root (it creates network namespaces)" >&2; exit 1; }
 
@@ -270,6 +283,7 @@ for c in "${WANT[@]}"; do
     case "$c" in
     mirage) VARIANTS+=("mirage-acd|mirage-dhcp|default (ACD on)|on" "mirage-noacd|mirage-dhcp|--no-acd|off") ;;
     mirage-stable) VARIANTS+=("mirage-stable|mirage-dhcp (stable build)|--no-acd|off") ;;
+    mirage-baseline) VARIANTS+=("mirage-baseline|mirage-dhcp (baseline)|--no-acd|off") ;;
     dhcpcd) VARIANTS+=("dhcpcd-default|dhcpcd|default (ARP on, random delay)|on"
         "dhcpcd-nodelay|dhcpcd|nodelay (ARP on)|on" "dhcpcd-noarp|dhcpcd|nodelay + noarp|off") ;;
     dhclient) VARIANTS+=("dhclient|dhclient|default (no ACD)|off") ;;
@@ -283,10 +297,11 @@ client_command() {
     local name="$1" dir="$2"
     EXTRA=()
     case "$name" in
-    mirage-acd | mirage-noacd | mirage-stable)
+    mirage-acd | mirage-noacd | mirage-stable | mirage-baseline)
         mkdir -p "$dir/state" "$dir/run"
         local bin="$BIN"
         [ "$name" = mirage-stable ] && bin="$STABLE_BIN"
+        [ "$name" = mirage-baseline ] && bin="$BASELINE_BIN"
         CMD=("$bin" run --interface veth-c --state-dir "$dir/state" --run-dir "$dir/run"
             --resolv-conf "$dir/resolv.conf")
         [ "$name" != mirage-acd ] && CMD+=(--no-acd)
@@ -387,6 +402,8 @@ stripped_size() {
 }
 MIRAGE_SIZE=0
 STABLE_SIZE=0
+BASELINE_SIZE=0
+[ -n "$BASELINE_BIN" ] && BASELINE_SIZE="$(stripped_size "$BASELINE_BIN")"
 MIRAGE_VER="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if ! git -C "$ROOT" diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null; then MIRAGE_VER="$MIRAGE_VER+local changes"; fi
 [ -n "$BIN" ] && [ -x "$BIN" ] && MIRAGE_SIZE="$(stripped_size "$BIN")"
@@ -404,11 +421,12 @@ B_VARIANTS="$(printf '%s\n' "${VARIANTS[@]}")" B_RUNS="$RUNS" B_WARMUP="$WARMUP"
     B_LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)" B_SERVER="dnsmasq-base $(pkgver dnsmasq-base)" \
     B_MIRAGE="$MIRAGE_SIZE|git $MIRAGE_VER|$([ "$MIRAGE_SIZE" != 0 ] && linkage "$BIN" || echo -)" \
     B_MIRAGE_STABLE="$STABLE_SIZE|git $MIRAGE_VER|$([ "$STABLE_SIZE" != 0 ] && linkage "$STABLE_BIN" || echo -)" \
+    B_MIRAGE_BASELINE="$BASELINE_SIZE|baseline|$([ "$BASELINE_SIZE" != 0 ] && linkage "$BASELINE_BIN" || echo -)" \
     B_DHCPCD="$(size_of "$DHCPCD")|dhcpcd-base $(pkgver dhcpcd-base)|$(linkage "$DHCPCD")" \
     B_DHCLIENT="$(size_of "$DHCLIENT")|isc-dhcp-client $(pkgver isc-dhcp-client)|$(linkage "$DHCLIENT")" \
     B_UDHCPC="$(size_of "$BUSYBOX")|busybox $(pkgver busybox)|$(linkage "$BUSYBOX")"
 export B_VARIANTS B_RUNS B_WARMUP B_TIMEOUT B_SETTLE B_ARGS B_DATE B_NPROC B_KERNEL B_CPU B_OS B_LOAD_BEFORE \
-    B_LOAD_AFTER B_SERVER B_MIRAGE B_MIRAGE_STABLE B_DHCPCD B_DHCLIENT B_UDHCPC
+    B_LOAD_AFTER B_SERVER B_MIRAGE B_MIRAGE_STABLE B_MIRAGE_BASELINE B_DHCPCD B_DHCLIENT B_UDHCPC
 "$PY" -I - "$TMP/meta.json" <<'EOF'
 import json, os, sys
 e = os.environ
@@ -425,7 +443,8 @@ meta = {
     "machine": {"nproc": e["B_NPROC"], "kernel": e["B_KERNEL"], "cpu": e["B_CPU"], "os": e["B_OS"],
                 "loadavg_before": e["B_LOAD_BEFORE"], "loadavg_after": e["B_LOAD_AFTER"]},
     "binaries": {"mirage-dhcp": binary("B_MIRAGE"),
-                 "mirage-dhcp (stable build)": binary("B_MIRAGE_STABLE"), "dhcpcd": binary("B_DHCPCD"),
+                 "mirage-dhcp (stable build)": binary("B_MIRAGE_STABLE"),
+                 "mirage-dhcp (baseline)": binary("B_MIRAGE_BASELINE"), "dhcpcd": binary("B_DHCPCD"),
                  "dhclient": binary("B_DHCLIENT"), "udhcpc": binary("B_UDHCPC")},
     "server": e["B_SERVER"],
 }
