@@ -25,40 +25,14 @@ use serde::{Deserialize, Serialize};
 pub use policy::{Limits, Refusal, is_valid_domain_name};
 pub use policy::{server_refusal, unicast_refusal};
 
-/// Hard cap on one encoded message (one datagram). Anything larger is refused
-/// by the receiving side before it is decoded.
-pub const MAX_MESSAGE_LEN: usize = 8192;
+/// Time for every engine: the contract's boot-clock milliseconds.
+pub use mirage_engine::Instant;
+pub use mirage_engine::codec::{CodecError, MAX_MESSAGE_LEN, decode, encode};
 
 /// Largest Ethernet frame carried between the network role and the engine
 /// (1500-byte payload, 14-byte header, one VLAN tag, slack for jumbo-less NICs
 /// that hand us a few trailing bytes).
 pub const MAX_FRAME_LEN: usize = 1536;
-
-/// A point in time: milliseconds of `CLOCK_BOOTTIME` (counts through suspend).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Instant(pub u64);
-
-impl Instant {
-    /// Far future; used as "no wake-up needed" without an `Option`.
-    pub const NEVER: Instant = Instant(u64::MAX);
-
-    pub const fn from_secs(secs: u64) -> Self {
-        Instant(secs.saturating_mul(1000))
-    }
-    pub const fn millis(self) -> u64 {
-        self.0
-    }
-    pub const fn add_millis(self, ms: u64) -> Self {
-        Instant(self.0.saturating_add(ms))
-    }
-    pub const fn add_secs(self, secs: u64) -> Self {
-        Instant(self.0.saturating_add(secs.saturating_mul(1000)))
-    }
-    /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
-    pub const fn since(self, earlier: Instant) -> u64 {
-        self.0.saturating_sub(earlier.0)
-    }
-}
 
 /// Lease time value meaning "infinite" (RFC 2131 section 3.3).
 pub const INFINITE_LEASE: u32 = 0xffff_ffff;
@@ -448,44 +422,4 @@ pub enum Outcome {
     Refused(Refusal),
     /// The kernel or file system said no (errno-like text).
     Failed(String),
-}
-
-/// Encode one message, refusing anything over [`MAX_MESSAGE_LEN`].
-pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let bytes = postcard::to_allocvec(msg).map_err(|_| CodecError::Encode)?;
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(CodecError::TooLarge);
-    }
-    Ok(bytes)
-}
-
-/// Decode one message; the whole datagram must be consumed.
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(CodecError::TooLarge);
-    }
-    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|_| CodecError::Decode)?;
-    if !rest.is_empty() {
-        return Err(CodecError::Trailing);
-    }
-    Ok(value)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CodecError {
-    Encode,
-    Decode,
-    TooLarge,
-    Trailing,
-}
-
-impl core::fmt::Display for CodecError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            CodecError::Encode => "message does not encode",
-            CodecError::Decode => "message does not decode",
-            CodecError::TooLarge => "message over the size cap",
-            CodecError::Trailing => "trailing bytes after the message",
-        })
-    }
 }

@@ -217,6 +217,18 @@ impl Channel {
     /// is consumed either way.
     pub fn recv<T: DeserializeOwned>(&self) -> Result<Option<T>, ChannelError> {
         let mut buf = [0u8; MAX_MESSAGE_LEN];
+        match self.recv_into(&mut buf)? {
+            None => Ok(None),
+            Some(n) => mirage_ipc::decode(&buf[..n])
+                .map(Some)
+                .map_err(ChannelError::Codec),
+        }
+    }
+
+    /// Receive one datagram's bytes into `buf` (at least
+    /// [`MAX_MESSAGE_LEN`] long) without decoding it: `Ok(None)` at
+    /// end-of-file, an error for a datagram over the cap.
+    pub fn recv_into(&self, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
         let n = loop {
             // SAFETY: `buf` is valid for writes of its length; no address is
             // requested.
@@ -238,7 +250,7 @@ impl Channel {
                 return Err(ChannelError::Io(e));
             }
         };
-        if n > MAX_MESSAGE_LEN {
+        if n > MAX_MESSAGE_LEN.min(buf.len()) {
             return Err(ChannelError::Oversize(n));
         }
         // SEQPACKET reports both end-of-file and an empty datagram as 0
@@ -246,9 +258,7 @@ impl Channel {
         if n == 0 && self.peer_gone()? {
             return Ok(None);
         }
-        mirage_ipc::decode(&buf[..n])
-            .map(Some)
-            .map_err(ChannelError::Codec)
+        Ok(Some(n))
     }
 
     /// True when the peer has hung up (closed, died, or shut down its
