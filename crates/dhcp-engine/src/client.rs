@@ -21,7 +21,7 @@ use mirage_ipc::{
     Status,
 };
 
-use crate::lease::lease_from_reply;
+use crate::lease::lease_and_dropped_routes;
 use crate::rng::Rng;
 use crate::wire::dhcp::{Message, MessageType};
 use crate::wire::frame::{self, ArpOp, ArpPacket, BROADCAST_MAC, DHCP_SERVER_PORT, Inbound, UdpDatagram};
@@ -954,12 +954,13 @@ impl Client {
     /// `lease_from_reply` plus the policy check, counting refusals.
     fn lease_of(&mut self, msg: &Message, udp: &UdpDatagram<'_>, at: Instant) -> Result<Lease, DropReason> {
         let limits = self.config.limits;
-        let lease = lease_from_reply(msg, udp.src_ip, at, &limits)
-            .and_then(|l| l.check(&limits).map(|()| l))
+        let (lease, dropped) = lease_and_dropped_routes(msg, udp.src_ip, at, &limits)
+            .and_then(|(l, n)| l.check(&limits).map(|()| (l, n)))
             .map_err(|r| {
                 self.counters.leases_refused += 1;
                 DropReason::Refused(r)
             })?;
+        self.counters.routes_dropped += dropped as u64;
         Ok(lease)
     }
 

@@ -31,6 +31,9 @@ use crate::wire::dhcp::Message;
 ///   0.5 / 0.875 of the lease and forced into T1 <= T2 <= lease; an infinite
 ///   lease (0xffffffff) stays infinite without overflow; a zero or missing
 ///   lease time is refused;
+/// - routes the policy refuses (shorter than `min_route_prefix_len`, into a
+///   reserved range...) dropped one by one, the lease kept; with
+///   `ignore_classless_routes` option 121 is not read at all;
 /// - finally [`Lease::check`] must pass.
 pub fn lease_from_reply(
     msg: &Message,
@@ -38,6 +41,16 @@ pub fn lease_from_reply(
     acquired_at: Instant,
     limits: &Limits,
 ) -> Result<Lease, Refusal> {
+    lease_and_dropped_routes(msg, src_ip, acquired_at, limits).map(|(lease, _)| lease)
+}
+
+/// [`lease_from_reply`], also saying how many routes the policy dropped.
+pub fn lease_and_dropped_routes(
+    msg: &Message,
+    src_ip: Ipv4Addr,
+    acquired_at: Instant,
+    limits: &Limits,
+) -> Result<(Lease, usize), Refusal> {
     let o = &msg.options;
     let address = msg.yiaddr;
     // Checked first: the classful default below has no answer for these.
@@ -53,12 +66,16 @@ pub fn lease_from_reply(
     let server_id = o.server_id.unwrap_or(src_ip);
     let (lease_secs, renew_secs, rebind_secs) = lease_times(o.lease_time, o.renewal_time, o.rebinding_time)?;
 
-    let routes = match &o.classless_routes {
+    let classless = o
+        .classless_routes
+        .as_ref()
+        .filter(|_| !limits.ignore_classless_routes);
+    let routes = match classless {
         // A 121 that does not decode (RFC 3442 section 3 encoding) is not
         // half-applied: the lease is refused.
         Some(Err(())) => return Err(Refusal::BadRoute),
         // RFC 3442: when 121 is present, option 3 is ignored.
-        Some(Ok(given)) => order_routes(given, address, prefix_len),
+        Some(Ok(given)) => order_routes(given),
         None => default_route(&o.routers, address, prefix_len)
             .into_iter()
             .collect(),
@@ -68,7 +85,7 @@ pub fn lease_from_reply(
     // smaller MTU than that breaks DHCP itself: ignore rather than apply.
     let mtu = o.mtu.filter(|m| *m >= 576);
 
-    let lease = Lease {
+    let mut lease = Lease {
         address,
         prefix_len,
         server_id,
@@ -96,8 +113,11 @@ pub fn lease_from_reply(
         rebind_secs,
         acquired_at,
     };
+    // Losing one route costs less than losing the lease; the actuator still
+    // refuses any lease that carries a refused route.
+    let dropped = lease.retain_allowed_routes(limits);
     lease.check(limits)?;
-    Ok(lease)
+    Ok((lease, dropped))
 }
 
 /// Prefix length of a contiguous netmask (ones then zeros), else `None`.
@@ -169,17 +189,10 @@ fn in_prefix(gw: Ipv4Addr, address: Ipv4Addr, prefix_len: u8) -> bool {
 /// 0.0.0.0) first: the kernel refuses a route via a gateway it cannot reach
 /// yet ("Network unreachable", field notes 1), and Google Cloud sends the
 /// host route to its gateway after (or before) the default route via it.
-/// A gateway route whose gateway is neither inside the prefix nor covered by
-/// one of those on-link routes is dropped on its own; the rest are kept.
-fn order_routes(given: &[Route], address: Ipv4Addr, prefix_len: u8) -> Vec<Route> {
+/// A route whose gateway stays off-link is then dropped, on its own, by
+/// `Lease::retain_allowed_routes`.
+fn order_routes(given: &[Route]) -> Vec<Route> {
     let (on_link, via): (Vec<Route>, Vec<Route>) = given.iter().partition(|r| r.gateway.is_unspecified());
-    let reachable = |gw: Ipv4Addr| {
-        in_prefix(gw, address, prefix_len)
-            || on_link
-                .iter()
-                .any(|r| u32::from(gw) & prefix_mask(r.prefix_len) == u32::from(r.destination))
-    };
-    let via: Vec<Route> = via.into_iter().filter(|r| reachable(r.gateway)).collect();
     on_link.into_iter().chain(via).collect()
 }
 
@@ -222,6 +235,7 @@ fn usable(servers: &[Ipv4Addr], max: u8) -> Vec<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
 
     #[test]
     fn mask_prefix_accepts_only_contiguous_masks() {
@@ -268,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn routes_are_ordered_and_off_link_ones_dropped() {
+    fn on_link_routes_come_first_and_off_link_gateways_are_dropped() {
         let r = |d: [u8; 4], p: u8, g: [u8; 4]| Route {
             destination: Ipv4Addr::from(d),
             prefix_len: p,
@@ -280,8 +294,29 @@ mod tests {
             r([10, 128, 0, 1], 32, [0, 0, 0, 0]),
             r([10, 200, 0, 0], 16, [10, 129, 0, 1]),
         ];
-        assert_eq!(order_routes(&given, me, 32), [given[1], given[0]]);
+        assert_eq!(order_routes(&given), [given[1], given[0], given[2]]);
+        let lease = |prefix_len| {
+            let mut l = Lease {
+                address: me,
+                prefix_len,
+                server_id: Ipv4Addr::new(10, 128, 0, 1),
+                routes: order_routes(&given),
+                dns_servers: Vec::new(),
+                ntp_servers: Vec::new(),
+                domain_name: None,
+                search: Vec::new(),
+                hostname: None,
+                mtu: None,
+                lease_secs: 600,
+                renew_secs: 300,
+                rebind_secs: 500,
+                acquired_at: Instant(0),
+            };
+            let dropped = l.retain_allowed_routes(&Limits::default());
+            (l.routes, dropped)
+        };
+        assert_eq!(lease(32), (vec![given[1], given[0]], 1));
         // In a /15 the third gateway is on-link by the prefix.
-        assert_eq!(order_routes(&given, me, 15), [given[1], given[0], given[2]]);
+        assert_eq!(lease(15), (vec![given[1], given[0], given[2]], 0));
     }
 }

@@ -4,7 +4,7 @@
 
 use core::net::Ipv4Addr;
 
-use dhcp_engine::lease::lease_from_reply;
+use dhcp_engine::lease::{lease_and_dropped_routes, lease_from_reply};
 use dhcp_engine::wire::dhcp::{DhcpError, Message, MessageType, Op, Options};
 use dhcp_engine::wire::frame::{
     ArpOp, ArpPacket, BROADCAST_MAC, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, Inbound, UdpDatagram,
@@ -1224,12 +1224,70 @@ fn option_121_replaces_option_3_and_off_link_routes_are_dropped() {
     // 121 present but empty of usable routes.
     m.options.classless_routes = Some(Ok(vec![route("0.0.0.0", 0, "10.0.0.1")]));
     assert!(lease_of(&m).unwrap().routes.is_empty());
-    // A 121 route to loopback is refused by the policy, not silently fixed.
-    m.options.classless_routes = Some(Ok(vec![route("127.0.0.0", 8, "192.168.1.2")]));
-    assert_eq!(lease_of(&m), Err(Refusal::BadRoute));
+    // A 121 route to loopback is dropped by the policy; the rest stays.
+    m.options.classless_routes = Some(Ok(vec![
+        route("127.0.0.0", 8, "192.168.1.2"),
+        route("10.0.0.0", 8, "192.168.1.2"),
+    ]));
+    assert_eq!(
+        lease_of(&m).unwrap().routes,
+        vec![route("10.0.0.0", 8, "192.168.1.2")]
+    );
     // Width over 32 on the wire.
     let mut m = with_option(121, &[40, 10, 0, 0, 0, 0, 192, 168, 1, 1]);
     m.yiaddr = ip("192.168.1.10");
     m.options.lease_time = Some(600);
     assert_eq!(lease_of(&m), Err(Refusal::BadRoute));
+}
+
+#[test]
+fn tunnelvision_routes_and_masks_are_dropped_or_refused() {
+    let at = Instant(0);
+    let src = ip("192.168.1.1");
+    let mut m = base_reply();
+    m.options.classless_routes = Some(Ok(vec![
+        route("0.0.0.0", 1, "192.168.1.1"),
+        route("128.0.0.0", 1, "192.168.1.1"),
+        route("224.0.0.0", 4, "192.168.1.1"),
+        route("10.0.0.0", 8, "192.168.1.1"),
+        route("0.0.0.0", 0, "192.168.1.1"),
+    ]));
+    // Default limits: the /1 routes and the multicast one go, the lease stays.
+    let (lease, dropped) = lease_and_dropped_routes(&m, src, at, &Limits::default()).unwrap();
+    assert_eq!(dropped, 3);
+    assert_eq!(
+        lease.routes,
+        vec![
+            route("10.0.0.0", 8, "192.168.1.1"),
+            route("0.0.0.0", 0, "192.168.1.1")
+        ]
+    );
+    // Without a minimum, 0.0.0.0/1 is an ordinary route (not "0/8").
+    let any = Limits {
+        min_route_prefix_len: 0,
+        ..Limits::default()
+    };
+    let (lease, dropped) = lease_and_dropped_routes(&m, src, at, &any).unwrap();
+    assert_eq!(dropped, 1);
+    assert_eq!(lease.routes.len(), 4);
+    // Ignoring 121: option 3 only, even when 121 does not decode.
+    let ignore = Limits {
+        ignore_classless_routes: true,
+        ..Limits::default()
+    };
+    m.options.routers = vec![ip("192.168.1.254")];
+    let (lease, dropped) = lease_and_dropped_routes(&m, src, at, &ignore).unwrap();
+    assert_eq!(dropped, 0);
+    assert_eq!(lease.routes, vec![route("0.0.0.0", 0, "192.168.1.254")]);
+    m.options.classless_routes = Some(Err(()));
+    assert!(lease_from_reply(&m, src, at, &ignore).is_ok());
+    assert_eq!(lease_of(&m), Err(Refusal::BadRoute));
+    // A /2 mask is a TunnelVision route of its own: refused.
+    let mut m = base_reply();
+    m.yiaddr = ip("10.1.2.3");
+    m.options.subnet_mask = Some(ip("192.0.0.0"));
+    m.options.routers = vec![];
+    assert_eq!(lease_of(&m), Err(Refusal::SubnetTooLarge));
+    m.options.subnet_mask = Some(ip("255.0.0.0"));
+    assert!(lease_of(&m).is_ok());
 }

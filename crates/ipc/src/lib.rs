@@ -312,6 +312,9 @@ pub struct Counters {
     pub expiries: u64,
     pub transmitted: u64,
     pub conflicts: u64,
+    /// Routes dropped from offers and ACKs by the lease policy (too short,
+    /// into a reserved range, off-link, option 121 ignored...).
+    pub routes_dropped: u64,
 }
 
 /// The engine's view, published whenever it changes.

@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub release_on_stop: bool,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Routing table for the lease's routes; absent: the main table.
+    pub route_table: Option<u32>,
     pub timing: TimingConfig,
     pub acd: AcdConfig,
     pub limits: Limits,
@@ -109,6 +111,7 @@ pub struct Config {
     pub release_on_stop: bool,
     pub uid: u32,
     pub gid: u32,
+    pub route_table: Option<u32>,
     pub timing: TimingConfig,
     pub acd: AcdConfig,
     pub limits: Limits,
@@ -183,6 +186,19 @@ impl Config {
                 "max_dns_servers must be >= 1 and max_search_domains <= 64",
             ));
         }
+        if limits.min_route_prefix_len > 32 {
+            return Err(bad("limits.min_route_prefix_len", "must be 0..=32"));
+        }
+        if !(1..=32).contains(&limits.min_subnet_prefix_len) {
+            return Err(bad("limits.min_subnet_prefix_len", "must be 1..=32"));
+        }
+        // 0 means "unspecified" to the kernel and 255 is its local table.
+        if matches!(f.route_table, Some(0 | 255)) {
+            return Err(bad(
+                "route_table",
+                "must be 1..=254 or above 255 (0 is unspecified, 255 the kernel's local table)",
+            ));
+        }
         let resolv_conf = match o.resolv_conf.or(f.resolv_conf) {
             None => Some(PathBuf::from(DEFAULT_RESOLV_CONF)),
             Some(p) if p.as_os_str().is_empty() => None,
@@ -208,6 +224,7 @@ impl Config {
             release_on_stop: f.release_on_stop || o.release_on_stop,
             uid: f.uid.unwrap_or(DEFAULT_ROLE_ID),
             gid: f.gid.unwrap_or(DEFAULT_ROLE_ID),
+            route_table: f.route_table,
             timing,
             acd,
             limits,
@@ -234,6 +251,33 @@ mod tests {
         assert_eq!(c.sandbox, SandboxKind::Seccomp);
         assert_eq!((c.uid, c.gid), (65534, 65534));
         assert!(c.acd.enabled);
+        assert_eq!(c.route_table, None);
+        assert_eq!(c.limits.min_route_prefix_len, 8);
+        assert_eq!(c.limits.min_subnet_prefix_len, 8);
+        assert!(!c.limits.ignore_classless_routes);
+    }
+
+    #[test]
+    fn route_policy_settings_are_read_and_checked() {
+        let c = parse(
+            "interface = \"eth0\"\nroute_table = 100\n[limits]\nignore_classless_routes = true\n\
+             min_route_prefix_len = 16\nmin_subnet_prefix_len = 20\n",
+        )
+        .unwrap();
+        assert_eq!(c.route_table, Some(100));
+        assert!(c.limits.ignore_classless_routes);
+        assert_eq!(c.limits.min_route_prefix_len, 16);
+        assert_eq!(c.limits.min_subnet_prefix_len, 20);
+        for (text, key) in [
+            ("route_table = 0", "route_table"),
+            ("route_table = 255", "route_table"),
+            ("[limits]\nmin_route_prefix_len = 33", "min_route_prefix_len"),
+            ("[limits]\nmin_subnet_prefix_len = 0", "min_subnet_prefix_len"),
+            ("[limits]\nmin_subnet_prefix_len = 33", "min_subnet_prefix_len"),
+        ] {
+            let e = parse(&format!("interface = \"eth0\"\n{text}\n")).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

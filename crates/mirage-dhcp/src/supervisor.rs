@@ -374,7 +374,20 @@ impl RoleCommon<'_> {
             c.limits.max_ntp_servers.to_string(),
             "--max-search-domains".into(),
             c.limits.max_search_domains.to_string(),
+            "--min-route-prefix-len".into(),
+            c.limits.min_route_prefix_len.to_string(),
+            "--min-subnet-prefix-len".into(),
+            c.limits.min_subnet_prefix_len.to_string(),
         ];
+        if c.limits.ignore_classless_routes {
+            args.push("--ignore-classless-routes".into());
+        }
+        if name == RoleName::Actuator
+            && let Some(table) = c.route_table
+        {
+            args.push("--route-table".into());
+            args.push(table.to_string());
+        }
         if name == RoleName::Network && c.acd.enabled {
             args.push("--with-arp".into());
         }

@@ -235,6 +235,72 @@ fn actuator_refuses_every_out_of_policy_intent() {
                 Refusal::BadRoute,
             ),
             (
+                "TunnelVision: 0.0.0.0/1 beside the default route",
+                apply(&with(&|l| {
+                    l.routes.push(Route {
+                        destination: ip("0.0.0.0"),
+                        prefix_len: 1,
+                        gateway: ip(&server),
+                    })
+                })),
+                Refusal::RouteTooShort,
+            ),
+            (
+                "TunnelVision: a /2 subnet",
+                apply(&with(&|l| l.prefix_len = 2)),
+                Refusal::SubnetTooLarge,
+            ),
+            (
+                "route to multicast 224/4",
+                apply(&with(&|l| {
+                    l.routes.push(Route {
+                        destination: ip("224.0.0.0"),
+                        prefix_len: 4,
+                        gateway: ip(&server),
+                    })
+                })),
+                Refusal::BadRoute,
+            ),
+            (
+                "route to 255.255.255.255/32",
+                apply(&with(&|l| {
+                    l.routes.push(Route {
+                        destination: ip("255.255.255.255"),
+                        prefix_len: 32,
+                        gateway: ip(&server),
+                    })
+                })),
+                Refusal::BadRoute,
+            ),
+            (
+                "gateway made on-link by an on-link default route",
+                apply(&with(&|l| {
+                    l.routes = vec![
+                        Route {
+                            destination: Ipv4Addr::UNSPECIFIED,
+                            prefix_len: 0,
+                            gateway: Ipv4Addr::UNSPECIFIED,
+                        },
+                        Route {
+                            destination: ip("198.51.100.0"),
+                            prefix_len: 24,
+                            gateway: ip("203.0.113.1"),
+                        },
+                    ]
+                })),
+                Refusal::GatewayNotOnLink,
+            ),
+            (
+                "our address is the server's",
+                apply(&with(&|l| l.address = ip(&server))),
+                Refusal::AddressIsServer,
+            ),
+            (
+                "our address is the gateway's",
+                apply(&with(&|l| l.routes[0].gateway = l.address)),
+                Refusal::AddressIsGateway,
+            ),
+            (
                 "resolv.conf injection",
                 apply(&with(&|l| l.search = vec!["x\nnameserver 6.6.6.6".into()])),
                 Refusal::BadDomainName,
@@ -318,6 +384,31 @@ fn actuator_refuses_every_out_of_policy_intent() {
         assert!(addresses(&mut rtnl).is_empty());
         assert!(alive(&mut actuator));
 
+        // The MTU a lease changed is put back when no lease asks for it:
+        // by a lease without option 26, and by RemoveLease.
+        let mtu = |rtnl: &mut Rtnl| rtnl.link(link.index).unwrap().mtu;
+        let before = mtu(&mut rtnl);
+        let jumbo = Lease {
+            mtu: Some(1400),
+            ..good.clone()
+        };
+        assert_eq!(ask(apply(&jumbo)), Outcome::Done);
+        assert_eq!(mtu(&mut rtnl), 1400);
+        assert_eq!(ask(apply(&good)), Outcome::Done);
+        assert_eq!(mtu(&mut rtnl), before);
+        assert_eq!(ask(apply(&jumbo)), Outcome::Done);
+        assert_eq!(
+            ask(apply(&Lease {
+                mtu: Some(1300),
+                ..good.clone()
+            })),
+            Outcome::Done
+        );
+        assert_eq!(mtu(&mut rtnl), 1300);
+        assert_eq!(ask(ToActuator::Remove { lease: good.clone() }), Outcome::Done);
+        assert_eq!(mtu(&mut rtnl), before);
+        assert!(addresses(&mut rtnl).is_empty());
+
         // A message over the size cap is not an intent at all: the actuator
         // treats its peer as broken and exits (the supervisor never forwards
         // such a thing; it drops the engine that sent it).
@@ -393,5 +484,82 @@ fn network_role_refuses_frames_that_are_not_ours() {
         }
         assert!(alive(&mut network));
         let _ = network.kill();
+    });
+}
+
+/// The route settings as the actuator enforces them on its own: with
+/// `--ignore-classless-routes` only option 3's shape gets through, and
+/// `--route-table` puts the routes in that table, not the main one.
+#[test]
+fn actuator_enforces_ignored_121_and_installs_routes_in_their_table() {
+    let net = Net::new();
+    let dir = net.dir.clone();
+    let good = lease(&net);
+    let server = net.server_ip.clone();
+    in_client_ns(&net, move || {
+        let mut rtnl = Rtnl::open().unwrap();
+        let link = rtnl.link_by_name(CLIENT_IF).unwrap();
+        rtnl.set_link_up(link.index).unwrap();
+        let monitor = LinkMonitor::open(link.index).unwrap();
+        for d in ["state", "run"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+            std::os::unix::fs::chown(dir.join(d), Some(65534), Some(65534)).unwrap();
+        }
+        let state = mirage_sdk::files::open_dir(&dir.join("state")).unwrap();
+        let run = mirage_sdk::files::open_dir(&dir.join("run")).unwrap();
+        let (ours, theirs) = Channel::pair().unwrap();
+        let mut args = role_args("actuator", link.index, link.mac.unwrap());
+        args.extend(
+            ["--ignore-classless-routes", "--route-table", "100"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let fds = [
+            theirs.as_fd(),
+            rtnl.as_fd(),
+            monitor.as_fd(),
+            state.as_fd(),
+            run.as_fd(),
+        ];
+        let mut actuator = spawn(Some(std::path::Path::new(bin())), &args, &fds).unwrap();
+        drop(theirs);
+        let ask = |msg: ToActuator| -> Outcome {
+            ours.send(&msg).unwrap();
+            loop {
+                match recv_within::<FromActuator>(&ours, ANSWER_MS).expect("no answer from the actuator") {
+                    FromActuator::Result { outcome, .. } => return outcome,
+                    FromActuator::LinkUp | FromActuator::LinkDown => continue,
+                }
+            }
+        };
+        let apply = |l: &Lease| ToActuator::Apply {
+            lease: l.clone(),
+            valid_secs: 300,
+        };
+        let corp = Route {
+            destination: ip("172.16.0.0"),
+            prefix_len: 12,
+            gateway: ip(&server),
+        };
+        let with_121 = Lease {
+            routes: vec![corp, good.routes[0]],
+            ..good.clone()
+        };
+        assert_eq!(
+            ask(apply(&with_121)),
+            Outcome::Refused(Refusal::ClasslessRouteIgnored)
+        );
+        assert!(rtnl.addresses(link.index).unwrap().is_empty());
+        assert!(alive(&mut actuator));
+
+        assert_eq!(ask(apply(&good)), Outcome::Done);
+        assert_eq!(rtnl.routes_in(100, link.index).unwrap(), good.routes);
+        assert!(
+            !rtnl.routes(link.index).unwrap().contains(&good.routes[0]),
+            "the default route went to the main table"
+        );
+        assert_eq!(ask(ToActuator::Remove { lease: good.clone() }), Outcome::Done);
+        assert!(rtnl.routes_in(100, link.index).unwrap().is_empty());
+        assert!(alive(&mut actuator));
     });
 }

@@ -113,6 +113,29 @@ impl Run {
         }
     }
 
+    /// [`Run::start`] with a configuration file of `toml` (given with
+    /// `--config`), for settings that have no flag.
+    fn start_with_config(
+        mode: Mode,
+        toml: &str,
+        script: impl FnMut(&Ctx, &Seen) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> Run {
+        let net = Net::new();
+        std::fs::write(net.path("resolv.conf"), RESOLV_BEFORE).unwrap();
+        let config = net.path("config.toml");
+        std::fs::write(&config, toml).unwrap();
+        let server = HostileServer::start(&net, script);
+        let mut run = Run {
+            server,
+            net,
+            daemon: 0,
+            roles: Vec::new(),
+            mode,
+        };
+        run.start_daemon(&["--config", config.to_str().unwrap()]);
+        run
+    }
+
     fn ctx(&self) -> Ctx {
         self.server.ctx().clone()
     }
@@ -817,17 +840,24 @@ fn classless_route_bits_past_prefix(mode: Mode) {
 }
 
 fn classless_route_to_loopback(mode: Mode) {
-    refused_offer(
-        mode,
-        |ctx, m| {
-            m.options.classless_routes = Some(Ok(vec![Route {
+    // A well-formed route the policy refuses costs the route, not the lease.
+    let (run, st) = accepted(mode, |ctx, m| {
+        m.options.classless_routes = Some(Ok(vec![
+            Route {
                 destination: ip("127.0.0.0"),
                 prefix_len: 8,
                 gateway: ctx.server_ip,
-            }]))
-        },
-        "BadRoute",
-    );
+            },
+            Route {
+                destination: ip("0.0.0.0"),
+                prefix_len: 0,
+                gateway: ctx.server_ip,
+            },
+        ]))
+    });
+    // One from the OFFER, one from the ACK.
+    assert_eq!(st["counters"]["routes_dropped"], 2, "{st}");
+    run.assert_standard_host();
 }
 
 fn lease_time_zero(mode: Mode) {
@@ -1283,6 +1313,231 @@ fn forcerenew_without_authentication(mode: Mode) {
     run.assert_standard_host();
 }
 
+// Issue 9: resolv.conf through a long search line, TunnelVision
+// (CVE-2024-3661), and the policy gaps.
+
+/// Five option 119 names of 202 bytes, then "nameserver" and "6.6.6.6":
+/// rendered in one line, "nameserver 6.6.6.6" starts at byte 1024 of it,
+/// where dnsmasq's 1024-byte read cuts the line.
+fn injection_search_names() -> Vec<String> {
+    let l63 = "a".repeat(63);
+    let mut names: Vec<String> = (0..4)
+        .map(|i| format!("{l63}.{l63}.{l63}.{i}{}", "b".repeat(9)))
+        .collect();
+    names.push(format!("{l63}.{l63}.{l63}.c{}", "d".repeat(11)));
+    names.push("nameserver".into());
+    names.push("6.6.6.6".into());
+    assert_eq!(
+        format!("search {}", names.join(" ")).find("nameserver 6.6.6.6"),
+        Some(1024)
+    );
+    names
+}
+
+fn search_line_injection_at_byte_1024(mode: Mode) {
+    let (run, st) = accepted(mode, |_, m| {
+        let mut v = Vec::new();
+        for n in injection_search_names() {
+            let labels: Vec<&[u8]> = n.split('.').map(|l| l.as_bytes()).collect();
+            v.extend(name_wire(&labels));
+        }
+        other_option(m, 119, v);
+    });
+    let names = injection_search_names();
+    // The engine keeps every valid name; the actuator writes what resolvers
+    // read safely and says what it left out.
+    assert_eq!(st["lease"]["search"], serde_json::json!(names));
+    assert_eq!(st["lease"]["search_dropped"], serde_json::json!(names[1..6]));
+    let text = run.resolv();
+    assert_eq!(
+        text,
+        run.resolv_text(
+            Some(&format!("{} 6.6.6.6", names[0])),
+            std::slice::from_ref(&run.net.server_ip)
+        )
+    );
+    assert!(text.lines().all(|l| l.len() < 255), "{text}");
+    assert!(!text.contains("nameserver 6.6.6.6"));
+    assert!(
+        run.net.client_log().contains("left out 5 search domain(s)"),
+        "{}",
+        run.net.client_log()
+    );
+    run.assert_host(&OFFERED, &[&format!("default via {}", run.net.server_ip)]);
+}
+
+fn route(d: &str, p: u8, g: Ipv4Addr) -> Route {
+    Route {
+        destination: ip(d),
+        prefix_len: p,
+        gateway: g,
+    }
+}
+
+/// Option 121 with a VPN-beating 0/1 + 128/1, a corporate /12 and the
+/// default route.
+fn tunnelvision_routes(ctx: &Ctx, m: &mut Message) {
+    let gw = ctx.server_ip;
+    m.options.classless_routes = Some(Ok(vec![
+        route("0.0.0.0", 1, gw),
+        route("128.0.0.0", 1, gw),
+        route("172.16.0.0", 12, gw),
+        route("0.0.0.0", 0, gw),
+    ]));
+}
+
+fn tunnelvision_routes_dropped(mode: Mode) {
+    let (run, st) = accepted(mode, tunnelvision_routes);
+    let gw = &run.net.server_ip;
+    // Two from the OFFER, two from the ACK; the lease is kept.
+    assert_eq!(st["counters"]["routes_dropped"], 4, "{st}");
+    run.assert_host(
+        &OFFERED,
+        &[&format!("default via {gw}"), &format!("172.16.0.0/12 via {gw}")],
+    );
+    assert!(
+        run.net
+            .client_log()
+            .contains("the lease policy dropped 2 route(s)"),
+        "{}",
+        run.net.client_log()
+    );
+}
+
+/// Bound like [`accepted`], with a configuration file.
+fn accepted_with_config(mode: Mode, toml: &str, bend: Bend) -> (Run, Value) {
+    let run = Run::start_with_config(mode, toml, move |ctx, req| match req.kind {
+        MessageType::Discover | MessageType::Request => {
+            let mut m = if req.kind == MessageType::Discover {
+                ctx.offer(req)
+            } else {
+                ctx.ack(req)
+            };
+            bend(ctx, &mut m);
+            vec![ctx.frame(req, &m)]
+        }
+        _ => Vec::new(),
+    });
+    let st = run.wait_bound();
+    run.assert_healthy();
+    assert_eq!(st["counters"]["leases_refused"], 0, "{st}");
+    (run, st)
+}
+
+fn short_routes_installed_when_allowed(mode: Mode) {
+    // min_route_prefix_len = 0: 0.0.0.0/1 is an ordinary route (it used to
+    // be refused as "0/8", and the whole lease with it).
+    let (run, st) = accepted_with_config(mode, "[limits]\nmin_route_prefix_len = 0\n", tunnelvision_routes);
+    let gw = &run.net.server_ip;
+    assert_eq!(st["counters"]["routes_dropped"], 0, "{st}");
+    run.assert_host(
+        &OFFERED,
+        &[
+            &format!("0.0.0.0/1 via {gw}"),
+            &format!("128.0.0.0/1 via {gw}"),
+            &format!("172.16.0.0/12 via {gw}"),
+            &format!("default via {gw}"),
+        ],
+    );
+}
+
+fn classless_routes_ignored_when_configured(mode: Mode) {
+    let (run, st) = accepted_with_config(mode, "[limits]\nignore_classless_routes = true\n", |ctx, m| {
+        m.options.routers = vec![ctx.server_ip];
+        m.options.classless_routes = Some(Ok(vec![
+            route("198.51.100.0", 24, ctx.server_ip),
+            route("172.16.0.0", 12, ctx.server_ip),
+        ]));
+    });
+    assert_eq!(st["counters"]["routes_dropped"], 0, "{st}");
+    // Option 3's default route, as if 121 had not been sent.
+    run.assert_standard_host();
+}
+
+fn routes_in_their_own_table(mode: Mode) {
+    let (run, _) = accepted_with_config(mode, "route_table = 100\n", |ctx, m| {
+        m.options.classless_routes = Some(Ok(vec![
+            route("172.16.0.0", 12, ctx.server_ip),
+            route("0.0.0.0", 0, ctx.server_ip),
+        ]));
+    });
+    let gw = &run.net.server_ip;
+    // The main table keeps only the kernel's prefix route.
+    run.assert_host(&OFFERED, &[]);
+    let out = run
+        .net
+        .in_client(&["ip", "-j", "-4", "route", "show", "table", "100"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut table: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} via {}",
+                r["dst"].as_str().unwrap(),
+                r["gateway"].as_str().unwrap()
+            )
+        })
+        .collect();
+    table.sort();
+    assert_eq!(
+        table,
+        vec![format!("172.16.0.0/12 via {gw}"), format!("default via {gw}")]
+    );
+}
+
+fn subnet_mask_of_two_bits(mode: Mode) {
+    // 10.x.y.77/2: the kernel's prefix route 0.0.0.0/2 beats a VPN's 0/1.
+    refused_offer(
+        mode,
+        |_, m| m.options.subnet_mask = Some(ip("192.0.0.0")),
+        "SubnetTooLarge",
+    );
+}
+
+fn classless_routes_to_multicast_class_e_and_broadcast(mode: Mode) {
+    let (run, st) = accepted(mode, |ctx, m| {
+        let gw = ctx.server_ip;
+        m.options.classless_routes = Some(Ok(vec![
+            route("224.0.0.0", 4, gw),
+            route("240.0.0.0", 4, gw),
+            route("255.255.255.255", 32, gw),
+            route("0.0.0.0", 0, gw),
+        ]));
+    });
+    assert_eq!(st["counters"]["routes_dropped"], 6, "{st}");
+    run.assert_standard_host();
+}
+
+fn on_link_default_route_makes_no_gateway_on_link(mode: Mode) {
+    let (run, st) = accepted(mode, |_, m| {
+        m.options.classless_routes = Some(Ok(vec![
+            route("0.0.0.0", 0, ip("0.0.0.0")),
+            route("198.51.100.0", 24, ip("203.0.113.1")),
+        ]));
+    });
+    assert_eq!(st["counters"]["routes_dropped"], 2, "{st}");
+    // The on-link default route itself is kept (proxy-ARP networks).
+    run.assert_host(&OFFERED, &["default"]);
+}
+
+fn server_id_is_our_address(mode: Mode) {
+    refused_offer(
+        mode,
+        |ctx, m| m.options.server_id = Some(ctx.offered()),
+        "AddressIsServer",
+    );
+}
+
+fn gateway_is_our_address(mode: Mode) {
+    refused_offer(
+        mode,
+        |ctx, m| m.options.classless_routes = Some(Ok(vec![route("0.0.0.0", 0, ctx.offered())])),
+        "AddressIsGateway",
+    );
+}
+
 // ---- the table ----------------------------------------------------------------
 
 type Case = (&'static str, fn(Mode));
@@ -1402,6 +1657,31 @@ const CASES: &[Case] = &[
         "forcerenew_without_authentication",
         forcerenew_without_authentication,
     ),
+    (
+        "search_line_injection_at_byte_1024",
+        search_line_injection_at_byte_1024,
+    ),
+    ("tunnelvision_routes_dropped", tunnelvision_routes_dropped),
+    (
+        "short_routes_installed_when_allowed",
+        short_routes_installed_when_allowed,
+    ),
+    (
+        "classless_routes_ignored_when_configured",
+        classless_routes_ignored_when_configured,
+    ),
+    ("routes_in_their_own_table", routes_in_their_own_table),
+    ("subnet_mask_of_two_bits", subnet_mask_of_two_bits),
+    (
+        "classless_routes_to_multicast_class_e_and_broadcast",
+        classless_routes_to_multicast_class_e_and_broadcast,
+    ),
+    (
+        "on_link_default_route_makes_no_gateway_on_link",
+        on_link_default_route_makes_no_gateway_on_link,
+    ),
+    ("server_id_is_our_address", server_id_is_our_address),
+    ("gateway_is_our_address", gateway_is_our_address),
 ];
 
 /// Run every case (or those matching MIRAGE_HOSTILE_CASE) for `mode`,

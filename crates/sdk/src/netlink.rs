@@ -39,6 +39,9 @@ use crate::packet::adopt_socket;
 /// Lifetime value meaning "forever" in `IFA_CACHEINFO`.
 pub const FOREVER: u32 = 0xffff_ffff;
 
+/// The main routing table (RT_TABLE_MAIN), where routes go by default.
+pub const MAIN_TABLE: u32 = 254;
+
 /// Receive buffer. The kernel sizes dump datagrams to the reader's buffer
 /// but never above 32 KiB, so this always holds a whole datagram.
 const RECV_BUF_LEN: usize = 64 * 1024;
@@ -613,14 +616,26 @@ impl Rtnl {
         Ok(out)
     }
 
-    fn route_message(index: u32, route: &Route, metric: u32) -> io::Result<RouteMessage> {
+    fn route_message(table: u32, index: u32, route: &Route, metric: u32) -> io::Result<RouteMessage> {
         if route.prefix_len > 32 {
             return Err(invalid_input("IPv4 prefix length over 32"));
+        }
+        // 0 is "unspecified" (the kernel would pick main) and 255 is the
+        // kernel's local table: neither is a table routes are put in.
+        if table == 0 || table == 255 {
+            return Err(invalid_input("route table 0 or 255"));
         }
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = route.prefix_len;
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        // rtm_table holds 8 bits; RTA_TABLE carries larger numbers.
+        match u8::try_from(table) {
+            Ok(t) => msg.header.table = t,
+            Err(_) => {
+                msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+                msg.attributes.push(RouteAttribute::Table(table));
+            }
+        }
         msg.header.protocol = RouteProtocol::Dhcp;
         // RFC 3442 section 3: a 0.0.0.0 router means the destination is
         // on-link, which is what scope link says to the kernel.
@@ -663,7 +678,20 @@ impl Rtnl {
         prefsrc: Option<Ipv4Addr>,
         metric: u32,
     ) -> io::Result<()> {
-        let mut msg = Rtnl::route_message(index, &route, metric)?;
+        self.replace_route_in(MAIN_TABLE, index, route, prefsrc, metric)
+    }
+
+    /// [`Rtnl::replace_route`] in routing table `table` (1..=254 or above
+    /// 255; [`MAIN_TABLE`] is the main one).
+    pub fn replace_route_in(
+        &mut self,
+        table: u32,
+        index: u32,
+        route: Route,
+        prefsrc: Option<Ipv4Addr>,
+        metric: u32,
+    ) -> io::Result<()> {
+        let mut msg = Rtnl::route_message(table, index, &route, metric)?;
         if let Some(src) = prefsrc {
             msg.attributes
                 .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
@@ -672,7 +700,7 @@ impl Rtnl {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             other => return other,
         }
-        let foreign = self.main_routes()?.iter().any(|r| {
+        let foreign = self.table_routes(table)?.iter().any(|r| {
             r.route.destination == route.destination
                 && r.route.prefix_len == route.prefix_len
                 && r.metric == metric
@@ -689,7 +717,12 @@ impl Rtnl {
     /// metric); ESRCH if there is none. Routes others installed are never
     /// matched.
     pub fn delete_route(&mut self, index: u32, route: Route, metric: u32) -> io::Result<()> {
-        let mut msg = Rtnl::route_message(index, &route, metric)?;
+        self.delete_route_in(MAIN_TABLE, index, route, metric)
+    }
+
+    /// [`Rtnl::delete_route`] in routing table `table`.
+    pub fn delete_route_in(&mut self, table: u32, index: u32, route: Route, metric: u32) -> io::Result<()> {
+        let mut msg = Rtnl::route_message(table, index, &route, metric)?;
         msg.header.scope = RouteScope::NoWhere;
         self.request(RTM_DELROUTE, &msg, 0)
     }
@@ -697,21 +730,28 @@ impl Rtnl {
     /// The unicast routes of the main table that leave through this
     /// interface, whoever installed them (the kernel's prefix routes too).
     pub fn routes(&mut self, index: u32) -> io::Result<Vec<Route>> {
+        self.routes_in(MAIN_TABLE, index)
+    }
+
+    /// [`Rtnl::routes`] of routing table `table`.
+    pub fn routes_in(&mut self, table: u32, index: u32) -> io::Result<Vec<Route>> {
         Ok(self
-            .main_routes()?
+            .table_routes(table)?
             .into_iter()
             .filter(|r| r.oif == Some(index) && r.kind == RouteType::Unicast)
             .map(|r| r.route)
             .collect())
     }
 
-    fn main_routes(&mut self) -> io::Result<Vec<RouteEntry>> {
+    fn table_routes(&mut self, table: u32) -> io::Result<Vec<RouteEntry>> {
         let mut query = RouteMessage::default();
         query.header.address_family = AddressFamily::Inet;
         let replies = self.transact(RTM_GETROUTE, &query, NLM_F_DUMP)?;
         let mut out = Vec::new();
         for reply in replies.iter().filter(|r| r.kind == RTM_NEWROUTE) {
-            if let Some(entry) = parse_main_route(&reply.payload)? {
+            if let Some((t, entry)) = parse_route(&reply.payload)?
+                && t == table
+            {
                 out.push(entry);
             }
         }
@@ -748,9 +788,9 @@ fn parse_address(payload: &[u8], index: u32) -> io::Result<Option<AddressInfo>> 
     }))
 }
 
-/// Reads an RTM_NEWROUTE payload (`rtmsg` + attributes); `None` for a
-/// non-IPv4 route or one outside the main table.
-fn parse_main_route(payload: &[u8]) -> io::Result<Option<RouteEntry>> {
+/// Reads an RTM_NEWROUTE payload (`rtmsg` + attributes) into its table and
+/// route; `None` for a non-IPv4 route.
+fn parse_route(payload: &[u8]) -> io::Result<Option<(u32, RouteEntry)>> {
     let header = RouteHeader::parse(payload).map_err(|_| invalid_data("short rtmsg"))?;
     if header.address_family != AddressFamily::Inet {
         return Ok(None);
@@ -777,7 +817,14 @@ fn parse_main_route(payload: &[u8]) -> io::Result<Option<RouteEntry>> {
             _ => {}
         }
     }
-    Ok((table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(entry))
+    Ok(Some((table, entry)))
+}
+
+/// Reads an RTM_NEWROUTE payload; `None` for a non-IPv4 route or one
+/// outside the main table.
+#[cfg(test)]
+fn parse_main_route(payload: &[u8]) -> io::Result<Option<RouteEntry>> {
+    Ok(parse_route(payload)?.and_then(|(t, e)| (t == MAIN_TABLE).then_some(e)))
 }
 
 impl AsRawFd for Rtnl {
@@ -1303,7 +1350,7 @@ mod tests {
             prefix_len: 32,
             gateway: Ipv4Addr::UNSPECIFIED,
         };
-        let msg = Rtnl::route_message(3, &on_link, 100).unwrap();
+        let msg = Rtnl::route_message(MAIN_TABLE, 3, &on_link, 100).unwrap();
         assert_eq!(msg.header.scope, RouteScope::Link);
         assert_eq!(msg.header.protocol, RouteProtocol::Dhcp);
         assert_eq!(msg.header.table, RouteHeader::RT_TABLE_MAIN);
@@ -1320,19 +1367,28 @@ mod tests {
             prefix_len: 0,
             gateway: Ipv4Addr::new(10, 128, 0, 1),
         };
-        let msg = Rtnl::route_message(3, &default, 100).unwrap();
+        let msg = Rtnl::route_message(MAIN_TABLE, 3, &default, 100).unwrap();
         assert_eq!(msg.header.scope, RouteScope::Universe);
         assert!(
             !msg.attributes
                 .iter()
                 .any(|a| matches!(a, RouteAttribute::Destination(_)))
         );
+        // Other tables: in the header up to 254, in RTA_TABLE above 255.
+        let msg = Rtnl::route_message(100, 3, &default, 100).unwrap();
+        assert_eq!(msg.header.table, 100);
+        let msg = Rtnl::route_message(1000, 3, &default, 100).unwrap();
+        assert_eq!(msg.header.table, RouteHeader::RT_TABLE_UNSPEC);
+        assert!(msg.attributes.contains(&RouteAttribute::Table(1000)));
+        for bad in [0, 255] {
+            assert!(Rtnl::route_message(bad, 3, &default, 100).is_err());
+        }
         let bad = Route {
             prefix_len: 33,
             ..default
         };
         assert_eq!(
-            Rtnl::route_message(3, &bad, 0).unwrap_err().kind(),
+            Rtnl::route_message(MAIN_TABLE, 3, &bad, 0).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
     }

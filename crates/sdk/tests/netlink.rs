@@ -265,6 +265,69 @@ fn google_cloud_routes_in_order_and_only_ours() {
 }
 
 #[test]
+fn routes_go_to_the_table_asked_for_and_only_there() {
+    run_in_netns(BOUND, || {
+        let mut rtnl = Rtnl::open().unwrap();
+        let index = link_up(&mut rtnl, "eth0");
+        let addr = Ipv4Addr::new(10, 128, 0, 5);
+        let gw = Ipv4Addr::new(10, 128, 0, 1);
+        rtnl.replace_address(index, addr, 24, None, 3600, 3600).unwrap();
+        let default = Route {
+            destination: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: gw,
+        };
+        let corp = Route {
+            destination: Ipv4Addr::new(172, 16, 0, 0),
+            prefix_len: 12,
+            gateway: gw,
+        };
+        // 100 fits rtm_table; 1000 needs RTA_TABLE.
+        for table in [100u32, 1000] {
+            for r in [corp, default] {
+                rtnl.replace_route_in(table, index, r, Some(addr), 1000).unwrap();
+                // Again (a renewal): still one route, no error.
+                rtnl.replace_route_in(table, index, r, Some(addr), 1000).unwrap();
+            }
+            let ours = rtnl.routes_in(table, index).unwrap();
+            assert_eq!(ours.iter().filter(|r| **r == default).count(), 1, "{ours:?}");
+            assert_eq!(ours.iter().filter(|r| **r == corp).count(), 1, "{ours:?}");
+            let shown = ip(&["-j", "-4", "route", "show", "table", &table.to_string()]);
+            let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+            let dsts: Vec<&str> = json
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["dst"].as_str().unwrap())
+                .collect();
+            assert!(
+                dsts.contains(&"default") && dsts.contains(&"172.16.0.0/12"),
+                "{shown}"
+            );
+        }
+        // The main table has the kernel's prefix route only.
+        let main = rtnl.routes(index).unwrap();
+        assert!(!main.contains(&default) && !main.contains(&corp), "{main:?}");
+        let shown = ip(&["-j", "-4", "route", "show", "table", "main"]);
+        assert!(!shown.contains("default") && !shown.contains("172.16"), "{shown}");
+        // Deleting from one table leaves the other alone.
+        rtnl.delete_route_in(100, index, default, 1000).unwrap();
+        rtnl.delete_route_in(100, index, corp, 1000).unwrap();
+        assert!(rtnl.routes_in(100, index).unwrap().is_empty());
+        assert_eq!(rtnl.routes_in(1000, index).unwrap().len(), 2);
+        let e = rtnl.delete_route_in(100, index, default, 1000).unwrap_err();
+        assert_eq!(errno(&e), libc::ESRCH);
+        // Neither "unspecified" nor the kernel's local table.
+        for bad in [0, 255] {
+            let e = rtnl
+                .replace_route_in(bad, index, default, None, 1000)
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
+    });
+}
+
+#[test]
 fn links_by_index_and_name_up_and_mtu_limits() {
     run_in_netns(BOUND, || {
         let mut rtnl = Rtnl::open().unwrap();

@@ -16,7 +16,7 @@ use mirage_ipc::{
 use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
-use mirage_sdk::netlink::{LinkEvent, LinkMonitor, Rtnl};
+use mirage_sdk::netlink::{LinkEvent, LinkMonitor, MAIN_TABLE, Rtnl};
 
 use super::{
     FD_CHANNEL, FD_LINK_EVENTS, FD_RESOLV_DIR, FD_RESOLV_FILE, FD_RTNL, FD_RUN_DIR, FD_STATE_DIR, RoleArgs,
@@ -41,6 +41,11 @@ struct Actuator<'a> {
     applied: Option<Lease>,
     min_mtu: u32,
     max_mtu: u32,
+    /// The device's MTU before a lease first changed it, put back when no
+    /// lease asks for one any more (RemoveLease, a lease without option 26).
+    mtu_before: Option<u32>,
+    /// Routing table for the lease's routes (`route_table`).
+    table: u32,
 }
 
 fn dir(fd: RawFd) -> BorrowedFd<'static> {
@@ -65,6 +70,8 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
         applied: None,
         min_mtu: link.min_mtu.unwrap_or(0).max(576),
         max_mtu: link.max_mtu.unwrap_or(65535),
+        mtu_before: None,
+        table: args.route_table.unwrap_or(MAIN_TABLE),
     };
     act.adopt_stored_lease();
     let mut deferred = Deferred::with_duid(args.store_duid.clone(), Instant::now());
@@ -287,23 +294,34 @@ impl Actuator<'_> {
                 valid_secs,
                 valid_secs,
             )?;
-            if let Some(mtu) = lease.mtu {
-                let mtu = u32::from(mtu).clamp(self.min_mtu, self.max_mtu);
-                let link = self.rtnl.link(index)?;
-                if link.mtu != mtu {
-                    self.rtnl.set_mtu(index, mtu)?;
+            match lease.mtu {
+                Some(mtu) => {
+                    let mtu = u32::from(mtu).clamp(self.min_mtu, self.max_mtu);
+                    let link = self.rtnl.link(index)?;
+                    if link.mtu != mtu {
+                        self.rtnl.set_mtu(index, mtu)?;
+                        self.mtu_before.get_or_insert(link.mtu);
+                    }
                 }
+                None => self.restore_mtu()?,
             }
             // Stale routes of the previous lease go; then ours, in order (host
             // routes to gateways come first in the lease, RFC 3442 / cloud /32).
             if let Some(old) = &self.applied {
                 for r in old.routes.iter().filter(|r| !lease.routes.contains(r)) {
-                    let _ = self.rtnl.delete_route(index, *r, route_metric(index));
+                    let _ = self
+                        .rtnl
+                        .delete_route_in(self.table, index, *r, route_metric(index));
                 }
             }
             for r in &lease.routes {
-                self.rtnl
-                    .replace_route(index, *r, Some(lease.address), route_metric(index))?;
+                self.rtnl.replace_route_in(
+                    self.table,
+                    index,
+                    *r,
+                    Some(lease.address),
+                    route_metric(index),
+                )?;
             }
             Ok(())
         })();
@@ -315,7 +333,18 @@ impl Actuator<'_> {
         if let Some(name) = &self.args.resolv_name
             && !lease.dns_servers.is_empty()
         {
-            let text = files::render_resolv_conf(&self.args.interface, lease);
+            let resolv = files::resolv_conf(&self.args.interface, lease);
+            if !resolv.dropped.is_empty() {
+                log::warn!(
+                    "{name}: left out {} search domain(s) that are resolv.conf keywords or do not fit \
+                     what resolvers read (at most {} domains in {} bytes): {}",
+                    resolv.dropped.len(),
+                    files::MAX_SEARCH_DOMAINS,
+                    files::MAX_SEARCH_LINE,
+                    resolv.dropped.join(" ")
+                );
+            }
+            let text = resolv.text;
             if let Err(e) = files::write_atomic(dir(FD_RESOLV_DIR), name, text.as_bytes(), 0o644) {
                 log::debug!("{name} cannot be replaced ({e}); rewriting it in place");
                 if let Err(e) = files::rewrite_in_place(dir(FD_RESOLV_FILE), text.as_bytes()) {
@@ -345,12 +374,28 @@ impl Actuator<'_> {
     fn unconfigure(&mut self, lease: &Lease) -> std::io::Result<()> {
         let index = self.args.ifindex;
         for r in lease.routes.iter().rev() {
-            let _ = self.rtnl.delete_route(index, *r, route_metric(index));
+            let _ = self
+                .rtnl
+                .delete_route_in(self.table, index, *r, route_metric(index));
         }
         match self.rtnl.delete_address(index, lease.address, lease.prefix_len) {
-            Err(e) if e.raw_os_error() != Some(libc::EADDRNOTAVAIL) => Err(e),
-            _ => Ok(()),
+            Err(e) if e.raw_os_error() != Some(libc::EADDRNOTAVAIL) => return Err(e),
+            _ => {}
         }
+        self.restore_mtu()
+    }
+
+    /// Put back the MTU the device had before a lease changed it, if one did.
+    fn restore_mtu(&mut self) -> std::io::Result<()> {
+        let Some(mtu) = self.mtu_before else {
+            return Ok(());
+        };
+        let index = self.args.ifindex;
+        if self.rtnl.link(index)?.mtu != mtu {
+            self.rtnl.set_mtu(index, mtu)?;
+        }
+        self.mtu_before = None;
+        Ok(())
     }
 
     fn persist(&mut self, lease: Option<&Lease>) -> Outcome {
@@ -372,7 +417,16 @@ impl Actuator<'_> {
     }
 
     fn publish(&mut self, status: &PublishedStatus) -> Outcome {
-        let json = files::render_status_json(status);
+        // Which search domains resolv.conf leaves out follows from the lease
+        // alone (`resolv_conf` is pure), so the status says it for the very
+        // lease it shows.
+        let search_dropped = match (&self.args.resolv_name, &status.status.lease) {
+            (Some(_), Some(l)) if !l.dns_servers.is_empty() => {
+                files::resolv_conf(&self.args.interface, l).dropped
+            }
+            _ => Vec::new(),
+        };
+        let json = files::render_status_json(status, &search_dropped);
         let metrics = files::render_metrics(status);
         if json.len() > MAX_PUBLISHED || metrics.len() > MAX_PUBLISHED {
             return Outcome::Refused(Refusal::NotAllowed);

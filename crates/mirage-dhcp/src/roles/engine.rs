@@ -37,8 +37,21 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
         EngineEvent::LinkDown
     };
     let _ = client.handle(boottime(), first, &mut actions);
+    let mut routes_dropped = 0;
     loop {
         for action in actions.drain(..) {
+            if let EngineAction::PublishStatus(st) = &action
+                && st.counters.routes_dropped > routes_dropped
+            {
+                // The engine is no_std and logs nothing itself; its counter
+                // says the policy dropped routes from a server's reply.
+                log::warn!(
+                    "the lease policy dropped {} route(s) from the server's replies \
+                     (see [limits] min_route_prefix_len, ignore_classless_routes)",
+                    st.counters.routes_dropped - routes_dropped
+                );
+                routes_dropped = st.counters.routes_dropped;
+            }
             chan.send(&FromEngine::Action(action))
                 .map_err(|e| format!("send: {e}"))?;
         }

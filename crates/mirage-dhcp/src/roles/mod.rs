@@ -87,6 +87,15 @@ pub struct RoleArgs {
     pub max_ntp_servers: u8,
     #[arg(long, default_value_t = 16)]
     pub max_search_domains: u8,
+    #[arg(long)]
+    pub ignore_classless_routes: bool,
+    #[arg(long, default_value_t = 8)]
+    pub min_route_prefix_len: u8,
+    #[arg(long, default_value_t = 8)]
+    pub min_subnet_prefix_len: u8,
+    /// Actuator role: routing table for the lease's routes (default: main).
+    #[arg(long)]
+    pub route_table: Option<u32>,
 }
 
 impl RoleArgs {
@@ -96,6 +105,9 @@ impl RoleArgs {
             max_dns_servers: self.max_dns_servers,
             max_ntp_servers: self.max_ntp_servers,
             max_search_domains: self.max_search_domains,
+            ignore_classless_routes: self.ignore_classless_routes,
+            min_route_prefix_len: self.min_route_prefix_len,
+            min_subnet_prefix_len: self.min_subnet_prefix_len,
         }
     }
 }
