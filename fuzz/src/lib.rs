@@ -641,23 +641,13 @@ pub fn ipc_decode(data: &[u8]) {
     let _ = decodes_stably::<FromActuator>(data);
     let _ = decodes_stably::<FromNetwork>(data);
     let _ = decodes_stably::<ToNetwork>(data);
-    if let Some(ToEngine::Start {
-        config,
-        stored,
-        seed,
-        link_up,
-    }) = decodes_stably::<ToEngine>(data)
-    {
+    if let Some(ToEngine::Start { start, seed }) = decodes_stably::<ToEngine>(data) {
+        use mirage_engine::Engine as _;
         let now = Instant(1_000);
-        let mut client = Client::new(config, stored, now, seed);
         let mut out = Vec::new();
-        let first = if link_up {
-            EngineEvent::Tick
-        } else {
-            EngineEvent::LinkDown
-        };
-        let _ = client.handle(now, first, &mut out);
+        let mut client = Client::start(start, now, seed, &mut out);
         let later = client.poll_at().max(now);
-        let _ = client.handle(later, EngineEvent::Tick, &mut out);
+        client.on_timer(later, &mut out);
+        mirage_engine::fuzz::check_actions::<Client>(&out);
     }
 }

@@ -25,9 +25,9 @@ use dhcp_engine::wire::frame::{
 };
 use mirage_fuzz::{EngineInput, EngineTrace, MAC, Step, StoredLease, run_engine_events};
 use mirage_ipc::{
-    ClientIdKind, ClientState, Counters, DropReason, EngineAction, EngineConfig, EngineEvent, FromActuator,
-    FromEngine, FromNetwork, Instant, IntentKind, Lease, Limits, Outcome, PublishedStatus, Refusal, Status,
-    ToActuator, ToEngine, encode,
+    ClientIdKind, ClientState, Counters, DropReason, EngineAction, EngineConfig, EngineEvent, EngineStart,
+    FromActuator, FromEngine, FromNetwork, Instant, IntentKind, Lease, Limits, Outcome, PublishedStatus,
+    Refusal, Status, ToActuator, ToEngine, encode,
 };
 
 /// libFuzzer runs with `-max_len=4096` (scripts/fuzz.sh): longer seeds would
@@ -265,17 +265,19 @@ fn ipc_decode_seeds() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "from-engine-dropped-refused".into(),
-            enc(encode(&FromEngine::Dropped(DropReason::Refused(
+            enc(encode(&FromEngine::Refused(DropReason::Refused(
                 Refusal::GatewayNotOnLink,
             )))),
         ),
         (
             "to-engine-start-stored".into(),
             enc(encode(&ToEngine::Start {
-                config,
-                stored: Some(dnsmasq),
+                start: EngineStart {
+                    config,
+                    stored: Some(dnsmasq),
+                    link_up: true,
+                },
                 seed: [0x5e; 32],
-                link_up: true,
             })),
         ),
         (

@@ -40,6 +40,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod client;
+mod contract;
 pub mod lease;
 pub mod rng;
 pub mod wire;

@@ -342,29 +342,22 @@ pub enum DropReason {
     Refused(Refusal),
 }
 
-/// Supervisor -> engine role.
-// Start is large but sent once; messages are encoded, not kept around.
-#[allow(clippy::large_enum_variant)]
+/// What the DHCP engine is told once, at start (the contract's `Start`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum ToEngine {
-    /// First message. `stored` is the lease read from the state directory,
-    /// re-based onto this boot's clock by the supervisor.
-    Start {
-        config: EngineConfig,
-        stored: Option<Lease>,
-        seed: [u8; 32],
-        link_up: bool,
-    },
-    Event(EngineEvent),
+pub struct EngineStart {
+    pub config: EngineConfig,
+    /// The lease read from the state directory, re-based onto this boot's
+    /// clock by the supervisor.
+    pub stored: Option<Lease>,
+    /// Carrier at start; without it the engine waits for `LinkUp`.
+    pub link_up: bool,
 }
 
-/// Engine role -> supervisor.
-#[allow(clippy::large_enum_variant)]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum FromEngine {
-    Action(EngineAction),
-    Dropped(DropReason),
-}
+/// Supervisor -> engine role (the engine contract's envelope).
+pub type ToEngine = mirage_engine::ToEngine<EngineStart, EngineEvent>;
+
+/// Engine role -> supervisor: an action, or why an event was dropped.
+pub type FromEngine = mirage_engine::FromEngine<EngineAction, DropReason>;
 
 /// Supervisor -> network role.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
 
 use mirage_ipc::{
-    ClientIdKind, EngineAction, EngineConfig, EngineEvent, FromActuator, FromEngine, FromNetwork, IntentKind,
-    Lease, Outcome, PublishedStatus, Status, ToActuator, ToEngine, ToNetwork,
+    ClientIdKind, EngineAction, EngineConfig, EngineEvent, EngineStart, FromActuator, FromEngine,
+    FromNetwork, IntentKind, Lease, Outcome, PublishedStatus, Status, ToActuator, ToEngine, ToNetwork,
 };
 use mirage_sdk::channel::{Channel, Outbox, OutboxError, wait, wait_readable};
 use mirage_sdk::clock::{boottime, realtime_ms};
@@ -451,10 +451,12 @@ fn launch_engine(
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
     let start = ToEngine::Start {
-        config: config.clone(),
-        stored,
+        start: EngineStart {
+            config: config.clone(),
+            stored,
+            link_up,
+        },
         seed,
-        link_up,
     };
     role.chan
         .send(&start)
@@ -605,7 +607,7 @@ impl Supervisor {
 
     fn on_engine_message(&mut self, msg: FromEngine) -> Result<(), String> {
         match msg {
-            FromEngine::Dropped(reason) => self.drop_log.record(reason),
+            FromEngine::Refused(reason) => self.drop_log.record(reason),
             FromEngine::Action(EngineAction::Transmit(frame)) => {
                 self.send_frame(RoleName::Network, &ToNetwork::Transmit(frame))?;
             }
@@ -641,6 +643,16 @@ impl Supervisor {
                         "state {} -> {}",
                         self.status.state.as_str(),
                         status.state.as_str()
+                    );
+                }
+                let dropped = status.counters.routes_dropped;
+                if dropped > self.status.counters.routes_dropped {
+                    // The engine logs nothing itself; its counter says the
+                    // policy dropped routes from a server's reply.
+                    log::warn!(
+                        "the lease policy dropped {} route(s) from the server's replies \
+                         (see [limits] min_route_prefix_len, ignore_classless_routes)",
+                        dropped - self.status.counters.routes_dropped
                     );
                 }
                 self.status = status;

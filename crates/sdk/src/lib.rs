@@ -18,6 +18,7 @@
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod engine_role;
 pub mod fd;
 pub mod files;
 pub mod log;
