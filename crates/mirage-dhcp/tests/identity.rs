@@ -227,27 +227,16 @@ fn status_refuses_links_fifos_and_huge_files() {
     let d = temp("shapes");
     std::fs::write(d.join("real.json"), r#"{"state": "bound"}"#).unwrap();
     let target = d.join("status.json");
-    let shapes: [(&str, Box<dyn Fn()>); 4] = [
-        (
-            "link",
-            Box::new(|| std::os::unix::fs::symlink(d.join("real.json"), &target).unwrap()),
-        ),
-        (
-            "fifo",
-            Box::new(|| {
-                assert!(Command::new("mkfifo").arg(&target).status().unwrap().success());
-            }),
-        ),
-        ("directory", Box::new(|| std::fs::create_dir(&target).unwrap())),
-        (
-            "huge",
-            Box::new(|| std::fs::write(&target, format!("\"{}\"", "x".repeat(1 << 20))).unwrap()),
-        ),
-    ];
-    for (what, make) in shapes {
+    let make = |what: &str| match what {
+        "link" => std::os::unix::fs::symlink(d.join("real.json"), &target).unwrap(),
+        "fifo" => assert!(Command::new("mkfifo").arg(&target).status().unwrap().success()),
+        "directory" => std::fs::create_dir(&target).unwrap(),
+        _ => std::fs::write(&target, format!("\"{}\"", "x".repeat(1 << 20))).unwrap(),
+    };
+    for what in ["link", "fifo", "directory", "huge"] {
         let _ = std::fs::remove_file(&target);
         let _ = std::fs::remove_dir(&target);
-        make();
+        make(what);
         let out = status_of(&d, false);
         // timeout(1) exits 124 when it had to stop a blocked reader.
         assert_ne!(out.status.code(), Some(124), "{what}: blocked");
