@@ -255,3 +255,58 @@ fn status_refuses_links_fifos_and_huge_files() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("state      bound"));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Regression (item 6): the root supervisor opened the resolv.conf path
+/// following any link, so a link the roles' uid planted made root overwrite
+/// a root-only file or create one in a root-only directory. Now a link that
+/// is not root's stops the start with a clear error and touches nothing,
+/// while root's own link (/etc/resolv.conf -> /run/systemd/resolve/...)
+/// is followed as before.
+#[test]
+fn resolv_conf_follows_root_links_only() {
+    use std::os::unix::fs::PermissionsExt;
+    for target in ["vault/secret", "vault/created"] {
+        let mut net = Net::new();
+        let vault = net.path("vault");
+        std::fs::create_dir(&vault).unwrap();
+        std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(vault.join("secret"), "root only\n").unwrap();
+        std::fs::set_permissions(vault.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = net.path("resolv.conf");
+        std::os::unix::fs::symlink(net.path(target), &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(ACTUATOR_ID), Some(ACTUATOR_ID)).unwrap();
+        net.start_dnsmasq("120", &[]);
+        let d = net.start_client(&[]);
+        let st = net
+            .wait_exit(d, Duration::from_secs(10))
+            .expect("the daemon did not stop");
+        assert!(!st.success(), "{target}");
+        let log = net.client_log();
+        assert!(
+            log.contains(&format!("owned by uid {ACTUATOR_ID}; only links owned by root")),
+            "{log}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(vault.join("secret")).unwrap(),
+            "root only\n"
+        );
+        assert!(!vault.join("created").exists());
+    }
+    let mut net = Net::new();
+    std::fs::create_dir(net.path("stub")).unwrap();
+    std::fs::write(net.path("stub/stub-resolv.conf"), "# before\n").unwrap();
+    std::os::unix::fs::symlink(net.path("stub/stub-resolv.conf"), net.path("resolv.conf")).unwrap();
+    net.start_dnsmasq("120", &[]);
+    net.start_client(&[]);
+    net.wait_state("bound", BOUND_WITHIN);
+    let want = format!("nameserver {}\n", net.server_ip);
+    support::wait_until(Duration::from_secs(5), || {
+        support::read(&net.path("stub/stub-resolv.conf")).contains(&want)
+    });
+    assert!(
+        std::fs::symlink_metadata(net.path("resolv.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
