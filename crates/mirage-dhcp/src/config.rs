@@ -369,6 +369,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Id choices that work but weaken the split, for the log: `nobody`'s
+    /// ids (shared with unrelated software) and, when the supervisor can
+    /// give each role its own (`distinct_possible`), roles sharing a uid.
+    pub fn id_warnings(&self, distinct_possible: bool) -> Vec<String> {
+        let roles = [
+            ("network", self.ids.network),
+            ("engine", self.ids.engine),
+            ("actuator", self.ids.actuator),
+        ];
+        let mut out = Vec::new();
+        for (i, (role, id)) in roles.iter().enumerate() {
+            if id.uid == NOBODY || id.gid == NOBODY {
+                out.push(format!(
+                    "ids.{role} is {}:{}: 65534 is `nobody`, which other software runs as; \
+                     its processes could signal this role or write what it owns",
+                    id.uid, id.gid
+                ));
+            }
+            if distinct_possible
+                && let Some((other, _)) = roles[i + 1..].iter().find(|(_, o)| o.uid == id.uid)
+            {
+                out.push(format!(
+                    "ids.{role} and ids.{other} share uid {}: each could signal the other",
+                    id.uid
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `nobody`/`nogroup`.
+const NOBODY: u32 = 65534;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +517,24 @@ mod tests {
         let mut c = parse("interface = \"eth0\"\n[ids]\nengine = 77\n").unwrap();
         let e = c.fit_ids_to_process(1234, 1235).unwrap_err();
         assert!(e.contains("ids.engine") && e.contains("not root"), "{e}");
+    }
+
+    #[test]
+    fn nobody_and_shared_ids_are_warned_about() {
+        assert!(
+            parse("interface = \"eth0\"")
+                .unwrap()
+                .id_warnings(true)
+                .is_empty()
+        );
+        let c = parse("interface = \"eth0\"\n[ids]\nnetwork = 65534\nengine = 65522\n").unwrap();
+        let w = c.id_warnings(true);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("ids.network") && w[0].contains("nobody"), "{w:?}");
+        assert!(
+            w[1].contains("ids.engine and ids.actuator share uid 65522"),
+            "{w:?}"
+        );
+        assert_eq!(c.id_warnings(false).len(), 1);
     }
 }

@@ -111,6 +111,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            for w in config.id_warnings(euid == 0) {
+                log::warn!("{w}");
+            }
             let oneshot = args.oneshot.then(|| std::time::Duration::from_secs(args.timeout));
             match supervisor::run(config, args.log_level, oneshot) {
                 Ok(code) => code,
@@ -132,8 +135,8 @@ fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
     let path = run_dir.join("status.json");
     // The file is written by a role's uid: no link is followed, a FIFO
     // neither blocks nor is read, and the size is bounded.
-    let bytes = match mirage_sdk::files::open_dir(run_dir)
-        .and_then(|dir| mirage_sdk::files::read_bounded(&dir, "status.json", MAX_STATUS))
+    let bytes = match mirage_sdk::files::open_dir_root_links_only(run_dir, None)
+        .and_then(|(dir, _)| mirage_sdk::files::read_bounded(&dir, "status.json", MAX_STATUS))
     {
         Ok(Some(b)) => b,
         Ok(None) => {
