@@ -832,10 +832,10 @@ fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<ResolvTarget>), 
         Some(p) => {
             let w = files::open_file_root_links_only(p, 0o644)
                 .map_err(|e| format!("resolv.conf {}: {e}", p.display()))?;
-            // In a directory that another uid than root owns, that uid may
+            // In a directory where others than root may add names, they may
             // have put a hard link to any file there: only a file of the
             // actuator's own is written.
-            if w.dir_owner != 0 {
+            if w.dir_shared {
                 let file_owner = rustix::fs::fstat(&w.file).map_err(|e| e.to_string())?.st_uid;
                 if w.created {
                     rustix::fs::fchown(
@@ -846,8 +846,8 @@ fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<ResolvTarget>), 
                     .map_err(|e| format!("giving {} to {}:{}: {e}", p.display(), owner.uid, owner.gid))?;
                 } else if file_owner != owner.uid {
                     return Err(format!(
-                        "resolv.conf {} is in a directory of uid {} but belongs to uid {file_owner}, not to \
-                         the actuator's uid {}: refusing to write it",
+                        "resolv.conf {} is in a directory others may write (owner uid {}) but belongs to \
+                         uid {file_owner}, not to the actuator's uid {}: refusing to write it",
                         p.display(),
                         w.dir_owner,
                         owner.uid
@@ -1141,6 +1141,16 @@ mod tests {
         let (_, _, r) = prepare_dirs(&c).unwrap();
         assert!(r.is_some());
         assert_eq!(owner(&resolv), act.uid);
+        // The same in a root directory that everyone may write (/tmp): a
+        // root file found there may be anyone's hard link.
+        std::fs::create_dir(d.join("shared")).unwrap();
+        std::fs::set_permissions(d.join("shared"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::write(d.join("shared/resolv.conf"), b"root's").unwrap();
+        let c4 = config_in(&d, "shared/resolv.conf");
+        assert!(prepare_dirs(&c4).unwrap_err().contains("refusing to write it"));
+        std::fs::remove_file(d.join("shared/resolv.conf")).unwrap();
+        prepare_dirs(&c4).unwrap();
+        assert_eq!(owner(&d.join("shared/resolv.conf")), act.uid);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -165,9 +165,12 @@ pub struct WritableFile {
     pub name: String,
     /// Whether this call created the file.
     pub created: bool,
-    /// Owner of `dir`: a file in a directory that another uid than root
-    /// owns may have been put there (or hard-linked there) by that uid.
+    /// Owner of `dir`.
     pub dir_owner: u32,
+    /// Whether anyone but root may add names to `dir` (another owner, or
+    /// write access for a group other than root's or for everyone): the
+    /// file may then have been put (or hard-linked) there by someone else.
+    pub dir_shared: bool,
 }
 
 /// Open (or create, with `mode`) the regular file `path` for writing, with
@@ -196,7 +199,10 @@ pub fn open_file_root_links_only(path: &Path, mode: u32) -> io::Result<WritableF
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let dir_owner = rustix::fs::fstat(&dir)?.st_uid;
+        let dst = rustix::fs::fstat(&dir)?;
+        let dir_owner = dst.st_uid;
+        let dir_shared =
+            dst.st_uid != 0 || dst.st_mode & 0o002 != 0 || (dst.st_mode & 0o020 != 0 && dst.st_gid != 0);
         let name_str = name
             .to_str()
             .ok_or_else(|| refused(path, "the file name is not UTF-8".into()))?
@@ -221,6 +227,7 @@ pub fn open_file_root_links_only(path: &Path, mode: u32) -> io::Result<WritableF
                     name: name_str,
                     created: true,
                     dir_owner,
+                    dir_shared,
                 });
             }
             Err(e) => return Err(e.into()),
@@ -244,6 +251,7 @@ pub fn open_file_root_links_only(path: &Path, mode: u32) -> io::Result<WritableF
                     name: name_str,
                     created: false,
                     dir_owner,
+                    dir_shared,
                 });
             }
         }
