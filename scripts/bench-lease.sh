@@ -284,7 +284,9 @@ client_command() {
     EXTRA=()
     case "$name" in
     mirage-acd | mirage-noacd | mirage-stable)
-        mkdir -p "$dir/state" "$dir/run"
+        # The client makes state/ and run/ for its actuator itself: it
+        # refuses existing ones that are not the actuator's (root's here).
+        mkdir -p "$dir"
         local bin="$BIN"
         [ "$name" = mirage-stable ] && bin="$STABLE_BIN"
         CMD=("$bin" run --interface veth-c --state-dir "$dir/state" --run-dir "$dir/run"
