@@ -84,6 +84,13 @@ fn other_uids_cannot_signal_the_roles_or_write_the_state() {
         }
     }
     assert!(!net.path("state/planted").exists() && !net.path("run/planted").exists());
+    // Item 9 in the real actuator: its directory descriptors are contained.
+    let log = net.client_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("[actuator]") && l.contains("sandbox:") && l.contains("dir-fds=contained")),
+        "{log}"
+    );
     // Still bound, files intact.
     let status = net.status().expect("status.json parses");
     assert_eq!(status["state"], "bound");

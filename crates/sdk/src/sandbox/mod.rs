@@ -104,7 +104,8 @@ pub struct DropPlan<'a> {
 impl DropPlan<'_> {
     /// The strictest plan: nobody/nogroup (65534), no capabilities, 16 fds,
     /// no fork, no file growth, empty root, no file access. Roles loosen
-    /// only what they need.
+    /// only what they need. Services set ids of their own: other software
+    /// runs as `nobody` too, and could signal the role or write its files.
     pub fn strict() -> Self {
         DropPlan {
             uid: 65534,
