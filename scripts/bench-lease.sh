@@ -298,7 +298,9 @@ client_command() {
     EXTRA=()
     case "$name" in
     mirage-acd | mirage-noacd | mirage-stable | mirage-baseline)
-        mkdir -p "$dir/state" "$dir/run"
+        # The client makes state/ and run/ for its actuator itself: it
+        # refuses existing ones that are not the actuator's (root's here).
+        mkdir -p "$dir"
         local bin="$BIN"
         [ "$name" = mirage-stable ] && bin="$STABLE_BIN"
         [ "$name" = mirage-baseline ] && bin="$BASELINE_BIN"

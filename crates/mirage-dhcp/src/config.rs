@@ -10,8 +10,16 @@ pub const DEFAULT_CONFIG: &str = "/etc/mirage/dhcp/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mirage/dhcp";
 pub const DEFAULT_RUN_DIR: &str = "/run/mirage/dhcp";
 pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
-/// `nobody`: numeric, because a static binary cannot look names up.
-pub const DEFAULT_ROLE_ID: u32 = 65534;
+/// Default uid = gid of each role when the supervisor starts as root: ids
+/// of this service alone, so that no other program (not `nobody`, 65534,
+/// which unrelated software shares) can signal a role or write its files,
+/// and one per role, so that a compromised engine's uid owns nothing.
+/// Numeric, because a static binary cannot look names up; from the range
+/// systemd leaves unused (65520..=65533, systemd.io/UIDS-GIDS) so that no
+/// distribution or user database hands them out.
+pub const DEFAULT_NETWORK_ID: u32 = 65520;
+pub const DEFAULT_ENGINE_ID: u32 = 65521;
+pub const DEFAULT_ACTUATOR_ID: u32 = 65522;
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -56,10 +64,12 @@ pub struct FileConfig {
     pub hostname: Option<String>,
     pub vendor_class: Option<String>,
     pub release_on_stop: bool,
+    /// Replaced by `[ids]`; kept in the shape only to say so.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     /// Routing table for the lease's routes; absent: the main table.
     pub route_table: Option<u32>,
+    pub ids: IdsConfig,
     pub timing: TimingConfig,
     pub acd: AcdConfig,
     pub limits: Limits,
@@ -82,6 +92,88 @@ impl Default for TimingConfig {
             init_reboot_budget_ms: d.init_reboot_budget_ms,
         }
     }
+}
+
+/// A role's ids: `65520` (uid and gid alike) or `"65520:65530"`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(try_from = "IdsValue")]
+pub struct RoleId {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdsValue {
+    Same(u32),
+    Pair(String),
+}
+
+impl TryFrom<IdsValue> for RoleId {
+    type Error = String;
+    fn try_from(v: IdsValue) -> Result<Self, String> {
+        let id = match v {
+            IdsValue::Same(n) => RoleId { uid: n, gid: n },
+            IdsValue::Pair(s) => {
+                let bad = || format!("{s:?} is not UID or \"UID:GID\" (numbers)");
+                let (u, g) = s.split_once(':').ok_or_else(bad)?;
+                RoleId {
+                    uid: u.parse().map_err(|_| bad())?,
+                    gid: g.parse().map_err(|_| bad())?,
+                }
+            }
+        };
+        // (uid_t)-1 means "unchanged" to setresuid and chown.
+        if id.uid == u32::MAX || id.gid == u32::MAX {
+            return Err("4294967295 is not a valid id".into());
+        }
+        Ok(id)
+    }
+}
+
+/// `[ids]`: who each role runs as.
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdsConfig {
+    pub network: Option<RoleId>,
+    pub engine: Option<RoleId>,
+    /// Also owns the state and runtime directories.
+    pub actuator: Option<RoleId>,
+    /// Let a role run as uid or gid 0 (never needed: for debugging only).
+    pub allow_root: bool,
+}
+
+/// The ids each role runs as, once [`Config::fit_ids_to_process`] ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleIds {
+    pub network: RoleId,
+    pub engine: RoleId,
+    pub actuator: RoleId,
+}
+
+impl RoleIds {
+    pub fn of(&self, role: crate::roles::RoleName) -> RoleId {
+        match role {
+            crate::roles::RoleName::Network => self.network,
+            crate::roles::RoleName::Engine => self.engine,
+            crate::roles::RoleName::Actuator => self.actuator,
+        }
+    }
+
+    pub const DEFAULT: RoleIds = RoleIds {
+        network: RoleId {
+            uid: DEFAULT_NETWORK_ID,
+            gid: DEFAULT_NETWORK_ID,
+        },
+        engine: RoleId {
+            uid: DEFAULT_ENGINE_ID,
+            gid: DEFAULT_ENGINE_ID,
+        },
+        actuator: RoleId {
+            uid: DEFAULT_ACTUATOR_ID,
+            gid: DEFAULT_ACTUATOR_ID,
+        },
+    };
 }
 
 /// Command-line values that override the file.
@@ -109,9 +201,10 @@ pub struct Config {
     pub hostname: Option<String>,
     pub vendor_class: Option<String>,
     pub release_on_stop: bool,
-    pub uid: u32,
-    pub gid: u32,
     pub route_table: Option<u32>,
+    /// What `[ids]` said; [`Config::ids`] is what is in force.
+    pub ids_config: IdsConfig,
+    pub ids: RoleIds,
     pub timing: TimingConfig,
     pub acd: AcdConfig,
     pub limits: Limits,
@@ -199,6 +292,34 @@ impl Config {
                 "must be 1..=254 or above 255 (0 is unspecified, 255 the kernel's local table)",
             ));
         }
+        if f.uid.is_some() || f.gid.is_some() {
+            return Err(bad(
+                if f.uid.is_some() { "uid" } else { "gid" },
+                "replaced by [ids]: one uid/gid per role (network, engine, actuator); \
+                 remove uid and gid (see the README, configuration reference)",
+            ));
+        }
+        let i = f.ids;
+        let ids = RoleIds {
+            network: i.network.unwrap_or(RoleIds::DEFAULT.network),
+            engine: i.engine.unwrap_or(RoleIds::DEFAULT.engine),
+            actuator: i.actuator.unwrap_or(RoleIds::DEFAULT.actuator),
+        };
+        if !i.allow_root {
+            for (role, id) in [
+                ("network", ids.network),
+                ("engine", ids.engine),
+                ("actuator", ids.actuator),
+            ] {
+                if id.uid == 0 || id.gid == 0 {
+                    return Err(bad(
+                        &format!("ids.{role}"),
+                        "uid/gid 0 would run the role as root, undoing its sandbox; \
+                         give it an unprivileged id (or set ids.allow_root = true, for debugging only)",
+                    ));
+                }
+            }
+        }
         let resolv_conf = match o.resolv_conf.or(f.resolv_conf) {
             None => Some(PathBuf::from(DEFAULT_RESOLV_CONF)),
             Some(p) if p.as_os_str().is_empty() => None,
@@ -222,15 +343,83 @@ impl Config {
             hostname: f.hostname,
             vendor_class: f.vendor_class,
             release_on_stop: f.release_on_stop || o.release_on_stop,
-            uid: f.uid.unwrap_or(DEFAULT_ROLE_ID),
-            gid: f.gid.unwrap_or(DEFAULT_ROLE_ID),
             route_table: f.route_table,
+            ids_config: f.ids,
+            ids,
             timing,
             acd,
             limits,
         })
     }
 }
+
+impl Config {
+    /// Fit the role ids to the process the supervisor runs as. As root it
+    /// switches each role to its own ids. Otherwise (a container or the
+    /// systemd unit, run as the service's uid with ambient capabilities)
+    /// no role can change uid: roles not named in `[ids]` keep the
+    /// process's ids, and a role named with other ids is an error.
+    pub fn fit_ids_to_process(&mut self, euid: u32, egid: u32) -> Result<(), String> {
+        if euid == 0 {
+            return Ok(());
+        }
+        let own = RoleId { uid: euid, gid: egid };
+        let c = self.ids_config;
+        for (role, given, slot) in [
+            ("network", c.network, &mut self.ids.network),
+            ("engine", c.engine, &mut self.ids.engine),
+            ("actuator", c.actuator, &mut self.ids.actuator),
+        ] {
+            match given {
+                Some(id) if id != own => {
+                    return Err(format!(
+                        "ids.{role} = \"{}:{}\", but mirage-dhcp runs as {euid}:{egid}, not root, and \
+                         cannot switch a role to other ids: remove [ids] (the roles then run as \
+                         {euid}:{egid}) or start it as root",
+                        id.uid, id.gid
+                    ));
+                }
+                _ => *slot = own,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Id choices that work but weaken the split, for the log: `nobody`'s
+    /// ids (shared with unrelated software) and, when the supervisor can
+    /// give each role its own (`distinct_possible`), roles sharing a uid.
+    pub fn id_warnings(&self, distinct_possible: bool) -> Vec<String> {
+        let roles = [
+            ("network", self.ids.network),
+            ("engine", self.ids.engine),
+            ("actuator", self.ids.actuator),
+        ];
+        let mut out = Vec::new();
+        for (i, (role, id)) in roles.iter().enumerate() {
+            if id.uid == NOBODY || id.gid == NOBODY {
+                out.push(format!(
+                    "ids.{role} is {}:{}: 65534 is `nobody`, which other software runs as; \
+                     its processes could signal this role or write what it owns",
+                    id.uid, id.gid
+                ));
+            }
+            if distinct_possible
+                && let Some((other, _)) = roles[i + 1..].iter().find(|(_, o)| o.uid == id.uid)
+            {
+                out.push(format!(
+                    "ids.{role} and ids.{other} share uid {}: each could signal the other",
+                    id.uid
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `nobody`/`nogroup`.
+const NOBODY: u32 = 65534;
 
 #[cfg(test)]
 mod tests {
@@ -249,7 +438,16 @@ mod tests {
         assert_eq!(c.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(c.resolv_conf, Some(PathBuf::from(DEFAULT_RESOLV_CONF)));
         assert_eq!(c.sandbox, SandboxKind::Seccomp);
-        assert_eq!((c.uid, c.gid), (65534, 65534));
+        assert_eq!(c.ids, RoleIds::DEFAULT);
+        let all = [c.ids.network, c.ids.engine, c.ids.actuator];
+        // One id per role, none shared with `nobody` or root.
+        for (i, a) in all.iter().enumerate() {
+            assert!(
+                ![0, 65534].contains(&a.uid) && ![0, 65534].contains(&a.gid),
+                "{a:?}"
+            );
+            assert!(all[i + 1..].iter().all(|b| b.uid != a.uid), "{all:?}");
+        }
         assert!(c.acd.enabled);
         assert_eq!(c.route_table, None);
         assert_eq!(c.limits.min_route_prefix_len, 8);
@@ -309,5 +507,78 @@ mod tests {
         assert_eq!(c.interface, "b");
         assert_eq!(c.resolv_conf, None);
         assert!(!c.acd.enabled);
+    }
+
+    #[test]
+    fn role_ids_parse_and_root_is_refused_unless_allowed() {
+        let c = parse("interface = \"eth0\"\n[ids]\nnetwork = 900\nactuator = \"901:902\"\n").unwrap();
+        assert_eq!(c.ids.network, RoleId { uid: 900, gid: 900 });
+        assert_eq!(c.ids.engine, RoleIds::DEFAULT.engine);
+        assert_eq!(c.ids.actuator, RoleId { uid: 901, gid: 902 });
+        for bad in ["engine = 0", "actuator = \"900:0\"", "network = \"0:900\""] {
+            let e = parse(&format!("interface = \"eth0\"\n[ids]\n{bad}\n")).unwrap_err();
+            assert!(
+                e.contains("ids.") && e.contains("root") && e.contains("allow_root"),
+                "{bad}: {e}"
+            );
+        }
+        let c = parse("interface = \"eth0\"\n[ids]\nengine = 0\nallow_root = true\n").unwrap();
+        assert_eq!(c.ids.engine, RoleId { uid: 0, gid: 0 });
+        for bad in [
+            "engine = \"x\"",
+            "engine = \"1:\"",
+            "engine = -1",
+            "engine = 4294967295",
+            "nobody = 1",
+        ] {
+            let e = parse(&format!("interface = \"eth0\"\n[ids]\n{bad}\n")).unwrap_err();
+            assert!(e.starts_with("config.toml:3:"), "{bad}: {e}");
+        }
+        // The old shared keys say what replaced them.
+        for old in ["uid = 65534", "gid = 0"] {
+            let e = parse(&format!("interface = \"eth0\"\n{old}\n")).unwrap_err();
+            assert!(e.contains("replaced by [ids]"), "{old}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_non_root_supervisor_keeps_its_own_ids() {
+        let mut c = parse("interface = \"eth0\"").unwrap();
+        c.fit_ids_to_process(0, 0).unwrap();
+        assert_eq!(c.ids, RoleIds::DEFAULT);
+        c.fit_ids_to_process(1234, 1235).unwrap();
+        let own = RoleId { uid: 1234, gid: 1235 };
+        assert_eq!(
+            c.ids,
+            RoleIds {
+                network: own,
+                engine: own,
+                actuator: own
+            }
+        );
+        let mut c = parse("interface = \"eth0\"\n[ids]\nengine = \"1234:1235\"\n").unwrap();
+        c.fit_ids_to_process(1234, 1235).unwrap();
+        let mut c = parse("interface = \"eth0\"\n[ids]\nengine = 77\n").unwrap();
+        let e = c.fit_ids_to_process(1234, 1235).unwrap_err();
+        assert!(e.contains("ids.engine") && e.contains("not root"), "{e}");
+    }
+
+    #[test]
+    fn nobody_and_shared_ids_are_warned_about() {
+        assert!(
+            parse("interface = \"eth0\"")
+                .unwrap()
+                .id_warnings(true)
+                .is_empty()
+        );
+        let c = parse("interface = \"eth0\"\n[ids]\nnetwork = 65534\nengine = 65522\n").unwrap();
+        let w = c.id_warnings(true);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("ids.network") && w[0].contains("nobody"), "{w:?}");
+        assert!(
+            w[1].contains("ids.engine and ids.actuator share uid 65522"),
+            "{w:?}"
+        );
+        assert_eq!(c.id_warnings(false).len(), 1);
     }
 }

@@ -100,13 +100,20 @@ fn main() -> ExitCode {
                 release_on_stop: args.release_on_stop,
                 first_retransmit_ms: args.first_retransmit_ms,
             };
-            let config = match Config::load(&path, explicit, overrides) {
+            let euid = rustix::process::geteuid().as_raw();
+            let egid = rustix::process::getegid().as_raw();
+            let config = match Config::load(&path, explicit, overrides)
+                .and_then(|mut c| c.fit_ids_to_process(euid, egid).map(|()| c))
+            {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("mirage-dhcp: {e}");
                     return ExitCode::from(2);
                 }
             };
+            for w in config.id_warnings(euid == 0) {
+                log::warn!("{w}");
+            }
             let oneshot = args.oneshot.then(|| std::time::Duration::from_secs(args.timeout));
             match supervisor::run(config, args.log_level, oneshot) {
                 Ok(code) => code,
@@ -121,68 +128,128 @@ fn main() -> ExitCode {
     }
 }
 
+/// Largest status.json `status` reads (the actuator writes at most 16 KiB).
+const MAX_STATUS: usize = 64 * 1024;
+
 fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
     let path = run_dir.join("status.json");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
+    // The file is written by a role's uid: no link is followed, a FIFO
+    // neither blocks nor is read, and the size is bounded.
+    let bytes = match mirage_sdk::files::open_dir_root_links_only(run_dir, None)
+        .and_then(|(dir, _)| mirage_sdk::files::read_bounded(&dir, "status.json", MAX_STATUS))
+    {
+        Ok(Some(b)) => b,
+        Ok(None) => {
             eprintln!(
-                "mirage-dhcp: cannot read {}: {e} (is the client running?)",
+                "mirage-dhcp: {} does not exist (is the client running?)",
                 path.display()
             );
             return ExitCode::FAILURE;
         }
+        Err(e) => {
+            eprintln!(
+                "mirage-dhcp: cannot read {}: {} (is the client running?)",
+                path.display(),
+                printable(&e.to_string())
+            );
+            return ExitCode::FAILURE;
+        }
     };
-    if raw {
-        print!("{text}");
-        return ExitCode::SUCCESS;
-    }
-    let v: serde_json::Value = match serde_json::from_str(&text) {
+    let v: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("mirage-dhcp: {} is not valid JSON: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
-    println!("interface  {}", v["interface"].as_str().unwrap_or("?"));
-    println!("state      {}", v["state"].as_str().unwrap_or("?"));
-    println!("sandbox    {}", v["sandbox"].as_str().unwrap_or("?"));
+    if raw {
+        // Valid JSON still, with every character a terminal could act on
+        // written as a \u escape.
+        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+        println!("{}", json_printable(&text));
+        return ExitCode::SUCCESS;
+    }
+    let show = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => printable(s),
+        serde_json::Value::Null => "?".into(),
+        other => printable(&other.to_string()),
+    };
+    println!("interface  {}", show(&v["interface"]));
+    println!("state      {}", show(&v["state"]));
+    println!("sandbox    {}", show(&v["sandbox"]));
     let l = &v["lease"];
     if l.is_null() {
         println!("lease      none");
     } else {
-        println!(
-            "address    {}/{}",
-            l["address"].as_str().unwrap_or("?"),
-            l["prefix_len"]
-        );
-        println!("server     {}", l["server_id"].as_str().unwrap_or("?"));
+        println!("address    {}/{}", show(&l["address"]), show(&l["prefix_len"]));
+        println!("server     {}", show(&l["server_id"]));
         for r in l["routes"].as_array().into_iter().flatten() {
             println!(
                 "route      {} via {}",
-                r["destination"].as_str().unwrap_or("?"),
-                r["gateway"].as_str().unwrap_or("?")
+                show(&r["destination"]),
+                show(&r["gateway"])
             );
         }
         let list = |k: &str| {
             l[k].as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
+                .map(|a| a.iter().map(show).collect::<Vec<_>>().join(" "))
                 .unwrap_or_default()
         };
         println!("dns        {}", list("dns_servers"));
         println!("search     {}", list("search"));
         println!("ntp        {}", list("ntp_servers"));
-        if let Some(mtu) = l["mtu"].as_u64() {
-            println!("mtu        {mtu}");
+        if !l["mtu"].is_null() {
+            println!("mtu        {}", show(&l["mtu"]));
         }
         println!(
             "lease      {} s left (renew in {} s, rebind in {} s)",
-            l["remaining_secs"], l["renew_in_secs"], l["rebind_in_secs"]
+            show(&l["remaining_secs"]),
+            show(&l["renew_in_secs"]),
+            show(&l["rebind_in_secs"])
         );
     }
-    println!("restarts   {}", v["engine_restarts"]);
-    println!("counters   {}", v["counters"]);
+    println!("restarts   {}", show(&v["engine_restarts"]));
+    println!("counters   {}", show(&v["counters"]));
     ExitCode::SUCCESS
+}
+
+/// Whether a terminal shows `c` as itself: not a control character (C0,
+/// DEL, C1 such as CSI), not a format character (bidi overrides...), not a
+/// line or paragraph separator. `escape_debug` knows Unicode's printable set.
+fn shows_as_itself(c: char) -> bool {
+    c == ' ' || (!c.is_control() && c.escape_debug().next() != Some('\\')) || matches!(c, '\\' | '"' | '\'')
+}
+
+/// `s` with everything that is not printable written as `\u{..}`, so a
+/// published string can neither drive the terminal nor forge a line.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c != '\\' && shows_as_itself(c) {
+                c.to_string()
+            } else {
+                c.escape_unicode().to_string()
+            }
+        })
+        .collect()
+}
+
+/// JSON text with every non-printable character as a JSON `\uXXXX` escape
+/// (UTF-16, surrogate pairs beyond the BMP). Outside strings JSON text is
+/// printable ASCII, so the result is the same JSON value.
+fn json_printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\n' || shows_as_itself(c) {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -225,5 +292,31 @@ mod tests {
     fn help_renders() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn published_strings_cannot_drive_the_terminal() {
+        for (raw, want) in [
+            ("eth0", "eth0"),
+            ("b\u{e4}r 1", "b\u{e4}r 1"),
+            ("\x1b[2J", "\\u{1b}[2J"),
+            ("a\nstate      bound", "a\\u{a}state      bound"),
+            ("\r\t\x7f", "\\u{d}\\u{9}\\u{7f}"),
+            ("\u{9b}31m", "\\u{9b}31m"),
+            ("\u{202e}x", "\\u{202e}x"),
+            ("\u{2028}", "\\u{2028}"),
+            ("back\\slash \"q\"", "back\\u{5c}slash \"q\""),
+        ] {
+            assert_eq!(printable(raw), want, "{raw:?}");
+        }
+        let v = serde_json::json!({"s": "\u{1b}]0;x\u{7}\u{9b}\u{202e}\u{1F600}"});
+        let text = json_printable(&serde_json::to_string_pretty(&v).unwrap());
+        assert!(
+            text.chars()
+                .all(|c| c == '\n' || (' '..='~').contains(&c) || c == '\u{1F600}'),
+            "{text}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
     }
 }

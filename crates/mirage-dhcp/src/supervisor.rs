@@ -359,9 +359,9 @@ impl RoleCommon<'_> {
             "--mac".into(),
             roles::format_mac(&self.mac),
             "--uid".into(),
-            c.uid.to_string(),
+            c.ids.of(name).uid.to_string(),
             "--gid".into(),
-            c.gid.to_string(),
+            c.ids.of(name).gid.to_string(),
             "--sandbox".into(),
             c.sandbox.as_str().into(),
             "--log-level".into(),
@@ -937,8 +937,9 @@ fn more(chan: &Channel) -> Result<bool, String> {
 }
 
 /// resolv.conf as the actuator gets it: the directory that really holds it
-/// (symlinks resolved, so a link such as /etc/resolv.conf -> /run/... is
-/// followed, not replaced), the file itself opened for writing, its name.
+/// (root's symlinks resolved, so a link such as /etc/resolv.conf -> /run/...
+/// is followed, not replaced; anyone else's is refused), the file itself
+/// opened for writing, its name.
 type ResolvTarget = (OwnedFd, OwnedFd, String);
 
 /// Log lines for dropped frames, rate-limited: a flood of junk must not
@@ -979,39 +980,86 @@ impl DropLog {
     }
 }
 
-/// State dir and run dir (created if missing, owned by the roles' ids so the
-/// unprivileged actuator can write them) and the resolv.conf target.
+/// State dir and run dir, and the resolv.conf target, opened for the
+/// actuator without following any link that is not root's (docs/security.md,
+/// "Files"): the directories are created if missing and then given to the
+/// actuator's ids; an existing one must already be the actuator's, because
+/// taking over a directory that someone else owns would hand the roles
+/// whatever that owner left in it (or make root write where it points).
 fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<ResolvTarget>), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mk = |p: &Path, mode: u32| -> Result<OwnedFd, String> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(p)
-            .map_err(|e| format!("creating {}: {e}", p.display()))?;
-        std::os::unix::fs::chown(p, Some(c.uid), Some(c.gid))
-            .map_err(|e| format!("giving {} to uid {}: {e}", p.display(), c.uid))?;
-        files::open_dir(p).map_err(|e| format!("opening {}: {e}", p.display()))
+    let owner = c.ids.actuator;
+    let mk = |p: &Path, mode: u32, what: &str| -> Result<OwnedFd, String> {
+        let (dir, created) = files::open_dir_root_links_only(p, Some(mode))
+            .map_err(|e| format!("{what} {}: {e}", p.display()))?;
+        if created {
+            rustix::fs::fchown(
+                &dir,
+                Some(rustix::fs::Uid::from_raw(owner.uid)),
+                Some(rustix::fs::Gid::from_raw(owner.gid)),
+            )
+            .and_then(|()| rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(mode)))
+            .map_err(|e| {
+                format!(
+                    "giving the new {what} {} to {}:{}: {e}",
+                    p.display(),
+                    owner.uid,
+                    owner.gid
+                )
+            })?;
+            return Ok(dir);
+        }
+        let st = rustix::fs::fstat(&dir).map_err(|e| format!("{what} {}: {e}", p.display()))?;
+        if st.st_uid != owner.uid {
+            return Err(format!(
+                "{what} {} belongs to uid {}, not to the actuator's uid {}: refusing to take it over. \
+                 Give it to the actuator (chown {}:{} {}) or remove it so that mirage-dhcp creates it",
+                p.display(),
+                st.st_uid,
+                owner.uid,
+                owner.uid,
+                owner.gid,
+                p.display()
+            ));
+        }
+        if st.st_mode & 0o002 != 0 {
+            return Err(format!(
+                "{what} {} is writable by everyone: chmod o-w {}",
+                p.display(),
+                p.display()
+            ));
+        }
+        Ok(dir)
     };
-    let state = mk(&c.state_dir, 0o700)?;
-    let run = mk(&c.run_dir, 0o755)?;
+    let state = mk(&c.state_dir, 0o700, "state directory")?;
+    let run = mk(&c.run_dir, 0o755, "runtime directory")?;
     let resolv = match &c.resolv_conf {
         None => None,
         Some(p) => {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(p)
-                .map_err(|e| format!("opening {}: {e}", p.display()))?;
-            let real = std::fs::canonicalize(p).map_err(|e| format!("resolving {}: {e}", p.display()))?;
-            let parent = real.parent().unwrap_or(Path::new("/"));
-            let name = real
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let dir = files::open_dir(parent).map_err(|e| format!("opening {}: {e}", parent.display()))?;
-            Some((dir, OwnedFd::from(file), name))
+            let w = files::open_file_root_links_only(p, 0o644)
+                .map_err(|e| format!("resolv.conf {}: {e}", p.display()))?;
+            // In a directory where others than root may add names, they may
+            // have put a hard link to any file there: only a file of the
+            // actuator's own is written.
+            if w.dir_shared {
+                let file_owner = rustix::fs::fstat(&w.file).map_err(|e| e.to_string())?.st_uid;
+                if w.created {
+                    rustix::fs::fchown(
+                        &w.file,
+                        Some(rustix::fs::Uid::from_raw(owner.uid)),
+                        Some(rustix::fs::Gid::from_raw(owner.gid)),
+                    )
+                    .map_err(|e| format!("giving {} to {}:{}: {e}", p.display(), owner.uid, owner.gid))?;
+                } else if file_owner != owner.uid {
+                    return Err(format!(
+                        "resolv.conf {} is in a directory others may write (owner uid {}) but belongs to \
+                         uid {file_owner}, not to the actuator's uid {}: refusing to write it",
+                        p.display(),
+                        w.dir_owner,
+                        owner.uid
+                    ));
+                }
+            }
+            Some((w.dir, w.file, w.name))
         }
     };
     Ok((state, run, resolv))
@@ -1367,6 +1415,145 @@ mod tests {
             .recv_timeout(Duration::from_secs(20))
             .expect("stopping the role blocked on its log pipe");
         assert!(matches!(reaped, Ok(true)), "the role was not killed and reaped");
+    }
+
+    /// A config whose directories and resolv.conf are under `dir`.
+    fn config_in(dir: &Path, resolv: &str) -> Config {
+        let o = crate::config::Overrides {
+            interface: Some("eth0".into()),
+            state_dir: Some(dir.join("state")),
+            run_dir: Some(dir.join("run")),
+            resolv_conf: Some(dir.join(resolv)),
+            ..Default::default()
+        };
+        Config::resolve(Path::new("test"), Default::default(), o).unwrap()
+    }
+
+    fn test_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mirage-sup-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn owner(p: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p).unwrap().uid()
+    }
+
+    #[test]
+    fn directories_are_created_for_the_actuator_and_foreign_ones_refused() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(rustix::process::geteuid().is_root(), "needs root");
+        let d = test_dir("dirs");
+        let c = config_in(&d, "resolv.conf");
+        let act = c.ids.actuator;
+        prepare_dirs(&c).unwrap();
+        for (sub, mode) in [("state", 0o700), ("run", 0o755)] {
+            let m = std::fs::metadata(d.join(sub)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (act.uid, act.gid, mode),
+                "{sub}"
+            );
+        }
+        // Ours already: used again as it is.
+        prepare_dirs(&c).unwrap();
+        // Root's (or anyone else's): refused with the fix, never chowned.
+        for (sub, other) in [("state", 0), ("run", 0), ("state", 65534)] {
+            std::os::unix::fs::chown(d.join(sub), Some(other), Some(other)).unwrap();
+            let e = prepare_dirs(&c).unwrap_err();
+            assert!(e.contains(&d.join(sub).display().to_string()), "{e}");
+            assert!(e.contains(&format!("belongs to uid {other}")), "{e}");
+            assert!(e.contains(&format!("chown {}:{}", act.uid, act.gid)), "{e}");
+            assert_eq!(owner(&d.join(sub)), other, "{sub} was taken over");
+            std::os::unix::fs::chown(d.join(sub), Some(act.uid), Some(act.gid)).unwrap();
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn links_planted_by_a_role_are_never_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(rustix::process::geteuid().is_root(), "needs root");
+        let d = test_dir("links");
+        let act = config_in(&d, "x").ids.actuator;
+        let vault = d.join("vault");
+        std::fs::create_dir(&vault).unwrap();
+        std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(vault.join("secret"), b"root only").unwrap();
+        std::fs::set_permissions(vault.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The roles' runtime directory, where the systemd and LinuxKit
+        // layouts keep resolv.conf: the actuator's uid plants links in it.
+        let c = config_in(&d, "run/resolv.conf");
+        prepare_dirs(&c).unwrap();
+        let plant = |target: &Path, at: &Path, uid: u32| {
+            let _ = std::fs::remove_file(at);
+            std::os::unix::fs::symlink(target, at).unwrap();
+            std::os::unix::fs::lchown(at, Some(uid), Some(uid)).unwrap();
+        };
+        let resolv = d.join("run/resolv.conf");
+        for target in [vault.join("secret"), vault.join("created")] {
+            plant(&target, &resolv, act.uid);
+            let e = prepare_dirs(&c).unwrap_err();
+            assert!(
+                e.contains("owned by uid") && e.contains("only links owned by root"),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read(vault.join("secret")).unwrap(), b"root only");
+        assert!(!vault.join("created").exists());
+        // A hard link the role made (fs.protected_hardlinks = 0) to a file
+        // it does not own is not written either.
+        std::fs::remove_file(&resolv).unwrap();
+        std::fs::hard_link(vault.join("secret"), &resolv).unwrap();
+        let e = prepare_dirs(&c).unwrap_err();
+        assert!(e.contains("refusing to write it"), "{e}");
+        std::fs::remove_file(&resolv).unwrap();
+        // The same for the directories: a link at the state dir's path.
+        plant(&vault, &d.join("state2"), act.uid);
+        let mut c2 = config_in(&d, "run/resolv.conf");
+        c2.state_dir = d.join("state2");
+        assert!(
+            prepare_dirs(&c2)
+                .unwrap_err()
+                .contains("only links owned by root")
+        );
+        c2.state_dir = d.join("state2/sub");
+        assert!(
+            prepare_dirs(&c2)
+                .unwrap_err()
+                .contains("only links owned by root")
+        );
+        assert!(!vault.join("sub").exists());
+        assert_eq!(owner(&vault), 0);
+        // Root's link (/etc/resolv.conf -> /run/systemd/resolve/...) works:
+        // the file it points to and the directory that holds it.
+        std::fs::create_dir(d.join("stub")).unwrap();
+        std::fs::write(d.join("stub/stub-resolv.conf"), b"old").unwrap();
+        plant(&d.join("stub/stub-resolv.conf"), &d.join("resolv.conf"), 0);
+        let c3 = config_in(&d, "resolv.conf");
+        let (_, _, r) = prepare_dirs(&c3).unwrap();
+        let (dir, file, name) = r.unwrap();
+        assert_eq!(name, "stub-resolv.conf");
+        files::rewrite_in_place(&file, b"new").unwrap();
+        files::write_atomic(&dir, &name, b"newer", 0o644).unwrap();
+        assert_eq!(std::fs::read(d.join("stub/stub-resolv.conf")).unwrap(), b"newer");
+        // A file the supervisor creates in the role's directory is the role's.
+        let (_, _, r) = prepare_dirs(&c).unwrap();
+        assert!(r.is_some());
+        assert_eq!(owner(&resolv), act.uid);
+        // The same in a root directory that everyone may write (/tmp): a
+        // root file found there may be anyone's hard link.
+        std::fs::create_dir(d.join("shared")).unwrap();
+        std::fs::set_permissions(d.join("shared"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::write(d.join("shared/resolv.conf"), b"root's").unwrap();
+        let c4 = config_in(&d, "shared/resolv.conf");
+        assert!(prepare_dirs(&c4).unwrap_err().contains("refusing to write it"));
+        std::fs::remove_file(d.join("shared/resolv.conf")).unwrap();
+        prepare_dirs(&c4).unwrap();
+        assert_eq!(owner(&d.join("shared/resolv.conf")), act.uid);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

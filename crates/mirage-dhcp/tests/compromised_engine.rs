@@ -87,9 +87,9 @@ fn role_args(role: &str, ifindex: u32, mac: [u8; 6]) -> Vec<String> {
         "--mac",
         &mac,
         "--uid",
-        "65534",
+        &role_id(role),
         "--gid",
-        "65534",
+        &role_id(role),
         "--sandbox",
         "seccomp",
         "--log-level",
@@ -98,6 +98,16 @@ fn role_args(role: &str, ifindex: u32, mac: [u8; 6]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The ids the supervisor gives `role` by default.
+fn role_id(role: &str) -> String {
+    match role {
+        "network" => support::NETWORK_ID,
+        "engine" => support::ENGINE_ID,
+        _ => support::ACTUATOR_ID,
+    }
+    .to_string()
 }
 
 fn recv_within<T: serde::de::DeserializeOwned>(chan: &Channel, ms: u64) -> Option<T> {
@@ -126,7 +136,8 @@ fn actuator_refuses_every_out_of_policy_intent() {
         let monitor = LinkMonitor::open(link.index).unwrap();
         for d in ["state", "run"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
-            std::os::unix::fs::chown(dir.join(d), Some(65534), Some(65534)).unwrap();
+            let id = support::ACTUATOR_ID;
+            std::os::unix::fs::chown(dir.join(d), Some(id), Some(id)).unwrap();
         }
         let state = mirage_sdk::files::open_dir(&dir.join("state")).unwrap();
         let run = mirage_sdk::files::open_dir(&dir.join("run")).unwrap();

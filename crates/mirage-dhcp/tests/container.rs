@@ -1,7 +1,7 @@
 //! mirage-dhcp as a system container, in a real runtime: podman with runc,
 //! the image built by the reproducible writer (crates/oci-image) from this
 //! build's binary and loaded through the `oci:` transport (no registry), run
-//! as uid 65534 with only CAP_NET_RAW and CAP_NET_ADMIN (ambient), inside the
+//! as the service's uid with only CAP_NET_RAW and CAP_NET_ADMIN (ambient), inside the
 //! client namespace of the test hosts, against dnsmasq in the peer namespace.
 //!
 //! Needs root (network namespaces, podman's rootful storage), podman and runc
@@ -153,7 +153,7 @@ fn run_container(net: &Net, pm: &mut Podman, m: &Mounts, image: &str, name: &str
         "--cap-drop=all",
         "--cap-add=NET_RAW,NET_ADMIN",
         "--user",
-        "65534:65534",
+        &format!("{SERVICE_ID}:{SERVICE_ID}"),
         "--security-opt",
         "no-new-privileges",
         "--read-only",
@@ -273,7 +273,8 @@ fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
     let sup_pid = container_pid(&name);
     let sup = ProcStatus::read(sup_pid);
     let container_bounding = CAP_NET_ADMIN | CAP_NET_RAW;
-    assert_eq!(sup.field("Uid"), "65534\t65534\t65534\t65534");
+    let ids = format!("{SERVICE_ID}\t{SERVICE_ID}\t{SERVICE_ID}\t{SERVICE_ID}");
+    assert_eq!(sup.field("Uid"), ids);
     assert_eq!(sup.caps("CapBnd"), container_bounding);
     // The supervisor keeps nothing once the roles run.
     for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
@@ -298,7 +299,7 @@ fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
         // Fewer than the container's: strictly inside its bounding set.
         assert_ne!(st.caps("CapPrm"), container_bounding, "{role}");
         assert_eq!(st.caps("CapBnd") & !container_bounding, 0, "{role}");
-        assert_eq!(st.field("Uid"), "65534\t65534\t65534\t65534", "{role}");
+        assert_eq!(st.field("Uid"), ids, "{role}");
         assert_eq!(st.field("NoNewPrivs"), "1", "{role}");
         assert_eq!(st.field("Seccomp"), "2", "{role} runs under its filter");
         assert_eq!(

@@ -41,10 +41,13 @@ pub enum LayerCompression {
     None,
 }
 
-/// The uid and gid the service runs as inside its container: nobody/nogroup.
-/// Numeric, because a static binary in a scratch image has no name lookup.
-/// See docs/security.md ("Running in a container") for why not root.
-pub const SERVICE_ID: u32 = 65534;
+/// The uid and gid the service runs as inside its container: an id of its
+/// own (the actuator's default on a host, so the state and runtime
+/// directories have one owner in every layout), never `nobody` (65534),
+/// which unrelated software shares. Numeric, because a static binary in a
+/// scratch image has no name lookup. See docs/security.md ("Running in a
+/// container") for why not root.
+pub const SERVICE_ID: u32 = 65522;
 
 /// Where the binary lives in the image.
 pub const BINARY_PATH: &str = "/mirage-dhcp";
@@ -185,7 +188,7 @@ pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
     }
     let id = SERVICE_ID;
     // Read and execute for everyone, writable by nobody: the service runs
-    // as uid 65534 and must not be able to change its own code.
+    // as SERVICE_ID and must not be able to change its own code.
     let entries = vec![tar::Entry {
         path: BINARY_PATH.trim_start_matches('/').into(),
         mode: 0o555,
@@ -483,7 +486,7 @@ mod tests {
         );
         assert_eq!(labels["org.opencontainers.image.revision"], "0123456789abcdef");
         assert_eq!(labels["org.opencontainers.image.created"], "1970-01-01T00:00:00Z");
-        assert_eq!(config["config"]["User"], "65534:65534");
+        assert_eq!(config["config"]["User"], "65522:65522");
         assert_eq!(config["config"]["Entrypoint"], json!(["/mirage-dhcp"]));
         let moby: Value = serde_json::from_str(labels["org.mobyproject.config"].as_str().unwrap()).unwrap();
         assert_eq!(moby["ambient"], json!(["CAP_NET_ADMIN", "CAP_NET_RAW"]));

@@ -24,6 +24,240 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Symbolic links followed on the way to one target, as the kernel allows
+/// (`MAXSYMLINKS`, path_resolution(7)).
+const MAX_LINKS: u32 = 40;
+
+fn refused(what: &std::path::Path, why: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("{}: {why}", what.display()),
+    )
+}
+
+/// Open directory `path` walking it one component at a time, each opened
+/// with `O_NOFOLLOW`, and follow only symbolic links that root owns.
+///
+/// A root process that opens a path with the plain calls follows every link
+/// on it, also links that a less privileged uid planted in a directory it
+/// can write (the roles' own directories, /tmp): root would then open or
+/// create whatever the link names. Links that root made (/var/run -> /run,
+/// systemd's /var/lib/NAME -> private/NAME) still work. With `create`,
+/// missing directories are made with that mode (filtered by the umask), by
+/// `mkdirat` beneath the directory walked so far, never through a link.
+///
+/// Returns the directory (opened for reading) and whether its last
+/// component was created by this call.
+pub fn open_dir_root_links_only(path: &Path, create: Option<u32>) -> io::Result<(OwnedFd, bool)> {
+    let mut links = 0;
+    let (dir, created) = walk_dirs(path, create, &mut links)?;
+    let dir = rustix::fs::openat(
+        &dir,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok((dir, created))
+}
+
+/// `path` split into its components, "." and empty ones dropped.
+fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".")
+}
+
+fn start_of(path: &[u8]) -> io::Result<OwnedFd> {
+    let at = if path.first() == Some(&b'/') { "/" } else { "." };
+    Ok(rustix::fs::open(
+        at,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The walk of [`open_dir_root_links_only`]; returns an `O_PATH` descriptor.
+fn walk_dirs(path: &Path, create: Option<u32>, links: &mut u32) -> io::Result<(OwnedFd, bool)> {
+    use std::collections::VecDeque;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let mut cur = start_of(bytes)?;
+    let mut todo: VecDeque<Vec<u8>> = components(bytes).map(<[u8]>::to_vec).collect();
+    let mut created = false;
+    while let Some(name) = todo.pop_front() {
+        created = false;
+        if name == b".." {
+            cur = rustix::fs::openat(
+                &cur,
+                "..",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            continue;
+        }
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&cur, name.as_slice(), flags, Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) if create.is_some() => {
+                let mode = Mode::from_raw_mode(create.unwrap_or(0o700));
+                match rustix::fs::mkdirat(&cur, name.as_slice(), mode) {
+                    Ok(()) => created = true,
+                    Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                rustix::fs::openat(&cur, name.as_slice(), flags, Mode::empty())?
+            }
+            r => r?,
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::Directory => cur = fd,
+            rustix::fs::FileType::Symlink => {
+                let target = follow_link(path, &fd, &st, links)?;
+                if target.first() == Some(&b'/') {
+                    cur = start_of(&target)?;
+                }
+                for c in components(&target).rev() {
+                    todo.push_front(c.to_vec());
+                }
+            }
+            _ => {
+                return Err(refused(
+                    path,
+                    format!("{} is not a directory", String::from_utf8_lossy(&name)),
+                ));
+            }
+        }
+    }
+    Ok((cur, created))
+}
+
+/// The target of the link `fd` (an `O_PATH|O_NOFOLLOW` descriptor), if
+/// root owns it. A second name for a root link (a hard link to it, which
+/// another uid can make where `fs.protected_hardlinks` is 0) is refused too.
+fn follow_link(path: &Path, fd: &OwnedFd, st: &rustix::fs::Stat, links: &mut u32) -> io::Result<Vec<u8>> {
+    if st.st_uid != 0 {
+        return Err(refused(
+            path,
+            format!(
+                "a symbolic link on the way is owned by uid {}; only links owned by root are followed",
+                st.st_uid
+            ),
+        ));
+    }
+    if st.st_nlink != 1 {
+        return Err(refused(
+            path,
+            "a symbolic link on the way has several names".into(),
+        ));
+    }
+    *links += 1;
+    if *links > MAX_LINKS {
+        return Err(rustix::io::Errno::LOOP.into());
+    }
+    Ok(rustix::fs::readlinkat(fd, "", Vec::new())?.into_bytes())
+}
+
+/// A file opened for writing by [`open_file_root_links_only`].
+#[derive(Debug)]
+pub struct WritableFile {
+    /// The directory that really holds the file (links resolved).
+    pub dir: OwnedFd,
+    pub file: OwnedFd,
+    /// The file's name in `dir`.
+    pub name: String,
+    /// Whether this call created the file.
+    pub created: bool,
+    /// Owner of `dir`.
+    pub dir_owner: u32,
+    /// Whether anyone but root may add names to `dir` (another owner, or
+    /// write access for a group other than root's or for everyone): the
+    /// file may then have been put (or hard-linked) there by someone else.
+    pub dir_shared: bool,
+}
+
+/// Open (or create, with `mode`) the regular file `path` for writing, with
+/// the rules of [`open_dir_root_links_only`]: links are followed only when
+/// root owns them, also the last one, and a new file is created with
+/// `O_EXCL|O_NOFOLLOW` in the directory that really holds it, so nothing is
+/// ever created through a link. The directories on the way are not created.
+pub fn open_file_root_links_only(path: &Path, mode: u32) -> io::Result<WritableFile> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut links = 0;
+    let mut at = path.to_path_buf();
+    loop {
+        let (Some(parent), Some(name)) = (at.parent(), at.file_name()) else {
+            return Err(refused(path, "not a file path".into()));
+        };
+        let name = name.to_owned();
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let (dir, _) = walk_dirs(parent, None, &mut links)?;
+        let dir = rustix::fs::openat(
+            &dir,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dst = rustix::fs::fstat(&dir)?;
+        let dir_owner = dst.st_uid;
+        let dir_shared =
+            dst.st_uid != 0 || dst.st_mode & 0o002 != 0 || (dst.st_mode & 0o020 != 0 && dst.st_gid != 0);
+        let name_str = name
+            .to_str()
+            .ok_or_else(|| refused(path, "the file name is not UTF-8".into()))?
+            .to_owned();
+        let write = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        match rustix::fs::openat(
+            &dir,
+            name.as_bytes(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Err(rustix::io::Errno::NOENT) => {
+                let file = rustix::fs::openat(
+                    &dir,
+                    name.as_bytes(),
+                    write | OFlags::CREATE | OFlags::EXCL,
+                    Mode::from_raw_mode(mode),
+                )?;
+                return Ok(WritableFile {
+                    dir,
+                    file,
+                    name: name_str,
+                    created: true,
+                    dir_owner,
+                    dir_shared,
+                });
+            }
+            Err(e) => return Err(e.into()),
+            Ok(fd) => {
+                let st = rustix::fs::fstat(&fd)?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
+                    let target = follow_link(path, &fd, &st, &mut links)?;
+                    let target = Path::new(std::ffi::OsStr::from_bytes(&target));
+                    at = parent.join(target);
+                    continue;
+                }
+                // ELOOP here: the name became a link since the check.
+                let file = rustix::fs::openat(&dir, name.as_bytes(), write, Mode::empty())?;
+                let st = rustix::fs::fstat(&file)?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+                    return Err(refused(path, "not a regular file".into()));
+                }
+                return Ok(WritableFile {
+                    dir,
+                    file,
+                    name: name_str,
+                    created: false,
+                    dir_owner,
+                    dir_shared,
+                });
+            }
+        }
+    }
+}
+
 /// Replace `dir/name` with `contents` atomically and durably.
 pub fn write_atomic(dir: impl AsFd, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
     replace(dir, name, contents, mode, true)
@@ -603,6 +837,110 @@ mod tests {
         assert_eq!(std::fs::read(d.join("y")).unwrap(), b"new");
         // The file the planted temp name was linked to is untouched.
         assert_eq!(std::fs::read(d.join("victim")).unwrap(), b"keep");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A symbolic link at `at` to `target`, owned by `uid`.
+    fn link_owned_by(target: &str, at: &std::path::Path, uid: u32) {
+        std::os::unix::fs::symlink(target, at).unwrap();
+        std::os::unix::fs::lchown(at, Some(uid), Some(uid)).unwrap();
+    }
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn directory_walk_follows_root_links_only_and_creates_beneath() {
+        assert!(is_root(), "needs root (lchown)");
+        let d = tempdir();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::fs::write(d.join("real/marker"), b"m").unwrap();
+        link_owned_by("real", &d.join("by-root"), 0);
+        link_owned_by("real", &d.join("by-role"), 65534);
+        // A root-owned link, also in the middle of the path and absolute.
+        let (dir, created) = open_dir_root_links_only(&d.join("by-root"), None).unwrap();
+        assert!(!created);
+        assert_eq!(read_bounded(&dir, "marker", 8).unwrap().unwrap(), b"m");
+        link_owned_by(d.join("real").to_str().unwrap(), &d.join("abs"), 0);
+        let (dir, created) = open_dir_root_links_only(&d.join("abs/sub"), Some(0o700)).unwrap();
+        assert!(created);
+        assert!(d.join("real/sub").is_dir());
+        drop(dir);
+        // Anyone else's link, anywhere on the path: refused, nothing created.
+        for p in [
+            d.join("by-role"),
+            d.join("by-role/new"),
+            d.join("by-root/../by-role/new"),
+        ] {
+            let e = open_dir_root_links_only(&p, Some(0o700)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{p:?}: {e}");
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+        assert!(!d.join("real/new").exists());
+        // Missing without `create`; a file where a directory should be.
+        assert_eq!(
+            open_dir_root_links_only(&d.join("absent"), None)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(open_dir_root_links_only(&d.join("real/marker"), None).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn file_open_never_writes_or_creates_through_a_foreign_link() {
+        assert!(is_root(), "needs root (lchown)");
+        let d = tempdir();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(d.join("root-only")).unwrap();
+        std::fs::set_permissions(d.join("root-only"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(d.join("root-only/secret"), b"secret").unwrap();
+        std::fs::set_permissions(d.join("root-only/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let secret = d.join("root-only/secret");
+        link_owned_by(secret.to_str().unwrap(), &d.join("to-secret"), 65534);
+        link_owned_by(
+            d.join("root-only/new").to_str().unwrap(),
+            &d.join("to-new"),
+            65534,
+        );
+        for name in ["to-secret", "to-new"] {
+            let e = open_file_root_links_only(&d.join(name), 0o644).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{name}: {e}");
+        }
+        assert_eq!(std::fs::read(&secret).unwrap(), b"secret");
+        assert!(!d.join("root-only/new").exists());
+        // A root-owned link (/etc/resolv.conf -> /run/...) leads to the file
+        // and to the directory that really holds it.
+        std::fs::create_dir(d.join("run")).unwrap();
+        std::fs::write(d.join("run/stub.conf"), b"old").unwrap();
+        link_owned_by("run/stub.conf", &d.join("resolv.conf"), 0);
+        let w = open_file_root_links_only(&d.join("resolv.conf"), 0o644).unwrap();
+        assert!(!w.created);
+        assert_eq!(w.name, "stub.conf");
+        rewrite_in_place(&w.file, b"new").unwrap();
+        assert_eq!(std::fs::read(d.join("run/stub.conf")).unwrap(), b"new");
+        write_atomic(&w.dir, &w.name, b"newer", 0o644).unwrap();
+        assert_eq!(std::fs::read(d.join("run/stub.conf")).unwrap(), b"newer");
+        // A missing file is created in place; a dangling root link creates
+        // nothing either (O_EXCL refuses to go through it).
+        let w = open_file_root_links_only(&d.join("fresh.conf"), 0o644).unwrap();
+        assert!(w.created && d.join("fresh.conf").is_file());
+        link_owned_by("run/dangling", &d.join("dangling.conf"), 0);
+        let w = open_file_root_links_only(&d.join("dangling.conf"), 0o644).unwrap();
+        assert!(w.created && d.join("run/dangling").is_file());
+        // A FIFO or directory is not a file to write.
+        rustix::fs::mknodat(
+            open_dir(&d).unwrap(),
+            "fifo",
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(open_file_root_links_only(&d.join("fifo"), 0o644).is_err());
+        assert!(open_file_root_links_only(&d.join("run"), 0o644).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -915,6 +915,8 @@ fn strict_drop_leaves_nothing() {
             fsize_zero: true,
             no_new_privs: true,
             landlock: expected_landlock(),
+            dirs_contained: None,
+            dirs_contained_error: None,
         }
     );
 }
@@ -931,6 +933,126 @@ fn drop_can_keep_net_admin_only() {
     assert_eq!(d.report.capabilities, vec!["CAP_NET_ADMIN".to_owned()]);
     assert!(d.report.mount_namespace);
     assert_eq!(d.report.landlock, expected_landlock());
+}
+
+/// Make this (child) process see a kernel without Landlock: the three
+/// Landlock calls fail with ENOSYS, as on a kernel built or booted without
+/// it, so the drop runs its best-effort path and enforces nothing.
+fn hide_landlock() -> bool {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let arch = if cfg!(target_arch = "aarch64") {
+        TargetArch::aarch64
+    } else {
+        TargetArch::x86_64
+    };
+    let rules = [
+        libc::SYS_landlock_create_ruleset,
+        libc::SYS_landlock_add_rule,
+        libc::SYS_landlock_restrict_self,
+    ]
+    .into_iter()
+    .map(|n| (n, vec![]))
+    .collect();
+    let Ok(filter) = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    ) else {
+        return false;
+    };
+    let Ok(prog): Result<BpfProgram, _> = filter.try_into() else {
+        return false;
+    };
+    seccompiler::apply_filter(&prog).is_ok()
+}
+
+/// Regression (issue 9, item 9): on a kernel without Landlock, the
+/// actuator's directory descriptors led out of its empty root
+/// (`openat(dirfd, "../../etc/passwd")`). Contained, each reaches only what
+/// lies beneath it, and still works for everything the actuator does there.
+#[test]
+fn directory_fds_do_not_lead_out_without_landlock() {
+    let base = temp_dir("contain");
+    let names = ["state", "run", "resolv"];
+    for n in names {
+        std::fs::create_dir(base.join(n)).unwrap();
+        std::fs::write(base.join(n).join("inside"), b"in").unwrap();
+        // The role's own, as the supervisor makes them.
+        std::os::unix::fs::chown(base.join(n), Some(65534), Some(65534)).unwrap();
+    }
+    // Readable by anyone: only containment can keep the child from it.
+    std::fs::write(base.join("secret"), b"out").unwrap();
+    let dirs: Vec<std::fs::File> = names
+        .iter()
+        .map(|n| std::fs::File::open(base.join(n)).unwrap())
+        .collect();
+    let raw: Vec<RawFd> = dirs.iter().map(|d| d.as_raw_fd()).collect();
+    let (rx, tx) = pipe();
+    let ended = in_child(|| {
+        if !hide_landlock() {
+            return 10;
+        }
+        let plan = DropPlan {
+            nofile: 64,
+            fsize_zero: false,
+            landlock_dirs: raw
+                .iter()
+                .map(|&fd| LandlockDir {
+                    // SAFETY: the test keeps `dirs` open for the child's life.
+                    dir: DirRef::Fd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }),
+                    access: DirAccess::ReadWrite,
+                })
+                .collect(),
+            contain_dirs: raw.clone(),
+            ..DropPlan::strict()
+        };
+        let report = match sandbox::apply(&plan) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = write_all(tx.as_raw_fd(), format!("ERROR {e}").as_bytes());
+                return 11;
+            }
+        };
+        let mut out = format!(
+            "landlock={} contained={:?} mount-ns={}",
+            report.landlock.as_str(),
+            report.dirs_contained,
+            report.mount_namespace
+        );
+        for (&fd, n) in raw.iter().zip(names) {
+            // SAFETY: the fd stays open; BorrowedFd only for rustix's calls.
+            let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let open = |p: &str| {
+                rustix::fs::openat(dir, p, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())
+                    .map(drop)
+                    .map_err(|e| e.raw_os_error())
+            };
+            let escapes = ["../secret", "../../../../../../etc/passwd", "..//../secret"]
+                .iter()
+                .filter(|p| open(p).is_ok())
+                .count();
+            let inside = open("inside").is_ok() && open("../inside").is_ok();
+            let write = mirage_sdk::files::write_atomic(dir, "new", b"x", 0o644).is_ok();
+            out += &format!(" {n}:escapes={escapes},inside={inside},write={write}");
+        }
+        if !write_all(tx.as_raw_fd(), out.as_bytes()) {
+            return 12;
+        }
+        0
+    });
+    drop(tx);
+    let out = String::from_utf8(read_to_end_bounded(rx)).unwrap();
+    let written = names.iter().all(|n| base.join(n).join("new").is_file());
+    std::fs::remove_dir_all(&base).unwrap();
+    assert_eq!(ended, Ended::Exited(0), "child said: {out}");
+    assert_eq!(
+        out,
+        "landlock=not enforced contained=Some(true) mount-ns=true \
+         state:escapes=0,inside=true,write=true run:escapes=0,inside=true,write=true \
+         resolv:escapes=0,inside=true,write=true"
+    );
+    assert!(written);
 }
 
 #[test]

@@ -33,8 +33,10 @@ pub fn enter(args: &RoleArgs, profile: Profile) -> Result<(), String> {
                 access: DirAccess::ReadWrite,
             };
             plan.landlock_dirs = vec![rw(FD_STATE_DIR), rw(FD_RUN_DIR)];
+            plan.contain_dirs = vec![FD_STATE_DIR, FD_RUN_DIR];
             if args.resolv_name.is_some() {
                 plan.landlock_dirs.push(rw(FD_RESOLV_DIR));
+                plan.contain_dirs.push(FD_RESOLV_DIR);
             }
             Role::Actuator
         }
@@ -45,6 +47,9 @@ pub fn enter(args: &RoleArgs, profile: Profile) -> Result<(), String> {
     let report = mirage_sdk::sandbox::apply(&plan).map_err(|e| e.to_string())?;
     if let Some(why) = &report.mount_namespace_error {
         log::warn!("no private mount namespace: {why}");
+    }
+    if let Some(why) = &report.dirs_contained_error {
+        log::warn!("directory descriptors not contained (Landlock alone fences them): {why}");
     }
     match args.sandbox {
         SandboxKind::Seccomp => {

@@ -25,6 +25,11 @@ pub fn bin() -> &'static str {
     })
 }
 pub const CLIENT_IF: &str = "veth-c";
+/// The roles' default ids (uid = gid) when the daemon starts as root
+/// (src/config.rs); the actuator's also own the state and runtime dirs.
+pub const NETWORK_ID: u32 = 65520;
+pub const ENGINE_ID: u32 = 65521;
+pub const ACTUATOR_ID: u32 = 65522;
 pub const SERVER_IF: &str = "veth-s";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -1020,7 +1025,8 @@ impl Net {
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0700"),
+                // The actuator's, as a directory the daemon made would be.
+                &format!("size={size},mode=0700,uid={ACTUATOR_ID},gid={ACTUATOR_ID}"),
                 "mirage-test",
             ])
             .arg(&p));

@@ -6,7 +6,8 @@
 //! TCP, signal and abstract-socket scoping) in the crate's best-effort mode,
 //! so an older kernel enforces what it can and the report says "partially"
 //! or "not enforced". Signal scoping also stops a compromised role from
-//! killing its sibling roles, which run under the same uid.
+//! killing its sibling roles where they share a uid (a supervisor started
+//! as a non-root uid cannot give each role its own).
 
 use ::landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,

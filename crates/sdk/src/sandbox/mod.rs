@@ -5,6 +5,10 @@
 //! (the allow-lists do not contain the calls [`apply`] makes). The steps run
 //! in this order, each for a reason:
 //!
+//! 0. Directory descriptors in `contain_dirs` are replaced by descriptors on
+//!    private clones of their mounts, whose `..` stops at the directory
+//!    (`CAP_SYS_ADMIN`; best effort, reported), so they do not lead out of
+//!    the empty root of step 2 where Landlock is missing.
 //! 1. Landlock preparation: open the allowed directories (paths need the
 //!    host's file system, which step 2 hides) and build the ruleset (it needs
 //!    a new fd, which the `RLIMIT_NOFILE` of step 8 may forbid).
@@ -34,7 +38,7 @@ pub mod seccomp;
 
 use std::fmt;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -91,12 +95,17 @@ pub struct DropPlan<'a> {
     pub private_mount_ns: bool,
     /// Directories Landlock allows; empty means no file access at all.
     pub landlock_dirs: Vec<LandlockDir<'a>>,
+    /// Directory descriptors (the role's fixed numbers) to replace, at the
+    /// same numbers, by descriptors nothing outside the directory can be
+    /// reached from (step 0 of [`apply`]).
+    pub contain_dirs: Vec<RawFd>,
 }
 
 impl DropPlan<'_> {
     /// The strictest plan: nobody/nogroup (65534), no capabilities, 16 fds,
     /// no fork, no file growth, empty root, no file access. Roles loosen
-    /// only what they need.
+    /// only what they need. Services set ids of their own: other software
+    /// runs as `nobody` too, and could signal the role or write its files.
     pub fn strict() -> Self {
         DropPlan {
             uid: 65534,
@@ -107,6 +116,7 @@ impl DropPlan<'_> {
             fsize_zero: true,
             private_mount_ns: true,
             landlock_dirs: Vec::new(),
+            contain_dirs: Vec::new(),
         }
     }
 }
@@ -155,6 +165,12 @@ pub struct SandboxReport {
     pub fsize_zero: bool,
     pub no_new_privs: bool,
     pub landlock: LandlockState,
+    /// Whether the plan's `contain_dirs` hold (`None`: none were given).
+    #[serde(default)]
+    pub dirs_contained: Option<bool>,
+    /// Why they do not.
+    #[serde(default)]
+    pub dirs_contained_error: Option<String>,
 }
 
 impl fmt::Display for SandboxReport {
@@ -166,7 +182,7 @@ impl fmt::Display for SandboxReport {
         };
         write!(
             f,
-            "uid={} gid={} caps={}{} mount-ns={} landlock={} no-new-privs={} nofile={}{}{}",
+            "uid={} gid={} caps={}{} mount-ns={}{} landlock={} no-new-privs={} nofile={}{}{}",
             self.uid,
             self.gid,
             caps,
@@ -179,6 +195,11 @@ impl fmt::Display for SandboxReport {
                 "private-empty-root"
             } else {
                 "host"
+            },
+            match self.dirs_contained {
+                None => "",
+                Some(true) => " dir-fds=contained",
+                Some(false) => " dir-fds=NOT-contained",
             },
             self.landlock.as_str(),
             self.no_new_privs,
@@ -247,6 +268,14 @@ pub fn set_not_dumpable() -> Result<(), SandboxError> {
 pub fn apply(plan: &DropPlan<'_>) -> Result<SandboxReport, SandboxError> {
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
+    let mut dirs_contained_error = None;
+    for &fd in &plan.contain_dirs {
+        if let Err(e) = mount::contain_dir(fd) {
+            dirs_contained_error = Some(format!("fd {fd}: {e}"));
+            break;
+        }
+    }
+    let dirs_contained = (!plan.contain_dirs.is_empty()).then_some(dirs_contained_error.is_none());
     let ruleset = landlock::prepare(&plan.landlock_dirs)?;
 
     let (mount_namespace, mount_namespace_error) = if plan.private_mount_ns {
@@ -288,5 +317,7 @@ pub fn apply(plan: &DropPlan<'_>) -> Result<SandboxReport, SandboxError> {
         fsize_zero: plan.fsize_zero,
         no_new_privs: true,
         landlock,
+        dirs_contained,
+        dirs_contained_error,
     })
 }

@@ -15,6 +15,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Existing directories to mount the new root on. Any directory will do,
 /// the mount only lives in our private namespace until the pivot; /proc
@@ -91,4 +92,44 @@ fn pivot_into(target: &CStr) -> io::Result<()> {
     })?;
     // SAFETY: literal C string.
     check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })
+}
+
+/// open_tree(2) flags (linux/mount.h; not in every libc crate release).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+
+/// Replace the directory descriptor `fd` (same number) by one on a private,
+/// detached clone of its mount whose root is that directory.
+///
+/// A descriptor opened before the mount namespace step still points into
+/// the host's tree, so without Landlock `openat(fd, "../../etc/passwd")`
+/// would walk out of the empty root. `..` from the root of a detached mount
+/// stays where it is (path_resolution(7): a mount without a parent), so
+/// through the clone only what lies beneath the directory can be reached,
+/// whatever the kernel's Landlock support. Needs `CAP_SYS_ADMIN` (and the
+/// mount in the caller's namespace: call it before `unshare`); the clone
+/// lives as long as a descriptor to it.
+pub(super) fn contain_dir(fd: RawFd) -> io::Result<()> {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: open_tree reads the empty C string and touches no other memory;
+    // an fd number that is not open makes it fail with EBADF.
+    let rc = unsafe { libc::syscall(libc::SYS_open_tree, fd, c"".as_ptr(), flags) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("open_tree: {e}")));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(rc as RawFd) };
+    // open_tree gives an O_PATH descriptor; fsync and getdents need a real one.
+    let dir = rustix::fs::openat(
+        &tree,
+        ".",
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    // SAFETY: dup3 onto a number the caller gave us for this purpose; the
+    // old open file description is released, the number stays open.
+    check(
+        "dup3",
+        unsafe { libc::dup3(dir.as_raw_fd(), fd, libc::O_CLOEXEC) }.min(0),
+    )
 }

@@ -127,7 +127,7 @@ mod sys {
         set_robust_list => SYS_set_robust_list, rseq => SYS_rseq, nanosleep => SYS_nanosleep,
         clock_nanosleep => SYS_clock_nanosleep, sched_yield => SYS_sched_yield,
         sched_getaffinity => SYS_sched_getaffinity, uname => SYS_uname, readlinkat => SYS_readlinkat,
-        getsockopt => SYS_getsockopt,
+        getsockopt => SYS_getsockopt, open_tree => SYS_open_tree,
     );
     #[cfg(target_arch = "x86_64")]
     nrs!(poll => SYS_poll, renameat => SYS_renameat, dup2 => SYS_dup2, arch_prctl => SYS_arch_prctl,
@@ -300,6 +300,8 @@ const SUPERVISOR: &[Allow] = &[
     allow!(mount),
     allow!(umount2),
     allow!(pivot_root),
+    // Contained directory descriptors (a restarted role that is given any).
+    allow!(open_tree),
     allow!(chdir),
     allow!(fchdir),
 ];
