@@ -115,6 +115,8 @@ struct Supervisor {
     applied: bool,
     /// Frames not delivered because the receiving role's queue was full.
     frames_shed: u64,
+    /// What the network role is told about our address.
+    binding: roles::network::BindingTracker,
 }
 
 pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -> Result<ExitCode, String> {
@@ -167,6 +169,12 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         // engine has the DUID already, and a crash before it is stored
         // derives the same DUID-LL from the MAC again.
         new_duid,
+        client_id: Some(
+            dhcp_engine::client::client_id_bytes(&engine_config)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        ),
     };
     // All three roles start side by side: each fork returns at once, and
     // the children exec and drop their privileges in parallel instead of
@@ -220,6 +228,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         applied: false,
         drop_log: DropLog::default(),
         frames_shed: 0,
+        binding: Default::default(),
     };
     log::info!(
         "started on {} (index {}, {}), sandbox {}",
@@ -242,6 +251,8 @@ struct RoleCommon<'a> {
     mac: [u8; 6],
     /// DUID text for the actuator to store (first start only).
     new_duid: Option<String>,
+    /// Option 61 in hex, for the network role's policy.
+    client_id: Option<String>,
 }
 
 impl RoleCommon<'_> {
@@ -278,6 +289,11 @@ impl RoleCommon<'_> {
         ];
         if name == RoleName::Network && c.acd.enabled {
             args.push("--with-arp".into());
+        }
+        if name == RoleName::Network
+            && let Some(id) = &self.client_id
+        {
+            args.extend(["--client-id".into(), id.clone()]);
         }
         if name == RoleName::Actuator
             && let Some(name) = &self.resolv_name
@@ -366,6 +382,7 @@ impl Supervisor {
             ifindex: self.ifindex,
             mac: self.mac,
             new_duid: None,
+            client_id: None,
         }
     }
 
@@ -434,6 +451,16 @@ impl Supervisor {
         }
     }
 
+    /// Tell the network role about our address, never blocking; a state it
+    /// could not take now is sent again next round.
+    fn tell_network(&mut self) {
+        if let Some(msg) = self.binding.update()
+            && let Ok(true) = self.network.chan.try_send(&msg)
+        {
+            self.binding.sent();
+        }
+    }
+
     fn send_actuator(&mut self, msg: ToActuator) -> Result<(), String> {
         self.outstanding += 1;
         self.actuator
@@ -470,11 +497,15 @@ impl Supervisor {
                     lease.server_id,
                     valid_secs
                 );
+                self.binding.apply_forwarded(&lease);
+                self.tell_network();
                 self.send_actuator(ToActuator::Apply { lease, valid_secs })?;
             }
             FromEngine::Action(EngineAction::RemoveLease { lease }) => {
                 log::info!("removing {}/{}", lease.address, lease.prefix_len);
                 self.applied = false;
+                self.binding.remove_forwarded(&lease);
+                self.tell_network();
                 self.send_actuator(ToActuator::Remove { lease })?;
             }
             FromEngine::Action(EngineAction::PersistLease(lease)) => {
@@ -530,6 +561,10 @@ impl Supervisor {
                         }
                     }
                 }
+                if kind == IntentKind::ApplyLease {
+                    self.binding.apply_answered(ok);
+                    self.tell_network();
+                }
                 if kind != IntentKind::PublishStatus {
                     self.send_engine(EngineEvent::IntentResult { kind, ok });
                 }
@@ -560,6 +595,7 @@ impl Supervisor {
                     self.restart_at = Some(StdInstant::now() + self.restart_delay);
                 }
             }
+            self.tell_network();
             if self.last_publish.elapsed() >= REPUBLISH
                 && let Err(e) = self.publish()
             {
@@ -628,6 +664,9 @@ impl Supervisor {
                     Ok(Some(FromNetwork::Refused { reason })) => {
                         self.frames_refused += 1;
                         log::warn!("network role refused a frame from the engine: {reason}");
+                    }
+                    Ok(Some(FromNetwork::Capped { frames })) => {
+                        self.frames_refused += frames;
                     }
                     Ok(None) => {
                         log::error!("the network role closed its channel");
