@@ -7,6 +7,7 @@
 //! ```text
 //!   network --Frame--> engine --Transmit--> network
 //!   engine --Apply/Remove/Persist--> actuator --Result--> engine
+//!   (Apply/Remove forwarded, Apply answered) --Binding--> network
 //!   actuator --LinkUp/LinkDown--> engine
 //!   engine --PublishStatus--> (supervisor adds its counters) --> actuator
 //! ```

@@ -26,7 +26,7 @@ use super::{FD_CHANNEL, FD_PACKET, RoleArgs};
 pub const RATE_PER_SECOND: u32 = 10;
 pub const RATE_BURST: u32 = 30;
 /// Addresses offered to us that a DECLINE may name (the last few).
-const OFFERED_KEPT: usize = 4;
+const OFFERED_KEPT: usize = 16;
 /// Frames waiting for an apply's answer (a bind's first announcement).
 const HELD_MAX: usize = 4;
 /// Rate-capped frames are reported at most this often.
