@@ -26,7 +26,7 @@ use crate::rng::Rng;
 use crate::wire::dhcp::{Message, MessageType};
 use crate::wire::frame::{self, ArpOp, ArpPacket, BROADCAST_MAC, DHCP_SERVER_PORT, Inbound, UdpDatagram};
 
-pub use build::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
+pub use build::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST, client_id_bytes};
 
 /// REQUESTING gives up after this many transmissions (RFC 2131 3.1 item 5
 /// leaves the count to the client; 4 covers ~1 min with the RFC timings).

@@ -363,6 +363,28 @@ pub type FromEngine = mirage_engine::FromEngine<EngineAction, DropReason>;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ToNetwork {
     Transmit(Vec<u8>),
+    /// What the actuator applied: the network role's only state from
+    /// outside. Each one replaces the last.
+    Binding(NetworkBinding),
+}
+
+/// An address of ours and the server that granted it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundAddress {
+    pub address: Ipv4Addr,
+    pub server: Ipv4Addr,
+}
+
+/// The network role's view of our address, kept by the supervisor from the
+/// intents it forwards and the actuator's answers, never from the engine's
+/// word alone.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetworkBinding {
+    /// The address the actuator applied (ours until removed).
+    pub bound: Option<BoundAddress>,
+    /// An address the actuator is applying now: frames only it would allow
+    /// (the RFC 5227 announcement that follows a bind) wait for the answer.
+    pub applying: Option<BoundAddress>,
 }
 
 /// Network role -> supervisor.
@@ -375,6 +397,11 @@ pub enum FromNetwork {
     /// An outbound frame failed the network role's check and was not sent.
     Refused {
         reason: String,
+    },
+    /// Outbound frames dropped by the network role's rate cap since its last
+    /// report (at most one report a second).
+    Capped {
+        frames: u64,
     },
 }
 

@@ -7,6 +7,7 @@
 //! ```text
 //!   network --Frame--> engine --Transmit--> network
 //!   engine --Apply/Remove/Persist--> actuator --Result--> engine
+//!   (Apply/Remove forwarded, Apply answered) --Binding--> network
 //!   actuator --LinkUp/LinkDown--> engine
 //!   engine --PublishStatus--> (supervisor adds its counters) --> actuator
 //! ```
@@ -188,6 +189,8 @@ struct Supervisor {
     applied: bool,
     /// Frames not delivered because the receiving role's queue was full.
     frames_shed: u64,
+    /// What the network role is told about our address.
+    binding: roles::network::BindingTracker,
 }
 
 pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -> Result<ExitCode, String> {
@@ -240,6 +243,12 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         // engine has the DUID already, and a crash before it is stored
         // derives the same DUID-LL from the MAC again.
         new_duid,
+        client_id: Some(
+            dhcp_engine::client::client_id_bytes(&engine_config)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        ),
     };
     // All three roles start side by side: each fork returns at once, and
     // the children exec and drop their privileges in parallel instead of
@@ -329,6 +338,7 @@ impl Supervisor {
             applied: false,
             drop_log: DropLog::default(),
             frames_shed: 0,
+            binding: Default::default(),
         }
     }
 }
@@ -341,6 +351,8 @@ struct RoleCommon<'a> {
     mac: [u8; 6],
     /// DUID text for the actuator to store (first start only).
     new_duid: Option<String>,
+    /// Option 61 in hex, for the network role's policy.
+    client_id: Option<String>,
 }
 
 impl RoleCommon<'_> {
@@ -390,6 +402,11 @@ impl RoleCommon<'_> {
         }
         if name == RoleName::Network && c.acd.enabled {
             args.push("--with-arp".into());
+        }
+        if name == RoleName::Network
+            && let Some(id) = &self.client_id
+        {
+            args.extend(["--client-id".into(), id.clone()]);
         }
         if name == RoleName::Actuator
             && let Some(name) = &self.resolv_name
@@ -473,6 +490,7 @@ impl Supervisor {
             ifindex: self.ifindex,
             mac: self.mac,
             new_duid: None,
+            client_id: None,
         }
     }
 
@@ -545,6 +563,16 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Tell the network role about our address, never blocking; a state it
+    /// could not take now is sent again next round.
+    fn tell_network(&mut self) {
+        if let Some(msg) = self.binding.update()
+            && let Ok(true) = self.network.chan.try_send(&msg)
+        {
+            self.binding.sent();
+        }
+    }
+
     /// Queue a message for the actuator (it answers every one). It never
     /// blocks; an actuator that leaves [`OUTBOX_MAX`] unread stops the
     /// service, since nothing else can apply or remove the lease.
@@ -567,8 +595,9 @@ impl Supervisor {
 
     /// Forward an engine's intent, unless that engine already has
     /// [`MAX_ENGINE_INTENTS`] unanswered: then it floods the actuator (a
-    /// real engine never does) and is restarted instead.
-    fn forward_intent(&mut self, msg: ToActuator) -> Result<(), String> {
+    /// real engine never does) and is restarted instead. Says whether it
+    /// was forwarded.
+    fn forward_intent(&mut self, msg: ToActuator) -> Result<bool, String> {
         let mine = self
             .intents
             .iter()
@@ -579,9 +608,10 @@ impl Supervisor {
             self.engine_failed(&format!(
                 "more than {MAX_ENGINE_INTENTS} intents waiting for the actuator"
             ));
-            return Ok(());
+            return Ok(false);
         }
-        self.send_actuator(msg)
+        self.send_actuator(msg)?;
+        Ok(true)
     }
 
     /// Publish the status; while [`MAX_PUBLISHES_IN_FLIGHT`] are being
@@ -619,12 +649,20 @@ impl Supervisor {
                     lease.server_id,
                     valid_secs
                 );
-                self.forward_intent(ToActuator::Apply { lease, valid_secs })?;
+                let address = lease.clone();
+                if self.forward_intent(ToActuator::Apply { lease, valid_secs })? {
+                    self.binding.apply_forwarded(&address);
+                    self.tell_network();
+                }
             }
             FromEngine::Action(EngineAction::RemoveLease { lease }) => {
                 log::info!("removing {}/{}", lease.address, lease.prefix_len);
                 self.applied = false;
-                self.forward_intent(ToActuator::Remove { lease })?;
+                let address = lease.clone();
+                if self.forward_intent(ToActuator::Remove { lease })? {
+                    self.binding.remove_forwarded(&address);
+                    self.tell_network();
+                }
             }
             FromEngine::Action(EngineAction::PersistLease(lease)) => {
                 self.lease = lease.clone();
@@ -695,6 +733,10 @@ impl Supervisor {
                         }
                     }
                 }
+                if kind == IntentKind::ApplyLease {
+                    self.binding.apply_answered(ok);
+                    self.tell_network();
+                }
                 match generation {
                     None if self.publish_pending => self.publish()?,
                     None => {}
@@ -732,6 +774,7 @@ impl Supervisor {
                     self.restart_at = Some(StdInstant::now() + self.restart_delay);
                 }
             }
+            self.tell_network();
             if self.last_publish.elapsed() >= REPUBLISH
                 && let Err(e) = self.publish()
             {
@@ -768,6 +811,8 @@ impl Supervisor {
     /// so a role that floods or stops reading can slow a round but never
     /// hold the supervisor. An error stops the service.
     fn round(&mut self, signal: Option<BorrowedFd<'_>>, timeout_ms: u64) -> Result<Progress, String> {
+        // A binding state the network role could not take last round.
+        self.tell_network();
         let mut fds: Vec<(BorrowedFd<'_>, bool)> = vec![
             (self.network.chan.as_fd(), !self.network.outbox.is_empty()),
             (self.network.log.as_fd(), false),
@@ -837,6 +882,9 @@ impl Supervisor {
                 Ok(Some(FromNetwork::Refused { reason })) => {
                     self.frames_refused += 1;
                     log::warn!("network role refused a frame from the engine: {reason}");
+                }
+                Ok(Some(FromNetwork::Capped { frames })) => {
+                    self.frames_refused += frames;
                 }
                 Ok(None) => return Err("the network role closed its channel".into()),
                 Err(e) => return Err(format!("bad message from the network role: {e}")),

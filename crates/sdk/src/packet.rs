@@ -9,17 +9,22 @@
 //! engine.
 //!
 //! [`check_outbound`] is the network role's last line of defence against a
-//! compromised engine: only DHCP client traffic (UDP 68 -> 67) and ARP from our
-//! own MAC leave the host.
+//! compromised engine: only what a DHCP client sends as us leaves the host
+//! (our MAC, chaddr and client identifier; RFC 5227 probes and our own
+//! announcements; from 0.0.0.0 or our address in force, to broadcast or our
+//! server), and [`RateCap`] bounds how fast.
 //!
 //! Syscalls: `open` makes socket, setsockopt (SO_ATTACH_FILTER,
 //! SO_LOCK_FILTER, PACKET_AUXDATA, PACKET_IGNORE_OUTGOING), recvfrom (drain),
 //! bind. `from_raw_fd`/`from_fd` make getsockopt. The hot path is only
-//! `recvmsg` ([`PacketSocket::recv`]) and `sendto` ([`PacketSocket::send`];
-//! the libc's `send` is the sendto syscall, in glibc and musl alike).
+//! `recvmsg` ([`PacketSocket::recv`]) and `sendto` without an address
+//! ([`PacketSocket::send`]; the libc's `send` is sendto with a null address,
+//! in glibc and musl alike), so the network role's seccomp list can refuse
+//! every link-layer address: the bound interface is the only way out.
 
 use std::io;
 use std::mem;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use mirage_ipc::MAX_FRAME_LEN;
@@ -434,18 +439,31 @@ pub enum OutboundRefusal {
     ForeignSourceMac,
     /// Neither IPv4 nor ARP (VLAN tags included).
     BadEthertype,
+    /// Ethernet destination is multicast, or not broadcast where the
+    /// message must be (ARP, IPv4 to 255.255.255.255).
+    BadDestinationMac,
     /// ARP that is not Ethernet/IPv4 (htype 1, ptype 0x0800, hlen 6, plen 4).
     BadArpFormat,
     /// ARP opcode other than request (1) or reply (2).
     BadArpOp,
+    /// An ARP reply: the kernel answers for the address in force itself;
+    /// from us, a reply can only claim someone else's.
+    ArpReply,
     /// ARP sender hardware address is not our MAC.
     ForeignArpSender,
+    /// ARP sender IP neither 0.0.0.0 (probe) nor our address in force.
+    ForeignArpSenderIp,
+    /// ARP target not what a probe (a unicast address, target MAC zero) or an
+    /// announcement (target IP = sender IP) names.
+    BadArpTarget,
     /// ARP frame longer than the Ethernet minimum (trailing data).
     ArpTrailingData,
     /// IPv4 version field is not 4.
     BadIpVersion,
     /// IPv4 header length under 20 bytes or past the frame.
     BadIpHeaderLength,
+    /// IPv4 options (source routing and the like); a client sends none.
+    IpOptions,
     /// IPv4 total length or UDP length disagrees with the frame.
     BadLength,
     /// IPv4 fragment (MF set or non-zero offset).
@@ -456,6 +474,33 @@ pub enum OutboundRefusal {
     BadSourcePort,
     /// UDP destination port is not 67.
     BadDestinationPort,
+    /// IPv4 source neither 0.0.0.0 nor our address in force, or not the
+    /// message's ciaddr.
+    ForeignSourceIp,
+    /// IPv4 destination neither the limited broadcast nor the server of the
+    /// lease in force (unicast needs an address of our own).
+    ForeignDestinationIp,
+    /// Not a BOOTREQUEST for Ethernet (op 1, htype 1, hlen 6, hops 0, magic
+    /// cookie) or shorter than a DHCP message.
+    NotBootRequest,
+    /// yiaddr, siaddr or giaddr set: a client sets none (a giaddr would send
+    /// the server's answer to another host).
+    ServerFieldSet,
+    /// chaddr is not our MAC (zero-padded).
+    ForeignChaddr,
+    /// Options malformed, without an end, repeated (53, 50, 54, 61), or ones
+    /// a client never sends (52 overload, 82 relay agent information).
+    BadOptions,
+    /// Option 53 missing or not DISCOVER, REQUEST, DECLINE, RELEASE, INFORM.
+    NotClientMessage,
+    /// Option 61 missing or not our client identifier.
+    ForeignClientId,
+    /// ciaddr not what the message type carries (RFC 2131 table 5): 0 for
+    /// DISCOVER and DECLINE, our address in force for RELEASE and INFORM.
+    BadCiaddr,
+    /// DECLINE of an address no reply to us offered, or RELEASE with
+    /// option 50.
+    BadRequestedAddress,
 }
 
 impl OutboundRefusal {
@@ -466,17 +511,32 @@ impl OutboundRefusal {
             OutboundRefusal::TooLong => "frame too long",
             OutboundRefusal::ForeignSourceMac => "source MAC is not ours",
             OutboundRefusal::BadEthertype => "ethertype is neither IPv4 nor ARP",
+            OutboundRefusal::BadDestinationMac => "bad destination MAC",
             OutboundRefusal::BadArpFormat => "ARP is not Ethernet/IPv4",
             OutboundRefusal::BadArpOp => "ARP opcode is not request or reply",
+            OutboundRefusal::ArpReply => "ARP reply",
             OutboundRefusal::ForeignArpSender => "ARP sender MAC is not ours",
+            OutboundRefusal::ForeignArpSenderIp => "ARP sender IP is neither 0.0.0.0 nor our address",
+            OutboundRefusal::BadArpTarget => "ARP target is neither a probe's nor an announcement's",
             OutboundRefusal::ArpTrailingData => "ARP frame has trailing data",
             OutboundRefusal::BadIpVersion => "IP version is not 4",
             OutboundRefusal::BadIpHeaderLength => "bad IPv4 header length",
+            OutboundRefusal::IpOptions => "IPv4 options",
             OutboundRefusal::BadLength => "IPv4 or UDP length disagrees with the frame",
             OutboundRefusal::Fragment => "IPv4 fragment",
             OutboundRefusal::NotUdp => "IP protocol is not UDP",
             OutboundRefusal::BadSourcePort => "UDP source port is not 68",
             OutboundRefusal::BadDestinationPort => "UDP destination port is not 67",
+            OutboundRefusal::ForeignSourceIp => "source IP is neither 0.0.0.0 nor our address",
+            OutboundRefusal::ForeignDestinationIp => "destination IP is neither broadcast nor our server",
+            OutboundRefusal::NotBootRequest => "not a BOOTREQUEST",
+            OutboundRefusal::ServerFieldSet => "yiaddr, siaddr or giaddr set",
+            OutboundRefusal::ForeignChaddr => "chaddr is not our MAC",
+            OutboundRefusal::BadOptions => "bad DHCP options",
+            OutboundRefusal::NotClientMessage => "not a DHCP client message type",
+            OutboundRefusal::ForeignClientId => "client identifier is not ours",
+            OutboundRefusal::BadCiaddr => "ciaddr does not fit the message type",
+            OutboundRefusal::BadRequestedAddress => "requested address not offered to us",
         }
     }
 }
@@ -493,37 +553,89 @@ fn be16(frame: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([frame[at], frame[at + 1]])
 }
 
-/// Decides whether the engine may send `frame` from the interface whose MAC
-/// is `our_mac`. Only two shapes pass: a DHCP client datagram (IPv4, UDP
-/// 68 -> 67, RFC 2131 section 4.1) and an Ethernet/IPv4 ARP request or reply
-/// (RFC 826; RFC 5227 probes and announcements are requests) sent as us.
+fn ipv4_at(bytes: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
+}
+
+const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+/// BOOTP fixed header (236 bytes) and the magic cookie (RFC 2131 section 3).
+const BOOTP_HEADER_LEN: usize = 236;
+const DHCP_MIN_LEN: usize = BOOTP_HEADER_LEN + 4;
+const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+
+/// What the network role knows when it checks a frame: its fixed identity
+/// (from its arguments) and the state the supervisor told it from what the
+/// actuator applied. Nothing here comes from the engine's word.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboundPolicy {
+    /// The interface's MAC: Ethernet source, ARP sender, chaddr.
+    pub mac: [u8; 6],
+    /// Option 61 exactly as the engine is configured to send it.
+    pub client_id: Vec<u8>,
+    /// Our address in force and the server that granted it.
+    pub bound: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Addresses that replies to our chaddr offered (seen by the network
+    /// role on the way in, [`offered_address`]): what a DECLINE may name.
+    pub offered: Vec<Ipv4Addr>,
+}
+
+impl OutboundPolicy {
+    fn our_address(&self) -> Option<Ipv4Addr> {
+        self.bound.map(|(a, _)| a)
+    }
+}
+
+/// Decides whether the engine may send `frame`. Only what a DHCP client
+/// sends as us passes (DESIGN.md section 3):
+/// - ARP requests (RFC 826) from our MAC, broadcast: RFC 5227 probes (sender
+///   IP 0.0.0.0, target MAC zero) and announcements or defences (sender IP =
+///   target IP = our address in force). Never replies.
+/// - DHCP client messages (RFC 2131 section 4.1: IPv4 without options, UDP
+///   68 -> 67): a BOOTREQUEST with our chaddr and client identifier, type
+///   DISCOVER, REQUEST, DECLINE, RELEASE or INFORM, ciaddr and IP source
+///   per RFC 2131 table 5 (0.0.0.0, or our address in force), to the
+///   limited broadcast or, from our address, to the lease's server
+///   (RENEWING, RELEASE: 4.4.5, 4.4.6); a DECLINE names an offered address.
+///
 /// Pure and panic-free for any input.
-pub fn check_outbound(frame: &[u8], our_mac: [u8; 6]) -> Result<(), OutboundRefusal> {
+pub fn check_outbound(frame: &[u8], policy: &OutboundPolicy) -> Result<(), OutboundRefusal> {
     if frame.len() < MIN_FRAME_LEN {
         return Err(OutboundRefusal::TooShort);
     }
     if frame.len() > MAX_FRAME_LEN {
         return Err(OutboundRefusal::TooLong);
     }
-    if frame[6..12] != our_mac {
+    if frame[6..12] != policy.mac {
         return Err(OutboundRefusal::ForeignSourceMac);
     }
+    let dst_mac = &frame[..6];
+    // Group bit: multicast reaches hosts that asked nothing.
+    if dst_mac[0] & 1 != 0 && dst_mac != BROADCAST_MAC {
+        return Err(OutboundRefusal::BadDestinationMac);
+    }
     match be16(frame, 12) {
-        ETHERTYPE_ARP => check_arp(&frame[ETH_HEADER_LEN..], frame.len(), our_mac),
-        ETHERTYPE_IPV4 => check_ipv4(&frame[ETH_HEADER_LEN..], frame.len()),
+        ETHERTYPE_ARP => check_arp(&frame[ETH_HEADER_LEN..], frame.len(), policy, dst_mac),
+        ETHERTYPE_IPV4 => check_ipv4(&frame[ETH_HEADER_LEN..], frame.len(), policy, dst_mac),
         _ => Err(OutboundRefusal::BadEthertype),
     }
 }
 
 /// `arp` holds at least 28 bytes (the frame is at least 42).
-fn check_arp(arp: &[u8], frame_len: usize, our_mac: [u8; 6]) -> Result<(), OutboundRefusal> {
+fn check_arp(
+    arp: &[u8],
+    frame_len: usize,
+    policy: &OutboundPolicy,
+    dst_mac: &[u8],
+) -> Result<(), OutboundRefusal> {
     if be16(arp, 0) != 1 || be16(arp, 2) != ETHERTYPE_IPV4 || arp[4] != 6 || arp[5] != 4 {
         return Err(OutboundRefusal::BadArpFormat);
     }
-    if !matches!(be16(arp, 6), 1 | 2) {
-        return Err(OutboundRefusal::BadArpOp);
+    match be16(arp, 6) {
+        1 => {}
+        2 => return Err(OutboundRefusal::ArpReply),
+        _ => return Err(OutboundRefusal::BadArpOp),
     }
-    if arp[8..14] != our_mac {
+    if arp[8..14] != policy.mac {
         return Err(OutboundRefusal::ForeignArpSender);
     }
     // Padding up to the 60-byte Ethernet minimum is normal; more is a covert
@@ -531,17 +643,46 @@ fn check_arp(arp: &[u8], frame_len: usize, our_mac: [u8; 6]) -> Result<(), Outbo
     if frame_len > ETH_MIN_FRAME_LEN {
         return Err(OutboundRefusal::ArpTrailingData);
     }
+    // RFC 5227 2.1.1 and 2.3: probes and announcements are broadcast.
+    if dst_mac != BROADCAST_MAC {
+        return Err(OutboundRefusal::BadDestinationMac);
+    }
+    let sender = ipv4_at(arp, 14);
+    let target = ipv4_at(arp, 24);
+    if sender.is_unspecified() {
+        // A probe: it claims nothing, so it may ask about any unicast
+        // address (the engine probes what a server offered).
+        if arp[18..24] != [0; 6] || mirage_ipc::unicast_refusal(target).is_some() {
+            return Err(OutboundRefusal::BadArpTarget);
+        }
+        return Ok(());
+    }
+    if Some(sender) != policy.our_address() {
+        return Err(OutboundRefusal::ForeignArpSenderIp);
+    }
+    // Resolving neighbours is the kernel's job, not the engine's.
+    if target != sender {
+        return Err(OutboundRefusal::BadArpTarget);
+    }
     Ok(())
 }
 
 /// `ip` is the frame after the Ethernet header (at least 28 bytes).
-fn check_ipv4(ip: &[u8], frame_len: usize) -> Result<(), OutboundRefusal> {
+fn check_ipv4(
+    ip: &[u8],
+    frame_len: usize,
+    policy: &OutboundPolicy,
+    dst_mac: &[u8],
+) -> Result<(), OutboundRefusal> {
     if ip[0] >> 4 != 4 {
         return Err(OutboundRefusal::BadIpVersion);
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     if ihl < 20 || ihl + 8 > ip.len() {
         return Err(OutboundRefusal::BadIpHeaderLength);
+    }
+    if ihl != 20 {
+        return Err(OutboundRefusal::IpOptions);
     }
     let total = usize::from(be16(ip, 2));
     // The datagram fills the frame exactly, except for padding of frames
@@ -568,7 +709,203 @@ fn check_ipv4(ip: &[u8], frame_len: usize) -> Result<(), OutboundRefusal> {
     if be16(udp, 2) != DHCP_SERVER_PORT {
         return Err(OutboundRefusal::BadDestinationPort);
     }
+    let (src, dst) = (ipv4_at(ip, 12), ipv4_at(ip, 16));
+    let ours = policy.our_address();
+    if !src.is_unspecified() && Some(src) != ours {
+        return Err(OutboundRefusal::ForeignSourceIp);
+    }
+    if dst.is_broadcast() {
+        if dst_mac != BROADCAST_MAC {
+            return Err(OutboundRefusal::BadDestinationMac);
+        }
+    } else if src.is_unspecified() || policy.bound.map(|(_, server)| server) != Some(dst) {
+        // The Ethernet destination of a unicast may be the server's or a
+        // router's (a relayed server): only its IP is known to be right.
+        return Err(OutboundRefusal::ForeignDestinationIp);
+    }
+    check_dhcp(&udp[8..], src, policy)
+}
+
+/// Option 53 values a client sends (RFC 2132 9.6).
+const DHCPDISCOVER: u8 = 1;
+const DHCPREQUEST: u8 = 3;
+const DHCPDECLINE: u8 = 4;
+const DHCPRELEASE: u8 = 7;
+const DHCPINFORM: u8 = 8;
+
+/// The options [`check_dhcp`] looks at.
+#[derive(Default)]
+struct ClientOptions<'a> {
+    message_type: Option<u8>,
+    client_id: Option<&'a [u8]>,
+    requested: Option<&'a [u8]>,
+    server_id: Option<&'a [u8]>,
+}
+
+/// Walks the options (RFC 2132 section 2). Each option we look at must
+/// appear once: servers concatenate repeated ones (RFC 3396), which would
+/// turn our client identifier into someone else's.
+fn client_options(mut opts: &[u8]) -> Result<ClientOptions<'_>, OutboundRefusal> {
+    let mut found = ClientOptions::default();
+    loop {
+        let (&code, rest) = opts.split_first().ok_or(OutboundRefusal::BadOptions)?;
+        match code {
+            0 => {
+                opts = rest;
+                continue;
+            }
+            255 => return Ok(found),
+            _ => {}
+        }
+        let (&len, rest) = rest.split_first().ok_or(OutboundRefusal::BadOptions)?;
+        let value = rest.get(..usize::from(len)).ok_or(OutboundRefusal::BadOptions)?;
+        opts = &rest[usize::from(len)..];
+        let slot = match code {
+            53 if len == 1 => {
+                if found.message_type.replace(value[0]).is_some() {
+                    return Err(OutboundRefusal::BadOptions);
+                }
+                continue;
+            }
+            61 => &mut found.client_id,
+            50 => &mut found.requested,
+            54 => &mut found.server_id,
+            // Overload would hide options in sname/file, out of this check's
+            // sight; relay agent information is for relays (RFC 3046) and
+            // servers may trust it.
+            52 | 82 | 53 => return Err(OutboundRefusal::BadOptions),
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(OutboundRefusal::BadOptions);
+        }
+    }
+}
+
+/// `dhcp` is the UDP payload; `src` the IPv4 source, already 0.0.0.0 or
+/// our address in force.
+fn check_dhcp(dhcp: &[u8], src: Ipv4Addr, policy: &OutboundPolicy) -> Result<(), OutboundRefusal> {
+    if dhcp.len() < DHCP_MIN_LEN
+        || dhcp[0] != 1
+        || dhcp[1] != 1
+        || dhcp[2] != 6
+        || dhcp[3] != 0
+        || dhcp[BOOTP_HEADER_LEN..DHCP_MIN_LEN] != MAGIC_COOKIE
+    {
+        return Err(OutboundRefusal::NotBootRequest);
+    }
+    if dhcp[16..28] != [0; 12] {
+        return Err(OutboundRefusal::ServerFieldSet);
+    }
+    if dhcp[28..34] != policy.mac || dhcp[34..44] != [0; 10] {
+        return Err(OutboundRefusal::ForeignChaddr);
+    }
+    let opts = client_options(&dhcp[DHCP_MIN_LEN..])?;
+    let kind = opts.message_type.ok_or(OutboundRefusal::NotClientMessage)?;
+    if !matches!(
+        kind,
+        DHCPDISCOVER | DHCPREQUEST | DHCPDECLINE | DHCPRELEASE | DHCPINFORM
+    ) {
+        return Err(OutboundRefusal::NotClientMessage);
+    }
+    if opts.client_id != Some(&policy.client_id[..]) {
+        return Err(OutboundRefusal::ForeignClientId);
+    }
+    // RFC 2131 table 5; the datagram comes from the address it names.
+    let ciaddr = ipv4_at(dhcp, 12);
+    let ciaddr_ok = match kind {
+        DHCPDISCOVER | DHCPDECLINE => ciaddr.is_unspecified(),
+        DHCPRELEASE | DHCPINFORM => !ciaddr.is_unspecified(),
+        _ => true,
+    };
+    if !ciaddr_ok || (!ciaddr.is_unspecified() && Some(ciaddr) != policy.our_address()) {
+        return Err(OutboundRefusal::BadCiaddr);
+    }
+    if ciaddr != src {
+        return Err(OutboundRefusal::ForeignSourceIp);
+    }
+    match kind {
+        // Servers act on a DECLINE by address (some abandon whatever lease
+        // holds it, whoever its client): only an address offered to us.
+        DHCPDECLINE => {
+            let named = opts
+                .requested
+                .and_then(|r| <[u8; 4]>::try_from(r).ok())
+                .map(Ipv4Addr::from);
+            if !named.is_some_and(|a| policy.offered.contains(&a)) {
+                return Err(OutboundRefusal::BadRequestedAddress);
+            }
+        }
+        // RFC 2131 table 5: MUST NOT.
+        DHCPRELEASE if opts.requested.is_some() => return Err(OutboundRefusal::BadRequestedAddress),
+        _ => {}
+    }
+    let _ = opts.server_id;
     Ok(())
+}
+
+/// The address a DHCP reply to our chaddr offers (its yiaddr), read at fixed
+/// offsets without decoding options: the network role remembers these so a
+/// DECLINE may name them ([`OutboundPolicy::offered`]). `None` for anything
+/// else. Pure and panic-free for any input.
+pub fn offered_address(frame: &[u8], our_mac: [u8; 6]) -> Option<Ipv4Addr> {
+    if frame.len() < ETH_HEADER_LEN + 20 || be16(frame, 12) != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = &frame[ETH_HEADER_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != IPPROTO_UDP {
+        return None;
+    }
+    let udp = ip.get(ihl..)?;
+    let dhcp = udp.get(8..8 + DHCP_MIN_LEN)?;
+    if be16(udp, 0) != DHCP_SERVER_PORT || be16(udp, 2) != DHCP_CLIENT_PORT {
+        return None;
+    }
+    if dhcp[0] != 2 || dhcp[1] != 1 || dhcp[2] != 6 || dhcp[28..34] != our_mac {
+        return None;
+    }
+    let yiaddr = ipv4_at(dhcp, 16);
+    mirage_ipc::unicast_refusal(yiaddr).is_none().then_some(yiaddr)
+}
+
+/// A token bucket: `burst` frames at once, then `per_second` on average.
+/// Time is milliseconds of any monotonic clock, given by the caller.
+#[derive(Clone, Debug)]
+pub struct RateCap {
+    per_second: u32,
+    burst: u32,
+    /// Tokens in thousandths, so refills of a few milliseconds count.
+    milli_tokens: u64,
+    last_ms: u64,
+}
+
+impl RateCap {
+    /// Starts full.
+    pub fn new(per_second: u32, burst: u32, now_ms: u64) -> RateCap {
+        RateCap {
+            per_second,
+            burst,
+            milli_tokens: u64::from(burst) * 1000,
+            last_ms: now_ms,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(elapsed.saturating_mul(u64::from(self.per_second)))
+            .min(u64::from(self.burst) * 1000);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -577,118 +914,377 @@ mod tests {
 
     const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
     const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+    const CLIENT_ID: [u8; 7] = [1, 0x02, 0, 0, 0, 0, 0x01];
+    const OURS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const OFFERED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+    const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+
+    fn unbound() -> OutboundPolicy {
+        OutboundPolicy {
+            mac: OUR_MAC,
+            client_id: CLIENT_ID.to_vec(),
+            bound: None,
+            offered: vec![OFFERED],
+        }
+    }
+
+    fn bound() -> OutboundPolicy {
+        OutboundPolicy {
+            bound: Some((OURS, SERVER)),
+            ..unbound()
+        }
+    }
 
     /// An Ethernet/IPv4/UDP frame with `payload_len` bytes of payload.
     fn udp_frame(src_mac: [u8; 6], proto: u8, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+        udp_with(src_mac, proto, sport, dport, &vec![0x5a; payload_len])
+    }
+
+    fn udp_with(src_mac: [u8; 6], proto: u8, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&src_mac);
         f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let total = (20 + 8 + payload_len) as u16;
+        let total = (20 + 8 + payload.len()) as u16;
         f.extend_from_slice(&[
             0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255,
         ]);
         f[16..18].copy_from_slice(&total.to_be_bytes());
         f.extend_from_slice(&sport.to_be_bytes());
         f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         f.extend_from_slice(&[0, 0]);
-        f.extend(std::iter::repeat_n(0x5a, payload_len));
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A BOOTREQUEST of option-53 `kind` from us with `extra` options.
+    fn dhcp_payload(kind: u8, ciaddr: Ipv4Addr, extra: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; BOOTP_HEADER_LEN];
+        p[..4].copy_from_slice(&[1, 1, 6, 0]);
+        p[12..16].copy_from_slice(&ciaddr.octets());
+        p[28..34].copy_from_slice(&OUR_MAC);
+        p.extend_from_slice(&MAGIC_COOKIE);
+        p.extend_from_slice(&[53, 1, kind, 61, CLIENT_ID.len() as u8]);
+        p.extend_from_slice(&CLIENT_ID);
+        p.extend_from_slice(extra);
+        p.push(255);
+        p.resize(300, 0);
+        p
+    }
+
+    /// `payload` from `src` to `dst` (Ethernet broadcast for the limited
+    /// broadcast, else the server's MAC).
+    fn dhcp_from(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let mut f = udp_with(OUR_MAC, IPPROTO_UDP, 68, 67, payload);
+        f[26..30].copy_from_slice(&src.octets());
+        f[30..34].copy_from_slice(&dst.octets());
+        if !dst.is_broadcast() {
+            f[..6].copy_from_slice(&OTHER_MAC);
+        }
         f
     }
 
     fn dhcp_frame() -> Vec<u8> {
-        udp_frame(OUR_MAC, IPPROTO_UDP, 68, 67, 300)
+        dhcp_from(
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            &dhcp_payload(DHCPDISCOVER, Ipv4Addr::UNSPECIFIED, &[]),
+        )
     }
 
+    /// The DHCP payload of a frame from `dhcp_frame` and friends.
+    const DHCP_AT: usize = ETH_HEADER_LEN + 20 + 8;
+
     fn arp_frame(src_mac: [u8; 6], sender: [u8; 6], op: u16) -> Vec<u8> {
+        arp_with(
+            src_mac,
+            sender,
+            op,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(192, 0, 2, 7),
+        )
+    }
+
+    fn arp_with(
+        src_mac: [u8; 6],
+        sender: [u8; 6],
+        op: u16,
+        sender_ip: Ipv4Addr,
+        target_ip: Ipv4Addr,
+    ) -> Vec<u8> {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&src_mac);
         f.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
         f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
         f.extend_from_slice(&op.to_be_bytes());
         f.extend_from_slice(&sender);
-        f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 192, 0, 2, 7]);
+        f.extend_from_slice(&sender_ip.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target_ip.octets());
         f
     }
 
     #[test]
-    fn good_dhcp_and_arp_frames_pass() {
-        assert_eq!(check_outbound(&dhcp_frame(), OUR_MAC), Ok(()));
-        assert_eq!(check_outbound(&arp_frame(OUR_MAC, OUR_MAC, 1), OUR_MAC), Ok(()));
-        assert_eq!(check_outbound(&arp_frame(OUR_MAC, OUR_MAC, 2), OUR_MAC), Ok(()));
+    fn what_a_client_sends_passes() {
+        let zero = Ipv4Addr::UNSPECIFIED;
+        let b = Ipv4Addr::BROADCAST;
+        let opt50 = |a: Ipv4Addr| {
+            let o = a.octets();
+            vec![50, 4, o[0], o[1], o[2], o[3]]
+        };
+        let opt54 = [54, 4, 192, 0, 2, 1];
+        let both = |a| [opt50(a), opt54.to_vec()].concat();
+        let shapes: Vec<(&str, Vec<u8>, OutboundPolicy)> = vec![
+            ("DISCOVER", dhcp_frame(), unbound()),
+            (
+                "REQUEST while SELECTING",
+                dhcp_from(zero, b, &dhcp_payload(DHCPREQUEST, zero, &both(OFFERED))),
+                unbound(),
+            ),
+            (
+                "REQUEST while INIT-REBOOT (any address may be asked for)",
+                dhcp_from(zero, b, &dhcp_payload(DHCPREQUEST, zero, &opt50(OTHER))),
+                unbound(),
+            ),
+            (
+                "DECLINE of the offered address",
+                dhcp_from(zero, b, &dhcp_payload(DHCPDECLINE, zero, &both(OFFERED))),
+                unbound(),
+            ),
+            (
+                "REQUEST while RENEWING",
+                dhcp_from(OURS, SERVER, &dhcp_payload(DHCPREQUEST, OURS, &[])),
+                bound(),
+            ),
+            (
+                "REQUEST while REBINDING",
+                dhcp_from(OURS, b, &dhcp_payload(DHCPREQUEST, OURS, &[])),
+                bound(),
+            ),
+            (
+                "RELEASE",
+                dhcp_from(OURS, SERVER, &dhcp_payload(DHCPRELEASE, OURS, &opt54)),
+                bound(),
+            ),
+            (
+                "INFORM",
+                dhcp_from(OURS, b, &dhcp_payload(DHCPINFORM, OURS, &[])),
+                bound(),
+            ),
+            (
+                "ARP probe",
+                arp_with(OUR_MAC, OUR_MAC, 1, zero, OFFERED),
+                unbound(),
+            ),
+            (
+                "ARP announcement",
+                arp_with(OUR_MAC, OUR_MAC, 1, OURS, OURS),
+                bound(),
+            ),
+        ];
+        for (name, frame, policy) in shapes {
+            assert_eq!(check_outbound(&frame, &policy), Ok(()), "{name}");
+        }
         // ARP padded to the Ethernet minimum is still fine.
-        let mut padded = arp_frame(OUR_MAC, OUR_MAC, 1);
+        let mut padded = arp_with(OUR_MAC, OUR_MAC, 1, zero, OFFERED);
         padded.resize(ETH_MIN_FRAME_LEN, 0);
-        assert_eq!(check_outbound(&padded, OUR_MAC), Ok(()));
+        assert_eq!(check_outbound(&padded, &unbound()), Ok(()));
         // Don't-fragment is not a fragment.
         let mut df = dhcp_frame();
         df[20] = 0x40;
-        assert_eq!(check_outbound(&df, OUR_MAC), Ok(()));
+        assert_eq!(check_outbound(&df, &unbound()), Ok(()));
     }
 
     #[test]
     fn each_refusal() {
-        let refuse = |f: &[u8]| check_outbound(f, OUR_MAC).unwrap_err();
-        assert_eq!(
-            refuse(&udp_frame(OTHER_MAC, IPPROTO_UDP, 68, 67, 300)),
-            OutboundRefusal::ForeignSourceMac
-        );
+        use OutboundRefusal as R;
+        let zero = Ipv4Addr::UNSPECIFIED;
+        let b = Ipv4Addr::BROADCAST;
+        let refuse = |f: &[u8]| check_outbound(f, &unbound()).unwrap_err();
+        let refuse_bound = |f: &[u8]| check_outbound(f, &bound()).unwrap_err();
+        let mut foreign = dhcp_frame();
+        foreign[6..12].copy_from_slice(&OTHER_MAC);
+        assert_eq!(refuse(&foreign), R::ForeignSourceMac);
         assert_eq!(
             refuse(&udp_frame(OUR_MAC, IPPROTO_UDP, 68, 53, 30)),
-            OutboundRefusal::BadDestinationPort
+            R::BadDestinationPort
         );
         assert_eq!(
             refuse(&udp_frame(OUR_MAC, IPPROTO_UDP, 5353, 67, 30)),
-            OutboundRefusal::BadSourcePort
+            R::BadSourcePort
         );
-        assert_eq!(
-            refuse(&udp_frame(OUR_MAC, 6, 68, 67, 30)),
-            OutboundRefusal::NotUdp
-        );
+        assert_eq!(refuse(&udp_frame(OUR_MAC, 6, 68, 67, 30)), R::NotUdp);
         let mut frag = dhcp_frame();
         frag[20] = 0x20; // MF
-        assert_eq!(refuse(&frag), OutboundRefusal::Fragment);
+        assert_eq!(refuse(&frag), R::Fragment);
         let mut frag = dhcp_frame();
         frag[21] = 0x01; // offset 8
-        assert_eq!(refuse(&frag), OutboundRefusal::Fragment);
-        assert_eq!(
-            refuse(&udp_frame(OUR_MAC, IPPROTO_UDP, 68, 67, 1500)),
-            OutboundRefusal::TooLong
-        );
-        assert_eq!(refuse(&dhcp_frame()[..41]), OutboundRefusal::TooShort);
-        assert_eq!(
-            refuse(&arp_frame(OUR_MAC, OTHER_MAC, 1)),
-            OutboundRefusal::ForeignArpSender
-        );
-        assert_eq!(
-            refuse(&arp_frame(OTHER_MAC, OTHER_MAC, 1)),
-            OutboundRefusal::ForeignSourceMac
-        );
-        assert_eq!(refuse(&arp_frame(OUR_MAC, OUR_MAC, 3)), OutboundRefusal::BadArpOp);
-        let mut rarp = arp_frame(OUR_MAC, OUR_MAC, 1);
-        rarp[17] = 4; // ptype 0x0804: not IPv4
-        assert_eq!(refuse(&rarp), OutboundRefusal::BadArpFormat);
-        let mut long_arp = arp_frame(OUR_MAC, OUR_MAC, 1);
-        long_arp.resize(100, 0);
-        assert_eq!(refuse(&long_arp), OutboundRefusal::ArpTrailingData);
+        assert_eq!(refuse(&frag), R::Fragment);
+        assert_eq!(refuse(&udp_frame(OUR_MAC, IPPROTO_UDP, 68, 67, 1500)), R::TooLong);
+        assert_eq!(refuse(&dhcp_frame()[..41]), R::TooShort);
         let mut vlan = dhcp_frame();
         vlan[12..14].copy_from_slice(&[0x81, 0x00]);
-        assert_eq!(refuse(&vlan), OutboundRefusal::BadEthertype);
+        assert_eq!(refuse(&vlan), R::BadEthertype);
         let mut v6 = dhcp_frame();
         v6[14] = 0x65;
-        assert_eq!(refuse(&v6), OutboundRefusal::BadIpVersion);
+        assert_eq!(refuse(&v6), R::BadIpVersion);
         let mut ihl = dhcp_frame();
         ihl[14] = 0x44;
-        assert_eq!(refuse(&ihl), OutboundRefusal::BadIpHeaderLength);
+        assert_eq!(refuse(&ihl), R::BadIpHeaderLength);
+        let mut options = dhcp_frame();
+        options[14] = 0x46;
+        assert_eq!(refuse(&options), R::IpOptions);
         let mut trailing = dhcp_frame();
         trailing.push(0);
-        assert_eq!(refuse(&trailing), OutboundRefusal::BadLength);
+        assert_eq!(refuse(&trailing), R::BadLength);
         let mut udp_len = dhcp_frame();
         udp_len[38..40].copy_from_slice(&9u16.to_be_bytes());
-        assert_eq!(refuse(&udp_len), OutboundRefusal::BadLength);
+        assert_eq!(refuse(&udp_len), R::BadLength);
         let mut total = dhcp_frame();
         total[16..18].copy_from_slice(&27u16.to_be_bytes()); // under IHL + UDP header
-        assert_eq!(refuse(&total), OutboundRefusal::BadLength);
+        assert_eq!(refuse(&total), R::BadLength);
+        let mut multicast = dhcp_frame();
+        multicast[..6].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 1]);
+        assert_eq!(refuse(&multicast), R::BadDestinationMac);
+        let mut unicast_mac = dhcp_frame();
+        unicast_mac[..6].copy_from_slice(&OTHER_MAC);
+        assert_eq!(
+            refuse(&unicast_mac),
+            R::BadDestinationMac,
+            "broadcast IP in a unicast frame"
+        );
+
+        // ARP: only probes and our own announcements.
+        assert_eq!(refuse(&arp_frame(OUR_MAC, OTHER_MAC, 1)), R::ForeignArpSender);
+        assert_eq!(refuse(&arp_frame(OTHER_MAC, OTHER_MAC, 1)), R::ForeignSourceMac);
+        assert_eq!(refuse(&arp_frame(OUR_MAC, OUR_MAC, 3)), R::BadArpOp);
+        assert_eq!(
+            refuse_bound(&arp_with(OUR_MAC, OUR_MAC, 2, OURS, OURS)),
+            R::ArpReply
+        );
+        assert_eq!(refuse(&arp_with(OUR_MAC, OUR_MAC, 2, OTHER, SERVER)), R::ArpReply);
+        assert_eq!(
+            refuse(&arp_with(OUR_MAC, OUR_MAC, 1, OTHER, OTHER)),
+            R::ForeignArpSenderIp
+        );
+        assert_eq!(
+            refuse(&arp_with(OUR_MAC, OUR_MAC, 1, OURS, OURS)),
+            R::ForeignArpSenderIp,
+            "not bound yet"
+        );
+        assert_eq!(
+            refuse_bound(&arp_with(OUR_MAC, OUR_MAC, 1, OURS, SERVER)),
+            R::BadArpTarget
+        );
+        assert_eq!(refuse(&arp_with(OUR_MAC, OUR_MAC, 1, zero, b)), R::BadArpTarget);
+        let mut target_mac = arp_with(OUR_MAC, OUR_MAC, 1, zero, OFFERED);
+        target_mac[32] = 1;
+        assert_eq!(refuse(&target_mac), R::BadArpTarget);
+        let mut unicast_arp = arp_with(OUR_MAC, OUR_MAC, 1, zero, OFFERED);
+        unicast_arp[..6].copy_from_slice(&OTHER_MAC);
+        assert_eq!(refuse(&unicast_arp), R::BadDestinationMac);
+        let mut rarp = arp_frame(OUR_MAC, OUR_MAC, 1);
+        rarp[17] = 4; // ptype 0x0804: not IPv4
+        assert_eq!(refuse(&rarp), R::BadArpFormat);
+        let mut long_arp = arp_frame(OUR_MAC, OUR_MAC, 1);
+        long_arp.resize(100, 0);
+        assert_eq!(refuse(&long_arp), R::ArpTrailingData);
+
+        // IP addresses.
+        let discover = dhcp_payload(DHCPDISCOVER, zero, &[]);
+        assert_eq!(refuse(&dhcp_from(OTHER, b, &discover)), R::ForeignSourceIp);
+        assert_eq!(
+            refuse(&dhcp_from(OURS, b, &discover)),
+            R::ForeignSourceIp,
+            "not bound yet"
+        );
+        assert_eq!(
+            refuse(&dhcp_from(zero, SERVER, &discover)),
+            R::ForeignDestinationIp
+        );
+        let renew = dhcp_payload(DHCPREQUEST, OURS, &[]);
+        assert_eq!(
+            refuse_bound(&dhcp_from(OURS, OTHER, &renew)),
+            R::ForeignDestinationIp
+        );
+        assert_eq!(
+            refuse_bound(&dhcp_from(zero, SERVER, &renew)),
+            R::ForeignDestinationIp
+        );
+        assert_eq!(
+            refuse_bound(&dhcp_from(zero, b, &renew)),
+            R::ForeignSourceIp,
+            "ciaddr is not the source"
+        );
+
+        // The BOOTP header.
+        let with = |at: usize, value: &[u8]| {
+            let mut f = dhcp_frame();
+            f[DHCP_AT + at..DHCP_AT + at + value.len()].copy_from_slice(value);
+            f
+        };
+        assert_eq!(refuse(&with(0, &[2])), R::NotBootRequest);
+        assert_eq!(refuse(&with(1, &[6])), R::NotBootRequest);
+        assert_eq!(refuse(&with(3, &[1])), R::NotBootRequest);
+        assert_eq!(refuse(&with(236, &[0])), R::NotBootRequest);
+        assert_eq!(refuse(&with(24, &[192, 0, 2, 66])), R::ServerFieldSet, "giaddr");
+        assert_eq!(refuse(&with(16, &[192, 0, 2, 66])), R::ServerFieldSet, "yiaddr");
+        assert_eq!(refuse(&with(28, &OTHER_MAC)), R::ForeignChaddr);
+        assert_eq!(refuse(&with(40, &[1])), R::ForeignChaddr, "chaddr padding");
+        let short = dhcp_from(zero, b, &discover[..239]);
+        assert_eq!(refuse(&short), R::NotBootRequest);
+
+        // Options.
+        let opts =
+            |kind: u8, ciaddr: Ipv4Addr, extra: &[u8]| dhcp_from(zero, b, &dhcp_payload(kind, ciaddr, extra));
+        assert_eq!(refuse(&opts(2, zero, &[])), R::NotClientMessage, "OFFER");
+        assert_eq!(refuse(&opts(5, zero, &[])), R::NotClientMessage, "ACK");
+        assert_eq!(refuse(&opts(1, zero, &[53, 1, 1])), R::BadOptions, "53 twice");
+        assert_eq!(
+            refuse(&opts(1, zero, &[61, 2, 0xaa, 0xbb])),
+            R::BadOptions,
+            "61 twice"
+        );
+        assert_eq!(refuse(&opts(1, zero, &[52, 1, 3])), R::BadOptions, "overload");
+        assert_eq!(
+            refuse(&opts(1, zero, &[82, 2, 1, 0])),
+            R::BadOptions,
+            "relay agent information"
+        );
+        assert_eq!(refuse(&opts(1, zero, &[12, 200])), R::BadOptions, "past the end");
+        let mut no_end = dhcp_payload(DHCPDISCOVER, zero, &[]);
+        no_end.truncate(DHCP_MIN_LEN + 3 + 2 + CLIENT_ID.len());
+        assert_eq!(refuse(&dhcp_from(zero, b, &no_end)), R::BadOptions);
+        let mut other_id = dhcp_payload(DHCPDISCOVER, zero, &[]);
+        other_id[DHCP_MIN_LEN + 5 + 6] ^= 0xff;
+        assert_eq!(refuse(&dhcp_from(zero, b, &other_id)), R::ForeignClientId);
+        let mut no_id = dhcp_payload(DHCPDISCOVER, zero, &[]);
+        no_id[DHCP_MIN_LEN + 3] = 60; // 61 becomes vendor class
+        assert_eq!(refuse(&dhcp_from(zero, b, &no_id)), R::ForeignClientId);
+
+        // ciaddr and option 50 by message type.
+        assert_eq!(
+            refuse_bound(&dhcp_from(OURS, b, &dhcp_payload(DHCPDISCOVER, OURS, &[]))),
+            R::BadCiaddr
+        );
+        assert_eq!(refuse(&opts(DHCPREQUEST, OTHER, &[])), R::BadCiaddr);
+        let release_other = dhcp_from(OURS, SERVER, &dhcp_payload(DHCPRELEASE, OTHER, &[]));
+        assert_eq!(refuse_bound(&release_other), R::BadCiaddr);
+        assert_eq!(refuse(&opts(DHCPRELEASE, zero, &[])), R::BadCiaddr);
+        assert_eq!(refuse(&opts(DHCPINFORM, zero, &[])), R::BadCiaddr);
+        let o = OTHER.octets();
+        assert_eq!(
+            refuse(&opts(DHCPDECLINE, zero, &[50, 4, o[0], o[1], o[2], o[3]])),
+            R::BadRequestedAddress
+        );
+        assert_eq!(refuse(&opts(DHCPDECLINE, zero, &[])), R::BadRequestedAddress);
+        let release_50 = dhcp_from(
+            OURS,
+            SERVER,
+            &dhcp_payload(DHCPRELEASE, OURS, &[50, 4, 192, 0, 2, 7]),
+        );
+        assert_eq!(refuse_bound(&release_50), R::BadRequestedAddress);
     }
 
     #[test]
@@ -699,20 +1295,86 @@ mod tests {
             TooLong,
             ForeignSourceMac,
             BadEthertype,
+            BadDestinationMac,
             BadArpFormat,
             BadArpOp,
+            ArpReply,
             ForeignArpSender,
+            ForeignArpSenderIp,
+            BadArpTarget,
             ArpTrailingData,
             BadIpVersion,
             BadIpHeaderLength,
+            IpOptions,
             BadLength,
             Fragment,
             NotUdp,
             BadSourcePort,
             BadDestinationPort,
+            ForeignSourceIp,
+            ForeignDestinationIp,
+            NotBootRequest,
+            ServerFieldSet,
+            ForeignChaddr,
+            BadOptions,
+            NotClientMessage,
+            ForeignClientId,
+            BadCiaddr,
+            BadRequestedAddress,
         ];
         let texts: std::collections::HashSet<_> = all.iter().map(|r| r.as_str()).collect();
         assert_eq!(texts.len(), all.len());
+    }
+
+    #[test]
+    fn offered_addresses_come_only_from_replies_to_our_chaddr() {
+        let reply = |mac: [u8; 6], op: u8, yiaddr: Ipv4Addr| {
+            let mut p = dhcp_payload(2, Ipv4Addr::UNSPECIFIED, &[]);
+            p[0] = op;
+            p[16..20].copy_from_slice(&yiaddr.octets());
+            p[28..34].copy_from_slice(&mac);
+            udp_with(OTHER_MAC, IPPROTO_UDP, 67, 68, &p)
+        };
+        assert_eq!(
+            offered_address(&reply(OUR_MAC, 2, OFFERED), OUR_MAC),
+            Some(OFFERED)
+        );
+        assert_eq!(offered_address(&reply(OTHER_MAC, 2, OFFERED), OUR_MAC), None);
+        assert_eq!(offered_address(&reply(OUR_MAC, 1, OFFERED), OUR_MAC), None);
+        assert_eq!(
+            offered_address(&reply(OUR_MAC, 2, Ipv4Addr::UNSPECIFIED), OUR_MAC),
+            None
+        );
+        assert_eq!(
+            offered_address(&reply(OUR_MAC, 2, Ipv4Addr::BROADCAST), OUR_MAC),
+            None
+        );
+        let mut from_68 = reply(OUR_MAC, 2, OFFERED);
+        from_68[34..36].copy_from_slice(&68u16.to_be_bytes());
+        assert_eq!(offered_address(&from_68, OUR_MAC), None);
+        let cut = reply(OUR_MAC, 2, OFFERED);
+        assert_eq!(offered_address(&cut[..DHCP_AT + 239], OUR_MAC), None);
+        assert_eq!(
+            offered_address(&arp_frame(OTHER_MAC, OTHER_MAC, 2), OUR_MAC),
+            None
+        );
+    }
+
+    #[test]
+    fn rate_cap_allows_its_burst_then_its_rate() {
+        let mut cap = RateCap::new(10, 30, 1000);
+        assert_eq!((0..100).filter(|_| cap.take(1000)).count(), 30);
+        // 100 ms later: one more frame.
+        assert!(cap.take(1100));
+        assert!(!cap.take(1100));
+        // Over 10 s of a flood, 10 a second.
+        let passed = (0..10_000u64).filter(|i| cap.take(1100 + i)).count();
+        assert!((99..=101).contains(&passed), "{passed}");
+        // A clock that steps back takes nothing and gives nothing.
+        assert!(!cap.take(0));
+        // Idle refills up to the burst, not past it.
+        let mut idle = RateCap::new(10, 30, 0);
+        assert_eq!((0..100).filter(|_| idle.take(3_600_000)).count(), 30);
     }
 
     #[test]
@@ -720,6 +1382,7 @@ mod tests {
         // Every length from empty to past the cap, with contents that make
         // the length fields point everywhere.
         let mut seed = 0x2545_f491_u32;
+        let policy = bound();
         for len in 0..1600 {
             for _ in 0..4 {
                 let mut f: Vec<u8> = (0..len)
@@ -734,8 +1397,14 @@ mod tests {
                     f[6..12].copy_from_slice(&OUR_MAC);
                     f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
                 }
-                let _ = check_outbound(&f, OUR_MAC);
+                let _ = check_outbound(&f, &policy);
+                let _ = offered_address(&f, OUR_MAC);
             }
+        }
+        // A well-formed client message cut at every length.
+        let good = dhcp_from(OURS, SERVER, &dhcp_payload(DHCPREQUEST, OURS, &[]));
+        for len in 0..good.len() {
+            let _ = check_outbound(&good[..len], &policy);
         }
     }
 

@@ -5,7 +5,7 @@
 //! that changes process state does it in a forked child, so the test process
 //! itself is never sandboxed; every child is waited for with a deadline and
 //! killed if it overruns. No network traffic leaves the process: only socket
-//! pairs and pipes are used.
+//! pairs and pipes are used, and one packet socket on loopback.
 //!
 //! A forked child of this multi-threaded test process only uses raw system
 //! calls, the libc's malloc (which glibc and musl make fork-safe) and this
@@ -523,6 +523,9 @@ fn network_filter_allows_frames_with_auxdata() {
         let mut cbuf = [0u64; 8];
         // SAFETY: msghdr over local buffers that outlive the calls.
         unsafe {
+            if libc::send(a.as_raw_fd(), payload.as_ptr().cast(), 64, 0) != 64 {
+                return 41;
+            }
             let mut iov = libc::iovec {
                 iov_base: payload.as_mut_ptr().cast(),
                 iov_len: payload.len(),
@@ -530,32 +533,97 @@ fn network_filter_allows_frames_with_auxdata() {
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
-            if libc::sendmsg(a.as_raw_fd(), &msg, 0) != 64 {
-                return 41;
-            }
             msg.msg_control = cbuf.as_mut_ptr().cast();
             msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
             if libc::recvmsg(b.as_raw_fd(), &mut msg, 0) != 64 {
                 return 42;
             }
-            // sendto with an address (a packet socket's sockaddr_ll); on a
-            // connected pair the kernel says EISCONN, the filter lets it by.
-            let sa: libc::sockaddr_ll = std::mem::zeroed();
-            let rc = libc::sendto(
-                a.as_raw_fd(),
-                payload.as_ptr().cast(),
-                1,
-                0,
-                (&raw const sa).cast(),
-                std::mem::size_of_val(&sa) as u32,
-            );
-            if rc >= 0 {
-                let _ = b.recv::<u8>();
-            }
         }
         0
     });
     assert_eq!(ended, Ended::Exited(0));
+}
+
+/// Interface index by name, in this process's network namespace.
+fn ifindex(name: &std::ffi::CStr) -> u32 {
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(i > 0, "no interface {name:?}");
+    i
+}
+
+/// The network role's packet socket may send only where it is bound: a
+/// frame without an address goes out (here on loopback), a `sendto` naming
+/// another interface, or any `sendmsg`, kills the role.
+#[test]
+fn network_filter_sends_only_on_the_bound_interface() {
+    let lo = ifindex(c"lo");
+    let sock = mirage_sdk::packet::PacketSocket::open(lo, false).expect("packet socket on lo (root)");
+    let program = seccomp::filter(Role::Network).unwrap();
+    // Broadcast, from a locally administered MAC, an unused ethertype.
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5]);
+    frame.resize(60, 0);
+    let other = lo + 1000;
+    for how in ["sendto", "sendmsg"] {
+        let (mark_tx, mark_rx) = Channel::pair().unwrap();
+        let ended = in_child(|| {
+            if seccomp::install_program(&program).is_err() {
+                return 10;
+            }
+            if sock.send(&frame).is_err() {
+                return 11;
+            }
+            mark(mark_tx.as_raw_fd());
+            // SAFETY: the address and the frame are live locals.
+            unsafe {
+                let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+                sa.sll_family = libc::AF_PACKET as u16;
+                sa.sll_ifindex = other as i32;
+                sa.sll_halen = 6;
+                let len = std::mem::size_of_val(&sa) as u32;
+                if how == "sendto" {
+                    libc::sendto(
+                        sock.as_raw_fd(),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const sa).cast(),
+                        len,
+                    );
+                } else {
+                    let mut iov = libc::iovec {
+                        iov_base: frame.as_ptr().cast_mut().cast(),
+                        iov_len: frame.len(),
+                    };
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_name = (&raw mut sa).cast();
+                    msg.msg_namelen = len;
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    libc::sendmsg(sock.as_raw_fd(), &msg, 0);
+                }
+            }
+            0
+        });
+        drop(mark_tx);
+        assert_eq!(ended, Ended::Signaled(libc::SIGSYS), "{how} with an address");
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte into a local buffer.
+        let n = unsafe {
+            libc::recv(
+                mark_rx.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        assert_eq!(
+            (n, byte[0]),
+            (1, MARK),
+            "{how}: the send without an address did not work"
+        );
+    }
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

@@ -5,7 +5,7 @@
 
 mod actuator;
 mod engine;
-mod network;
+pub mod network;
 pub mod sandbox;
 
 use std::os::fd::RawFd;
@@ -72,6 +72,10 @@ pub struct RoleArgs {
     /// Network role: also pass ARP (needed by conflict detection).
     #[arg(long)]
     pub with_arp: bool,
+    /// Network role: option 61 exactly as the engine sends it (hex); frames
+    /// with another client identifier are refused.
+    #[arg(long)]
+    pub client_id: Option<String>,
     /// Actuator role: resolv.conf file name inside fd 8's directory.
     #[arg(long)]
     pub resolv_name: Option<String>,

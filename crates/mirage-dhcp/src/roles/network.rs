@@ -1,27 +1,73 @@
 //! The network role: moves frames between the AF_PACKET socket (opened and
 //! filtered by the supervisor, fd 4) and the engine, with no capabilities.
 //! Outbound frames are checked here, because the engine may be compromised:
-//! our source MAC, IPv4 UDP 68 -> 67 or ARP from our MAC, bounded size.
+//! only what a DHCP client sends as us passes ([`check_outbound`]), at a
+//! bounded rate, and the only state the check uses comes from the
+//! supervisor (what the actuator applied) and from this role's own arguments.
 
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 
-use mirage_ipc::{FromNetwork, MAX_FRAME_LEN, ToNetwork};
+use mirage_ipc::{BoundAddress, FromNetwork, Lease, MAX_FRAME_LEN, NetworkBinding, ToNetwork};
 use mirage_sdk::channel::{Channel, wait_readable};
-use mirage_sdk::packet::{PacketSocket, check_outbound};
+use mirage_sdk::clock::boottime;
+use mirage_sdk::packet::{OutboundPolicy, PacketSocket, RateCap, check_outbound, offered_address};
 
 use super::{FD_CHANNEL, FD_PACKET, RoleArgs};
 
+/// Outbound frames a second, on average, and at once. The engine's busiest
+/// legitimate moment is a bind: DISCOVER, REQUEST, the RFC 5227 probes and
+/// the first announcement within a few hundred milliseconds (6 frames with
+/// the defaults, 5 with RFC 5227's own timings, spread over seconds);
+/// retransmissions double from at least 10 ms, so a whole back-off series
+/// stays under 10 in its first second. A flood gets 30 frames, then 10 a
+/// second: no pool can be emptied, no server swamped.
+pub const RATE_PER_SECOND: u32 = 10;
+pub const RATE_BURST: u32 = 30;
+/// Addresses offered to us that a DECLINE may name (the last few).
+const OFFERED_KEPT: usize = 16;
+/// Frames waiting for an apply's answer (a bind's first announcement).
+const HELD_MAX: usize = 4;
+/// Rate-capped frames are reported at most this often.
+const CAP_REPORT_MS: u64 = 1000;
+
 pub fn run(args: &RoleArgs) -> Result<(), String> {
+    let client_id = args
+        .client_id
+        .as_deref()
+        .and_then(parse_hex)
+        .ok_or("the network role needs --client-id (hex)")?;
     let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
     let sock = PacketSocket::from_raw_fd(FD_PACKET).map_err(|e| format!("packet socket: {e}"))?;
     super::sandbox::enter(args, super::sandbox::Profile::Network)?;
+    let mut out = Outbound {
+        policy: OutboundPolicy {
+            mac: args.mac,
+            client_id,
+            bound: None,
+            offered: Vec::new(),
+        },
+        applying: None,
+        held: Vec::new(),
+        cap: RateCap::new(RATE_PER_SECOND, RATE_BURST, boottime().millis()),
+        capped: 0,
+        capped_since: 0,
+    };
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     loop {
-        let ready = wait_readable(&[chan.as_fd(), sock.as_fd()], None).map_err(|e| format!("poll: {e}"))?;
+        let timeout = (out.capped > 0)
+            .then(|| CAP_REPORT_MS.saturating_sub(boottime().millis().saturating_sub(out.capped_since)) + 1);
+        let ready =
+            wait_readable(&[chan.as_fd(), sock.as_fd()], timeout).map_err(|e| format!("poll: {e}"))?;
+        out.report_capped(&chan)?;
         if ready[1] {
             match sock.recv(&mut buf) {
                 Ok(r) if r.truncated => log::debug!("dropped an oversized frame"),
                 Ok(r) => {
+                    if let Some(addr) = offered_address(&buf[..r.len], args.mac) {
+                        out.remember_offer(addr);
+                    }
                     let msg = FromNetwork::Frame {
                         data: buf[..r.len].to_vec(),
                         checksum_offloaded: r.checksum_offloaded,
@@ -33,23 +79,257 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
         }
         if ready[0] {
             match chan.recv::<ToNetwork>() {
-                Ok(Some(ToNetwork::Transmit(frame))) => match check_outbound(&frame, args.mac) {
-                    Ok(()) => {
-                        if let Err(e) = sock.send(&frame) {
-                            log::warn!("send: {e}");
-                        }
-                    }
-                    Err(why) => {
-                        log::warn!("refused an outbound frame: {}", why.as_str());
-                        let msg = FromNetwork::Refused {
-                            reason: why.as_str().to_string(),
-                        };
-                        chan.send(&msg).map_err(|e| format!("send: {e}"))?;
-                    }
-                },
+                Ok(Some(ToNetwork::Transmit(frame))) => out.transmit(frame, &sock, &chan)?,
+                Ok(Some(ToNetwork::Binding(binding))) => out.rebind(binding, &sock, &chan)?,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(format!("bad message from the supervisor: {e}")),
             }
         }
+    }
+}
+
+/// The outbound side: policy, rate cap, frames held for an apply.
+struct Outbound {
+    policy: OutboundPolicy,
+    applying: Option<BoundAddress>,
+    held: Vec<Vec<u8>>,
+    cap: RateCap,
+    /// Frames dropped by the cap and not reported yet, since when.
+    capped: u64,
+    capped_since: u64,
+}
+
+impl Outbound {
+    fn transmit(&mut self, frame: Vec<u8>, sock: &PacketSocket, chan: &Channel) -> Result<(), String> {
+        // Every frame asked for counts, sent or refused: refusals are logged,
+        // and a flood of junk must not become a flood of log lines.
+        let now = boottime().millis();
+        if !self.cap.take(now) {
+            if self.capped == 0 {
+                self.capped_since = now;
+            }
+            self.capped += 1;
+            return Ok(());
+        }
+        match check_outbound(&frame, &self.policy) {
+            Ok(()) => send(sock, &frame),
+            Err(_) if self.held.len() < HELD_MAX && self.allowed_once_applied(&frame) => {
+                self.held.push(frame);
+                Ok(())
+            }
+            Err(why) => refuse(chan, why.as_str()),
+        }
+    }
+
+    /// Whether `frame` passes once the address being applied is in force.
+    fn allowed_once_applied(&self, frame: &[u8]) -> bool {
+        let Some(a) = self.applying else { return false };
+        let policy = OutboundPolicy {
+            bound: Some((a.address, a.server)),
+            ..self.policy.clone()
+        };
+        check_outbound(frame, &policy).is_ok()
+    }
+
+    /// New state from the supervisor: held frames go out if it now allows
+    /// them, keep waiting while their apply is still under way, else are
+    /// refused.
+    fn rebind(&mut self, b: NetworkBinding, sock: &PacketSocket, chan: &Channel) -> Result<(), String> {
+        self.policy.bound = b.bound.map(|a| (a.address, a.server));
+        self.applying = b.applying;
+        for frame in std::mem::take(&mut self.held) {
+            match check_outbound(&frame, &self.policy) {
+                Ok(()) => send(sock, &frame)?,
+                Err(_) if self.allowed_once_applied(&frame) => self.held.push(frame),
+                Err(why) => refuse(chan, why.as_str())?,
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_offer(&mut self, addr: Ipv4Addr) {
+        let offered = &mut self.policy.offered;
+        offered.retain(|&a| a != addr);
+        if offered.len() == OFFERED_KEPT {
+            offered.remove(0);
+        }
+        offered.push(addr);
+    }
+
+    fn report_capped(&mut self, chan: &Channel) -> Result<(), String> {
+        if self.capped == 0 || boottime().millis().saturating_sub(self.capped_since) < CAP_REPORT_MS {
+            return Ok(());
+        }
+        log::warn!(
+            "rate cap ({RATE_PER_SECOND}/s, burst {RATE_BURST}): dropped {} outbound frames",
+            self.capped
+        );
+        let msg = FromNetwork::Capped { frames: self.capped };
+        self.capped = 0;
+        chan.send(&msg).map_err(|e| format!("send: {e}"))
+    }
+}
+
+fn send(sock: &PacketSocket, frame: &[u8]) -> Result<(), String> {
+    if let Err(e) = sock.send(frame) {
+        log::warn!("send: {e}");
+    }
+    Ok(())
+}
+
+fn refuse(chan: &Channel, reason: &str) -> Result<(), String> {
+    log::warn!("refused an outbound frame: {reason}");
+    let msg = FromNetwork::Refused {
+        reason: reason.to_string(),
+    };
+    chan.send(&msg).map_err(|e| format!("send: {e}"))
+}
+
+/// Hex digits to bytes (the client identifier argument).
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || text.is_empty() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The supervisor's side: what to tell the network role, from the intents
+/// it forwards to the actuator and the actuator's answers. The actuator
+/// answers in order, so each ApplyLease answer belongs to the oldest apply
+/// not answered yet.
+#[derive(Default)]
+pub struct BindingTracker {
+    told: NetworkBinding,
+    state: NetworkBinding,
+    /// One entry per apply forwarded and not answered; `None` once a remove
+    /// of its address followed it.
+    applies: VecDeque<Option<BoundAddress>>,
+}
+
+impl BindingTracker {
+    pub fn apply_forwarded(&mut self, lease: &Lease) {
+        let a = BoundAddress {
+            address: lease.address,
+            server: lease.server_id,
+        };
+        self.applies.push_back(Some(a));
+        self.state.applying = Some(a);
+    }
+
+    /// Narrowing needs no answer: from now on nothing more is sent as it.
+    pub fn remove_forwarded(&mut self, lease: &Lease) {
+        let gone = |a: &Option<BoundAddress>| a.is_some_and(|a| a.address == lease.address);
+        if gone(&self.state.bound) {
+            self.state.bound = None;
+        }
+        for a in &mut self.applies {
+            if gone(a) {
+                *a = None;
+            }
+        }
+        self.state.applying = self.applies.back().copied().flatten();
+    }
+
+    /// The actuator's answer to the oldest apply: done puts it in force; a
+    /// refusal or failure leaves what was in force.
+    pub fn apply_answered(&mut self, done: bool) {
+        if let Some(Some(a)) = self.applies.pop_front()
+            && done
+        {
+            self.state.bound = Some(a);
+        }
+        self.state.applying = self.applies.back().copied().flatten();
+    }
+
+    /// The message to send if the state changed since the last one sent;
+    /// call [`BindingTracker::sent`] once it is delivered.
+    pub fn update(&self) -> Option<ToNetwork> {
+        (self.state != self.told).then_some(ToNetwork::Binding(self.state))
+    }
+
+    pub fn sent(&mut self) {
+        self.told = self.state;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(addr: [u8; 4]) -> Lease {
+        Lease {
+            address: Ipv4Addr::from(addr),
+            prefix_len: 24,
+            server_id: Ipv4Addr::new(10, 0, 0, 1),
+            routes: vec![],
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            domain_name: None,
+            search: vec![],
+            hostname: None,
+            mtu: None,
+            lease_secs: 600,
+            renew_secs: 300,
+            rebind_secs: 525,
+            acquired_at: mirage_ipc::Instant(0),
+        }
+    }
+
+    fn state(t: &BindingTracker) -> NetworkBinding {
+        match t.update() {
+            Some(ToNetwork::Binding(b)) => b,
+            _ => t.told,
+        }
+    }
+
+    fn addr(a: Option<BoundAddress>) -> Option<Ipv4Addr> {
+        a.map(|a| a.address)
+    }
+
+    #[test]
+    fn an_address_is_in_force_only_once_the_actuator_applied_it() {
+        let mut t = BindingTracker::default();
+        assert!(t.update().is_none());
+        let a = lease([10, 0, 0, 5]);
+        t.apply_forwarded(&a);
+        assert_eq!(addr(state(&t).bound), None);
+        assert_eq!(addr(state(&t).applying), Some(a.address));
+        t.sent();
+        assert!(t.update().is_none());
+        t.apply_answered(true);
+        assert_eq!(addr(state(&t).bound), Some(a.address));
+        assert_eq!(state(&t).applying, None);
+        // A refused apply of another address changes nothing in force.
+        let b = lease([10, 0, 0, 6]);
+        t.apply_forwarded(&b);
+        t.apply_answered(false);
+        assert_eq!(addr(state(&t).bound), Some(a.address));
+        // Answers pair with applies in order.
+        t.apply_forwarded(&b);
+        t.apply_forwarded(&a);
+        t.apply_answered(true);
+        assert_eq!(addr(state(&t).bound), Some(b.address));
+        assert_eq!(addr(state(&t).applying), Some(a.address));
+        t.apply_answered(false);
+        assert_eq!(addr(state(&t).bound), Some(b.address));
+        // A remove narrows at once, also for an apply still under way.
+        t.apply_forwarded(&b);
+        t.remove_forwarded(&b);
+        assert_eq!(state(&t).bound, None);
+        assert_eq!(state(&t).applying, None);
+        t.apply_answered(true);
+        assert_eq!(state(&t).bound, None, "a removed address came back");
+    }
+
+    #[test]
+    fn client_id_hex() {
+        assert_eq!(parse_hex("ff0102"), Some(vec![0xff, 1, 2]));
+        assert_eq!(parse_hex(""), None);
+        assert_eq!(parse_hex("abc"), None);
+        assert_eq!(parse_hex("zz"), None);
+        assert_eq!(parse_hex("é0"), None);
     }
 }

@@ -207,9 +207,12 @@ const ENGINE_ARCH: &[Allow] = &[allow!(poll)];
 #[cfg(not(target_arch = "x86_64"))]
 const ENGINE_ARCH: &[Allow] = &[];
 
-/// Network (on top of Engine): frames in with their PACKET_AUXDATA, frames
-/// out to a link-layer address.
-const NETWORK: &[Allow] = &[allow!(recvmsg), allow!(sendmsg), allow!(sendto)];
+/// Network (on top of Engine): frames in with their PACKET_AUXDATA. Frames
+/// go out with Engine's `sendto` without an address, so only on the
+/// interface the packet socket is bound to: a `sockaddr_ll` (or `sendmsg`,
+/// whose address lives in memory, out of the filter's sight) could name
+/// any other interface.
+const NETWORK: &[Allow] = &[allow!(recvmsg)];
 
 /// Actuator (on top of Engine): rtnetlink on its socket and state files in
 /// the directories it was given.
