@@ -69,6 +69,9 @@ pub struct TimingConfig {
     pub first_retransmit_ms: u32,
     pub max_retransmit_ms: u32,
     pub init_reboot_budget_ms: u32,
+    /// Shorter leases are used as this long, T1 / T2 kept at or above half
+    /// and 7/8 of it (docs/security.md, "Timing floors").
+    pub min_lease_secs: u32,
 }
 
 impl Default for TimingConfig {
@@ -78,6 +81,7 @@ impl Default for TimingConfig {
             first_retransmit_ms: d.first_retransmit_ms,
             max_retransmit_ms: d.max_retransmit_ms,
             init_reboot_budget_ms: d.init_reboot_budget_ms,
+            min_lease_secs: d.min_lease_secs,
         }
     }
 }
@@ -93,6 +97,7 @@ pub struct Overrides {
     pub no_acd: bool,
     pub release_on_stop: bool,
     pub first_retransmit_ms: Option<u32>,
+    pub min_lease_secs: Option<u32>,
 }
 
 /// The configuration in force after file + command line, validated.
@@ -161,6 +166,14 @@ impl Config {
         }
         if timing.init_reboot_budget_ms > 60_000 {
             return Err(bad("timing.init_reboot_budget_ms", "must be at most 60000"));
+        }
+        if let Some(secs) = o.min_lease_secs {
+            timing.min_lease_secs = secs;
+        }
+        // Below 4 s T1 would fall under 2 s; above an hour the floor would
+        // override ordinary leases.
+        if !(4..=3600).contains(&timing.min_lease_secs) {
+            return Err(bad("timing.min_lease_secs", "must be 4..=3600"));
         }
         let mut acd = f.acd;
         if acd.probe_min_ms > acd.probe_max_ms || acd.probe_max_ms > 10_000 || acd.probe_wait_ms > 10_000 {
@@ -234,6 +247,27 @@ mod tests {
         assert_eq!(c.sandbox, SandboxKind::Seccomp);
         assert_eq!((c.uid, c.gid), (65534, 65534));
         assert!(c.acd.enabled);
+        assert_eq!(c.timing.min_lease_secs, 20);
+    }
+
+    #[test]
+    fn min_lease_secs_is_bounded_and_overridable() {
+        let c = parse("interface = \"eth0\"\n[timing]\nmin_lease_secs = 60\n").unwrap();
+        assert_eq!(c.timing.min_lease_secs, 60);
+        for bad in ["0", "3", "3601"] {
+            let e = parse(&format!(
+                "interface = \"eth0\"\n[timing]\nmin_lease_secs = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains("timing.min_lease_secs"), "{e}");
+        }
+        let p = Path::new("c.toml");
+        let f: FileConfig = mirage_sdk::config::parse(p, "interface = \"a\"\n").unwrap();
+        let o = Overrides {
+            min_lease_secs: Some(6),
+            ..Default::default()
+        };
+        assert_eq!(Config::resolve(p, f, o).unwrap().timing.min_lease_secs, 6);
     }
 
     #[test]

@@ -298,6 +298,7 @@ pub fn render_status_json(p: &PublishedStatus) -> String {
             "expiries": c.expiries,
             "transmitted": c.transmitted,
             "conflicts": c.conflicts,
+            "transmits_limited": c.transmits_limited,
         },
     });
     let mut out = serde_json::to_string_pretty(&v).expect("status serializes");
@@ -347,7 +348,7 @@ pub fn render_metrics(p: &PublishedStatus) -> String {
         "mirage_dhcp_sandbox{{interface=\"{iface}\",kind=\"{}\"}} 1",
         escape_label(&p.sandbox)
     );
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 15] = [
         (
             "frames_received_total",
             "Frames given to the engine.",
@@ -376,6 +377,11 @@ pub fn render_metrics(p: &PublishedStatus) -> String {
             c.transmitted,
         ),
         ("conflicts_total", "Address conflicts detected.", c.conflicts),
+        (
+            "transmits_limited_total",
+            "Frames the engine did not send: over its rate bound.",
+            c.transmits_limited,
+        ),
         (
             "frames_refused_total",
             "Outbound frames refused by the network role.",
