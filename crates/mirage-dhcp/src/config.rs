@@ -70,7 +70,7 @@ pub struct TimingConfig {
     pub max_retransmit_ms: u32,
     pub init_reboot_budget_ms: u32,
     /// Shorter leases are used as this long, T1 / T2 kept at or above half
-    /// and 7/8 of it (docs/security.md, "Timing floors").
+    /// and 7/8 of it (docs/security.md, "A hostile or misconfigured server").
     pub min_lease_secs: u32,
 }
 
