@@ -21,7 +21,7 @@ use mirage_ipc::{
     Status,
 };
 
-use crate::lease::lease_and_dropped_routes;
+use crate::lease::{floor_lease_times, lease_and_dropped_routes};
 use crate::rng::Rng;
 use crate::wire::dhcp::{Message, MessageType};
 use crate::wire::frame::{self, ArpOp, ArpPacket, BROADCAST_MAC, DHCP_SERVER_PORT, Inbound, UdpDatagram};
@@ -34,19 +34,40 @@ const REQUEST_TRANSMISSIONS: u32 = 4;
 /// INIT-REBOOT sends at 0, budget/4 and budget/2, then waits for the budget.
 const INIT_REBOOT_TRANSMISSIONS: u32 = 3;
 /// RFC 2131 4.4.5: retransmissions in RENEWING / REBINDING wait at least 60 s.
+/// This spaces retransmissions only: an ACKed REQUEST starts a new lease
+/// whose T1 comes next, which is why T1 itself has a floor
+/// (`EngineConfig::min_lease_secs`).
 const MIN_RENEW_RETRY_MS: u64 = 60_000;
-/// RFC 5227 2.4 DEFEND_INTERVAL.
+/// RFC 5227 2.4 DEFEND_INTERVAL: at most one defending ARP per interval.
 const DEFEND_INTERVAL_MS: u64 = 10_000;
+/// A bound address is given up only when the conflict insisted (another
+/// conflicting ARP within DEFEND_INTERVAL of our defence) after this many
+/// defences in a row: RFC 5227 2.4 (b) gives up after one, which lets two
+/// forged ARPs take away a DHCP-assigned address (docs/security.md).
+const DEFENCES_BEFORE_YIELD: u32 = 3;
 /// Pause before DISCOVER after a DECLINE; RFC 2131 3.1 item 5 asks for 10 s
 /// between attempts, which we use once conflicts repeat.
 const DECLINE_DELAY_MS: u64 = 1_000;
 const DECLINE_DELAY_REPEATED_MS: u64 = 10_000;
 const REPEATED_CONFLICTS: u32 = 3;
-/// Back-off after repeated NAKs without a lease in between: the first NAK
-/// restarts at once (RFC 2131 4.4.1), but a server that NAKs everything must
-/// not drive a DISCOVER/REQUEST/NAK loop at line rate (dhcpcd does the same).
+/// RFC 5227 2.1.1: from MAX_CONFLICTS conflicts on, at most one new address
+/// per RATE_LIMIT_INTERVAL.
+const MAX_CONFLICTS: u32 = 10;
+const RATE_LIMIT_INTERVAL_MS: u64 = 60_000;
+/// Back-off after repeated NAKs: the first NAK restarts at once (RFC 2131
+/// 4.4.1), but a server that NAKs everything, or every renewal, must not
+/// drive a NAK/DISCOVER/bind loop (dhcpcd does the same). The streak
+/// survives binds and ends only once a lease has held for SETTLED_MS.
 const NAK_BACKOFF_FIRST_MS: u64 = 1_000;
 const NAK_BACKOFF_MAX_MS: u64 = 60_000;
+/// A lease held this long ends a NAK or conflict streak.
+const SETTLED_MS: u64 = 60_000;
+/// The engine's own bound on frames it emits, in any state: a token bucket
+/// of TX_BURST frames refilled by one every TX_REFILL_MS, so at most
+/// 20 + 5 per second. Normal operation stays far below (a boot with ACD
+/// sends six frames); a frame over the bound is not sent, as if lost.
+const TX_BURST: u32 = 20;
+const TX_REFILL_MS: u64 = 200;
 /// ApplyLease retry back-off (field notes item 3: a slow or failing actuator
 /// must not cost us the lease).
 const APPLY_RETRY_FIRST_MS: u64 = 1_000;
@@ -90,6 +111,12 @@ pub struct Client {
     /// Source MAC of the frame that carried the last ACK: the next hop to
     /// the server for unicast RENEWING and RELEASE.
     server_mac: [u8; 6],
+    /// Source IP of that frame (the server, or the relay before it).
+    server_src_ip: Ipv4Addr,
+    /// Source MAC of the chosen OFFER: REQUESTING NAKs come from there.
+    offer_mac: [u8; 6],
+    /// When the address in force was first bound (renewals keep it).
+    bound_since: Instant,
 
     // The transaction in progress.
     xid: u32,
@@ -111,11 +138,19 @@ pub struct Client {
     probing: Option<Lease>,
     probes_sent: u8,
     consecutive_conflicts: u32,
-    /// NAKs since the last bind (see NAK_BACKOFF_FIRST_MS).
+    /// NAKs since a lease last held for SETTLED_MS (see NAK_BACKOFF_FIRST_MS).
     consecutive_naks: u32,
     announces_left: u8,
     announce_at: Instant,
     last_defence: Option<Instant>,
+    /// A conflicting ARP came within DEFEND_INTERVAL of `last_defence`.
+    defence_insisted: bool,
+    /// Defences in a row whose conflict insisted (see DEFENCES_BEFORE_YIELD).
+    insisted_defences: u32,
+
+    // Outbound rate bound (TX_BURST).
+    tx_tokens: u32,
+    tx_refilled_at: Instant,
 
     // Actuator failures.
     apply_retry_at: Instant,
@@ -153,6 +188,9 @@ impl Client {
             published_counters: Counters::default(),
             counters_publish_at: Instant::NEVER,
             server_mac: BROADCAST_MAC,
+            server_src_ip: Ipv4Addr::UNSPECIFIED,
+            offer_mac: BROADCAST_MAC,
+            bound_since: now,
             xid: 0,
             exchange_started: now,
             request_sent_at: now,
@@ -167,6 +205,10 @@ impl Client {
             announces_left: 0,
             announce_at: Instant::NEVER,
             last_defence: None,
+            defence_insisted: false,
+            insisted_defences: 0,
+            tx_tokens: TX_BURST,
+            tx_refilled_at: now,
             apply_retry_at: Instant::NEVER,
             apply_backoff_ms: APPLY_RETRY_FIRST_MS,
         }
@@ -184,6 +226,10 @@ impl Client {
         // Time never goes backwards: an earlier `now` counts as the last one.
         let now = now.max(self.now);
         self.now = now;
+        if self.lease.is_some() && self.holds_address_state() && now.since(self.bound_since) >= SETTLED_MS {
+            self.consecutive_naks = 0;
+            self.consecutive_conflicts = 0;
+        }
         if self.state == ClientState::Stopped {
             if let EngineEvent::Frame { .. } = event {
                 self.counters.frames_received += 1;
@@ -298,8 +344,31 @@ impl Client {
     // ---- output helpers -------------------------------------------------
 
     fn transmit(&mut self, frame: Vec<u8>, out: &mut Vec<EngineAction>) {
+        if !self.take_tx_token() {
+            self.counters.transmits_limited += 1;
+            return;
+        }
         self.counters.transmitted += 1;
         out.push(EngineAction::Transmit(frame));
+    }
+
+    /// One token of the outbound bucket (TX_BURST), if there is one.
+    fn take_tx_token(&mut self) -> bool {
+        let steps = self.now.since(self.tx_refilled_at) / TX_REFILL_MS;
+        let tokens = u64::from(self.tx_tokens).saturating_add(steps);
+        if tokens >= u64::from(TX_BURST) {
+            // Full: credit does not pile up while idle.
+            self.tx_tokens = TX_BURST;
+            self.tx_refilled_at = self.now;
+        } else {
+            self.tx_tokens = tokens as u32;
+            self.tx_refilled_at = self.tx_refilled_at.add_millis(steps * TX_REFILL_MS);
+        }
+        if self.tx_tokens == 0 {
+            return false;
+        }
+        self.tx_tokens -= 1;
+        true
     }
 
     /// PublishStatus if the state or the lease changed since the last one,
@@ -531,12 +600,17 @@ impl Client {
         self.counters.declines += 1;
         self.counters.conflicts += 1;
         self.consecutive_conflicts += 1;
-        let delay = if self.consecutive_conflicts >= REPEATED_CONFLICTS {
-            DECLINE_DELAY_REPEATED_MS
-        } else {
-            DECLINE_DELAY_MS
-        };
+        let delay = self.conflict_delay();
         self.enter_init(now, delay, out);
+    }
+
+    /// Wait before trying another address after `consecutive_conflicts`.
+    fn conflict_delay(&self) -> u64 {
+        match self.consecutive_conflicts {
+            n if n >= MAX_CONFLICTS => RATE_LIMIT_INTERVAL_MS,
+            n if n >= REPEATED_CONFLICTS => DECLINE_DELAY_REPEATED_MS,
+            _ => DECLINE_DELAY_MS,
+        }
     }
 
     // ---- BOUND -------------------------------------------------------------
@@ -545,10 +619,16 @@ impl Client {
     /// address goes first if it differs, then the new one, then the state
     /// file, then the status, then the RFC 5227 2.3 announcements.
     fn bind(&mut self, now: Instant, lease: Lease, announce: bool, out: &mut Vec<EngineAction>) {
+        let same_address = self.lease.as_ref().is_some_and(|l| l.address == lease.address);
         if let Some(old) = self.lease.take()
             && old.address != lease.address
         {
             out.push(EngineAction::RemoveLease { lease: old });
+        }
+        if !same_address {
+            self.bound_since = now;
+            self.last_defence = None;
+            self.insisted_defences = 0;
         }
         out.push(EngineAction::ApplyLease {
             lease: lease.clone(),
@@ -560,8 +640,9 @@ impl Client {
         self.state = ClientState::Bound;
         self.selected = None;
         self.probing = None;
-        self.consecutive_conflicts = 0;
-        self.consecutive_naks = 0;
+        // The NAK and conflict streaks survive a bind: a server that NAKs
+        // every renewal, or a conflict that returns, must meet a growing
+        // back-off; `handle` ends them once a lease has held SETTLED_MS.
         self.apply_retry_at = Instant::NEVER;
         self.apply_backoff_ms = APPLY_RETRY_FIRST_MS;
         self.stop_announcing();
@@ -880,22 +961,50 @@ impl Client {
         }
     }
 
-    /// RFC 5227 2.4 (b): defend once per DEFEND_INTERVAL; a second conflict
-    /// within it means someone else insists, so give the address up.
+    /// RFC 5227 2.4: a conflicting ARP for the address we hold. We defend
+    /// with one announcement per DEFEND_INTERVAL at most, as (b) and (c) ask.
+    /// (b) would give the address up at the first conflict that insists
+    /// (arrives within DEFEND_INTERVAL of our defence); a DHCP-assigned
+    /// address is given up only when the conflict insisted after
+    /// DEFENCES_BEFORE_YIELD defences in a row, each defence following the
+    /// previous one within two intervals: a real duplicate that keeps using
+    /// the address loses it to us or we to it within ~20 s, while a few
+    /// forged ARPs only cost one announcement per 10 s.
     fn defend(&mut self, now: Instant, addr: Ipv4Addr, out: &mut Vec<EngineAction>) {
         self.counters.conflicts += 1;
-        let recent = self
-            .last_defence
-            .is_some_and(|t| now.since(t) < DEFEND_INTERVAL_MS);
-        if recent {
-            self.last_defence = None;
-            self.drop_lease(out);
-            self.enter_init(now, 0, out);
-        } else {
-            self.last_defence = Some(now);
-            let frame = build::arp_announce(self.config.mac, addr);
-            self.transmit(frame, out);
+        let since_defence = self.last_defence.map(|t| now.since(t));
+        if since_defence.is_some_and(|d| d < DEFEND_INTERVAL_MS) {
+            if !self.defence_insisted {
+                self.defence_insisted = true;
+                self.insisted_defences += 1;
+                if self.insisted_defences >= DEFENCES_BEFORE_YIELD {
+                    self.yield_address(now, out);
+                }
+            }
+            return;
         }
+        // The streak goes on only if the last defence was insisted upon and
+        // the conflict did not pause for a whole interval since.
+        let continues = self.defence_insisted && since_defence.is_some_and(|d| d < 2 * DEFEND_INTERVAL_MS);
+        if !continues {
+            self.insisted_defences = 0;
+        }
+        self.last_defence = Some(now);
+        self.defence_insisted = false;
+        let frame = build::arp_announce(self.config.mac, addr);
+        self.transmit(frame, out);
+    }
+
+    /// Give up the bound address to a conflict that insisted; the next
+    /// address waits as after a DECLINE (RFC 5227 2.1.1 rate limits).
+    fn yield_address(&mut self, now: Instant, out: &mut Vec<EngineAction>) {
+        self.last_defence = None;
+        self.defence_insisted = false;
+        self.insisted_defences = 0;
+        self.consecutive_conflicts += 1;
+        self.drop_lease(out);
+        let delay = self.conflict_delay();
+        self.enter_init(now, delay, out);
     }
 
     /// States in which a DHCP reply to our xid may arrive.
@@ -954,13 +1063,14 @@ impl Client {
     /// `lease_from_reply` plus the policy check, counting refusals.
     fn lease_of(&mut self, msg: &Message, udp: &UdpDatagram<'_>, at: Instant) -> Result<Lease, DropReason> {
         let limits = self.config.limits;
-        let (lease, dropped) = lease_and_dropped_routes(msg, udp.src_ip, at, &limits)
+        let (mut lease, dropped) = lease_and_dropped_routes(msg, udp.src_ip, at, &limits)
             .and_then(|(l, n)| l.check(&limits).map(|()| (l, n)))
             .map_err(|r| {
                 self.counters.leases_refused += 1;
                 DropReason::Refused(r)
             })?;
         self.counters.routes_dropped += dropped as u64;
+        floor_lease_times(&mut lease, self.config.min_lease_secs);
         Ok(lease)
     }
 
@@ -981,6 +1091,7 @@ impl Client {
         // 54 from the offer, or the reply's source when a server omits it
         // (field notes item 8: some servers NAK a REQUEST without 54).
         self.selected = Some((lease.address, lease.server_id));
+        self.offer_mac = udp.src_mac;
         self.state = ClientState::Requesting;
         self.transmissions = 0;
         self.retransmit_ms = u64::from(self.config.first_retransmit_ms).max(1);
@@ -1010,6 +1121,7 @@ impl Client {
                 self.counters.acks += 1;
                 let lease = self.lease_of(msg, udp, self.request_sent_at)?;
                 self.server_mac = udp.src_mac;
+                self.server_src_ip = udp.src_ip;
                 if self.config.acd.enabled {
                     self.enter_probing(now, lease, out);
                 } else {
@@ -1025,6 +1137,7 @@ impl Client {
                 self.counters.acks += 1;
                 let lease = self.lease_of(msg, udp, self.request_sent_at)?;
                 self.server_mac = udp.src_mac;
+                self.server_src_ip = udp.src_ip;
                 // An address we already hold is not probed again; it is
                 // announced (RFC 5227 2.3) since we may have moved.
                 self.bind(now, lease, true, out);
@@ -1042,6 +1155,7 @@ impl Client {
                     self.counters.rebinds += 1;
                 }
                 self.server_mac = udp.src_mac;
+                self.server_src_ip = udp.src_ip;
                 self.bind(now, lease, false, out);
             }
             _ => return Err(DropReason::Unexpected),
@@ -1057,16 +1171,19 @@ impl Client {
         udp: &UdpDatagram<'_>,
         out: &mut Vec<EngineAction>,
     ) -> Result<(), DropReason> {
+        // The xid (fresh per transmission) and chaddr were checked already.
         let from = msg.options.server_id.unwrap_or(udp.src_ip);
         let held = self.lease.as_ref().map(|l| (l.address, l.server_id));
         match self.state {
             ClientState::Requesting => {
                 // Only the server we selected may refuse our REQUEST; the
-                // others saw it as a decline of their own offers.
+                // others saw it as a decline of their own offers. Its NAK
+                // comes the way its OFFER came: a copied option 54 from
+                // another MAC is not it.
                 let Some((addr, server)) = self.selected else {
                     return Err(DropReason::Unexpected);
                 };
-                if from != server {
+                if from != server || udp.src_mac != self.offer_mac {
                     return Err(DropReason::NotForUs);
                 }
                 self.counters.naks += 1;
@@ -1077,13 +1194,24 @@ impl Client {
                 }
             }
             // INIT-REBOOT: we may be on another network, whose server is
-            // not the one we knew (field notes item 12): any server counts.
+            // not the one we knew (field notes item 12); REBINDING asks
+            // every server (RFC 2131 4.4.5). Any server answering our xid
+            // counts; the back-off below bounds what that can cost.
             ClientState::Rebooting | ClientState::Rebinding => {
                 self.counters.naks += 1;
                 self.drop_lease(out);
             }
+            // RENEWING was unicast to our server (RFC 2131 4.4.5): its NAK
+            // names it (54), and comes from the MAC and address our ACKs
+            // came from (the server's, or a relay's).
             ClientState::Renewing => {
-                if held.is_none_or(|(_, server)| server != from) {
+                let Some((_, server)) = held else {
+                    return Err(DropReason::Unexpected);
+                };
+                let from_our_server = from == server
+                    && udp.src_mac == self.server_mac
+                    && (udp.src_ip == server || udp.src_ip == self.server_src_ip);
+                if !from_our_server {
                     return Err(DropReason::NotForUs);
                 }
                 self.counters.naks += 1;

@@ -120,6 +120,26 @@ pub fn lease_and_dropped_routes(
     Ok((lease, dropped))
 }
 
+/// Lowest `min_lease_secs` honoured, whatever the config says: T1 then stays
+/// at least 2 s, so no lease can make the client renew in a loop.
+pub const MIN_LEASE_FLOOR_SECS: u32 = 4;
+
+/// Raise a lease shorter than `min_lease_secs` to that length, and T1 / T2
+/// to at least half and 7/8 of it (the RFC 2131 4.4.5 defaults of a minimum
+/// lease). A 1 s lease gives T1 = T2 = 0, a renewal right after every ACK:
+/// dhcpcd treats anything under 20 s as 20 s for the same reason. The
+/// order T1 <= T2 <= lease is kept: each bound is raised by a floor that
+/// respects it.
+pub fn floor_lease_times(lease: &mut Lease, min_lease_secs: u32) {
+    let min = min_lease_secs.max(MIN_LEASE_FLOOR_SECS);
+    let min_t1 = min / 2;
+    // u64: 7/8 of a u32 cannot overflow; the result is below `min`.
+    let min_t2 = (u64::from(min) * 7 / 8) as u32;
+    lease.lease_secs = lease.lease_secs.max(min);
+    lease.renew_secs = lease.renew_secs.max(min_t1);
+    lease.rebind_secs = lease.rebind_secs.max(min_t2);
+}
+
 /// Prefix length of a contiguous netmask (ones then zeros), else `None`.
 fn mask_prefix(mask: Ipv4Addr) -> Option<u8> {
     let m = u32::from(mask);
@@ -277,6 +297,51 @@ mod tests {
                     let (l, a, b) = lease_times(Some(lease), t1, t2).unwrap();
                     assert!(a <= b && b <= l, "{lease} {t1:?} {t2:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn short_leases_and_timers_are_raised_to_the_floor() {
+        let mut l = Lease {
+            address: Ipv4Addr::new(10, 0, 0, 5),
+            prefix_len: 24,
+            server_id: Ipv4Addr::new(10, 0, 0, 1),
+            routes: Vec::new(),
+            dns_servers: Vec::new(),
+            ntp_servers: Vec::new(),
+            domain_name: None,
+            search: Vec::new(),
+            hostname: None,
+            mtu: None,
+            lease_secs: 1,
+            renew_secs: 0,
+            rebind_secs: 0,
+            acquired_at: Instant(0),
+        };
+        let mut one = l.clone();
+        floor_lease_times(&mut one, 20);
+        assert_eq!((one.lease_secs, one.renew_secs, one.rebind_secs), (20, 10, 17));
+        // Long leases keep their length; only a too-short T1 / T2 moves.
+        l.lease_secs = 3600;
+        l.renew_secs = 1;
+        l.rebind_secs = 3000;
+        floor_lease_times(&mut l, 20);
+        assert_eq!((l.lease_secs, l.renew_secs, l.rebind_secs), (3600, 10, 3000));
+        // A floor under the hard minimum is raised to it.
+        let mut z = one.clone();
+        z.lease_secs = 1;
+        z.renew_secs = 0;
+        z.rebind_secs = 0;
+        floor_lease_times(&mut z, 0);
+        assert_eq!((z.lease_secs, z.renew_secs, z.rebind_secs), (4, 2, 3));
+        for (lease, t1, t2) in [(1, 0, 0), (5, 2, 4), (30, 3, 20), (INFINITE_LEASE, 1, 2)] {
+            for floor in [0, 4, 20, 3600] {
+                let mut x = one.clone();
+                (x.lease_secs, x.renew_secs, x.rebind_secs) = (lease, t1, t2);
+                floor_lease_times(&mut x, floor);
+                assert!(x.renew_secs <= x.rebind_secs && x.rebind_secs <= x.lease_secs);
+                assert!(x.renew_secs >= floor.max(MIN_LEASE_FLOOR_SECS) / 2);
             }
         }
     }

@@ -225,6 +225,10 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// Send RELEASE when told to stop (default: keep the address).
     pub release_on_stop: bool,
+    /// Shortest lease the client uses: a shorter one is taken as this long,
+    /// and T1 / T2 are kept at or above half and 7/8 of it (dhcpcd's floor
+    /// is 20 s). Bounds the renewal rate a server can impose.
+    pub min_lease_secs: u32,
 }
 
 impl EngineConfig {
@@ -241,6 +245,7 @@ impl EngineConfig {
             acd: AcdConfig::default(),
             limits: Limits::default(),
             release_on_stop: false,
+            min_lease_secs: 20,
         }
     }
 }
@@ -315,6 +320,8 @@ pub struct Counters {
     /// Routes dropped from offers and ACKs by the lease policy (too short,
     /// into a reserved range, off-link, option 121 ignored...).
     pub routes_dropped: u64,
+    /// Frames not sent because the engine's own rate bound was reached.
+    pub transmits_limited: u64,
 }
 
 /// The engine's view, published whenever it changes.

@@ -81,6 +81,9 @@ pub struct TimingConfig {
     pub first_retransmit_ms: u32,
     pub max_retransmit_ms: u32,
     pub init_reboot_budget_ms: u32,
+    /// Shorter leases are used as this long, T1 / T2 kept at or above half
+    /// and 7/8 of it (docs/security.md, "A hostile or misconfigured server").
+    pub min_lease_secs: u32,
 }
 
 impl Default for TimingConfig {
@@ -90,6 +93,7 @@ impl Default for TimingConfig {
             first_retransmit_ms: d.first_retransmit_ms,
             max_retransmit_ms: d.max_retransmit_ms,
             init_reboot_budget_ms: d.init_reboot_budget_ms,
+            min_lease_secs: d.min_lease_secs,
         }
     }
 }
@@ -187,6 +191,7 @@ pub struct Overrides {
     pub no_acd: bool,
     pub release_on_stop: bool,
     pub first_retransmit_ms: Option<u32>,
+    pub min_lease_secs: Option<u32>,
 }
 
 /// The configuration in force after file + command line, validated.
@@ -257,6 +262,14 @@ impl Config {
         }
         if timing.init_reboot_budget_ms > 60_000 {
             return Err(bad("timing.init_reboot_budget_ms", "must be at most 60000"));
+        }
+        if let Some(secs) = o.min_lease_secs {
+            timing.min_lease_secs = secs;
+        }
+        // Below 4 s T1 would fall under 2 s; above an hour the floor would
+        // override ordinary leases.
+        if !(4..=3600).contains(&timing.min_lease_secs) {
+            return Err(bad("timing.min_lease_secs", "must be 4..=3600"));
         }
         let mut acd = f.acd;
         if acd.probe_min_ms > acd.probe_max_ms || acd.probe_max_ms > 10_000 || acd.probe_wait_ms > 10_000 {
@@ -449,6 +462,7 @@ mod tests {
             assert!(all[i + 1..].iter().all(|b| b.uid != a.uid), "{all:?}");
         }
         assert!(c.acd.enabled);
+        assert_eq!(c.timing.min_lease_secs, 20);
         assert_eq!(c.route_table, None);
         assert_eq!(c.limits.min_route_prefix_len, 8);
         assert_eq!(c.limits.min_subnet_prefix_len, 8);
@@ -476,6 +490,26 @@ mod tests {
             let e = parse(&format!("interface = \"eth0\"\n{text}\n")).unwrap_err();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn min_lease_secs_is_bounded_and_overridable() {
+        let c = parse("interface = \"eth0\"\n[timing]\nmin_lease_secs = 60\n").unwrap();
+        assert_eq!(c.timing.min_lease_secs, 60);
+        for bad in ["0", "3", "3601"] {
+            let e = parse(&format!(
+                "interface = \"eth0\"\n[timing]\nmin_lease_secs = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains("timing.min_lease_secs"), "{e}");
+        }
+        let p = Path::new("c.toml");
+        let f: FileConfig = mirage_sdk::config::parse(p, "interface = \"a\"\n").unwrap();
+        let o = Overrides {
+            min_lease_secs: Some(6),
+            ..Default::default()
+        };
+        assert_eq!(Config::resolve(p, f, o).unwrap().timing.min_lease_secs, 6);
     }
 
     #[test]

@@ -78,6 +78,10 @@ struct RunArgs {
     /// First DHCP retransmission timeout in milliseconds (RFC 2131: 4000).
     #[arg(long)]
     first_retransmit_ms: Option<u32>,
+    /// Shortest lease used, in seconds (4..=3600); shorter ones count as this
+    /// long [default: 20].
+    #[arg(long)]
+    min_lease_secs: Option<u32>,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
                 no_acd: args.no_acd,
                 release_on_stop: args.release_on_stop,
                 first_retransmit_ms: args.first_retransmit_ms,
+                min_lease_secs: args.min_lease_secs,
             };
             let euid = rustix::process::geteuid().as_raw();
             let egid = rustix::process::getegid().as_raw();

@@ -223,6 +223,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     engine_config.first_retransmit_ms = config.timing.first_retransmit_ms;
     engine_config.max_retransmit_ms = config.timing.max_retransmit_ms;
     engine_config.init_reboot_budget_ms = config.timing.init_reboot_budget_ms;
+    engine_config.min_lease_secs = config.timing.min_lease_secs;
     engine_config.acd = config.acd;
     engine_config.limits = config.limits;
     engine_config.release_on_stop = config.release_on_stop;

@@ -1229,7 +1229,8 @@ fn nak_from_a_new_server_while_rebooting(mode: Mode) {
 fn with_renewal(mode: Mode, at_renewal: fn(&Ctx, &Seen, &[u8]) -> Vec<Vec<u8>>) -> Run {
     let mut first_ack: Option<Vec<u8>> = None;
     let mut renewed = false;
-    let run = Run::start(mode, &[], move |ctx, req| {
+    // The default 20 s lease floor would put T1 at 10 s: 6 s keeps it at 3 s.
+    let run = Run::start(mode, &["--min-lease-secs", "6"], move |ctx, req| {
         let mut m = match req.kind {
             MessageType::Discover => ctx.offer(req),
             MessageType::Request => ctx.ack(req),
@@ -1538,6 +1539,118 @@ fn gateway_is_our_address(mode: Mode) {
     );
 }
 
+// Timing and hostile timings (issue 9 items 1 and 10).
+
+/// Lines in the client log that match `needle`.
+fn log_count(run: &Run, needle: &str) -> usize {
+    run.net
+        .client_log()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Regression: a 1 s lease gave T1 = T2 = 0 and a renewal after every ACK
+/// (2,000 REQUESTs/s, 800 binds/s with a lease write each, 30,000 log lines
+/// in 8 s). With the 20 s floor the lease is used as 20 s: nothing renews
+/// for 10 s, so over 5 s the server sees the acquisition and nothing else.
+fn one_second_lease(mode: Mode) {
+    let run = Run::start(mode, &[], |ctx, req| {
+        let mut m = match req.kind {
+            MessageType::Discover => ctx.offer(req),
+            MessageType::Request => ctx.ack(req),
+            _ => return Vec::new(),
+        };
+        m.options.lease_time = Some(1);
+        vec![ctx.frame(req, &m)]
+    });
+    let st = run.wait_bound();
+    assert_eq!(st["lease"]["lease_secs"], 20, "{st}");
+    let lines_before = run.net.client_log().lines().count();
+    std::thread::sleep(Duration::from_secs(5));
+    let st = run.assert_healthy();
+    assert_eq!(st["state"], "bound");
+    // DISCOVER and the selecting REQUEST (the 200 ms retransmission may
+    // have doubled one of them before the first reply).
+    let seen = run.server.seen().len();
+    assert!(seen <= 4, "the server received {seen} messages");
+    assert_eq!(st["counters"]["renewals"], 0, "{st}");
+    assert_eq!(log_count(&run, "applying "), 1);
+    let lines = run.net.client_log().lines().count() - lines_before;
+    assert!(lines <= 10, "{lines} log lines in 5 s:\n{}", run.net.client_log());
+    run.assert_standard_host();
+}
+
+/// Regression: a server that NAKs every renewal flapped the address ~150
+/// times a second. With a 4 s floor (T1 = 2 s) and the NAK back-off
+/// surviving binds (0, 1, 2, 4 s...), 8 s hold at most 4 removals, each
+/// costing a few frames and log lines.
+fn nak_every_renewal(mode: Mode) {
+    const WINDOW: Duration = Duration::from_secs(8);
+    let run = Run::start(mode, &["--min-lease-secs", "4"], |ctx, req| {
+        let mut m = match req.kind {
+            MessageType::Discover => ctx.offer(req),
+            MessageType::Request if req.is_renewal() => ctx.nak(req),
+            MessageType::Request => ctx.ack(req),
+            _ => return Vec::new(),
+        };
+        m.options.lease_time = Some(1);
+        vec![ctx.frame(req, &m)]
+    });
+    run.wait_bound();
+    let seen_before = run.server.seen().len();
+    let lines_before = run.net.client_log().lines().count();
+    let applies_before = log_count(&run, "applying ");
+    std::thread::sleep(WINDOW);
+    let st = run.assert_healthy();
+    let naks = st["counters"]["naks"].as_u64().unwrap();
+    // T1 = 2 s after each bind: at most one NAK per 2 s, fewer with the
+    // back-off.
+    let most = WINDOW.as_secs() / 2;
+    assert!((1..=most).contains(&naks), "{naks} NAKs: {st}");
+    let removals = log_count(&run, "removing ");
+    assert!(removals as u64 <= most, "{removals} removals");
+    let binds = log_count(&run, "applying ") - applies_before;
+    assert!(binds as u64 <= most + 1, "{binds} binds");
+    // Per cycle: the renewal, a DISCOVER and a REQUEST (doubled at most by
+    // the 200 ms retransmission).
+    let seen = run.server.seen().len() - seen_before;
+    assert!(
+        seen as u64 <= 5 * (most + 1),
+        "the server received {seen} messages"
+    );
+    let lines = run.net.client_log().lines().count() - lines_before;
+    eprintln!(
+        "nak_every_renewal ({}): in {WINDOW:?} {naks} NAKs, {removals} removals, {binds} binds, \
+         {seen} client messages, {lines} log lines",
+        mode.arg()
+    );
+    assert!(
+        lines as u64 <= 15 * (most + 1),
+        "{lines} log lines in {WINDOW:?}:\n{}",
+        run.net.client_log()
+    );
+}
+
+/// Regression: a NAK copying our server's identifier was honoured while
+/// RENEWING. Two forgeries arrive before the honest ACK: option 54 and the
+/// source IP copied from another MAC, and option 54 copied from our
+/// server's MAC but another source address. Both are dropped as NotForUs.
+fn forged_nak_copying_the_server_id_while_renewing(mode: Mode) {
+    let run = with_renewal(mode, |ctx, req, _| {
+        let m = ctx.nak(req);
+        vec![
+            ctx.frame_as(ROGUE_MAC, ctx.server_ip, req, &m),
+            ctx.frame_as(ctx.server_mac, ctx.addr(ROGUE_HOST), req, &m),
+        ]
+    });
+    run.assert_healthy();
+    assert_eq!(run.counter("naks"), 0);
+    assert_eq!(run.drops("NotForUs"), 2, "log:\n{}", run.net.client_log());
+    assert_eq!(log_count(&run, "removing "), 0);
+    run.assert_host(&OFFERED, &[&format!("default via {}", run.net.server_ip)]);
+}
+
 // ---- the table ----------------------------------------------------------------
 
 type Case = (&'static str, fn(Mode));
@@ -1682,6 +1795,12 @@ const CASES: &[Case] = &[
     ),
     ("server_id_is_our_address", server_id_is_our_address),
     ("gateway_is_our_address", gateway_is_our_address),
+    ("one_second_lease", one_second_lease),
+    ("nak_every_renewal", nak_every_renewal),
+    (
+        "forged_nak_copying_the_server_id_while_renewing",
+        forged_nak_copying_the_server_id_while_renewing,
+    ),
 ];
 
 /// Run every case (or those matching MIRAGE_HOSTILE_CASE) for `mode`,
@@ -1773,7 +1892,8 @@ fn clock_ticks_per_sec() -> u64 {
 fn flood_during_renewal(mode: Mode) {
     const RATE: u64 = 10_000;
     const FLOOD: Duration = Duration::from_secs(4);
-    let run = Run::start(mode, &[], |ctx, req| {
+    // A floor of 6 s leaves T1 = 3 s (the default 20 s would raise it to 10 s).
+    let run = Run::start(mode, &["--min-lease-secs", "6"], |ctx, req| {
         let mut m = match req.kind {
             MessageType::Discover => ctx.offer(req),
             MessageType::Request => ctx.ack(req),

@@ -612,6 +612,7 @@ pub fn render_status_json(p: &PublishedStatus, search_dropped: &[String]) -> Str
             "transmitted": c.transmitted,
             "conflicts": c.conflicts,
             "routes_dropped": c.routes_dropped,
+            "transmits_limited": c.transmits_limited,
         },
     });
     let mut out = serde_json::to_string_pretty(&v).expect("status serializes");
@@ -661,7 +662,7 @@ pub fn render_metrics(p: &PublishedStatus) -> String {
         "mirage_dhcp_sandbox{{interface=\"{iface}\",kind=\"{}\"}} 1",
         escape_label(&p.sandbox)
     );
-    let counters: [(&str, &str, u64); 15] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "frames_received_total",
             "Frames given to the engine.",
@@ -694,6 +695,11 @@ pub fn render_metrics(p: &PublishedStatus) -> String {
             "routes_dropped_total",
             "Routes from offers and ACKs dropped by the lease policy.",
             c.routes_dropped,
+        ),
+        (
+            "transmits_limited_total",
+            "Frames the engine did not send: over its rate bound.",
+            c.transmits_limited,
         ),
         (
             "frames_refused_total",

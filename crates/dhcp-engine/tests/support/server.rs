@@ -28,6 +28,9 @@ pub enum Mode {
     /// like a server behind a relay that does not forward unicast (field
     /// notes item 11) or Azure at T1 (item 10).
     IgnoreUnicast,
+    /// Answer DISCOVER and the REQUESTs of SELECTING and INIT-REBOOT, but
+    /// NAK every renewal (ciaddr set): the flapping case of issue 9.
+    NakRenewals,
 }
 
 /// One client message as the server saw it.
@@ -143,7 +146,9 @@ impl FakeServer {
                 if unicast && self.mode == Mode::IgnoreUnicast {
                     return Vec::new();
                 }
-                if self.mode == Mode::NakAll {
+                if self.mode == Mode::NakAll
+                    || (self.mode == Mode::NakRenewals && !msg.ciaddr.is_unspecified())
+                {
                     return vec![self.reply(&msg, MessageType::Nak, Ipv4Addr::UNSPECIFIED)];
                 }
                 // SELECTING: a REQUEST naming another server declines ours.

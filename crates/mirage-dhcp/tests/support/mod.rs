@@ -984,9 +984,18 @@ impl Net {
     }
 
     /// Our daemon under `sandbox`, with a short first retransmission (a
-    /// DISCOVER lost while a busy machine starts a server is resent soon).
+    /// DISCOVER lost while a busy machine starts a server is resent soon),
+    /// and the lowest lease floor, so that [`Offer::short`] timings (T1 2 s)
+    /// are used as sent instead of being raised to the default floor's 10 s.
     pub fn start_daemon(&mut self, sandbox: &str, extra: &[&str]) -> usize {
-        let mut args = vec!["--sandbox", sandbox, "--first-retransmit-ms", "1000"];
+        let mut args = vec![
+            "--sandbox",
+            sandbox,
+            "--first-retransmit-ms",
+            "1000",
+            "--min-lease-secs",
+            "4",
+        ];
         args.extend_from_slice(extra);
         self.start_client(&args)
     }
