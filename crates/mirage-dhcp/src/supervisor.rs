@@ -1,6 +1,8 @@
-//! The supervisor: reads config and stored state, opens the privileged fds,
-//! spawns the roles, then only routes typed messages between them, relays
-//! their logs, restarts a dead engine and handles signals.
+//! The DHCP client's supervisor: reads config and stored state, opens the
+//! privileged fds, starts the three roles, then hands them to the SDK's
+//! runtime ([`mirage_sdk::runtime`]) with the DHCP routing and policy below.
+//! The runtime reads, queues, restarts and stops; this file says where each
+//! message goes.
 //!
 //! Message routing (the supervisor never parses frames; it decodes only
 //! size-capped typed messages and re-checks nothing the actuator will check):
@@ -13,8 +15,7 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
@@ -23,28 +24,19 @@ use mirage_ipc::{
     ClientIdKind, EngineAction, EngineConfig, EngineEvent, EngineStart, FromActuator, FromEngine,
     FromNetwork, IntentKind, Lease, Outcome, PublishedStatus, Status, ToActuator, ToEngine, ToNetwork,
 };
-use mirage_sdk::channel::{Channel, Outbox, OutboxError, wait, wait_readable};
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
-use mirage_sdk::log::{LineLimiter, LineVerdict};
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
+use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleSpec, RoleStart, Runtime, Service, SignalPipe};
 
 use crate::config::{ClientIdMode, Config, SandboxKind};
 use crate::roles::{self, RoleName};
 
-/// Engine restart back-off: doubles from the first value to the cap, and
-/// resets once an engine has lived for `STABLE`.
-const RESTART_FIRST: Duration = Duration::from_millis(200);
-const RESTART_MAX: Duration = Duration::from_secs(30);
-const STABLE: Duration = Duration::from_secs(60);
-/// Messages read from one role in one round of the event loop: every role
-/// is drained in turn, so none can starve the others (or the signal pipe).
-const BURST: usize = 64;
-/// Messages for one role that its socket could not take yet. A role that
-/// leaves this many unread does not read its channel: an engine is then
-/// restarted, the network role or actuator stops the service.
-const OUTBOX_MAX: usize = 64;
+/// The roles, by their index in the runtime.
+const ENGINE: RoleId = 0;
+const NETWORK: RoleId = 1;
+const ACTUATOR: RoleId = 2;
 /// Intents of one engine the actuator has not answered yet. A real engine
 /// has at most three at a time (apply, persist, and a retry); one past the
 /// cap floods the actuator and is restarted.
@@ -52,146 +44,8 @@ const MAX_ENGINE_INTENTS: usize = 16;
 /// Status publications in flight at the actuator; newer ones wait, and only
 /// the newest of those is sent (the actuator writes files for each).
 const MAX_PUBLISHES_IN_FLIGHT: u32 = 2;
-/// Lines a role's dead channel may still hold, read after it exited.
-const DRAIN_MAX: usize = 1024;
-/// How long a stop waits for the engine's last actions (RELEASE...).
-const STOP_GRACE: Duration = Duration::from_secs(2);
 /// status.json / metrics.prom are refreshed at least this often.
 const REPUBLISH: Duration = Duration::from_secs(30);
-
-/// A running role: its process, channel and log pipe.
-struct Role {
-    name: RoleName,
-    child: mirage_sdk::spawn::RoleProcess,
-    chan: Channel,
-    /// What the role's socket could not take yet (never a blocking send).
-    outbox: Outbox,
-    log: std::process::ChildStderr,
-    log_buf: Vec<u8>,
-    log_limit: LineLimiter,
-    started: StdInstant,
-}
-
-impl Role {
-    fn new(
-        name: RoleName,
-        child: mirage_sdk::spawn::RoleProcess,
-        chan: Channel,
-        log: std::process::ChildStderr,
-        started: StdInstant,
-    ) -> Role {
-        Role {
-            name,
-            child,
-            chan,
-            outbox: Outbox::new(OUTBOX_MAX),
-            log,
-            log_buf: Vec::new(),
-            log_limit: LineLimiter::new(
-                LineLimiter::ROLE_PER_SECOND,
-                LineLimiter::ROLE_BURST,
-                StdInstant::now(),
-            ),
-            started,
-        }
-    }
-
-    /// Relay complete lines from the role's stderr, rate-limited; `false`
-    /// at EOF.
-    fn relay_logs(&mut self) -> bool {
-        self.relay_logs_to(&mut |line| eprintln!("{line}"))
-    }
-
-    fn relay_logs_to(&mut self, out: &mut dyn FnMut(&str)) -> bool {
-        let mut buf = [0u8; 4096];
-        let n = match self.log.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let n = self.log_limit.take_suppressed();
-                if n > 0 {
-                    out(&format!(
-                        "[{}] {n} more log lines not relayed (rate limit)",
-                        self.name.as_str()
-                    ));
-                }
-                return false;
-            }
-            Ok(n) => n,
-        };
-        self.log_buf.extend_from_slice(&buf[..n]);
-        while let Some(pos) = self.log_buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.log_buf.drain(..=pos).collect();
-            self.relay_line(&line[..line.len() - 1], out);
-        }
-        if self.log_buf.len() > mirage_sdk::log::MAX_RELAYED_LINE {
-            let line: Vec<u8> = std::mem::take(&mut self.log_buf);
-            self.relay_line(&line, out);
-        }
-        true
-    }
-
-    fn relay_line(&mut self, line: &[u8], out: &mut dyn FnMut(&str)) {
-        let name = self.name.as_str();
-        match self.log_limit.check(StdInstant::now()) {
-            LineVerdict::Drop => {}
-            LineVerdict::Relay => out(&mirage_sdk::log::relay_line(name, line)),
-            LineVerdict::RelayAfter(n) => {
-                out(&format!("[{name}] {n} log lines not relayed (rate limit)"));
-                out(&mirage_sdk::log::relay_line(name, line));
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Kill the role, then relay what it logged until its stderr ends. In
-    /// this order: a live role (one that sent a bad message and keeps its
-    /// stderr open) would otherwise block the supervisor in the read forever.
-    fn kill_and_drain(&mut self) {
-        self.kill();
-        while self.relay_logs() {}
-    }
-}
-
-/// Everything the supervisor knows while it runs.
-struct Supervisor {
-    config: Config,
-    level: log::LevelFilter,
-    ifindex: u32,
-    mac: [u8; 6],
-    engine_config: EngineConfig,
-    engine: Option<Role>,
-    network: Role,
-    actuator: Role,
-    /// The lease last persisted (given to a restarted engine).
-    lease: Option<Lease>,
-    link_up: bool,
-    status: Status,
-    engine_restarts: u32,
-    frames_refused: u64,
-    intents_refused: u64,
-    restart_delay: Duration,
-    restart_at: Option<StdInstant>,
-    last_publish: StdInstant,
-    /// Which engine this is (counts restarts): answers to a dead engine's
-    /// intents are not handed to its successor.
-    engine_generation: u64,
-    /// The engine generation of each apply/remove/persist forwarded to the
-    /// actuator and not answered yet, oldest first (the actuator answers
-    /// those in order).
-    intents: VecDeque<u64>,
-    publishes_in_flight: u32,
-    /// A status to publish once one in flight is answered.
-    publish_pending: bool,
-    drop_log: DropLog,
-    applied: bool,
-    /// Frames not delivered because the receiving role's queue was full.
-    frames_shed: u64,
-    /// What the network role is told about our address.
-    binding: roles::network::BindingTracker,
-}
 
 pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -> Result<ExitCode, String> {
     if config.sandbox == SandboxKind::None {
@@ -232,43 +86,77 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         .map_err(|e| format!("packet socket on {}: {e}", config.interface))?;
     let monitor = LinkMonitor::open(link.index).map_err(|e| format!("link monitor: {e}"))?;
 
-    let resolv_name = resolv.as_ref().map(|(_, _, name)| name.clone());
-    let common = RoleCommon {
-        config: &config,
-        resolv_name,
+    let mut dhcp = Dhcp::new(
+        config.clone(),
         level,
-        ifindex: link.index,
-        mac,
-        // A first start's DUID is stored durably (atomic replace, fsyncs)
-        // by the actuator once the lease is applied, off the path to it: the
-        // engine has the DUID already, and a crash before it is stored
-        // derives the same DUID-LL from the MAC again.
-        new_duid,
-        client_id: Some(
-            dhcp_engine::client::client_id_bytes(&engine_config)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        ),
-    };
+        (link.index, mac),
+        engine_config,
+        stored,
+        link.carrier,
+    );
+    dhcp.deadline = oneshot.map(|d| StdInstant::now() + d);
+    let resolv_name = resolv.as_ref().map(|(_, _, name)| name.clone());
+    let mut network_args = dhcp.role_args(RoleName::Network);
+    network_args.extend([
+        "--client-id".into(),
+        dhcp_engine::client::client_id_bytes(&dhcp.engine_config)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    ]);
+    let mut actuator_args = dhcp.role_args(RoleName::Actuator);
+    if let Some(name) = resolv_name {
+        actuator_args.extend(["--resolv-name".into(), name]);
+    }
+    // A first start's DUID is stored durably (atomic replace, fsyncs) by the
+    // actuator once the lease is applied, off the path to it: the engine has
+    // the DUID already, and a crash before it is stored derives the same
+    // DUID-LL from the MAC again.
+    if let Some(duid) = new_duid {
+        actuator_args.extend(["--store-duid".into(), duid]);
+    }
+    let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
+    if let Some((dir, file, _)) = &resolv {
+        actuator_fds.push(dir.as_fd());
+        actuator_fds.push(file.as_fd());
+    }
+    let engine_start = dhcp.restart(ENGINE)?;
     // All three roles start side by side: each fork returns at once, and
     // the children exec and drop their privileges in parallel instead of
     // one after the other (their start-up, not the DHCP exchange, is most
     // of the time to a lease). The engine first: it and the network role
     // are on the path to the first DISCOVER. Messages to a role wait in
     // its channel until it is ready.
-    let engine = launch_engine(&common, &engine_config, stored.clone(), link.carrier)?;
-    let network = common.start(RoleName::Network, &[packet.as_fd()])?;
-    drop(packet);
-    let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
-    if let Some((dir, file, _)) = &resolv {
-        actuator_fds.push(dir.as_fd());
-        actuator_fds.push(file.as_fd());
-    }
-    let actuator = common.start(RoleName::Actuator, &actuator_fds)?;
-    drop(actuator_fds);
+    let specs = [
+        RoleSpec {
+            name: RoleName::Engine.as_str(),
+            exe: None,
+            args: engine_start.args,
+            fds: vec![],
+            first: engine_start.first,
+            restart: Restart::WithBackoff,
+        },
+        RoleSpec {
+            name: RoleName::Network.as_str(),
+            exe: None,
+            args: network_args,
+            fds: vec![packet.as_fd()],
+            first: None,
+            restart: Restart::Never,
+        },
+        RoleSpec {
+            name: RoleName::Actuator.as_str(),
+            exe: None,
+            args: actuator_args,
+            fds: actuator_fds,
+            first: None,
+            restart: Restart::Never,
+        },
+    ];
+    let starting = specs.iter().map(RoleSpec::start).collect::<Result<Vec<_>, _>>()?;
     // The supervisor keeps none of the privileged fds.
-    drop((rtnl, monitor, state_dir, run_dir, resolv));
+    drop(specs);
+    drop((packet, rtnl, monitor, state_dir, run_dir, resolv));
     // Sandbox the supervisor now, before the roles' exec is confirmed: the
     // children are past the fork and inherit nothing more from us, and
     // confirming takes no privilege, so the filter's compile and install
@@ -279,17 +167,10 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         mirage_sdk::sandbox::seccomp::install(mirage_sdk::sandbox::seccomp::Role::Supervisor)
             .map_err(|e| format!("supervisor seccomp: {e}"))?;
     }
-    let (engine, network, actuator) = (engine.finish()?, network.finish()?, actuator.finish()?);
-
-    let mut sup = Supervisor::new(
-        config.clone(),
-        level,
-        (link.index, mac),
-        engine_config,
-        [engine, network, actuator],
-        stored,
-        link.carrier,
-    );
+    let roles = starting
+        .into_iter()
+        .map(|s| s.finish())
+        .collect::<Result<Vec<_>, _>>()?;
     log::info!(
         "started on {} (index {}, {}), sandbox {}",
         config.interface,
@@ -297,71 +178,80 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         roles::format_mac(&mac),
         config.sandbox.as_str()
     );
-    let deadline = oneshot.map(|d| StdInstant::now() + d);
-    let code = sup.event_loop(&signals, deadline);
-    sup.shutdown();
-    Ok(code)
+    Ok(Runtime::new(dhcp, roles).run(&signals))
 }
 
-impl Supervisor {
-    /// The supervisor of running roles (engine, network, actuator).
+/// The DHCP routing and policy, run by the SDK's runtime.
+struct Dhcp {
+    config: Config,
+    level: log::LevelFilter,
+    ifindex: u32,
+    mac: [u8; 6],
+    engine_config: EngineConfig,
+    /// The lease last persisted (given to a restarted engine).
+    lease: Option<Lease>,
+    link_up: bool,
+    status: Status,
+    frames_refused: u64,
+    intents_refused: u64,
+    last_publish: StdInstant,
+    /// The engine generation of each apply/remove/persist forwarded to the
+    /// actuator and not answered yet, oldest first (the actuator answers
+    /// those in order).
+    intents: VecDeque<u64>,
+    publishes_in_flight: u32,
+    /// A status to publish once one in flight is answered.
+    publish_pending: bool,
+    drop_log: DropLog,
+    applied: bool,
+    /// Frames not delivered because the receiving role's queue was full.
+    frames_shed: u64,
+    binding: roles::network::BindingTracker,
+    /// Restarts of the engine (published).
+    engine_restarts: u32,
+    /// `--oneshot`: give up at this time.
+    deadline: Option<StdInstant>,
+    /// Stopping: the engine was told.
+    stopping: bool,
+}
+
+impl Dhcp {
     fn new(
         config: Config,
         level: log::LevelFilter,
         (ifindex, mac): (u32, [u8; 6]),
         engine_config: EngineConfig,
-        [engine, network, actuator]: [Role; 3],
         lease: Option<Lease>,
         link_up: bool,
-    ) -> Supervisor {
-        Supervisor {
+    ) -> Dhcp {
+        Dhcp {
             config,
             level,
             ifindex,
             mac,
             engine_config,
-            engine: Some(engine),
-            network,
-            actuator,
             lease,
             link_up,
             status: Status::default(),
-            engine_restarts: 0,
             frames_refused: 0,
             intents_refused: 0,
-            restart_delay: RESTART_FIRST,
-            restart_at: None,
             last_publish: StdInstant::now(),
-            engine_generation: 0,
             intents: VecDeque::new(),
             publishes_in_flight: 0,
             publish_pending: false,
-            applied: false,
             drop_log: DropLog::default(),
+            applied: false,
             frames_shed: 0,
             binding: Default::default(),
+            engine_restarts: 0,
+            deadline: None,
+            stopping: false,
         }
     }
-}
 
-struct RoleCommon<'a> {
-    config: &'a Config,
-    resolv_name: Option<String>,
-    level: log::LevelFilter,
-    ifindex: u32,
-    mac: [u8; 6],
-    /// DUID text for the actuator to store (first start only).
-    new_duid: Option<String>,
-    /// Option 61 in hex, for the network role's policy.
-    client_id: Option<String>,
-}
-
-impl RoleCommon<'_> {
-    /// Start a role without waiting for its exec; [`StartingRole::finish`]
-    /// confirms it.
-    fn start(&self, name: RoleName, extra_fds: &[BorrowedFd<'_>]) -> Result<StartingRole, String> {
-        let c = self.config;
-        let (ours, theirs) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
+    /// The command line of a role: `role NAME` and what it needs to know.
+    fn role_args(&self, name: RoleName) -> Vec<String> {
+        let c = &self.config;
         let mut args: Vec<String> = vec![
             "role".into(),
             name.as_str().into(),
@@ -404,189 +294,39 @@ impl RoleCommon<'_> {
         if name == RoleName::Network && c.acd.enabled {
             args.push("--with-arp".into());
         }
-        if name == RoleName::Network
-            && let Some(id) = &self.client_id
-        {
-            args.extend(["--client-id".into(), id.clone()]);
-        }
-        if name == RoleName::Actuator
-            && let Some(name) = &self.resolv_name
-        {
-            args.push("--resolv-name".into());
-            args.push(name.clone());
-        }
-        if name == RoleName::Actuator
-            && let Some(duid) = &self.new_duid
-        {
-            args.push("--store-duid".into());
-            args.push(duid.clone());
-        }
-        let mut fds = vec![theirs.as_fd()];
-        fds.extend_from_slice(extra_fds);
-        let pending = mirage_sdk::spawn::start(None, &args, &fds)
-            .map_err(|e| format!("starting the {} role: {e}", name.as_str()))?;
-        // Our copy of the role's end closes here; the role holds the only one.
-        drop(theirs);
-        Ok(StartingRole {
-            name,
-            pending,
-            chan: ours,
-            started: StdInstant::now(),
-        })
-    }
-}
-
-/// A role whose process exists but whose exec is not confirmed yet.
-struct StartingRole {
-    name: RoleName,
-    pending: mirage_sdk::spawn::PendingRole,
-    chan: Channel,
-    started: StdInstant,
-}
-
-impl StartingRole {
-    /// Wait until the role runs our binary, or say why it could not.
-    fn finish(self) -> Result<Role, String> {
-        let name = self.name;
-        let child = self
-            .pending
-            .finish()
-            .map_err(|e| format!("starting the {} role: {e}", name.as_str()))?;
-        let (child, log) = child.into_parts();
-        Ok(Role::new(name, child, self.chan, log, self.started))
-    }
-}
-
-/// Start an engine and hand it its Start message (it may sit in the channel
-/// until the engine has dropped its privileges and reads it).
-fn launch_engine(
-    common: &RoleCommon<'_>,
-    config: &EngineConfig,
-    stored: Option<Lease>,
-    link_up: bool,
-) -> Result<StartingRole, String> {
-    let role = common.start(RoleName::Engine, &[])?;
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
-    let start = ToEngine::Start {
-        start: EngineStart {
-            config: config.clone(),
-            stored,
-            link_up,
-        },
-        seed,
-    };
-    role.chan
-        .send(&start)
-        .map_err(|e| format!("starting the engine: {e}"))?;
-    Ok(role)
-}
-
-impl Supervisor {
-    fn common(&self) -> RoleCommon<'_> {
-        RoleCommon {
-            config: &self.config,
-            resolv_name: None,
-            level: self.level,
-            ifindex: self.ifindex,
-            mac: self.mac,
-            new_duid: None,
-            client_id: None,
-        }
+        args
     }
 
-    fn start_engine(&mut self) -> Result<(), String> {
-        let role = launch_engine(
-            &self.common(),
-            &self.engine_config,
-            self.lease.clone(),
-            self.link_up,
-        )?
-        .finish()?;
-        self.engine = Some(role);
-        self.engine_generation += 1;
-        Ok(())
+    /// Hand an event to the engine; it queues (never blocks), and an engine
+    /// that leaves its queue full is restarted by the runtime.
+    fn send_engine(&mut self, ctx: &mut Ctx<'_>, event: EngineEvent) {
+        ctx.send(ENGINE, &ToEngine::Event(event));
     }
 
-    /// The engine died or misbehaved: kill it and schedule a restart. The
-    /// address stays: the new engine verifies the lease (INIT-REBOOT).
-    fn engine_failed(&mut self, why: &str) {
-        if let Some(mut e) = self.engine.take() {
-            e.kill_and_drain();
-            if e.started.elapsed() >= STABLE {
-                self.restart_delay = RESTART_FIRST;
-            }
-            log::error!("engine stopped ({why}); restarting in {:?}", self.restart_delay);
-            self.restart_at = Some(StdInstant::now() + self.restart_delay);
-            self.restart_delay = (self.restart_delay * 2).min(RESTART_MAX);
-        }
-    }
-
-    /// Hand an event to the engine without ever blocking (see [`Outbox`]);
-    /// an engine that leaves [`OUTBOX_MAX`] of them unread is restarted.
-    fn send_engine(&mut self, event: EngineEvent) {
-        let Some(e) = &mut self.engine else { return };
-        if let Err(err) = e.outbox.push(&e.chan, &ToEngine::Event(event)) {
-            self.engine_failed(&format!("send: {err}"));
-        }
-    }
-
-    /// Hand a frame on without ever blocking: a frame that the receiving
-    /// role's socket cannot take now, or that would overtake messages
-    /// queued before it, is dropped, as a busy link would; DHCP retransmits.
-    fn send_frame<T: serde::Serialize>(&mut self, to: RoleName, msg: &T) -> Result<(), String> {
-        let role = match to {
-            RoleName::Engine => match &self.engine {
-                Some(e) => e,
-                None => return Ok(()),
-            },
-            RoleName::Network => &self.network,
-            RoleName::Actuator => &self.actuator,
-        };
-        let sent = if role.outbox.is_empty() {
-            role.chan
-                .try_send(msg)
-                .map_err(|e| format!("{}: {e}", to.as_str()))?
-        } else {
-            false
-        };
-        if !sent {
+    /// Hand a frame on, dropped when the role's socket is full, as a busy
+    /// link would; DHCP retransmits.
+    fn send_frame<T: serde::Serialize>(&mut self, ctx: &mut Ctx<'_>, to: RoleId, msg: &T) {
+        if ctx.is_up(to) && !ctx.send_lossy(to, msg) {
             self.frames_shed += 1;
             // Logged at 1, 2, 4, 8... so a flood cannot flood the log.
             if self.frames_shed.is_power_of_two() {
                 log::warn!(
                     "the {} role's queue is full: {} frames dropped so far",
-                    to.as_str(),
+                    ctx.name(to),
                     self.frames_shed
                 );
             }
         }
-        Ok(())
     }
 
     /// Tell the network role about our address, never blocking; a state it
     /// could not take now is sent again next round.
-    fn tell_network(&mut self) {
+    fn tell_network(&mut self, ctx: &mut Ctx<'_>) {
         if let Some(msg) = self.binding.update()
-            && let Ok(true) = self.network.chan.try_send(&msg)
+            && ctx.send_lossy(NETWORK, &msg)
         {
             self.binding.sent();
         }
-    }
-
-    /// Queue a message for the actuator (it answers every one). It never
-    /// blocks; an actuator that leaves [`OUTBOX_MAX`] unread stops the
-    /// service, since nothing else can apply or remove the lease.
-    fn send_actuator(&mut self, msg: ToActuator) -> Result<(), String> {
-        match &msg {
-            ToActuator::Publish(_) => self.publishes_in_flight += 1,
-            _ => self.intents.push_back(self.engine_generation),
-        }
-        let a = &mut self.actuator;
-        a.outbox.push(&a.chan, &msg).map_err(|e| match e {
-            OutboxError::Full => "the actuator does not read its channel".to_string(),
-            OutboxError::Channel(e) => format!("actuator: {e}"),
-        })
     }
 
     /// Requests the actuator has not answered yet.
@@ -598,32 +338,32 @@ impl Supervisor {
     /// [`MAX_ENGINE_INTENTS`] unanswered: then it floods the actuator (a
     /// real engine never does) and is restarted instead. Says whether it
     /// was forwarded.
-    fn forward_intent(&mut self, msg: ToActuator) -> Result<bool, String> {
-        let mine = self
-            .intents
-            .iter()
-            .filter(|&&g| g == self.engine_generation)
-            .count();
+    fn forward_intent(&mut self, ctx: &mut Ctx<'_>, msg: ToActuator) -> bool {
+        let generation = ctx.generation(ENGINE);
+        let mine = self.intents.iter().filter(|&&g| g == generation).count();
         if mine >= MAX_ENGINE_INTENTS {
             self.intents_refused += 1;
-            self.engine_failed(&format!(
-                "more than {MAX_ENGINE_INTENTS} intents waiting for the actuator"
-            ));
-            return Ok(false);
+            ctx.fault(
+                ENGINE,
+                format!("more than {MAX_ENGINE_INTENTS} intents waiting for the actuator"),
+            );
+            return false;
         }
-        self.send_actuator(msg)?;
-        Ok(true)
+        self.intents.push_back(generation);
+        ctx.send(ACTUATOR, &msg);
+        true
     }
 
     /// Publish the status; while [`MAX_PUBLISHES_IN_FLIGHT`] are being
     /// written, only remember that a newer one is due.
-    fn publish(&mut self) -> Result<(), String> {
+    fn publish(&mut self, ctx: &mut Ctx<'_>) {
         self.last_publish = StdInstant::now();
         if self.publishes_in_flight >= MAX_PUBLISHES_IN_FLIGHT {
             self.publish_pending = true;
-            return Ok(());
+            return;
         }
         self.publish_pending = false;
+        self.publishes_in_flight += 1;
         let p = PublishedStatus {
             status: self.status.clone(),
             interface: self.config.interface.clone(),
@@ -633,14 +373,14 @@ impl Supervisor {
             intents_refused: self.intents_refused,
             now: boottime(),
         };
-        self.send_actuator(ToActuator::Publish(p))
+        ctx.send(ACTUATOR, &ToActuator::Publish(p));
     }
 
-    fn on_engine_message(&mut self, msg: FromEngine) -> Result<(), String> {
+    fn on_engine_message(&mut self, ctx: &mut Ctx<'_>, msg: FromEngine) -> Result<(), String> {
         match msg {
             FromEngine::Refused(reason) => self.drop_log.record(reason),
             FromEngine::Action(EngineAction::Transmit(frame)) => {
-                self.send_frame(RoleName::Network, &ToNetwork::Transmit(frame))?;
+                self.send_frame(ctx, NETWORK, &ToNetwork::Transmit(frame));
             }
             FromEngine::Action(EngineAction::ApplyLease { lease, valid_secs }) => {
                 log::info!(
@@ -651,31 +391,29 @@ impl Supervisor {
                     valid_secs
                 );
                 let address = lease.clone();
-                if self.forward_intent(ToActuator::Apply { lease, valid_secs })? {
+                if self.forward_intent(ctx, ToActuator::Apply { lease, valid_secs }) {
                     self.binding.apply_forwarded(&address);
-                    self.tell_network();
+                    self.tell_network(ctx);
                 }
             }
             FromEngine::Action(EngineAction::RemoveLease { lease }) => {
                 log::info!("removing {}/{}", lease.address, lease.prefix_len);
                 self.applied = false;
                 let address = lease.clone();
-                if self.forward_intent(ToActuator::Remove { lease })? {
+                if self.forward_intent(ctx, ToActuator::Remove { lease }) {
                     self.binding.remove_forwarded(&address);
-                    self.tell_network();
+                    self.tell_network(ctx);
                 }
             }
             FromEngine::Action(EngineAction::PersistLease(lease)) => {
                 self.lease = lease.clone();
-                self.forward_intent(ToActuator::Persist(lease))?;
+                self.forward_intent(ctx, ToActuator::Persist(lease));
             }
             FromEngine::Action(EngineAction::PublishStatus(status)) => {
                 if !forwardable(&status, &self.config.interface) {
                     // Only a misbehaving engine sends one (a real status is a
-                    // few hundred bytes): restart it; the send to the
-                    // actuator would fail and stop the whole service.
-                    self.engine_failed("published a status too large to forward");
-                    return Ok(());
+                    // few hundred bytes): the send to the actuator would fail.
+                    return Err("published a status too large to forward".into());
                 }
                 if status.state != self.status.state {
                     log::info!(
@@ -695,23 +433,43 @@ impl Supervisor {
                     );
                 }
                 self.status = status;
-                self.publish()?;
+                self.publish(ctx);
             }
         }
         Ok(())
     }
 
-    fn on_actuator_message(&mut self, msg: FromActuator) -> Result<(), String> {
+    fn on_network_message(&mut self, ctx: &mut Ctx<'_>, msg: FromNetwork) {
+        match msg {
+            FromNetwork::Frame {
+                data,
+                checksum_offloaded,
+            } => {
+                let event = ToEngine::Event(EngineEvent::Frame {
+                    data,
+                    checksum_offloaded,
+                });
+                self.send_frame(ctx, ENGINE, &event);
+            }
+            FromNetwork::Refused { reason } => {
+                self.frames_refused += 1;
+                log::warn!("network role refused a frame from the engine: {reason}");
+            }
+            FromNetwork::Capped { frames } => self.frames_refused += frames,
+        }
+    }
+
+    fn on_actuator_message(&mut self, ctx: &mut Ctx<'_>, msg: FromActuator) {
         match msg {
             FromActuator::LinkUp => {
                 log::info!("carrier up");
                 self.link_up = true;
-                self.send_engine(EngineEvent::LinkUp);
+                self.send_engine(ctx, EngineEvent::LinkUp);
             }
             FromActuator::LinkDown => {
                 log::info!("carrier down");
                 self.link_up = false;
-                self.send_engine(EngineEvent::LinkDown);
+                self.send_engine(ctx, EngineEvent::LinkDown);
             }
             FromActuator::Result { kind, outcome } => {
                 // Whose intent this answers; `None` for a publish.
@@ -736,253 +494,101 @@ impl Supervisor {
                 }
                 if kind == IntentKind::ApplyLease {
                     self.binding.apply_answered(ok);
-                    self.tell_network();
+                    self.tell_network(ctx);
                 }
                 match generation {
-                    None if self.publish_pending => self.publish()?,
+                    None if self.publish_pending => self.publish(ctx),
                     None => {}
-                    Some(g) if g == Some(self.engine_generation) => {
-                        self.send_engine(EngineEvent::IntentResult { kind, ok })
+                    Some(g) if g == Some(ctx.generation(ENGINE)) => {
+                        self.send_engine(ctx, EngineEvent::IntentResult { kind, ok })
                     }
                     // An answer to an engine that was restarted since.
                     Some(_) => {}
                 }
             }
         }
-        Ok(())
     }
+}
 
-    fn event_loop(&mut self, signals: &SignalPipe, deadline: Option<StdInstant>) -> ExitCode {
-        loop {
-            if let Some(d) = deadline {
-                if self.applied && self.outstanding() == 0 {
-                    log::info!("lease applied; exiting (--oneshot)");
-                    return ExitCode::SUCCESS;
-                }
-                if StdInstant::now() >= d {
-                    log::error!("no lease before the --oneshot timeout");
-                    return ExitCode::from(3);
-                }
+impl Service for Dhcp {
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String> {
+        match from {
+            ENGINE => self.on_engine_message(ctx, decode(msg)?),
+            NETWORK => {
+                self.on_network_message(ctx, decode(msg)?);
+                Ok(())
             }
-            if self.engine.is_none()
-                && let Some(at) = self.restart_at
-                && StdInstant::now() >= at
-            {
-                self.restart_at = None;
-                self.engine_restarts += 1;
-                if let Err(e) = self.start_engine() {
-                    log::error!("{e}");
-                    self.restart_at = Some(StdInstant::now() + self.restart_delay);
-                }
-            }
-            self.tell_network();
-            if self.last_publish.elapsed() >= REPUBLISH
-                && let Err(e) = self.publish()
-            {
-                log::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-            let mut timeout = REPUBLISH.saturating_sub(self.last_publish.elapsed());
-            if let Some(at) = self.restart_at {
-                timeout = timeout.min(at.saturating_duration_since(StdInstant::now()));
-            }
-            if let Some(d) = deadline {
-                timeout = timeout.min(d.saturating_duration_since(StdInstant::now()));
-            }
-            let timeout_ms = timeout.as_millis().min(60_000) as u64 + 1;
-            match self.round(Some(signals.read.as_fd()), timeout_ms) {
-                Ok(Progress { signal: true, .. }) => {
-                    let sig = signals.read();
-                    log::info!("signal {sig}: stopping");
-                    self.stop();
-                    return ExitCode::SUCCESS;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    log::error!("{e}");
-                    return ExitCode::FAILURE;
-                }
+            _ => {
+                self.on_actuator_message(ctx, decode(msg)?);
+                Ok(())
             }
         }
     }
 
-    /// One round of the event loop: wait up to `timeout_ms` for any role
-    /// (or `signal`), then send what the roles' sockets take, relay logs and
-    /// read at most [`BURST`] messages from each role. Nothing here blocks,
-    /// so a role that floods or stops reading can slow a round but never
-    /// hold the supervisor. An error stops the service.
-    fn round(&mut self, signal: Option<BorrowedFd<'_>>, timeout_ms: u64) -> Result<Progress, String> {
+    /// A new engine gets the lease last persisted, the carrier as it is now
+    /// and a fresh seed; the address stays meanwhile, and the engine
+    /// verifies it (INIT-REBOOT).
+    fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
+        debug_assert_eq!(role, ENGINE);
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+        let start = ToEngine::Start {
+            start: EngineStart {
+                config: self.engine_config.clone(),
+                stored: self.lease.clone(),
+                link_up: self.link_up,
+            },
+            seed,
+        };
+        Ok(RoleStart {
+            exe: None,
+            args: self.role_args(RoleName::Engine),
+            first: Some(mirage_ipc::encode(&start).map_err(|e| format!("starting the engine: {e}"))?),
+        })
+    }
+
+    fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
+        self.engine_restarts = ctx.restarts(ENGINE);
+    }
+
+    fn on_round(&mut self, ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
         // A binding state the network role could not take last round.
-        self.tell_network();
-        let mut fds: Vec<(BorrowedFd<'_>, bool)> = vec![
-            (self.network.chan.as_fd(), !self.network.outbox.is_empty()),
-            (self.network.log.as_fd(), false),
-            (self.actuator.chan.as_fd(), !self.actuator.outbox.is_empty()),
-            (self.actuator.log.as_fd(), false),
-        ];
-        if let Some(e) = &self.engine {
-            fds.push((e.chan.as_fd(), !e.outbox.is_empty()));
-            fds.push((e.log.as_fd(), false));
+        self.tell_network(ctx);
+        if self.last_publish.elapsed() >= REPUBLISH {
+            self.publish(ctx);
         }
-        if let Some(fd) = signal {
-            fds.push((fd, false));
+        let mut next = self.last_publish + REPUBLISH;
+        if let Some(d) = self.deadline {
+            next = next.min(d);
         }
-        let ready = wait(&fds, Some(timeout_ms)).map_err(|e| format!("poll: {e}"))?;
-        drop(fds);
-        let has_engine = self.engine.is_some();
-        let (engine_chan, engine_log) = if has_engine {
-            (ready[4].readable, ready[5].readable)
-        } else {
-            (false, false)
-        };
-        let progress = Progress {
-            signal: signal.is_some() && ready.last().is_some_and(|r| r.readable),
-            any: ready.iter().any(|r| r.readable),
-        };
-
-        self.network
-            .outbox
-            .flush(&self.network.chan)
-            .map_err(|e| format!("network: {e}"))?;
-        self.actuator
-            .outbox
-            .flush(&self.actuator.chan)
-            .map_err(|e| format!("actuator: {e}"))?;
-        if let Some(e) = &mut self.engine
-            && let Err(err) = e.outbox.flush(&e.chan)
-        {
-            self.engine_failed(&format!("send: {err}"));
-        }
-
-        if ready[1].readable && !self.network.relay_logs() {
-            return Err("the network role exited".into());
-        }
-        if ready[3].readable && !self.actuator.relay_logs() {
-            return Err("the actuator role exited".into());
-        }
-        let engine_exited = engine_log && !self.engine.as_mut().is_some_and(|e| e.relay_logs());
-
-        let mut readable = ready[0].readable;
-        for _ in 0..BURST {
-            if !readable {
-                break;
-            }
-            match self.network.chan.recv::<FromNetwork>() {
-                Ok(Some(FromNetwork::Frame {
-                    data,
-                    checksum_offloaded,
-                })) => {
-                    let event = ToEngine::Event(EngineEvent::Frame {
-                        data,
-                        checksum_offloaded,
-                    });
-                    if let Err(e) = self.send_frame(RoleName::Engine, &event) {
-                        self.engine_failed(&format!("send: {e}"));
-                    }
-                }
-                Ok(Some(FromNetwork::Refused { reason })) => {
-                    self.frames_refused += 1;
-                    log::warn!("network role refused a frame from the engine: {reason}");
-                }
-                Ok(Some(FromNetwork::Capped { frames })) => {
-                    self.frames_refused += frames;
-                }
-                Ok(None) => return Err("the network role closed its channel".into()),
-                Err(e) => return Err(format!("bad message from the network role: {e}")),
-            }
-            readable = more(&self.network.chan)?;
-        }
-
-        let mut readable = ready[2].readable;
-        for _ in 0..BURST {
-            if !readable {
-                break;
-            }
-            match self.actuator.chan.recv::<FromActuator>() {
-                Ok(Some(msg)) => self.on_actuator_message(msg)?,
-                Ok(None) => return Err("the actuator role closed its channel".into()),
-                Err(e) => return Err(format!("bad message from the actuator role: {e}")),
-            }
-            readable = more(&self.actuator.chan)?;
-        }
-
-        // An engine that exited may have sent its last intents (a lease to
-        // persist) just before: read everything it left before acting on
-        // its exit.
-        let budget = if engine_exited { DRAIN_MAX } else { BURST };
-        let mut readable = engine_chan || engine_exited;
-        for _ in 0..budget {
-            if !readable {
-                break;
-            }
-            let Some(e) = &self.engine else { break };
-            match e.chan.recv::<FromEngine>() {
-                Ok(Some(msg)) => self.on_engine_message(msg)?,
-                Ok(None) => self.engine_failed("closed its channel"),
-                Err(e) => self.engine_failed(&format!("sent a bad message: {e}")),
-            }
-            readable = match &self.engine {
-                Some(e) => more(&e.chan)?,
-                None => false,
-            };
-        }
-        if engine_exited {
-            self.engine_failed("exited");
-        }
-        Ok(progress)
+        Ok(Some(next))
     }
 
-    /// SIGTERM/SIGINT: let the engine release (if configured) and finish its
-    /// last intents, within a grace period that nothing can extend: every
-    /// round is bounded and nothing in it blocks.
-    fn stop(&mut self) {
-        self.send_engine(EngineEvent::Stop { force_release: false });
-        let until = StdInstant::now() + STOP_GRACE;
-        while StdInstant::now() < until {
-            let left = until.saturating_duration_since(StdInstant::now()).as_millis() as u64;
-            match self.round(None, left.clamp(1, 200)) {
-                Ok(p) => {
-                    let queued = !self.actuator.outbox.is_empty() || !self.network.outbox.is_empty();
-                    if !p.any && !queued && self.outstanding() == 0 {
-                        break;
-                    }
-                    if self.engine.is_none() && self.outstanding() == 0 && !queued {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    log::error!("{e}");
-                    break;
-                }
-            }
-        }
+    fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
+        self.stopping = true;
+        self.send_engine(ctx, EngineEvent::Stop { force_release: false });
     }
 
-    fn shutdown(&mut self) {
-        if let Some(mut e) = self.engine.take() {
-            e.kill();
+    fn stop_done(&self) -> bool {
+        self.outstanding() == 0
+    }
+
+    fn finished(&self) -> Option<ExitCode> {
+        let deadline = self.deadline?;
+        if self.applied && self.outstanding() == 0 {
+            log::info!("lease applied; exiting (--oneshot)");
+            return Some(ExitCode::SUCCESS);
         }
-        self.network.kill();
-        self.actuator.kill();
-        while self.network.relay_logs() {}
-        while self.actuator.relay_logs() {}
+        if StdInstant::now() >= deadline {
+            log::error!("no lease before the --oneshot timeout");
+            return Some(ExitCode::from(3));
+        }
+        None
     }
 }
 
-/// What one [`Supervisor::round`] saw.
-#[derive(Clone, Copy, Debug)]
-struct Progress {
-    /// The signal pipe was readable.
-    signal: bool,
-    /// Anything was readable.
-    any: bool,
-}
-
-/// Whether another message waits on `chan` (a zero-timeout poll).
-fn more(chan: &Channel) -> Result<bool, String> {
-    wait_readable(&[chan.as_fd()], Some(0))
-        .map(|r| r[0])
-        .map_err(|e| format!("poll: {e}"))
+fn decode<T: serde::de::DeserializeOwned>(msg: &[u8]) -> Result<T, String> {
+    mirage_ipc::decode(msg).map_err(|e| e.to_string())
 }
 
 /// resolv.conf as the actuator gets it: the directory that really holds it
@@ -1206,38 +812,12 @@ fn forwardable(status: &Status, interface: &str) -> bool {
     mirage_ipc::encode(&ToActuator::Publish(worst)).is_ok()
 }
 
-/// SIGTERM, SIGINT and SIGHUP turned into a readable pipe for poll.
-struct SignalPipe {
-    read: std::os::unix::net::UnixStream,
-}
-
-impl SignalPipe {
-    fn new() -> Result<Self, String> {
-        let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
-        read.set_nonblocking(true).map_err(|e| e.to_string())?;
-        write.set_nonblocking(true).map_err(|e| e.to_string())?;
-        for sig in [
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGHUP,
-        ] {
-            let w = OwnedFd::from(write.try_clone().map_err(|e| e.to_string())?);
-            signal_hook::low_level::pipe::register_raw(sig, w).map_err(|e| e.to_string())?;
-        }
-        Ok(SignalPipe { read })
-    }
-
-    fn read(&self) -> String {
-        let mut buf = [0u8; 16];
-        let _ = (&self.read).read(&mut buf);
-        "received".into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{FileConfig, Overrides};
+    use mirage_sdk::channel::Channel;
+    use mirage_sdk::runtime::Role;
     use std::io::Write as _;
 
     /// A stand-in role: a real child process (`sh -c script`) whose stderr
@@ -1254,15 +834,15 @@ mod tests {
         let log = child.stderr.take().expect("piped stderr");
         let (ours, theirs) = Channel::pair().expect("socketpair");
         (
-            Role::new(name, child.into(), ours, log, StdInstant::now()),
+            Role::new(name.as_str(), child.into(), ours, log, StdInstant::now()),
             theirs,
         )
     }
 
-    /// A supervisor over three stand-in roles, and their far ends (engine,
-    /// network, actuator). Restarts are scheduled but never due during a
-    /// test: a restart would re-execute the test binary as a role.
-    fn supervisor_with_stand_ins() -> (Supervisor, [Channel; 3]) {
+    /// The DHCP service over three stand-in roles, and their far ends
+    /// (engine, network, actuator). Restarts are scheduled but never due
+    /// during a test: a restart would re-execute the test binary as a role.
+    fn dhcp_with_stand_ins() -> (Runtime<Dhcp>, [Channel; 3]) {
         let config = Config::resolve(
             Path::new("config.toml"),
             FileConfig::default(),
@@ -1276,39 +856,37 @@ mod tests {
         let (engine, e) = stand_in(RoleName::Engine, "exec sleep 60");
         let (network, n) = stand_in(RoleName::Network, "exec sleep 60");
         let (actuator, a) = stand_in(RoleName::Actuator, "exec sleep 60");
-        let mut sup = Supervisor::new(
+        let dhcp = Dhcp::new(
             config,
             log::LevelFilter::Info,
             (1, mac),
             EngineConfig::new(mac, ClientIdKind::Mac),
-            [engine, network, actuator],
             None,
             true,
         );
-        sup.restart_delay = Duration::from_secs(3600);
-        (sup, [e, n, a])
+        let mut rt = Runtime::new(dhcp, vec![engine.restartable(), network, actuator]);
+        rt.set_restart_delay(Duration::from_secs(3600));
+        (rt, [e, n, a])
     }
 
-    /// Runs the event loop on a thread, sends it a signal after `after`,
-    /// and returns the supervisor once the loop has returned; fails if it
-    /// did not return within its stop grace plus a margin for slow machines.
-    fn stop_after(mut sup: Supervisor, after: Duration) -> Supervisor {
-        let (read, write) = std::os::unix::net::UnixStream::pair().unwrap();
-        read.set_nonblocking(true).unwrap();
-        let signals = SignalPipe { read };
+    /// Runs the runtime on a thread, raises the stop signal after `after`,
+    /// and returns it once it has returned; fails if it did not return
+    /// within its stop grace plus a margin for slow machines.
+    fn stop_after(mut rt: Runtime<Dhcp>, after: Duration) -> Runtime<Dhcp> {
+        let signals = SignalPipe::for_test().unwrap();
+        let mut raise = signals.raiser().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let code = sup.event_loop(&signals, None);
-            let _ = tx.send((code, sup));
+            let code = rt.run(&signals);
+            let _ = tx.send((code, rt));
         });
         std::thread::sleep(after);
-        (&write).write_all(b"T").unwrap();
-        let (code, mut sup) = rx
-            .recv_timeout(STOP_GRACE + Duration::from_secs(10))
+        raise.write_all(b"T").unwrap();
+        let (code, rt) = rx
+            .recv_timeout(mirage_sdk::runtime::STOP_GRACE + Duration::from_secs(10))
             .expect("the supervisor did not honour the signal: it is blocked");
         assert_eq!(code, ExitCode::SUCCESS);
-        sup.shutdown();
-        sup
+        rt
     }
 
     fn apply() -> FromEngine {
@@ -1335,7 +913,7 @@ mod tests {
 
     #[test]
     fn an_engine_flooding_intents_is_restarted_and_signals_still_work() {
-        let (sup, [engine, _network, actuator]) = supervisor_with_stand_ins();
+        let (rt, [engine, _network, actuator]) = dhcp_with_stand_ins();
         // The engine sends intents as fast as the supervisor takes them.
         std::thread::spawn(move || while engine.send(&apply()).is_ok() {});
         // The actuator answers every request, sending each answer before it
@@ -1359,20 +937,20 @@ mod tests {
                 count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        let sup = stop_after(sup, Duration::from_millis(500));
-        assert!(sup.engine.is_none(), "the flooding engine was not stopped");
-        assert!(sup.restart_at.is_some(), "no restart was scheduled");
-        assert!(sup.intents_refused >= 1);
+        let rt = stop_after(rt, Duration::from_millis(500));
+        assert!(!rt.is_up(ENGINE), "the flooding engine was not stopped");
+        assert!(rt.restart_at(ENGINE).is_some(), "no restart was scheduled");
+        assert!(rt.service.intents_refused >= 1);
         let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
-            answered <= (MAX_ENGINE_INTENTS + OUTBOX_MAX) as u64 + 8,
+            answered <= (MAX_ENGINE_INTENTS + mirage_sdk::runtime::OUTBOX_MAX) as u64 + 8,
             "{answered} intents reached the actuator: the cap did not hold"
         );
     }
 
     #[test]
     fn an_engine_that_stops_reading_is_restarted_and_signals_still_work() {
-        let (sup, [engine, _network, actuator]) = supervisor_with_stand_ins();
+        let (rt, [engine, _network, actuator]) = dhcp_with_stand_ins();
         // The engine never reads; the actuator reports carrier changes
         // without pause, each of which the supervisor hands to the engine.
         std::thread::spawn(move || {
@@ -1389,18 +967,15 @@ mod tests {
                 }
             }
         });
-        let sup = stop_after(sup, Duration::from_millis(500));
+        let rt = stop_after(rt, Duration::from_millis(500));
         drop(engine);
-        assert!(
-            sup.engine.is_none(),
-            "the engine that does not read was not stopped"
-        );
-        assert!(sup.restart_at.is_some(), "no restart was scheduled");
+        assert!(!rt.is_up(ENGINE), "the engine that does not read was not stopped");
+        assert!(rt.restart_at(ENGINE).is_some(), "no restart was scheduled");
     }
 
     #[test]
     fn an_actuator_that_stops_reading_never_wedges_the_supervisor() {
-        let (mut sup, [engine, _network, actuator]) = supervisor_with_stand_ins();
+        let (mut rt, [engine, _network, actuator]) = dhcp_with_stand_ins();
         // Under the intent cap, but the actuator never answers or reads.
         std::thread::spawn(move || {
             for _ in 0..MAX_ENGINE_INTENTS - 1 {
@@ -1408,65 +983,16 @@ mod tests {
             }
             std::thread::sleep(Duration::from_secs(30));
         });
-        for _ in 0..OUTBOX_MAX * 4 {
-            let _ = sup.publish();
+        for _ in 0..mirage_sdk::runtime::OUTBOX_MAX * 4 {
+            rt.with_ctx(|dhcp, ctx| dhcp.publish(ctx));
         }
         // Publishes beyond those in flight are coalesced, never queued.
-        assert_eq!(sup.publishes_in_flight, MAX_PUBLISHES_IN_FLIGHT);
-        let sup = stop_after(sup, Duration::from_millis(300));
-        assert!(sup.outstanding() <= MAX_ENGINE_INTENTS + MAX_PUBLISHES_IN_FLIGHT as usize);
+        assert_eq!(rt.service.publishes_in_flight, MAX_PUBLISHES_IN_FLIGHT);
+        let rt = stop_after(rt, Duration::from_millis(300));
+        assert!(rt.service.outstanding() <= MAX_ENGINE_INTENTS + MAX_PUBLISHES_IN_FLIGHT as usize);
         drop(actuator);
     }
 
-    #[test]
-    fn a_role_flooding_its_log_is_relayed_at_a_bounded_rate() {
-        let (mut role, _chan) = stand_in(RoleName::Engine, "exec yes 'INFO flood' >&2");
-        let start = StdInstant::now();
-        let (mut relayed, mut summaries) = (0u64, 0u64);
-        while start.elapsed() < Duration::from_millis(1500) {
-            assert!(role.relay_logs_to(&mut |line| {
-                if line.contains("not relayed (rate limit)") {
-                    summaries += 1;
-                } else {
-                    assert_eq!(line, "[engine] INFO flood");
-                    relayed += 1;
-                }
-            }));
-        }
-        let secs = start.elapsed().as_secs() + 1;
-        let bound = u64::from(LineLimiter::ROLE_BURST) + secs * u64::from(LineLimiter::ROLE_PER_SECOND);
-        assert!(relayed <= bound, "{relayed} lines relayed (bound {bound})");
-        assert!(relayed >= u64::from(LineLimiter::ROLE_BURST), "{relayed}");
-        assert!(summaries >= 1 && summaries <= secs, "{summaries} summary lines");
-        role.kill();
-    }
-
-    #[test]
-    fn stopping_a_live_role_that_keeps_its_stderr_open_returns() {
-        // A misbehaving engine is still alive when it is stopped; reading
-        // its stderr to the end before killing it would wait for ever.
-        let mut child = std::process::Command::new("sleep")
-            .arg("60")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("sleep(1) runs");
-        let log = child.stderr.take().expect("piped stderr");
-        let chan = Channel::pair().expect("socketpair").0;
-        let mut role = Role::new(RoleName::Engine, child.into(), chan, log, StdInstant::now());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            role.kill_and_drain();
-            let _ = tx.send(role.child.try_wait().map(|s| s.is_some()));
-        });
-        let reaped = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("stopping the role blocked on its log pipe");
-        assert!(matches!(reaped, Ok(true)), "the role was not killed and reaped");
-    }
-
-    /// A config whose directories and resolv.conf are under `dir`.
     fn config_in(dir: &Path, resolv: &str) -> Config {
         let o = crate::config::Overrides {
             interface: Some("eth0".into()),

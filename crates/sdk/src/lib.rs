@@ -24,5 +24,6 @@ pub mod files;
 pub mod log;
 pub mod netlink;
 pub mod packet;
+pub mod runtime;
 pub mod sandbox;
 pub mod spawn;

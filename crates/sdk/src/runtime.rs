@@ -1,0 +1,730 @@
+//! The service runtime: the supervisor loop every MirageSDK service runs.
+//!
+//! A service starts its roles from [`RoleSpec`]s (name, command line, the
+//! descriptors it gets, its first message, whether it may be restarted) and
+//! hands them to a [`Runtime`] with its [`Service`]: typed routing handlers
+//! and its policy. The runtime does the rest, the same for every service:
+//! - a role's messages are read in bounded bursts, every role each round, so
+//!   none can starve another or the signal pipe;
+//! - nothing is ever sent with a blocking call: lossy traffic (frames) is
+//!   dropped when a role's socket is full, everything else waits in a
+//!   bounded [`Outbox`], and a role that leaves it full does not read;
+//! - role logs are relayed under the role's name, rate-limited
+//!   ([`LineLimiter`]);
+//! - a role that exits, closes its channel, sends what its service refuses or
+//!   stops reading is at fault: a restartable one (the engine) is killed and
+//!   started again with back-off, after what it left in its channel was
+//!   handled (nothing it sent before dying is lost); any other ends the
+//!   service;
+//! - SIGTERM/SIGINT/SIGHUP start the service's orderly stop, which ends
+//!   within the stop grace whatever the roles do.
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{ChildStderr, ExitCode};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::channel::{Channel, Outbox, OutboxError, wait, wait_readable};
+use crate::log::{LineLimiter, LineVerdict};
+use crate::spawn::{PendingRole, RoleProcess};
+
+/// A role's index in the list given to [`Runtime::new`].
+pub type RoleId = usize;
+
+/// Messages read from one role in one round.
+pub const BURST: usize = 64;
+/// Messages for one role that its socket could not take yet; a role that
+/// leaves this many unread does not read its channel.
+pub const OUTBOX_MAX: usize = 64;
+/// Messages a dead role may still have left in its channel, read after it
+/// exited and before its exit is acted on.
+pub const DRAIN_MAX: usize = 1024;
+/// Restart back-off: doubles from the first value to the cap, and resets
+/// once a role has lived for `STABLE`.
+const RESTART_FIRST: Duration = Duration::from_millis(200);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+const STABLE: Duration = Duration::from_secs(60);
+/// How long a stop waits for the service's last work (a release, the last
+/// intents), whatever the roles do.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What happens when a role ends or misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// The service ends (with failure): nothing could replace the role (it
+    /// holds descriptors only the privileged start could open).
+    Never,
+    /// Killed and started again with back-off ([`Service::restart`] says
+    /// how): the role that faces hostile input.
+    WithBackoff,
+}
+
+/// How to start one role.
+pub struct RoleSpec<'a> {
+    /// Its name in logs (`[engine] ...`) and errors.
+    pub name: &'static str,
+    /// What to execute: `None` re-executes this binary (`/proc/self/exe`).
+    pub exe: Option<PathBuf>,
+    /// The command line after the executable's name.
+    pub args: Vec<String>,
+    /// Descriptors the role gets at 4, 5, ... (its channel is 3).
+    pub fds: Vec<BorrowedFd<'a>>,
+    /// Encoded first message, waiting in its channel when it starts.
+    pub first: Option<Vec<u8>>,
+    pub restart: Restart,
+}
+
+impl RoleSpec<'_> {
+    /// Start the role without waiting for its exec (roles start side by
+    /// side); [`StartingRole::finish`] confirms it.
+    pub fn start(&self) -> Result<StartingRole, String> {
+        let (ours, theirs) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let mut fds = vec![theirs.as_fd()];
+        fds.extend_from_slice(&self.fds);
+        let pending = crate::spawn::start(self.exe.as_deref(), &self.args, &fds)
+            .map_err(|e| format!("starting the {} role: {e}", self.name))?;
+        // Our copy of the role's end closes here; the role holds the only one.
+        drop(theirs);
+        if let Some(first) = &self.first {
+            // A fresh socket takes one message of at most the cap.
+            ours.send_raw(first)
+                .map_err(|e| format!("starting the {} role: {e}", self.name))?;
+        }
+        Ok(StartingRole {
+            name: self.name,
+            restart: self.restart,
+            pending,
+            chan: ours,
+            started: Instant::now(),
+        })
+    }
+}
+
+/// A role whose process exists but whose exec is not confirmed yet.
+pub struct StartingRole {
+    name: &'static str,
+    restart: Restart,
+    pending: PendingRole,
+    chan: Channel,
+    started: Instant,
+}
+
+impl StartingRole {
+    /// Wait until the role runs its binary, or say why it could not.
+    pub fn finish(self) -> Result<Role, String> {
+        let child = self
+            .pending
+            .finish()
+            .map_err(|e| format!("starting the {} role: {e}", self.name))?;
+        let (child, log) = child.into_parts();
+        let mut role = Role::new(self.name, child, self.chan, log, self.started);
+        role.restart = self.restart;
+        Ok(role)
+    }
+}
+
+/// A running role: its process, channel, outbox and log pipe.
+pub struct Role {
+    name: &'static str,
+    restart: Restart,
+    child: RoleProcess,
+    chan: Channel,
+    outbox: Outbox,
+    log: ChildStderr,
+    log_buf: Vec<u8>,
+    log_limit: LineLimiter,
+    started: Instant,
+}
+
+impl Role {
+    /// A role from its parts (tests build stand-in roles this way).
+    pub fn new(
+        name: &'static str,
+        child: RoleProcess,
+        chan: Channel,
+        log: ChildStderr,
+        started: Instant,
+    ) -> Role {
+        Role {
+            name,
+            restart: Restart::Never,
+            child,
+            chan,
+            outbox: Outbox::new(OUTBOX_MAX),
+            log,
+            log_buf: Vec::new(),
+            log_limit: LineLimiter::new(
+                LineLimiter::ROLE_PER_SECOND,
+                LineLimiter::ROLE_BURST,
+                Instant::now(),
+            ),
+            started,
+        }
+    }
+
+    /// The same role, restarted with back-off when it fails.
+    pub fn restartable(mut self) -> Role {
+        self.restart = Restart::WithBackoff;
+        self
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Relay complete lines from the role's stderr, rate-limited; `false`
+    /// at EOF.
+    fn relay_logs(&mut self) -> bool {
+        self.relay_logs_to(&mut |line| eprintln!("{line}"))
+    }
+
+    /// [`Role::relay_logs`] into `out` (tests read what would be logged).
+    pub fn relay_logs_to(&mut self, out: &mut dyn FnMut(&str)) -> bool {
+        let mut buf = [0u8; 4096];
+        let n = match self.log.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let n = self.log_limit.take_suppressed();
+                if n > 0 {
+                    out(&format!(
+                        "[{}] {n} more log lines not relayed (rate limit)",
+                        self.name
+                    ));
+                }
+                return false;
+            }
+            Ok(n) => n,
+        };
+        self.log_buf.extend_from_slice(&buf[..n]);
+        while let Some(pos) = self.log_buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.log_buf.drain(..=pos).collect();
+            self.relay_line(&line[..line.len() - 1], out);
+        }
+        if self.log_buf.len() > crate::log::MAX_RELAYED_LINE {
+            let line: Vec<u8> = std::mem::take(&mut self.log_buf);
+            self.relay_line(&line, out);
+        }
+        true
+    }
+
+    fn relay_line(&mut self, line: &[u8], out: &mut dyn FnMut(&str)) {
+        let name = self.name;
+        match self.log_limit.check(Instant::now()) {
+            LineVerdict::Drop => {}
+            LineVerdict::Relay => out(&crate::log::relay_line(name, line)),
+            LineVerdict::RelayAfter(n) => {
+                out(&format!("[{name}] {n} log lines not relayed (rate limit)"));
+                out(&crate::log::relay_line(name, line));
+            }
+        }
+    }
+
+    /// Kill the role and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kill the role, then relay what it logged until its stderr ends. In
+    /// this order: a live role (one that misbehaved and keeps its stderr
+    /// open) would otherwise block the supervisor in the read forever.
+    pub fn kill_and_drain(&mut self) {
+        self.kill();
+        while self.relay_logs() {}
+    }
+}
+
+/// How a restarted role starts this time.
+pub struct RoleStart {
+    pub exe: Option<PathBuf>,
+    pub args: Vec<String>,
+    /// Encoded first message (a fresh seed, the state to resume from...).
+    pub first: Option<Vec<u8>>,
+}
+
+/// What a service supplies: its routing and policy. Every method gets a
+/// [`Ctx`] to send to roles and to report a role at fault.
+pub trait Service {
+    /// One message from role `from`, still encoded (the service decodes it
+    /// as that role's type). `Err` puts `from` at fault.
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String>;
+
+    /// How to start `role` again (only asked for [`Restart::WithBackoff`]
+    /// roles). An `Err` is retried after the next back-off.
+    fn restart(&mut self, role: RoleId) -> Result<RoleStart, String>;
+
+    /// `role` went down (it exited or was killed for a fault), after all it
+    /// left in its channel was handled.
+    fn on_role_down(&mut self, _ctx: &mut Ctx<'_>, _role: RoleId) {}
+
+    /// `role` runs again after a restart; the role's first message is in
+    /// its channel already.
+    fn on_role_up(&mut self, _ctx: &mut Ctx<'_>, _role: RoleId) {}
+
+    /// Called once a round (after every wake-up): timers of the service.
+    /// Returns when it wants the next call at the latest. `Err` ends the
+    /// service.
+    fn on_round(&mut self, _ctx: &mut Ctx<'_>) -> Result<Option<Instant>, String> {
+        Ok(None)
+    }
+
+    /// A stop was asked for (SIGTERM, SIGINT, SIGHUP): begin the service's
+    /// orderly end (a release, the last intents).
+    fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {}
+
+    /// During a stop: nothing the service waits for is left.
+    fn stop_done(&self) -> bool {
+        true
+    }
+
+    /// The service is done and exits with this code (a one-shot run).
+    fn finished(&self) -> Option<ExitCode> {
+        None
+    }
+}
+
+struct Slot {
+    name: &'static str,
+    restart: Restart,
+    role: Option<Role>,
+    generation: u64,
+    restarts: u32,
+    restart_delay: Duration,
+    restart_at: Option<Instant>,
+}
+
+/// A service's view of its roles while it handles something.
+pub struct Ctx<'a> {
+    slots: &'a mut [Slot],
+    faults: &'a mut Vec<(RoleId, String)>,
+}
+
+impl Ctx<'_> {
+    /// Queue `msg` for `to` (sent now if its socket takes it). Never blocks;
+    /// a role that leaves [`OUTBOX_MAX`] messages unread is at fault. A
+    /// message to a role that is down is dropped (a restarted role starts
+    /// from its first message).
+    pub fn send<T: Serialize>(&mut self, to: RoleId, msg: &T) {
+        let Some(role) = self.slots[to].role.as_mut() else {
+            return;
+        };
+        if let Err(e) = role.outbox.push(&role.chan, msg) {
+            let why = match e {
+                OutboxError::Full => "does not read its channel".to_string(),
+                OutboxError::Channel(e) => format!("send: {e}"),
+            };
+            self.fault(to, why);
+        }
+    }
+
+    /// Send `msg` to `to` only if its socket takes it now and nothing is
+    /// queued before it; `false` when it was dropped (frames: the protocols
+    /// retransmit) or the role is down.
+    pub fn send_lossy<T: Serialize>(&mut self, to: RoleId, msg: &T) -> bool {
+        let Some(role) = self.slots[to].role.as_mut() else {
+            return false;
+        };
+        if !role.outbox.is_empty() {
+            return false;
+        }
+        match role.chan.try_send(msg) {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.fault(to, format!("send: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Put `role` at fault: it is killed, and restarted or the service ends,
+    /// once the current handler returns.
+    pub fn fault(&mut self, role: RoleId, why: impl Into<String>) {
+        self.faults.push((role, why.into()));
+    }
+
+    /// Whether `role` runs (and is not already at fault).
+    pub fn is_up(&self, role: RoleId) -> bool {
+        self.slots[role].role.is_some() && !self.faults.iter().any(|(r, _)| *r == role)
+    }
+
+    /// Counts the starts of `role`: messages sent to an earlier generation
+    /// are not answered to a later one.
+    pub fn generation(&self, role: RoleId) -> u64 {
+        self.slots[role].generation
+    }
+
+    /// Times `role` was restarted.
+    pub fn restarts(&self, role: RoleId) -> u32 {
+        self.slots[role].restarts
+    }
+
+    /// The name `role` was started with.
+    pub fn name(&self, role: RoleId) -> &'static str {
+        self.slots[role].name
+    }
+}
+
+/// The supervisor loop of one service.
+pub struct Runtime<S: Service> {
+    pub service: S,
+    slots: Vec<Slot>,
+    faults: Vec<(RoleId, String)>,
+    /// Why the service must end (a role that may not be restarted failed).
+    fatal: Option<String>,
+}
+
+impl<S: Service> Runtime<S> {
+    /// A runtime over running roles, in the order of their [`RoleId`]s.
+    pub fn new(service: S, roles: Vec<Role>) -> Self {
+        let slots = roles
+            .into_iter()
+            .map(|role| Slot {
+                name: role.name,
+                restart: role.restart,
+                role: Some(role),
+                generation: 0,
+                restarts: 0,
+                restart_delay: RESTART_FIRST,
+                restart_at: None,
+            })
+            .collect();
+        Runtime {
+            service,
+            slots,
+            faults: Vec::new(),
+            fatal: None,
+        }
+    }
+
+    /// Run until a signal on `signals` (and the orderly stop after it), the
+    /// service's end, or a fatal fault. Kills every role before returning.
+    pub fn run(&mut self, signals: &SignalPipe) -> ExitCode {
+        let code = self.event_loop(signals);
+        self.shutdown();
+        code
+    }
+
+    fn event_loop(&mut self, signals: &SignalPipe) -> ExitCode {
+        loop {
+            if let Some(code) = self.service.finished() {
+                return code;
+            }
+            self.restart_due();
+            let next = match self.with_ctx(|s, ctx| s.on_round(ctx)) {
+                Ok(next) => next,
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Some(why) = self.fatal.take() {
+                log::error!("{why}");
+                return ExitCode::FAILURE;
+            }
+            let now = Instant::now();
+            let mut until = now + Duration::from_secs(60);
+            for at in self.slots.iter().filter_map(|s| s.restart_at).chain(next) {
+                until = until.min(at);
+            }
+            let timeout_ms = until.saturating_duration_since(now).as_millis() as u64 + 1;
+            match self.round(Some(signals.read.as_fd()), timeout_ms) {
+                Ok(p) if p.signal => {
+                    log::info!("signal {}: stopping", signals.take());
+                    self.stop();
+                    return ExitCode::SUCCESS;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+
+    /// Run `f` on the service with a [`Ctx`], then act on the faults it
+    /// reported (the runtime's own way in; tests use it to drive a service).
+    pub fn with_ctx<T>(&mut self, f: impl FnOnce(&mut S, &mut Ctx<'_>) -> T) -> T {
+        let mut ctx = Ctx {
+            slots: &mut self.slots,
+            faults: &mut self.faults,
+        };
+        let out = f(&mut self.service, &mut ctx);
+        self.act_on_faults();
+        out
+    }
+
+    fn act_on_faults(&mut self) {
+        while let Some((id, why)) = self.faults.pop() {
+            let slot = &mut self.slots[id];
+            let Some(mut role) = slot.role.take() else {
+                continue;
+            };
+            role.kill_and_drain();
+            match slot.restart {
+                Restart::Never => {
+                    self.fatal
+                        .get_or_insert_with(|| format!("the {} role stopped ({why})", slot.name));
+                }
+                Restart::WithBackoff => {
+                    if role.started.elapsed() >= STABLE {
+                        slot.restart_delay = RESTART_FIRST;
+                    }
+                    log::error!(
+                        "{} stopped ({why}); restarting in {:?}",
+                        slot.name,
+                        slot.restart_delay
+                    );
+                    slot.restart_at = Some(Instant::now() + slot.restart_delay);
+                    slot.restart_delay = (slot.restart_delay * 2).min(RESTART_MAX);
+                }
+            }
+            let mut ctx = Ctx {
+                slots: &mut self.slots,
+                faults: &mut self.faults,
+            };
+            self.service.on_role_down(&mut ctx, id);
+        }
+    }
+
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        for id in 0..self.slots.len() {
+            let slot = &self.slots[id];
+            if slot.role.is_some() || slot.restart_at.is_none_or(|at| now < at) {
+                continue;
+            }
+            let name = slot.name;
+            let started = self.service.restart(id).and_then(|start| {
+                RoleSpec {
+                    name,
+                    exe: start.exe,
+                    args: start.args,
+                    fds: Vec::new(),
+                    first: start.first,
+                    restart: Restart::WithBackoff,
+                }
+                .start()?
+                .finish()
+            });
+            let slot = &mut self.slots[id];
+            match started {
+                Ok(role) => {
+                    slot.role = Some(role);
+                    slot.restart_at = None;
+                    slot.generation += 1;
+                    slot.restarts += 1;
+                    self.with_ctx(|s, ctx| s.on_role_up(ctx, id));
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    slot.restart_at = Some(now + slot.restart_delay);
+                    slot.restart_delay = (slot.restart_delay * 2).min(RESTART_MAX);
+                }
+            }
+        }
+    }
+
+    /// One round: wait up to `timeout_ms` for any role (or `signal`), then
+    /// send what the roles' sockets take, relay logs and read at most
+    /// [`BURST`] messages from each role. Nothing here blocks, so a role
+    /// that floods or stops reading can slow a round but never hold it.
+    fn round(&mut self, signal: Option<BorrowedFd<'_>>, timeout_ms: u64) -> Result<Progress, String> {
+        // (slot, is log) for each polled fd, the signal last.
+        let mut who: Vec<(RoleId, bool)> = Vec::new();
+        let mut fds: Vec<(BorrowedFd<'_>, bool)> = Vec::new();
+        for (id, slot) in self.slots.iter().enumerate() {
+            if let Some(r) = &slot.role {
+                fds.push((r.chan.as_fd(), !r.outbox.is_empty()));
+                who.push((id, false));
+                fds.push((r.log.as_fd(), false));
+                who.push((id, true));
+            }
+        }
+        if let Some(fd) = signal {
+            fds.push((fd, false));
+        }
+        let ready = wait(&fds, Some(timeout_ms)).map_err(|e| format!("poll: {e}"))?;
+        drop(fds);
+        let progress = Progress {
+            signal: signal.is_some() && ready.last().is_some_and(|r| r.readable),
+            any: ready.iter().any(|r| r.readable),
+        };
+        let mut chan_ready = vec![false; self.slots.len()];
+        let mut log_ready = vec![false; self.slots.len()];
+        for (&(id, is_log), r) in who.iter().zip(&ready) {
+            if is_log {
+                log_ready[id] = r.readable;
+            } else {
+                chan_ready[id] = r.readable;
+            }
+        }
+
+        for id in 0..self.slots.len() {
+            if let Some(r) = &mut self.slots[id].role
+                && let Err(e) = r.outbox.flush(&r.chan)
+            {
+                self.faults.push((id, format!("send: {e}")));
+            }
+        }
+        self.act_on_faults();
+
+        let mut buf = vec![0u8; mirage_ipc::MAX_MESSAGE_LEN];
+        for id in 0..self.slots.len() {
+            let exited = log_ready[id] && !self.slots[id].role.as_mut().is_some_and(|r| r.relay_logs());
+            // A role that exited may have sent its last messages (a lease
+            // to persist) just before: read all it left, then act.
+            let budget = if exited { DRAIN_MAX } else { BURST };
+            let mut readable = chan_ready[id] || exited;
+            for _ in 0..budget {
+                if !readable {
+                    break;
+                }
+                let Some(role) = &self.slots[id].role else { break };
+                match role.chan.recv_into(&mut buf) {
+                    Ok(Some(n)) => {
+                        let res = self.with_ctx(|s, ctx| s.on_message(ctx, id, &buf[..n]));
+                        if let Err(why) = res {
+                            self.faults.push((id, format!("sent a bad message: {why}")));
+                            self.act_on_faults();
+                        }
+                    }
+                    Ok(None) => {
+                        self.faults.push((id, "closed its channel".into()));
+                        self.act_on_faults();
+                    }
+                    Err(e) => {
+                        self.faults.push((id, format!("sent a bad message: {e}")));
+                        self.act_on_faults();
+                    }
+                }
+                readable = match &self.slots[id].role {
+                    Some(r) => {
+                        wait_readable(&[r.chan.as_fd()], Some(0)).map_err(|e| format!("poll: {e}"))?[0]
+                    }
+                    None => false,
+                };
+            }
+            if exited && self.slots[id].role.is_some() {
+                self.faults.push((id, "exited".into()));
+                self.act_on_faults();
+            }
+        }
+        if let Some(why) = self.fatal.take() {
+            return Err(why);
+        }
+        Ok(progress)
+    }
+
+    /// The orderly stop: the service says what to do, then rounds run until
+    /// it is done and every queue is empty, within [`STOP_GRACE`].
+    fn stop(&mut self) {
+        self.with_ctx(|s, ctx| s.on_stop(ctx));
+        let until = Instant::now() + STOP_GRACE;
+        while Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+            match self.round(None, left.clamp(1, 200)) {
+                Ok(p) => {
+                    let queued = self
+                        .slots
+                        .iter()
+                        .any(|s| s.role.as_ref().is_some_and(|r| !r.outbox.is_empty()));
+                    if !p.any && !queued && self.service.stop_done() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Kill every role and relay what they logged last.
+    pub fn shutdown(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(r) = &mut slot.role {
+                r.kill();
+            }
+        }
+        for slot in &mut self.slots {
+            if let Some(mut r) = slot.role.take() {
+                while r.relay_logs() {}
+            }
+        }
+    }
+
+    /// Whether `role` runs now.
+    pub fn is_up(&self, role: RoleId) -> bool {
+        self.slots[role].role.is_some()
+    }
+
+    /// When a restart of `role` is scheduled.
+    pub fn restart_at(&self, role: RoleId) -> Option<Instant> {
+        self.slots[role].restart_at
+    }
+
+    /// Set the first restart delay of every role (tests that must not see
+    /// a restart within their run).
+    pub fn set_restart_delay(&mut self, delay: Duration) {
+        for s in &mut self.slots {
+            s.restart_delay = delay;
+        }
+    }
+}
+
+/// What one [`Runtime::round`] saw.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    signal: bool,
+    any: bool,
+}
+
+/// SIGTERM, SIGINT and SIGHUP turned into a readable socket for poll.
+pub struct SignalPipe {
+    read: std::os::unix::net::UnixStream,
+    /// The write end, for [`SignalPipe::for_test`] callers.
+    write: Option<std::os::unix::net::UnixStream>,
+}
+
+impl SignalPipe {
+    /// Catch the stop signals of this process.
+    pub fn new() -> Result<Self, String> {
+        let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        read.set_nonblocking(true).map_err(|e| e.to_string())?;
+        write.set_nonblocking(true).map_err(|e| e.to_string())?;
+        for sig in [
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ] {
+            let w = OwnedFd::from(write.try_clone().map_err(|e| e.to_string())?);
+            signal_hook::low_level::pipe::register_raw(sig, w).map_err(|e| e.to_string())?;
+        }
+        Ok(SignalPipe { read, write: None })
+    }
+
+    /// A pipe no signal reaches; [`SignalPipe::raise`] stands in for one.
+    pub fn for_test() -> Result<Self, String> {
+        let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        read.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(SignalPipe {
+            read,
+            write: Some(write),
+        })
+    }
+
+    /// A handle that raises the stand-in signal (from another thread).
+    pub fn raiser(&self) -> Option<std::os::unix::net::UnixStream> {
+        self.write.as_ref().and_then(|w| w.try_clone().ok())
+    }
+
+    fn take(&self) -> &'static str {
+        let mut buf = [0u8; 16];
+        let _ = (&self.read).read(&mut buf);
+        "received"
+    }
+}
