@@ -577,7 +577,8 @@ impl<S: Service> Runtime<S> {
             // A role that exited may have sent its last messages (a lease
             // to persist) just before: read all it left, then act.
             let budget = if exited { DRAIN_MAX } else { BURST };
-            let mut readable = chan_ready[id] || exited;
+            // (A dead role's channel is readable: its data, then EOF.)
+            let mut readable = chan_ready[id] || (exited && self.readable_now(id)?);
             for _ in 0..budget {
                 if !readable {
                     break;
@@ -600,12 +601,7 @@ impl<S: Service> Runtime<S> {
                         self.act_on_faults();
                     }
                 }
-                readable = match &self.slots[id].role {
-                    Some(r) => {
-                        wait_readable(&[r.chan.as_fd()], Some(0)).map_err(|e| format!("poll: {e}"))?[0]
-                    }
-                    None => false,
-                };
+                readable = self.readable_now(id)?;
             }
             if exited && self.slots[id].role.is_some() {
                 self.faults.push((id, "exited".into()));
@@ -616,6 +612,14 @@ impl<S: Service> Runtime<S> {
             return Err(why);
         }
         Ok(progress)
+    }
+
+    /// Whether `role`'s channel has a message (or EOF) now.
+    fn readable_now(&self, role: RoleId) -> Result<bool, String> {
+        match &self.slots[role].role {
+            Some(r) => Ok(wait_readable(&[r.chan.as_fd()], Some(0)).map_err(|e| format!("poll: {e}"))?[0]),
+            None => Ok(false),
+        }
     }
 
     /// The orderly stop: the service says what to do, then rounds run until
@@ -726,5 +730,182 @@ impl SignalPipe {
         let mut buf = [0u8; 16];
         let _ = (&self.read).read(&mut buf);
         "received"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex};
+
+    /// A stand-in role: `sh -c script`, whose stderr is the role's log, and
+    /// the channel's far end for the test to play the role with.
+    fn stand_in(name: &'static str, script: &str) -> (Role, Channel) {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        let log = child.stderr.take().expect("piped stderr");
+        let (ours, theirs) = Channel::pair().expect("socketpair");
+        (Role::new(name, child.into(), ours, log, Instant::now()), theirs)
+    }
+
+    /// A service that records what it is told.
+    #[derive(Default)]
+    struct Recorder {
+        got: Arc<Mutex<Vec<(RoleId, u32)>>>,
+        down: Arc<Mutex<Vec<(RoleId, usize)>>>,
+        /// The restarted role's script.
+        restart_script: String,
+        ups: u32,
+    }
+
+    impl Service for Recorder {
+        fn on_message(&mut self, _: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String> {
+            let n: u32 = mirage_ipc::decode(msg).map_err(|e| e.to_string())?;
+            self.got.lock().unwrap().push((from, n));
+            Ok(())
+        }
+        fn restart(&mut self, _: RoleId) -> Result<RoleStart, String> {
+            Ok(RoleStart {
+                exe: Some("/bin/sh".into()),
+                args: vec!["-c".into(), self.restart_script.clone()],
+                first: Some(mirage_ipc::encode(&7u32).unwrap()),
+            })
+        }
+        fn on_role_down(&mut self, _: &mut Ctx<'_>, role: RoleId) {
+            let seen = self.got.lock().unwrap().len();
+            self.down.lock().unwrap().push((role, seen));
+        }
+        fn on_role_up(&mut self, _: &mut Ctx<'_>, _: RoleId) {
+            self.ups += 1;
+        }
+    }
+
+    /// Run `rt` on a thread; raise the stop signal after `after`; return it
+    /// once it returned (failing if it did not within the grace and a margin).
+    fn run_for(mut rt: Runtime<Recorder>, after: Duration) -> (ExitCode, Runtime<Recorder>) {
+        let signals = SignalPipe::for_test().unwrap();
+        let mut raise = signals.raiser().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let code = rt.run(&signals);
+            let _ = tx.send((code, rt));
+        });
+        std::thread::sleep(after);
+        let _ = raise.write_all(b"T");
+        rx.recv_timeout(STOP_GRACE + Duration::from_secs(10))
+            .expect("the runtime did not honour the signal: it is blocked")
+    }
+
+    #[test]
+    fn a_dead_roles_last_messages_are_handled_before_its_exit() {
+        // The role sends 200 messages and dies at once (its log ends with
+        // the process): every message must reach the service, and only
+        // then is the role reported down.
+        let (engine, far) = stand_in("engine", "exit 0");
+        for n in 0..200u32 {
+            far.send(&n).unwrap();
+        }
+        drop(far);
+        let (other, _keep) = stand_in("network", "exec sleep 60");
+        let service = Recorder {
+            restart_script: "exec sleep 60".into(),
+            ..Recorder::default()
+        };
+        let (got, down) = (service.got.clone(), service.down.clone());
+        let mut rt = Runtime::new(service, vec![engine.restartable(), other]);
+        rt.set_restart_delay(Duration::from_secs(3600));
+        let (code, rt) = run_for(rt, Duration::from_millis(700));
+        assert_eq!(code, ExitCode::SUCCESS);
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got, (0..200).map(|n| (0, n)).collect::<Vec<_>>());
+        assert_eq!(
+            *down.lock().unwrap(),
+            vec![(0, 200)],
+            "down before its messages were read"
+        );
+        assert!(rt.restart_at(0).is_some());
+    }
+
+    #[test]
+    fn a_restartable_role_is_started_again_and_a_fixed_one_ends_the_service() {
+        // The engine dies at once; its restart (a shell that exits after a
+        // while) gets the service's first message in its channel.
+        let (engine, _e) = stand_in("engine", "exit 3");
+        let (network, _n) = stand_in("network", "exec sleep 60");
+        let service = Recorder {
+            restart_script: "exec sleep 60".into(),
+            ..Recorder::default()
+        };
+        let mut rt = Runtime::new(service, vec![engine.restartable(), network]);
+        rt.set_restart_delay(Duration::from_millis(50));
+        let (code, rt) = run_for(rt, Duration::from_millis(1500));
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert_eq!(rt.service.ups, 1, "the engine was not restarted exactly once");
+        // A role that may not be restarted ends the service with failure.
+        let (network, _n) = stand_in("network", "exit 0");
+        let mut rt = Runtime::new(Recorder::default(), vec![network]);
+        let signals = SignalPipe::for_test().unwrap();
+        assert_eq!(rt.run(&signals), ExitCode::FAILURE);
+    }
+
+    #[test]
+    fn a_role_flooding_messages_cannot_hold_off_a_signal() {
+        let (engine, far) = stand_in("engine", "exec sleep 60");
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while far.send(&n).is_ok() {
+                n = n.wrapping_add(1);
+            }
+        });
+        let (code, _rt) = run_for(
+            Runtime::new(Recorder::default(), vec![engine]),
+            Duration::from_millis(300),
+        );
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    #[test]
+    fn a_role_flooding_its_log_is_relayed_at_a_bounded_rate() {
+        let (mut role, _chan) = stand_in("engine", "exec yes 'INFO flood' >&2");
+        let start = Instant::now();
+        let (mut relayed, mut summaries) = (0u64, 0u64);
+        while start.elapsed() < Duration::from_millis(1500) {
+            assert!(role.relay_logs_to(&mut |line| {
+                if line.contains("not relayed (rate limit)") {
+                    summaries += 1;
+                } else {
+                    assert_eq!(line, "[engine] INFO flood");
+                    relayed += 1;
+                }
+            }));
+        }
+        let secs = start.elapsed().as_secs() + 1;
+        let bound = u64::from(LineLimiter::ROLE_BURST) + secs * u64::from(LineLimiter::ROLE_PER_SECOND);
+        assert!(relayed <= bound, "{relayed} lines relayed (bound {bound})");
+        assert!(relayed >= u64::from(LineLimiter::ROLE_BURST), "{relayed}");
+        assert!(summaries >= 1 && summaries <= secs, "{summaries} summary lines");
+        role.kill();
+    }
+
+    #[test]
+    fn stopping_a_live_role_that_keeps_its_stderr_open_returns() {
+        // A misbehaving role is still alive when it is stopped; reading its
+        // stderr to the end before killing it would wait for ever.
+        let (mut role, _chan) = stand_in("engine", "exec sleep 60");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            role.kill_and_drain();
+            let _ = tx.send(role.child.try_wait().map(|s| s.is_some()));
+        });
+        let reaped = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stopping the role blocked on its log pipe");
+        assert!(matches!(reaped, Ok(true)), "the role was not killed and reaped");
     }
 }
