@@ -409,3 +409,48 @@ fn the_fuzz_harness_survives_any_bytes() {
     data.extend(postcard::to_allocvec(&Event::Pong(1)).unwrap());
     assert!(fuzz::drive::<Heartbeat>(50, [0; 32], &data) >= 1);
 }
+
+/// Seeds written as steps run as written: timer steps jump to the engine's
+/// wake-up when they carry no time, and events arrive when they say.
+#[test]
+fn fuzz_steps_encode_to_what_the_harness_runs() {
+    let steps = [
+        fuzz::Step::Event(5, Event::Pong(1)),
+        // To 50 ms after the start: ping 2.
+        fuzz::Step::Timer(0),
+        // To 100 ms: ping 2 missed, ping 3.
+        fuzz::Step::Timer(0),
+        fuzz::Step::Event(3, Event::Pong(3)),
+        // Not due yet: nothing.
+        fuzz::Step::Timer(10),
+        fuzz::Step::Event(0, Event::Stop),
+        // Stopped: no wake-up to jump to, and nothing runs.
+        fuzz::Step::Timer(0),
+    ];
+    let data = fuzz::encode_steps(&steps);
+    // Ping 1 at the start, ping 2, then a miss and ping 3.
+    assert_eq!(fuzz::drive::<Heartbeat>(50, [0; 32], &data), 4);
+    // Without the timer steps, only the first ping.
+    let events: Vec<_> = steps
+        .iter()
+        .filter(|s| matches!(s, fuzz::Step::Event(..)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        fuzz::drive::<Heartbeat>(50, [0; 32], &fuzz::encode_steps(&events)),
+        1
+    );
+}
+
+#[test]
+#[should_panic(expected = "not after now")]
+fn the_fuzz_harness_catches_a_wake_up_that_is_not_in_the_future() {
+    let hb = Heartbeat {
+        period_ms: 1,
+        next_at: Instant(5),
+        id: 0,
+        answered: true,
+        misses: 0,
+    };
+    fuzz::check_wake(&hb, Instant(5));
+}
