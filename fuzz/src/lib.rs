@@ -6,7 +6,9 @@
 //! decoder ([`EngineInput::from_bytes`]) that has an exact inverse
 //! ([`EngineInput::to_bytes`]), so that checked-in seeds can be written as
 //! readable scenarios (see `tests/seeds.rs`) and stay valid when the harness
-//! changes.
+//! changes. `engine_contract` hands its bytes to the SDK's generic engine
+//! fuzz runner ([`mirage_engine::fuzz::drive`]) after a small header of the
+//! same kind ([`ContractStart`]).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -16,9 +18,9 @@ use dhcp_engine::lease::lease_from_reply;
 use dhcp_engine::wire::dhcp::Message;
 use dhcp_engine::wire::frame::{BROADCAST_MAC, Inbound, build_arp_frame, build_udp_frame, parse_frame};
 use mirage_ipc::{
-    ClientIdKind, ClientState, Counters, EngineAction, EngineConfig, EngineEvent, FromActuator, FromEngine,
-    FromNetwork, INFINITE_LEASE, Instant, IntentKind, Lease, Limits, MAX_FRAME_LEN, ToActuator, ToEngine,
-    ToNetwork, decode, encode,
+    ClientIdKind, ClientState, Counters, EngineAction, EngineConfig, EngineEvent, EngineStart, FromActuator,
+    FromEngine, FromNetwork, INFINITE_LEASE, Instant, IntentKind, Lease, Limits, MAX_FRAME_LEN, ToActuator,
+    ToEngine, ToNetwork, decode, encode,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -127,6 +129,27 @@ pub const MAX_ACTIONS_PER_STEP: usize = 64;
 pub struct StoredLease {
     pub host: u8,
     pub secs: u16,
+}
+
+impl StoredLease {
+    pub fn lease(self) -> Lease {
+        Lease {
+            address: Ipv4Addr::new(10, 0, 0, self.host.clamp(2, 254)),
+            prefix_len: 24,
+            server_id: Ipv4Addr::new(10, 0, 0, 1),
+            routes: vec![],
+            dns_servers: vec![],
+            ntp_servers: vec![],
+            domain_name: None,
+            search: vec![],
+            hostname: None,
+            mtu: None,
+            lease_secs: u32::from(self.secs).max(1),
+            renew_secs: u32::from(self.secs) / 2,
+            rebind_secs: u32::from(self.secs) * 7 / 8,
+            acquired_at: Instant(0),
+        }
+    }
 }
 
 /// One event of an `engine_events` input.
@@ -444,22 +467,7 @@ pub fn run_engine_events(input: &EngineInput) -> EngineTrace {
     let mut config = EngineConfig::new(MAC, ClientIdKind::Mac);
     config.acd.enabled = input.acd;
     let limits = config.limits;
-    let stored = input.stored.map(|s| Lease {
-        address: Ipv4Addr::new(10, 0, 0, s.host.clamp(2, 254)),
-        prefix_len: 24,
-        server_id: Ipv4Addr::new(10, 0, 0, 1),
-        routes: vec![],
-        dns_servers: vec![],
-        ntp_servers: vec![],
-        domain_name: None,
-        search: vec![],
-        hostname: None,
-        mtu: None,
-        lease_secs: u32::from(s.secs).max(1),
-        renew_secs: u32::from(s.secs) / 2,
-        rebind_secs: u32::from(s.secs) * 7 / 8,
-        acquired_at: Instant(0),
-    });
+    let stored = input.stored.map(StoredLease::lease);
     // Addresses the engine may legitimately ask to remove.
     let mut applied: HashSet<Ipv4Addr> = stored.iter().map(|l| l.address).collect();
     let mut now = Instant(1_000);
@@ -479,6 +487,7 @@ pub fn run_engine_events(input: &EngineInput) -> EngineTrace {
             "unbounded output: {} actions",
             out.len()
         );
+        mirage_engine::fuzz::check_actions::<Client>(out);
         for a in out.drain(..) {
             match a {
                 EngineAction::Transmit(f) => {
@@ -575,7 +584,7 @@ pub fn run_engine_events(input: &EngineInput) -> EngineTrace {
             assert_eq!(due, Instant::NEVER, "a stopped engine asks to wake up");
         } else {
             assert!(due != Instant::NEVER, "no wake-up while running");
-            assert!(due > now, "wake-up in the past after a tick");
+            mirage_engine::fuzz::check_wake(&client, now);
         }
         if !trace.states.contains(&client.state()) {
             trace.states.push(client.state());
@@ -590,6 +599,116 @@ pub fn run_engine_events(input: &EngineInput) -> EngineTrace {
 /// not only the drop paths. See [`run_engine_events`] for the invariants.
 pub fn engine_events(data: &[u8]) {
     run_engine_events(&EngineInput::from_bytes(data));
+}
+
+// ---- engine_contract ---------------------------------------------------------
+
+/// Length of the header [`ContractStart::from_bytes`] reads.
+pub const CONTRACT_HEADER_LEN: usize = 38;
+
+/// The start of an `engine_contract` input: what the supervisor would send
+/// the engine (`EngineStart` and the seed), within the ranges the config
+/// loader accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContractStart {
+    pub seed: [u8; 32],
+    /// RFC 5227 conflict detection on (with the default short timings).
+    pub acd: bool,
+    /// Carrier at start; without it the engine waits for `LinkUp`.
+    pub link_up: bool,
+    /// RFC 4361 DUID client id (else the MAC, type 1).
+    pub duid: bool,
+    /// Option 12 sent.
+    pub hostname: bool,
+    pub release_on_stop: bool,
+    pub stored: Option<StoredLease>,
+    /// First retransmission timeout: 10 + this modulo 63,991 ms (the
+    /// config's range is 10..=64000).
+    pub retransmit: u16,
+}
+
+impl ContractStart {
+    /// Decode the header, `seed[32] flags host secs:u16le retransmit:u16le`
+    /// (flags: bit 0 ACD, 1 stored lease, 2 carrier, 3 DUID, 4 hostname,
+    /// 5 release on stop), and return the rest: the steps for
+    /// [`mirage_engine::fuzz::drive`]. Total, like [`EngineInput::from_bytes`].
+    pub fn from_bytes(data: &[u8]) -> (ContractStart, &[u8]) {
+        let mut r = Reader { data };
+        let seed = r.array();
+        let flags = r.u8();
+        let host = r.u8();
+        let secs = r.u16();
+        let retransmit = r.u16();
+        let start = ContractStart {
+            seed,
+            acd: flags & 1 != 0,
+            stored: (flags & 2 != 0).then_some(StoredLease { host, secs }),
+            link_up: flags & 4 != 0,
+            duid: flags & 8 != 0,
+            hostname: flags & 16 != 0,
+            release_on_stop: flags & 32 != 0,
+            retransmit,
+        };
+        (start, r.data)
+    }
+
+    /// The exact inverse of [`ContractStart::from_bytes`]'s header.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.seed.to_vec();
+        let stored = self.stored.unwrap_or(StoredLease { host: 0, secs: 0 });
+        let flags = [
+            self.acd,
+            self.stored.is_some(),
+            self.link_up,
+            self.duid,
+            self.hostname,
+            self.release_on_stop,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0u8, |f, (bit, on)| f | (u8::from(*on) << bit));
+        out.push(flags);
+        out.push(stored.host);
+        out.extend_from_slice(&stored.secs.to_le_bytes());
+        out.extend_from_slice(&self.retransmit.to_le_bytes());
+        out
+    }
+
+    pub fn engine_start(&self) -> EngineStart {
+        let client_id = if self.duid {
+            ClientIdKind::Duid {
+                iaid: 7,
+                duid: vec![0, 4, 1, 2, 3, 4, 5, 6, 7, 8],
+            }
+        } else {
+            ClientIdKind::Mac
+        };
+        let mut config = EngineConfig::new(MAC, client_id);
+        config.acd.enabled = self.acd;
+        config.hostname = self.hostname.then(|| "node-1".into());
+        config.release_on_stop = self.release_on_stop;
+        config.first_retransmit_ms = 10 + u32::from(self.retransmit) % 63_991;
+        EngineStart {
+            config,
+            stored: self.stored.map(StoredLease::lease),
+            link_up: self.link_up,
+        }
+    }
+}
+
+/// The DHCP engine under the SDK's generic engine fuzz runner: arbitrary
+/// timed events (postcard-encoded `EngineEvent`s, timer runs, jumps to the
+/// engine's wake-up) after a start built from the header. Invariants are
+/// the contract's (see [`mirage_engine::fuzz::drive`]): every action encodes
+/// within the message cap, and after its timers ran the engine does not ask
+/// to be woken again at once. Returns the number of actions.
+pub fn run_engine_contract(data: &[u8]) -> usize {
+    let (start, steps) = ContractStart::from_bytes(data);
+    mirage_engine::fuzz::drive::<Client>(start.engine_start(), start.seed, steps)
+}
+
+pub fn engine_contract(data: &[u8]) {
+    run_engine_contract(data);
 }
 
 // ---- ipc_decode ------------------------------------------------------------

@@ -18,12 +18,18 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use dhcp_engine::Client;
 use dhcp_engine::lease::lease_from_reply;
 use dhcp_engine::wire::dhcp::Message;
 use dhcp_engine::wire::frame::{
     ArpOp, ArpPacket, BROADCAST_MAC, Inbound, build_arp_frame, build_udp_frame, parse_frame,
 };
-use mirage_fuzz::{EngineInput, EngineTrace, MAC, Step, StoredLease, run_engine_events};
+use mirage_engine::Engine as _;
+use mirage_engine::fuzz::{self as contract, Step as ContractStep};
+use mirage_fuzz::{
+    ContractStart, EngineInput, EngineTrace, MAC, SERVER_MAC, Step, StoredLease, run_engine_contract,
+    run_engine_events,
+};
 use mirage_ipc::{
     ClientIdKind, ClientState, Counters, DropReason, EngineAction, EngineConfig, EngineEvent, EngineStart,
     FromActuator, FromEngine, FromNetwork, Instant, IntentKind, Lease, Limits, Outcome, PublishedStatus,
@@ -33,7 +39,13 @@ use mirage_ipc::{
 /// libFuzzer runs with `-max_len=4096` (scripts/fuzz.sh): longer seeds would
 /// be cut.
 const MAX_SEED_LEN: usize = 4096;
-const TARGETS: [&str; 4] = ["frame_parse", "dhcp_roundtrip", "engine_events", "ipc_decode"];
+const TARGETS: [&str; 5] = [
+    "frame_parse",
+    "dhcp_roundtrip",
+    "engine_events",
+    "engine_contract",
+    "ipc_decode",
+];
 
 #[path = "../../crates/dhcp-engine/tests/support/hex.rs"]
 mod fixture;
@@ -518,11 +530,213 @@ fn engine_events_seeds() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// An `engine_contract` scenario written against the engine itself: each
+/// step is run on a client as `mirage_engine::fuzz::drive` will run it, so
+/// replies can carry the xid the client really uses and the scenario's
+/// outcome is known.
+struct Script {
+    client: Client,
+    now: Instant,
+    xid: [u8; 4],
+    steps: Vec<ContractStep<EngineEvent>>,
+    actions: usize,
+    states: Vec<ClientState>,
+    applied: usize,
+}
+
+impl Script {
+    fn new(start: &ContractStart) -> Script {
+        let mut out = Vec::new();
+        let client = Client::start(start.engine_start(), contract::START, start.seed, &mut out);
+        let mut script = Script {
+            client,
+            now: contract::START,
+            xid: [0; 4],
+            steps: Vec::new(),
+            actions: 0,
+            states: Vec::new(),
+            applied: 0,
+        };
+        script.took(out);
+        script
+    }
+
+    fn took(&mut self, out: Vec<EngineAction>) {
+        self.actions += out.len();
+        for a in &out {
+            match a {
+                EngineAction::Transmit(f) => {
+                    if let Some(x) = mirage_fuzz::check_transmit(f) {
+                        self.xid = x;
+                    }
+                }
+                EngineAction::ApplyLease { .. } => self.applied += 1,
+                _ => {}
+            }
+        }
+        if !self.states.contains(&self.client.state()) {
+            self.states.push(self.client.state());
+        }
+    }
+
+    fn event(&mut self, ms: u16, event: EngineEvent) -> &mut Script {
+        self.now = self.now.add_millis(u64::from(ms));
+        let mut out = Vec::new();
+        let _ = self.client.handle(self.now, event.clone(), &mut out);
+        self.steps.push(ContractStep::Event(ms, event));
+        self.took(out);
+        self
+    }
+
+    /// A timer run after `ms`, or at the client's wake-up when 0.
+    fn timer(&mut self, ms: u16) -> &mut Script {
+        self.now = if ms == 0 {
+            self.now.max(self.client.poll_at())
+        } else {
+            self.now.add_millis(u64::from(ms))
+        };
+        let mut out = Vec::new();
+        self.client.on_timer(self.now, &mut out);
+        self.steps.push(ContractStep::Timer(ms));
+        self.took(out);
+        self
+    }
+
+    /// A reply to the client's current transaction from `server`.
+    fn reply(
+        &mut self,
+        ms: u16,
+        msg_type: u8,
+        yiaddr: [u8; 4],
+        server: [u8; 4],
+        options: Vec<u8>,
+    ) -> &mut Script {
+        let payload = mirage_fuzz::reply_payload(self.xid, msg_type, yiaddr, &options);
+        let data = build_udp_frame(
+            SERVER_MAC,
+            MAC,
+            Ipv4Addr::from(server),
+            Ipv4Addr::BROADCAST,
+            67,
+            68,
+            &payload,
+        );
+        self.event(
+            ms,
+            EngineEvent::Frame {
+                data,
+                checksum_offloaded: false,
+            },
+        )
+    }
+
+    fn bytes(&self, start: &ContractStart) -> Vec<u8> {
+        [start.to_bytes(), contract::encode_steps(&self.steps)].concat()
+    }
+}
+
+/// The `engine_contract` scenarios: (name, input bytes, the script's run).
+fn contract_scenarios() -> Vec<(&'static str, Vec<u8>, Script)> {
+    let start = |acd: bool, stored: Option<StoredLease>, link_up: bool| ContractStart {
+        seed: [0x17; 32],
+        acd,
+        link_up,
+        duid: true,
+        hostname: true,
+        release_on_stop: false,
+        stored,
+        retransmit: 3990,
+    };
+    let lan = [10, 0, 0, 1];
+    let addr = [10, 0, 0, 60];
+    let mut out = Vec::new();
+
+    // DORA with a 10-minute lease, renewal at T1 (a jump to the wake-up),
+    // a forced RELEASE.
+    let s = start(false, None, true);
+    let mut dora = Script::new(&s);
+    dora.reply(5, OFFER, addr, lan, lan_options(600))
+        .reply(5, ACK, addr, lan, lan_options(600))
+        .timer(0)
+        .reply(5, ACK, addr, lan, lan_options(600))
+        .event(1000, EngineEvent::Stop { force_release: true });
+    out.push(("dora-renew-release", dora.bytes(&s), dora));
+
+    // RFC 5227: the offered address is in use; DECLINE, then a new lease,
+    // renewals unanswered, an ACK while REBINDING.
+    let s = start(true, None, true);
+    let mut acd = Script::new(&s);
+    acd.reply(5, OFFER, addr, lan, lan_options(600))
+        .reply(5, ACK, addr, lan, lan_options(600))
+        .timer(0)
+        .event(
+            10,
+            EngineEvent::Frame {
+                data: mirage_fuzz::arp_frame(false, addr, addr),
+                checksum_offloaded: false,
+            },
+        )
+        .timer(0)
+        .reply(5, OFFER, [10, 0, 0, 61], lan, lan_options(600))
+        .reply(5, ACK, [10, 0, 0, 61], lan, lan_options(600));
+    while acd.client.state() != ClientState::Rebinding {
+        acd.timer(0);
+    }
+    acd.reply(5, ACK, [10, 0, 0, 61], lan, lan_options(600));
+    out.push(("acd-decline-rebind", acd.bytes(&s), acd));
+
+    // A stored lease and no carrier at start; carrier, INIT-REBOOT ACK, a
+    // failing actuator retried, renewal on demand.
+    let s = start(false, Some(StoredLease { host: 50, secs: 3600 }), false);
+    let held = [10, 0, 0, 50];
+    let mut reboot = Script::new(&s);
+    reboot
+        .event(2000, EngineEvent::LinkUp)
+        .reply(5, ACK, held, lan, lan_options(3600))
+        .event(
+            5,
+            EngineEvent::IntentResult {
+                kind: IntentKind::ApplyLease,
+                ok: false,
+            },
+        )
+        .timer(0)
+        .timer(0)
+        .event(10_000, EngineEvent::Renew)
+        .reply(5, ACK, held, lan, lan_options(3600));
+    out.push(("stored-carrier-late-apply-fails", reboot.bytes(&s), reboot));
+
+    // Silence after the lease: RENEWING, REBINDING, expiry, all by jumps.
+    let s = start(false, None, true);
+    let mut expire = Script::new(&s);
+    expire
+        .reply(5, OFFER, addr, lan, lan_options(120))
+        .reply(5, ACK, addr, lan, lan_options(120));
+    while expire.client.counters().expiries == 0 {
+        expire.timer(0);
+    }
+    out.push(("silence-to-expiry", expire.bytes(&s), expire));
+    out
+}
+
+fn engine_contract_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut seeds: Vec<(String, Vec<u8>)> = contract_scenarios()
+        .into_iter()
+        .map(|(name, bytes, _)| (name.to_string(), bytes))
+        .collect();
+    // Bytes that are mostly not events: the fallback timer runs.
+    let mut junk = ContractStart::from_bytes(&[0x5a; 38]).0.to_bytes();
+    junk.extend((0u16..300).map(|i| (i.wrapping_mul(97) >> 1) as u8));
+    seeds.push(("junk".into(), junk));
+    seeds
+}
+
 fn generated() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
     BTreeMap::from([
         ("frame_parse", frame_parse_seeds()),
         ("dhcp_roundtrip", dhcp_roundtrip_seeds()),
         ("engine_events", engine_events_seeds()),
+        ("engine_contract", engine_contract_seeds()),
         ("ipc_decode", ipc_decode_seeds()),
     ])
 }
@@ -538,6 +752,7 @@ fn harness(target: &str) -> fn(&[u8]) {
         "frame_parse" => mirage_fuzz::frame_parse,
         "dhcp_roundtrip" => mirage_fuzz::dhcp_roundtrip,
         "engine_events" => mirage_fuzz::engine_events,
+        "engine_contract" => mirage_fuzz::engine_contract,
         "ipc_decode" => mirage_fuzz::ipc_decode,
         other => panic!("unknown target {other}"),
     }
@@ -675,4 +890,45 @@ fn the_transmit_check_refuses_what_the_network_role_refuses() {
         67,
         &big
     )));
+}
+
+/// Each `engine_contract` scenario reaches what it was written for, and
+/// the generic runner, fed its bytes, runs it exactly as the script did.
+#[test]
+fn engine_contract_scenarios_reach_what_they_were_written_for() {
+    let scenarios = contract_scenarios();
+    for (name, bytes, script) in &scenarios {
+        assert_eq!(run_engine_contract(bytes), script.actions, "{name}");
+        let c = script.client.counters();
+        let ok = match *name {
+            "dora-renew-release" => {
+                c.renewals == 1 && script.client.state() == ClientState::Stopped && c.transmitted == 4
+            }
+            "acd-decline-rebind" => {
+                c.declines == 1 && c.rebinds == 1 && script.states.contains(&ClientState::Probing)
+            }
+            "stored-carrier-late-apply-fails" => {
+                script.states[0] == ClientState::LinkDown && c.renewals == 1 && script.applied >= 3
+            }
+            "silence-to-expiry" => {
+                script.states.contains(&ClientState::Rebinding)
+                    && script.client.state() == ClientState::Selecting
+            }
+            other => panic!("no expectation for {other}"),
+        };
+        assert!(ok, "{name}: {:?} {c:?} applied {}", script.states, script.applied);
+    }
+    assert_eq!(scenarios.len(), 4);
+}
+
+#[test]
+fn contract_start_bytes_round_trip_and_any_bytes_run() {
+    for (_, bytes, _) in contract_scenarios() {
+        let (start, rest) = ContractStart::from_bytes(&bytes);
+        assert_eq!(start.to_bytes(), bytes[..mirage_fuzz::CONTRACT_HEADER_LEN]);
+        assert_eq!(rest, &bytes[mirage_fuzz::CONTRACT_HEADER_LEN..]);
+    }
+    for data in [&b""[..], &[0xff], &[0xff; 40], &[0; 100], &[0x80; 200]] {
+        run_engine_contract(data);
+    }
 }

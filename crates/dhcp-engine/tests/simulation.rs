@@ -1,7 +1,8 @@
 //! Virtual-time simulations of the client against in-process servers.
 //!
 //! No test sleeps and none touches a network: frames travel through the
-//! harness in `support`, and time is whatever the harness says it is.
+//! harness in `support` (the SDK's generic simulation with a DHCP world),
+//! and time is whatever the harness says it is.
 
 mod support;
 
@@ -14,7 +15,7 @@ use dhcp_engine::wire::frame::{self, ArpOp, ArpPacket, BROADCAST_MAC};
 use mirage_ipc::{
     ClientState, DropReason, EngineAction, EngineEvent, INFINITE_LEASE, Instant, IntentKind, Lease, Route,
 };
-use support::{ArpPeer, CLIENT_MAC, FakeServer, Mode, Sim, config};
+use support::{ArpPeer, CLIENT_MAC, DhcpSim, FakeServer, Mode, Sim, config};
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -43,7 +44,7 @@ fn bound_sim(seed: u8) -> Sim {
 }
 
 fn lease_of(s: &Sim) -> Lease {
-    s.client.lease().cloned().expect("a lease is held")
+    s.engine.lease().cloned().expect("a lease is held")
 }
 
 fn stored_lease(address: &str, server: &str, acquired_at: Instant, secs: u32) -> Lease {
@@ -75,9 +76,9 @@ fn stored_lease(address: &str, server: &str, acquired_at: Instant, secs: u32) ->
 #[test]
 fn nothing_is_sent_before_the_first_event() {
     let s = Sim::with_server(config(), 1);
-    assert_eq!(s.client.poll_at(), Instant(0));
+    assert_eq!(s.engine.poll_at(), Instant(0));
     assert!(s.log.is_empty());
-    assert_eq!(s.client.state(), ClientState::Init);
+    assert_eq!(s.engine.state(), ClientState::Init);
 }
 
 #[test]
@@ -116,8 +117,8 @@ fn discover_and_request_carry_the_rfc_fields() {
     let lease = lease_of(&s);
     assert_eq!(lease.acquired_at, *rt);
     assert_eq!(*rt, Instant(1));
-    assert_eq!(s.client.counters().acks, 1);
-    assert_eq!(s.client.counters().offers, 1);
+    assert_eq!(s.engine.counters().acks, 1);
+    assert_eq!(s.engine.counters().offers, 1);
     // Bound without ACD: ApplyLease, PersistLease, PublishStatus, no delay.
     let tail: Vec<_> = s.log.iter().rev().take(3).map(|(_, a)| a.clone()).collect();
     assert!(matches!(tail[2], EngineAction::ApplyLease { .. }));
@@ -149,12 +150,12 @@ fn a_day_of_lease_life_renews_at_exact_t1_instants() {
         );
         assert_eq!(msg.options.server_id, None, "RFC 2131 4.3.2: no 54 in RENEWING");
         assert!(!msg.broadcast);
-        assert_eq!(*dst_mac, s.servers[0].mac, "unicast to the server's MAC");
-        assert_eq!((*src_ip, *dst_ip), (first.address, s.servers[0].ip));
+        assert_eq!(*dst_mac, s.world.servers[0].mac, "unicast to the server's MAC");
+        assert_eq!((*src_ip, *dst_ip), (first.address, s.world.servers[0].ip));
         acquired = *t;
     }
-    assert_eq!(s.client.counters().renewals, 6);
-    assert_eq!(s.client.counters().expiries, 0);
+    assert_eq!(s.engine.counters().renewals, 6);
+    assert_eq!(s.engine.counters().expiries, 0);
     assert!(s.removes().is_empty());
     // Every renewal re-applied the lease with a fresh lifetime.
     let applies = s.applies();
@@ -163,13 +164,13 @@ fn a_day_of_lease_life_renews_at_exact_t1_instants() {
         assert_eq!(lease.acquired_at.add_millis(1), *t);
         assert_eq!(*valid, 86_399);
     }
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
 }
 
 #[test]
 fn silent_server_renewing_then_rebinding_then_expiry_at_exact_instants() {
     let mut s = Sim::with_server(config(), 4);
-    s.servers[0].lease_secs = 3600;
+    s.world.servers[0].lease_secs = 3600;
     s.run_until(Instant(0));
     s.bind_within(10);
     let lease = lease_of(&s);
@@ -178,7 +179,7 @@ fn silent_server_renewing_then_rebinding_then_expiry_at_exact_instants() {
         (t1 - lease.acquired_at.0, t2 - lease.acquired_at.0),
         (1_800_000, 3_150_000)
     );
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(Instant(exp - 1));
     assert!(s.removes().is_empty(), "nothing removed before expiry");
     let requests: Vec<_> = s
@@ -212,30 +213,30 @@ fn silent_server_renewing_then_rebinding_then_expiry_at_exact_instants() {
     assert_eq!(removes[0].0, Instant(exp), "RemoveLease exactly at expiry");
     assert_eq!(removes[0].1.address, lease.address);
     assert_eq!(s.persists().last().unwrap(), &(Instant(exp), None));
-    assert_eq!(s.client.counters().expiries, 1);
-    assert_eq!(s.client.state(), ClientState::Selecting);
+    assert_eq!(s.engine.counters().expiries, 1);
+    assert_eq!(s.engine.state(), ClientState::Selecting);
     assert_eq!(s.sent_dhcp(MessageType::Discover).last().unwrap().0, Instant(exp));
-    assert!(s.client.lease().is_none());
+    assert!(s.engine.lease().is_none());
 }
 
 #[test]
 fn nak_in_renewing_drops_the_lease_and_rediscovers() {
     let mut s = bound_sim(5);
     let lease = lease_of(&s);
-    s.servers[0].mode = Mode::NakAll;
+    s.world.servers[0].mode = Mode::NakAll;
     s.run_until(lease.renew_at().add_millis(1));
-    assert_eq!(s.client.counters().naks, 1);
+    assert_eq!(s.engine.counters().naks, 1);
     assert_eq!(s.removes().len(), 1);
     assert_eq!(s.removes()[0].0, lease.renew_at().add_millis(1));
     assert_eq!(s.persists().last().unwrap().1, None);
-    assert_eq!(s.client.state(), ClientState::Selecting);
+    assert_eq!(s.engine.state(), ClientState::Selecting);
     let d = s.sent_dhcp(MessageType::Discover);
     assert_eq!(
         d.last().unwrap().0,
         lease.renew_at().add_millis(1),
         "DISCOVER at once"
     );
-    s.servers[0].mode = Mode::Normal;
+    s.world.servers[0].mode = Mode::Normal;
     s.bind_within(30);
     assert_eq!(lease_of(&s).address, lease.address);
 }
@@ -244,23 +245,23 @@ fn nak_in_renewing_drops_the_lease_and_rediscovers() {
 fn nak_in_renewing_from_another_server_is_ignored() {
     let mut s = bound_sim(6);
     let lease = lease_of(&s);
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(lease.renew_at());
-    assert_eq!(s.client.state(), ClientState::Renewing);
-    let req = s.servers[0].seen.last().unwrap().msg.clone();
+    assert_eq!(s.engine.state(), ClientState::Renewing);
+    let req = s.world.servers[0].seen.last().unwrap().msg.clone();
     let other = FakeServer::new(9);
     assert_eq!(
-        s.inject(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
         Err(DropReason::NotForUs)
     );
-    assert_eq!(s.client.state(), ClientState::Renewing);
+    assert_eq!(s.engine.state(), ClientState::Renewing);
     assert!(s.removes().is_empty());
     // The same NAK from the lease's server counts.
     assert_eq!(
-        s.inject(s.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(s.world.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"))),
         Ok(())
     );
-    assert_eq!(s.client.state(), ClientState::Selecting);
+    assert_eq!(s.engine.state(), ClientState::Selecting);
     assert_eq!(s.removes().len(), 1);
 }
 
@@ -269,7 +270,7 @@ fn discover_retransmissions_follow_the_backoff_within_jitter() {
     let mut exact = 0;
     for seed in 10..20 {
         let mut s = Sim::with_server(config(), seed);
-        s.servers[0].mode = Mode::Silent;
+        s.world.servers[0].mode = Mode::Silent;
         s.run_until(Instant::from_secs(300));
         let d = s.sent_dhcp(MessageType::Discover);
         let bases = [4000u64, 8000, 16_000, 32_000, 64_000, 64_000, 64_000];
@@ -284,7 +285,7 @@ fn discover_retransmissions_follow_the_backoff_within_jitter() {
             assert!(w[1].1.secs >= w[0].1.secs);
         }
         assert_eq!(d.last().unwrap().1.secs as u64, d.last().unwrap().0.0 / 1000);
-        assert_eq!(s.client.state(), ClientState::Selecting);
+        assert_eq!(s.engine.state(), ClientState::Selecting);
     }
     assert!(exact < 10, "jitter is applied");
 }
@@ -294,9 +295,9 @@ fn requesting_gives_up_after_four_transmissions() {
     let mut s = Sim::with_server(config(), 21);
     // The offer comes, then the server goes silent.
     s.run_until(Instant(0));
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(Instant(2));
-    assert_eq!(s.client.state(), ClientState::Requesting);
+    assert_eq!(s.engine.state(), ClientState::Requesting);
     s.run_until(Instant::from_secs(100));
     let r = s.sent_dhcp(MessageType::Request);
     assert_eq!(r.len(), 4);
@@ -319,8 +320,8 @@ fn init_reboot_success_binds_without_probing_and_announces() {
     let now = Instant::from_secs(1000);
     let stored = stored_lease("192.168.7.101", "192.168.7.1", Instant::from_secs(500), 3600);
     let mut s = Sim::new(cfg, Some(stored.clone()), now, 22);
-    s.servers.push(FakeServer::new(1));
-    assert_eq!(s.client.state(), ClientState::InitReboot);
+    s.world.servers.push(FakeServer::new(1));
+    assert_eq!(s.engine.state(), ClientState::InitReboot);
     s.run_until(now.add_millis(50));
     let r = s.sent_dhcp(MessageType::Request);
     assert_eq!(r.len(), 1);
@@ -331,7 +332,7 @@ fn init_reboot_success_binds_without_probing_and_announces() {
     );
     assert_eq!(r[0].1.ciaddr, ip("0.0.0.0"));
     assert_eq!(r[0].2, BROADCAST_MAC);
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     assert!(s.removes().is_empty());
     let arps = s.sent_arp();
     assert_eq!(arps.len(), 1, "first announcement at once, no probes");
@@ -351,9 +352,9 @@ fn init_reboot_nak_from_a_new_network_rediscovers() {
     let now = Instant::from_secs(100);
     let stored = stored_lease("10.1.2.3", "10.1.2.1", Instant(0), 3600);
     let mut s = Sim::new(config(), Some(stored.clone()), now, 23);
-    s.servers.push(FakeServer::new(1));
+    s.world.servers.push(FakeServer::new(1));
     s.run_until(now.add_millis(5));
-    assert_eq!(s.client.counters().naks, 1, "{:?} {:?}", s.drops, s.states());
+    assert_eq!(s.engine.counters().naks, 1, "{:?} {:?}", s.refusals, s.states());
     let removes = s.removes();
     assert_eq!(removes.len(), 1);
     assert_eq!(removes[0].1, stored);
@@ -371,8 +372,8 @@ fn init_reboot_silence_falls_back_to_discover_keeping_the_address() {
     let now = Instant::from_secs(100);
     let stored = stored_lease("192.168.7.50", "192.168.7.1", Instant(0), 3600);
     let mut s = Sim::new(config(), Some(stored.clone()), now, 24);
-    s.servers.push(FakeServer::new(1));
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers.push(FakeServer::new(1));
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(now.add_millis(2500));
     let r: Vec<u64> = s
         .sent_dhcp(MessageType::Request)
@@ -383,10 +384,10 @@ fn init_reboot_silence_falls_back_to_discover_keeping_the_address() {
     let d = s.sent_dhcp(MessageType::Discover);
     assert_eq!(d[0].0, now.add_millis(2000), "DISCOVER once the budget is spent");
     assert!(s.removes().is_empty(), "the address stays while valid");
-    assert_eq!(s.client.lease(), Some(&stored));
-    assert_eq!(s.client.state(), ClientState::Selecting);
+    assert_eq!(s.engine.lease(), Some(&stored));
+    assert_eq!(s.engine.state(), ClientState::Selecting);
     // A server appears with another address: old out, then new in.
-    s.servers[0].mode = Mode::Normal;
+    s.world.servers[0].mode = Mode::Normal;
     s.bind_within(120);
     let removes = s.removes();
     let applies = s.applies();
@@ -411,22 +412,22 @@ fn init_reboot_silence_until_expiry_removes_at_expiry() {
     let now = Instant::from_secs(100);
     let stored = stored_lease("192.168.7.50", "192.168.7.1", Instant(0), 600);
     let mut s = Sim::new(config(), Some(stored.clone()), now, 25);
-    s.servers.push(FakeServer::new(1));
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers.push(FakeServer::new(1));
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(Instant::from_secs(1000));
     let removes = s.removes();
     assert_eq!(removes.len(), 1);
     assert_eq!(removes[0].0, Instant::from_secs(600));
-    assert_eq!(s.client.counters().expiries, 1);
-    assert_eq!(s.client.state(), ClientState::Selecting);
+    assert_eq!(s.engine.counters().expiries, 1);
+    assert_eq!(s.engine.state(), ClientState::Selecting);
 }
 
 #[test]
 fn expired_stored_lease_starts_in_init() {
     let stored = stored_lease("192.168.7.50", "192.168.7.1", Instant(0), 600);
     let s = Sim::new(config(), Some(stored), Instant::from_secs(600), 26);
-    assert_eq!(s.client.state(), ClientState::Init);
-    assert!(s.client.lease().is_none());
+    assert_eq!(s.engine.state(), ClientState::Init);
+    assert!(s.engine.lease().is_none());
 }
 
 #[test]
@@ -437,7 +438,7 @@ fn acd_probes_then_binds_then_announces() {
     let mut s = Sim::with_server(cfg, 27);
     s.run_until(Instant(0));
     s.run_until(Instant(2));
-    assert_eq!(s.client.state(), ClientState::Probing);
+    assert_eq!(s.engine.state(), ClientState::Probing);
     assert!(s.applies().is_empty(), "nothing applied before probing ends");
     s.bind_within(5);
     let arps = s.sent_arp();
@@ -473,7 +474,7 @@ fn acd_conflict_declines_and_rediscovers() {
     let mut cfg = config();
     cfg.acd.enabled = true;
     let mut s = Sim::with_server(cfg, 28);
-    s.peers.push(ArpPeer {
+    s.world.peers.push(ArpPeer {
         mac: [0x02, 0xee, 0, 0, 0, 1],
         owns: ip("192.168.7.101"),
     });
@@ -492,7 +493,7 @@ fn acd_conflict_declines_and_rediscovers() {
     assert_eq!(discovers.len(), 2);
     assert_eq!(discovers[1].0.0 - t.0, 1000, "new DISCOVER 1 s after the DECLINE");
     assert_eq!(lease_of(&s).address, ip("192.168.7.102"));
-    let c = s.client.counters();
+    let c = s.engine.counters();
     assert_eq!((c.declines, c.conflicts), (1, 1));
     assert!(s.applies().iter().all(|a| a.1.address != ip("192.168.7.101")));
 }
@@ -503,7 +504,7 @@ fn repeated_conflicts_wait_ten_seconds() {
     cfg.acd.enabled = true;
     let mut s = Sim::with_server(cfg, 29);
     for i in 0..4 {
-        s.peers.push(ArpPeer {
+        s.world.peers.push(ArpPeer {
             mac: [0x02, 0xee, 0, 0, 0, i],
             owns: Ipv4Addr::new(192, 168, 7, 101 + i),
         });
@@ -523,14 +524,14 @@ fn own_arp_echo_is_not_a_conflict() {
     let mut cfg = config();
     cfg.acd.enabled = true;
     let mut s = Sim::with_server(cfg, 30);
-    s.echo_arp = true;
+    s.world.echo_arp = true;
     s.run_until(Instant(0));
     s.bind_within(5);
     s.run_for_secs(5);
-    let c = s.client.counters();
+    let c = s.engine.counters();
     assert_eq!((c.conflicts, c.declines), (0, 0));
     assert!(s.sent_dhcp(MessageType::Decline).is_empty());
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     // The echoes did arrive (two probes, two announcements) and were seen.
     assert!(c.frames_received >= 2 + 4);
 }
@@ -552,7 +553,7 @@ fn forge_every(s: &mut Sim, frame: &[u8], every_ms: u64, for_ms: u64) {
     let end = s.now.add_millis(for_ms);
     while s.now < end {
         // Dropped as Unexpected while no address is held; handled otherwise.
-        let _ = s.inject(frame.to_vec());
+        let _ = s.inject_frame(frame.to_vec());
         let next = s.now.add_millis(every_ms);
         s.run_until(next);
     }
@@ -591,8 +592,8 @@ fn bound_address_survives_a_few_forged_arps_and_defends_at_a_bounded_rate() {
     forge_every(&mut s, &forged, 3000, 6000);
     assert_eq!(defences(&s, addr).len(), 1);
     assert!(s.removes().is_empty());
-    assert_eq!(s.client.state(), ClientState::Bound);
-    assert_eq!(s.client.counters().conflicts, 2);
+    assert_eq!(s.engine.state(), ClientState::Bound);
+    assert_eq!(s.engine.counters().conflicts, 2);
 
     // 1,000 claims in one second: still one defence, address kept.
     let mut s = bound_sim(31);
@@ -600,7 +601,7 @@ fn bound_address_survives_a_few_forged_arps_and_defends_at_a_bounded_rate() {
     forge_every(&mut s, &forged, 1, 1000);
     assert_eq!(defences(&s, addr).len(), 1);
     assert!(s.removes().is_empty());
-    assert_eq!(s.client.counters().conflicts, 1000);
+    assert_eq!(s.engine.counters().conflicts, 1000);
 
     // One claim every 30 s or every 11 s for ten minutes: each is defended,
     // none insists, the address stays.
@@ -612,7 +613,7 @@ fn bound_address_survives_a_few_forged_arps_and_defends_at_a_bounded_rate() {
         assert_eq!(d.len() as u64, 600_000_u64.div_ceil(every), "every {every} ms");
         assert_defence_rate(&d, 600_000);
         assert!(s.removes().is_empty());
-        assert_eq!(s.client.state(), ClientState::Bound);
+        assert_eq!(s.engine.state(), ClientState::Bound);
     }
 
     // Ten claims a second for a minute: a conflict that insists. The
@@ -656,7 +657,7 @@ fn conflicts_past_max_conflicts_wait_a_rate_limit_interval() {
     cfg.acd.enabled = true;
     let mut s = Sim::with_server(cfg, 72);
     for i in 0..13 {
-        s.peers.push(ArpPeer {
+        s.world.peers.push(ArpPeer {
             mac: [0x02, 0xee, 0, 0, 0, i],
             owns: Ipv4Addr::new(192, 168, 7, 101 + i),
         });
@@ -672,7 +673,7 @@ fn conflicts_past_max_conflicts_wait_a_rate_limit_interval() {
     want.extend([60_000; 4]);
     assert_eq!(waits, want);
     assert_eq!(lease_of(&s).address, ip("192.168.7.114"));
-    assert_eq!(s.client.counters().transmits_limited, 0);
+    assert_eq!(s.engine.counters().transmits_limited, 0);
 }
 
 #[test]
@@ -682,50 +683,78 @@ fn link_flap_keeps_the_lease_and_verifies_on_link_up() {
     s.run_for_secs(600);
     let sent_before = s.sent().len();
     s.handle(EngineEvent::LinkDown).unwrap();
-    s.link_up = false;
-    assert_eq!(s.client.state(), ClientState::LinkDown);
+    s.world.link_up = false;
+    assert_eq!(s.engine.state(), ClientState::LinkDown);
     // Past T1 with the link down: nothing is sent, nothing removed.
     s.run_until(lease.renew_at().add_secs(60));
     assert_eq!(s.sent().len(), sent_before);
     assert!(s.removes().is_empty());
-    assert_eq!(s.client.lease(), Some(&lease));
-    s.link_up = true;
+    assert_eq!(s.engine.lease(), Some(&lease));
+    s.world.link_up = true;
     s.handle(EngineEvent::LinkUp).unwrap();
     let r = s.sent_dhcp(MessageType::Request);
     let last = r.last().unwrap();
     assert_eq!(last.0, s.now);
     assert_eq!(last.1.options.requested_ip, Some(lease.address), "INIT-REBOOT");
     assert_eq!(last.1.ciaddr, ip("0.0.0.0"));
-    assert_eq!(s.client.state(), ClientState::Rebooting);
+    assert_eq!(s.engine.state(), ClientState::Rebooting);
     s.run_for_secs(1);
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     assert!(s.removes().is_empty());
     assert_eq!(lease_of(&s).acquired_at, last.0);
+}
+
+/// The cable pulled just before T1 and plugged back a minute after, both
+/// scheduled ahead: nothing goes out in between, and the lease is verified
+/// (INIT-REBOOT) at the very instant the carrier is back.
+#[test]
+fn a_cable_pulled_before_t1_is_verified_the_instant_it_is_back() {
+    let mut s = bound_sim(80);
+    let lease = lease_of(&s);
+    let pulled = Instant(lease.renew_at().0 - 1000);
+    let plugged = lease.renew_at().add_secs(60);
+    s.cable_at(pulled, false);
+    s.cable_at(plugged, true);
+    s.run_until(plugged.add_secs(1));
+    let sent: Vec<Instant> = s.sent().iter().map(|(t, _)| *t).collect();
+    assert!(
+        !sent.iter().any(|t| (pulled..plugged).contains(t)),
+        "sent with the cable out: {sent:?}"
+    );
+    let r = s.sent_dhcp(MessageType::Request);
+    let last = r.last().unwrap();
+    assert_eq!(last.0, plugged);
+    assert_eq!(last.1.options.requested_ip, Some(lease.address), "INIT-REBOOT");
+    assert_eq!(last.1.ciaddr, ip("0.0.0.0"));
+    assert!(s.states().contains(&ClientState::LinkDown));
+    assert_eq!(s.engine.state(), ClientState::Bound);
+    assert_eq!(lease_of(&s).acquired_at, plugged);
+    assert!(s.removes().is_empty());
 }
 
 #[test]
 fn link_down_past_expiry_removes_then_discovers_on_link_up() {
     let mut s = Sim::with_server(config(), 33);
-    s.servers[0].lease_secs = 600;
+    s.world.servers[0].lease_secs = 600;
     s.run_until(Instant(0));
     s.bind_within(5);
     let lease = lease_of(&s);
     s.handle(EngineEvent::LinkDown).unwrap();
-    s.link_up = false;
+    s.world.link_up = false;
     s.run_until(lease.expires_at().add_secs(30));
     assert_eq!(s.removes().len(), 1);
     assert_eq!(s.removes()[0].0, lease.expires_at());
-    assert_eq!(s.client.state(), ClientState::LinkDown);
-    s.link_up = true;
+    assert_eq!(s.engine.state(), ClientState::LinkDown);
+    s.world.link_up = true;
     s.handle(EngineEvent::LinkUp).unwrap();
-    assert_eq!(s.client.state(), ClientState::Selecting);
+    assert_eq!(s.engine.state(), ClientState::Selecting);
     s.bind_within(5);
 }
 
 #[test]
 fn infinite_lease_never_expires_and_polls_finitely() {
     let mut s = Sim::with_server(config(), 34);
-    s.servers[0].lease_secs = INFINITE_LEASE;
+    s.world.servers[0].lease_secs = INFINITE_LEASE;
     s.run_until(Instant(0));
     s.bind_within(5);
     let lease = lease_of(&s);
@@ -734,48 +763,48 @@ fn infinite_lease_never_expires_and_polls_finitely() {
     let year = 365 * 86_400;
     for _ in 0..3 {
         s.run_for_secs(year);
-        let p = s.client.poll_at();
+        let p = s.engine.poll_at();
         assert!(p > s.now && p <= s.now.add_secs(3600), "{p:?}");
     }
     assert!(s.removes().is_empty());
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     assert_eq!(s.sent().len(), 2, "DISCOVER + REQUEST, nothing in three years");
 }
 
 #[test]
 fn nak_from_a_second_server_while_requesting_is_ignored() {
     let mut s = Sim::with_server(config(), 35);
-    s.latency_ms = 10;
+    s.world.latency_ms = 10;
     s.run_until(Instant(0));
     s.run_until(Instant(10));
-    assert_eq!(s.client.state(), ClientState::Requesting);
-    let req = s.servers[0].seen_of(MessageType::Request)[0].msg.clone();
+    assert_eq!(s.engine.state(), ClientState::Requesting);
+    let req = s.world.servers[0].seen_of(MessageType::Request)[0].msg.clone();
     let mut other = FakeServer::new(2);
     other.mode = Mode::NakAll;
     assert_eq!(
-        s.inject(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
         Err(DropReason::NotForUs)
     );
-    assert_eq!(s.client.state(), ClientState::Requesting);
-    assert_eq!(s.client.counters().naks, 0);
+    assert_eq!(s.engine.state(), ClientState::Requesting);
+    assert_eq!(s.engine.counters().naks, 0);
     s.run_until(Instant(30));
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
 }
 
 #[test]
 fn nak_from_the_selected_server_while_requesting_restarts() {
     let mut s = Sim::with_server(config(), 36);
-    s.latency_ms = 10;
+    s.world.latency_ms = 10;
     s.run_until(Instant(10));
-    let req = s.servers[0].seen_of(MessageType::Request)[0].msg.clone();
-    s.servers[0].mode = Mode::Silent;
-    s.in_flight.clear();
+    let req = s.world.servers[0].seen_of(MessageType::Request)[0].msg.clone();
+    s.world.servers[0].mode = Mode::Silent;
+    s.schedule.clear();
     assert_eq!(
-        s.inject(s.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(s.world.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"))),
         Ok(())
     );
-    assert_eq!(s.client.state(), ClientState::Selecting);
-    assert_eq!(s.client.counters().naks, 1);
+    assert_eq!(s.engine.state(), ClientState::Selecting);
+    assert_eq!(s.engine.counters().naks, 1);
     assert!(s.removes().is_empty(), "nothing was applied");
 }
 
@@ -784,48 +813,60 @@ fn nak_from_the_selected_server_while_requesting_restarts() {
 #[test]
 fn ack_for_another_address_in_requesting_is_dropped() {
     let mut s = Sim::with_server(config(), 48);
-    s.latency_ms = 10;
+    s.world.latency_ms = 10;
     s.run_until(Instant(10));
-    assert_eq!(s.client.state(), ClientState::Requesting);
-    let req = s.servers[0].seen_of(MessageType::Request)[0].msg.clone();
+    assert_eq!(s.engine.state(), ClientState::Requesting);
+    let req = s.world.servers[0].seen_of(MessageType::Request)[0].msg.clone();
     let asked = req.options.requested_ip.unwrap();
-    let wrong = s.servers[0].reply(&req, MessageType::Ack, ip("192.168.7.200"));
+    let wrong = s.world.servers[0].reply(&req, MessageType::Ack, ip("192.168.7.200"));
     assert_ne!(asked, ip("192.168.7.200"));
-    assert_eq!(s.inject(wrong), Err(DropReason::Unexpected));
-    assert_eq!(s.client.state(), ClientState::Requesting);
-    assert_eq!(s.client.counters().acks, 0);
+    assert_eq!(s.inject_frame(wrong), Err(DropReason::Unexpected));
+    assert_eq!(s.engine.state(), ClientState::Requesting);
+    assert_eq!(s.engine.counters().acks, 0);
     assert!(s.applies().is_empty());
     // The honest ACK in flight binds the address asked for.
     s.run_until(Instant(30));
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     assert_eq!(lease_of(&s).address, asked);
 }
 
 #[test]
 fn replies_that_are_not_ours_are_dropped() {
     let mut s = Sim::with_server(config(), 37);
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(Instant(0));
-    let d = s.servers[0].seen[0].msg.clone();
+    let d = s.world.servers[0].seen[0].msg.clone();
     let srv = FakeServer::new(1);
     let good = srv.reply_message(&d, MessageType::Offer, ip("192.168.7.101"));
 
     let mut m = good.clone();
     m.xid ^= 1;
-    assert_eq!(s.inject(srv.frame(&d, &m)), Err(DropReason::NotForUs), "xid");
+    assert_eq!(
+        s.inject_frame(srv.frame(&d, &m)),
+        Err(DropReason::NotForUs),
+        "xid"
+    );
     let mut m = good.clone();
     m.chaddr[5] ^= 1;
-    assert_eq!(s.inject(srv.frame(&d, &m)), Err(DropReason::NotForUs), "chaddr");
+    assert_eq!(
+        s.inject_frame(srv.frame(&d, &m)),
+        Err(DropReason::NotForUs),
+        "chaddr"
+    );
     let mut m = good.clone();
     m.options.client_id = Some(vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(
-        s.inject(srv.frame(&d, &m)),
+        s.inject_frame(srv.frame(&d, &m)),
         Err(DropReason::NotForUs),
         "client id"
     );
     let mut m = good.clone();
     m.htype = 6;
-    assert_eq!(s.inject(srv.frame(&d, &m)), Err(DropReason::NotForUs), "htype");
+    assert_eq!(
+        s.inject_frame(srv.frame(&d, &m)),
+        Err(DropReason::NotForUs),
+        "htype"
+    );
     let mut payload = Vec::new();
     good.encode(&mut payload);
     let wrong_port = frame::build_udp_frame(
@@ -837,7 +878,11 @@ fn replies_that_are_not_ours_are_dropped() {
         68,
         &payload,
     );
-    assert_eq!(s.inject(wrong_port), Err(DropReason::NotForUs), "source port");
+    assert_eq!(
+        s.inject_frame(wrong_port),
+        Err(DropReason::NotForUs),
+        "source port"
+    );
     let other_mac = frame::build_udp_frame(
         srv.mac,
         [2, 9, 9, 9, 9, 9],
@@ -847,7 +892,11 @@ fn replies_that_are_not_ours_are_dropped() {
         68,
         &payload,
     );
-    assert_eq!(s.inject(other_mac), Err(DropReason::NotForUs), "destination MAC");
+    assert_eq!(
+        s.inject_frame(other_mac),
+        Err(DropReason::NotForUs),
+        "destination MAC"
+    );
     let short = frame::build_udp_frame(
         srv.mac,
         BROADCAST_MAC,
@@ -857,51 +906,51 @@ fn replies_that_are_not_ours_are_dropped() {
         68,
         &payload[..200],
     );
-    assert_eq!(s.inject(short), Err(DropReason::BadDhcp));
-    assert_eq!(s.inject(vec![0u8; 60]), Err(DropReason::BadFrame));
+    assert_eq!(s.inject_frame(short), Err(DropReason::BadDhcp));
+    assert_eq!(s.inject_frame(vec![0u8; 60]), Err(DropReason::BadFrame));
     let mut m = good.clone();
     m.options.message_type = Some(MessageType::ForceRenew);
     assert_eq!(
-        s.inject(srv.frame(&d, &m)),
+        s.inject_frame(srv.frame(&d, &m)),
         Err(DropReason::Unexpected),
         "FORCERENEW"
     );
     let mut m = good.clone();
     m.options.message_type = Some(MessageType::Ack);
     assert_eq!(
-        s.inject(srv.frame(&d, &m)),
+        s.inject_frame(srv.frame(&d, &m)),
         Err(DropReason::Unexpected),
         "ACK in SELECTING"
     );
     let mut m = good.clone();
     m.yiaddr = ip("127.0.0.1");
     assert!(
-        matches!(s.inject(srv.frame(&d, &m)), Err(DropReason::Refused(_))),
+        matches!(s.inject_frame(srv.frame(&d, &m)), Err(DropReason::Refused(_))),
         "refused offer"
     );
 
-    let c = s.client.counters();
+    let c = s.engine.counters();
     assert_eq!(c.frames_dropped, 11);
     assert_eq!(c.frames_received, 11);
     assert_eq!(c.leases_refused, 1);
-    assert_eq!(s.client.state(), ClientState::Selecting);
+    assert_eq!(s.engine.state(), ClientState::Selecting);
     // Without option 61 (RFC 6842 servers echo it, older ones do not) and
     // with it: both fine.
     let mut m = good.clone();
     m.options.client_id = None;
-    assert_eq!(s.inject(srv.frame(&d, &m)), Ok(()));
-    assert_eq!(s.client.state(), ClientState::Requesting);
+    assert_eq!(s.inject_frame(srv.frame(&d, &m)), Ok(()));
+    assert_eq!(s.engine.state(), ClientState::Requesting);
 }
 
 #[test]
 fn forcerenew_while_bound_is_ignored() {
     let mut s = bound_sim(38);
-    let req = s.servers[0].seen_of(MessageType::Request)[0].msg.clone();
-    let mut m = s.servers[0].reply_message(&req, MessageType::ForceRenew, ip("0.0.0.0"));
+    let req = s.world.servers[0].seen_of(MessageType::Request)[0].msg.clone();
+    let mut m = s.world.servers[0].reply_message(&req, MessageType::ForceRenew, ip("0.0.0.0"));
     m.xid = 0x1234_5678;
-    let f = s.servers[0].frame(&req, &m);
-    assert_eq!(s.inject(f), Err(DropReason::Unexpected));
-    assert_eq!(s.client.state(), ClientState::Bound);
+    let f = s.world.servers[0].frame(&req, &m);
+    assert_eq!(s.inject_frame(f), Err(DropReason::Unexpected));
+    assert_eq!(s.engine.state(), ClientState::Bound);
     assert_eq!(s.sent().len(), 2);
 }
 
@@ -909,31 +958,31 @@ fn forcerenew_while_bound_is_ignored() {
 fn ack_for_another_address_in_renewing_is_dropped() {
     let mut s = bound_sim(39);
     let lease = lease_of(&s);
-    s.servers[0].ack_address_override = Some(ip("192.168.7.200"));
+    s.world.servers[0].ack_address_override = Some(ip("192.168.7.200"));
     s.run_until(lease.renew_at().add_millis(1));
     assert_eq!(
-        s.drops.last().unwrap(),
+        s.refusals.last().unwrap(),
         &(lease.renew_at().add_millis(1), DropReason::Unexpected)
     );
-    assert_eq!(s.client.state(), ClientState::Renewing);
+    assert_eq!(s.engine.state(), ClientState::Renewing);
     assert_eq!(s.applies().len(), 1);
-    assert_eq!(s.client.counters().renewals, 0);
+    assert_eq!(s.engine.counters().renewals, 0);
     // The server comes to its senses: the next retry renews.
-    s.servers[0].ack_address_override = None;
+    s.world.servers[0].ack_address_override = None;
     s.run_until(lease.rebind_at());
-    assert_eq!(s.client.counters().renewals, 1);
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.counters().renewals, 1);
+    assert_eq!(s.engine.state(), ClientState::Bound);
 }
 
 #[test]
 fn rebinding_ack_from_any_server_counts_as_rebind() {
     let mut s = bound_sim(40);
     let lease = lease_of(&s);
-    s.servers[0].mode = Mode::IgnoreUnicast;
+    s.world.servers[0].mode = Mode::IgnoreUnicast;
     s.run_until(lease.rebind_at().add_millis(1));
-    assert_eq!(s.client.counters().rebinds, 1);
-    assert_eq!(s.client.counters().renewals, 0);
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.counters().rebinds, 1);
+    assert_eq!(s.engine.counters().renewals, 0);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     assert_eq!(lease_of(&s).acquired_at, lease.rebind_at());
 }
 
@@ -943,10 +992,10 @@ fn renew_event_renews_now() {
     s.run_for_secs(10);
     let asked = s.now;
     s.handle(EngineEvent::Renew).unwrap();
-    assert_eq!(s.client.state(), ClientState::Renewing);
+    assert_eq!(s.engine.state(), ClientState::Renewing);
     assert_eq!(s.sent_dhcp(MessageType::Request).last().unwrap().0, asked);
     s.run_for_secs(1);
-    assert_eq!(s.client.counters().renewals, 1);
+    assert_eq!(s.engine.counters().renewals, 1);
     assert_eq!(lease_of(&s).acquired_at, asked);
 }
 
@@ -954,19 +1003,19 @@ fn renew_event_renews_now() {
 fn stop_without_release_keeps_the_address() {
     let mut s = bound_sim(42);
     s.handle(EngineEvent::Stop { force_release: false }).unwrap();
-    assert_eq!(s.client.state(), ClientState::Stopped);
-    assert_eq!(s.client.poll_at(), Instant::NEVER);
+    assert_eq!(s.engine.state(), ClientState::Stopped);
+    assert_eq!(s.engine.poll_at(), Instant::NEVER);
     assert!(s.sent_dhcp(MessageType::Release).is_empty());
     assert!(s.removes().is_empty());
-    assert!(s.client.lease().is_some());
-    let junk = s.servers[0].reply(
-        &s.servers[0].seen[0].msg.clone(),
+    assert!(s.engine.lease().is_some());
+    let junk = s.world.servers[0].reply(
+        &s.world.servers[0].seen[0].msg.clone(),
         MessageType::Offer,
         ip("192.168.7.9"),
     );
-    assert_eq!(s.inject(junk), Err(DropReason::Unexpected));
+    assert_eq!(s.inject_frame(junk), Err(DropReason::Unexpected));
     s.handle(EngineEvent::Tick).unwrap();
-    assert_eq!(s.client.poll_at(), Instant::NEVER);
+    assert_eq!(s.engine.poll_at(), Instant::NEVER);
 }
 
 #[test]
@@ -984,15 +1033,15 @@ fn stop_with_release_sends_release_and_removes() {
         let (_, m, mac, src, dst) = &rel[0];
         assert_eq!(
             (*mac, *src, *dst),
-            (s.servers[0].mac, lease.address, lease.server_id)
+            (s.world.servers[0].mac, lease.address, lease.server_id)
         );
         assert_eq!(m.ciaddr, lease.address);
         assert_eq!(m.options.server_id, Some(lease.server_id));
         assert_eq!(m.options.requested_ip, None);
         assert_eq!(s.removes().len(), 1);
         assert_eq!(s.persists().last().unwrap().1, None);
-        assert_eq!(s.client.state(), ClientState::Stopped);
-        assert_eq!(s.client.poll_at(), Instant::NEVER);
+        assert_eq!(s.engine.state(), ClientState::Stopped);
+        assert_eq!(s.engine.poll_at(), Instant::NEVER);
         // RELEASE went first, then the address.
         let kinds: Vec<_> = s.log.iter().rev().take(4).map(|(_, a)| a.clone()).collect();
         assert!(matches!(kinds[3], EngineAction::Transmit(_)));
@@ -1003,7 +1052,7 @@ fn stop_with_release_sends_release_and_removes() {
 #[test]
 fn apply_failure_is_retried_with_backoff_and_the_lease_kept() {
     let mut s = Sim::with_server(config(), 44);
-    s.apply_fails = true;
+    s.world.apply_fails = true;
     s.run_until(Instant(0));
     s.bind_within(5);
     s.run_for_secs(400);
@@ -1017,10 +1066,10 @@ fn apply_failure_is_retried_with_backoff_and_the_lease_kept() {
         assert_eq!(*valid, l.remaining_secs(*t));
     }
     assert!(s.removes().is_empty());
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     // The actuator recovers: the retry is not answered with a failure, and
     // retries stop.
-    s.apply_fails = false;
+    s.world.apply_fails = false;
     s.run_for_secs(60);
     let n = s.applies().len();
     s.run_for_secs(600);
@@ -1031,7 +1080,7 @@ fn apply_failure_is_retried_with_backoff_and_the_lease_kept() {
         ok: true,
     })
     .unwrap();
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
 }
 
 #[test]
@@ -1059,7 +1108,7 @@ fn status_is_published_on_every_state_change() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(last.lease.as_ref(), s.client.lease());
+    assert_eq!(last.lease.as_ref(), s.engine.lease());
     assert_eq!(last.counters.acks, 1);
 }
 
@@ -1069,10 +1118,10 @@ fn time_going_backwards_is_treated_as_now() {
     s.run_for_secs(100);
     s.handle(EngineEvent::Tick).unwrap();
     let mut out = Vec::new();
-    let p = s.client.poll_at();
-    s.client.handle(Instant(5), EngineEvent::Tick, &mut out).unwrap();
+    let p = s.engine.poll_at();
+    s.engine.handle(Instant(5), EngineEvent::Tick, &mut out).unwrap();
     assert!(out.is_empty());
-    assert_eq!(s.client.poll_at(), p);
+    assert_eq!(s.engine.poll_at(), p);
 }
 
 #[test]
@@ -1091,7 +1140,7 @@ fn junk_while_bound_reaches_the_published_counters_within_a_second() {
     let before = published(&s).len();
     let t0 = s.now;
     for _ in 0..50 {
-        assert!(s.inject(vec![0u8; 60]).is_err());
+        assert!(s.inject_frame(vec![0u8; 60]).is_err());
     }
     // Nothing published at once: the burst is coalesced...
     assert_eq!(published(&s).len(), before);
@@ -1190,9 +1239,9 @@ fn short_leases_cannot_drive_a_request_storm() {
     for lease in [0u32, 1, 2, 5] {
         for nak in [false, true] {
             let mut s = Sim::with_server(config(), 60 + lease as u8);
-            s.servers[0].lease_secs = lease;
+            s.world.servers[0].lease_secs = lease;
             if nak {
-                s.servers[0].mode = Mode::NakRenewals;
+                s.world.servers[0].mode = Mode::NakRenewals;
             }
             s.run_until(Instant(window));
             let t = tally(&s);
@@ -1214,7 +1263,7 @@ fn short_leases_cannot_drive_a_request_storm() {
                 assert!(t.publishes <= t.frames + 2, "{what}");
                 continue;
             }
-            let lease_now = s.client.lease().cloned();
+            let lease_now = s.engine.lease().cloned();
             if !nak {
                 // One bind per T1 at most, one REQUEST per renewal, two
                 // publications per renewal (RENEWING, BOUND).
@@ -1260,8 +1309,8 @@ fn short_leases_cannot_drive_a_request_storm() {
 #[test]
 fn nak_backoff_survives_binds_and_ends_once_a_lease_holds() {
     let mut s = Sim::with_server(config(), 73);
-    s.servers[0].lease_secs = 20;
-    s.servers[0].mode = Mode::NakRenewals;
+    s.world.servers[0].lease_secs = 20;
+    s.world.servers[0].mode = Mode::NakRenewals;
     s.run_until(Instant(0));
     s.run_until(Instant::from_secs(200));
     let removes = s.removes();
@@ -1273,11 +1322,11 @@ fn nak_backoff_survives_binds_and_ends_once_a_lease_holds() {
     assert_eq!(&waits[..6], &[0, 1000, 2000, 4000, 8000, 16_000]);
     // A server that renews again: once a lease has held 60 s, the next NAK
     // (after a 10 min lease's T1) restarts at once.
-    s.servers[0].lease_secs = 600;
-    s.servers[0].mode = Mode::Normal;
+    s.world.servers[0].lease_secs = 600;
+    s.world.servers[0].mode = Mode::Normal;
     s.bind_within(120);
     s.run_for_secs(30);
-    s.servers[0].mode = Mode::NakRenewals;
+    s.world.servers[0].mode = Mode::NakRenewals;
     let n = s.removes().len();
     let t1 = lease_of(&s).renew_at();
     s.run_until(t1.add_millis(5));
@@ -1297,9 +1346,9 @@ fn frames_stay_under_the_engine_rate_bound_in_any_state() {
     let mut s = bound_sim(74);
     let sent_before = s.sent().len();
     for _ in 0..1000 {
-        s.link_up = false;
+        s.world.link_up = false;
         s.handle(EngineEvent::LinkDown).unwrap();
-        s.link_up = true;
+        s.world.link_up = true;
         s.handle(EngineEvent::LinkUp).unwrap();
         let next = s.now.add_millis(10);
         s.run_until(next);
@@ -1309,12 +1358,12 @@ fn frames_stay_under_the_engine_rate_bound_in_any_state() {
         flaps_sent <= TX_BURST + 10 * TX_PER_SEC + 1,
         "{flaps_sent} frames"
     );
-    let c = s.client.counters();
+    let c = s.engine.counters();
     assert!(c.transmits_limited >= 1000 - flaps_sent as u64, "{c:?}");
     assert_eq!(c.transmitted as usize, s.sent().len());
     assert_frame_rate_bound(&s);
     s.bind_within(120);
-    assert_eq!(s.client.state(), ClientState::Bound);
+    assert_eq!(s.engine.state(), ClientState::Bound);
     // The counter is published like the others.
     s.run_for_secs(2);
     let last = s
@@ -1326,7 +1375,7 @@ fn frames_stay_under_the_engine_rate_bound_in_any_state() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(last.transmits_limited, s.client.counters().transmits_limited);
+    assert_eq!(last.transmits_limited, s.engine.counters().transmits_limited);
 
     let mut cfg = config();
     cfg.acd.enabled = true;
@@ -1338,7 +1387,7 @@ fn frames_stay_under_the_engine_rate_bound_in_any_state() {
     s.bind_within(10);
     assert_frame_rate_bound(&s);
     assert!(s.sent_arp().len() < 200);
-    assert!(s.client.counters().transmits_limited > 0);
+    assert!(s.engine.counters().transmits_limited > 0);
 }
 
 /// A NAK built by `srv` for `req`, framed from another MAC and source IP.
@@ -1365,11 +1414,11 @@ const ROGUE_MAC: [u8; 6] = [0x02, 0x66, 0, 0, 0, 6];
 fn forged_naks_while_renewing_are_refused() {
     let mut s = bound_sim(76);
     let lease = lease_of(&s);
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(lease.renew_at());
-    assert_eq!(s.client.state(), ClientState::Renewing);
-    let req = s.servers[0].seen.last().unwrap().msg.clone();
-    let srv = &s.servers[0];
+    assert_eq!(s.engine.state(), ClientState::Renewing);
+    let req = s.world.servers[0].seen.last().unwrap().msg.clone();
+    let srv = &s.world.servers[0];
     let (smac, sip) = (srv.mac, srv.ip);
     let shapes = [
         (
@@ -1386,26 +1435,26 @@ fn forged_naks_while_renewing_are_refused() {
         ),
     ];
     for (what, f) in shapes {
-        assert_eq!(s.inject(f), Err(DropReason::NotForUs), "{what}");
+        assert_eq!(s.inject_frame(f), Err(DropReason::NotForUs), "{what}");
     }
     // Our server's NAK to a transmission before the current one.
-    let seen = s.servers[0].seen.len();
-    while s.servers[0].seen.len() == seen {
-        let next = s.client.poll_at();
+    let seen = s.world.servers[0].seen.len();
+    while s.world.servers[0].seen.len() == seen {
+        let next = s.engine.poll_at();
         s.run_until(next);
     }
-    assert_eq!(s.client.state(), ClientState::Renewing);
-    let stale = s.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"));
-    assert_eq!(s.inject(stale), Err(DropReason::NotForUs), "stale xid");
-    assert_eq!(s.client.counters().naks, 0);
+    assert_eq!(s.engine.state(), ClientState::Renewing);
+    let stale = s.world.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"));
+    assert_eq!(s.inject_frame(stale), Err(DropReason::NotForUs), "stale xid");
+    assert_eq!(s.engine.counters().naks, 0);
     assert!(s.removes().is_empty());
     // The real one, for the current xid, counts.
-    let req = s.servers[0].seen.last().unwrap().msg.clone();
+    let req = s.world.servers[0].seen.last().unwrap().msg.clone();
     assert_eq!(
-        s.inject(s.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(s.world.servers[0].reply(&req, MessageType::Nak, ip("0.0.0.0"))),
         Ok(())
     );
-    assert_eq!(s.client.counters().naks, 1);
+    assert_eq!(s.engine.counters().naks, 1);
     assert_eq!(s.removes().len(), 1);
 }
 
@@ -1413,17 +1462,17 @@ fn forged_naks_while_renewing_are_refused() {
 #[test]
 fn forged_nak_while_requesting_is_refused() {
     let mut s = Sim::with_server(config(), 77);
-    s.latency_ms = 10;
+    s.world.latency_ms = 10;
     s.run_until(Instant(10));
-    assert_eq!(s.client.state(), ClientState::Requesting);
-    let req = s.servers[0].seen_of(MessageType::Request)[0].msg.clone();
-    let sip = s.servers[0].ip;
-    let f = nak_from(&s.servers[0], &req, ROGUE_MAC, sip);
-    assert_eq!(s.inject(f), Err(DropReason::NotForUs));
-    assert_eq!(s.client.state(), ClientState::Requesting);
+    assert_eq!(s.engine.state(), ClientState::Requesting);
+    let req = s.world.servers[0].seen_of(MessageType::Request)[0].msg.clone();
+    let sip = s.world.servers[0].ip;
+    let f = nak_from(&s.world.servers[0], &req, ROGUE_MAC, sip);
+    assert_eq!(s.inject_frame(f), Err(DropReason::NotForUs));
+    assert_eq!(s.engine.state(), ClientState::Requesting);
     s.run_until(Instant(30));
-    assert_eq!(s.client.state(), ClientState::Bound);
-    assert_eq!(s.client.counters().naks, 0);
+    assert_eq!(s.engine.state(), ClientState::Bound);
+    assert_eq!(s.engine.counters().naks, 0);
 }
 
 /// REBINDING and INIT-REBOOT asked every server: any server's NAK for the
@@ -1431,14 +1480,14 @@ fn forged_nak_while_requesting_is_refused() {
 #[test]
 fn naks_while_rebinding_need_the_current_xid() {
     let mut s = Sim::with_server(config(), 78);
-    s.servers[0].lease_secs = 600;
+    s.world.servers[0].lease_secs = 600;
     s.run_until(Instant(0));
     s.bind_within(5);
     let lease = lease_of(&s);
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(lease.rebind_at());
-    assert_eq!(s.client.state(), ClientState::Rebinding);
-    let renewing_req = s.servers[0]
+    assert_eq!(s.engine.state(), ClientState::Rebinding);
+    let renewing_req = s.world.servers[0]
         .seen
         .iter()
         .rev()
@@ -1448,13 +1497,13 @@ fn naks_while_rebinding_need_the_current_xid() {
         .clone();
     let other = FakeServer::new(9);
     assert_eq!(
-        s.inject(other.reply(&renewing_req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(other.reply(&renewing_req, MessageType::Nak, ip("0.0.0.0"))),
         Err(DropReason::NotForUs),
         "a NAK to an earlier transmission"
     );
-    let req = s.servers[0].seen.last().unwrap().msg.clone();
+    let req = s.world.servers[0].seen.last().unwrap().msg.clone();
     assert_eq!(
-        s.inject(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
         Ok(())
     );
     assert_eq!(s.removes().len(), 1);
@@ -1462,13 +1511,13 @@ fn naks_while_rebinding_need_the_current_xid() {
     let now = Instant::from_secs(100);
     let stored = stored_lease("192.168.7.50", "192.168.7.1", Instant(0), 3600);
     let mut s = Sim::new(config(), Some(stored), now, 79);
-    s.servers.push(FakeServer::new(1));
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers.push(FakeServer::new(1));
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(now);
-    let mut req = s.servers[0].seen[0].msg.clone();
+    let mut req = s.world.servers[0].seen[0].msg.clone();
     req.xid ^= 1;
     assert_eq!(
-        s.inject(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
+        s.inject_frame(other.reply(&req, MessageType::Nak, ip("0.0.0.0"))),
         Err(DropReason::NotForUs)
     );
     assert!(s.removes().is_empty());
@@ -1534,18 +1583,19 @@ fn random_events_never_break_the_invariants() {
         cfg.acd.announce_interval_ms = g.below(2) as u32;
         let stored = (seed % 3 == 0).then(|| stored_lease("192.168.7.101", "192.168.7.1", Instant(0), 120));
         let mut s = Sim::new(cfg.clone(), stored, Instant(0), seed as u8);
-        s.servers.push(FakeServer::new(1));
-        s.servers.push(FakeServer::new(2));
-        s.servers[0].lease_secs = [60, 120, 3600, INFINITE_LEASE][g.below(4) as usize];
-        s.servers[1].mode = Mode::NakAll;
+        s.world.servers.push(FakeServer::new(1));
+        s.world.servers.push(FakeServer::new(2));
+        s.world.servers[0].lease_secs = [60, 120, 3600, INFINITE_LEASE][g.below(4) as usize];
+        s.world.servers[1].mode = Mode::NakAll;
         for _ in 0..3000 {
             let now = s.now;
             match g.below(16) {
                 0..=3 => {
-                    // Let time run, delivering what is in flight, sometimes
+                    // Let time run, delivering what is in flight (only
+                    // frames: the actuator never fails here), sometimes
                     // damaged.
                     if g.below(3) == 0
-                        && let Some((_, f)) = s.in_flight.pop_front()
+                        && let Some((_, EngineEvent::Frame { data: f, .. })) = s.schedule.pop_next()
                     {
                         let offloaded = g.below(2) == 0;
                         let data = mutate(&mut g, f);
@@ -1559,7 +1609,7 @@ fn random_events_never_break_the_invariants() {
                 }
                 4..=6 => {
                     let junk = mutate(&mut g, vec![0; 342]);
-                    let _ = s.inject(junk);
+                    let _ = s.inject_frame(junk);
                 }
                 7 => {
                     let arp = ArpPacket {
@@ -1577,11 +1627,11 @@ fn random_events_never_break_the_invariants() {
                         target_mac: [0; 6],
                         target_ip: Ipv4Addr::new(192, 168, 7, [101, 102][g.below(2) as usize]),
                     };
-                    let _ = s.inject(frame::build_arp_frame(&arp, BROADCAST_MAC));
+                    let _ = s.inject_frame(frame::build_arp_frame(&arp, BROADCAST_MAC));
                 }
                 8 => {
                     let up = g.below(2) == 0;
-                    s.link_up = up;
+                    s.world.link_up = up;
                     let ev = if up {
                         EngineEvent::LinkUp
                     } else {
@@ -1600,42 +1650,42 @@ fn random_events_never_break_the_invariants() {
                 }
                 10 => assert_eq!(s.handle(EngineEvent::Renew), Ok(())),
                 11 => {
-                    s.servers[0].mode =
+                    s.world.servers[0].mode =
                         [Mode::Normal, Mode::Silent, Mode::NakAll, Mode::IgnoreUnicast][g.below(4) as usize];
                 }
                 12 => {
                     if g.below(50) == 0 {
                         let force = g.below(2) == 0;
                         assert_eq!(s.handle(EngineEvent::Stop { force_release: force }), Ok(()));
-                        assert_eq!(s.client.poll_at(), Instant::NEVER);
+                        assert_eq!(s.engine.poll_at(), Instant::NEVER);
                         // A fresh engine, as the supervisor would start.
-                        let stored = s.client.lease().cloned();
-                        s.client = Client::new(cfg.clone(), stored, s.now, [g.below(256) as u8; 32]);
+                        let stored = s.engine.lease().cloned();
+                        s.engine = Client::new(cfg.clone(), stored, s.now, [g.below(256) as u8; 32]);
                     }
                 }
                 _ => {
                     // A reply built from the last message a server saw,
                     // possibly for another address.
-                    if let Some(seen) = s.servers[0].seen.last() {
+                    if let Some(seen) = s.world.servers[0].seen.last() {
                         let req = seen.msg.clone();
                         let kind =
                             [MessageType::Offer, MessageType::Ack, MessageType::Nak][g.below(3) as usize];
                         let yi = Ipv4Addr::new(192, 168, 7, [101, 102, 0, 255][g.below(4) as usize]);
-                        let f = s.servers[0].reply(&req, kind, yi);
-                        let _ = s.inject(f);
+                        let f = s.world.servers[0].reply(&req, kind, yi);
+                        let _ = s.inject_frame(f);
                     }
                 }
             }
-            let p = s.client.poll_at();
-            if s.client.state() == ClientState::Stopped {
+            let p = s.engine.poll_at();
+            if s.engine.state() == ClientState::Stopped {
                 assert_eq!(p, Instant::NEVER);
             } else {
                 assert_ne!(p, Instant::NEVER, "seed {seed}");
                 assert!(p >= s.now, "seed {seed}: poll_at {p:?} before now {:?}", s.now);
             }
-            let c = s.client.counters();
+            let c = s.engine.counters();
             assert!(c.frames_dropped <= c.frames_received);
-            if let Some(l) = s.client.lease() {
+            if let Some(l) = s.engine.lease() {
                 assert_eq!(l.check(&cfg.limits), Ok(()));
             }
         }
@@ -1668,9 +1718,9 @@ fn random_events_never_break_the_invariants() {
 #[test]
 fn frame_throughput() {
     let mut s = Sim::with_server(config(), 50);
-    s.servers[0].mode = Mode::Silent;
+    s.world.servers[0].mode = Mode::Silent;
     s.run_until(Instant(0));
-    let d = s.servers[0].seen[0].msg.clone();
+    let d = s.world.servers[0].seen[0].msg.clone();
     let srv = FakeServer::new(1);
     let offer = srv.reply(&d, MessageType::Offer, ip("192.168.7.101"));
     let mut other = d.clone();

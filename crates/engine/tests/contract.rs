@@ -227,6 +227,159 @@ fn a_day_of_virtual_time_runs_exactly() {
     assert_eq!(sim.refusals, vec![(Instant(86_400_001), Refusal::NotOurPing)]);
 }
 
+/// A hand-built engine enters the simulation as it is (no first step), and
+/// an event handed over outside the schedule returns its refusal, is
+/// recorded, and leaves the world's answers in the schedule.
+#[test]
+fn an_engine_built_by_hand_is_simulated_and_handed_events_directly() {
+    let hb = Heartbeat {
+        period_ms: 100,
+        next_at: Instant(50),
+        id: 7,
+        answered: true,
+        misses: 0,
+    };
+    let peer = Peer {
+        latency_ms: 3,
+        drop_every: 1000,
+        seen: 0,
+    };
+    let mut sim = Sim::from_engine(hb, Instant(50), peer);
+    assert!(sim.log.is_empty());
+    assert!(sim.schedule.is_empty());
+    // Its due timer runs first (ping 8, answered 3 ms later), then the
+    // forged pong is refused.
+    assert_eq!(sim.handle(Event::Pong(99)), Err(Refusal::NotOurPing));
+    assert_eq!(sim.refusals, vec![(Instant(50), Refusal::NotOurPing)]);
+    assert_eq!(sim.log, vec![(Instant(50), Action::Ping(8))]);
+    assert_eq!(
+        sim.schedule.iter().collect::<Vec<_>>(),
+        vec![(Instant(53), &Event::Pong(8))]
+    );
+    sim.run_for(10);
+    assert!(sim.engine.answered);
+    assert_eq!(sim.handle(Event::Stop), Ok(()));
+    assert_eq!(sim.refusals.len(), 1);
+    // A stopped engine with nothing scheduled: nothing is due, ever.
+    assert!(!sim.step(Instant::NEVER));
+}
+
+/// A change of the world runs at its time, before the engine's timers and
+/// events at that instant, and may schedule events itself.
+#[test]
+fn the_world_changes_at_its_time_first() {
+    let peer = Peer {
+        latency_ms: 3,
+        drop_every: 1000,
+        seen: 0,
+    };
+    let mut sim = Sim::<Heartbeat, _>::start(100, Instant(0), [0; 32], peer);
+    // From 200 ms on, the peer answers nothing: the ping sent at 200 is
+    // already lost.
+    sim.change_at(Instant(200), |_, peer: &mut Peer, _| peer.drop_every = 1);
+    sim.change_at(Instant(450), |now, _, schedule| schedule.at(now, Event::Stop));
+    sim.run_until(Instant(1000));
+    assert_eq!(
+        sim.log,
+        vec![
+            (Instant(0), Action::Ping(1)),
+            (Instant(100), Action::Ping(2)),
+            (Instant(200), Action::Ping(3)),
+            (Instant(300), Action::Missed(3)),
+            (Instant(300), Action::Ping(4)),
+            (Instant(400), Action::Missed(4)),
+            (Instant(400), Action::Ping(5)),
+        ]
+    );
+    assert_eq!(sim.engine.next_at, Instant::NEVER);
+    assert_eq!(sim.now, Instant(1000));
+    // A change asked for in the past runs now.
+    sim.change_at(Instant(5), |now, peer: &mut Peer, _| peer.seen = now.0 as u32);
+    sim.run_for(0);
+    assert_eq!(sim.world.seen, 1000);
+}
+
+#[test]
+fn running_until_a_condition_stops_where_it_holds() {
+    let peer = Peer {
+        latency_ms: 3,
+        drop_every: 3,
+        seen: 0,
+    };
+    let mut sim = Sim::<Heartbeat, _>::start(100, Instant(0), [0; 32], peer);
+    // The third ping (200 ms) is dropped and found missing at 300 ms.
+    assert!(sim.run_until_true(Instant(10_000), |s| s.engine.misses == 1));
+    assert_eq!(sim.now, Instant(300));
+    // Already true: the clock does not move.
+    assert!(sim.run_until_true(Instant(10_000), |s| s.engine.misses == 1));
+    assert_eq!(sim.now, Instant(300));
+    // The next miss is at 600 ms: not by 350, where the clock then stands.
+    assert!(!sim.run_until_true(Instant(350), |s| s.engine.misses == 2));
+    assert_eq!(sim.now, Instant(350));
+}
+
+#[test]
+fn the_log_is_counted_picked_cut_and_emptied() {
+    let peer = Peer {
+        latency_ms: 3,
+        drop_every: 4,
+        seen: 0,
+    };
+    let mut sim = Sim::<Heartbeat, _>::start(100, Instant(0), [0; 32], peer);
+    sim.run_until(Instant(1000));
+    // Pings at 0, 100 ... 1000; the 4th and 8th (300, 700 ms) go unanswered.
+    assert_eq!(sim.count(|a| matches!(a, Action::Ping(_))), 11);
+    let missed = sim.pick(|a| match a {
+        Action::Missed(id) => Some(*id),
+        _ => None,
+    });
+    assert_eq!(missed, vec![(Instant(400), 4), (Instant(800), 8)]);
+    let tail = sim.since(Instant(800));
+    assert_eq!(
+        tail,
+        &[
+            (Instant(800), Action::Missed(8)),
+            (Instant(800), Action::Ping(9)),
+            (Instant(900), Action::Ping(10)),
+            (Instant(1000), Action::Ping(11)),
+        ]
+    );
+    assert!(sim.since(Instant(1001)).is_empty());
+    assert_eq!(sim.take_log().len(), 13);
+    assert!(sim.log.is_empty());
+    sim.run_for(100);
+    assert_eq!(sim.log, vec![(Instant(1100), Action::Ping(12))]);
+}
+
+#[test]
+fn the_schedule_is_ordered_and_can_be_inspected_and_cut() {
+    let mut s = Schedule::default();
+    s.at(Instant(5), Event::Pong(1));
+    s.at(Instant(1), Event::Pong(2));
+    s.at(Instant(5), Event::Pong(3));
+    s.at(Instant(9), Event::Stop);
+    assert_eq!(s.next_time(), Some(Instant(1)));
+    let order: Vec<_> = s.iter().map(|(t, e)| (t.0, e.clone())).collect();
+    assert_eq!(
+        order,
+        vec![
+            (1, Event::Pong(2)),
+            (5, Event::Pong(1)),
+            (5, Event::Pong(3)),
+            (9, Event::Stop)
+        ]
+    );
+    s.retain(|t, e| t < Instant(9) && *e != Event::Pong(1));
+    assert_eq!(s.len(), 2);
+    assert_eq!(s.pop_next(), Some((Instant(1), Event::Pong(2))));
+    assert_eq!(s.pop_next(), Some((Instant(5), Event::Pong(3))));
+    assert_eq!(s.pop_next(), None);
+    s.at(Instant(3), Event::Stop);
+    s.clear();
+    assert!(s.is_empty());
+    assert_eq!(s.next_time(), None);
+}
+
 /// An engine that asks to be woken now for ever: the simulation says so
 /// instead of hanging.
 #[test]
@@ -255,4 +408,49 @@ fn the_fuzz_harness_survives_any_bytes() {
     let mut data = vec![5, 0];
     data.extend(postcard::to_allocvec(&Event::Pong(1)).unwrap());
     assert!(fuzz::drive::<Heartbeat>(50, [0; 32], &data) >= 1);
+}
+
+/// Seeds written as steps run as written: timer steps jump to the engine's
+/// wake-up when they carry no time, and events arrive when they say.
+#[test]
+fn fuzz_steps_encode_to_what_the_harness_runs() {
+    let steps = [
+        fuzz::Step::Event(5, Event::Pong(1)),
+        // To 50 ms after the start: ping 2.
+        fuzz::Step::Timer(0),
+        // To 100 ms: ping 2 missed, ping 3.
+        fuzz::Step::Timer(0),
+        fuzz::Step::Event(3, Event::Pong(3)),
+        // Not due yet: nothing.
+        fuzz::Step::Timer(10),
+        fuzz::Step::Event(0, Event::Stop),
+        // Stopped: no wake-up to jump to, and nothing runs.
+        fuzz::Step::Timer(0),
+    ];
+    let data = fuzz::encode_steps(&steps);
+    // Ping 1 at the start, ping 2, then a miss and ping 3.
+    assert_eq!(fuzz::drive::<Heartbeat>(50, [0; 32], &data), 4);
+    // Without the timer steps, only the first ping.
+    let events: Vec<_> = steps
+        .iter()
+        .filter(|s| matches!(s, fuzz::Step::Event(..)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        fuzz::drive::<Heartbeat>(50, [0; 32], &fuzz::encode_steps(&events)),
+        1
+    );
+}
+
+#[test]
+#[should_panic(expected = "not after now")]
+fn the_fuzz_harness_catches_a_wake_up_that_is_not_in_the_future() {
+    let hb = Heartbeat {
+        period_ms: 1,
+        next_at: Instant(5),
+        id: 0,
+        answered: true,
+        misses: 0,
+    };
+    fuzz::check_wake(&hb, Instant(5));
 }

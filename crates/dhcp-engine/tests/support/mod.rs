@@ -1,5 +1,7 @@
-//! Virtual-time harness: one client, fake servers and ARP peers on a fake
-//! link, and a log of everything the client asked for.
+//! Virtual-time harness: the SDK's generic simulation
+//! ([`mirage_engine::sim::Sim`]) of one client, in a [`DhcpWorld`] of fake
+//! servers and ARP peers on a fake link and an actuator, and the DHCP views
+//! of its log ([`DhcpSim`]).
 //!
 //! Time only moves when the harness moves it: `run_until` jumps straight to
 //! the client's next wake-up or the next frame in flight, so a day of lease
@@ -8,15 +10,15 @@
 
 pub mod server;
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
 use dhcp_engine::Client;
 use dhcp_engine::wire::dhcp::{Message, MessageType};
 use dhcp_engine::wire::frame::{self, ArpPacket, Inbound};
+use mirage_engine::sim::{Schedule, World};
 use mirage_ipc::{
     ClientIdKind, ClientState, DropReason, EngineAction, EngineConfig, EngineEvent, Instant, IntentKind,
-    Lease,
+    Lease, Limits,
 };
 pub use server::{ArpPeer, FakeServer, Mode, client_udp};
 
@@ -72,19 +74,16 @@ pub fn decode_sent(data: &[u8]) -> Sent {
     }
 }
 
-pub struct Sim {
-    pub client: Client,
-    pub now: Instant,
+/// The client in virtual time.
+pub type Sim = mirage_engine::sim::Sim<Client, DhcpWorld>;
+
+/// Everything around the client: a link with servers and ARP peers on it,
+/// and an actuator. It answers the client's actions by scheduling events.
+pub struct DhcpWorld {
     pub servers: Vec<FakeServer>,
     pub peers: Vec<ArpPeer>,
     /// One-way delay of every frame on the fake link.
     pub latency_ms: u64,
-    /// Frames on their way to the client: (arrival, bytes).
-    pub in_flight: VecDeque<(Instant, Vec<u8>)>,
-    /// Everything the client asked for, with the time it asked.
-    pub log: Vec<(Instant, EngineAction)>,
-    /// Every frame the client dropped, with the reason.
-    pub drops: Vec<(Instant, DropReason)>,
     /// When false, transmitted frames are lost (cable unplugged).
     pub link_up: bool,
     /// When set, the actuator answers every ApplyLease with a failure.
@@ -92,144 +91,148 @@ pub struct Sim {
     /// When set, the client's own ARP frames come back to it, as they do on
     /// some bridges and with some drivers (field notes item 15).
     pub echo_arp: bool,
-    config: EngineConfig,
+    /// The policy every ApplyLease must pass (the client's config's).
+    pub limits: Limits,
 }
 
-impl Sim {
-    pub fn new(config: EngineConfig, stored: Option<Lease>, now: Instant, seed: u8) -> Sim {
-        Sim {
-            client: Client::new(config.clone(), stored, now, [seed; 32]),
-            now,
+impl DhcpWorld {
+    pub fn new(limits: Limits) -> DhcpWorld {
+        DhcpWorld {
             servers: Vec::new(),
             peers: Vec::new(),
             latency_ms: 1,
-            in_flight: VecDeque::new(),
-            log: Vec::new(),
-            drops: Vec::new(),
             link_up: true,
             apply_fails: false,
             echo_arp: false,
-            config,
+            limits,
         }
     }
+}
 
-    pub fn with_server(config: EngineConfig, seed: u8) -> Sim {
-        let mut s = Sim::new(config, None, Instant(0), seed);
-        s.servers.push(FakeServer::new(1));
+impl World<Client> for DhcpWorld {
+    fn on_action(&mut self, now: Instant, action: &EngineAction, schedule: &mut Schedule<EngineEvent>) {
+        match action {
+            EngineAction::Transmit(data) if self.link_up => {
+                let at = now.add_millis(self.latency_ms);
+                let mut replies = Vec::new();
+                for s in &mut self.servers {
+                    replies.extend(s.receive(now, data));
+                }
+                for p in &self.peers {
+                    replies.extend(p.receive(data));
+                }
+                if self.echo_arp && matches!(frame::parse_frame(data, false), Ok(Inbound::Arp(_))) {
+                    replies.push(data.clone());
+                }
+                for data in replies {
+                    schedule.at(
+                        at,
+                        EngineEvent::Frame {
+                            data,
+                            checksum_offloaded: false,
+                        },
+                    );
+                }
+            }
+            EngineAction::ApplyLease { lease, .. } => {
+                // The invariant every test relies on.
+                assert_eq!(lease.check(&self.limits), Ok(()), "ApplyLease of a refused lease");
+                if self.apply_fails {
+                    schedule.at(
+                        now,
+                        EngineEvent::IntentResult {
+                            kind: IntentKind::ApplyLease,
+                            ok: false,
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The DHCP client's simulation: how tests build it, feed it frames, and
+/// read its log.
+pub trait DhcpSim {
+    /// A client built with `Client::new` at `now` (nothing sent until its
+    /// first wake-up), on a link with no server yet.
+    fn new(config: EngineConfig, stored: Option<Lease>, now: Instant, seed: u8) -> Self;
+    /// A client at time 0 and one server, `FakeServer::new(1)`.
+    fn with_server(config: EngineConfig, seed: u8) -> Self;
+    /// Deliver a frame to the client now.
+    fn inject_frame(&mut self, data: Vec<u8>) -> Result<(), DropReason>;
+    fn run_for_secs(&mut self, secs: u64);
+    /// Pull the cable (`plugged` false) or plug it back at `at`: the link
+    /// carries frames or not from then on, and the client hears of it then.
+    fn cable_at(&mut self, at: Instant, plugged: bool);
+    /// Run until the client is BOUND (or panic after `secs` of virtual
+    /// time), in 10 ms steps.
+    fn bind_within(&mut self, secs: u64);
+    /// Every frame the client sent, decoded, with its time.
+    fn sent(&self) -> Vec<(Instant, Sent)>;
+    /// DHCP messages of `kind` the client sent, with their time.
+    fn sent_dhcp(&self, kind: MessageType) -> Vec<(Instant, Message, [u8; 6], Ipv4Addr, Ipv4Addr)>;
+    fn sent_arp(&self) -> Vec<(Instant, ArpPacket)>;
+    /// States in the order they were published.
+    fn states(&self) -> Vec<ClientState>;
+    fn applies(&self) -> Vec<(Instant, Lease, u32)>;
+    fn removes(&self) -> Vec<(Instant, Lease)>;
+    fn persists(&self) -> Vec<(Instant, Option<Lease>)>;
+}
+
+impl DhcpSim for Sim {
+    fn new(config: EngineConfig, stored: Option<Lease>, now: Instant, seed: u8) -> Sim {
+        let world = DhcpWorld::new(config.limits);
+        Sim::from_engine(Client::new(config, stored, now, [seed; 32]), now, world)
+    }
+
+    fn with_server(config: EngineConfig, seed: u8) -> Sim {
+        let mut s = <Sim as DhcpSim>::new(config, None, Instant(0), seed);
+        s.world.servers.push(FakeServer::new(1));
         s
     }
 
-    /// Feed one event at the current time and carry out what comes out.
-    pub fn handle(&mut self, event: EngineEvent) -> Result<(), DropReason> {
-        let mut out = Vec::new();
-        let r = self.client.handle(self.now, event, &mut out);
-        if let Err(reason) = r {
-            self.drops.push((self.now, reason));
-        }
-        self.carry_out(out);
-        r
-    }
-
-    fn carry_out(&mut self, out: Vec<EngineAction>) {
-        let mut results = Vec::new();
-        for action in out {
-            match &action {
-                EngineAction::Transmit(data) if self.link_up => {
-                    let at = self.now.add_millis(self.latency_ms);
-                    let mut replies = Vec::new();
-                    for s in &mut self.servers {
-                        replies.extend(s.receive(self.now, data));
-                    }
-                    for p in &self.peers {
-                        replies.extend(p.receive(data));
-                    }
-                    if self.echo_arp && matches!(frame::parse_frame(data, false), Ok(Inbound::Arp(_))) {
-                        replies.push(data.clone());
-                    }
-                    for r in replies {
-                        self.in_flight.push_back((at, r));
-                    }
-                }
-                EngineAction::ApplyLease { lease, .. } => {
-                    // The invariant every test relies on.
-                    assert_eq!(
-                        lease.check(&self.config.limits),
-                        Ok(()),
-                        "ApplyLease of a refused lease"
-                    );
-                    if self.apply_fails {
-                        results.push(EngineEvent::IntentResult {
-                            kind: IntentKind::ApplyLease,
-                            ok: false,
-                        });
-                    }
-                }
-                _ => {}
-            }
-            self.log.push((self.now, action));
-        }
-        for ev in results {
-            self.handle(ev).expect("intent results are never dropped");
-        }
-    }
-
-    /// Move time forward to `end`, waking the client whenever it asked to
-    /// and delivering frames when they arrive.
-    pub fn run_until(&mut self, end: Instant) {
-        for _ in 0..1_000_000 {
-            let wake = self.client.poll_at();
-            let frame_at = self.in_flight.front().map_or(Instant::NEVER, |f| f.0);
-            let t = wake.min(frame_at);
-            if t > end {
-                self.now = self.now.max(end);
-                return;
-            }
-            self.now = self.now.max(t);
-            if frame_at <= wake {
-                let (_, data) = self.in_flight.pop_front().expect("a frame is in flight");
-                let _ = self.handle(EngineEvent::Frame {
-                    data,
-                    checksum_offloaded: false,
-                });
-            } else {
-                let _ = self.handle(EngineEvent::Tick);
-            }
-        }
-        panic!(
-            "simulation did not reach {end:?}: the client wakes up in a loop (now {:?}, state {:?}, poll_at {:?}, in flight {})",
-            self.now,
-            self.client.state(),
-            self.client.poll_at(),
-            self.in_flight.len()
-        );
-    }
-
-    pub fn run_for_secs(&mut self, secs: u64) {
-        let end = self.now.add_secs(secs);
-        self.run_until(end);
-    }
-
-    /// Deliver a frame to the client now.
-    pub fn inject(&mut self, data: Vec<u8>) -> Result<(), DropReason> {
+    fn inject_frame(&mut self, data: Vec<u8>) -> Result<(), DropReason> {
         self.handle(EngineEvent::Frame {
             data,
             checksum_offloaded: false,
         })
     }
 
-    /// Every frame the client sent, decoded, with its time.
-    pub fn sent(&self) -> Vec<(Instant, Sent)> {
-        self.log
-            .iter()
-            .filter_map(|(t, a)| match a {
-                EngineAction::Transmit(d) => Some((*t, decode_sent(d))),
-                _ => None,
-            })
-            .collect()
+    fn run_for_secs(&mut self, secs: u64) {
+        self.run_for(secs.saturating_mul(1000));
     }
 
-    /// DHCP messages of `kind` the client sent, with their time.
-    pub fn sent_dhcp(&self, kind: MessageType) -> Vec<(Instant, Message, [u8; 6], Ipv4Addr, Ipv4Addr)> {
+    fn cable_at(&mut self, at: Instant, plugged: bool) {
+        self.change_at(at, move |now, world, schedule| {
+            world.link_up = plugged;
+            let event = if plugged {
+                EngineEvent::LinkUp
+            } else {
+                EngineEvent::LinkDown
+            };
+            schedule.at(now, event);
+        });
+    }
+
+    fn bind_within(&mut self, secs: u64) {
+        let end = self.now.add_secs(secs);
+        while self.engine.state() != ClientState::Bound {
+            assert!(self.now < end, "not bound within {secs} s: {:?}", self.states());
+            let step = self.now.add_millis(10).min(end);
+            self.run_until(step);
+        }
+    }
+
+    fn sent(&self) -> Vec<(Instant, Sent)> {
+        self.pick(|a| match a {
+            EngineAction::Transmit(d) => Some(decode_sent(d)),
+            _ => None,
+        })
+    }
+
+    fn sent_dhcp(&self, kind: MessageType) -> Vec<(Instant, Message, [u8; 6], Ipv4Addr, Ipv4Addr)> {
         self.sent()
             .into_iter()
             .filter_map(|(t, s)| match s {
@@ -244,7 +247,7 @@ impl Sim {
             .collect()
     }
 
-    pub fn sent_arp(&self) -> Vec<(Instant, ArpPacket)> {
+    fn sent_arp(&self) -> Vec<(Instant, ArpPacket)> {
         self.sent()
             .into_iter()
             .filter_map(|(t, s)| match s {
@@ -254,54 +257,37 @@ impl Sim {
             .collect()
     }
 
-    /// States in the order they were published.
-    pub fn states(&self) -> Vec<ClientState> {
-        self.log
-            .iter()
-            .filter_map(|(_, a)| match a {
-                EngineAction::PublishStatus(s) => Some(s.state),
-                _ => None,
-            })
-            .collect()
+    fn states(&self) -> Vec<ClientState> {
+        self.pick(|a| match a {
+            EngineAction::PublishStatus(s) => Some(s.state),
+            _ => None,
+        })
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
     }
 
-    pub fn applies(&self) -> Vec<(Instant, Lease, u32)> {
-        self.log
-            .iter()
-            .filter_map(|(t, a)| match a {
-                EngineAction::ApplyLease { lease, valid_secs } => Some((*t, lease.clone(), *valid_secs)),
-                _ => None,
-            })
-            .collect()
+    fn applies(&self) -> Vec<(Instant, Lease, u32)> {
+        self.pick(|a| match a {
+            EngineAction::ApplyLease { lease, valid_secs } => Some((lease.clone(), *valid_secs)),
+            _ => None,
+        })
+        .into_iter()
+        .map(|(t, (l, v))| (t, l, v))
+        .collect()
     }
 
-    pub fn removes(&self) -> Vec<(Instant, Lease)> {
-        self.log
-            .iter()
-            .filter_map(|(t, a)| match a {
-                EngineAction::RemoveLease { lease } => Some((*t, lease.clone())),
-                _ => None,
-            })
-            .collect()
+    fn removes(&self) -> Vec<(Instant, Lease)> {
+        self.pick(|a| match a {
+            EngineAction::RemoveLease { lease } => Some(lease.clone()),
+            _ => None,
+        })
     }
 
-    pub fn persists(&self) -> Vec<(Instant, Option<Lease>)> {
-        self.log
-            .iter()
-            .filter_map(|(t, a)| match a {
-                EngineAction::PersistLease(l) => Some((*t, l.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Run until the client is BOUND (or panic after `secs` of virtual time).
-    pub fn bind_within(&mut self, secs: u64) {
-        let end = self.now.add_secs(secs);
-        while self.client.state() != ClientState::Bound {
-            assert!(self.now < end, "not bound within {secs} s: {:?}", self.states());
-            let step = self.now.add_millis(10).min(end);
-            self.run_until(step);
-        }
+    fn persists(&self) -> Vec<(Instant, Option<Lease>)> {
+        self.pick(|a| match a {
+            EngineAction::PersistLease(l) => Some(l.clone()),
+            _ => None,
+        })
     }
 }
