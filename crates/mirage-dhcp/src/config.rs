@@ -1,14 +1,26 @@
-//! mirage-dhcp configuration: `/etc/mirage/dhcp/config.toml` by convention,
-//! every key optional, every key also reachable from the command line.
+//! mirage-dhcp configuration: `/etc/mirage/dhcp/config.toml` by the SDK's
+//! convention (`mirage_sdk::service`), every key optional, the common ones
+//! and some others also reachable from the command line.
 
 use std::path::{Path, PathBuf};
 
 use mirage_ipc::{AcdConfig, EngineConfig, Limits, is_valid_domain_name};
+use mirage_sdk::service::cli::layered;
+use mirage_sdk::service::{Common, CommonLayer, Service};
 use serde::Deserialize;
 
-pub const DEFAULT_CONFIG: &str = "/etc/mirage/dhcp/config.toml";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/mirage/dhcp";
-pub const DEFAULT_RUN_DIR: &str = "/run/mirage/dhcp";
+pub use mirage_sdk::service::SandboxKind;
+
+/// The DHCP client's name in the convention: its paths, flags' help,
+/// messages and metrics (`mirage_dhcp_...`).
+#[derive(Debug, Clone, Copy)]
+pub struct Dhcp;
+
+impl Service for Dhcp {
+    const NAME: &'static str = "dhcp";
+    const NOUN: &'static str = "client";
+}
+
 pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Default uid = gid of each role when the supervisor starts as root: ids
 /// of this service alone, so that no other program (not `nobody`, 65534,
@@ -20,25 +32,6 @@ pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 pub const DEFAULT_NETWORK_ID: u32 = 65520;
 pub const DEFAULT_ENGINE_ID: u32 = 65521;
 pub const DEFAULT_ACTUATOR_ID: u32 = 65522;
-
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SandboxKind {
-    /// Engine in its own process under a seccomp allow-list (default).
-    #[default]
-    Seccomp,
-    /// No sandbox at all: for debugging only.
-    None,
-}
-
-impl SandboxKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SandboxKind::Seccomp => "seccomp",
-            SandboxKind::None => "none",
-        }
-    }
-}
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -216,15 +209,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Read `path` (absent is fine unless `explicit`), apply overrides,
-    /// validate. Errors name the file, line and key.
-    pub fn load(path: &Path, explicit: bool, o: Overrides) -> Result<Config, String> {
-        let file: FileConfig = mirage_sdk::config::load(path, explicit)
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        Self::resolve(path, file, o)
-    }
-
+    /// The file's values (read from `path`, named in messages) under the
+    /// command line's, validated. Errors name the file and key.
     pub fn resolve(path: &Path, f: FileConfig, o: Overrides) -> Result<Config, String> {
         let bad = |key: &str, why: &str| format!("{}: {key}: {why}", path.display());
         let interface = o
@@ -333,25 +319,32 @@ impl Config {
                 }
             }
         }
-        let resolv_conf = match o.resolv_conf.or(f.resolv_conf) {
-            None => Some(PathBuf::from(DEFAULT_RESOLV_CONF)),
-            Some(p) if p.as_os_str().is_empty() => None,
-            Some(p) => {
-                if p.file_name().is_none() || p.parent().is_none() {
-                    return Err(bad("resolv_conf", "must be a file path"));
-                }
-                Some(p)
-            }
+        let resolv_conf = layered(o.resolv_conf, f.resolv_conf, || DEFAULT_RESOLV_CONF.into());
+        let resolv_conf = if resolv_conf.as_os_str().is_empty() {
+            None
+        } else if resolv_conf.file_name().is_none() || resolv_conf.parent().is_none() {
+            return Err(bad("resolv_conf", "must be a file path"));
+        } else {
+            Some(resolv_conf)
         };
+        let common = Common::resolve::<Dhcp>(
+            CommonLayer {
+                state_dir: o.state_dir,
+                run_dir: o.run_dir,
+                sandbox: o.sandbox,
+            },
+            CommonLayer {
+                state_dir: f.state_dir,
+                run_dir: f.run_dir,
+                sandbox: f.sandbox,
+            },
+        );
         Ok(Config {
             interface,
-            state_dir: o
-                .state_dir
-                .or(f.state_dir)
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            run_dir: o.run_dir.or(f.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+            state_dir: common.state_dir,
+            run_dir: common.run_dir,
             resolv_conf,
-            sandbox: o.sandbox.or(f.sandbox).unwrap_or_default(),
+            sandbox: common.sandbox,
             client_id: f.client_id,
             hostname: f.hostname,
             vendor_class: f.vendor_class,
@@ -447,8 +440,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_convention() {
         let c = parse("interface = \"eth0\"").unwrap();
-        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
-        assert_eq!(c.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/mirage/dhcp"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/mirage/dhcp"));
         assert_eq!(c.resolv_conf, Some(PathBuf::from(DEFAULT_RESOLV_CONF)));
         assert_eq!(c.sandbox, SandboxKind::Seccomp);
         assert_eq!(c.ids, RoleIds::DEFAULT);

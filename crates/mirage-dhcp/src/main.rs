@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mirage_sdk::service::status::{StatusText, list_of, text_of};
+use mirage_sdk::service::{CommonArgs, StatusArgs};
 
-use config::{Config, DEFAULT_CONFIG, DEFAULT_RUN_DIR, Overrides, SandboxKind};
+use config::{Config, Dhcp, FileConfig, Overrides};
 
 #[derive(Parser, Debug)]
 #[command(name = "mirage-dhcp", version, about = "Privilege-separated DHCPv4 client")]
@@ -28,14 +30,7 @@ enum Command {
     /// Get a lease on an interface and keep it (runs until SIGTERM/SIGINT).
     Run(RunArgs),
     /// Print the status a running client published (status.json).
-    Status {
-        /// Runtime directory the client publishes to.
-        #[arg(long, default_value = DEFAULT_RUN_DIR)]
-        run_dir: PathBuf,
-        /// Print the raw JSON instead of a summary.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs<Dhcp>),
     /// Internal: a role started by the supervisor.
     #[command(hide = true)]
     Role(roles::RoleArgs),
@@ -46,22 +41,13 @@ struct RunArgs {
     /// Interface to configure (overrides `interface` in the config file).
     #[arg(short, long)]
     interface: Option<String>,
-    /// Configuration file (TOML). Absent default file is fine; an explicit one must exist.
-    #[arg(short, long)]
-    config: Option<PathBuf>,
-    /// Persistent state directory (lease, DUID) [default: /var/lib/mirage/dhcp].
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Runtime directory (status.json, metrics.prom) [default: /run/mirage/dhcp].
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
+    // --config, --state-dir, --run-dir, --sandbox, --log-level.
+    #[command(flatten)]
+    common: CommonArgs<Dhcp>,
     /// resolv.conf to write; an empty value disables it [default: /etc/resolv.conf].
     // OsString: clap's PathBuf parser refuses the empty value that means "off".
     #[arg(long, value_parser = clap::builder::OsStringValueParser::new())]
     resolv_conf: Option<std::ffi::OsString>,
-    /// Sandbox for the engine role [default: seccomp].
-    #[arg(long, value_enum)]
-    sandbox: Option<SandboxKind>,
     /// Exit 0 once the lease is applied (the address stays), non-zero on timeout.
     #[arg(long)]
     oneshot: bool,
@@ -82,34 +68,46 @@ struct RunArgs {
     /// long [default: 20].
     #[arg(long)]
     min_lease_secs: Option<u32>,
-    /// error, warn, info, debug or trace.
-    #[arg(long, default_value = "info")]
-    log_level: log::LevelFilter,
+}
+
+impl RunArgs {
+    /// What the command line sets, to lay over the config file.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            interface: self.interface.clone(),
+            state_dir: self.common.state_dir.clone(),
+            run_dir: self.common.run_dir.clone(),
+            resolv_conf: self.resolv_conf.clone().map(PathBuf::from),
+            sandbox: self.common.sandbox,
+            no_acd: self.no_acd,
+            release_on_stop: self.release_on_stop,
+            first_retransmit_ms: self.first_retransmit_ms,
+            min_lease_secs: self.min_lease_secs,
+        }
+    }
+
+    /// The configuration in force: the file (errors name file, line and
+    /// key) under the command line, the role ids fitted to this process.
+    fn config(&self, euid: u32, egid: u32) -> Result<Config, String> {
+        let (path, file) = self
+            .common
+            .load_config::<FileConfig>()
+            .map_err(|e| e.to_string())?;
+        let mut c = Config::resolve(&path, file, self.overrides())?;
+        c.fit_ids_to_process(euid, egid)?;
+        Ok(c)
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            mirage_sdk::log::init(args.log_level, "[supervisor] ");
-            let explicit = args.config.is_some();
-            let path = args.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
-            let overrides = Overrides {
-                interface: args.interface,
-                state_dir: args.state_dir,
-                run_dir: args.run_dir,
-                resolv_conf: args.resolv_conf.map(PathBuf::from),
-                sandbox: args.sandbox,
-                no_acd: args.no_acd,
-                release_on_stop: args.release_on_stop,
-                first_retransmit_ms: args.first_retransmit_ms,
-                min_lease_secs: args.min_lease_secs,
-            };
+            let level = args.common.log_level;
+            mirage_sdk::log::init(level, "[supervisor] ");
             let euid = rustix::process::geteuid().as_raw();
             let egid = rustix::process::getegid().as_raw();
-            let config = match Config::load(&path, explicit, overrides)
-                .and_then(|mut c| c.fit_ids_to_process(euid, egid).map(|()| c))
-            {
+            let config = match args.config(euid, egid) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("mirage-dhcp: {e}");
@@ -120,7 +118,7 @@ fn main() -> ExitCode {
                 log::warn!("{w}");
             }
             let oneshot = args.oneshot.then(|| std::time::Duration::from_secs(args.timeout));
-            match supervisor::run(config, args.log_level, oneshot) {
+            match supervisor::run(config, level, oneshot) {
                 Ok(code) => code,
                 Err(e) => {
                     log::error!("{e}");
@@ -128,133 +126,49 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { run_dir, json } => status(&run_dir, json),
+        Command::Status(args) => args.run(status_summary),
         Command::Role(args) => roles::main(args),
     }
 }
 
-/// Largest status.json `status` reads (the actuator writes at most 16 KiB).
-const MAX_STATUS: usize = 64 * 1024;
-
-fn status(run_dir: &std::path::Path, raw: bool) -> ExitCode {
-    let path = run_dir.join("status.json");
-    // The file is written by a role's uid: no link is followed, a FIFO
-    // neither blocks nor is read, and the size is bounded.
-    let bytes = match mirage_sdk::files::open_dir_root_links_only(run_dir, None)
-        .and_then(|(dir, _)| mirage_sdk::files::read_bounded(&dir, "status.json", MAX_STATUS))
-    {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            eprintln!(
-                "mirage-dhcp: {} does not exist (is the client running?)",
-                path.display()
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!(
-                "mirage-dhcp: cannot read {}: {} (is the client running?)",
-                path.display(),
-                printable(&e.to_string())
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let v: serde_json::Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("mirage-dhcp: {} is not valid JSON: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    if raw {
-        // Valid JSON still, with every character a terminal could act on
-        // written as a \u escape.
-        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-        println!("{}", json_printable(&text));
-        return ExitCode::SUCCESS;
-    }
-    let show = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => printable(s),
-        serde_json::Value::Null => "?".into(),
-        other => printable(&other.to_string()),
-    };
-    println!("interface  {}", show(&v["interface"]));
-    println!("state      {}", show(&v["state"]));
-    println!("sandbox    {}", show(&v["sandbox"]));
+/// `mirage-dhcp status` without `--json`: the client's fields as lines.
+fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
+    out.line("interface", &text_of(&v["interface"]));
+    out.line("state", &text_of(&v["state"]));
+    out.line("sandbox", &text_of(&v["sandbox"]));
     let l = &v["lease"];
     if l.is_null() {
-        println!("lease      none");
+        out.line("lease", "none");
     } else {
-        println!("address    {}/{}", show(&l["address"]), show(&l["prefix_len"]));
-        println!("server     {}", show(&l["server_id"]));
+        out.line(
+            "address",
+            &format!("{}/{}", text_of(&l["address"]), text_of(&l["prefix_len"])),
+        );
+        out.line("server", &text_of(&l["server_id"]));
         for r in l["routes"].as_array().into_iter().flatten() {
-            println!(
-                "route      {} via {}",
-                show(&r["destination"]),
-                show(&r["gateway"])
+            out.line(
+                "route",
+                &format!("{} via {}", text_of(&r["destination"]), text_of(&r["gateway"])),
             );
         }
-        let list = |k: &str| {
-            l[k].as_array()
-                .map(|a| a.iter().map(show).collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
-        println!("dns        {}", list("dns_servers"));
-        println!("search     {}", list("search"));
-        println!("ntp        {}", list("ntp_servers"));
+        out.line("dns", &list_of(&l["dns_servers"]));
+        out.line("search", &list_of(&l["search"]));
+        out.line("ntp", &list_of(&l["ntp_servers"]));
         if !l["mtu"].is_null() {
-            println!("mtu        {}", show(&l["mtu"]));
+            out.line("mtu", &text_of(&l["mtu"]));
         }
-        println!(
-            "lease      {} s left (renew in {} s, rebind in {} s)",
-            show(&l["remaining_secs"]),
-            show(&l["renew_in_secs"]),
-            show(&l["rebind_in_secs"])
+        out.line(
+            "lease",
+            &format!(
+                "{} s left (renew in {} s, rebind in {} s)",
+                text_of(&l["remaining_secs"]),
+                text_of(&l["renew_in_secs"]),
+                text_of(&l["rebind_in_secs"])
+            ),
         );
     }
-    println!("restarts   {}", show(&v["engine_restarts"]));
-    println!("counters   {}", show(&v["counters"]));
-    ExitCode::SUCCESS
-}
-
-/// Whether a terminal shows `c` as itself: not a control character (C0,
-/// DEL, C1 such as CSI), not a format character (bidi overrides...), not a
-/// line or paragraph separator. `escape_debug` knows Unicode's printable set.
-fn shows_as_itself(c: char) -> bool {
-    c == ' ' || (!c.is_control() && c.escape_debug().next() != Some('\\')) || matches!(c, '\\' | '"' | '\'')
-}
-
-/// `s` with everything that is not printable written as `\u{..}`, so a
-/// published string can neither drive the terminal nor forge a line.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c != '\\' && shows_as_itself(c) {
-                c.to_string()
-            } else {
-                c.escape_unicode().to_string()
-            }
-        })
-        .collect()
-}
-
-/// JSON text with every non-printable character as a JSON `\uXXXX` escape
-/// (UTF-16, surrogate pairs beyond the BMP). Outside strings JSON text is
-/// printable ASCII, so the result is the same JSON value.
-fn json_printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c == '\n' || shows_as_itself(c) {
-            out.push(c);
-        } else {
-            let mut units = [0u16; 2];
-            for u in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{u:04x}"));
-            }
-        }
-    }
-    out
+    out.line("restarts", &text_of(&v["engine_restarts"]));
+    out.line("counters", &text_of(&v["counters"]));
 }
 
 #[cfg(test)]
@@ -300,28 +214,99 @@ mod tests {
     }
 
     #[test]
-    fn published_strings_cannot_drive_the_terminal() {
-        for (raw, want) in [
-            ("eth0", "eth0"),
-            ("b\u{e4}r 1", "b\u{e4}r 1"),
-            ("\x1b[2J", "\\u{1b}[2J"),
-            ("a\nstate      bound", "a\\u{a}state      bound"),
-            ("\r\t\x7f", "\\u{d}\\u{9}\\u{7f}"),
-            ("\u{9b}31m", "\\u{9b}31m"),
-            ("\u{202e}x", "\\u{202e}x"),
-            ("\u{2028}", "\\u{2028}"),
-            ("back\\slash \"q\"", "back\\u{5c}slash \"q\""),
-        ] {
-            assert_eq!(printable(raw), want, "{raw:?}");
-        }
-        let v = serde_json::json!({"s": "\u{1b}]0;x\u{7}\u{9b}\u{202e}\u{1F600}"});
-        let text = json_printable(&serde_json::to_string_pretty(&v).unwrap());
-        assert!(
-            text.chars()
-                .all(|c| c == '\n' || (' '..='~').contains(&c) || c == '\u{1F600}'),
-            "{text}"
+    fn flags_win_over_the_file_and_the_file_over_the_convention() {
+        let dir = std::env::temp_dir().join(format!("mirage-dhcp-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(
+            &file,
+            "interface = \"eth1\"\nstate_dir = \"/srv/state\"\nrun_dir = \"/srv/run\"\nsandbox = \"none\"\n",
+        )
+        .unwrap();
+        let config = |extra: &[&str]| {
+            let mut argv = vec!["mirage-dhcp", "run", "-c", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not run")
+            };
+            args.config(0, 0)
+        };
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            (
+                c.interface.as_str(),
+                c.state_dir.to_str(),
+                c.run_dir.to_str(),
+                c.sandbox
+            ),
+            (
+                "eth1",
+                Some("/srv/state"),
+                Some("/srv/run"),
+                config::SandboxKind::None
+            )
         );
-        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, v);
+        let c = config(&["-i", "eth2", "--state-dir", "/s", "--sandbox", "seccomp"]).unwrap();
+        assert_eq!(
+            (
+                c.interface.as_str(),
+                c.state_dir.to_str(),
+                c.run_dir.to_str(),
+                c.sandbox
+            ),
+            ("eth2", Some("/s"), Some("/srv/run"), config::SandboxKind::Seccomp)
+        );
+        // A bad key: the file and line, before anything else.
+        std::fs::write(&file, "interface = \"eth1\"\n\nstate_dri = \"/x\"\n").unwrap();
+        let e = config(&[]).unwrap_err();
+        assert!(e.starts_with(&format!("{}:3:", file.display())), "{e}");
+        assert!(e.contains("state_dri"), "{e}");
+        // An explicit file must exist.
+        std::fs::remove_file(&file).unwrap();
+        assert!(config(&["-i", "eth0"]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_status_summary_lists_the_lease() {
+        let v = serde_json::json!({
+            "interface": "eth0", "state": "bound", "sandbox": "seccomp",
+            "lease": {
+                "address": "10.0.0.5", "prefix_len": 24, "server_id": "10.0.0.1",
+                "routes": [
+                    {"destination": "0.0.0.0/0", "gateway": "10.0.0.1"},
+                    {"destination": "10.1.0.0/16", "gateway": "10.0.0.2"},
+                ],
+                "dns_servers": ["10.0.0.1", "10.0.0.2"], "ntp_servers": [],
+                "search": ["a.example.org", "example.org"], "mtu": 1400,
+                "remaining_secs": 3540, "renew_in_secs": 1740, "rebind_in_secs": 3090,
+            },
+            "engine_restarts": 1,
+            "counters": {"frames_received": 3, "acks": 1},
+        });
+        let text = mirage_sdk::service::status::render(&v, false, status_summary);
+        assert_eq!(
+            text,
+            "interface  eth0\n\
+             state      bound\n\
+             sandbox    seccomp\n\
+             address    10.0.0.5/24\n\
+             server     10.0.0.1\n\
+             route      0.0.0.0/0 via 10.0.0.1\n\
+             route      10.1.0.0/16 via 10.0.0.2\n\
+             dns        10.0.0.1 10.0.0.2\n\
+             search     a.example.org example.org\n\
+             ntp        \n\
+             mtu        1400\n\
+             lease      3540 s left (renew in 1740 s, rebind in 3090 s)\n\
+             restarts   1\n\
+             counters   {\"acks\":1,\"frames_received\":3}\n"
+        );
+        let none = serde_json::json!({"state": "selecting", "lease": null});
+        let text = mirage_sdk::service::status::render(&none, false, status_summary);
+        assert_eq!(
+            text,
+            "interface  ?\nstate      selecting\nsandbox    ?\nlease      none\nrestarts   ?\ncounters   ?\n"
+        );
     }
 }

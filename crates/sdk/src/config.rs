@@ -56,6 +56,11 @@ pub fn load<T: DeserializeOwned>(path: &Path, required: bool) -> Result<Option<T
     parse(path, &text).map(Some)
 }
 
+/// [`load`], with `T`'s defaults when an optional file is absent.
+pub fn load_or_default<T: DeserializeOwned + Default>(path: &Path, required: bool) -> Result<T, ConfigError> {
+    Ok(load(path, required)?.unwrap_or_default())
+}
+
 /// Parse TOML text that came from `path` (used for messages only).
 pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e: toml::de::Error| {
@@ -106,6 +111,8 @@ mod tests {
     fn missing_optional_file_is_none() {
         let p = Path::new("/nonexistent/mirage/config.toml");
         assert_eq!(load::<Sample>(p, false).unwrap(), None);
+        assert_eq!(load_or_default::<Sample>(p, false).unwrap(), Sample::default());
+        assert!(load_or_default::<Sample>(p, true).is_err());
         assert!(load::<Sample>(p, true).is_err());
     }
 }

@@ -15,6 +15,8 @@
 //! - [`files`]: atomic state files, resolv.conf, status.json, metrics.prom.
 //! - [`config`]: TOML configuration with errors that name file, line and key.
 //! - [`log`]: role-tagged logging to stderr.
+//! - [`service`]: the convention every service follows: paths, common
+//!   flags, config layering, the `status` command, metrics names, state files.
 pub mod channel;
 pub mod clock;
 pub mod config;
@@ -26,4 +28,5 @@ pub mod netlink;
 pub mod packet;
 pub mod runtime;
 pub mod sandbox;
+pub mod service;
 pub mod spawn;
