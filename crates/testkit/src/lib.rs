@@ -5,7 +5,7 @@
 //!
 //! - [`netns`]: named network namespaces and veth pairs, removed on drop
 //!   (also on panic), commands and whole threads run inside one, unique
-//!   names per test process, and an anonymous namespace per test body.
+//!   names per test process, and a namespace of its own per test body.
 //! - [`process`]: real server processes in a namespace, killed and reaped on
 //!   drop, their logs printed when a test fails; waiting until a UDP or TCP
 //!   port listens.
@@ -19,6 +19,7 @@
 //! - [`raw`]: hostile-server scaffolding: a raw packet server on one end of
 //!   a veth pair that answers each frame with scripted frames, injects and
 //!   floods.
+//! - [`tempdir`]: a scratch directory per test, removed on drop.
 //! - [`cmd`] and [`wait`]: commands that must succeed, bounded waits that
 //!   panic with a clear message.
 //!
@@ -53,6 +54,8 @@
 //! client.exec(&["busybox", "ping", "-c", "1", "-W", "5", "10.9.0.1"]);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod cmd;
 pub mod monitor;
 pub mod netns;
@@ -60,6 +63,7 @@ pub mod process;
 pub mod procfs;
 pub mod raw;
 pub mod role;
+pub mod tempdir;
 pub mod wait;
 
 use std::path::{Path, PathBuf};

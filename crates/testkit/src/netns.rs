@@ -7,8 +7,8 @@
 //!   processes and threads ([`in_netns`]) can enter; on drop everything
 //!   still running in it is killed and the namespace deleted, also when the
 //!   test panics.
-//! - [`run_in_netns`]: an anonymous namespace for one test body on a thread
-//!   of its own (`unshare`), gone with its last user.
+//! - [`run_in_netns`]: a namespace for one test body on a thread of its
+//!   own, gone when the body ends.
 //!
 //! Names are unique per test process ([`unique_id`]): namespaces are
 //! global, and several test binaries run at once.
@@ -175,18 +175,20 @@ pub fn in_netns<R: Send + 'static>(ns: &str, body: impl FnOnce() -> R + Send + '
     }
 }
 
-/// Runs `body` in a fresh anonymous network namespace with `lo` up, failing
-/// the test if it panics or takes longer than `timeout`.
+/// Runs `body` in a fresh network namespace of its own with `lo` up,
+/// failing the test if it panics or takes longer than `timeout`.
 ///
-/// The body runs on a new thread that calls `unshare(CLONE_NEWNET)`: only
-/// that thread moves. Processes spawned from it (`ip`, `ethtool`) inherit
-/// its namespace. The namespace has no name and no bind mount: it
-/// disappears with its last user (the thread, its sockets, its children),
-/// on success and on panic alike.
+/// The body runs on a new thread that enters the namespace: only that
+/// thread moves. Processes spawned from it (`ip`, `ethtool`) inherit its
+/// namespace. The namespace's name goes when this returns (and what still
+/// runs in it is killed); the namespace itself disappears with its last
+/// user (the thread, its sockets), on success and on panic alike.
 pub fn run_in_netns<F>(timeout: Duration, body: F)
 where
     F: FnOnce() + Send + 'static,
 {
+    let ns = Netns::add_unique("mk");
+    let name = ns.name().to_owned();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let handle = std::thread::spawn(move || {
         // Signals the waiting test thread when the body ends, panic or not.
@@ -197,13 +199,7 @@ where
             }
         }
         let _done = Done(done_tx);
-        // SAFETY: NEWNET only; the descriptor table stays shared, which is
-        // what unshare_unsafe's contract is about.
-        let rc = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) };
-        if let Err(e) = rc {
-            panic!("unshare(CLONE_NEWNET) failed (tests need root): {e}");
-        }
-        ip(&["link", "set", "lo", "up"]);
+        enter(&name).unwrap_or_else(|e| panic!("setns {name} (tests need root): {e}"));
         body();
     });
     match done_rx.recv_timeout(timeout) {

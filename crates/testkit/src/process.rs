@@ -120,6 +120,15 @@ impl Procs {
         }
     }
 
+    /// SIGKILL and reap every child (those already gone are skipped); for
+    /// fixtures that must stop their processes before other teardown.
+    pub fn kill_all(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// The kept logs, each under its path: what a failing test prints.
     pub fn logs_text(&self) -> String {
         self.logs
@@ -131,10 +140,7 @@ impl Procs {
 
 impl Drop for Procs {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill_all();
         if std::thread::panicking() {
             eprintln!("{}", self.logs_text());
         }

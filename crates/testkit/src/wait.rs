@@ -3,7 +3,7 @@
 //! that would explain why): a hung test is a failure with a message, never
 //! a CI timeout.
 
-use std::os::fd::RawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// How often the polling waits look again.
@@ -59,11 +59,9 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Waits until `fd` is readable or `timeout` passes.
-pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    use std::os::fd::BorrowedFd;
-    // SAFETY: the caller's fd stays open for this call (it passed it in).
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let fd = fd.as_fd();
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -85,7 +83,6 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_wait_that_runs_out_names_what_it_waited_for() {
@@ -119,8 +116,8 @@ mod tests {
     #[test]
     fn readable_only_once_written() {
         let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert!(!wait_readable(r.as_raw_fd(), Duration::from_millis(30)));
+        assert!(!wait_readable(&r, Duration::from_millis(30)));
         std::io::Write::write_all(&mut &w, b"x").unwrap();
-        assert!(wait_readable(r.as_raw_fd(), Duration::from_millis(1000)));
+        assert!(wait_readable(&r, Duration::from_millis(1000)));
     }
 }
