@@ -189,12 +189,25 @@ mod tests {
 
     #[test]
     fn procs_kill_and_reap_their_children_on_drop() {
+        use std::os::unix::process::ExitStatusExt;
         let mut procs = Procs::new();
         let mut cmd = Command::new("sleep");
-        cmd.arg("60");
+        cmd.arg("600");
         let idx = procs.spawn(cmd);
         let pid = procs.pid(idx);
         assert!(Path::new(&format!("/proc/{pid}")).exists());
+        // What Drop does: killed (not waited out) and reaped.
+        procs.kill_all();
+        let st = procs.try_wait(idx).expect("reaped");
+        assert_eq!(st.signal(), Some(9), "{st}");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} still there"
+        );
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        let second = procs.spawn(cmd);
+        let pid = procs.pid(second);
         drop(procs);
         // Reaped: no zombie left under our pid either.
         assert!(
