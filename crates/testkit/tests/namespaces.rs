@@ -116,17 +116,22 @@ fn in_netns_runs_on_a_thread_there_and_run_in_netns_is_private() {
     );
     let r = std::panic::catch_unwind(|| in_netns(&name, || panic!("inside")));
     assert!(r.is_err(), "a panic inside must fail the caller");
-    run_in_netns(BOUND, || {
-        veth_pair("kt-x", "kt-y");
-        mirage_testkit::cmd::ip(&["link", "show", "kt-x"]);
+    // Unique names: a link leaked into the host by a broken kit must not
+    // fail the next run.
+    let x = format!("kx{}", mirage_testkit::netns::unique_id().0);
+    let inside = x.clone();
+    run_in_netns(BOUND, move || {
+        veth_pair(&inside, &format!("{inside}p"));
+        mirage_testkit::cmd::ip(&["link", "show", &inside]);
     });
     assert!(
         !Command::new("ip")
-            .args(["link", "show", "kt-x"])
+            .args(["link", "show", &x])
             .output()
             .unwrap()
             .status
-            .success()
+            .success(),
+        "{x} is in the test's namespace"
     );
 }
 
