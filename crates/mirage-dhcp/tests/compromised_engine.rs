@@ -17,10 +17,12 @@ use mirage_ipc::{
     BoundAddress, FromActuator, FromNetwork, INFINITE_LEASE, Instant, Lease, NetworkBinding, Outcome,
     Refusal, Route, ToActuator, ToNetwork,
 };
-use mirage_sdk::channel::{Channel, wait_readable};
+use mirage_sdk::channel::Channel;
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
-use mirage_sdk::spawn::{RoleChild, spawn};
+use mirage_sdk::spawn::RoleChild;
+use mirage_testkit::raw::{RawServer, Spec};
+use mirage_testkit::role::{alive, recv_within, start_role, wait_dead};
 use support::{CLIENT_IF, Net, bin};
 
 /// Bound on one answer from a role. The first answer includes the role's
@@ -60,69 +62,41 @@ fn lease(net: &Net) -> Lease {
 /// sockets it opens and the roles it starts are there too (a role dies with
 /// the thread that spawned it, so the whole test runs on that thread).
 fn in_client_ns(net: &Net, body: impl FnOnce() + Send + 'static) {
-    let ns = std::fs::File::open(format!("/run/netns/{}", net.client_ns)).unwrap();
-    let t = std::thread::spawn(move || {
-        rustix::thread::move_into_link_name_space(
-            ns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("setns");
-        body();
-    });
-    if let Err(panic) = t.join() {
-        std::panic::resume_unwind(panic);
-    }
+    mirage_testkit::netns::in_netns(&net.client_ns, body)
 }
 
+/// The kit's role command line with the ids the supervisor gives `role`
+/// by default, and the link flags every DHCP role takes.
 fn role_args(role: &str, ifindex: u32, mac: [u8; 6]) -> Vec<String> {
     let mac = mac
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":");
-    [
-        "role",
-        role,
-        "--interface",
-        CLIENT_IF,
-        "--ifindex",
-        &ifindex.to_string(),
-        "--mac",
-        &mac,
-        "--uid",
-        &role_id(role),
-        "--gid",
-        &role_id(role),
-        "--sandbox",
-        "seccomp",
-        "--log-level",
-        "debug",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let id = role_id(role);
+    let mut args = mirage_testkit::role::role_args(role, id, id, "seccomp", "debug");
+    args.extend(
+        [
+            "--interface",
+            CLIENT_IF,
+            "--ifindex",
+            &ifindex.to_string(),
+            "--mac",
+            &mac,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args
 }
 
 /// The ids the supervisor gives `role` by default.
-fn role_id(role: &str) -> String {
+fn role_id(role: &str) -> u32 {
     match role {
         "network" => support::NETWORK_ID,
         "engine" => support::ENGINE_ID,
         _ => support::ACTUATOR_ID,
     }
-    .to_string()
-}
-
-fn recv_within<T: serde::de::DeserializeOwned>(chan: &Channel, ms: u64) -> Option<T> {
-    let ready = wait_readable(&[chan.as_fd()], Some(ms)).unwrap();
-    if !ready[0] {
-        return None;
-    }
-    chan.recv::<T>().expect("role sent a bad message")
-}
-
-fn alive(role: &mut RoleChild) -> bool {
-    role.try_wait().unwrap().is_none()
 }
 
 #[test]
@@ -162,7 +136,7 @@ fn actuator_refuses_every_out_of_policy_intent() {
             resolv_dir.as_fd(),
             resolv_file.as_fd(),
         ];
-        let mut actuator = spawn(Some(std::path::Path::new(bin())), &args, &fds).unwrap();
+        let mut actuator = start_role(std::path::Path::new(bin()), &args, &fds);
         drop(theirs);
 
         let ask = |msg: ToActuator| -> Outcome {
@@ -427,14 +401,11 @@ fn actuator_refuses_every_out_of_policy_intent() {
         // treats its peer as broken and exits (the supervisor never forwards
         // such a thing; it drops the engine that sent it).
         let _ = ours.send_raw(&vec![0u8; 64 * 1024]);
-        let deadline = std::time::Instant::now() + Duration::from_millis(ANSWER_MS);
-        while alive(&mut actuator) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "actuator kept an oversized message"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_dead(
+            &mut actuator,
+            Duration::from_millis(ANSWER_MS),
+            "actuator kept an oversized message",
+        );
         let _ = client_ns;
     });
 }
@@ -554,12 +525,11 @@ impl NetworkRole {
         let (chan, theirs) = Channel::pair().unwrap();
         let mut args = role_args("network", link.index, mac);
         args.extend(["--client-id".into(), hex(&client_id_of(mac), "")]);
-        let child = spawn(
-            Some(std::path::Path::new(bin())),
+        let child = start_role(
+            std::path::Path::new(bin()),
             &args,
             &[theirs.as_fd(), sock.as_fd()],
-        )
-        .unwrap();
+        );
         NetworkRole {
             chan,
             child,
@@ -634,60 +604,38 @@ impl NetworkRole {
 }
 
 /// Everything the server's interface receives (UDP to 67 and ARP) while it
-/// runs, from a thread in the server namespace.
+/// runs: the kit's raw server in the server namespace, answering nothing.
 struct Capture {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: RawServer<(), Vec<u8>>,
+    /// Frames already handed out by [`Capture::take`].
+    taken: std::cell::Cell<usize>,
 }
 
 impl Capture {
     fn start(net: &Net) -> Capture {
-        let ns = std::fs::File::open(format!("/run/netns/{}", net.server_ns)).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            rustix::thread::move_into_link_name_space(
-                ns.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .expect("setns");
-            let mut rtnl = Rtnl::open().unwrap();
-            let link = rtnl.link_by_name(support::SERVER_IF).unwrap();
-            let sock = PacketSocket::open_server(link.index).unwrap();
-            ready_tx.send(()).unwrap();
-            let mut buf = vec![0u8; 2048];
-            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                if wait_readable(&[sock.as_fd()], Some(50)).unwrap()[0]
-                    && let Ok(r) = sock.recv(&mut buf)
-                    && tx.send(buf[..r.len].to_vec()).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        ready_rx.recv_timeout(Duration::from_millis(ANSWER_MS)).unwrap();
+        let spec = Spec {
+            ns: net.server_ns.clone(),
+            ifname: support::SERVER_IF.into(),
+            open: PacketSocket::open_server,
+        };
+        let server = RawServer::start(
+            spec,
+            |_| Ok(()),
+            |frame: &[u8], _: &[Vec<u8>]| Some(frame.to_vec()),
+            |_: &(), _: &Vec<u8>| Vec::new(),
+        );
         Capture {
-            stop,
-            rx,
-            thread: Some(thread),
+            server,
+            taken: std::cell::Cell::new(0),
         }
     }
 
     /// What arrived since the last call.
     fn take(&self) -> Vec<Vec<u8>> {
-        self.rx.try_iter().collect()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let all = self.server.seen();
+        let new = all[self.taken.get()..].to_vec();
+        self.taken.set(all.len());
+        new
     }
 }
 
@@ -1152,7 +1100,7 @@ fn actuator_enforces_ignored_121_and_installs_routes_in_their_table() {
             state.as_fd(),
             run.as_fd(),
         ];
-        let mut actuator = spawn(Some(std::path::Path::new(bin())), &args, &fds).unwrap();
+        let mut actuator = start_role(std::path::Path::new(bin()), &args, &fds);
         drop(theirs);
         let ask = |msg: ToActuator| -> Outcome {
             ours.send(&msg).unwrap();

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use mirage_testkit::procfs::ProcStatus;
 use oci_image::{LayerCompression, Meta};
 use support::{CLIENT_IF, Net, bin, read, roles_of, wait_until};
 
@@ -174,25 +175,6 @@ fn run_container(net: &Net, pm: &mut Podman, m: &Mounts, image: &str, name: &str
     ];
     pm.containers.push(name.to_owned());
     podman_ok(&args);
-}
-
-/// A process's /proc/<pid>/status fields.
-struct ProcStatus(String);
-
-impl ProcStatus {
-    fn read(pid: u32) -> ProcStatus {
-        ProcStatus(std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap())
-    }
-    fn field(&self, key: &str) -> &str {
-        self.0
-            .lines()
-            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("{key} missing in {}", self.0))
-    }
-    fn caps(&self, key: &str) -> u64 {
-        u64::from_str_radix(self.field(key), 16).unwrap()
-    }
 }
 
 fn container_pid(name: &str) -> u32 {

@@ -195,14 +195,8 @@ fn roles_run_with_the_privileges_the_design_says() {
     let roles = net.role_pids(daemon);
     assert_eq!(roles.len(), 3, "{roles:?}");
     for (role, pid) in roles {
-        let status = read(std::path::Path::new(&format!("/proc/{pid}/status")));
-        let field = |k: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(&format!("{k}:")))
-                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
+        let status = mirage_testkit::procfs::ProcStatus::read(pid);
+        let field = |k: &str| status.words(k);
         // One id per role, none of them `nobody`'s.
         let id = match role.as_str() {
             "network" => support::NETWORK_ID,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use dhcp_engine::wire::dhcp::{Message, MessageType, Op};
 use dhcp_engine::wire::frame::{DHCP_CLIENT_PORT, build_udp_frame};
 use mirage_ipc::Route;
+use mirage_testkit::procfs::cpu_ticks;
 use serde_json::Value;
 use support::hostile::{Ctx, HostileServer, Seen, encode, surgery, with_raw_options};
 use support::{CLIENT_IF, Net};
@@ -1870,15 +1871,6 @@ fn the_case_table_has_unique_names_and_at_least_forty_cases() {
 }
 
 // ---- the flood ----------------------------------------------------------------
-
-/// utime + stime of `pid` in clock ticks (proc(5) fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    // After the command name: field 3 is index 0, so 14 and 15 are 11 and 12.
-    let get = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
 
 fn clock_ticks_per_sec() -> u64 {
     let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();

@@ -1,18 +1,17 @@
 //! rtnetlink client tests against the real kernel, each in a network
-//! namespace of its own (see common/netns.rs). Need root; CI runs as root.
-
-mod common {
-    pub mod netns;
-}
+//! namespace of its own (see `mirage_testkit::netns::run_in_netns`). Need
+//! root; CI runs as root.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
-use common::netns::{eventually, ip, run_in_netns, veth_pair, wait_readable};
 use mirage_ipc::Route;
 use mirage_sdk::netlink::{FOREVER, LinkEvent, LinkMonitor, Rtnl};
+use mirage_testkit::cmd::ip;
+use mirage_testkit::netns::{run_in_netns, veth_pair};
+use mirage_testkit::wait::{eventually, wait_readable};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::AddressAttribute;
@@ -385,13 +384,13 @@ fn collect_events(monitor: &mut LinkMonitor, want: usize) -> Vec<LinkEvent> {
     let deadline = std::time::Instant::now() + wait;
     while events.len() < want.max(1) {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || !wait_readable(monitor.fd(), left) {
+        if left.is_zero() || !wait_readable(&monitor, left) {
             break;
         }
         events.extend(monitor.read_events().unwrap());
     }
     // Anything that follows within a moment is a duplicate we must not see.
-    if wait_readable(monitor.fd(), Duration::from_millis(300)) {
+    if wait_readable(&monitor, Duration::from_millis(300)) {
         events.extend(monitor.read_events().unwrap());
     }
     events

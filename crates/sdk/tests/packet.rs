@@ -1,21 +1,19 @@
 //! Packet socket tests on a veth pair in a network namespace of its own (see
-//! common/netns.rs): what the kernel filter lets through, the checksum
-//! offload mark, truncation, and descriptor adoption. Need root; CI runs as
-//! root and installs ethtool.
-
-mod common {
-    pub mod netns;
-}
+//! `mirage_testkit::netns::run_in_netns`): what the kernel filter lets
+//! through, the checksum offload mark, truncation, and descriptor adoption.
+//! Need root; CI runs as root and installs ethtool.
 
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::time::Duration;
 
-use common::netns::{ip, run, run_in_netns, veth_pair, wait_readable};
 use mirage_ipc::MAX_FRAME_LEN;
 use mirage_sdk::netlink::Rtnl;
 use mirage_sdk::packet::{PacketSocket, Received};
+use mirage_testkit::cmd::{ip, run_ok as run};
+use mirage_testkit::netns::{run_in_netns, veth_pair};
+use mirage_testkit::wait::wait_readable;
 
 const BOUND: Duration = Duration::from_secs(30);
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -46,7 +44,7 @@ fn setup() -> (Link, Link) {
         }
     };
     let (a, b) = (link("veth0"), link("veth1"));
-    assert!(common::netns::eventually(Duration::from_secs(5), || rtnl
+    assert!(mirage_testkit::wait::eventually(Duration::from_secs(5), || rtnl
         .link(a.index)
         .unwrap()
         .carrier));
@@ -55,8 +53,7 @@ fn setup() -> (Link, Link) {
 
 /// Receives one frame within `timeout`, or `None`.
 fn recv_within(sock: &PacketSocket, timeout: Duration) -> Option<(Vec<u8>, Received)> {
-    use std::os::fd::AsRawFd;
-    if !wait_readable(sock.as_raw_fd(), timeout) {
+    if !wait_readable(sock, timeout) {
         return None;
     }
     let mut buf = vec![0u8; 4096];
@@ -179,10 +176,7 @@ fn long_frames_are_cut_at_the_snap_length() {
         // A caller buffer shorter than the frame also reports truncation.
         let small = ipv4_frame(peer.mac, 17, 0, 68, &[0xcd; 200]);
         injector.send(&small).unwrap();
-        assert!(wait_readable(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            Duration::from_secs(2)
-        ));
+        assert!(wait_readable(&sock, Duration::from_secs(2)));
         let mut buf = [0u8; 100];
         let got = sock.recv(&mut buf).unwrap();
         assert_eq!((got.len, got.truncated), (100, true));

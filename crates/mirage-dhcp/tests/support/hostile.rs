@@ -1,9 +1,10 @@
 //! A programmable hostile DHCP server for end-to-end tests.
 //!
-//! It speaks raw Ethernet on the server end of a [`Net`]'s veth pair: a
-//! thread moves into the server namespace, opens
-//! [`PacketSocket::open_server`] (UDP to port 67 and ARP, filtered in the
-//! kernel) and hands every client message to a *script*: a closure that maps
+//! It speaks raw Ethernet on the server end of a [`Net`]'s veth pair, on
+//! the test kit's raw server ([`RawServer`]): a thread moves into the server
+//! namespace, opens [`PacketSocket::open_server`] (UDP to port 67 and ARP,
+//! filtered in the kernel) and hands every client message to a *script*: a
+//! closure that maps
 //! the message to zero or more whole frames to send back. Scripts build
 //! replies with [`Ctx`] (well-formed OFFER / ACK / NAK as [`Message`]s that
 //! the case then bends) or write raw bytes where the case needs malformed
@@ -16,18 +17,12 @@
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dhcp_engine::wire::dhcp::{MAGIC_COOKIE, Message, MessageType, Op, Options};
 use dhcp_engine::wire::frame::{BROADCAST_MAC, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, build_udp_frame};
-use mirage_ipc::MAX_FRAME_LEN;
-use mirage_sdk::channel::wait_readable;
-use mirage_sdk::netlink::Rtnl;
 use mirage_sdk::packet::PacketSocket;
+use mirage_testkit::raw::{Link, RawServer, Spec};
 
 use super::{Net, SERVER_IF};
 
@@ -39,8 +34,6 @@ pub const OFFERED_HOST: u8 = 77;
 /// Fixed BOOTP header length (RFC 2131 figure 1), before the magic cookie.
 const FIXED_HEADER_LEN: usize = 236;
 const ETH_HEADER_LEN: usize = 14;
-/// How often the server loop looks at its stop flag while idle.
-const IDLE_POLL_MS: u64 = 20;
 
 /// A client message as the server received it.
 #[derive(Clone, Debug)]
@@ -303,14 +296,37 @@ fn parse_client_frame(f: &[u8]) -> Option<([u8; 6], Ipv4Addr, Ipv4Addr, &[u8])> 
 /// A case's behaviour: each client message in, the frames to answer with.
 pub type Script = Box<dyn FnMut(&Ctx, &Seen) -> Vec<Vec<u8>> + Send>;
 
-/// The running server. Stops (and joins its thread) on drop.
-pub struct HostileServer {
-    ctx: Ctx,
-    sock: Arc<PacketSocket>,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    sent: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
+/// A client message from a received frame: a BOOTREQUEST to port 67, with
+/// `nth` counted over the messages recorded `before` it; `None` for
+/// anything else.
+fn parse_seen(frame: &[u8], before: &[Seen]) -> Option<Seen> {
+    let (src_mac, src_ip, dst_ip, payload) = parse_client_frame(frame)?;
+    let msg = Message::parse(payload).ok()?;
+    if msg.op != Op::Request {
+        return None;
+    }
+    let kind = msg.options.message_type.unwrap_or(MessageType::Other(0));
+    Some(Seen {
+        at: Instant::now(),
+        src_mac,
+        src_ip,
+        dst_ip,
+        kind,
+        nth: before.iter().filter(|s| s.kind == kind).count(),
+        msg,
+    })
+}
+
+/// The running server: the kit's [`RawServer`] speaking DHCP (its
+/// `ctx`, `inject`, `seen`, `sent`, `wait_for` and `flood` through `Deref`).
+/// Stops (and joins its thread) on drop.
+pub struct HostileServer(RawServer<Ctx, Seen>);
+
+impl std::ops::Deref for HostileServer {
+    type Target = RawServer<Ctx, Seen>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl HostileServer {
@@ -318,180 +334,30 @@ impl HostileServer {
     /// socket is open, so no client message can be missed.
     pub fn start(net: &Net, script: impl FnMut(&Ctx, &Seen) -> Vec<Vec<u8>> + Send + 'static) -> Self {
         let mut script: Script = Box::new(script);
-        let ns = std::fs::File::open(format!("/run/netns/{}", net.server_ns)).expect("server namespace");
         let server_ip: Ipv4Addr = net.server_ip.parse().expect("server ip");
         let o = server_ip.octets();
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(Ctx, Arc<PacketSocket>), String>>();
-        let (stop2, seen2, sent2) = (stop.clone(), seen.clone(), sent.clone());
-        let thread = std::thread::spawn(move || {
-            // setns affects this thread only: the socket and the interface
-            // lookup happen in the server namespace.
-            let opened = (|| -> Result<(Ctx, Arc<PacketSocket>), String> {
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| format!("setns: {e}"))?;
-                let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink: {e}"))?;
-                let link = rtnl
-                    .link_by_name(SERVER_IF)
-                    .map_err(|e| format!("{SERVER_IF}: {e}"))?;
-                let sock = PacketSocket::open_server(link.index).map_err(|e| format!("socket: {e}"))?;
-                let ctx = Ctx {
-                    server_mac: link.mac.ok_or("no MAC")?,
-                    server_ip,
-                    prefix: [o[0], o[1], o[2]],
-                };
-                Ok((ctx, Arc::new(sock)))
-            })();
-            let (ctx, sock) = match opened {
-                Ok(v) => {
-                    let _ = ready_tx.send(Ok(v.clone()));
-                    v
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let mut buf = vec![0u8; MAX_FRAME_LEN];
-            while !stop2.load(Ordering::Relaxed) {
-                match wait_readable(&[sock.as_fd()], Some(IDLE_POLL_MS)) {
-                    Ok(r) if r[0] => {}
-                    Ok(_) => continue,
-                    Err(_) => break,
-                }
-                let Ok(r) = sock.recv(&mut buf) else { continue };
-                let Some((src_mac, src_ip, dst_ip, payload)) = parse_client_frame(&buf[..r.len]) else {
-                    continue;
-                };
-                let Ok(msg) = Message::parse(payload) else {
-                    continue;
-                };
-                if msg.op != Op::Request {
-                    continue;
-                }
-                let kind = msg.options.message_type.unwrap_or(MessageType::Other(0));
-                let seen_msg = {
-                    let mut all = seen2.lock().unwrap();
-                    let nth = all.iter().filter(|s| s.kind == kind).count();
-                    let s = Seen {
-                        at: Instant::now(),
-                        src_mac,
-                        src_ip,
-                        dst_ip,
-                        kind,
-                        nth,
-                        msg,
-                    };
-                    all.push(s.clone());
-                    s
-                };
-                for frame in script(&ctx, &seen_msg) {
-                    if sock.send(&frame).is_ok() {
-                        sent2.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-        let (ctx, sock) = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("hostile server did not start")
-            .unwrap_or_else(|e| panic!("hostile server: {e}"));
-        HostileServer {
+        let spec = Spec {
+            ns: net.server_ns.clone(),
+            ifname: SERVER_IF.into(),
+            open: PacketSocket::open_server,
+        };
+        let ctx = move |link: Link| {
+            Ok(Ctx {
+                server_mac: link.mac,
+                server_ip,
+                prefix: [o[0], o[1], o[2]],
+            })
+        };
+        HostileServer(RawServer::start(
+            spec,
             ctx,
-            sock,
-            stop,
-            seen,
-            sent,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn ctx(&self) -> &Ctx {
-        &self.ctx
-    }
-
-    /// Send frames now, unsolicited (FORCERENEW, replays...).
-    pub fn inject(&self, frames: &[Vec<u8>]) {
-        for f in frames {
-            self.sock.send(f).expect("inject");
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Every client message so far, in arrival order.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+            parse_seen,
+            move |c: &Ctx, s: &Seen| script(c, s),
+        ))
     }
 
     /// Client messages of `kind` so far.
     pub fn count(&self, kind: MessageType) -> usize {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.kind == kind)
-            .count()
-    }
-
-    /// Frames the server has sent (replies, injections, floods).
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Wait for a client message matching `pred` (panics after `timeout`).
-    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.seen.lock().unwrap().iter().find(|s| pred(s)) {
-                return s.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no client message {what} within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Send `make(i)` at `per_sec` frames per second for `duration`, from
-    /// the calling thread (in batches every 10 ms, so the rate holds without
-    /// a timer per frame). Returns how many frames went out; send errors
-    /// (a full device queue) are counted as not sent.
-    pub fn flood(&self, per_sec: u64, duration: Duration, mut make: impl FnMut(u64) -> Vec<u8>) -> u64 {
-        const TICK: Duration = Duration::from_millis(10);
-        let start = Instant::now();
-        let mut due = 0u64;
-        let mut sent = 0u64;
-        let mut i = 0u64;
-        while start.elapsed() < duration {
-            // Frames owed by now, at the asked rate.
-            let target = start.elapsed().as_millis() as u64 * per_sec / 1000;
-            while due < target {
-                if self.sock.send(&make(i)).is_ok() {
-                    sent += 1;
-                }
-                i += 1;
-                due += 1;
-            }
-            std::thread::sleep(TICK);
-        }
-        self.sent.fetch_add(sent, Ordering::Relaxed);
-        sent
-    }
-}
-
-impl Drop for HostileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            // The loop wakes every IDLE_POLL_MS; a panicking script has
-            // already reported itself.
-            let _ = t.join();
-        }
+        self.count_where(|s| s.kind == kind)
     }
 }

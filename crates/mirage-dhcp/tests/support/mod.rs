@@ -1,27 +1,37 @@
 //! Test hosts for end-to-end tests: a server and a client network namespace
 //! joined by a veth pair, a real DHCP server from Debian in the server
-//! namespace, and our daemon in the client namespace. Everything is torn down
-//! in `Drop`, also when a test fails. Needs root (CI runs as root).
-#![allow(dead_code)]
+//! namespace, and our daemon in the client namespace. Built on
+//! mirage-testkit (namespaces, processes, /proc, address watches); what is
+//! here is DHCP's: the topologies, the server configurations, the daemon's
+//! command line and status. Everything is torn down in `Drop`, also when a
+//! test fails. Needs root (CI runs as root).
+#![allow(dead_code, unused_imports)]
 
 pub mod hostile;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use mirage_testkit::cmd::read_lossy;
+pub use mirage_testkit::cmd::{read, run};
+pub use mirage_testkit::monitor::AddrWatch;
+use mirage_testkit::netns::{Netns, exec as sh, unique_id, veth_between as veth};
+use mirage_testkit::process::{Procs, Proto, listening_in, wait_listening_in};
+pub use mirage_testkit::procfs::roles_of;
+use mirage_testkit::tempdir::TestDir;
+pub use mirage_testkit::wait::wait_until;
 
 /// The binary under test: the one cargo built for these tests, or the one
 /// `MIRAGE_DHCP_BIN` names (CI runs the dnsmasq suite against the shipped
 /// build of scripts/build-release.sh that way).
 pub fn bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| match std::env::var("MIRAGE_DHCP_BIN") {
-        Ok(path) if !path.is_empty() => {
-            assert!(Path::new(&path).is_file(), "MIRAGE_DHCP_BIN={path}: no such file");
-            path
-        }
-        _ => env!("CARGO_BIN_EXE_mirage-dhcp").to_owned(),
+    BIN.get_or_init(|| {
+        mirage_testkit::service_bin("MIRAGE_DHCP_BIN", env!("CARGO_BIN_EXE_mirage-dhcp"))
+            .display()
+            .to_string()
     })
 }
 pub const CLIENT_IF: &str = "veth-c";
@@ -31,8 +41,6 @@ pub const NETWORK_ID: u32 = 65520;
 pub const ENGINE_ID: u32 = 65521;
 pub const ACTUATOR_ID: u32 = 65522;
 pub const SERVER_IF: &str = "veth-s";
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Two namespaces and a veth pair. Subnet 10.<a>.<b>.0/24, server at .1.
 pub struct Net {
@@ -44,13 +52,14 @@ pub struct Net {
     /// Where servers run: `hosts[0]` is `server_ns` / `server_ip`; the
     /// two-server and relay topologies add more (see the constructors).
     pub hosts: Vec<ServerHost>,
-    children: Vec<Child>,
-    /// Namespaces besides client and server (hub, relay, second server).
-    extra_ns: Vec<String>,
-    /// Server logs, printed when a test fails.
-    server_logs: Vec<PathBuf>,
+    /// Servers, relays and daemons; their logs are printed when a test fails.
+    procs: Procs,
     /// Mount points to unmount before the directory goes.
     mounts: Vec<PathBuf>,
+    /// Client, server, and any hub, relay or second server namespace.
+    namespaces: Vec<Netns>,
+    /// Last: removed after everything above is gone and its logs printed.
+    scratch: TestDir,
 }
 
 /// A namespace a DHCP server runs in: the interface it is bound to, its own
@@ -68,49 +77,50 @@ pub struct ServerHost {
     pub link_prefix: Option<String>,
 }
 
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn sh(ns: &str, args: &[&str]) -> Output {
-    run(Command::new("ip").arg("netns").arg("exec").arg(ns).args(args))
-}
-
 impl Net {
-    pub fn new() -> Net {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}x{n}", std::process::id() % 100_000);
+    /// Client and server namespaces (and `extra` more, named `md<tag><id>`),
+    /// no links yet; subnet 10.<a>.<b>, returned with the id and a, b.
+    fn bare(extra: &[&str]) -> (Net, String, u32, u32) {
+        let (id, n) = unique_id();
         let (a, b) = (100 + (std::process::id() % 100), 1 + n % 250);
-        let dir = std::env::temp_dir().join(format!("mirage-e2e-{id}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = TestDir::new("mirage-e2e", &id);
+        let prefix = format!("10.{a}.{b}");
+        let server_ns = Netns::add(&format!("mds{id}"));
+        let client_ns = Netns::add(&format!("mdc{id}"));
+        let mut namespaces = vec![server_ns, client_ns];
+        for tag in extra {
+            namespaces.push(Netns::add(&format!("md{tag}{id}")));
+        }
         let net = Net {
             server_ns: format!("mds{id}"),
             client_ns: format!("mdc{id}"),
-            subnet: format!("10.{a}.{b}"),
-            server_ip: format!("10.{a}.{b}.1"),
-            dir,
-            hosts: vec![ServerHost {
-                ns: format!("mds{id}"),
-                ifname: SERVER_IF.into(),
-                ip: format!("10.{a}.{b}.1"),
-                prefix: format!("10.{a}.{b}"),
-                router: format!("10.{a}.{b}.1"),
-                link_prefix: None,
-            }],
-            children: Vec::new(),
-            extra_ns: Vec::new(),
-            server_logs: Vec::new(),
+            subnet: prefix.clone(),
+            server_ip: format!("{prefix}.1"),
+            dir: scratch.path().to_owned(),
+            hosts: Vec::new(),
+            procs: Procs::new(),
             mounts: Vec::new(),
+            namespaces,
+            scratch,
         };
-        run(Command::new("ip").args(["netns", "add", &net.server_ns]));
-        run(Command::new("ip").args(["netns", "add", &net.client_ns]));
+        (net, id, a, b)
+    }
+
+    /// The namespace created as `extra[i]` by [`Net::bare`].
+    fn extra_ns(&self, i: usize) -> String {
+        self.namespaces[2 + i].name().to_owned()
+    }
+
+    pub fn new() -> Net {
+        let (mut net, _, _, _) = Net::bare(&[]);
+        net.hosts.push(ServerHost {
+            ns: net.server_ns.clone(),
+            ifname: SERVER_IF.into(),
+            ip: net.server_ip.clone(),
+            prefix: net.subnet.clone(),
+            router: net.server_ip.clone(),
+            link_prefix: None,
+        });
         sh(
             &net.server_ns,
             &[
@@ -139,8 +149,6 @@ impl Net {
             ],
         );
         sh(&net.server_ns, &["ip", "link", "set", SERVER_IF, "up"]);
-        sh(&net.server_ns, &["ip", "link", "set", "lo", "up"]);
-        sh(&net.client_ns, &["ip", "link", "set", "lo", "up"]);
         net
     }
 
@@ -153,7 +161,7 @@ impl Net {
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.scratch.join(name)
     }
 
     /// dnsmasq bound to the server veth only: DHCP only (port=0 turns DNS
@@ -162,10 +170,6 @@ impl Net {
     pub fn start_dnsmasq(&mut self, lease: &str, extra: &[&str]) -> usize {
         let s = &self.subnet;
         let mut args: Vec<String> = vec![
-            "netns".into(),
-            "exec".into(),
-            self.server_ns.clone(),
-            "dnsmasq".into(),
             "--keep-in-foreground".into(),
             "--no-daemon".into(),
             "--conf-file=/dev/null".into(),
@@ -182,38 +186,23 @@ impl Net {
             format!("--dhcp-option=option:dns-server,{}", self.server_ip),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        let log = std::fs::File::create(self.path("dnsmasq.log")).unwrap();
-        let child = Command::new("ip")
-            .args(&args)
+        let log = self.path("dnsmasq.log");
+        let mut cmd = mirage_testkit::netns::command_in(&self.server_ns, "dnsmasq");
+        cmd.args(&args)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dnsmasq (apt-get install dnsmasq-base)");
-        self.children.push(child);
+            .stderr(std::fs::File::create(&log).unwrap());
+        self.procs.keep_log(&log);
+        let idx = self.procs.spawn(cmd);
         // dnsmasq is ready once it has bound its DHCP socket.
-        wait_until(Duration::from_secs(10), || {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.server_ns, "ss", "-lun"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).contains(":67 ")
-        });
-        self.children.len() - 1
+        wait_listening_in(&self.server_ns, Proto::Udp, 67, Duration::from_secs(10));
+        idx
     }
 
     /// Our daemon in the client namespace; dirs and resolv.conf in the test
     /// directory.
     pub fn start_client(&mut self, extra: &[&str]) -> usize {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.client_ns,
-            bin(),
-            "run",
-            "--interface",
-            CLIENT_IF,
-        ]);
+        let mut cmd = mirage_testkit::netns::command_in(&self.client_ns, bin());
+        cmd.args(["run", "--interface", CLIENT_IF]);
         cmd.arg("--state-dir").arg(self.path("state"));
         cmd.arg("--run-dir").arg(self.path("run"));
         cmd.arg("--resolv-conf").arg(self.path("resolv.conf"));
@@ -225,30 +214,23 @@ impl Net {
             .open(self.path("client.log"))
             .unwrap();
         cmd.stdout(Stdio::null()).stderr(log);
-        self.children.push(cmd.spawn().unwrap());
-        self.children.len() - 1
+        self.procs.keep_log(&self.path("client.log"));
+        self.procs.spawn(cmd)
     }
 
     pub fn child_pid(&self, idx: usize) -> u32 {
-        self.children[idx].id()
+        self.procs.pid(idx)
     }
 
     /// Send `sig` to the child at `idx` (the daemon runs as `ip netns exec`'s
     /// exec'd image, so the pid is the daemon's).
     pub fn signal(&self, idx: usize, sig: &str) {
-        run(Command::new("kill").args(["-s", sig, &self.children[idx].id().to_string()]));
+        self.procs.signal(idx, sig);
     }
 
     /// Wait for the child at `idx` to exit, up to `timeout`.
     pub fn wait_exit(&mut self, idx: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(st) = self.children[idx].try_wait().unwrap() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.procs.wait_exit(idx, timeout)
     }
 
     pub fn client_log(&self) -> String {
@@ -284,22 +266,12 @@ impl Net {
 
     /// Wait for status.json to say `state` (panics with the log on timeout).
     pub fn wait_state(&self, state: &str, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.status()
-                && s["state"] == state
-            {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no state {state} within {timeout:?}; status {:?}\nlog:\n{}",
-                    self.status(),
-                    self.client_log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        mirage_testkit::wait::wait_some(
+            timeout,
+            &format!("state {state}"),
+            || self.status().filter(|s| s["state"] == state),
+            || format!("status {:?}\nlog:\n{}", self.status(), self.client_log()),
+        )
     }
 
     /// Pids of the daemon's roles, by role name.
@@ -310,53 +282,13 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // Processes first (they hold the mounts), then the mounts; the
+        // namespaces and the directory go with the fields, in that order.
+        self.procs.kill_all();
         for m in self.mounts.iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }
-        let mut all = vec![self.client_ns.clone(), self.server_ns.clone()];
-        all.extend(self.extra_ns.iter().cloned());
-        for ns in &all {
-            // Anything still running in the namespace goes with it.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        if std::thread::panicking() {
-            eprintln!("client log:\n{}", self.client_log());
-            eprintln!(
-                "dnsmasq log:\n{}",
-                std::fs::read_to_string(self.path("dnsmasq.log")).unwrap_or_default()
-            );
-            for log in &self.server_logs {
-                eprintln!(
-                    "{}:\n{}",
-                    log.display(),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Poll `cond` every 20 ms until true; panic after `timeout`.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 // ---- real DHCP servers from Debian -------------------------------------
@@ -643,66 +575,15 @@ fn server_config(kind: Server, h: &ServerHost, o: &Offer, leases: &Path) -> Stri
 
 static NEXT_SERVER: AtomicU32 = AtomicU32::new(0);
 
-fn netns_output(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), both up.
-fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
-    sh(
-        ns_a,
-        &[
-            "ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b,
-        ],
-    );
-    sh(ns_a, &["ip", "link", "set", a, "up"]);
-    sh(ns_b, &["ip", "link", "set", b, "up"]);
-}
-
 impl Net {
-    fn bare(tag: &str) -> (Net, String, u32, u32) {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}x{n}", std::process::id() % 100_000);
-        let (a, b) = (100 + (std::process::id() % 100), 1 + n % 250);
-        let dir = std::env::temp_dir().join(format!("mirage-e2e-{id}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let prefix = format!("10.{a}.{b}");
-        let net = Net {
-            server_ns: format!("mds{id}"),
-            client_ns: format!("mdc{id}"),
-            subnet: prefix.clone(),
-            server_ip: format!("{prefix}.1"),
-            dir,
-            hosts: Vec::new(),
-            children: Vec::new(),
-            extra_ns: vec![format!("md{tag}{id}")],
-            server_logs: Vec::new(),
-            mounts: Vec::new(),
-        };
-        for ns in [&net.server_ns, &net.client_ns, &net.extra_ns[0]] {
-            run(Command::new("ip").args(["netns", "add", ns]));
-            sh(ns, &["ip", "link", "set", "lo", "up"]);
-        }
-        (net, id, a, b)
-    }
-
     /// Two server namespaces and the client on one bridge (in a hub
     /// namespace): servers at .1 (`hosts[0]`) and .2 (`hosts[1]`) of the same
     /// /24, each bound to its own veth, so any two servers can both listen on
     /// port 67 and both answer the same broadcast DISCOVER.
     pub fn new_two_servers() -> Net {
-        let (mut net, id, _, _) = Net::bare("h");
-        let hub = net.extra_ns[0].clone();
-        let second = format!("md2{id}");
-        run(Command::new("ip").args(["netns", "add", &second]));
-        sh(&second, &["ip", "link", "set", "lo", "up"]);
-        net.extra_ns.push(second.clone());
+        let (mut net, _id, _, _) = Net::bare(&["h", "2"]);
+        let hub = net.extra_ns(0);
+        let second = net.extra_ns(1);
         sh(&hub, &["ip", "link", "add", "br0", "type", "bridge"]);
         sh(&hub, &["ip", "link", "set", "br0", "up"]);
         veth(&hub, "h-c", &net.client_ns, CLIENT_IF);
@@ -732,8 +613,8 @@ impl Net {
     /// server at .2). The server sees giaddr set and answers the relay;
     /// renewals are unicast and routed through the relay namespace.
     pub fn new_relayed() -> Net {
-        let (mut net, _id, _, b) = Net::bare("r");
-        let relay = net.extra_ns[0].clone();
+        let (mut net, _id, _, b) = Net::bare(&["r"]);
+        let relay = net.extra_ns(0);
         let p = net.subnet.clone();
         let link = format!("172.16.{b}");
         veth(&relay, "r-down", &net.client_ns, CLIENT_IF);
@@ -773,18 +654,17 @@ impl Net {
             link_prefix: Some(link),
         });
         let log = net.path("dhcrelay.log");
-        net.server_logs.push(log.clone());
-        let child = Command::new("ip")
-            .args(["netns", "exec", &relay, "dhcrelay", "-d", "-4"])
+        // dhcrelay: apt-get install isc-dhcp-relay.
+        let mut cmd = mirage_testkit::netns::command_in(&relay, "dhcrelay");
+        cmd.args(["-d", "-4"])
             .args(["-pf", &net.path("dhcrelay.pid").display().to_string()])
             .args(["-id", "r-down", "-iu", "r-up", &server_ip])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("dhcrelay (apt-get install isc-dhcp-relay)");
-        net.children.push(child);
+            .stderr(std::fs::File::create(&log).unwrap());
+        net.procs.keep_log(&log);
+        net.procs.spawn(cmd);
         wait_until(Duration::from_secs(10), || {
-            read_lossy(&log).contains("Sending on") && netns_output(&relay, &["ss", "-lun"]).contains(":67 ")
+            read_lossy(&log).contains("Sending on") && listening_in(&relay, Proto::Udp, 67)
         });
         net
     }
@@ -885,16 +765,11 @@ impl Net {
                 cmd.args(["busybox", "udhcpd", "-f", "-a", "100"]).arg(&conf);
             }
         }
-        let logf = std::fs::File::create(&log).unwrap();
-        cmd.stdout(logf.try_clone().unwrap()).stderr(logf);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
-        self.children.push(child);
-        self.server_logs.push(log.clone());
-        let idx = self.children.len() - 1;
+        let idx = self.procs.spawn_logged(cmd, &log);
         let ns = h.ns.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(st) = self.children[idx].try_wait().unwrap() {
+            if let Some(st) = self.procs.try_wait(idx) {
                 panic!("{} exited at start ({st}):\n{}", kind.name(), read_lossy(&log));
             }
             let text = read_lossy(&log);
@@ -907,7 +782,7 @@ impl Net {
                     text.contains("DHCP4_STARTED")
                 }
                 Server::Dhcpd => text.contains("Server starting service."),
-                Server::Dnsmasq | Server::Udhcpd => netns_output(&ns, &["ss", "-lun"]).contains(":67 "),
+                Server::Dnsmasq | Server::Udhcpd => listening_in(&ns, Proto::Udp, 67),
             };
             if ready {
                 break;
@@ -930,13 +805,7 @@ impl Net {
 
     /// Stop a server (SIGTERM, then SIGKILL after 5 s) and wait for it.
     pub fn stop_server(&mut self, s: &ServerRun) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.children[s.child].id().to_string()])
-            .status();
-        if self.wait_exit(s.child, Duration::from_secs(5)).is_none() {
-            let _ = self.children[s.child].kill();
-            let _ = self.children[s.child].wait();
-        }
+        self.procs.stop(s.child, Duration::from_secs(5));
     }
 
     /// Renumber `hosts[host]` into the /24 `prefix` (the server's old
@@ -970,7 +839,7 @@ impl Net {
                 // udhcpd writes its (binary) lease file on SIGUSR1: a released
                 // lease is kept with zero time left.
                 let _ = Command::new("kill")
-                    .args(["-USR1", &self.children[s.child].id().to_string()])
+                    .args(["-USR1", &self.procs.pid(s.child).to_string()])
                     .status();
                 let mut left = None;
                 let deadline = Instant::now() + Duration::from_secs(3);
@@ -1020,8 +889,7 @@ impl Net {
 
     /// Stop the child at `idx` with SIGKILL and reap it.
     pub fn kill_child(&mut self, idx: usize) {
-        let _ = self.children[idx].kill();
-        let _ = self.children[idx].wait();
+        self.procs.kill(idx);
     }
 
     /// A small tmpfs of `size` (e.g. "64k") mounted on the test's `name`
@@ -1049,97 +917,13 @@ impl Net {
             "monitor-{}.log",
             NEXT_SERVER.fetch_add(1, Ordering::SeqCst)
         ));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.client_ns, "ip", "monitor", "address"])
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let watch = AddrWatch {
-            child,
-            log,
-            ns: self.client_ns.clone(),
-            marks: std::cell::Cell::new(0),
-        };
-        // Watching starts once `ip monitor` has subscribed, which it shows
-        // by logging the first marker.
-        watch.sync();
-        watch
+        AddrWatch::start(&self.client_ns, &log)
     }
 
     /// The daemon's role pid by name (panics if it is not running).
     pub fn role_pid(&self, daemon: usize, role: &str) -> u32 {
-        self.role_pids(daemon)
-            .into_iter()
-            .find(|(r, _)| r == role)
-            .unwrap_or_else(|| panic!("no {role} role"))
-            .1
+        mirage_testkit::procfs::role_pid(self.child_pid(daemon), role)
     }
-}
-
-/// `ip monitor address` in the client namespace, killed in Drop.
-pub struct AddrWatch {
-    child: Child,
-    log: PathBuf,
-    ns: String,
-    /// Marker addresses added so far (see [`AddrWatch::sync`]).
-    marks: std::cell::Cell<u32>,
-}
-
-impl AddrWatch {
-    /// Add a fresh marker address on `lo` (the daemon watches only its own
-    /// interface and never touches `lo`) and wait until the monitor has
-    /// logged it. Netlink delivers a namespace's address events in order,
-    /// so every event before a logged marker is in the log too: no fixed
-    /// sleep, and nothing missed on a busy machine. A marker added before
-    /// `ip monitor` subscribed is never logged, so a new one is added every
-    /// 200 ms until one shows up.
-    pub fn sync(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let n = self.marks.get() + 1;
-            self.marks.set(n);
-            let mark = format!("127.77.{}.{}/32", n / 250, 1 + n % 250);
-            sh(&self.ns, &["ip", "addr", "add", &mark, "dev", "lo"]);
-            let needle = format!("inet {mark} ");
-            let retry = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < retry {
-                if read_lossy(&self.log).contains(&needle) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ip monitor logged none of {n} markers within 10 s:\n{}",
-                read_lossy(&self.log)
-            );
-        }
-    }
-
-    /// Lines of address deletions seen so far (everything up to this call:
-    /// it syncs with the monitor first).
-    pub fn deletions(&self) -> Vec<String> {
-        self.sync();
-        read_lossy(&self.log)
-            .lines()
-            .filter(|l| l.starts_with("Deleted"))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for AddrWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_lossy(p: &Path) -> String {
-    std::fs::read(p)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 /// Seconds left on `addr` in a busybox udhcpd lease file: an 8-byte
@@ -1230,31 +1014,4 @@ where
         "{scenario} failed for:\n{}",
         failures.join("\n---\n")
     );
-}
-
-/// Children of `parent` that are roles, as (role name, pid), sorted.
-pub fn roles_of(parent: u32) -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1));
-        if ppid != Some(parent.to_string().as_str()) {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if args.len() > 2 && args[1] == "role" {
-            out.push((args[2].clone(), pid));
-        }
-    }
-    out.sort();
-    out
 }
