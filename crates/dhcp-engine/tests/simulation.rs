@@ -1716,7 +1716,7 @@ fn random_events_never_break_the_invariants() {
 // ---- throughput ----------------------------------------------------------
 
 #[test]
-fn frame_throughput() {
+fn a_flood_of_foreign_stale_and_damaged_frames_is_all_dropped() {
     let mut s = Sim::with_server(config(), 50);
     s.world.servers[0].mode = Mode::Silent;
     s.run_until(Instant(0));
@@ -1796,14 +1796,8 @@ fn frame_throughput() {
     let rate = n as f64 / secs;
     assert_eq!(dropped, n, "every frame in the mix is dropped");
     assert!(out.is_empty());
-    eprintln!("frame throughput: {rate:.0} frames/s");
-    // The 1 M/s goal holds for optimized builds (`cargo test --release`);
-    // an unoptimized build is ~20x slower, so it gets a floor that still
-    // catches an allocation or a quadratic walk on the drop path.
-    let floor = if cfg!(debug_assertions) {
-        10_000.0
-    } else {
-        1_000_000.0
-    };
-    assert!(rate > floor, "{rate:.0} frames/s");
+    // Speed is measured by the benchmark (benches/engine_step.rs, median
+    // and ratios), never asserted here: a pass/fail test on a shared machine
+    // must not depend on how fast it runs.
+    eprintln!("frame throughput: {rate:.0} frames/s (informative)");
 }
