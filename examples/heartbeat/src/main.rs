@@ -143,19 +143,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status(args) => args.run(|v, out: &mut StatusText| {
-            for key in [
-                "peer",
-                "sandbox",
-                "pings",
-                "pongs",
-                "refused",
-                "last_rtt_ms",
-                "engine_restarts",
-            ] {
-                out.line(key, &text_of(&v[key]));
-            }
-        }),
+        Command::Status(args) => args.run(status_summary),
         Command::Role(args) => {
             mirage_sdk::log::init(args.log_level, "");
             match role_main(&args) {
@@ -167,6 +155,15 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `status` without `--json`: the client's fields as lines.
+fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
+    for key in ["peer", "sandbox", "pings", "pongs", "refused"] {
+        out.line(key, &text_of(&v[key]));
+    }
+    out.line("rtt", &format!("{} ms", text_of(&v["last_rtt_ms"])));
+    out.line("restarts", &text_of(&v["engine_restarts"]));
 }
 
 /// The supervisor: settings, the socket, the roles, then the SDK's runtime.
