@@ -415,8 +415,8 @@ impl Service for Supervisor {
 /// A role: take its descriptors, drop to its plan, then its loop.
 fn role_main(args: &RoleArgs) -> Result<(), String> {
     let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
-    let socket = (args.role == RoleName::Network)
-        .then(|| UdpSocket::from(OwnedFd::from(mirage_sdk::fd::take_fixed(FD_SOCKET))));
+    let socket =
+        (args.role == RoleName::Network).then(|| UdpSocket::from(mirage_sdk::fd::take_fixed(FD_SOCKET)));
     let mut plan = DropPlan::strict();
     plan.uid = args.uid;
     plan.gid = args.gid;
