@@ -136,6 +136,14 @@ fn pongs_are_counted_and_the_roles_run_sandboxed() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("pongs"), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{PORT}")), "{text}");
+    // A killed engine is started again, and the pongs go on.
+    let before = v["pongs"].as_u64().unwrap();
+    let engine = role_pid(pid, "engine");
+    mirage_testkit::cmd::run(std::process::Command::new("kill").args(["-9", &engine.to_string()]));
+    status_when(&f, "a restarted engine's pongs", |v| {
+        v["engine_restarts"] == 1 && v["pongs"].as_u64() > Some(before + 2)
+    });
+    assert_ne!(role_pid(pid, "engine"), engine);
     // SIGTERM: an orderly stop.
     f.procs.signal(idx, "TERM");
     let st = f.procs.wait_exit(idx, Duration::from_secs(10)).expect("stopped");
@@ -155,4 +163,74 @@ fn a_peer_that_answers_with_another_id_is_refused_and_counted() {
     assert!(v["pings"].as_u64() >= Some(3), "{v}");
     let log = read_lossy(&f.dir.join("heartbeat.log"));
     assert!(log.contains("refused a datagram (wrong-id)"), "{log}");
+}
+
+/// The network role's own messages, as the supervisor encodes them (the
+/// binary's types are private; postcard encodes by variant order).
+#[derive(serde::Serialize)]
+enum ToNetwork {
+    Send(Vec<u8>),
+}
+#[derive(serde::Deserialize, Debug, PartialEq)]
+enum FromNetwork {
+    Datagram(Vec<u8>),
+    Refused,
+}
+
+#[test]
+fn the_network_role_sends_only_pings_at_a_capped_rate() {
+    // The compromised-engine pattern: the test is the supervisor of one
+    // real network role and sends what a compromised engine could ask for.
+    use mirage_sdk::channel::Channel;
+    use mirage_testkit::role::{recv_within, role_args, start_role};
+    use std::os::fd::AsFd;
+    let ns = Netns::add_unique("hbn");
+    let bin = mirage_testkit::service_bin("MIRAGE_HEARTBEAT_BIN", env!("CARGO_BIN_EXE_mirage-heartbeat"));
+    mirage_testkit::netns::in_netns(ns.name(), move || {
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect(peer.local_addr().unwrap()).unwrap();
+        let (ours, theirs) = Channel::pair().unwrap();
+        let args = role_args("network", 65525, 65525, "seccomp", "debug");
+        let mut role = start_role(&bin, &args, &[theirs.as_fd(), sock.as_fd()]);
+        drop((theirs, sock));
+        let mut buf = [0u8; 64];
+        // A ping goes out as it is.
+        let ping = b"HB\0\0\0\0\0\0\0\x07".to_vec();
+        ours.send(&ToNetwork::Send(ping.clone())).unwrap();
+        let (n, from) = peer.recv_from(&mut buf).expect("the ping");
+        assert_eq!(&buf[..n], &ping[..]);
+        // Anything else is refused and never sent.
+        for junk in [b"GET / HTTP/1.0\r\n".to_vec(), b"HB".to_vec(), vec![0; 10]] {
+            ours.send(&ToNetwork::Send(junk)).unwrap();
+            assert_eq!(
+                recv_within::<FromNetwork>(&ours, 5000),
+                Some(FromNetwork::Refused)
+            );
+        }
+        // A burst of pings: the cap lets a few through, refuses the rest.
+        for _ in 0..20 {
+            ours.send(&ToNetwork::Send(ping.clone())).unwrap();
+        }
+        let mut refused = 0;
+        while recv_within::<FromNetwork>(&ours, 500) == Some(FromNetwork::Refused) {
+            refused += 1;
+        }
+        let mut sent = 0;
+        while peer.recv_from(&mut buf).is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent + refused, 20);
+        // 5 at once, 25 a second after: a slow machine may refill a few.
+        assert!((4..=10).contains(&sent), "{sent} pings of a burst of 20 went out");
+        // What the peer sends comes back over the channel.
+        peer.send_to(b"pong", from).unwrap();
+        assert_eq!(
+            recv_within::<FromNetwork>(&ours, 5000),
+            Some(FromNetwork::Datagram(b"pong".to_vec()))
+        );
+        drop(ours);
+        mirage_testkit::role::wait_dead(&mut role, Duration::from_secs(10), "network role");
+    });
 }
