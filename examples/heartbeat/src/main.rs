@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
 
 use clap::{Parser, Subcommand};
+use heartbeat_engine::{Heartbeat, PING_LEN, TAG};
 use mirage_engine::codec;
 use mirage_engine::{FromEngineOf, ToEngineOf};
-use mirage_heartbeat::{Heartbeat, PING_LEN, TAG};
 use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::clock::boottime;
 use mirage_sdk::packet::RateCap;
@@ -183,7 +183,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         .or(file.peer)
         .ok_or_else(|| format!("no peer: give --peer ADDR:PORT or `peer` in {}", path.display()))?;
     let period_ms = args.period_ms.or(file.period_ms).unwrap_or(1000);
-    let periods = mirage_heartbeat::MIN_PERIOD_MS..=mirage_heartbeat::MAX_PERIOD_MS;
+    let periods = heartbeat_engine::MIN_PERIOD_MS..=heartbeat_engine::MAX_PERIOD_MS;
     if !periods.contains(&period_ms) {
         return Err(format!("period_ms {period_ms} is not within {periods:?}"));
     }
@@ -337,12 +337,12 @@ impl Service for Supervisor {
         self.dirty = true;
         if from == ENGINE {
             match codec::decode::<FromEngineOf<Heartbeat>>(msg).map_err(|e| e.to_string())? {
-                mirage_engine::FromEngine::Action(mirage_heartbeat::Action::Send(ping)) => {
+                mirage_engine::FromEngine::Action(heartbeat_engine::Action::Send(ping)) => {
                     self.stats.pings += 1;
                     // Lossy: a full queue drops the ping, as a busy link would.
                     ctx.send_lossy(NETWORK, &ToNetwork::Send(ping));
                 }
-                mirage_engine::FromEngine::Action(mirage_heartbeat::Action::Pong { rtt_ms }) => {
+                mirage_engine::FromEngine::Action(heartbeat_engine::Action::Pong { rtt_ms }) => {
                     self.stats.pongs += 1;
                     self.stats.last_rtt_ms = Some(rtt_ms);
                 }
@@ -362,7 +362,7 @@ impl Service for Supervisor {
             match codec::decode::<FromNetwork>(msg).map_err(|e| e.to_string())? {
                 FromNetwork::Datagram(d) => {
                     let event: ToEngineOf<Heartbeat> =
-                        mirage_engine::ToEngine::Event(mirage_heartbeat::Event::Datagram(d));
+                        mirage_engine::ToEngine::Event(heartbeat_engine::Event::Datagram(d));
                     ctx.send_lossy(ENGINE, &event);
                 }
                 FromNetwork::Refused => self.stats.outbound_refused += 1,
@@ -376,7 +376,7 @@ impl Service for Supervisor {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
         let start: ToEngineOf<Heartbeat> = mirage_engine::ToEngine::Start {
-            start: mirage_heartbeat::Start {
+            start: heartbeat_engine::Start {
                 period_ms: self.period_ms,
             },
             seed,
