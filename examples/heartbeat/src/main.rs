@@ -247,7 +247,8 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     Ok(Runtime::new(hb, roles).run(&signals))
 }
 
-#[derive(Serialize, Default, Debug)]
+/// What the engine's messages said, for status.json and metrics.prom.
+#[derive(Default, Debug)]
 struct Stats {
     pings: u64,
     pongs: u64,
