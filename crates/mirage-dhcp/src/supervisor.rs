@@ -161,7 +161,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     // children are past the fork and inherit nothing more from us, and
     // confirming takes no privilege, so the filter's compile and install
     // overlap the roles' start-up instead of delaying the first frames.
-    roles::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
+    mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
     if config.sandbox == SandboxKind::Seccomp {
         // Restarted engines inherit this filter and stack their own on top.
         mirage_sdk::sandbox::seccomp::install(mirage_sdk::sandbox::seccomp::Role::Supervisor)

@@ -233,6 +233,9 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     drop(specs);
     // The supervisor keeps no socket to the peer.
     drop(socket);
+    // Keep only what starting and stopping roles needs, then the
+    // supervisor's own allow-list.
+    mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
     if common.sandbox == SandboxKind::Seccomp {
         seccomp::install(seccomp::Role::Supervisor).map_err(|e| format!("supervisor seccomp: {e}"))?;
     }

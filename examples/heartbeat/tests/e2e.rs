@@ -123,7 +123,17 @@ fn pongs_are_counted_and_the_roles_run_sandboxed() {
             "{role}"
         );
     }
-    assert_eq!(ProcStatus::read(pid).seccomp(), 2, "supervisor");
+    let sup = ProcStatus::read(pid);
+    assert_eq!(sup.seccomp(), 2, "supervisor");
+    // The SDK's supervisor drop: only what starting and stopping roles
+    // needs, in every set, bounding set included.
+    let keep = mirage_sdk::sandbox::SUPERVISOR_CAPS
+        .iter()
+        .fold(0u64, |m, c| m | (1 << c.index()));
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(sup.caps(set) & !keep, 0, "supervisor {set}");
+    }
+    assert_eq!(sup.caps("CapInh"), 0, "supervisor CapInh");
     let metrics = read_lossy(&f.dir.join("run/metrics.prom"));
     assert!(metrics.contains("mirage_heartbeat_pongs_total "), "{metrics}");
     // The status command reads what was published.

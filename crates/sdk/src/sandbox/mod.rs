@@ -253,6 +253,48 @@ pub(crate) fn os_err(step: &'static str) -> SandboxError {
     }
 }
 
+/// What a supervisor keeps once its roles run: enough to start a new
+/// engine (which drops to its own plan) and to stop the roles, nothing that
+/// touches the network or files (no NET_ADMIN, NET_RAW, DAC_OVERRIDE...).
+pub const SUPERVISOR_CAPS: [Capability; 5] = [
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_KILL,
+];
+
+/// Reduce the supervisor to [`SUPERVISOR_CAPS`] in every set, bounding set
+/// included, so an engine started later inherits no more than that.
+///
+/// Started as a non-root uid with ambient capabilities (the container
+/// setup of docs/security.md) the supervisor holds only NET_RAW and
+/// NET_ADMIN, none of [`SUPERVISOR_CAPS`]: it ends with no capability at
+/// all, and its bounding set, which it cannot shrink without CAP_SETPCAP,
+/// stays as the runtime set it (the roles' no_new_privs makes it inert).
+/// Clearing the inheritable set also clears the ambient set, so an engine
+/// restarted later starts with nothing. The supervisor is made non-dumpable:
+/// in that setup it shares its uid with the roles, and a same-uid process
+/// must not be able to ptrace it or read its /proc files.
+pub fn drop_supervisor() -> Result<(), String> {
+    use caps::CapSet;
+    let keep: caps::CapsHashSet = SUPERVISOR_CAPS.iter().copied().collect();
+    let current = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
+    if current.contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("bounding {cap}: {e}"))?;
+            }
+        }
+    }
+    let kept: caps::CapsHashSet = keep.intersection(&current).copied().collect();
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new()).map_err(|e| e.to_string())?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("ambient: {e}"))?;
+    caps::set(None, CapSet::Effective, &kept).map_err(|e| e.to_string())?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(|e| e.to_string())?;
+    set_not_dumpable().map_err(|e| e.to_string())
+}
+
 /// Make the calling process non-dumpable (`PR_SET_DUMPABLE` 0): no core
 /// file, and no ptrace attach or /proc access from processes of the same
 /// uid. [`apply`] does this to every role; a supervisor that shares its uid
