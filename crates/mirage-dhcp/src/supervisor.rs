@@ -738,7 +738,7 @@ fn client_id(
     let stored = files::read_bounded(state_dir, "duid", 1024)
         .ok()
         .flatten()
-        .and_then(|b| parse_hex(&b));
+        .and_then(|b| roles::parse_hex(&b));
     let (duid, new) = match stored {
         Some(d) if (4..=130).contains(&d.len()) => (d, None),
         _ => {
@@ -749,20 +749,6 @@ fn client_id(
         }
     };
     Ok((ClientIdKind::Duid { iaid, duid }, new))
-}
-
-/// Hex digits (surrounding white space ignored) to bytes. Works on bytes,
-/// not `str` slices: the file is written by a role's uid, and slicing a
-/// multi-byte character in half would panic.
-fn parse_hex(bytes: &[u8]) -> Option<Vec<u8>> {
-    let text = bytes.trim_ascii();
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
-    text.chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 /// The stored lease, rebased onto this boot. A corrupt or foreign file is
@@ -1133,8 +1119,11 @@ mod tests {
 
     #[test]
     fn duid_hex_parses_and_bad_files_never_panic() {
-        assert_eq!(parse_hex(b" 00030001aabb\n"), Some(vec![0, 3, 0, 1, 0xaa, 0xbb]));
-        assert_eq!(parse_hex(b"0A0b"), Some(vec![0x0a, 0x0b]));
+        assert_eq!(
+            roles::parse_hex(b" 00030001aabb\n"),
+            Some(vec![0, 3, 0, 1, 0xaa, 0xbb])
+        );
+        assert_eq!(roles::parse_hex(b"0A0b"), Some(vec![0x0a, 0x0b]));
         for bad in [
             &b"abc"[..],
             b"zz",
@@ -1143,7 +1132,7 @@ mod tests {
             "éé".as_bytes(),
             b"\xff\xfe",
         ] {
-            assert_eq!(parse_hex(bad), None, "{bad:?}");
+            assert_eq!(roles::parse_hex(bad), None, "{bad:?}");
         }
     }
 

@@ -135,6 +135,20 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// Hex digits (surrounding white space ignored) to bytes. Works on bytes,
+/// not `str` slices: a DUID file is written by a role's uid, and slicing a
+/// multi-byte character in half would panic.
+pub fn parse_hex(bytes: &[u8]) -> Option<Vec<u8>> {
+    let text = bytes.trim_ascii();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    text.chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
 /// Name of the lease file for an interface in the state directory.
 pub fn lease_file_name(interface: &str) -> String {
     format!("lease-{interface}.json")

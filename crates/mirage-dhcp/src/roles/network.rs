@@ -36,7 +36,8 @@ pub fn run(args: &RoleArgs) -> Result<(), String> {
     let client_id = args
         .client_id
         .as_deref()
-        .and_then(parse_hex)
+        .and_then(|hex| super::parse_hex(hex.as_bytes()))
+        .filter(|id| !id.is_empty())
         .ok_or("the network role needs --client-id (hex)")?;
     let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
     let sock = PacketSocket::from_raw_fd(FD_PACKET).map_err(|e| format!("packet socket: {e}"))?;
@@ -185,17 +186,6 @@ fn refuse(chan: &Channel, reason: &str) -> Result<(), String> {
     chan.send(&msg).map_err(|e| format!("send: {e}"))
 }
 
-/// Hex digits to bytes (the client identifier argument).
-fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.is_empty() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// The supervisor's side: what to tell the network role, from the intents
 /// it forwards to the actuator and the actuator's answers. The actuator
 /// answers in order, so each ApplyLease answer belongs to the oldest apply
@@ -322,14 +312,5 @@ mod tests {
         assert_eq!(state(&t).applying, None);
         t.apply_answered(true);
         assert_eq!(state(&t).bound, None, "a removed address came back");
-    }
-
-    #[test]
-    fn client_id_hex() {
-        assert_eq!(parse_hex("ff0102"), Some(vec![0xff, 1, 2]));
-        assert_eq!(parse_hex(""), None);
-        assert_eq!(parse_hex("abc"), None);
-        assert_eq!(parse_hex("zz"), None);
-        assert_eq!(parse_hex("é0"), None);
     }
 }
