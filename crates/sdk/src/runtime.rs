@@ -373,6 +373,9 @@ pub struct Runtime<S: Service> {
     faults: Vec<(RoleId, String)>,
     /// Why the service must end (a role that may not be restarted failed).
     fatal: Option<String>,
+    /// Receive buffer, kept between rounds (a round that ends early with an
+    /// error drops it; the next one makes a new one).
+    buf: Vec<u8>,
 }
 
 impl<S: Service> Runtime<S> {
@@ -395,6 +398,7 @@ impl<S: Service> Runtime<S> {
             slots,
             faults: Vec::new(),
             fatal: None,
+            buf: Vec::new(),
         }
     }
 
@@ -571,7 +575,8 @@ impl<S: Service> Runtime<S> {
         }
         self.act_on_faults();
 
-        let mut buf = vec![0u8; mirage_ipc::MAX_MESSAGE_LEN];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(mirage_ipc::MAX_MESSAGE_LEN, 0);
         for id in 0..self.slots.len() {
             let exited = log_ready[id] && !self.slots[id].role.as_mut().is_some_and(|r| r.relay_logs());
             // A role that exited may have sent its last messages (a lease
@@ -608,6 +613,7 @@ impl<S: Service> Runtime<S> {
                 self.act_on_faults();
             }
         }
+        self.buf = buf;
         if let Some(why) = self.fatal.take() {
             return Err(why);
         }
