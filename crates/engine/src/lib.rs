@@ -28,7 +28,7 @@ pub mod sim;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-pub use runner::{Host, Received, RunError, run};
+pub use runner::{Host, Received, Route, RunError, run};
 
 /// A point in time: milliseconds of `CLOCK_BOOTTIME`, which counts through
 /// suspend (a lease or a poll interval must not stop while the host sleeps).
@@ -89,6 +89,15 @@ pub trait Engine: Sized {
     /// When the engine next wants [`Engine::on_timer`]; [`Instant::NEVER`]
     /// when it waits for events only (or has stopped).
     fn poll_at(&self) -> Instant;
+
+    /// Where `action` goes: to the supervisor (the default, for every
+    /// action of an engine without a direct channel), or straight to the
+    /// role at the other end of its direct channel (a DNS forwarder's
+    /// queries and answers, which would cost a hop each through the
+    /// supervisor). Refusals always go to the supervisor, which counts them.
+    fn route(_action: &Self::Action) -> Route {
+        Route::Supervisor
+    }
 }
 
 /// Supervisor -> engine, wherever the engine runs.

@@ -21,16 +21,28 @@ pub enum Received {
     Closed,
 }
 
-/// Where an engine runs: a channel to its supervisor and a boot clock.
+/// Where a message from the engine goes ([`crate::Engine::route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Supervisor,
+    /// The role at the other end of the engine's direct channel.
+    Peer,
+}
+
+/// Where an engine runs: a channel to its supervisor (and, for some
+/// services, a direct channel to one other role) and a boot clock.
 pub trait Host {
     type Error: fmt::Display;
     /// The boot clock (`CLOCK_BOOTTIME` milliseconds).
     fn now(&mut self) -> Instant;
-    /// Wait for the next message until `deadline` ([`Instant::NEVER`]: no
-    /// deadline), and put it into `buf` (whose length is the message cap).
+    /// Wait for the next message, from the supervisor or the direct peer,
+    /// until `deadline` ([`Instant::NEVER`]: no deadline), and put it into
+    /// `buf` (whose length is the message cap). Both send the same
+    /// [`ToEngine`] messages; only the supervisor's first is `Start`.
     fn recv(&mut self, deadline: Instant, buf: &mut [u8]) -> Result<Received, Self::Error>;
-    /// Send one encoded message.
-    fn send(&mut self, message: &[u8]) -> Result<(), Self::Error>;
+    /// Send one encoded message to `to`. A host without a direct channel
+    /// gets only [`Route::Supervisor`] from engines that have none.
+    fn send(&mut self, to: Route, message: &[u8]) -> Result<(), Self::Error>;
 }
 
 /// Why [`run`] ended other than by the supervisor closing the channel.
@@ -73,7 +85,7 @@ pub fn run<E: Engine, H: Host>(host: &mut H) -> Result<(), RunError<H::Error>> {
     let mut engine = E::start(start, now, seed, &mut actions);
     loop {
         for action in actions.drain(..) {
-            send(host, &FromEngine::<E::Action, E::Refusal>::Action(action))?;
+            send_action::<E, H>(host, action)?;
         }
         let due = engine.poll_at();
         match host.recv(due, &mut buf).map_err(RunError::Host)? {
@@ -94,16 +106,25 @@ pub fn run<E: Engine, H: Host>(host: &mut H) -> Result<(), RunError<H::Error>> {
                 if let Err(refusal) = engine.handle(now, event, &mut actions) {
                     // What the engine asked for before refusing still goes out first.
                     for action in actions.drain(..) {
-                        send(host, &FromEngine::<E::Action, E::Refusal>::Action(action))?;
+                        send_action::<E, H>(host, action)?;
                     }
-                    send(host, &FromEngine::<E::Action, E::Refusal>::Refused(refusal))?;
+                    send(
+                        host,
+                        Route::Supervisor,
+                        &FromEngine::<E::Action, E::Refusal>::Refused(refusal),
+                    )?;
                 }
             }
         }
     }
 }
 
-fn send<H: Host, T: serde::Serialize>(host: &mut H, msg: &T) -> Result<(), RunError<H::Error>> {
+fn send_action<E: Engine, H: Host>(host: &mut H, action: E::Action) -> Result<(), RunError<H::Error>> {
+    let to = E::route(&action);
+    send(host, to, &FromEngine::<E::Action, E::Refusal>::Action(action))
+}
+
+fn send<H: Host, T: serde::Serialize>(host: &mut H, to: Route, msg: &T) -> Result<(), RunError<H::Error>> {
     let bytes = codec::encode(msg).map_err(RunError::Codec)?;
-    host.send(&bytes).map_err(RunError::Host)
+    host.send(to, &bytes).map_err(RunError::Host)
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use mirage_engine::codec::{self, CodecError};
 use mirage_engine::sim::{Schedule, Sim, World};
-use mirage_engine::{Engine, FromEngine, Host, Instant, Received, RunError, ToEngine, fuzz, run};
+use mirage_engine::{Engine, FromEngine, Host, Instant, Received, Route, RunError, ToEngine, fuzz, run};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -120,7 +120,10 @@ impl Host for MemoryHost {
             }
         }
     }
-    fn send(&mut self, message: &[u8]) -> Result<(), &'static str> {
+    fn send(&mut self, to: Route, message: &[u8]) -> Result<(), &'static str> {
+        if to != Route::Supervisor {
+            return Err("an engine without a direct channel routed to a peer");
+        }
         let msg = codec::decode(message).map_err(|_| "the runner sent an undecodable message")?;
         self.sent.push((self.now, msg));
         Ok(())

@@ -544,6 +544,7 @@ impl Service for Dhcp {
             exe: None,
             args: self.role_args(RoleName::Engine),
             first: Some(mirage_ipc::encode(&start).map_err(|e| format!("starting the engine: {e}"))?),
+            fds: Vec::new(),
         })
     }
 

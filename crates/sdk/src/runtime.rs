@@ -17,7 +17,13 @@
 //!   handled (nothing it sent before dying is lost); any other ends the
 //!   service;
 //! - SIGTERM/SIGINT/SIGHUP start the service's orderly stop, which ends
-//!   within the stop grace whatever the roles do.
+//!   within the stop grace whatever the roles do;
+//! - a restarted role gets its descriptors again from the service
+//!   ([`RoleStart::fds`]: duplicates of what only the privileged start could
+//!   open), so a role holding a listening socket can be restartable too;
+//! - two roles may talk over a direct channel ([`Runtime::link`]) where a
+//!   hop through the supervisor would cost too much; such a pair lives and
+//!   restarts together.
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -242,6 +248,10 @@ pub struct RoleStart {
     pub args: Vec<String>,
     /// Encoded first message (a fresh seed, the state to resume from...).
     pub first: Option<Vec<u8>>,
+    /// Descriptors the role gets at 4, 5, ... as at its first start: the
+    /// service keeps what only the privileged start could open (a listening
+    /// socket on port 53) and hands a duplicate to each new generation.
+    pub fds: Vec<OwnedFd>,
 }
 
 /// What a service supplies: its routing and policy. Every method gets a
@@ -288,6 +298,8 @@ pub trait Service {
 struct Slot {
     name: &'static str,
     restart: Restart,
+    /// The role at the other end of a direct channel ([`Runtime::link`]).
+    peer: Option<RoleId>,
     role: Option<Role>,
     generation: u64,
     restarts: u32,
@@ -386,6 +398,7 @@ impl<S: Service> Runtime<S> {
             .map(|role| Slot {
                 name: role.name,
                 restart: role.restart,
+                peer: None,
                 role: Some(role),
                 generation: 0,
                 restarts: 0,
@@ -400,6 +413,38 @@ impl<S: Service> Runtime<S> {
             fatal: None,
             buf: Vec::new(),
         }
+    }
+
+    /// Declare a direct channel between roles `a` and `b`: a socket pair
+    /// whose ends the roles got (each at the descriptor after its own, see
+    /// [`link_pair`]) and over which they talk without the supervisor, for
+    /// traffic too heavy to route through it (a DNS forwarder's queries
+    /// between its network role and its engine). The two live and die
+    /// together: a fault of one stops the other, and both are started again
+    /// at once, with a fresh pair, so neither ever talks to a stale peer.
+    /// Both must be restartable.
+    pub fn link(mut self, a: RoleId, b: RoleId) -> Result<Self, String> {
+        for id in [a, b] {
+            let slot = self
+                .slots
+                .get(id)
+                .ok_or_else(|| format!("no role {id} to link"))?;
+            if slot.restart != Restart::WithBackoff {
+                return Err(format!(
+                    "the {} role has a direct channel, so it must be restartable",
+                    slot.name
+                ));
+            }
+            if slot.peer.is_some() {
+                return Err(format!("the {} role has a direct channel already", slot.name));
+            }
+        }
+        if a == b {
+            return Err("a role cannot be linked to itself".into());
+        }
+        self.slots[a].peer = Some(b);
+        self.slots[b].peer = Some(a);
+        Ok(self)
     }
 
     /// Run until a signal on `signals` (and the orderly stop after it), the
@@ -462,11 +507,24 @@ impl<S: Service> Runtime<S> {
 
     fn act_on_faults(&mut self) {
         while let Some((id, why)) = self.faults.pop() {
-            let slot = &mut self.slots[id];
-            let Some(mut role) = slot.role.take() else {
+            let Some(mut role) = self.slots[id].role.take() else {
                 continue;
             };
             role.kill_and_drain();
+            if let Some(peer) = self.slots[id].peer
+                && let Some(p) = self.slots[peer].role.as_mut()
+            {
+                // The peer did nothing wrong: what it sent before it is
+                // stopped is handled, as for a role that exited.
+                p.kill();
+                let mut buf = vec![0u8; mirage_ipc::MAX_MESSAGE_LEN];
+                if let Err(e) = self.read_from(peer, DRAIN_MAX, true, &mut buf) {
+                    log::warn!("{e}");
+                }
+                let why = format!("its direct peer, the {} role, stopped", self.slots[id].name);
+                self.faults.push((peer, why));
+            }
+            let slot = &mut self.slots[id];
             match slot.restart {
                 Restart::Never => {
                     self.fatal
@@ -495,38 +553,87 @@ impl<S: Service> Runtime<S> {
 
     fn restart_due(&mut self) {
         let now = Instant::now();
+        let due = |s: &Slot| s.role.is_none() && s.restart_at.is_some_and(|at| at <= now);
         for id in 0..self.slots.len() {
-            let slot = &self.slots[id];
-            if slot.role.is_some() || slot.restart_at.is_none_or(|at| now < at) {
+            if !due(&self.slots[id]) {
                 continue;
             }
-            let name = slot.name;
-            let started = self.service.restart(id).and_then(|start| {
-                RoleSpec {
-                    name,
-                    exe: start.exe,
-                    args: start.args,
-                    fds: Vec::new(),
-                    first: start.first,
-                    restart: Restart::WithBackoff,
+            match self.slots[id].peer {
+                None => {
+                    let started = self.start_again(id, None);
+                    self.started_again(id, started, now);
                 }
-                .start()?
-                .finish()
-            });
-            let slot = &mut self.slots[id];
-            match started {
-                Ok(role) => {
-                    slot.role = Some(role);
-                    slot.restart_at = None;
-                    slot.generation += 1;
-                    slot.restarts += 1;
-                    self.with_ctx(|s, ctx| s.on_role_up(ctx, id));
+                // A linked pair starts together, when both are due; the
+                // lower id starts the pair.
+                Some(peer) if peer > id && due(&self.slots[peer]) => {
+                    let (a, b) = match link_pair() {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            self.started_again(id, Err(e), now);
+                            continue;
+                        }
+                    };
+                    let first = self.start_again(id, Some(a));
+                    let second = match first {
+                        Ok(_) => self.start_again(peer, Some(b)),
+                        Err(_) => Err(format!(
+                            "not started with its peer, the {} role",
+                            self.slots[id].name
+                        )),
+                    };
+                    // Both or neither: one alone would wait on a dead channel.
+                    let (first, second) = match (first, second) {
+                        (Ok(r1), Ok(r2)) => (Ok(r1), Ok(r2)),
+                        (Ok(mut r1), Err(e2)) => {
+                            r1.kill_and_drain();
+                            (Err(format!("its peer did not start: {e2}")), Err(e2))
+                        }
+                        (Err(e1), Err(e2)) => (Err(e1), Err(e2)),
+                        (Err(_), Ok(_)) => unreachable!("the second starts only after the first"),
+                    };
+                    self.started_again(id, first, now);
+                    self.started_again(peer, second, now);
                 }
-                Err(e) => {
-                    log::error!("{e}");
-                    slot.restart_at = Some(now + slot.restart_delay);
-                    slot.restart_delay = (slot.restart_delay * 2).min(RESTART_MAX);
-                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Start role `id` as [`Service::restart`] says, with the end of its
+    /// direct channel after its own descriptors.
+    fn start_again(&mut self, id: RoleId, link: Option<Channel>) -> Result<Role, String> {
+        let name = self.slots[id].name;
+        let start = self.service.restart(id)?;
+        let mut fds: Vec<BorrowedFd<'_>> = start.fds.iter().map(AsFd::as_fd).collect();
+        if let Some(end) = &link {
+            fds.push(end.as_fd());
+        }
+        RoleSpec {
+            name,
+            exe: start.exe,
+            args: start.args,
+            fds,
+            first: start.first,
+            restart: Restart::WithBackoff,
+        }
+        .start()?
+        .finish()
+    }
+
+    fn started_again(&mut self, id: RoleId, started: Result<Role, String>, now: Instant) {
+        let slot = &mut self.slots[id];
+        match started {
+            Ok(role) => {
+                slot.role = Some(role);
+                slot.restart_at = None;
+                slot.generation += 1;
+                slot.restarts += 1;
+                self.with_ctx(|s, ctx| s.on_role_up(ctx, id));
+            }
+            Err(e) => {
+                log::error!("{e}");
+                slot.restart_at = Some(now + slot.restart_delay);
+                slot.restart_delay = (slot.restart_delay * 2).min(RESTART_MAX);
             }
         }
     }
@@ -583,31 +690,8 @@ impl<S: Service> Runtime<S> {
             // to persist) just before: read all it left, then act.
             let budget = if exited { DRAIN_MAX } else { BURST };
             // (A dead role's channel is readable: its data, then EOF.)
-            let mut readable = chan_ready[id] || (exited && self.readable_now(id)?);
-            for _ in 0..budget {
-                if !readable {
-                    break;
-                }
-                let Some(role) = &self.slots[id].role else { break };
-                match role.chan.recv_into(&mut buf) {
-                    Ok(Some(n)) => {
-                        let res = self.with_ctx(|s, ctx| s.on_message(ctx, id, &buf[..n]));
-                        if let Err(why) = res {
-                            self.faults.push((id, format!("sent a bad message: {why}")));
-                            self.act_on_faults();
-                        }
-                    }
-                    Ok(None) => {
-                        self.faults.push((id, "closed its channel".into()));
-                        self.act_on_faults();
-                    }
-                    Err(e) => {
-                        self.faults.push((id, format!("sent a bad message: {e}")));
-                        self.act_on_faults();
-                    }
-                }
-                readable = self.readable_now(id)?;
-            }
+            let readable = chan_ready[id] || (exited && self.readable_now(id)?);
+            self.read_from(id, budget, readable, &mut buf)?;
             if exited && self.slots[id].role.is_some() {
                 self.faults.push((id, "exited".into()));
                 self.act_on_faults();
@@ -618,6 +702,42 @@ impl<S: Service> Runtime<S> {
             return Err(why);
         }
         Ok(progress)
+    }
+
+    /// Hand up to `budget` messages of role `id` to the service, the first
+    /// only if `readable` says one is there.
+    fn read_from(
+        &mut self,
+        id: RoleId,
+        budget: usize,
+        mut readable: bool,
+        buf: &mut [u8],
+    ) -> Result<(), String> {
+        for _ in 0..budget {
+            if !readable {
+                break;
+            }
+            let Some(role) = &self.slots[id].role else { break };
+            match role.chan.recv_into(buf) {
+                Ok(Some(n)) => {
+                    let res = self.with_ctx(|s, ctx| s.on_message(ctx, id, &buf[..n]));
+                    if let Err(why) = res {
+                        self.faults.push((id, format!("sent a bad message: {why}")));
+                        self.act_on_faults();
+                    }
+                }
+                Ok(None) => {
+                    self.faults.push((id, "closed its channel".into()));
+                    self.act_on_faults();
+                }
+                Err(e) => {
+                    self.faults.push((id, format!("sent a bad message: {e}")));
+                    self.act_on_faults();
+                }
+            }
+            readable = self.readable_now(id)?;
+        }
+        Ok(())
     }
 
     /// Whether `role`'s channel has a message (or EOF) now.
@@ -684,6 +804,14 @@ impl<S: Service> Runtime<S> {
             s.restart_delay = delay;
         }
     }
+}
+
+/// The two ends of a direct channel between roles ([`Runtime::link`]): give
+/// each role its end as the descriptor after its own (a role with two fds,
+/// 4 and 5, finds it at 6), then drop both here, so that each role holds
+/// the only copy of its end and sees the other's exit as the channel's end.
+pub fn link_pair() -> Result<(Channel, Channel), String> {
+    Channel::pair().map_err(|e| format!("socketpair: {e}"))
 }
 
 /// What one [`Runtime::round`] saw.
@@ -781,6 +909,7 @@ mod tests {
                 exe: Some("/bin/sh".into()),
                 args: vec!["-c".into(), self.restart_script.clone()],
                 first: Some(mirage_ipc::encode(&7u32).unwrap()),
+                fds: Vec::new(),
             })
         }
         fn on_role_down(&mut self, _: &mut Ctx<'_>, role: RoleId) {
@@ -858,6 +987,144 @@ mod tests {
         let mut rt = Runtime::new(Recorder::default(), vec![network]);
         let signals = SignalPipe::for_test().unwrap();
         assert_eq!(rt.run(&signals), ExitCode::FAILURE);
+    }
+
+    /// Records the raw messages of linked stand-in roles; restarts each
+    /// with its script for the next generation.
+    struct LinkRecorder {
+        got: Vec<(RoleId, Vec<u8>)>,
+        scripts: [&'static str; 2],
+        ups: Vec<RoleId>,
+    }
+
+    impl Service for LinkRecorder {
+        fn on_message(&mut self, _: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String> {
+            self.got.push((from, msg.to_vec()));
+            Ok(())
+        }
+        fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
+            Ok(RoleStart {
+                exe: Some("/bin/sh".into()),
+                args: vec!["-c".into(), self.scripts[role].into()],
+                first: None,
+                fds: Vec::new(),
+            })
+        }
+        fn on_role_up(&mut self, _: &mut Ctx<'_>, role: RoleId) {
+            self.ups.push(role);
+        }
+    }
+
+    fn sh_role<'a>(name: &'static str, script: &str, fds: Vec<BorrowedFd<'a>>) -> Role {
+        RoleSpec {
+            name,
+            exe: Some("/bin/sh".into()),
+            args: vec!["-c".into(), script.into()],
+            fds,
+            first: None,
+            restart: Restart::WithBackoff,
+        }
+        .start()
+        .and_then(StartingRole::finish)
+        .expect("sh role starts")
+    }
+
+    #[test]
+    fn linked_roles_talk_directly_and_live_and_die_together() {
+        // Role 0 echoes what comes on its direct channel (fd 4, after no
+        // descriptors of its own); role 1 asks over the link and passes the
+        // answer to the supervisor on its channel (fd 3), then exits. Its
+        // exit takes role 0 down with it; both start again on a fresh pair,
+        // and the second generation of role 1 stays.
+        let echo = "exec cat <&4 >&4";
+        let ask_and_exit = "printf ping >&4; head -c 4 <&4 >&3";
+        let ask_and_stay = "printf pong >&4; head -c 4 <&4 >&3; exec sleep 60";
+        let (a, b) = link_pair().unwrap();
+        let roles = vec![
+            sh_role("engine", echo, vec![a.as_fd()]),
+            sh_role("network", ask_and_exit, vec![b.as_fd()]),
+        ];
+        drop((a, b));
+        let service = LinkRecorder {
+            got: Vec::new(),
+            scripts: [echo, ask_and_stay],
+            ups: Vec::new(),
+        };
+        let mut rt = Runtime::new(service, roles).link(0, 1).unwrap();
+        rt.set_restart_delay(Duration::from_millis(50));
+        let signals = SignalPipe::for_test().unwrap();
+        let mut raise = signals.raiser().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let code = rt.run(&signals);
+            let _ = tx.send((code, rt));
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = raise.write_all(b"T");
+        let (code, rt) = rx.recv_timeout(STOP_GRACE + Duration::from_secs(10)).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert_eq!(
+            rt.service.got,
+            vec![(1, b"ping".to_vec()), (1, b"pong".to_vec())],
+            "the answers over the link, from each generation"
+        );
+        let mut ups = rt.service.ups.clone();
+        ups.sort();
+        assert_eq!(ups, vec![0, 1], "both roles restarted, once each");
+    }
+
+    /// Restarts its role with a duplicate of a descriptor it keeps.
+    struct KeepsFd {
+        fd: OwnedFd,
+    }
+
+    impl Service for KeepsFd {
+        fn on_message(&mut self, _: &mut Ctx<'_>, _: RoleId, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn restart(&mut self, _: RoleId) -> Result<RoleStart, String> {
+            Ok(RoleStart {
+                exe: Some("/bin/sh".into()),
+                args: vec!["-c".into(), "printf again >&4; exec sleep 60".into()],
+                first: None,
+                fds: vec![self.fd.try_clone().map_err(|e| e.to_string())?],
+            })
+        }
+    }
+
+    #[test]
+    fn a_restarted_role_gets_the_descriptors_its_service_kept() {
+        let (kept, mut ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (engine, _e) = stand_in("engine", "exit 0");
+        let mut rt = Runtime::new(KeepsFd { fd: kept.into() }, vec![engine.restartable()]);
+        rt.set_restart_delay(Duration::from_millis(20));
+        let signals = SignalPipe::for_test().unwrap();
+        let mut raise = signals.raiser().unwrap();
+        let runner = std::thread::spawn(move || rt.run(&signals));
+        ours.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = [0u8; 5];
+        let read = ours.read_exact(&mut got);
+        let _ = raise.write_all(b"T");
+        assert_eq!(runner.join().unwrap(), ExitCode::SUCCESS);
+        read.expect("the restarted role wrote to the descriptor it was given");
+        assert_eq!(&got, b"again");
+    }
+
+    #[test]
+    fn only_two_restartable_roles_can_be_linked() {
+        let (fixed, _f) = stand_in("network", "exec sleep 60");
+        let (engine, _e) = stand_in("engine", "exec sleep 60");
+        let service = LinkRecorder {
+            got: Vec::new(),
+            scripts: ["", ""],
+            ups: Vec::new(),
+        };
+        let rt = Runtime::new(service, vec![engine.restartable(), fixed]);
+        let err = match rt.link(0, 1) {
+            Ok(_) => panic!("a role that may not restart was linked"),
+            Err(e) => e,
+        };
+        assert!(err.contains("must be restartable"), "{err}");
     }
 
     #[test]

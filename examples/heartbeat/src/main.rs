@@ -389,6 +389,7 @@ impl Service for Supervisor {
             exe: None,
             args: self.role_args("engine", ENGINE_ID),
             first: Some(codec::encode(&start).map_err(|e| e.to_string())?),
+            fds: Vec::new(),
         })
     }
 
