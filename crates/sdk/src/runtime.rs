@@ -72,8 +72,9 @@ pub struct RoleSpec<'a> {
     pub args: Vec<String>,
     /// Descriptors the role gets at 4, 5, ... (its channel is 3).
     pub fds: Vec<BorrowedFd<'a>>,
-    /// Encoded first message, waiting in its channel when it starts.
-    pub first: Option<Vec<u8>>,
+    /// Encoded first messages, waiting in its channel when it starts, in
+    /// order (a role's hello, [`crate::role`], then the service's own).
+    pub first: Vec<Vec<u8>>,
     pub restart: Restart,
 }
 
@@ -88,8 +89,8 @@ impl RoleSpec<'_> {
             .map_err(|e| format!("starting the {} role: {e}", self.name))?;
         // Our copy of the role's end closes here; the role holds the only one.
         drop(theirs);
-        if let Some(first) = &self.first {
-            // A fresh socket takes one message of at most the cap.
+        for first in &self.first {
+            // A fresh socket takes a few messages of at most the cap.
             ours.send_raw(first)
                 .map_err(|e| format!("starting the {} role: {e}", self.name))?;
         }
@@ -240,8 +241,9 @@ impl Role {
 pub struct RoleStart {
     pub exe: Option<PathBuf>,
     pub args: Vec<String>,
-    /// Encoded first message (a fresh seed, the state to resume from...).
-    pub first: Option<Vec<u8>>,
+    /// Encoded first messages (the role's hello, a fresh seed, the state to
+    /// resume from...), in order.
+    pub first: Vec<Vec<u8>>,
 }
 
 /// What a service supplies: its routing and policy. Every method gets a
@@ -780,7 +782,7 @@ mod tests {
             Ok(RoleStart {
                 exe: Some("/bin/sh".into()),
                 args: vec!["-c".into(), self.restart_script.clone()],
-                first: Some(mirage_ipc::encode(&7u32).unwrap()),
+                first: vec![mirage_ipc::encode(&7u32).unwrap()],
             })
         }
         fn on_role_down(&mut self, _: &mut Ctx<'_>, role: RoleId) {
