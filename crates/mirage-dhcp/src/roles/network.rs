@@ -3,7 +3,8 @@
 //! Outbound frames are checked here, because the engine may be compromised:
 //! only what a DHCP client sends as us passes ([`check_outbound`]), at a
 //! bounded rate, and the only state the check uses comes from the
-//! supervisor (what the actuator applied) and from this role's own arguments.
+//! supervisor (what the actuator applied) and from this role's own settings
+//! (its hello).
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
