@@ -1,7 +1,7 @@
 //! mirage-dhcp: a privilege-separated DHCPv4 client in one static binary.
 //!
 //! `run` starts the supervisor, which re-executes this binary as three
-//! roles (hidden subcommands): `network` (packet socket, no capabilities),
+//! roles (`role NAME`, see `mirage_sdk::role`): `network` (packet socket, no capabilities),
 //! `engine` (parses every untrusted byte, holds nothing) and `actuator`
 //! (CAP_NET_ADMIN only, applies checked intents). See docs/security.md.
 
@@ -31,9 +31,6 @@ enum Command {
     Run(RunArgs),
     /// Print the status a running client published (status.json).
     Status(StatusArgs<Dhcp>),
-    /// Internal: a role started by the supervisor.
-    #[command(hide = true)]
-    Role(roles::RoleArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,6 +97,11 @@ impl RunArgs {
 }
 
 fn main() -> ExitCode {
+    // A role (`role NAME`, started by the supervisor) parses no command
+    // line: its hello says everything, and its start-up stays short.
+    if let Some(code) = mirage_sdk::role::main_if_role(roles::ENTRIES) {
+        return code;
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
@@ -127,7 +129,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Status(args) => args.run(status_summary),
-        Command::Role(args) => roles::main(args),
     }
 }
 

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
 
+use mirage_dhcp::plan::{self, RoleSettings};
 use mirage_ipc::{
     ClientIdKind, EngineAction, EngineConfig, EngineEvent, EngineStart, FromActuator, FromEngine,
     FromNetwork, IntentKind, Lease, Outcome, PublishedStatus, Status, ToActuator, ToEngine, ToNetwork,
@@ -28,7 +29,8 @@ use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
-use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleSpec, RoleStart, Runtime, Service, SignalPipe};
+use mirage_sdk::role::{RoleOptions, RolePlan};
+use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe};
 
 use crate::config::{ClientIdMode, Config, SandboxKind};
 use crate::roles::{self, RoleName};
@@ -95,32 +97,28 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         link.carrier,
     );
     dhcp.deadline = oneshot.map(|d| StdInstant::now() + d);
-    let resolv_name = resolv.as_ref().map(|(_, _, name)| name.clone());
-    let mut network_args = dhcp.role_args(RoleName::Network);
-    network_args.extend([
-        "--client-id".into(),
-        dhcp_engine::client::client_id_bytes(&dhcp.engine_config)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    ]);
-    let mut actuator_args = dhcp.role_args(RoleName::Actuator);
-    if let Some(name) = resolv_name {
-        actuator_args.extend(["--resolv-name".into(), name]);
-    }
+    let mut network_settings = dhcp.settings();
+    network_settings.client_id = Some(dhcp_engine::client::client_id_bytes(&dhcp.engine_config));
+    network_settings.with_arp = config.acd.enabled;
+    let mut actuator_settings = dhcp.settings();
+    actuator_settings.resolv_name = resolv.as_ref().map(|(_, _, name)| name.clone());
+    actuator_settings.route_table = config.route_table;
     // A first start's DUID is stored durably (atomic replace, fsyncs) by the
     // actuator once the lease is applied, off the path to it: the engine has
     // the DUID already, and a crash before it is stored derives the same
     // DUID-LL from the MAC again.
-    if let Some(duid) = new_duid {
-        actuator_args.extend(["--store-duid".into(), duid]);
-    }
+    actuator_settings.store_duid = new_duid;
+    let engine_plan = dhcp.engine_plan();
+    let network_id = config.ids.of(RoleName::Network);
+    let network_plan = plan::network(network_id.uid, network_id.gid);
+    let actuator_id = config.ids.of(RoleName::Actuator);
+    let actuator_plan = plan::actuator(actuator_id.uid, actuator_id.gid, resolv.is_some());
+    let options = dhcp.options();
     let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
     if let Some((dir, file, _)) = &resolv {
         actuator_fds.push(dir.as_fd());
         actuator_fds.push(file.as_fd());
     }
-    let engine_start = dhcp.restart(ENGINE)?;
     // All three roles start side by side: each fork returns at once, and
     // the children exec and drop their privileges in parallel instead of
     // one after the other (their start-up, not the DHCP exchange, is most
@@ -128,32 +126,23 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     // are on the path to the first DISCOVER. Messages to a role wait in
     // its channel until it is ready.
     let specs = [
-        RoleSpec {
-            name: RoleName::Engine.as_str(),
-            exe: None,
-            args: engine_start.args,
-            fds: vec![],
-            first: engine_start.first,
-            restart: Restart::WithBackoff,
-        },
-        RoleSpec {
-            name: RoleName::Network.as_str(),
-            exe: None,
-            args: network_args,
-            fds: vec![packet.as_fd()],
-            first: None,
-            restart: Restart::Never,
-        },
-        RoleSpec {
-            name: RoleName::Actuator.as_str(),
-            exe: None,
-            args: actuator_args,
-            fds: actuator_fds,
-            first: None,
-            restart: Restart::Never,
-        },
+        engine_plan.spec(
+            options,
+            &(),
+            Some(dhcp.engine_start()?),
+            vec![],
+            Restart::WithBackoff,
+        )?,
+        network_plan.spec(
+            options,
+            &network_settings,
+            None,
+            vec![packet.as_fd()],
+            Restart::Never,
+        )?,
+        actuator_plan.spec(options, &actuator_settings, None, actuator_fds, Restart::Never)?,
     ];
-    let starting = specs.iter().map(RoleSpec::start).collect::<Result<Vec<_>, _>>()?;
+    let starting = specs.iter().map(|s| s.start()).collect::<Result<Vec<_>, _>>()?;
     // The supervisor keeps none of the privileged fds.
     drop(specs);
     drop((packet, rtnl, monitor, state_dir, run_dir, resolv));
@@ -163,8 +152,9 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     // overlap the roles' start-up instead of delaying the first frames.
     mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
     if config.sandbox == SandboxKind::Seccomp {
-        // Restarted engines inherit this filter and stack their own on top.
-        mirage_sdk::sandbox::seccomp::install(mirage_sdk::sandbox::seccomp::Role::Supervisor)
+        // Restarted engines inherit this filter and stack their own on top:
+        // it holds every role's list.
+        mirage_sdk::sandbox::seccomp::install_supervisor(&[&engine_plan, &network_plan, &actuator_plan])
             .map_err(|e| format!("supervisor seccomp: {e}"))?;
     }
     let roles = starting
@@ -249,52 +239,40 @@ impl Dhcp {
         }
     }
 
-    /// The command line of a role: `role NAME` and what it needs to know.
-    fn role_args(&self, name: RoleName) -> Vec<String> {
+    /// What every role is told in its hello besides its plan.
+    fn options(&self) -> RoleOptions {
+        RoleOptions {
+            sandbox: self.config.sandbox,
+            log_level: self.level,
+        }
+    }
+
+    /// The engine's plan under its configured ids.
+    fn engine_plan(&self) -> RolePlan {
+        let id = self.config.ids.of(RoleName::Engine);
+        plan::engine(id.uid, id.gid)
+    }
+
+    /// The settings the network role and the actuator share.
+    fn settings(&self) -> RoleSettings {
         let c = &self.config;
-        let mut args: Vec<String> = vec![
-            "role".into(),
-            name.as_str().into(),
-            "--interface".into(),
-            c.interface.clone(),
-            "--ifindex".into(),
-            self.ifindex.to_string(),
-            "--mac".into(),
-            roles::format_mac(&self.mac),
-            "--uid".into(),
-            c.ids.of(name).uid.to_string(),
-            "--gid".into(),
-            c.ids.of(name).gid.to_string(),
-            "--sandbox".into(),
-            c.sandbox.as_str().into(),
-            "--log-level".into(),
-            self.level.to_string().to_lowercase(),
-            "--max-routes".into(),
-            c.limits.max_routes.to_string(),
-            "--max-dns-servers".into(),
-            c.limits.max_dns_servers.to_string(),
-            "--max-ntp-servers".into(),
-            c.limits.max_ntp_servers.to_string(),
-            "--max-search-domains".into(),
-            c.limits.max_search_domains.to_string(),
-            "--min-route-prefix-len".into(),
-            c.limits.min_route_prefix_len.to_string(),
-            "--min-subnet-prefix-len".into(),
-            c.limits.min_subnet_prefix_len.to_string(),
-        ];
-        if c.limits.ignore_classless_routes {
-            args.push("--ignore-classless-routes".into());
-        }
-        if name == RoleName::Actuator
-            && let Some(table) = c.route_table
-        {
-            args.push("--route-table".into());
-            args.push(table.to_string());
-        }
-        if name == RoleName::Network && c.acd.enabled {
-            args.push("--with-arp".into());
-        }
-        args
+        RoleSettings::new(&c.interface, self.ifindex, self.mac, c.limits)
+    }
+
+    /// The engine's `Start`: the lease last persisted, the carrier as it is
+    /// now and a fresh seed.
+    fn engine_start(&self) -> Result<Vec<u8>, String> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+        let start = ToEngine::Start {
+            start: EngineStart {
+                config: self.engine_config.clone(),
+                stored: self.lease.clone(),
+                link_up: self.link_up,
+            },
+            seed,
+        };
+        mirage_ipc::encode(&start).map_err(|e| format!("starting the engine: {e}"))
     }
 
     /// Hand an event to the engine; it queues (never blocks), and an engine
@@ -530,22 +508,8 @@ impl Service for Dhcp {
     /// verifies it (INIT-REBOOT).
     fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
         debug_assert_eq!(role, ENGINE);
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
-        let start = ToEngine::Start {
-            start: EngineStart {
-                config: self.engine_config.clone(),
-                stored: self.lease.clone(),
-                link_up: self.link_up,
-            },
-            seed,
-        };
-        Ok(RoleStart {
-            exe: None,
-            args: self.role_args(RoleName::Engine),
-            first: Some(mirage_ipc::encode(&start).map_err(|e| format!("starting the engine: {e}"))?),
-            fds: Vec::new(),
-        })
+        self.engine_plan()
+            .start(self.options(), &(), Some(self.engine_start()?))
     }
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
@@ -810,7 +774,7 @@ mod tests {
     /// A stand-in role: a real child process (`sh -c script`) whose stderr
     /// is the role's log, and the channel's far end for the test to play
     /// the role with.
-    fn stand_in(name: RoleName, script: &str) -> (Role, Channel) {
+    fn stand_in(name: &'static str, script: &str) -> (Role, Channel) {
         let mut child = std::process::Command::new("sh")
             .args(["-c", script])
             .stdin(std::process::Stdio::null())
@@ -821,7 +785,7 @@ mod tests {
         let log = child.stderr.take().expect("piped stderr");
         let (ours, theirs) = Channel::pair().expect("socketpair");
         (
-            Role::new(name.as_str(), child.into(), ours, log, StdInstant::now()),
+            Role::new(name, child.into(), ours, log, StdInstant::now()),
             theirs,
         )
     }
@@ -840,9 +804,9 @@ mod tests {
         )
         .expect("a valid config");
         let mac = [2, 0, 0, 0, 0, 1];
-        let (engine, e) = stand_in(RoleName::Engine, "exec sleep 60");
-        let (network, n) = stand_in(RoleName::Network, "exec sleep 60");
-        let (actuator, a) = stand_in(RoleName::Actuator, "exec sleep 60");
+        let (engine, e) = stand_in("engine", "exec sleep 60");
+        let (network, n) = stand_in("network", "exec sleep 60");
+        let (actuator, a) = stand_in("actuator", "exec sleep 60");
         let dhcp = Dhcp::new(
             config,
             log::LevelFilter::Info,

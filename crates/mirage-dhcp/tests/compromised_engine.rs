@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use dhcp_engine::wire::dhcp::{Message, MessageType, Op, Options};
 use dhcp_engine::wire::frame::{ArpOp, ArpPacket, Inbound, build_arp_frame, build_udp_frame, parse_frame};
+use mirage_dhcp::plan::{self, RoleSettings};
 use mirage_ipc::{
     BoundAddress, FromActuator, FromNetwork, INFINITE_LEASE, Instant, Lease, NetworkBinding, Outcome,
     Refusal, Route, ToActuator, ToNetwork,
@@ -22,7 +23,7 @@ use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
 use mirage_sdk::spawn::RoleChild;
 use mirage_testkit::raw::{RawServer, Spec};
-use mirage_testkit::role::{alive, recv_within, start_role, wait_dead};
+use mirage_testkit::role::{alive, recv_within, start_planned, wait_dead};
 use support::{CLIENT_IF, Net, bin};
 
 /// Bound on one answer from a role. The first answer includes the role's
@@ -65,38 +66,10 @@ fn in_client_ns(net: &Net, body: impl FnOnce() + Send + 'static) {
     mirage_testkit::netns::in_netns(&net.client_ns, body)
 }
 
-/// The kit's role command line with the ids the supervisor gives `role`
-/// by default, and the link flags every DHCP role takes.
-fn role_args(role: &str, ifindex: u32, mac: [u8; 6]) -> Vec<String> {
-    let mac = mac
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    let id = role_id(role);
-    let mut args = mirage_testkit::role::role_args(role, id, id, "seccomp", "debug");
-    args.extend(
-        [
-            "--interface",
-            CLIENT_IF,
-            "--ifindex",
-            &ifindex.to_string(),
-            "--mac",
-            &mac,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    args
-}
-
-/// The ids the supervisor gives `role` by default.
-fn role_id(role: &str) -> u32 {
-    match role {
-        "network" => support::NETWORK_ID,
-        "engine" => support::ENGINE_ID,
-        _ => support::ACTUATOR_ID,
-    }
+/// The settings every DHCP role's hello carries for the client interface,
+/// with the default limits.
+fn settings(ifindex: u32, mac: [u8; 6]) -> RoleSettings {
+    RoleSettings::new(CLIENT_IF, ifindex, mac, Default::default())
 }
 
 #[test]
@@ -124,11 +97,9 @@ fn actuator_refuses_every_out_of_policy_intent() {
             .write(true)
             .open(dir.join("resolv.conf"))
             .unwrap();
-        let (ours, theirs) = Channel::pair().unwrap();
-        let mut args = role_args("actuator", link.index, link.mac.unwrap());
-        args.extend(["--resolv-name".to_string(), "resolv.conf".to_string()]);
+        let mut config = settings(link.index, link.mac.unwrap());
+        config.resolv_name = Some("resolv.conf".into());
         let fds = [
-            theirs.as_fd(),
             rtnl.as_fd(),
             monitor.as_fd(),
             state.as_fd(),
@@ -136,8 +107,9 @@ fn actuator_refuses_every_out_of_policy_intent() {
             resolv_dir.as_fd(),
             resolv_file.as_fd(),
         ];
-        let mut actuator = start_role(std::path::Path::new(bin()), &args, &fds);
-        drop(theirs);
+        let actuator_plan = plan::actuator(support::ACTUATOR_ID, support::ACTUATOR_ID, true);
+        let (ours, mut actuator) =
+            start_planned(std::path::Path::new(bin()), &actuator_plan, &config, None, &fds);
 
         let ask = |msg: ToActuator| -> Outcome {
             ours.send(&msg).unwrap();
@@ -522,13 +494,16 @@ impl NetworkRole {
         rtnl.set_link_up(link.index).unwrap();
         let mac = link.mac.unwrap();
         let sock = PacketSocket::open(link.index, true).unwrap();
-        let (chan, theirs) = Channel::pair().unwrap();
-        let mut args = role_args("network", link.index, mac);
-        args.extend(["--client-id".into(), hex(&client_id_of(mac), "")]);
-        let child = start_role(
+        let mut config = settings(link.index, mac);
+        config.client_id = Some(client_id_of(mac));
+        config.with_arp = true;
+        let network_plan = plan::network(support::NETWORK_ID, support::NETWORK_ID);
+        let (chan, child) = start_planned(
             std::path::Path::new(bin()),
-            &args,
-            &[theirs.as_fd(), sock.as_fd()],
+            &network_plan,
+            &config,
+            None,
+            &[sock.as_fd()],
         );
         NetworkRole {
             chan,
@@ -1067,8 +1042,8 @@ fn wait_until_released(path: &std::path::Path, addr: Ipv4Addr) {
 }
 
 /// The route settings as the actuator enforces them on its own: with
-/// `--ignore-classless-routes` only option 3's shape gets through, and
-/// `--route-table` puts the routes in that table, not the main one.
+/// `ignore_classless_routes` only option 3's shape gets through, and
+/// `route_table` puts the routes in that table, not the main one.
 #[test]
 fn actuator_enforces_ignored_121_and_installs_routes_in_their_table() {
     let net = Net::new();
@@ -1086,22 +1061,13 @@ fn actuator_enforces_ignored_121_and_installs_routes_in_their_table() {
         }
         let state = mirage_sdk::files::open_dir(&dir.join("state")).unwrap();
         let run = mirage_sdk::files::open_dir(&dir.join("run")).unwrap();
-        let (ours, theirs) = Channel::pair().unwrap();
-        let mut args = role_args("actuator", link.index, link.mac.unwrap());
-        args.extend(
-            ["--ignore-classless-routes", "--route-table", "100"]
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        let fds = [
-            theirs.as_fd(),
-            rtnl.as_fd(),
-            monitor.as_fd(),
-            state.as_fd(),
-            run.as_fd(),
-        ];
-        let mut actuator = start_role(std::path::Path::new(bin()), &args, &fds);
-        drop(theirs);
+        let mut config = settings(link.index, link.mac.unwrap());
+        config.limits.ignore_classless_routes = true;
+        config.route_table = Some(100);
+        let fds = [rtnl.as_fd(), monitor.as_fd(), state.as_fd(), run.as_fd()];
+        let actuator_plan = plan::actuator(support::ACTUATOR_ID, support::ACTUATOR_ID, false);
+        let (ours, mut actuator) =
+            start_planned(std::path::Path::new(bin()), &actuator_plan, &config, None, &fds);
         let ask = |msg: ToActuator| -> Outcome {
             ours.send(&msg).unwrap();
             loop {

@@ -3,6 +3,8 @@
 //! This is the only crate of the workspace with `unsafe`; every block carries
 //! a `SAFETY:` comment. Module map:
 //! - [`channel`]: SOCK_SEQPACKET IPC, one postcard message per datagram.
+//! - [`role`]: roles declared as data ([`role::RolePlan`]) and started
+//!   once: the hello, the sandbox, the entry.
 //! - [`spawn`]: roles started by re-executing our own binary with the fds
 //!   each needs at fixed numbers.
 //! - [`sandbox`]: privilege drop (uid/gid, capabilities, no_new_privs,
@@ -26,6 +28,7 @@ pub mod files;
 pub mod log;
 pub mod netlink;
 pub mod packet;
+pub mod role;
 pub mod runtime;
 pub mod sandbox;
 pub mod service;

@@ -78,8 +78,9 @@ pub struct RoleSpec<'a> {
     pub args: Vec<String>,
     /// Descriptors the role gets at 4, 5, ... (its channel is 3).
     pub fds: Vec<BorrowedFd<'a>>,
-    /// Encoded first message, waiting in its channel when it starts.
-    pub first: Option<Vec<u8>>,
+    /// Encoded first messages, waiting in its channel when it starts, in
+    /// order (a role's hello, [`crate::role`], then the service's own).
+    pub first: Vec<Vec<u8>>,
     pub restart: Restart,
 }
 
@@ -94,8 +95,8 @@ impl RoleSpec<'_> {
             .map_err(|e| format!("starting the {} role: {e}", self.name))?;
         // Our copy of the role's end closes here; the role holds the only one.
         drop(theirs);
-        if let Some(first) = &self.first {
-            // A fresh socket takes one message of at most the cap.
+        for first in &self.first {
+            // A fresh socket takes a few messages of at most the cap.
             ours.send_raw(first)
                 .map_err(|e| format!("starting the {} role: {e}", self.name))?;
         }
@@ -246,8 +247,9 @@ impl Role {
 pub struct RoleStart {
     pub exe: Option<PathBuf>,
     pub args: Vec<String>,
-    /// Encoded first message (a fresh seed, the state to resume from...).
-    pub first: Option<Vec<u8>>,
+    /// Encoded first messages (the role's hello, a fresh seed, the state to
+    /// resume from...), in order.
+    pub first: Vec<Vec<u8>>,
     /// Descriptors the role gets at 4, 5, ... as at its first start: the
     /// service keeps what only the privileged start could open (a listening
     /// socket on port 53) and hands a duplicate to each new generation.
@@ -908,7 +910,7 @@ mod tests {
             Ok(RoleStart {
                 exe: Some("/bin/sh".into()),
                 args: vec!["-c".into(), self.restart_script.clone()],
-                first: Some(mirage_ipc::encode(&7u32).unwrap()),
+                first: vec![mirage_ipc::encode(&7u32).unwrap()],
                 fds: Vec::new(),
             })
         }
@@ -1006,7 +1008,7 @@ mod tests {
             Ok(RoleStart {
                 exe: Some("/bin/sh".into()),
                 args: vec!["-c".into(), self.scripts[role].into()],
-                first: None,
+                first: Vec::new(),
                 fds: Vec::new(),
             })
         }
@@ -1021,7 +1023,7 @@ mod tests {
             exe: Some("/bin/sh".into()),
             args: vec!["-c".into(), script.into()],
             fds,
-            first: None,
+            first: Vec::new(),
             restart: Restart::WithBackoff,
         }
         .start()
@@ -1086,7 +1088,7 @@ mod tests {
             Ok(RoleStart {
                 exe: Some("/bin/sh".into()),
                 args: vec!["-c".into(), "printf again >&4; exec sleep 60".into()],
-                first: None,
+                first: Vec::new(),
                 fds: vec![self.fd.try_clone().map_err(|e| e.to_string())?],
             })
         }

@@ -20,13 +20,53 @@ use std::time::{Duration, Instant};
 
 use mirage_ipc::{FromNetwork, ToNetwork};
 use mirage_sdk::channel::{Channel, ChannelError, wait_readable};
-use mirage_sdk::sandbox::seccomp::{self, Role};
+use mirage_sdk::sandbox::seccomp::{self, Allow, SeccompError};
 use mirage_sdk::sandbox::{
     self, Capability, DirAccess, DirRef, DropPlan, LandlockDir, LandlockState, SandboxReport,
 };
 use mirage_sdk::spawn::spawn;
 
 const CHILD_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The SDK's seccomp tables composed as its services compose them, by kind
+/// of role; the supervisor's list is the union of the three roles' and its
+/// own ([`seccomp::supervisor_list`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Engine,
+    Network,
+    Actuator,
+    Supervisor,
+}
+
+const ENGINE: &[&[Allow]] = &[seccomp::BASE];
+const NETWORK: &[&[Allow]] = &[seccomp::BASE, seccomp::PACKET_IN];
+const ACTUATOR: &[&[Allow]] = &[seccomp::BASE, seccomp::NETLINK, seccomp::STATE_FILES];
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Engine => "engine",
+            Role::Network => "network",
+            Role::Actuator => "actuator",
+            Role::Supervisor => "supervisor",
+        }
+    }
+}
+
+/// `role`'s program, compiled in the calling process.
+fn filter(role: Role) -> Result<seccomp::Program, SeccompError> {
+    match role {
+        Role::Engine => seccomp::filter(ENGINE),
+        Role::Network => seccomp::filter(NETWORK),
+        Role::Actuator => seccomp::filter(ACTUATOR),
+        Role::Supervisor => seccomp::supervisor_filter(&[ENGINE, NETWORK, ACTUATOR]),
+    }
+}
+
+fn install(role: Role) -> Result<(), SeccompError> {
+    seccomp::install_program(&filter(role)?)
+}
 
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
@@ -222,7 +262,7 @@ fn make_forbidden_call(call: Forbidden) -> i64 {
 /// Apply `role`'s filter in a child, make `call`, and assert the kernel
 /// killed the child with SIGSYS right at that call.
 fn assert_kills(role: Role, call: Forbidden) {
-    let program = seccomp::filter(role).unwrap();
+    let program = filter(role).unwrap();
     let (mark_tx, mark_rx) = Channel::pair().unwrap();
     let ended = in_child(|| {
         if seccomp::install_program(&program).is_err() {
@@ -328,6 +368,37 @@ fn supervisor_filter_kills_forbidden_calls() {
     }
 }
 
+#[test]
+fn a_service_table_adds_its_calls_and_nothing_else_has_them() {
+    // An NTP actuator's own table: reading (here) and slewing the clock.
+    const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime)];
+    let query = || {
+        // SAFETY: timex is plain data; modes 0 only reads the clock's state.
+        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a timex that lives across the call.
+        unsafe { libc::syscall(libc::SYS_clock_adjtime, libc::CLOCK_REALTIME, &mut tx) }
+    };
+    let with = seccomp::filter(&[seccomp::BASE, CLOCK]).unwrap();
+    let ended = in_child(|| {
+        if seccomp::install_program(&with).is_err() {
+            return 10;
+        }
+        if query() < 0 { 20 } else { 0 }
+    });
+    assert_eq!(ended, Ended::Exited(0));
+    for role in [Role::Engine, Role::Network, Role::Actuator] {
+        let program = filter(role).unwrap();
+        let ended = in_child(|| {
+            if seccomp::install_program(&program).is_err() {
+                return 10;
+            }
+            query();
+            0
+        });
+        assert_eq!(ended, Ended::Signaled(libc::SIGSYS), "{role:?}");
+    }
+}
+
 /// What every role does: channel traffic, polling, clocks, memory, logging
 /// to fd 2, abort's helpers. Returns 0 or the number of the failed step.
 fn engine_calls(chan: &Channel, peer: &Channel) -> i32 {
@@ -424,7 +495,7 @@ fn engine_calls(chan: &Channel, peer: &Channel) -> i32 {
 
 #[test]
 fn engine_filter_allows_an_event_loop() {
-    let program = seccomp::filter(Role::Engine).unwrap();
+    let program = filter(Role::Engine).unwrap();
     let ended = in_child(|| {
         // Made in the child, so that no copy in the parent keeps it open.
         let Ok((a, b)) = Channel::pair() else { return 9 };
@@ -449,7 +520,7 @@ fn engine_filter_allows_an_event_loop() {
 fn engine_filter_lets_abort_abort() {
     let ended = in_child(|| {
         // Compiled in the child: the filter names the pid it may signal.
-        if seccomp::install(Role::Engine).is_err() {
+        if install(Role::Engine).is_err() {
             return 10;
         }
         std::process::abort();
@@ -476,7 +547,7 @@ fn roles_may_not_signal_another_process() {
     for role in [Role::Engine, Role::Network, Role::Actuator] {
         for call in [libc::SYS_tgkill, libc::SYS_tkill, libc::SYS_kill] {
             let ended = in_child(|| {
-                if seccomp::install(role).is_err() {
+                if install(role).is_err() {
                     return 10;
                 }
                 // SAFETY: signal calls with plain integer arguments.
@@ -509,7 +580,7 @@ fn roles_may_not_signal_another_process() {
 
 #[test]
 fn network_filter_allows_frames_with_auxdata() {
-    let program = seccomp::filter(Role::Network).unwrap();
+    let program = filter(Role::Network).unwrap();
     let (a, b) = Channel::pair().unwrap();
     let ended = in_child(|| {
         if seccomp::install_program(&program).is_err() {
@@ -559,7 +630,7 @@ fn ifindex(name: &std::ffi::CStr) -> u32 {
 fn network_filter_sends_only_on_the_bound_interface() {
     let lo = ifindex(c"lo");
     let sock = mirage_sdk::packet::PacketSocket::open(lo, false).expect("packet socket on lo (root)");
-    let program = seccomp::filter(Role::Network).unwrap();
+    let program = filter(Role::Network).unwrap();
     // Broadcast, from a locally administered MAC, an unused ethertype.
     let mut frame = vec![0xffu8; 6];
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5]);
@@ -639,7 +710,7 @@ fn cstr(p: &Path) -> CString {
 
 #[test]
 fn actuator_filter_allows_atomic_file_writes() {
-    let program = seccomp::filter(Role::Actuator).unwrap();
+    let program = filter(Role::Actuator).unwrap();
     let dir = temp_dir("actuator");
     let dir_c = cstr(&dir);
     let (a, b) = Channel::pair().unwrap();
@@ -745,7 +816,7 @@ fn actuator_filter_allows_atomic_file_writes() {
 
 #[test]
 fn supervisor_filter_allows_spawning_roles() {
-    let program = seccomp::filter(Role::Supervisor).unwrap();
+    let program = filter(Role::Supervisor).unwrap();
     let ended = in_child(|| {
         if seccomp::install_program(&program).is_err() {
             return 10;
@@ -1215,7 +1286,7 @@ fn dropped_engine_runs_its_event_loop_under_its_filter() {
         if sandbox::apply(&DropPlan::strict()).is_err() {
             return 10;
         }
-        if seccomp::install(Role::Engine).is_err() {
+        if install(Role::Engine).is_err() {
             return 11;
         }
         engine_calls(&a, &b)

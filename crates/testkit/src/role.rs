@@ -5,44 +5,62 @@
 //! send (out-of-policy intents, forged frames) proves the role's own checks,
 //! not the supervisor's.
 //!
-//! Roles are re-executions of the service binary as `<bin> role <name>
-//! --uid U --gid G --sandbox S --log-level L <service flags>`; the role dies
-//! with the thread that spawned it, so run the whole test on one thread in
-//! the role's namespace ([`crate::netns::in_netns`]).
+//! Roles are re-executions of the service binary as `<bin> role <name>`,
+//! told everything else by their hello, the first message on their channel
+//! ([`mirage_sdk::role`]): [`start_planned`] starts one from the service's
+//! own [`RolePlan`] and configuration. The role dies with the thread that
+//! spawned it, so run the whole test on one thread in the role's namespace
+//! ([`crate::netns::in_netns`]).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mirage_sdk::channel::{Channel, wait_readable};
+use mirage_sdk::role::{RoleOptions, RolePlan};
+use mirage_sdk::service::SandboxKind;
 use mirage_sdk::spawn::{RoleChild, spawn};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The command line of role `role` under the SDK's re-exec convention:
-/// ids, sandbox and log level; the service's own flags follow.
-pub fn role_args(role: &str, uid: u32, gid: u32, sandbox: &str, log_level: &str) -> Vec<String> {
-    [
-        "role",
-        role,
-        "--uid",
-        &uid.to_string(),
-        "--gid",
-        &gid.to_string(),
-        "--sandbox",
-        sandbox,
-        "--log-level",
-        log_level,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// The command line of role `role` under the SDK's re-exec convention.
+pub fn role_args(role: &str) -> Vec<String> {
+    mirage_sdk::role::args(role)
 }
 
-/// Start role `args` (see [`role_args`]) of the service binary `bin` with
-/// `fds` as its descriptors 3, 4, ... (the channel first), as the
-/// supervisor would; panics if it cannot be started.
+/// Start the process of role `args` (see [`role_args`]) of the service
+/// binary `bin` with `fds` as its descriptors 3, 4, ... (the channel
+/// first); panics if it cannot be started. The role waits for its hello.
 pub fn start_role(bin: &Path, args: &[String], fds: &[BorrowedFd<'_>]) -> RoleChild {
     spawn(Some(bin), args, fds).unwrap_or_else(|e| panic!("start {bin:?} {args:?}: {e}"))
+}
+
+/// Start role `plan` of `bin` as its supervisor would: `role NAME`, `fds`
+/// at 4, 5, ..., its hello (seccomp on, log level debug, `config`) and
+/// `first` waiting in its channel. Returns the test's end of the channel.
+pub fn start_planned<T: Serialize>(
+    bin: &Path,
+    plan: &RolePlan,
+    config: &T,
+    first: Option<Vec<u8>>,
+    fds: &[BorrowedFd<'_>],
+) -> (Channel, RoleChild) {
+    let options = RoleOptions {
+        sandbox: SandboxKind::Seccomp,
+        log_level: log::LevelFilter::Debug,
+    };
+    let start = plan
+        .start(options, config, first)
+        .unwrap_or_else(|e| panic!("the {} role's hello: {e}", plan.name));
+    let (ours, theirs) = Channel::pair().unwrap();
+    let mut all = vec![theirs.as_fd()];
+    all.extend_from_slice(fds);
+    let child = start_role(bin, &start.args, &all);
+    drop(theirs);
+    for message in &start.first {
+        ours.send_raw(message).unwrap();
+    }
+    (ours, child)
 }
 
 /// The next message on `chan` if one comes within `ms`; `None` on
@@ -79,10 +97,7 @@ mod tests {
 
     #[test]
     fn role_args_follow_the_re_exec_convention() {
-        assert_eq!(
-            role_args("engine", 7, 8, "seccomp", "debug").join(" "),
-            "role engine --uid 7 --gid 8 --sandbox seccomp --log-level debug"
-        );
+        assert_eq!(role_args("engine").join(" "), "role engine");
     }
 
     #[test]

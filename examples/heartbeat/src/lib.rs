@@ -4,3 +4,5 @@
 //! itself is the binary (`src/main.rs`) and its engine, `heartbeat-engine`.
 #![doc = include_str!("../../../docs/sdk.md")]
 #![forbid(unsafe_code)]
+
+pub mod plan;

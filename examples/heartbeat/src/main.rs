@@ -18,11 +18,13 @@ use clap::{Parser, Subcommand};
 use heartbeat_engine::{Heartbeat, PING_LEN, TAG};
 use mirage_engine::codec;
 use mirage_engine::{FromEngineOf, ToEngineOf};
+use mirage_heartbeat::plan::{self, FD_SOCKET};
 use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::clock::boottime;
 use mirage_sdk::packet::RateCap;
+use mirage_sdk::role::{RoleOptions, Starting};
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleSpec, RoleStart, Runtime, Service, SignalPipe};
-use mirage_sdk::sandbox::{DropPlan, seccomp};
+use mirage_sdk::sandbox::seccomp;
 use mirage_sdk::service::metrics::Metrics;
 use mirage_sdk::service::status::{StatusText, text_of};
 use mirage_sdk::service::{self, Common, CommonArgs, CommonLayer, SandboxKind, StatusArgs};
@@ -39,12 +41,6 @@ impl service::Service for Hb {
 /// The roles, by their index in the runtime.
 const ENGINE: RoleId = 0;
 const NETWORK: RoleId = 1;
-/// The roles' uid = gid: ids of the service's own, not `nobody`'s.
-const ENGINE_ID: u32 = 65524;
-const NETWORK_ID: u32 = 65525;
-/// The role's fixed descriptors (the channel is 3).
-const FD_CHANNEL: i32 = 3;
-const FD_SOCKET: i32 = 4;
 /// status.json and metrics.prom are written at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Pings the network role sends a second, on average and at once: a
@@ -81,9 +77,6 @@ enum Command {
     Run(RunArgs),
     /// Print the status a running client published (status.json).
     Status(StatusArgs<Hb>),
-    /// Internal: a role started by the supervisor.
-    #[command(hide = true)]
-    Role(RoleArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,28 +103,13 @@ struct FileConfig {
     sandbox: Option<SandboxKind>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum RoleName {
-    Engine,
-    Network,
-}
-
-/// A role's command line: `role NAME --uid --gid --sandbox --log-level`.
-#[derive(clap::Args, Debug)]
-struct RoleArgs {
-    #[arg(value_enum)]
-    role: RoleName,
-    #[arg(long)]
-    uid: u32,
-    #[arg(long)]
-    gid: u32,
-    #[arg(long, value_enum)]
-    sandbox: SandboxKind,
-    #[arg(long, default_value = "info")]
-    log_level: log::LevelFilter,
-}
-
 fn main() -> ExitCode {
+    // A role (`role NAME`, started by the supervisor) parses no command
+    // line: its hello says everything.
+    if let Some(code) = mirage_sdk::role::main_if_role(&[("engine", engine_role), ("network", network_role)])
+    {
+        return code;
+    }
     match Cli::parse().command {
         Command::Run(args) => {
             mirage_sdk::log::init(args.common.log_level, "[supervisor] ");
@@ -144,16 +122,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Status(args) => args.run(status_summary),
-        Command::Role(args) => {
-            mirage_sdk::log::init(args.log_level, "");
-            match role_main(&args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    log::error!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
     }
 }
 
@@ -200,44 +168,38 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         .and_then(|s| s.connect(peer).map(|()| s))
         .map_err(|e| format!("UDP socket to {peer}: {e}"))?;
 
-    let mut hb = Supervisor {
+    let hb = Supervisor {
         peer,
         period_ms,
-        sandbox: common.sandbox,
-        level: args.common.log_level,
+        options: RoleOptions {
+            sandbox: common.sandbox,
+            log_level: args.common.log_level,
+        },
         run_dir,
         stats: Stats::default(),
         dirty: true,
         last_publish: None,
     };
-    let engine = hb.restart(ENGINE)?;
+    let (engine, network) = (plan::engine(), plan::network());
     let specs = [
-        RoleSpec {
-            name: "engine",
-            exe: None,
-            args: engine.args,
-            fds: vec![],
-            first: engine.first,
-            restart: Restart::WithBackoff,
-        },
-        RoleSpec {
-            name: "network",
-            exe: None,
-            args: hb.role_args("network", NETWORK_ID),
-            fds: vec![socket.as_fd()],
-            first: None,
-            restart: Restart::Never,
-        },
+        engine.spec(
+            hb.options,
+            &(),
+            Some(hb.engine_start()?),
+            vec![],
+            Restart::WithBackoff,
+        )?,
+        network.spec(hb.options, &(), None, vec![socket.as_fd()], Restart::Never)?,
     ];
     let starting = specs.iter().map(RoleSpec::start).collect::<Result<Vec<_>, _>>()?;
     drop(specs);
     // The supervisor keeps no socket to the peer.
     drop(socket);
     // Keep only what starting and stopping roles needs, then the
-    // supervisor's own allow-list.
+    // supervisor's own allow-list (its own calls and every role's).
     mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
     if common.sandbox == SandboxKind::Seccomp {
-        seccomp::install(seccomp::Role::Supervisor).map_err(|e| format!("supervisor seccomp: {e}"))?;
+        seccomp::install_supervisor(&[&engine, &network]).map_err(|e| format!("supervisor seccomp: {e}"))?;
     }
     let roles = starting
         .into_iter()
@@ -265,8 +227,7 @@ struct Stats {
 struct Supervisor {
     peer: SocketAddr,
     period_ms: u64,
-    sandbox: SandboxKind,
-    level: log::LevelFilter,
+    options: RoleOptions,
     run_dir: OwnedFd,
     stats: Stats,
     dirty: bool,
@@ -274,23 +235,17 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn role_args(&self, name: &str, id: u32) -> Vec<String> {
-        let level = self.level.to_string().to_lowercase();
-        let (id, sandbox) = (id.to_string(), self.sandbox.as_str());
-        [
-            "role",
-            name,
-            "--uid",
-            &id,
-            "--gid",
-            &id,
-            "--sandbox",
-            sandbox,
-            "--log-level",
-            &level,
-        ]
-        .map(String::from)
-        .to_vec()
+    /// The engine's `Start`: the period and a fresh seed.
+    fn engine_start(&self) -> Result<Vec<u8>, String> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+        let start: ToEngineOf<Heartbeat> = mirage_engine::ToEngine::Start {
+            start: heartbeat_engine::Start {
+                period_ms: self.period_ms,
+            },
+            seed,
+        };
+        codec::encode(&start).map_err(|e| e.to_string())
     }
 
     /// status.json and metrics.prom, atomically (readers never see a torn
@@ -299,7 +254,7 @@ impl Supervisor {
         let s = &self.stats;
         let status = serde_json::json!({
             "peer": self.peer.to_string(),
-            "sandbox": self.sandbox.as_str(),
+            "sandbox": self.options.sandbox.as_str(),
             "pings": s.pings,
             "pongs": s.pongs,
             "refused": s.refused,
@@ -375,22 +330,9 @@ impl Service for Supervisor {
         Ok(())
     }
 
-    /// A (re)started engine gets the period and a fresh seed.
+    /// A restarted engine gets a fresh hello, the period and a fresh seed.
     fn restart(&mut self, _role: RoleId) -> Result<RoleStart, String> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
-        let start: ToEngineOf<Heartbeat> = mirage_engine::ToEngine::Start {
-            start: heartbeat_engine::Start {
-                period_ms: self.period_ms,
-            },
-            seed,
-        };
-        Ok(RoleStart {
-            exe: None,
-            args: self.role_args("engine", ENGINE_ID),
-            first: Some(codec::encode(&start).map_err(|e| e.to_string())?),
-            fds: Vec::new(),
-        })
+        plan::engine().start(self.options, &(), Some(self.engine_start()?))
     }
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
@@ -417,31 +359,16 @@ impl Service for Supervisor {
     }
 }
 
-/// A role: take its descriptors, drop to its plan, then its loop.
-fn role_main(args: &RoleArgs) -> Result<(), String> {
-    let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
-    let socket =
-        (args.role == RoleName::Network).then(|| UdpSocket::from(mirage_sdk::fd::take_fixed(FD_SOCKET)));
-    let mut plan = DropPlan::strict();
-    plan.uid = args.uid;
-    plan.gid = args.gid;
-    plan.private_mount_ns = args.sandbox == SandboxKind::Seccomp;
-    let report = mirage_sdk::sandbox::apply(&plan).map_err(|e| e.to_string())?;
-    let profile = match args.role {
-        RoleName::Engine => seccomp::Role::Engine,
-        RoleName::Network => seccomp::Role::Network,
-    };
-    match args.sandbox {
-        SandboxKind::Seccomp => {
-            seccomp::install(profile).map_err(|e| format!("seccomp: {e}"))?;
-            log::info!("sandbox: {report} seccomp={}", profile.as_str());
-        }
-        SandboxKind::None => log::warn!("sandbox: {report} seccomp=OFF"),
-    }
-    match socket {
-        None => mirage_sdk::engine_role::run::<Heartbeat>(chan),
-        Some(socket) => network(&chan, &socket),
-    }
+/// The engine role: its plan in force, then the SDK's engine runner.
+fn engine_role(role: Starting) -> Result<(), String> {
+    mirage_sdk::engine_role::run::<Heartbeat>(role.enter()?.channel)
+}
+
+/// The network role: the socket is taken (and checked) before the sandbox.
+fn network_role(role: Starting) -> Result<(), String> {
+    let socket = UdpSocket::from(mirage_sdk::fd::take_fixed(FD_SOCKET));
+    let started = role.enter()?;
+    network(&started.channel, &socket)
 }
 
 /// The network role: datagrams between the connected socket and the

@@ -191,8 +191,7 @@ enum FromNetwork {
 fn the_network_role_sends_only_pings_at_a_capped_rate() {
     // The compromised-engine pattern: the test is the supervisor of one
     // real network role and sends what a compromised engine could ask for.
-    use mirage_sdk::channel::Channel;
-    use mirage_testkit::role::{recv_within, role_args, start_role};
+    use mirage_testkit::role::{recv_within, start_planned};
     use std::os::fd::AsFd;
     let ns = Netns::add_unique("hbn");
     let bin = mirage_testkit::service_bin("MIRAGE_HEARTBEAT_BIN", env!("CARGO_BIN_EXE_mirage-heartbeat"));
@@ -201,10 +200,10 @@ fn the_network_role_sends_only_pings_at_a_capped_rate() {
         peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.connect(peer.local_addr().unwrap()).unwrap();
-        let (ours, theirs) = Channel::pair().unwrap();
-        let args = role_args("network", 65525, 65525, "seccomp", "debug");
-        let mut role = start_role(&bin, &args, &[theirs.as_fd(), sock.as_fd()]);
-        drop((theirs, sock));
+        // The role's own plan, as its supervisor declares it.
+        let plan = mirage_heartbeat::plan::network();
+        let (ours, mut role) = start_planned(&bin, &plan, &(), None, &[sock.as_fd()]);
+        drop(sock);
         let mut buf = [0u8; 64];
         // A ping goes out as it is.
         let ping = b"HB\0\0\0\0\0\0\0\x07".to_vec();

@@ -18,9 +18,10 @@ use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
 use mirage_sdk::netlink::{LinkEvent, LinkMonitor, MAIN_TABLE, Rtnl};
 
-use super::{
-    FD_CHANNEL, FD_LINK_EVENTS, FD_RESOLV_DIR, FD_RESOLV_FILE, FD_RTNL, FD_RUN_DIR, FD_STATE_DIR, RoleArgs,
-};
+use mirage_dhcp::plan::RoleSettings;
+use mirage_sdk::role::Starting;
+
+use super::{FD_LINK_EVENTS, FD_RESOLV_DIR, FD_RESOLV_FILE, FD_RTNL, FD_RUN_DIR, FD_STATE_DIR};
 
 /// Route metric for what we install: one per interface (as dhcpcd does),
 /// because the kernel matches routes on destination and metric only, so two
@@ -34,7 +35,7 @@ fn route_metric(ifindex: u32) -> u32 {
 const MAX_PUBLISHED: usize = 16 * 1024;
 
 struct Actuator<'a> {
-    args: &'a RoleArgs,
+    args: &'a RoleSettings,
     limits: Limits,
     rtnl: Rtnl,
     /// The lease whose address is on the interface, as far as we know.
@@ -52,20 +53,21 @@ fn dir(fd: RawFd) -> BorrowedFd<'static> {
     mirage_sdk::fd::borrow_fixed(fd)
 }
 
-pub fn run(args: &RoleArgs) -> Result<(), String> {
-    let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
+pub fn run(role: Starting) -> Result<(), String> {
+    let settings: RoleSettings = role.config()?;
+    let args = &settings;
     let mut rtnl = Rtnl::from_raw_fd(FD_RTNL).map_err(|e| format!("rtnetlink: {e}"))?;
     let mut monitor =
         LinkMonitor::from_raw_fd(FD_LINK_EVENTS, args.ifindex).map_err(|e| format!("link events: {e}"))?;
     // Every fd is checked and wrapped before the sandbox closes the calls
     // that checking needs (getsockopt, fcntl).
-    super::sandbox::enter(args, super::sandbox::Profile::Actuator)?;
+    let chan = role.enter()?.channel;
     let link = rtnl
         .link(args.ifindex)
         .map_err(|e| format!("link {}: {e}", args.interface))?;
     let mut act = Actuator {
         args,
-        limits: args.limits(),
+        limits: args.limits,
         rtnl,
         applied: None,
         min_mtu: link.min_mtu.unwrap_or(0).max(576),

@@ -3,18 +3,21 @@
 //! Outbound frames are checked here, because the engine may be compromised:
 //! only what a DHCP client sends as us passes ([`check_outbound`]), at a
 //! bounded rate, and the only state the check uses comes from the
-//! supervisor (what the actuator applied) and from this role's own arguments.
+//! supervisor (what the actuator applied) and from this role's own settings
+//! (its hello).
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 
+use mirage_dhcp::plan::RoleSettings;
 use mirage_ipc::{BoundAddress, FromNetwork, Lease, MAX_FRAME_LEN, NetworkBinding, ToNetwork};
 use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::clock::boottime;
 use mirage_sdk::packet::{OutboundPolicy, PacketSocket, RateCap, check_outbound, offered_address};
+use mirage_sdk::role::Starting;
 
-use super::{FD_CHANNEL, FD_PACKET, RoleArgs};
+use super::FD_PACKET;
 
 /// Outbound frames a second, on average, and at once. The engine's busiest
 /// legitimate moment is a bind: DISCOVER, REQUEST, the RFC 5227 probes and
@@ -32,16 +35,16 @@ const HELD_MAX: usize = 4;
 /// Rate-capped frames are reported at most this often.
 const CAP_REPORT_MS: u64 = 1000;
 
-pub fn run(args: &RoleArgs) -> Result<(), String> {
+pub fn run(role: Starting) -> Result<(), String> {
+    let args: RoleSettings = role.config()?;
     let client_id = args
         .client_id
-        .as_deref()
-        .and_then(|hex| super::parse_hex(hex.as_bytes()))
+        .clone()
         .filter(|id| !id.is_empty())
-        .ok_or("the network role needs --client-id (hex)")?;
-    let chan = Channel::from_raw_fd(FD_CHANNEL).map_err(|e| format!("channel: {e}"))?;
+        .ok_or("the network role needs a client id")?;
+    // Checked before the sandbox closes the calls that checking needs.
     let sock = PacketSocket::from_raw_fd(FD_PACKET).map_err(|e| format!("packet socket: {e}"))?;
-    super::sandbox::enter(args, super::sandbox::Profile::Network)?;
+    let chan = role.enter()?.channel;
     let mut out = Outbound {
         policy: OutboundPolicy {
             mac: args.mac,

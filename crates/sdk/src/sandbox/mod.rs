@@ -1,8 +1,9 @@
 //! Privilege drop and sandboxes for roles (DESIGN.md sections 1 and 3).
 //!
 //! A role calls [`apply`] early in its `main`, with the [`DropPlan`] the
-//! service chose for it, and then [`seccomp::install`] as the very last step
-//! (the allow-lists do not contain the calls [`apply`] makes). The steps run
+//! service chose for it, and then installs its seccomp filter as the very
+//! last step (the allow-lists do not contain the calls [`apply`] makes);
+//! [`crate::role`] does both from the role's declared plan. The steps run
 //! in this order, each for a reason:
 //!
 //! 0. Directory descriptors in `contain_dirs` are replaced by descriptors on
@@ -60,7 +61,7 @@ pub enum DirRef<'a> {
 }
 
 /// What a role may do beneath a [`LandlockDir`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirAccess {
     /// List and read files.
     ReadOnly,

@@ -1,21 +1,35 @@
-//! Per-role seccomp allow-lists, declared as data and compiled with
-//! seccompiler. Any call not on the list kills the whole process (SIGSYS,
+//! Seccomp allow-lists as data, compiled with seccompiler. Any call not on
+//! a role's list kills the whole process (SIGSYS,
 //! `SECCOMP_RET_KILL_PROCESS`): a role that makes an unexpected call is
 //! compromised or broken, and the supervisor restarts it.
 //!
-//! Lists are additive: Network and Actuator start from Engine's list, and
-//! Supervisor's list holds every role's list plus what spawning needs,
-//! because seccomp filters are inherited and stack: a role started by a
-//! filtered supervisor runs under both filters, so the supervisor's must let
-//! the role's start-up and its [`super::apply`] through.
+//! A role's list is composed from tables: the SDK's building blocks
+//! ([`BASE`], [`PACKET_IN`], [`NETLINK`], [`STATE_FILES`]) and the
+//! service's own `&'static [Allow]` tables, written with [`allow!`](crate::allow)
+//! and the names of [`sys`]:
 //!
-//! No list contains `socket`, `ptrace`, `process_vm_*`, `setns`, `vfork`,
-//! `clone3` (its flags live in memory, out of the filter's sight) or an
-//! unconditional `unshare`: unprivileged user namespaces are enabled on
-//! typical hosts, so a uid-65534 process could otherwise
-//! `unshare(CLONE_NEWUSER)` and gain a fresh set of namespace-local
-//! capabilities to attack the kernel with. Only the supervisor's list holds
-//! `fork` (x86_64, where musl's fork() calls it; it takes no flags).
+//! ```
+//! use mirage_sdk::sandbox::seccomp::{self, Allow};
+//! const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime)];
+//! let program = seccomp::filter(&[seccomp::BASE, CLOCK]).unwrap();
+//! assert!(program.len() > 20);
+//! ```
+//!
+//! Filters are inherited and stack: a role started by a filtered supervisor
+//! runs under both filters, so the supervisor's list ([`supervisor_list`])
+//! is the union of every role's list, of what a role's start-up and its
+//! [`super::apply`] need ([`SUPERVISOR`]), and of the supervisor's own
+//! event loop and files.
+//!
+//! No SDK table contains `socket`, `bind`, `connect`, `ptrace`,
+//! `process_vm_*`, `setns`, `vfork`, `clone3` (its flags live in memory, out
+//! of the filter's sight) or an unconditional `unshare`: unprivileged user
+//! namespaces are enabled on typical hosts, so a uid-65534 process could
+//! otherwise `unshare(CLONE_NEWUSER)` and gain a fresh set of
+//! namespace-local capabilities to attack the kernel with. Only
+//! [`SUPERVISOR`] holds `fork` (x86_64, where musl's fork() calls it; it
+//! takes no flags). A role refuses to install a list that breaks these
+//! rules ([`check_role_list`]), whoever composed it.
 //!
 //! A sandboxed role may signal only itself, and only with SIGABRT (its abort
 //! path): in a container every role shares one uid, so a wider `tgkill`
@@ -28,37 +42,12 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     TargetArch, sock_filter,
 };
+use serde::{Deserialize, Serialize};
 
-/// The roles of a service, each with its own allow-list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Parses everything, decides everything; talks only over its channel
-    /// and logs to stderr.
-    Engine,
-    /// Moves frames between its packet socket and its channel.
-    Network,
-    /// Applies checked intents over netlink and writes state files.
-    Actuator,
-    /// Spawns and restarts the roles and relays between them.
-    Supervisor,
-}
-
-impl Role {
-    /// Every role, for iteration in tests and docs.
-    pub const ALL: [Role; 4] = [Role::Engine, Role::Network, Role::Actuator, Role::Supervisor];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Role::Engine => "engine",
-            Role::Network => "network",
-            Role::Actuator => "actuator",
-            Role::Supervisor => "supervisor",
-        }
-    }
-}
+pub use seccompiler::BpfProgram as Program;
 
 /// When an allowed call is allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum When {
     Always,
     /// Argument `n` (0-based) equals the value.
@@ -75,7 +64,7 @@ pub enum When {
     },
 }
 
-/// One entry of an allow-list.
+/// One entry of an allow-list table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allow {
     pub nr: i64,
@@ -83,22 +72,56 @@ pub struct Allow {
     pub when: When,
 }
 
+/// One entry of an allow-list as it travels to a role (its hello): the
+/// number and condition are what the filter is built from, the name is for
+/// logs and errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub nr: i64,
+    pub when: When,
+    pub name: String,
+}
+
+impl From<&Allow> for Rule {
+    fn from(a: &Allow) -> Rule {
+        Rule {
+            nr: a.nr,
+            when: a.when,
+            name: a.name.to_owned(),
+        }
+    }
+}
+
+/// An allow-list entry: `allow!(read)` allows `read` always,
+/// `allow!(write, When::ArgEq(0, 2))` only when the condition holds. The
+/// name is a syscall of [`sandbox::seccomp::sys`](crate::sandbox::seccomp::sys).
+#[macro_export]
 macro_rules! allow {
     ($name:ident) => {
-        allow!($name, When::Always)
+        $crate::allow!($name, $crate::sandbox::seccomp::When::Always)
     };
     ($name:ident, $when:expr) => {
-        Allow {
-            nr: sys::$name,
+        $crate::sandbox::seccomp::Allow {
+            nr: $crate::sandbox::seccomp::sys::$name,
             name: stringify!($name),
             when: $when,
         }
     };
 }
+pub use crate::allow;
 
 /// Syscall numbers by their kernel names (so the tables read like strace).
+///
+/// Some numbers here are in no SDK table, on purpose: `clock_adjtime`,
+/// `clock_settime` and `adjtimex` for a clock actuator's own table, and
+/// **`socket`, `bind` and `connect`, which no role should ever need**: every
+/// socket is opened by the supervisor before its filter and handed over at
+/// a fixed number. A role that may open sockets can reach any network
+/// (another interface, another namespace's abstract socket, the metadata
+/// server) whatever its descriptors say; a table that names them needs its
+/// own security review (docs/security.md).
 #[allow(non_upper_case_globals)]
-mod sys {
+pub mod sys {
     macro_rules! nrs {
         ($($name:ident => $sys:ident),* $(,)?) => { $(pub const $name: i64 = libc::$sys as i64;)* };
     }
@@ -128,6 +151,9 @@ mod sys {
         clock_nanosleep => SYS_clock_nanosleep, sched_yield => SYS_sched_yield,
         sched_getaffinity => SYS_sched_getaffinity, uname => SYS_uname, readlinkat => SYS_readlinkat,
         getsockopt => SYS_getsockopt, open_tree => SYS_open_tree,
+        clock_adjtime => SYS_clock_adjtime, clock_settime => SYS_clock_settime, adjtimex => SYS_adjtimex,
+        // In no SDK table: see the module docs.
+        socket => SYS_socket, bind => SYS_bind, connect => SYS_connect,
     );
     #[cfg(target_arch = "x86_64")]
     nrs!(poll => SYS_poll, renameat => SYS_renameat, dup2 => SYS_dup2, arch_prctl => SYS_arch_prctl,
@@ -148,8 +174,9 @@ const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
 
-/// Engine: an event loop over its channel fd, logging to stderr.
-const ENGINE: &[Allow] = &[
+/// Every role: an event loop over its channel fd (and the sockets it was
+/// given), logging to stderr. Alone, this is an engine's whole list.
+pub const BASE: &[Allow] = &[
     allow!(read),
     allow!(recvfrom),
     // Logging only: fd 2. Sending only on connected sockets (no address).
@@ -157,6 +184,8 @@ const ENGINE: &[Allow] = &[
     allow!(writev, When::ArgEq(0, 2)),
     allow!(sendto, When::ArgEq(4, 0)),
     allow!(ppoll),
+    #[cfg(target_arch = "x86_64")]
+    allow!(poll),
     allow!(clock_gettime),
     allow!(exit),
     allow!(exit_group),
@@ -202,31 +231,29 @@ const ENGINE: &[Allow] = &[
     allow!(fcntl, When::ArgEq(1, libc::F_GETFD as u64)),
 ];
 
-#[cfg(target_arch = "x86_64")]
-const ENGINE_ARCH: &[Allow] = &[allow!(poll)];
-#[cfg(not(target_arch = "x86_64"))]
-const ENGINE_ARCH: &[Allow] = &[];
+/// Frames in with their PACKET_AUXDATA (a network role on a packet
+/// socket). Frames go out with [`BASE`]'s `sendto` without an address, so
+/// only on the interface the packet socket is bound to: a `sockaddr_ll` (or
+/// `sendmsg`, whose address lives in memory, out of the filter's sight)
+/// could name any other interface.
+pub const PACKET_IN: &[Allow] = &[allow!(recvmsg)];
 
-/// Network (on top of Engine): frames in with their PACKET_AUXDATA. Frames
-/// go out with Engine's `sendto` without an address, so only on the
-/// interface the packet socket is bound to: a `sockaddr_ll` (or `sendmsg`,
-/// whose address lives in memory, out of the filter's sight) could name
-/// any other interface.
-const NETWORK: &[Allow] = &[allow!(recvmsg)];
+/// rtnetlink on the sockets a role was given: requests carry a
+/// `sockaddr_nl` (the kernel), answers and events come with their sender.
+pub const NETLINK: &[Allow] = &[allow!(sendto), allow!(sendmsg), allow!(recvfrom), allow!(recvmsg)];
 
-/// Actuator (on top of Engine): rtnetlink on its socket and state files in
-/// the directories it was given.
-const ACTUATOR: &[Allow] = &[
-    allow!(sendto),
-    allow!(sendmsg),
-    allow!(recvfrom),
-    allow!(recvmsg),
+/// State files in the directory descriptors a role was given (Landlock
+/// and the contained descriptors say which): atomic replace, fsync,
+/// removal, listing.
+pub const STATE_FILES: &[Allow] = &[
     allow!(openat),
     allow!(read),
     allow!(write),
     allow!(fsync),
     allow!(fdatasync),
     allow!(renameat2),
+    #[cfg(target_arch = "x86_64")]
+    allow!(renameat),
     allow!(unlinkat),
     allow!(fchmod),
     allow!(fstat),
@@ -238,15 +265,10 @@ const ACTUATOR: &[Allow] = &[
     allow!(ftruncate),
 ];
 
-#[cfg(target_arch = "x86_64")]
-const ACTUATOR_ARCH: &[Allow] = &[allow!(renameat)];
-#[cfg(not(target_arch = "x86_64"))]
-const ACTUATOR_ARCH: &[Allow] = &[];
-
-/// Supervisor (on top of all roles): spawning, reaping, signalling, and what
-/// a re-executed role needs before its own filter is in place (static libc
+/// The supervisor's own: spawning, reaping, signalling, and what a
+/// re-executed role needs before its own filter is in place (static libc
 /// and Rust start-up, then [`super::apply`]).
-const SUPERVISOR: &[Allow] = &[
+pub const SUPERVISOR: &[Allow] = &[
     // Processes and threads, without namespaces (see module docs for clone3).
     allow!(clone, When::ArgMaskClear(0, CLONE_NAMESPACE_FLAGS)),
     allow!(execve),
@@ -307,42 +329,95 @@ const SUPERVISOR: &[Allow] = &[
     allow!(open_tree),
     allow!(chdir),
     allow!(fchdir),
-];
-
-#[cfg(target_arch = "x86_64")]
-const SUPERVISOR_ARCH: &[Allow] = &[
+    #[cfg(target_arch = "x86_64")]
     allow!(dup2),
+    #[cfg(target_arch = "x86_64")]
     allow!(arch_prctl),
+    #[cfg(target_arch = "x86_64")]
     allow!(readlink),
     // musl's fork() and open() use the legacy calls where the architecture
     // has them: fork carries no flags (no namespaces), and open is the
     // supervisor's /dev/null for a restarted role.
+    #[cfg(target_arch = "x86_64")]
     allow!(fork),
+    #[cfg(target_arch = "x86_64")]
     allow!(open),
 ];
-#[cfg(not(target_arch = "x86_64"))]
-const SUPERVISOR_ARCH: &[Allow] = &[];
 
-/// The tables that make up `role`'s list, in order.
-fn tables(role: Role) -> Vec<&'static [Allow]> {
-    let engine = [ENGINE, ENGINE_ARCH];
-    match role {
-        Role::Engine => engine.to_vec(),
-        Role::Network => [&engine[..], &[NETWORK]].concat(),
-        Role::Actuator => [&engine[..], &[ACTUATOR, ACTUATOR_ARCH]].concat(),
-        Role::Supervisor => [
-            &engine[..],
-            &[NETWORK, ACTUATOR, ACTUATOR_ARCH, SUPERVISOR, SUPERVISOR_ARCH],
-        ]
-        .concat(),
-    }
+/// What every supervisor's list holds whatever its roles: its event loop
+/// ([`BASE`], with reads and writes on its channels, pipes and signal
+/// pipe), the files it may write itself (a service without an actuator
+/// publishes its status; glibc opens /dev/null with `openat`), and
+/// [`SUPERVISOR`]. [`PACKET_IN`] and [`NETLINK`] are the receive and send
+/// calls of its channels and log pipes.
+pub const SUPERVISOR_TABLES: &[&[Allow]] = &[BASE, PACKET_IN, NETLINK, STATE_FILES, SUPERVISOR];
+
+/// A composed list as data: every entry of every table (a call may appear
+/// more than once with different conditions; any entry that matches allows
+/// the call).
+pub fn allow_list(tables: &[&[Allow]]) -> Vec<Allow> {
+    tables.iter().flat_map(|t| t.iter()).copied().collect()
 }
 
-/// `role`'s allow-list as data: every entry of every table it is built from
-/// (a call may appear more than once with different conditions; any entry
-/// that matches allows the call).
-pub fn allow_list(role: Role) -> Vec<Allow> {
-    tables(role).into_iter().flatten().copied().collect()
+/// The supervisor's list: [`SUPERVISOR_TABLES`] and every table of every
+/// role it starts, so a role started later (a restarted engine) can make
+/// every call its own filter allows.
+pub fn supervisor_list(roles: &[&[&[Allow]]]) -> Vec<Allow> {
+    let mut list = allow_list(SUPERVISOR_TABLES);
+    for tables in roles {
+        list.extend(allow_list(tables));
+    }
+    list
+}
+
+/// Calls a role's list may never hold, whoever composed it: they escape
+/// the sandbox (another namespace, another process's memory, a new
+/// program) or hide their arguments from the filter (`clone3`).
+const NEVER_FOR_ROLES: &[i64] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_setns,
+    libc::SYS_clone3,
+    libc::SYS_clone,
+    libc::SYS_unshare,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_kill,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_send_signal,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_fork,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_vfork,
+];
+
+/// Refuse a role's list that breaks the rules of the module docs: none of
+/// the calls that escape a sandbox, and signals (`tgkill`, `tkill`) only to
+/// the role itself with SIGABRT.
+pub fn check_role_list(rules: &[Rule]) -> Result<(), String> {
+    for r in rules {
+        if NEVER_FOR_ROLES.contains(&r.nr) {
+            return Err(format!("a role may not call {} ({})", r.name, r.nr));
+        }
+        let self_abort = |pid_arg, arg| When::OwnPidAndArgEq {
+            pid_arg,
+            arg,
+            value: SIGABRT,
+        };
+        let ok = match r.nr {
+            sys::tgkill => r.when == self_abort(0, 2),
+            sys::tkill => r.when == self_abort(0, 1),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!(
+                "a role may signal only itself with SIGABRT, not {:?} ({})",
+                r.when, r.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Why a filter could not be built or installed.
@@ -350,6 +425,8 @@ pub fn allow_list(role: Role) -> Vec<Allow> {
 pub enum SeccompError {
     Compile(seccompiler::BackendError),
     Install(seccompiler::Error),
+    /// A role's list breaks the rules ([`check_role_list`]).
+    Refused(String),
 }
 
 impl std::fmt::Display for SeccompError {
@@ -357,6 +434,7 @@ impl std::fmt::Display for SeccompError {
         match self {
             SeccompError::Compile(e) => write!(f, "seccomp filter does not compile: {e}"),
             SeccompError::Install(e) => write!(f, "seccomp filter not installed: {e}"),
+            SeccompError::Refused(why) => write!(f, "seccomp filter refused: {why}"),
         }
     }
 }
@@ -392,17 +470,15 @@ fn target_arch() -> Result<TargetArch, seccompiler::BackendError> {
     TargetArch::try_from(std::env::consts::ARCH)
 }
 
-/// Compile `role`'s allow-list into a BPF program (allocates). The calling
-/// process's pid goes into the self-signalling entries: a program compiled
-/// before `fork` names the parent, so the child could abort its parent and
-/// not itself. Compile in the process that installs it.
-pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
+/// Compile (number, condition) pairs; the calling process's pid goes into
+/// the self-signalling entries.
+fn compile(entries: impl IntoIterator<Item = (i64, When)>) -> Result<BpfProgram, SeccompError> {
     let pid = std::process::id();
     // None: allowed unconditionally; Some(rules): allowed if any rule matches.
     let mut calls: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
-    for entry in allow_list(role) {
-        let conds = conditions(entry.when, pid).map_err(SeccompError::Compile)?;
-        let slot = calls.entry(entry.nr).or_insert_with(|| Some(Vec::new()));
+    for (nr, when) in entries {
+        let conds = conditions(when, pid).map_err(SeccompError::Compile)?;
+        let slot = calls.entry(nr).or_insert_with(|| Some(Vec::new()));
         match (conds.is_empty(), slot.as_mut()) {
             (true, _) => *slot = None,
             (false, Some(rules)) => rules.push(SeccompRule::new(conds).map_err(SeccompError::Compile)?),
@@ -416,11 +492,30 @@ pub fn filter(role: Role) -> Result<BpfProgram, SeccompError> {
     let arch = target_arch().map_err(SeccompError::Compile)?;
     let compiled = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch)
         .map_err(SeccompError::Compile)?;
-    let program: BpfProgram = compiled.try_into().map_err(SeccompError::Compile)?;
-    if role == Role::Supervisor {
-        return Ok([clone3_enosys_prefix(), program].concat());
-    }
-    Ok(program)
+    compiled.try_into().map_err(SeccompError::Compile)
+}
+
+/// Compile a role's list, composed of `tables`, into a BPF program
+/// (allocates). The calling process's pid goes into the self-signalling
+/// entries: a program compiled before `fork` names the parent, so the child
+/// could abort its parent and not itself. Compile in the process that
+/// installs it. The list is checked first ([`check_role_list`]).
+pub fn filter(tables: &[&[Allow]]) -> Result<BpfProgram, SeccompError> {
+    let rules: Vec<Rule> = allow_list(tables).iter().map(Rule::from).collect();
+    filter_rules(&rules)
+}
+
+/// [`filter`] for a list as it came in a role's hello.
+pub fn filter_rules(rules: &[Rule]) -> Result<BpfProgram, SeccompError> {
+    check_role_list(rules).map_err(SeccompError::Refused)?;
+    compile(rules.iter().map(|r| (r.nr, r.when)))
+}
+
+/// The supervisor's program: [`supervisor_list`] of the roles' tables,
+/// after three instructions that make `clone3` fail with ENOSYS.
+pub fn supervisor_filter(roles: &[&[&[Allow]]]) -> Result<BpfProgram, SeccompError> {
+    let program = compile(supervisor_list(roles).iter().map(|a| (a.nr, a.when)))?;
+    Ok([clone3_enosys_prefix(), program].concat())
 }
 
 /// Three instructions put before the supervisor's program: `clone3` fails
@@ -454,12 +549,25 @@ fn clone3_enosys_prefix() -> BpfProgram {
     ]
 }
 
-/// Install `role`'s filter on the calling thread (call it last, after
-/// [`super::apply`]; the list does not contain the calls `apply` makes).
-/// Sets no_new_privs, as the kernel requires without CAP_SYS_ADMIN.
-pub fn install(role: Role) -> Result<(), SeccompError> {
-    let program = filter(role)?;
-    seccompiler::apply_filter(&program).map_err(SeccompError::Install)
+/// Install a role's filter, composed of `tables`, on the calling thread
+/// (call it last, after [`super::apply`]; the lists do not contain the
+/// calls `apply` makes). Sets no_new_privs, as the kernel requires without
+/// CAP_SYS_ADMIN.
+pub fn install(tables: &[&[Allow]]) -> Result<(), SeccompError> {
+    install_program(&filter(tables)?)
+}
+
+/// [`install`] for a list as it came in a role's hello.
+pub fn install_rules(rules: &[Rule]) -> Result<(), SeccompError> {
+    install_program(&filter_rules(rules)?)
+}
+
+/// Install the supervisor's filter: its own tables and every table of the
+/// roles it starts ([`supervisor_list`]). Roles started later inherit it
+/// and stack their own on top.
+pub fn install_supervisor(roles: &[&crate::role::RolePlan]) -> Result<(), SeccompError> {
+    let tables: Vec<&[&[Allow]]> = roles.iter().map(|r| &r.seccomp[..]).collect();
+    install_program(&supervisor_filter(&tables)?)
 }
 
 /// Install an already compiled program (does not allocate on success; for
@@ -472,80 +580,127 @@ pub fn install_program(program: &BpfProgram) -> Result<(), SeccompError> {
 mod tests {
     use super::*;
 
+    /// The compositions the SDK's services use, by role kind.
+    const ROLES: [(&str, &[&[Allow]]); 3] = [
+        ("engine", &[BASE]),
+        ("network", &[BASE, PACKET_IN]),
+        ("actuator", &[BASE, NETLINK, STATE_FILES]),
+    ];
+    /// Every SDK table a role may be composed of.
+    const ROLE_TABLES: [(&str, &[Allow]); 4] = [
+        ("BASE", BASE),
+        ("PACKET_IN", PACKET_IN),
+        ("NETLINK", NETLINK),
+        ("STATE_FILES", STATE_FILES),
+    ];
+
+    fn roles_supervisor() -> Vec<Allow> {
+        supervisor_list(&ROLES.map(|(_, t)| t))
+    }
+
     #[test]
     fn dangerous_calls_are_never_unconditionally_allowed() {
         let never = [
             libc::SYS_setns,
             libc::SYS_ptrace,
             libc::SYS_socket,
+            libc::SYS_bind,
+            libc::SYS_connect,
             libc::SYS_clone3,
         ];
-        for role in Role::ALL {
-            for entry in allow_list(role) {
-                assert!(
-                    !never.contains(&entry.nr),
-                    "{} allows {}",
-                    role.as_str(),
-                    entry.name
-                );
+        let sup = ("supervisor", roles_supervisor());
+        let tables = ROLE_TABLES.map(|(name, t)| (name, t.to_vec()));
+        for (name, list) in tables.iter().chain([&sup]) {
+            for entry in list {
+                assert!(!never.contains(&entry.nr), "{name} allows {}", entry.name);
                 if entry.nr == sys::unshare || entry.nr == sys::clone {
                     assert_ne!(
                         entry.when,
                         When::Always,
-                        "{} allows {} unconditionally",
-                        role.as_str(),
+                        "{name} allows {} unconditionally",
                         entry.name
                     );
                 }
-                if role != Role::Supervisor {
-                    for forbidden in [sys::execve, sys::clone, sys::unshare, sys::kill, libc::SYS_fork] {
-                        assert_ne!(entry.nr, forbidden, "{} allows {}", role.as_str(), entry.name);
-                    }
+            }
+        }
+        for (name, list) in &tables {
+            for entry in list {
+                for forbidden in [sys::execve, sys::clone, sys::unshare, sys::kill, libc::SYS_fork] {
+                    assert_ne!(entry.nr, forbidden, "{name} allows {}", entry.name);
                 }
             }
+        }
+        for (name, tables) in ROLES {
+            let rules: Vec<Rule> = allow_list(tables).iter().map(Rule::from).collect();
+            assert_eq!(check_role_list(&rules), Ok(()), "{name}");
         }
     }
 
     #[test]
-    fn lists_grow_from_engine() {
-        let nrs = |r| {
-            allow_list(r)
-                .into_iter()
-                .map(|a| (a.nr, a.when))
-                .collect::<Vec<_>>()
+    fn roles_refuse_lists_that_escape_or_signal_others() {
+        let rule = |nr, when| Rule {
+            nr,
+            when,
+            name: "x".into(),
         };
-        let engine = nrs(Role::Engine);
-        for role in [Role::Network, Role::Actuator, Role::Supervisor] {
-            let list = nrs(role);
+        let base: Vec<Rule> = BASE.iter().map(Rule::from).collect();
+        for bad in [
+            rule(libc::SYS_ptrace, When::Always),
+            rule(libc::SYS_setns, When::Always),
+            rule(libc::SYS_clone3, When::Always),
+            rule(sys::execve, When::Always),
+            rule(sys::clone, When::ArgMaskClear(0, CLONE_NAMESPACE_FLAGS)),
+            rule(sys::unshare, When::ArgEq(0, libc::CLONE_NEWNS as u64)),
+            rule(sys::kill, When::Always),
+            rule(sys::tgkill, When::Always),
+            rule(sys::tkill, When::ArgEq(1, SIGABRT)),
+            rule(
+                sys::tgkill,
+                When::OwnPidAndArgEq {
+                    pid_arg: 0,
+                    arg: 2,
+                    value: libc::SIGKILL as u64,
+                },
+            ),
+        ] {
+            let mut list = base.clone();
+            list.push(bad.clone());
+            assert!(check_role_list(&list).is_err(), "{bad:?} accepted");
+            assert!(matches!(filter_rules(&list), Err(SeccompError::Refused(_))));
+        }
+        // The supervisor's own table is never a role's.
+        assert!(filter(&[BASE, SUPERVISOR]).is_err());
+    }
+
+    #[test]
+    fn lists_grow_from_base_and_the_supervisor_holds_every_role() {
+        let pairs = |l: Vec<Allow>| l.into_iter().map(|a| (a.nr, a.when)).collect::<Vec<_>>();
+        let base = pairs(BASE.to_vec());
+        let sup = pairs(roles_supervisor());
+        for (name, tables) in ROLES {
+            let list = pairs(allow_list(tables));
+            assert!(base.iter().all(|e| list.contains(e)), "{name} lacks a base call");
             assert!(
-                engine.iter().all(|e| list.contains(e)),
-                "{} lacks an engine call",
-                role.as_str()
+                list.iter().all(|e| sup.contains(e)),
+                "supervisor lacks a {name} call"
             );
         }
-        let sup = nrs(Role::Supervisor);
-        for role in [Role::Network, Role::Actuator] {
-            assert!(
-                nrs(role).iter().all(|e| sup.contains(e)),
-                "supervisor lacks a {} call",
-                role.as_str()
-            );
-        }
+        // A service's own table reaches the supervisor's list with its role.
+        const CLOCK: &[Allow] = &[allow!(clock_adjtime)];
+        let ntp = supervisor_list(&[&[BASE, NETLINK, CLOCK]]);
+        assert!(ntp.iter().any(|a| a.nr == sys::clock_adjtime));
+        assert!(!roles_supervisor().iter().any(|a| a.nr == sys::clock_adjtime));
     }
 
     #[test]
     fn every_profile_compiles_and_starts_as_expected() {
-        for role in Role::ALL {
-            let p = filter(role).unwrap();
-            assert!(
-                p.len() > 20 && p.len() < 4096,
-                "{}: {} instructions",
-                role.as_str(),
-                p.len()
-            );
+        for (name, tables) in ROLES {
+            let p = filter(tables).unwrap();
+            assert!(p.len() > 20 && p.len() < 4096, "{name}: {} instructions", p.len());
+            assert_ne!(p[..3], clone3_enosys_prefix()[..]);
         }
-        let sup = filter(Role::Supervisor).unwrap();
+        let sup = supervisor_filter(&ROLES.map(|(_, t)| t)).unwrap();
+        assert!(sup.len() > 20 && sup.len() < 4096);
         assert_eq!(sup[..3], clone3_enosys_prefix()[..]);
-        assert_ne!(filter(Role::Engine).unwrap()[..3], clone3_enosys_prefix()[..]);
     }
 }
