@@ -10,7 +10,7 @@
 //! ```
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -24,6 +24,7 @@ use mirage_sdk::packet::RateCap;
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleSpec, RoleStart, Runtime, Service, SignalPipe};
 use mirage_sdk::sandbox::{DropPlan, seccomp};
 use mirage_sdk::service::metrics::Metrics;
+use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::status::{StatusText, text_of};
 use mirage_sdk::service::{self, Common, CommonArgs, CommonLayer, SandboxKind, StatusArgs};
 use serde::{Deserialize, Serialize};
@@ -205,10 +206,8 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         period_ms,
         sandbox: common.sandbox,
         level: args.common.log_level,
-        run_dir,
+        publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
         stats: Stats::default(),
-        dirty: true,
-        last_publish: None,
     };
     let engine = hb.restart(ENGINE)?;
     let specs = [
@@ -267,10 +266,10 @@ struct Supervisor {
     period_ms: u64,
     sandbox: SandboxKind,
     level: log::LevelFilter,
-    run_dir: OwnedFd,
+    /// status.json and metrics.prom, written by the supervisor itself:
+    /// there is no actuator.
+    publisher: Publisher,
     stats: Stats,
-    dirty: bool,
-    last_publish: Option<StdInstant>,
 }
 
 impl Supervisor {
@@ -293,13 +292,13 @@ impl Supervisor {
         .to_vec()
     }
 
-    /// status.json and metrics.prom, atomically (readers never see a torn
-    /// file); the supervisor writes them itself, there is no actuator.
-    fn publish(&mut self) -> Result<(), String> {
-        let s = &self.stats;
+    /// What status.json and metrics.prom say now (a function of the
+    /// fields alone, so that rendering can borrow them while the publisher
+    /// is busy).
+    fn publication(peer: SocketAddr, sandbox: SandboxKind, s: &Stats) -> Publication {
         let status = serde_json::json!({
-            "peer": self.peer.to_string(),
-            "sandbox": self.sandbox.as_str(),
+            "peer": peer.to_string(),
+            "sandbox": sandbox.as_str(),
             "pings": s.pings,
             "pongs": s.pongs,
             "refused": s.refused,
@@ -324,21 +323,16 @@ impl Supervisor {
                 rtt as f64 / 1000.0,
             );
         }
-        let write = |name, text: String| {
-            mirage_sdk::files::write_atomic_runtime(&self.run_dir, name, text.as_bytes(), 0o644)
-                .map_err(|e| format!("writing {name}: {e}"))
-        };
-        write(service::STATUS_FILE, status.to_string())?;
-        write(service::METRICS_FILE, m.finish())?;
-        self.dirty = false;
-        self.last_publish = Some(StdInstant::now());
-        Ok(())
+        Publication {
+            status: status.to_string(),
+            metrics: m.finish(),
+        }
     }
 }
 
 impl Service for Supervisor {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String> {
-        self.dirty = true;
+        self.publisher.mark_dirty();
         if from == ENGINE {
             match codec::decode::<FromEngineOf<Heartbeat>>(msg).map_err(|e| e.to_string())? {
                 mirage_engine::FromEngine::Action(heartbeat_engine::Action::Send(ping)) => {
@@ -394,23 +388,21 @@ impl Service for Supervisor {
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
         self.stats.engine_restarts = ctx.restarts(ENGINE);
-        self.dirty = true;
+        self.publisher.mark_dirty();
     }
 
+    /// Publishes when something changed, at most every [`PUBLISH_EVERY`];
+    /// the deadline it returns brings a held-back state out in time.
     fn on_round(&mut self, _ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
-        let due = self.last_publish.map_or(StdInstant::now(), |t| t + PUBLISH_EVERY);
-        if !self.dirty {
-            return Ok(None);
-        }
-        if StdInstant::now() >= due {
-            self.publish()?;
-            return Ok(None);
-        }
-        Ok(Some(due))
+        let (peer, sandbox, stats) = (self.peer, self.sandbox, &self.stats);
+        self.publisher
+            .on_round(StdInstant::now(), || Self::publication(peer, sandbox, stats))
+            .map_err(|e| e.to_string())
     }
 
     fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {
-        if let Err(e) = self.publish() {
+        let (peer, sandbox, stats) = (self.peer, self.sandbox, &self.stats);
+        if let Err(e) = self.publisher.flush(|| Self::publication(peer, sandbox, stats)) {
             log::warn!("{e}");
         }
     }
