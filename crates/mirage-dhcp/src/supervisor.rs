@@ -25,6 +25,7 @@ use mirage_ipc::{
 };
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
+use mirage_sdk::log::EventLog;
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleSpec, RoleStart, Runtime, Service, SignalPipe};
@@ -201,7 +202,9 @@ struct Dhcp {
     /// actuator and not answered yet, oldest first (the actuator answers
     /// those in order).
     intents: VecDeque<u64>,
-    drop_log: DropLog,
+    /// Dropped frames, logged one by one at most 50 a second (the
+    /// counters in status.json and metrics count every drop).
+    drop_log: EventLog,
     applied: bool,
     /// Frames not delivered because the receiving role's queue was full.
     frames_shed: u64,
@@ -237,7 +240,7 @@ impl Dhcp {
             // The first status is the engine's.
             publishing: Schedule::starting_clean(PUBLISHING, StdInstant::now()),
             intents: VecDeque::new(),
-            drop_log: DropLog::default(),
+            drop_log: EventLog::new(50),
             applied: false,
             frames_shed: 0,
             binding: Default::default(),
@@ -371,7 +374,12 @@ impl Dhcp {
 
     fn on_engine_message(&mut self, ctx: &mut Ctx<'_>, msg: FromEngine) -> Result<(), String> {
         match msg {
-            FromEngine::Refused(reason) => self.drop_log.record(reason),
+            FromEngine::Refused(reason) => {
+                let summary = |n| log::info!("{n} more dropped frames not logged one by one");
+                if self.drop_log.admit(StdInstant::now(), summary) {
+                    log::debug!("engine dropped a frame: {reason:?}");
+                }
+            }
             FromEngine::Action(EngineAction::Transmit(frame)) => {
                 self.send_frame(ctx, NETWORK, &ToNetwork::Transmit(frame));
             }
@@ -580,44 +588,6 @@ fn decode<T: serde::de::DeserializeOwned>(msg: &[u8]) -> Result<T, String> {
     mirage_ipc::decode(msg).map_err(|e| e.to_string())
 }
 
-/// Log lines for dropped frames, rate-limited: a flood of junk must not
-/// turn into a flood of log lines (the counters in status.json and metrics
-/// count every drop).
-#[derive(Default)]
-struct DropLog {
-    window: Option<StdInstant>,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl DropLog {
-    /// Lines per second logged one by one; the rest are summed up.
-    const PER_SECOND: u32 = 50;
-
-    fn record(&mut self, reason: mirage_ipc::DropReason) {
-        let now = StdInstant::now();
-        if self
-            .window
-            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
-        {
-            if self.suppressed > 0 {
-                log::info!("{} more dropped frames not logged one by one", self.suppressed);
-            }
-            *self = DropLog {
-                window: Some(now),
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if self.logged < Self::PER_SECOND {
-            self.logged += 1;
-            log::debug!("engine dropped a frame: {reason:?}");
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 /// Option 61. RFC 4361: IAID + DUID; the DUID is kept in the state directory
 /// so it survives restarts; a new one is DUID-LL (RFC 8415 11.4) from the
 /// MAC, which is stable without state and unique per NIC even on cloned VMs.
@@ -659,7 +629,7 @@ fn load_stored_lease(c: &Config, state_dir: &OwnedFd) -> Option<Lease> {
     };
     let stored = match state::load::<StoredLease>(state_dir, &name) {
         Ok(s) => s?,
-        Err(e) => return ignored(&e).into(),
+        Err(e) => return ignored(&e),
     };
     if stored.interface != c.interface {
         return ignored(&format_args!("it is for {}", stored.interface));

@@ -25,6 +25,8 @@
 //! - [`dirs`]: the state and runtime directories (and files such as
 //!   resolv.conf) a supervisor opens for a role to write.
 //! - [`escape`]: strings made safe for a terminal.
+//! - [`ids`]: the ids each role runs as (config syntax, no root, fitting a
+//!   supervisor that is not root, warnings).
 //! - [`launch`]: a supervisor's start: roles side by side, then its own
 //!   sandbox.
 //! - [`metrics`]: the Prometheus textfile writer (`mirage_<svc>_...`).
@@ -35,6 +37,7 @@
 pub mod cli;
 pub mod dirs;
 pub mod escape;
+pub mod ids;
 pub mod launch;
 pub mod metrics;
 pub mod publish;

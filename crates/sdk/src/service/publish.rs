@@ -293,9 +293,9 @@ mod tests {
         let (d, fd) = test_dir("rate");
         let mut p = Publisher::new(fd, Pacing::every(MS * 200));
         let t0 = Instant::now();
-        let mut writes = 0;
-        let mut render = |n| {
-            writes += 1;
+        let writes = std::cell::Cell::new(0);
+        let render = |n| {
+            writes.set(writes.get() + 1);
             pubn(n)
         };
         assert_eq!(p.on_round(t0, || render(0)).unwrap(), None);
@@ -313,8 +313,7 @@ mod tests {
         assert_eq!(read(&d, STATUS_FILE), "{\"n\":10}\n");
         assert_eq!(read(&d, METRICS_FILE), "mirage_test_n 10\n");
         assert_eq!(p.on_round(t0 + MS * 5000, || render(11)).unwrap(), None);
-        drop(render);
-        assert_eq!(writes, 2, "clean rounds wrote");
+        assert_eq!(writes.get(), 2, "clean rounds wrote");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -380,6 +379,23 @@ mod tests {
         s.done();
         s.done();
         assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_schedule_starting_clean_waits_for_a_change_or_its_refresh() {
+        let t0 = Instant::now();
+        let mut s = Schedule::starting_clean(
+            Pacing {
+                refresh: Some(Duration::from_secs(30)),
+                ..Pacing::every(Duration::ZERO)
+            },
+            t0,
+        );
+        assert!(!s.take_due(t0 + MS));
+        assert_eq!(s.next_due(), Some(t0 + Duration::from_secs(30)));
+        s.mark_dirty();
+        assert_eq!(s.next_due(), Some(t0));
+        assert!(s.take_due(t0 + MS));
     }
 
     #[test]
