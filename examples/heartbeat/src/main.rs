@@ -26,7 +26,7 @@ use mirage_sdk::sandbox::{DropPlan, seccomp};
 use mirage_sdk::service::metrics::Metrics;
 use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::status::{StatusText, text_of};
-use mirage_sdk::service::{self, Common, CommonArgs, CommonLayer, SandboxKind, StatusArgs};
+use mirage_sdk::service::{self, Common, CommonArgs, CommonLayer, SandboxKind, StatusArgs, launch};
 use serde::{Deserialize, Serialize};
 
 /// The service's name in the convention: paths, metrics, messages.
@@ -228,20 +228,13 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             restart: Restart::Never,
         },
     ];
-    let starting = specs.iter().map(RoleSpec::start).collect::<Result<Vec<_>, _>>()?;
+    let starting = launch::start_all(&specs)?;
     drop(specs);
     // The supervisor keeps no socket to the peer.
     drop(socket);
     // Keep only what starting and stopping roles needs, then the
     // supervisor's own allow-list.
-    mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
-    if common.sandbox == SandboxKind::Seccomp {
-        seccomp::install(seccomp::Role::Supervisor).map_err(|e| format!("supervisor seccomp: {e}"))?;
-    }
-    let roles = starting
-        .into_iter()
-        .map(|s| s.finish())
-        .collect::<Result<Vec<_>, _>>()?;
+    let roles = launch::confine(starting, common.sandbox)?;
     log::info!(
         "pinging {peer} every {period_ms} ms, sandbox {}",
         common.sandbox.as_str()
