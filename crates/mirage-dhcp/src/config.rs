@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use mirage_ipc::{AcdConfig, EngineConfig, Limits, is_valid_domain_name};
 use mirage_sdk::service::cli::layered;
+use mirage_sdk::service::ids;
+pub use mirage_sdk::service::ids::RoleId;
 use mirage_sdk::service::{Common, CommonLayer, Service};
 use serde::Deserialize;
 
@@ -91,43 +93,6 @@ impl Default for TimingConfig {
     }
 }
 
-/// A role's ids: `65520` (uid and gid alike) or `"65520:65530"`.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(try_from = "IdsValue")]
-pub struct RoleId {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IdsValue {
-    Same(u32),
-    Pair(String),
-}
-
-impl TryFrom<IdsValue> for RoleId {
-    type Error = String;
-    fn try_from(v: IdsValue) -> Result<Self, String> {
-        let id = match v {
-            IdsValue::Same(n) => RoleId { uid: n, gid: n },
-            IdsValue::Pair(s) => {
-                let bad = || format!("{s:?} is not UID or \"UID:GID\" (numbers)");
-                let (u, g) = s.split_once(':').ok_or_else(bad)?;
-                RoleId {
-                    uid: u.parse().map_err(|_| bad())?,
-                    gid: g.parse().map_err(|_| bad())?,
-                }
-            }
-        };
-        // (uid_t)-1 means "unchanged" to setresuid and chown.
-        if id.uid == u32::MAX || id.gid == u32::MAX {
-            return Err("4294967295 is not a valid id".into());
-        }
-        Ok(id)
-    }
-}
-
 /// `[ids]`: who each role runs as.
 #[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -158,19 +123,19 @@ impl RoleIds {
     }
 
     pub const DEFAULT: RoleIds = RoleIds {
-        network: RoleId {
-            uid: DEFAULT_NETWORK_ID,
-            gid: DEFAULT_NETWORK_ID,
-        },
-        engine: RoleId {
-            uid: DEFAULT_ENGINE_ID,
-            gid: DEFAULT_ENGINE_ID,
-        },
-        actuator: RoleId {
-            uid: DEFAULT_ACTUATOR_ID,
-            gid: DEFAULT_ACTUATOR_ID,
-        },
+        network: RoleId::same(DEFAULT_NETWORK_ID),
+        engine: RoleId::same(DEFAULT_ENGINE_ID),
+        actuator: RoleId::same(DEFAULT_ACTUATOR_ID),
     };
+
+    /// Each role's config key and ids.
+    fn named(&self) -> [(&'static str, RoleId); 3] {
+        [
+            ("network", self.network),
+            ("engine", self.engine),
+            ("actuator", self.actuator),
+        ]
+    }
 }
 
 /// Command-line values that override the file.
@@ -305,19 +270,7 @@ impl Config {
             actuator: i.actuator.unwrap_or(RoleIds::DEFAULT.actuator),
         };
         if !i.allow_root {
-            for (role, id) in [
-                ("network", ids.network),
-                ("engine", ids.engine),
-                ("actuator", ids.actuator),
-            ] {
-                if id.uid == 0 || id.gid == 0 {
-                    return Err(bad(
-                        &format!("ids.{role}"),
-                        "uid/gid 0 would run the role as root, undoing its sandbox; \
-                         give it an unprivileged id (or set ids.allow_root = true, for debugging only)",
-                    ));
-                }
-            }
+            ids::refuse_root(&ids.named()).map_err(|(key, why)| bad(&key, why))?;
         }
         let resolv_conf = layered(o.resolv_conf, f.resolv_conf, || DEFAULT_RESOLV_CONF.into());
         let resolv_conf = if resolv_conf.as_os_str().is_empty() {
@@ -360,72 +313,25 @@ impl Config {
 }
 
 impl Config {
-    /// Fit the role ids to the process the supervisor runs as. As root it
-    /// switches each role to its own ids. Otherwise (a container or the
-    /// systemd unit, run as the service's uid with ambient capabilities)
-    /// no role can change uid: roles not named in `[ids]` keep the
-    /// process's ids, and a role named with other ids is an error.
+    /// Fit the role ids to the process the supervisor runs as
+    /// ([`ids::fit_to_process`]): as root each role switches to its own.
     pub fn fit_ids_to_process(&mut self, euid: u32, egid: u32) -> Result<(), String> {
-        if euid == 0 {
-            return Ok(());
-        }
-        let own = RoleId { uid: euid, gid: egid };
         let c = self.ids_config;
-        for (role, given, slot) in [
-            ("network", c.network, &mut self.ids.network),
-            ("engine", c.engine, &mut self.ids.engine),
-            ("actuator", c.actuator, &mut self.ids.actuator),
-        ] {
-            match given {
-                Some(id) if id != own => {
-                    return Err(format!(
-                        "ids.{role} = \"{}:{}\", but mirage-dhcp runs as {euid}:{egid}, not root, and \
-                         cannot switch a role to other ids: remove [ids] (the roles then run as \
-                         {euid}:{egid}) or start it as root",
-                        id.uid, id.gid
-                    ));
-                }
-                _ => *slot = own,
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    /// Id choices that work but weaken the split, for the log: `nobody`'s
-    /// ids (shared with unrelated software) and, when the supervisor can
-    /// give each role its own (`distinct_possible`), roles sharing a uid.
-    pub fn id_warnings(&self, distinct_possible: bool) -> Vec<String> {
-        let roles = [
-            ("network", self.ids.network),
-            ("engine", self.ids.engine),
-            ("actuator", self.ids.actuator),
+        let i = &mut self.ids;
+        let mut roles = [
+            ("network", c.network, &mut i.network),
+            ("engine", c.engine, &mut i.engine),
+            ("actuator", c.actuator, &mut i.actuator),
         ];
-        let mut out = Vec::new();
-        for (i, (role, id)) in roles.iter().enumerate() {
-            if id.uid == NOBODY || id.gid == NOBODY {
-                out.push(format!(
-                    "ids.{role} is {}:{}: 65534 is `nobody`, which other software runs as; \
-                     its processes could signal this role or write what it owns",
-                    id.uid, id.gid
-                ));
-            }
-            if distinct_possible
-                && let Some((other, _)) = roles[i + 1..].iter().find(|(_, o)| o.uid == id.uid)
-            {
-                out.push(format!(
-                    "ids.{role} and ids.{other} share uid {}: each could signal the other",
-                    id.uid
-                ));
-            }
-        }
-        out
+        ids::fit_to_process::<Dhcp>(&mut roles, euid, egid)
+    }
+
+    /// Id choices that work but weaken the split, for the log
+    /// ([`ids::warnings`]).
+    pub fn id_warnings(&self, distinct_possible: bool) -> Vec<String> {
+        ids::warnings(&self.ids.named(), distinct_possible)
     }
 }
-
-/// `nobody`/`nogroup`.
-const NOBODY: u32 = 65534;
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -27,10 +26,14 @@ use mirage_ipc::{
 };
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
+use mirage_sdk::log::EventLog;
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
 use mirage_sdk::role::{RoleOptions, RolePlan};
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe};
+use mirage_sdk::service::dirs::{self, Owner};
+use mirage_sdk::service::publish::{Pacing, Schedule};
+use mirage_sdk::service::{launch, state};
 
 use crate::config::{ClientIdMode, Config, SandboxKind};
 use crate::roles::{self, RoleName};
@@ -43,18 +46,34 @@ const ACTUATOR: RoleId = 2;
 /// has at most three at a time (apply, persist, and a retry); one past the
 /// cap floods the actuator and is restarted.
 const MAX_ENGINE_INTENTS: usize = 16;
-/// Status publications in flight at the actuator; newer ones wait, and only
-/// the newest of those is sent (the actuator writes files for each).
+/// Status publications: each engine status at once (the actuator holds
+/// them back briefly and writes only the newest), refreshed at least every
+/// 30 s, and at most two in flight at the actuator; newer ones wait, and
+/// only the newest of those is sent.
+const PUBLISHING: Pacing = Pacing {
+    min_interval: Duration::ZERO,
+    refresh: Some(Duration::from_secs(30)),
+    max_in_flight: Some(MAX_PUBLISHES_IN_FLIGHT),
+};
 const MAX_PUBLISHES_IN_FLIGHT: u32 = 2;
-/// status.json / metrics.prom are refreshed at least this often.
-const REPUBLISH: Duration = Duration::from_secs(30);
 
 pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -> Result<ExitCode, String> {
     if config.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none): the engine parses network input without seccomp");
     }
     let signals = SignalPipe::new()?;
-    let (state_dir, run_dir, resolv) = prepare_dirs(&config)?;
+    // Opened for the actuator (docs/security.md, "Files").
+    let ids = config.ids.actuator;
+    let owner = Owner {
+        role: "actuator",
+        uid: ids.uid,
+        gid: ids.gid,
+    };
+    let (state_dir, run_dir) =
+        dirs::open_role_dirs::<crate::config::Dhcp>(&config.state_dir, &config.run_dir, owner)?;
+    let resolv = (config.resolv_conf.as_deref())
+        .map(|p| dirs::open_role_file(p, 0o644, owner, "resolv.conf"))
+        .transpose()?;
 
     let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink: {e}"))?;
     let link = rtnl
@@ -101,7 +120,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     network_settings.client_id = Some(dhcp_engine::client::client_id_bytes(&dhcp.engine_config));
     network_settings.with_arp = config.acd.enabled;
     let mut actuator_settings = dhcp.settings();
-    actuator_settings.resolv_name = resolv.as_ref().map(|(_, _, name)| name.clone());
+    actuator_settings.resolv_name = resolv.as_ref().map(|r| r.name.clone());
     actuator_settings.route_table = config.route_table;
     // A first start's DUID is stored durably (atomic replace, fsyncs) by the
     // actuator once the lease is applied, off the path to it: the engine has
@@ -115,16 +134,12 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     let actuator_plan = plan::actuator(actuator_id.uid, actuator_id.gid, resolv.is_some());
     let options = dhcp.options();
     let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
-    if let Some((dir, file, _)) = &resolv {
-        actuator_fds.push(dir.as_fd());
-        actuator_fds.push(file.as_fd());
+    if let Some(r) = &resolv {
+        actuator_fds.push(r.dir.as_fd());
+        actuator_fds.push(r.file.as_fd());
     }
-    // All three roles start side by side: each fork returns at once, and
-    // the children exec and drop their privileges in parallel instead of
-    // one after the other (their start-up, not the DHCP exchange, is most
-    // of the time to a lease). The engine first: it and the network role
-    // are on the path to the first DISCOVER. Messages to a role wait in
-    // its channel until it is ready.
+    // Side by side, the engine first: it and the network role are on the
+    // path to the first DISCOVER.
     let specs = [
         engine_plan.spec(
             options,
@@ -142,25 +157,15 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         )?,
         actuator_plan.spec(options, &actuator_settings, None, actuator_fds, Restart::Never)?,
     ];
-    let starting = specs.iter().map(|s| s.start()).collect::<Result<Vec<_>, _>>()?;
+    let starting = launch::start_all(&specs)?;
     // The supervisor keeps none of the privileged fds.
     drop(specs);
     drop((packet, rtnl, monitor, state_dir, run_dir, resolv));
-    // Sandbox the supervisor now, before the roles' exec is confirmed: the
-    // children are past the fork and inherit nothing more from us, and
-    // confirming takes no privilege, so the filter's compile and install
-    // overlap the roles' start-up instead of delaying the first frames.
-    mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
-    if config.sandbox == SandboxKind::Seccomp {
-        // Restarted engines inherit this filter and stack their own on top:
-        // it holds every role's list.
-        mirage_sdk::sandbox::seccomp::install_supervisor(&[&engine_plan, &network_plan, &actuator_plan])
-            .map_err(|e| format!("supervisor seccomp: {e}"))?;
-    }
-    let roles = starting
-        .into_iter()
-        .map(|s| s.finish())
-        .collect::<Result<Vec<_>, _>>()?;
+    let roles = launch::confine(
+        starting,
+        config.sandbox,
+        &[&engine_plan, &network_plan, &actuator_plan],
+    )?;
     log::info!(
         "started on {} (index {}, {}), sandbox {}",
         config.interface,
@@ -184,15 +189,15 @@ struct Dhcp {
     status: Status,
     frames_refused: u64,
     intents_refused: u64,
-    last_publish: StdInstant,
+    /// When status.json / metrics.prom are written (by the actuator).
+    publishing: Schedule,
     /// The engine generation of each apply/remove/persist forwarded to the
     /// actuator and not answered yet, oldest first (the actuator answers
     /// those in order).
     intents: VecDeque<u64>,
-    publishes_in_flight: u32,
-    /// A status to publish once one in flight is answered.
-    publish_pending: bool,
-    drop_log: DropLog,
+    /// Dropped frames, logged one by one at most 50 a second (the
+    /// counters in status.json and metrics count every drop).
+    drop_log: EventLog,
     applied: bool,
     /// Frames not delivered because the receiving role's queue was full.
     frames_shed: u64,
@@ -225,11 +230,10 @@ impl Dhcp {
             status: Status::default(),
             frames_refused: 0,
             intents_refused: 0,
-            last_publish: StdInstant::now(),
+            // The first status is the engine's.
+            publishing: Schedule::starting_clean(PUBLISHING, StdInstant::now()),
             intents: VecDeque::new(),
-            publishes_in_flight: 0,
-            publish_pending: false,
-            drop_log: DropLog::default(),
+            drop_log: EventLog::new(50),
             applied: false,
             frames_shed: 0,
             binding: Default::default(),
@@ -309,7 +313,7 @@ impl Dhcp {
 
     /// Requests the actuator has not answered yet.
     fn outstanding(&self) -> usize {
-        self.intents.len() + self.publishes_in_flight as usize
+        self.intents.len() + self.publishing.in_flight() as usize
     }
 
     /// Forward an engine's intent, unless that engine already has
@@ -332,16 +336,11 @@ impl Dhcp {
         true
     }
 
-    /// Publish the status; while [`MAX_PUBLISHES_IN_FLIGHT`] are being
-    /// written, only remember that a newer one is due.
+    /// Send the status to the actuator if [`PUBLISHING`] says it is due.
     fn publish(&mut self, ctx: &mut Ctx<'_>) {
-        self.last_publish = StdInstant::now();
-        if self.publishes_in_flight >= MAX_PUBLISHES_IN_FLIGHT {
-            self.publish_pending = true;
+        if !self.publishing.take_due(StdInstant::now()) {
             return;
         }
-        self.publish_pending = false;
-        self.publishes_in_flight += 1;
         let p = PublishedStatus {
             status: self.status.clone(),
             interface: self.config.interface.clone(),
@@ -356,7 +355,12 @@ impl Dhcp {
 
     fn on_engine_message(&mut self, ctx: &mut Ctx<'_>, msg: FromEngine) -> Result<(), String> {
         match msg {
-            FromEngine::Refused(reason) => self.drop_log.record(reason),
+            FromEngine::Refused(reason) => {
+                let summary = |n| log::info!("{n} more dropped frames not logged one by one");
+                if self.drop_log.admit(StdInstant::now(), summary) {
+                    log::debug!("engine dropped a frame: {reason:?}");
+                }
+            }
             FromEngine::Action(EngineAction::Transmit(frame)) => {
                 self.send_frame(ctx, NETWORK, &ToNetwork::Transmit(frame));
             }
@@ -411,6 +415,7 @@ impl Dhcp {
                     );
                 }
                 self.status = status;
+                self.publishing.mark_dirty();
                 self.publish(ctx);
             }
         }
@@ -452,7 +457,7 @@ impl Dhcp {
             FromActuator::Result { kind, outcome } => {
                 // Whose intent this answers; `None` for a publish.
                 let generation = if kind == IntentKind::PublishStatus {
-                    self.publishes_in_flight = self.publishes_in_flight.saturating_sub(1);
+                    self.publishing.done();
                     None
                 } else {
                     Some(self.intents.pop_front())
@@ -475,8 +480,8 @@ impl Dhcp {
                     self.tell_network(ctx);
                 }
                 match generation {
-                    None if self.publish_pending => self.publish(ctx),
-                    None => {}
+                    // A status that waited for this answer goes now.
+                    None => self.publish(ctx),
                     Some(g) if g == Some(ctx.generation(ENGINE)) => {
                         self.send_engine(ctx, EngineEvent::IntentResult { kind, ok })
                     }
@@ -519,14 +524,9 @@ impl Service for Dhcp {
     fn on_round(&mut self, ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
         // A binding state the network role could not take last round.
         self.tell_network(ctx);
-        if self.last_publish.elapsed() >= REPUBLISH {
-            self.publish(ctx);
-        }
-        let mut next = self.last_publish + REPUBLISH;
-        if let Some(d) = self.deadline {
-            next = next.min(d);
-        }
-        Ok(Some(next))
+        self.publish(ctx);
+        let next = [self.publishing.next_due(), self.deadline];
+        Ok(next.into_iter().flatten().min())
     }
 
     fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
@@ -554,135 +554,6 @@ impl Service for Dhcp {
 
 fn decode<T: serde::de::DeserializeOwned>(msg: &[u8]) -> Result<T, String> {
     mirage_ipc::decode(msg).map_err(|e| e.to_string())
-}
-
-/// resolv.conf as the actuator gets it: the directory that really holds it
-/// (root's symlinks resolved, so a link such as /etc/resolv.conf -> /run/...
-/// is followed, not replaced; anyone else's is refused), the file itself
-/// opened for writing, its name.
-type ResolvTarget = (OwnedFd, OwnedFd, String);
-
-/// Log lines for dropped frames, rate-limited: a flood of junk must not
-/// turn into a flood of log lines (the counters in status.json and metrics
-/// count every drop).
-#[derive(Default)]
-struct DropLog {
-    window: Option<StdInstant>,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl DropLog {
-    /// Lines per second logged one by one; the rest are summed up.
-    const PER_SECOND: u32 = 50;
-
-    fn record(&mut self, reason: mirage_ipc::DropReason) {
-        let now = StdInstant::now();
-        if self
-            .window
-            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
-        {
-            if self.suppressed > 0 {
-                log::info!("{} more dropped frames not logged one by one", self.suppressed);
-            }
-            *self = DropLog {
-                window: Some(now),
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if self.logged < Self::PER_SECOND {
-            self.logged += 1;
-            log::debug!("engine dropped a frame: {reason:?}");
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
-/// State dir and run dir, and the resolv.conf target, opened for the
-/// actuator without following any link that is not root's (docs/security.md,
-/// "Files"): the directories are created if missing and then given to the
-/// actuator's ids; an existing one must already be the actuator's, because
-/// taking over a directory that someone else owns would hand the roles
-/// whatever that owner left in it (or make root write where it points).
-fn prepare_dirs(c: &Config) -> Result<(OwnedFd, OwnedFd, Option<ResolvTarget>), String> {
-    let owner = c.ids.actuator;
-    let mk = |p: &Path, mode: u32, what: &str| -> Result<OwnedFd, String> {
-        let (dir, created) = files::open_dir_root_links_only(p, Some(mode))
-            .map_err(|e| format!("{what} {}: {e}", p.display()))?;
-        if created {
-            rustix::fs::fchown(
-                &dir,
-                Some(rustix::fs::Uid::from_raw(owner.uid)),
-                Some(rustix::fs::Gid::from_raw(owner.gid)),
-            )
-            .and_then(|()| rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(mode)))
-            .map_err(|e| {
-                format!(
-                    "giving the new {what} {} to {}:{}: {e}",
-                    p.display(),
-                    owner.uid,
-                    owner.gid
-                )
-            })?;
-            return Ok(dir);
-        }
-        let st = rustix::fs::fstat(&dir).map_err(|e| format!("{what} {}: {e}", p.display()))?;
-        if st.st_uid != owner.uid {
-            return Err(format!(
-                "{what} {} belongs to uid {}, not to the actuator's uid {}: refusing to take it over. \
-                 Give it to the actuator (chown {}:{} {}) or remove it so that mirage-dhcp creates it",
-                p.display(),
-                st.st_uid,
-                owner.uid,
-                owner.uid,
-                owner.gid,
-                p.display()
-            ));
-        }
-        if st.st_mode & 0o002 != 0 {
-            return Err(format!(
-                "{what} {} is writable by everyone: chmod o-w {}",
-                p.display(),
-                p.display()
-            ));
-        }
-        Ok(dir)
-    };
-    let state = mk(&c.state_dir, 0o700, "state directory")?;
-    let run = mk(&c.run_dir, 0o755, "runtime directory")?;
-    let resolv = match &c.resolv_conf {
-        None => None,
-        Some(p) => {
-            let w = files::open_file_root_links_only(p, 0o644)
-                .map_err(|e| format!("resolv.conf {}: {e}", p.display()))?;
-            // In a directory where others than root may add names, they may
-            // have put a hard link to any file there: only a file of the
-            // actuator's own is written.
-            if w.dir_shared {
-                let file_owner = rustix::fs::fstat(&w.file).map_err(|e| e.to_string())?.st_uid;
-                if w.created {
-                    rustix::fs::fchown(
-                        &w.file,
-                        Some(rustix::fs::Uid::from_raw(owner.uid)),
-                        Some(rustix::fs::Gid::from_raw(owner.gid)),
-                    )
-                    .map_err(|e| format!("giving {} to {}:{}: {e}", p.display(), owner.uid, owner.gid))?;
-                } else if file_owner != owner.uid {
-                    return Err(format!(
-                        "resolv.conf {} is in a directory others may write (owner uid {}) but belongs to \
-                         uid {file_owner}, not to the actuator's uid {}: refusing to write it",
-                        p.display(),
-                        w.dir_owner,
-                        owner.uid
-                    ));
-                }
-            }
-            Some((w.dir, w.file, w.name))
-        }
-    };
-    Ok((state, run, resolv))
 }
 
 /// Option 61. RFC 4361: IAID + DUID; the DUID is kept in the state directory
@@ -720,29 +591,20 @@ fn client_id(
 /// warned about and ignored: the client starts with a fresh DISCOVER.
 fn load_stored_lease(c: &Config, state_dir: &OwnedFd) -> Option<Lease> {
     let name = roles::lease_file_name(&c.interface);
-    let bytes = match files::read_bounded(state_dir, &name, 64 * 1024) {
-        Ok(Some(b)) => b,
-        Ok(None) => return None,
-        Err(e) => {
-            log::warn!("ignoring the stored lease {name}: {e}");
-            return None;
-        }
+    let ignored = |why: &dyn std::fmt::Display| -> Option<Lease> {
+        log::warn!("ignoring the stored lease {name}: {why}");
+        None
     };
-    let stored = match StoredLease::from_json(&bytes) {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("ignoring the stored lease {name}: {e}");
-            return None;
-        }
+    let stored = match state::load::<StoredLease>(state_dir, &name) {
+        Ok(s) => s?,
+        Err(e) => return ignored(&e),
     };
     if stored.interface != c.interface {
-        log::warn!("ignoring the stored lease {name}: it is for {}", stored.interface);
-        return None;
+        return ignored(&format_args!("it is for {}", stored.interface));
     }
     let lease = stored.rebase(boottime(), realtime_ms());
     if let Err(r) = lease.check(&c.limits) {
-        log::warn!("ignoring the stored lease {name}: {r}");
-        return None;
+        return ignored(&r);
     }
     Some(lease)
 }
@@ -770,6 +632,7 @@ mod tests {
     use mirage_sdk::channel::Channel;
     use mirage_sdk::runtime::Role;
     use std::io::Write as _;
+    use std::path::Path;
 
     /// A stand-in role: a real child process (`sh -c script`) whose stderr
     /// is the role's log, and the channel's far end for the test to play
@@ -935,151 +798,18 @@ mod tests {
             std::thread::sleep(Duration::from_secs(30));
         });
         for _ in 0..mirage_sdk::runtime::OUTBOX_MAX * 4 {
-            rt.with_ctx(|dhcp, ctx| dhcp.publish(ctx));
+            // What each status from the engine does.
+            rt.with_ctx(|dhcp, ctx| {
+                dhcp.publishing.mark_dirty();
+                dhcp.publish(ctx)
+            });
         }
         // Publishes beyond those in flight are coalesced, never queued.
-        assert_eq!(rt.service.publishes_in_flight, MAX_PUBLISHES_IN_FLIGHT);
+        assert_eq!(rt.service.publishing.in_flight(), MAX_PUBLISHES_IN_FLIGHT);
+        assert!(rt.service.publishing.is_dirty(), "the newest status was lost");
         let rt = stop_after(rt, Duration::from_millis(300));
         assert!(rt.service.outstanding() <= MAX_ENGINE_INTENTS + MAX_PUBLISHES_IN_FLIGHT as usize);
         drop(actuator);
-    }
-
-    fn config_in(dir: &Path, resolv: &str) -> Config {
-        let o = crate::config::Overrides {
-            interface: Some("eth0".into()),
-            state_dir: Some(dir.join("state")),
-            run_dir: Some(dir.join("run")),
-            resolv_conf: Some(dir.join(resolv)),
-            ..Default::default()
-        };
-        Config::resolve(Path::new("test"), Default::default(), o).unwrap()
-    }
-
-    fn test_dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("mirage-sup-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn owner(p: &Path) -> u32 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(p).unwrap().uid()
-    }
-
-    #[test]
-    fn directories_are_created_for_the_actuator_and_foreign_ones_refused() {
-        use std::os::unix::fs::MetadataExt;
-        assert!(rustix::process::geteuid().is_root(), "needs root");
-        let d = test_dir("dirs");
-        let c = config_in(&d, "resolv.conf");
-        let act = c.ids.actuator;
-        prepare_dirs(&c).unwrap();
-        for (sub, mode) in [("state", 0o700), ("run", 0o755)] {
-            let m = std::fs::metadata(d.join(sub)).unwrap();
-            assert_eq!(
-                (m.uid(), m.gid(), m.mode() & 0o7777),
-                (act.uid, act.gid, mode),
-                "{sub}"
-            );
-        }
-        // Ours already: used again as it is.
-        prepare_dirs(&c).unwrap();
-        // Root's (or anyone else's): refused with the fix, never chowned.
-        for (sub, other) in [("state", 0), ("run", 0), ("state", 65534)] {
-            std::os::unix::fs::chown(d.join(sub), Some(other), Some(other)).unwrap();
-            let e = prepare_dirs(&c).unwrap_err();
-            assert!(e.contains(&d.join(sub).display().to_string()), "{e}");
-            assert!(e.contains(&format!("belongs to uid {other}")), "{e}");
-            assert!(e.contains(&format!("chown {}:{}", act.uid, act.gid)), "{e}");
-            assert_eq!(owner(&d.join(sub)), other, "{sub} was taken over");
-            std::os::unix::fs::chown(d.join(sub), Some(act.uid), Some(act.gid)).unwrap();
-        }
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn links_planted_by_a_role_are_never_followed() {
-        use std::os::unix::fs::PermissionsExt;
-        assert!(rustix::process::geteuid().is_root(), "needs root");
-        let d = test_dir("links");
-        let act = config_in(&d, "x").ids.actuator;
-        let vault = d.join("vault");
-        std::fs::create_dir(&vault).unwrap();
-        std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::write(vault.join("secret"), b"root only").unwrap();
-        std::fs::set_permissions(vault.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
-        // The roles' runtime directory, where the systemd and LinuxKit
-        // layouts keep resolv.conf: the actuator's uid plants links in it.
-        let c = config_in(&d, "run/resolv.conf");
-        prepare_dirs(&c).unwrap();
-        let plant = |target: &Path, at: &Path, uid: u32| {
-            let _ = std::fs::remove_file(at);
-            std::os::unix::fs::symlink(target, at).unwrap();
-            std::os::unix::fs::lchown(at, Some(uid), Some(uid)).unwrap();
-        };
-        let resolv = d.join("run/resolv.conf");
-        for target in [vault.join("secret"), vault.join("created")] {
-            plant(&target, &resolv, act.uid);
-            let e = prepare_dirs(&c).unwrap_err();
-            assert!(
-                e.contains("owned by uid") && e.contains("only links owned by root"),
-                "{e}"
-            );
-        }
-        assert_eq!(std::fs::read(vault.join("secret")).unwrap(), b"root only");
-        assert!(!vault.join("created").exists());
-        // A hard link the role made (fs.protected_hardlinks = 0) to a file
-        // it does not own is not written either.
-        std::fs::remove_file(&resolv).unwrap();
-        std::fs::hard_link(vault.join("secret"), &resolv).unwrap();
-        let e = prepare_dirs(&c).unwrap_err();
-        assert!(e.contains("refusing to write it"), "{e}");
-        std::fs::remove_file(&resolv).unwrap();
-        // The same for the directories: a link at the state dir's path.
-        plant(&vault, &d.join("state2"), act.uid);
-        let mut c2 = config_in(&d, "run/resolv.conf");
-        c2.state_dir = d.join("state2");
-        assert!(
-            prepare_dirs(&c2)
-                .unwrap_err()
-                .contains("only links owned by root")
-        );
-        c2.state_dir = d.join("state2/sub");
-        assert!(
-            prepare_dirs(&c2)
-                .unwrap_err()
-                .contains("only links owned by root")
-        );
-        assert!(!vault.join("sub").exists());
-        assert_eq!(owner(&vault), 0);
-        // Root's link (/etc/resolv.conf -> /run/systemd/resolve/...) works:
-        // the file it points to and the directory that holds it.
-        std::fs::create_dir(d.join("stub")).unwrap();
-        std::fs::write(d.join("stub/stub-resolv.conf"), b"old").unwrap();
-        plant(&d.join("stub/stub-resolv.conf"), &d.join("resolv.conf"), 0);
-        let c3 = config_in(&d, "resolv.conf");
-        let (_, _, r) = prepare_dirs(&c3).unwrap();
-        let (dir, file, name) = r.unwrap();
-        assert_eq!(name, "stub-resolv.conf");
-        files::rewrite_in_place(&file, b"new").unwrap();
-        files::write_atomic(&dir, &name, b"newer", 0o644).unwrap();
-        assert_eq!(std::fs::read(d.join("stub/stub-resolv.conf")).unwrap(), b"newer");
-        // A file the supervisor creates in the role's directory is the role's.
-        let (_, _, r) = prepare_dirs(&c).unwrap();
-        assert!(r.is_some());
-        assert_eq!(owner(&resolv), act.uid);
-        // The same in a root directory that everyone may write (/tmp): a
-        // root file found there may be anyone's hard link.
-        std::fs::create_dir(d.join("shared")).unwrap();
-        std::fs::set_permissions(d.join("shared"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-        std::fs::write(d.join("shared/resolv.conf"), b"root's").unwrap();
-        let c4 = config_in(&d, "shared/resolv.conf");
-        assert!(prepare_dirs(&c4).unwrap_err().contains("refusing to write it"));
-        std::fs::remove_file(d.join("shared/resolv.conf")).unwrap();
-        prepare_dirs(&c4).unwrap();
-        assert_eq!(owner(&d.join("shared/resolv.conf")), act.uid);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -10,7 +10,11 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{CLIENT_IF, Net, Offer, SERVER_IF, Server, matrix, read};
+use dhcp_engine::wire::dhcp::MessageType;
+use mirage_sdk::files::StoredLease;
+use mirage_sdk::service::state;
+use support::hostile::{HostileServer, STANDARD_LEASE_SECS};
+use support::{CLIENT_IF, Net, Offer, SANDBOXES, SERVER_IF, Server, matrix, read};
 
 const BOUND_WITHIN: Duration = Duration::from_secs(20);
 
@@ -349,4 +353,103 @@ fn sigterm_without_release() {
         assert!(!net.server_saw_release(&run, &addr), "a RELEASE was sent");
         "address kept, no RELEASE".into()
     });
+}
+
+/// `kill -SIG pid`.
+fn kill(sig: &str, pid: u32) {
+    support::run(Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]));
+}
+
+/// A process's state letter in /proc/PID/stat (`Z`: dead, not reaped).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The engine sends its bound lease (ApplyLease, PersistLease,
+/// PublishStatus in one go) and aborts at once, before the supervisor has
+/// read any of it: the supervisor reads everything a dead role left in its
+/// channel before acting on its death, so the lease file holds that lease
+/// and the restarted engine starts from it (INIT-REBOOT, no DISCOVER).
+///
+/// "At once" is made exact with stops: the engine is stopped while the
+/// supervisor queues the server's ACK for it, the supervisor is stopped
+/// while the engine answers, and the engine is killed (SIGABRT, as a
+/// panic's abort) before the supervisor runs again, which then finds the
+/// engine's answers and its death in the same wake-up.
+#[test]
+fn engine_aborting_right_after_a_persist_loses_nothing() {
+    for sandbox in SANDBOXES {
+        let mut net = Net::new();
+        // The selecting REQUEST is answered by the test below; the
+        // restarted engine's INIT-REBOOT like an honest server would.
+        let server = HostileServer::start(&net, |ctx, seen| match seen.kind {
+            MessageType::Discover => ctx.standard(seen),
+            MessageType::Request if seen.is_init_reboot_request() => ctx.standard(seen),
+            _ => Vec::new(),
+        });
+        // Default timings: REQUESTING lasts long enough for the stops.
+        let daemon = net.start_client(&["--sandbox", sandbox, "--no-acd"]);
+        let request = server.wait_for(BOUND_WITHIN, "REQUEST", |s| s.is_selecting_request());
+        let ctx = server.ctx().clone();
+        let supervisor = net.child_pid(daemon);
+        let engine = net.role_pid(daemon, "engine");
+        kill("STOP", engine);
+        server.inject(&[ctx.frame(&request, &ctx.ack(&request))]);
+        // The ACK goes network role -> supervisor -> the stopped engine's
+        // channel within microseconds; this is a wide margin.
+        std::thread::sleep(Duration::from_millis(500));
+        kill("STOP", supervisor);
+        kill("CONT", engine);
+        // The engine answers the ACK and goes back to waiting.
+        std::thread::sleep(Duration::from_millis(500));
+        kill("ABRT", engine);
+        support::wait_until(Duration::from_secs(5), || proc_state(engine) == Some('Z'));
+        assert_eq!(
+            net.status().map(|s| s["state"].clone()),
+            Some("requesting".into()),
+            "the supervisor handled the engine's answers before it was stopped: the test proves nothing"
+        );
+        kill("CONT", supervisor);
+
+        let path = lease_file(&net);
+        mirage_testkit::wait::wait_some(
+            Duration::from_secs(10),
+            "the lease file (the engine's last PersistLease was lost)",
+            || path.exists().then_some(()),
+            || net.client_log(),
+        );
+        let dir = mirage_sdk::files::open_dir(&net.path("state")).unwrap();
+        let name = format!("lease-{CLIENT_IF}.json");
+        let stored: StoredLease = state::load(&dir, &name).unwrap().expect("the lease file");
+        let l = &stored.lease;
+        assert_eq!(stored.interface, CLIENT_IF);
+        assert_eq!((l.address, l.prefix_len), (ctx.offered(), 24));
+        assert_eq!(l.server_id, ctx.server_ip);
+        assert_eq!(l.lease_secs, STANDARD_LEASE_SECS);
+        assert_eq!(l.dns_servers, [ctx.server_ip]);
+        assert_eq!(
+            l.routes
+                .iter()
+                .map(|r| (r.destination, r.prefix_len, r.gateway))
+                .collect::<Vec<_>>(),
+            [(std::net::Ipv4Addr::UNSPECIFIED, 0, ctx.server_ip)]
+        );
+        // The engine was restarted, from that lease: the address the lost
+        // engine applied stays, confirmed by INIT-REBOOT without a new
+        // DISCOVER.
+        support::wait_until(BOUND_WITHIN, || {
+            net.status()
+                .is_some_and(|s| s["state"] == "bound" && s["engine_restarts"].as_u64() >= Some(1))
+        });
+        assert_ne!(net.role_pid(daemon, "engine"), engine);
+        assert_eq!(
+            server.count(MessageType::Discover),
+            1,
+            "the lease was lost: DISCOVER again"
+        );
+        assert!(server.count_where(|s| s.is_init_reboot_request()) >= 1);
+        assert_eq!(net.client_addrs(), [format!("{}/24", ctx.offered())]);
+        drop(server);
+    }
 }

@@ -121,6 +121,54 @@ impl LineLimiter {
     }
 }
 
+/// Log lines about one kind of event that a peer can cause at will (a
+/// frame the engine dropped): a flood of junk must not turn into a flood of
+/// log lines (counters elsewhere count every event). Up to `per_second`
+/// events a second are logged one by one; the rest are counted, and the
+/// count is given to the summary callback when the next second's first
+/// event comes.
+#[derive(Debug)]
+pub struct EventLog {
+    per_second: u32,
+    window: Option<std::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl EventLog {
+    pub const fn new(per_second: u32) -> Self {
+        EventLog {
+            per_second,
+            window: None,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// One event at `now`: whether to log it one by one. `summary` gets
+    /// the number of events not logged in the second that just ended.
+    pub fn admit(&mut self, now: std::time::Instant, summary: impl FnOnce(u64)) -> bool {
+        if self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= std::time::Duration::from_secs(1))
+        {
+            if self.suppressed > 0 {
+                summary(self.suppressed);
+            }
+            self.window = Some(now);
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged < self.per_second {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +217,23 @@ mod tests {
             relay_line("engine", &[b'a'; 5000]).len(),
             "[engine] ".len() + MAX_RELAYED_LINE
         );
+    }
+
+    #[test]
+    fn events_are_logged_up_to_the_rate_and_the_rest_summed_up() {
+        let t0 = Instant::now();
+        let mut log = EventLog::new(50);
+        let mut summaries = Vec::new();
+        let admitted = (0..120).filter(|_| log.admit(t0, |n| summaries.push(n))).count();
+        assert_eq!(admitted, 50);
+        assert!(summaries.is_empty());
+        // Within the same second: still over the rate.
+        assert!(!log.admit(t0 + Duration::from_millis(999), |n| summaries.push(n)));
+        // The next second: the 71 not logged are summed up, then logging resumes.
+        assert!(log.admit(t0 + Duration::from_secs(1), |n| summaries.push(n)));
+        assert_eq!(summaries, [71]);
+        // A quiet second has nothing to sum up.
+        assert!(log.admit(t0 + Duration::from_secs(3), |n| summaries.push(n)));
+        assert_eq!(summaries, [71]);
     }
 }

@@ -10,7 +10,7 @@
 //! ```
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -23,11 +23,11 @@ use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::clock::boottime;
 use mirage_sdk::packet::RateCap;
 use mirage_sdk::role::{RoleOptions, Starting};
-use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleSpec, RoleStart, Runtime, Service, SignalPipe};
-use mirage_sdk::sandbox::seccomp;
+use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe};
 use mirage_sdk::service::metrics::Metrics;
+use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::status::{StatusText, text_of};
-use mirage_sdk::service::{self, Common, CommonArgs, CommonLayer, SandboxKind, StatusArgs};
+use mirage_sdk::service::{self, Common, CommonArgs, CommonLayer, SandboxKind, StatusArgs, launch};
 use serde::{Deserialize, Serialize};
 
 /// The service's name in the convention: paths, metrics, messages.
@@ -175,10 +175,8 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             sandbox: common.sandbox,
             log_level: args.common.log_level,
         },
-        run_dir,
+        publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
         stats: Stats::default(),
-        dirty: true,
-        last_publish: None,
     };
     let (engine, network) = (plan::engine(), plan::network());
     let specs = [
@@ -191,20 +189,13 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         )?,
         network.spec(hb.options, &(), None, vec![socket.as_fd()], Restart::Never)?,
     ];
-    let starting = specs.iter().map(RoleSpec::start).collect::<Result<Vec<_>, _>>()?;
+    let starting = launch::start_all(&specs)?;
     drop(specs);
     // The supervisor keeps no socket to the peer.
     drop(socket);
     // Keep only what starting and stopping roles needs, then the
     // supervisor's own allow-list (its own calls and every role's).
-    mirage_sdk::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
-    if common.sandbox == SandboxKind::Seccomp {
-        seccomp::install_supervisor(&[&engine, &network]).map_err(|e| format!("supervisor seccomp: {e}"))?;
-    }
-    let roles = starting
-        .into_iter()
-        .map(|s| s.finish())
-        .collect::<Result<Vec<_>, _>>()?;
+    let roles = launch::confine(starting, common.sandbox, &[&engine, &network])?;
     log::info!(
         "pinging {peer} every {period_ms} ms, sandbox {}",
         common.sandbox.as_str()
@@ -228,10 +219,10 @@ struct Supervisor {
     peer: SocketAddr,
     period_ms: u64,
     options: RoleOptions,
-    run_dir: OwnedFd,
+    /// status.json and metrics.prom, written by the supervisor itself:
+    /// there is no actuator.
+    publisher: Publisher,
     stats: Stats,
-    dirty: bool,
-    last_publish: Option<StdInstant>,
 }
 
 impl Supervisor {
@@ -248,13 +239,13 @@ impl Supervisor {
         codec::encode(&start).map_err(|e| e.to_string())
     }
 
-    /// status.json and metrics.prom, atomically (readers never see a torn
-    /// file); the supervisor writes them itself, there is no actuator.
-    fn publish(&mut self) -> Result<(), String> {
-        let s = &self.stats;
+    /// What status.json and metrics.prom say now (a function of the
+    /// fields alone, so that rendering can borrow them while the publisher
+    /// is busy).
+    fn publication(peer: SocketAddr, sandbox: SandboxKind, s: &Stats) -> Publication {
         let status = serde_json::json!({
-            "peer": self.peer.to_string(),
-            "sandbox": self.options.sandbox.as_str(),
+            "peer": peer.to_string(),
+            "sandbox": sandbox.as_str(),
             "pings": s.pings,
             "pongs": s.pongs,
             "refused": s.refused,
@@ -279,21 +270,16 @@ impl Supervisor {
                 rtt as f64 / 1000.0,
             );
         }
-        let write = |name, text: String| {
-            mirage_sdk::files::write_atomic_runtime(&self.run_dir, name, text.as_bytes(), 0o644)
-                .map_err(|e| format!("writing {name}: {e}"))
-        };
-        write(service::STATUS_FILE, status.to_string())?;
-        write(service::METRICS_FILE, m.finish())?;
-        self.dirty = false;
-        self.last_publish = Some(StdInstant::now());
-        Ok(())
+        Publication {
+            status: status.to_string(),
+            metrics: m.finish(),
+        }
     }
 }
 
 impl Service for Supervisor {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String> {
-        self.dirty = true;
+        self.publisher.mark_dirty();
         if from == ENGINE {
             match codec::decode::<FromEngineOf<Heartbeat>>(msg).map_err(|e| e.to_string())? {
                 mirage_engine::FromEngine::Action(heartbeat_engine::Action::Send(ping)) => {
@@ -337,23 +323,21 @@ impl Service for Supervisor {
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
         self.stats.engine_restarts = ctx.restarts(ENGINE);
-        self.dirty = true;
+        self.publisher.mark_dirty();
     }
 
+    /// Publishes when something changed, at most every [`PUBLISH_EVERY`];
+    /// the deadline it returns brings a held-back state out in time.
     fn on_round(&mut self, _ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
-        let due = self.last_publish.map_or(StdInstant::now(), |t| t + PUBLISH_EVERY);
-        if !self.dirty {
-            return Ok(None);
-        }
-        if StdInstant::now() >= due {
-            self.publish()?;
-            return Ok(None);
-        }
-        Ok(Some(due))
+        let (peer, sandbox, stats) = (self.peer, self.options.sandbox, &self.stats);
+        self.publisher
+            .on_round(StdInstant::now(), || Self::publication(peer, sandbox, stats))
+            .map_err(|e| e.to_string())
     }
 
     fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {
-        if let Err(e) = self.publish() {
+        let (peer, sandbox, stats) = (self.peer, self.options.sandbox, &self.stats);
+        if let Err(e) = self.publisher.flush(|| Self::publication(peer, sandbox, stats)) {
             log::warn!("{e}");
         }
     }

@@ -17,6 +17,8 @@ use mirage_sdk::channel::{Channel, wait_readable};
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
 use mirage_sdk::netlink::{LinkEvent, LinkMonitor, MAIN_TABLE, Rtnl};
+use mirage_sdk::service::publish::{self, Publication};
+use mirage_sdk::service::state;
 
 use mirage_dhcp::plan::RoleSettings;
 use mirage_sdk::role::Starting;
@@ -234,10 +236,7 @@ impl Actuator<'_> {
     /// interface; knowing it lets a later NAK or expiry remove it.
     fn adopt_stored_lease(&mut self) {
         let name = super::lease_file_name(&self.args.interface);
-        let Ok(Some(bytes)) = files::read_bounded(dir(FD_STATE_DIR), &name, 64 * 1024) else {
-            return;
-        };
-        let Ok(stored) = StoredLease::from_json(&bytes) else {
+        let Ok(Some(stored)) = state::load::<StoredLease>(dir(FD_STATE_DIR), &name) else {
             return;
         };
         let lease = stored.rebase(boottime(), realtime_ms());
@@ -408,7 +407,7 @@ impl Actuator<'_> {
                     return Outcome::Refused(r);
                 }
                 let stored = StoredLease::new(&self.args.interface, l, boottime(), realtime_ms());
-                files::write_atomic(dir(FD_STATE_DIR), &name, stored.to_json().as_bytes(), 0o600)
+                state::save(dir(FD_STATE_DIR), &name, &stored)
             }
             None => files::remove(dir(FD_STATE_DIR), &name),
         };
@@ -428,18 +427,14 @@ impl Actuator<'_> {
             }
             _ => Vec::new(),
         };
-        let json = files::render_status_json(status, &search_dropped);
-        let metrics = files::render_metrics(status);
-        if json.len() > MAX_PUBLISHED || metrics.len() > MAX_PUBLISHED {
+        let p = Publication {
+            status: files::render_status_json(status, &search_dropped),
+            metrics: files::render_metrics(status),
+        };
+        if p.status.len() > MAX_PUBLISHED || p.metrics.len() > MAX_PUBLISHED {
             return Outcome::Refused(Refusal::NotAllowed);
         }
-        // metrics.prom first: whoever sees a state in status.json finds the
-        // metrics of that state already in place.
-        let r = files::write_atomic_runtime(dir(FD_RUN_DIR), "metrics.prom", metrics.as_bytes(), 0o644)
-            .and_then(|()| {
-                files::write_atomic_runtime(dir(FD_RUN_DIR), "status.json", json.as_bytes(), 0o644)
-            });
-        match r {
+        match publish::write(dir(FD_RUN_DIR), &p) {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e.to_string()),
         }

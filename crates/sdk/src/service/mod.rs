@@ -22,13 +22,25 @@
 //!   loading and "flag over file over default".
 //! - [`status`]: the `status` command (safe read of `status.json`, text and
 //!   `--json` output).
+//! - [`dirs`]: the state and runtime directories (and files such as
+//!   resolv.conf) a supervisor opens for a role to write.
 //! - [`escape`]: strings made safe for a terminal.
+//! - [`ids`]: the ids each role runs as (config syntax, no root, fitting a
+//!   supervisor that is not root, warnings).
+//! - [`launch`]: a supervisor's start: roles side by side, then its own
+//!   sandbox.
 //! - [`metrics`]: the Prometheus textfile writer (`mirage_<svc>_...`).
+//! - [`publish`]: when and how status.json and metrics.prom are written
+//!   (rate-limited, atomic, nothing lost).
 //! - [`state`]: versioned JSON state files.
 
 pub mod cli;
+pub mod dirs;
 pub mod escape;
+pub mod ids;
+pub mod launch;
 pub mod metrics;
+pub mod publish;
 pub mod state;
 pub mod status;
 
