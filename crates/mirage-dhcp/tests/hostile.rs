@@ -229,6 +229,11 @@ impl Run {
         assert_eq!(roles, self.roles, "a role died or was replaced");
         let log = self.net.client_log();
         assert!(!log.contains("panicked"), "a role panicked:\n{log}");
+        assert_eq!(
+            self.server.send_errors(),
+            Vec::<String>::new(),
+            "the server's frames did not all go out"
+        );
         st
     }
 
@@ -334,8 +339,10 @@ fn dropped_before_offer(mode: Mode, junk: Junk, reason: &str) {
     assert_eq!(
         run.drops(reason),
         n,
-        "kernel backlog drops since boot: {}; log:\n{}",
+        "kernel backlog drops since boot: {}; server sent {} frames, errors {:?}; log:\n{}",
         backlog_drops(),
+        run.server.sent(),
+        run.server.send_errors(),
         run.net.client_log()
     );
     assert_eq!(st["counters"]["frames_dropped"], n as u64, "{st}");
@@ -362,8 +369,10 @@ fn dropped_before_ack(mode: Mode, junk: Junk, reason: &str, n: usize) -> Run {
     assert_eq!(
         run.drops(reason),
         n,
-        "kernel backlog drops since boot: {}; log:\n{}",
+        "kernel backlog drops since boot: {}; server sent {} frames, errors {:?}; log:\n{}",
         backlog_drops(),
+        run.server.sent(),
+        run.server.send_errors(),
         run.net.client_log()
     );
     assert_eq!(st["counters"]["acks"], 1, "{st}");

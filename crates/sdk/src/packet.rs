@@ -86,8 +86,24 @@ impl PacketSocket {
     /// that craft their own replies: receives unfragmented IPv4/UDP to port
     /// 67 and ARP, with the same locked filter, auxdata and own-traffic
     /// suppression. Needs `CAP_NET_RAW`.
+    ///
+    /// Its frames bypass the device's queueing discipline
+    /// (`PACKET_QDISC_BYPASS`): a test brings the client's end of a veth
+    /// pair up just before the exchange, and the kernel attaches the
+    /// server end's queue only when its link watcher gets round to the
+    /// carrier change (up to a second later on a busy machine). Until then
+    /// the placeholder queue drops every frame while `send` reports
+    /// success, and a test that counts what the client did with each frame
+    /// would count frames that never left.
     pub fn open_server(ifindex: u32) -> io::Result<PacketSocket> {
-        Self::open_filtered(ifindex, filter_program_for(DHCP_SERVER_PORT, true))
+        let sock = Self::open_filtered(ifindex, filter_program_for(DHCP_SERVER_PORT, true))?;
+        setsockopt(
+            sock.fd.as_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &1i32,
+        )?;
+        Ok(sock)
     }
 
     fn open_filtered(ifindex: u32, mut program: Vec<libc::sock_filter>) -> io::Result<PacketSocket> {

@@ -32,6 +32,25 @@ const IDLE_POLL_MS: u64 = 20;
 const RECV_BUF: usize = 9216;
 /// Bound on the server's start-up (namespace, lookup, socket).
 const START_WITHIN: Duration = Duration::from_secs(10);
+/// A scripted reply the device refuses (a veth whose peer's ring is full
+/// under load refuses with ENOBUFS or ENETDOWN) is tried again this often,
+/// 1 ms apart: a case's frames must all go out, in order.
+const SEND_TRIES: u32 = 200;
+
+/// Send `frame`, trying again while the device refuses it for a moment.
+fn send_reliably(sock: &PacketSocket, frame: &[u8]) -> io::Result<()> {
+    let mut tries = 1;
+    loop {
+        match sock.send(frame) {
+            Ok(()) => return Ok(()),
+            Err(_) if tries < SEND_TRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// The server's link, as its `ctx` builder sees it.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +78,8 @@ pub struct RawServer<C, M> {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<M>>>,
     sent: Arc<AtomicU64>,
+    /// Scripted replies that could not be sent at all.
+    send_errors: Arc<Mutex<Vec<String>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -82,8 +103,9 @@ where
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::<M>::new()));
         let sent = Arc::new(AtomicU64::new(0));
+        let send_errors = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(C, Arc<PacketSocket>), String>>();
-        let (stop2, seen2, sent2) = (stop.clone(), seen.clone(), sent.clone());
+        let (stop2, seen2, sent2, errors2) = (stop.clone(), seen.clone(), sent.clone(), send_errors.clone());
         let Spec { ns, ifname, open } = spec;
         let thread = std::thread::spawn(move || {
             // setns affects this thread only: the socket and the interface
@@ -126,8 +148,11 @@ where
                     m
                 };
                 for frame in script(&ctx, &msg) {
-                    if sock.send(&frame).is_ok() {
-                        sent2.fetch_add(1, Ordering::Relaxed);
+                    match send_reliably(&sock, &frame) {
+                        Ok(()) => {
+                            sent2.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors2.lock().unwrap().push(e.to_string()),
                     }
                 }
             }
@@ -142,6 +167,7 @@ where
             stop,
             seen,
             sent,
+            send_errors,
             thread: Some(thread),
         }
     }
@@ -153,7 +179,7 @@ where
     /// Send frames now, unsolicited (replays, forged messages...).
     pub fn inject(&self, frames: &[Vec<u8>]) {
         for f in frames {
-            self.sock.send(f).expect("inject");
+            send_reliably(&self.sock, f).expect("inject");
             self.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -166,6 +192,13 @@ where
     /// Messages so far that `pred` matches.
     pub fn count_where(&self, pred: impl Fn(&M) -> bool) -> usize {
         self.seen.lock().unwrap().iter().filter(|m| pred(m)).count()
+    }
+
+    /// Scripted replies the device refused even after retries: a case
+    /// whose frames did not all go out proves nothing (tests assert this
+    /// is empty).
+    pub fn send_errors(&self) -> Vec<String> {
+        self.send_errors.lock().unwrap().clone()
     }
 
     /// Frames the server has sent (replies, injections, floods).
