@@ -3,7 +3,8 @@
 //! drift apart.
 //!
 //! A hypercall is one `out dx, al` from ring 3 with the port (below) in
-//! `rdx` and the arguments in `rdi`, `rsi` and `r8`. The tender answers in
+//! `rdx` and the arguments in `rdi`, `rsi` and `r8`; the TSS's I/O bitmap
+//! opens exactly these ports to ring 3 (IOPL stays 0). The tender answers in
 //! `rax` (and `rdx` for [`PORT_RECV`]) and resumes the guest after the `out`.
 //! The byte written is ignored. Every pointer is a guest address; the
 //! tender checks it against the guest's memory map before it copies a byte.
@@ -22,7 +23,8 @@ pub const PORT_RECV: u16 = 0x7a0;
 /// Send one message: `rdi` the route ([`ROUTE_SUPERVISOR`] or
 /// [`ROUTE_PEER`]), `rsi` the bytes, `r8` their length (at most the
 /// runtime's cap, `mirage_engine::codec::MAX_MESSAGE_LEN`). Returns
-/// [`SEND_OK`] or [`SEND_NO_PEER`] in `rax`.
+/// [`SEND_OK`] in `rax`; a message the tender cannot deliver (a route with
+/// no channel, a closed channel) ends the guest instead.
 pub const PORT_SEND: u16 = 0x7a1;
 /// Log one line: `rdi` the bytes, `rsi` their length (longer lines are cut
 /// at [`LOG_MAX`]).
@@ -44,8 +46,6 @@ pub const ROUTE_SUPERVISOR: u64 = 0;
 pub const ROUTE_PEER: u64 = 1;
 
 pub const SEND_OK: u64 = 0;
-/// The engine routed a message to a peer, but it has no direct channel.
-pub const SEND_NO_PEER: u64 = 1;
 
 pub const SEED_LEN: usize = 32;
 pub const LOG_MAX: usize = 1024;

@@ -15,10 +15,11 @@ use mirage_kvm_abi as abi;
 pub unsafe fn raw(port: u16, a: u64, b: u64, c: u64) -> (u64, u64) {
     let r0: u64;
     let r1: u64;
-    // SAFETY: `out` from ring 3 with IOPL 3 exits to the tender, which
-    // reads or writes only what the caller's contract allows, then resumes
-    // after the instruction with `rax`/`rdx` set. No memory clobber is
-    // declared absent: the tender may have written guest memory.
+    // SAFETY: `out` to a hypercall port (the only ports the TSS opens to
+    // ring 3) exits to the tender, which reads or writes only what the
+    // caller's contract allows, then resumes after the instruction with
+    // `rax`/`rdx` set. Memory is not declared untouched: the tender may
+    // have written guest memory.
     unsafe {
         core::arch::asm!(
             "out dx, al",
@@ -53,15 +54,15 @@ pub fn recv(buf: &mut [u8], deadline_ms: u64) -> (Recv, u64) {
     (got, now)
 }
 
-/// Send one message; false if the route has no channel.
-pub fn send(to: Route, message: &[u8]) -> bool {
+/// Send one message: the tender's answer, [`abi::SEND_OK`] (a tender that
+/// cannot deliver it ends the guest instead).
+pub fn send(to: Route, message: &[u8]) -> u64 {
     let route = match to {
         Route::Supervisor => abi::ROUTE_SUPERVISOR,
         Route::Peer => abi::ROUTE_PEER,
     };
     // SAFETY: the tender only reads `message`, within its length.
-    let (r, _) = unsafe { raw(abi::PORT_SEND, route, message.as_ptr() as u64, message.len() as u64) };
-    r == abi::SEND_OK
+    unsafe { raw(abi::PORT_SEND, route, message.as_ptr() as u64, message.len() as u64) }.0
 }
 
 /// One line for the tender's log.

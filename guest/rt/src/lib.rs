@@ -71,8 +71,8 @@ pub struct HypercallHost {
 /// What the tender answered that the runner cannot go on from.
 #[derive(Debug)]
 pub enum HostError {
-    /// An action routed to a direct peer that the engine does not have.
-    NoPeer,
+    /// The tender answered a send with something other than SEND_OK.
+    SendRefused(u64),
     /// A length that does not fit the buffer given (a broken tender).
     BadLength(u64),
 }
@@ -80,9 +80,7 @@ pub enum HostError {
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HostError::NoPeer => {
-                f.write_str("an action routed to a peer, but the engine has no direct channel")
-            }
+            HostError::SendRefused(code) => write!(f, "the tender refused a message ({code})"),
             HostError::BadLength(n) => write!(f, "the tender returned a message of {n} bytes, over the buffer"),
         }
     }
@@ -107,10 +105,9 @@ impl Host for HypercallHost {
     }
 
     fn send(&mut self, to: Route, message: &[u8]) -> Result<(), HostError> {
-        if hypercall::send(to, message) {
-            Ok(())
-        } else {
-            Err(HostError::NoPeer)
+        match hypercall::send(to, message) {
+            mirage_kvm_abi::SEND_OK => Ok(()),
+            code => Err(HostError::SendRefused(code)),
         }
     }
 }
