@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_fpu, kvm_regs, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use mirage_engine::Host;
 use mirage_kvm_abi as abi;
 
@@ -75,6 +75,9 @@ pub struct Vm {
     mem: GuestMemory,
     layout: Layout,
     watchdog: Duration,
+    /// The registers travel in the shared `kvm_run` page (KVM_CAP_SYNC_REGS)
+    /// instead of two more ioctls per hypercall.
+    sync_regs: bool,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -108,12 +111,18 @@ impl Vm {
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         set_ring3_entry(&vcpu, &layout)?;
+        let mut vcpu = vcpu;
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        if sync_regs {
+            vcpu.set_sync_valid_reg(SyncReg::Register);
+        }
         Ok(Vm {
             vcpu,
             _vm: vm,
             mem,
             layout,
             watchdog: config.watchdog,
+            sync_regs,
         })
     }
 
@@ -164,7 +173,11 @@ impl Vm {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
                 Err(e) => return Err(kvm_err("KVM_RUN")(e)),
             };
-            let mut regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+            let regs = if self.sync_regs {
+                self.vcpu.sync_regs().regs
+            } else {
+                self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?
+            };
             if port == abi::PORT_FAULT {
                 return Err(self.fault(&regs));
             }
@@ -177,15 +190,22 @@ impl Vm {
             match hypercall::dispatch(args, &self.layout, self.mem.as_mut_slice(), host, log) {
                 Ok(Outcome::Exit(0)) => return Ok(()),
                 Ok(Outcome::Exit(status)) => return Err(VmError::Exited { status }),
-                Ok(Outcome::Resume { rax, rdx }) => {
-                    regs.rax = rax;
-                    if let Some(rdx) = rdx {
-                        regs.rdx = rdx;
-                    }
-                    self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-                }
+                Ok(Outcome::Resume { rax, rdx }) => self.resume_with(regs, rax, rdx)?,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Set the hypercall's results for the next entry.
+    fn resume_with(&mut self, mut regs: kvm_regs, rax: u64, rdx: Option<u64>) -> Result<(), VmError> {
+        regs.rax = rax;
+        regs.rdx = rdx.unwrap_or(regs.rdx);
+        if self.sync_regs {
+            self.vcpu.sync_regs_mut().regs = regs;
+            self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+            Ok(())
+        } else {
+            self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
         }
     }
 
