@@ -3,9 +3,18 @@
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let script = std::path::Path::new(&dir).join("../../guest.ld");
-    let script = script.canonicalize().expect("guest.ld beside the guest workspace");
+    let script = script
+        .canonicalize()
+        .expect("guest.ld beside the guest workspace");
     println!("cargo:rerun-if-changed={}", script.display());
-    for arg in ["-nostartfiles", "-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-Wl,-z,noexecstack"] {
+    for arg in [
+        "-nostartfiles",
+        "-nostdlib",
+        "-static",
+        "-no-pie",
+        "-Wl,--build-id=none",
+        "-Wl,-z,noexecstack",
+    ] {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());

@@ -45,7 +45,14 @@ pub enum Recv {
 /// the boot clock when the wait ended.
 pub fn recv(buf: &mut [u8], deadline_ms: u64) -> (Recv, u64) {
     // SAFETY: `buf` is writable for its length, the most the tender writes.
-    let (r, now) = unsafe { raw(abi::PORT_RECV, buf.as_mut_ptr() as u64, buf.len() as u64, deadline_ms) };
+    let (r, now) = unsafe {
+        raw(
+            abi::PORT_RECV,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            deadline_ms,
+        )
+    };
     let got = match r {
         abi::RECV_TIMEOUT => Recv::Timeout,
         abi::RECV_CLOSED => Recv::Closed,
@@ -62,7 +69,15 @@ pub fn send(to: Route, message: &[u8]) -> u64 {
         Route::Peer => abi::ROUTE_PEER,
     };
     // SAFETY: the tender only reads `message`, within its length.
-    unsafe { raw(abi::PORT_SEND, route, message.as_ptr() as u64, message.len() as u64) }.0
+    unsafe {
+        raw(
+            abi::PORT_SEND,
+            route,
+            message.as_ptr() as u64,
+            message.len() as u64,
+        )
+    }
+    .0
 }
 
 /// One line for the tender's log.

@@ -81,7 +81,9 @@ impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostError::SendRefused(code) => write!(f, "the tender refused a message ({code})"),
-            HostError::BadLength(n) => write!(f, "the tender returned a message of {n} bytes, over the buffer"),
+            HostError::BadLength(n) => {
+                write!(f, "the tender returned a message of {n} bytes, over the buffer")
+            }
         }
     }
 }
@@ -115,7 +117,10 @@ impl Host for HypercallHost {
 /// A line for the tender's log, formatted without the heap (it may be what
 /// failed) and cut at [`mirage_kvm_abi::LOG_MAX`].
 pub fn log_fmt(args: fmt::Arguments<'_>) {
-    let mut line = LineBuf { buf: [0; mirage_kvm_abi::LOG_MAX], len: 0 };
+    let mut line = LineBuf {
+        buf: [0; mirage_kvm_abi::LOG_MAX],
+        len: 0,
+    };
     let _ = line.write_fmt(args);
     hypercall::log(&line.buf[..line.len]);
 }
