@@ -73,8 +73,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Image<'_>, String> {
         let at = phoff
             .checked_add(i.checked_mul(phentsize).ok_or_else(short)?)
             .ok_or_else(short)?;
-        let ph = bytes
-            .get(at..at + 56)
+        let ph = at
+            .checked_add(56)
+            .and_then(|end| bytes.get(at..end))
             .ok_or("program header past the end of the file")?;
         let kind = u32_at(ph, 0).ok_or_else(short)?;
         match kind {

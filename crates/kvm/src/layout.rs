@@ -112,7 +112,7 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub fn new(image: &Image<'_>, memory: usize, stack: usize) -> Result<Layout, String> {
-        if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || memory as u64 % PAGE_SIZE != 0 {
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || !(memory as u64).is_multiple_of(PAGE_SIZE) {
             return Err(format!(
                 "guest memory of {memory} bytes: must be whole pages from {MIN_MEMORY} to {MAX_MEMORY}"
             ));
@@ -147,16 +147,10 @@ impl Layout {
                 (false, true) => Perm::UserExec,
                 (false, false) => Perm::UserRead,
             };
-            for p in page(s.vaddr)..page(s.end().div_ceil(PAGE_SIZE) * PAGE_SIZE) {
-                perms[p] = perm;
-            }
+            perms[page(s.vaddr)..page(s.end().div_ceil(PAGE_SIZE) * PAGE_SIZE)].fill(perm);
         }
-        for p in page(heap_start)..page(heap_end) {
-            perms[p] = Perm::UserWrite;
-        }
-        for p in page(stack_bottom)..pages {
-            perms[p] = Perm::UserWrite;
-        }
+        perms[page(heap_start)..page(heap_end)].fill(Perm::UserWrite);
+        perms[page(stack_bottom)..pages].fill(Perm::UserWrite);
         Ok(Layout {
             memory,
             entry: image.entry,
@@ -261,7 +255,7 @@ impl Layout {
         for (i, perm) in self.perms.iter().enumerate() {
             let flags = perm.pte_flags();
             if flags != 0 {
-                put(mem, PT_BASE + i as u64 * 8, i as u64 * PAGE_SIZE | flags);
+                put(mem, PT_BASE + i as u64 * 8, (i as u64 * PAGE_SIZE) | flags);
             }
         }
     }

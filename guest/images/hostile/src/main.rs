@@ -104,7 +104,8 @@ extern "Rust" fn __mirage_guest_main() -> ! {
             };
         }
         EXECUTE_DATA => {
-            let ret = vec![0xc3u8; 16];
+            // On the heap: the data the attack tries to run.
+            let ret = alloc::boxed::Box::new([0xc3u8; 16]);
             // SAFETY: none: the attack. The heap is never executable.
             let f: extern "C" fn() = unsafe { core::mem::transmute(ret.as_ptr()) };
             f();
