@@ -89,6 +89,45 @@ fn the_heartbeat_engine_runs_as_a_guest() {
 }
 
 #[test]
+fn the_dhcp_engine_runs_as_a_guest_and_sends_a_discover() {
+    use mirage_ipc::{
+        ClientIdKind, EngineAction, EngineConfig, EngineStart, FromEngine as FromDhcp, ToEngine as ToDhcp,
+    };
+    let Some(kvm) = common::kvm() else { return };
+    let (sup, far) = Channel::pair().unwrap();
+    let mac = [2, 0, 0, 0, 0, 1];
+    sup.send(&ToDhcp::Start {
+        start: EngineStart {
+            config: EngineConfig::new(mac, ClientIdKind::Mac),
+            stored: None,
+            link_up: true,
+        },
+        seed: [3; 32],
+    })
+    .unwrap();
+    let vm = Vm::new(&kvm, mirage_kvm_testimages::DHCP, &Config::default()).unwrap();
+    let guest = std::thread::spawn(move || vm.run(&mut ChannelHost::new(far), &mut |l: &str| panic!("{l}")));
+    // Status and the like may come first; a broadcast frame from our MAC
+    // (the DISCOVER) must follow.
+    let frame = (0..10)
+        .find_map(|_| match sup.recv::<FromDhcp>().unwrap() {
+            Some(FromEngine::Action(EngineAction::Transmit(frame))) => Some(frame),
+            _ => None,
+        })
+        .expect("no frame from the DHCP guest");
+    assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
+    assert_eq!(&frame[6..12], &mac, "from our MAC");
+    // Take what else it says now (status), so that it waits in a receive
+    // (its retransmit timer is seconds away) when the channel closes.
+    use std::os::fd::AsFd;
+    while mirage_sdk::channel::wait_readable(&[sup.as_fd()], Some(200)).unwrap()[0] {
+        sup.recv::<FromDhcp>().unwrap();
+    }
+    drop(sup);
+    guest.join().unwrap().unwrap();
+}
+
+#[test]
 fn a_guest_that_never_gets_start_exits_cleanly_when_the_channel_closes() {
     let Some(kvm) = common::kvm() else { return };
     let (sup, far) = Channel::pair().unwrap();
