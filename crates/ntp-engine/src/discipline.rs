@@ -33,6 +33,7 @@ use alloc::vec::Vec;
 
 use mirage_engine::Instant;
 
+use crate::source::Projection;
 use crate::{Action, Config};
 
 /// Largest frequency correction, either way (RFC 5905 section 11.3 and the
@@ -57,6 +58,17 @@ const POLL_GATE: i64 = 4;
 /// RFC 5905 LIMIT: the poll-adjust counter's bound.
 const POLL_LIMIT: i32 = 30;
 
+/// What is left at `now` of a slew of `delta` asked at `at`.
+fn pending_slew_of(delta: i64, at: Instant, now: Instant) -> i64 {
+        // 1 ppm is 1 ns per ms.
+        let applied = i64::try_from(now.since(at))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(SLEW_RATE_PPM);
+        let left = delta.unsigned_abs().saturating_sub(applied.unsigned_abs());
+        let left = i64::try_from(left).unwrap_or(i64::MAX);
+        if delta < 0 { -left } else { left }
+}
+
 /// What the discipline did with an update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -79,6 +91,14 @@ pub struct Discipline {
     spike_since: Option<Instant>,
     /// The last slew asked for and when.
     slew: Option<(i64, Instant)>,
+    /// Corrections applied by steps and by slews since replaced (ns).
+    applied_ns: i128,
+    /// The frequency correction integrated up to `freq_since` (scaled
+    /// ppm times ms: ns times 2^16).
+    freq_integral: i128,
+    freq_since: Instant,
+    /// The last step asked for (taken back if the actuator refuses it).
+    last_step: i64,
     /// Where the frequency window began, and the wander summed since.
     window: Option<(Instant, i64)>,
     last_saved: Option<Instant>,
@@ -103,6 +123,10 @@ impl Discipline {
             last_update: None,
             spike_since: None,
             slew: None,
+            applied_ns: 0,
+            freq_integral: 0,
+            freq_since: Instant(0),
+            last_step: 0,
             window: None,
             last_saved: None,
             poll: config.min_poll,
@@ -121,16 +145,52 @@ impl Discipline {
 
     /// The part of the last slew not yet applied at `now`, signed as asked.
     pub fn pending_slew(&self, now: Instant) -> i64 {
-        let Some((delta, at)) = self.slew else {
-            return 0;
-        };
-        // 1 ppm is 1 ns per ms.
-        let applied = i64::try_from(now.since(at))
-            .unwrap_or(i64::MAX)
-            .saturating_mul(SLEW_RATE_PPM);
-        let left = delta.unsigned_abs().saturating_sub(applied.unsigned_abs());
-        let left = i64::try_from(left).unwrap_or(i64::MAX);
-        if delta < 0 { -left } else { left }
+        match self.slew {
+            Some((delta, at)) => pending_slew_of(delta, at, now),
+            None => 0,
+        }
+    }
+
+
+    /// The correction ledger at `now`, to project old samples onto the
+    /// clock as it is (see [`Projection`]).
+    pub fn projection(&self, now: Instant) -> Projection {
+        let slewed = self.slew.map_or(0, |(delta, _)| delta - self.pending_slew(now));
+        let by_freq = self.freq_integral + i128::from(self.freq) * i128::from(now.since(self.freq_since));
+        let ledger = self.applied_ns + i128::from(slewed) + by_freq / i128::from(SCALED_PPM);
+        Projection {
+            now,
+            ledger_ns: ledger.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+            freq: self.freq,
+            wander_ppm: self.wander_ppm(),
+        }
+    }
+
+    /// How far off the frequency may still be, ppm: anything up to the
+    /// maximum before its first estimate, narrowing with each one, PHI once
+    /// settled.
+    pub fn wander_ppm(&self) -> i64 {
+        match self.freq_updates {
+            0 => MAX_FREQ_PPM,
+            1 => 100,
+            2 => 50,
+            3 => 25,
+            _ => crate::source::PHI_PPM,
+        }
+    }
+
+    /// Book what the slew in progress applied, and drop the rest (a new
+    /// slew or a step replaces it).
+    fn retire_slew(&mut self, now: Instant) {
+        if let Some((delta, at)) = self.slew.take() {
+            self.applied_ns += i128::from(delta - pending_slew_of(delta, at, now));
+        }
+    }
+
+    fn set_freq(&mut self, now: Instant, freq: i64) {
+        self.freq_integral += i128::from(self.freq) * i128::from(now.since(self.freq_since));
+        self.freq_since = now;
+        self.freq = freq;
     }
 
     /// One new system estimate at `now`: `offset_ns` local minus
@@ -158,6 +218,7 @@ impl Discipline {
             self.frequency(now, offset_ns.saturating_add(self.pending_slew(now)), out);
             self.adjust_poll(now, offset_ns, jitter_ns);
         }
+        self.retire_slew(now);
         self.slew = Some((-offset_ns, now));
         self.last_update = Some(now);
         out.push(Action::Slew { delta_ns: -offset_ns });
@@ -173,17 +234,25 @@ impl Discipline {
     fn step(&mut self, now: Instant, offset_ns: i64, out: &mut Vec<Action>) -> Outcome {
         self.started = true;
         self.spike_since = None;
-        self.slew = None;
+        self.retire_slew(now);
+        self.applied_ns += i128::from(-offset_ns);
+        self.last_step = -offset_ns;
         self.window = None;
         self.last_update = Some(now);
         out.push(Action::Step { delta_ns: -offset_ns });
         Outcome::Stepped(-offset_ns)
     }
 
+    /// The actuator refused the last step: the clock did not move.
+    pub fn step_refused(&mut self) {
+        self.applied_ns -= i128::from(self.last_step);
+        self.last_step = 0;
+    }
+
     /// The clock was stepped (by us, once the actuator confirms): phase
     /// history is void, the frequency stands.
     pub fn stepped(&mut self, now: Instant) {
-        self.slew = None;
+        self.retire_slew(now);
         self.window = None;
         self.spike_since = None;
         self.last_update = Some(now);
@@ -206,7 +275,8 @@ impl Discipline {
         self.freq_updates = self.freq_updates.saturating_add(1);
         let gain = self.freq_updates.min(FREQ_GAIN_FLOOR);
         let moved = i128::from(self.freq) - rate / i128::from(gain);
-        self.freq = moved.clamp(-i128::from(MAX_FREQ_SCALED), i128::from(MAX_FREQ_SCALED)) as i64;
+        let freq = moved.clamp(-i128::from(MAX_FREQ_SCALED), i128::from(MAX_FREQ_SCALED)) as i64;
+        self.set_freq(now, freq);
         out.push(Action::SetFrequency {
             scaled_ppm: self.freq,
         });

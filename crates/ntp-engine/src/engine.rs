@@ -14,7 +14,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::discipline::{Discipline, Outcome};
 use crate::select::{Candidate, select};
-use crate::source::{Answer, MIN_DISPERSION_NS, Source};
+use crate::source::{Answer, MIN_DISPERSION_NS, Projection, Source};
 use crate::wire::{Kiss, Leap, NtpTimestamp, Packet, Repr};
 use crate::{
     Action, Config, Counters, Event, IntentKind, KernelStatus, MAX_SOURCES, NTP_PORT, Refusal, SourceOrigin,
@@ -181,12 +181,13 @@ impl Ntp {
     ) -> Result<(), Refusal> {
         let packet = Packet::new_checked(data).map_err(Refusal::Malformed)?;
         let repr = Repr::parse(&packet).map_err(Refusal::Malformed)?;
+        let projection = self.projection(now);
         let source = self
             .sources
             .iter_mut()
             .find(|s| s.addr == from)
             .ok_or(Refusal::UnknownSource)?;
-        match source.receive(&repr, t4, now, &self.config)? {
+        match source.receive(&repr, t4, projection, &self.config)? {
             Answer::Sample(_) => {
                 self.counters.samples += 1;
                 self.update(now, t4, out);
@@ -204,7 +205,18 @@ impl Ntp {
 
     /// Run selection over the sources and, with a new estimate, the
     /// discipline; publish status.
+    /// How old samples read against the clock now: through the
+    /// discipline's ledger, or as they are when nothing moves the clock.
+    fn projection(&self, now: Instant) -> Projection {
+        if self.config.observe {
+            Projection::none(now)
+        } else {
+            self.discipline.projection(now)
+        }
+    }
+
     fn update(&mut self, now: Instant, t4: NtpTimestamp, out: &mut Vec<Action>) {
+        let projection = self.projection(now);
         let mut candidates = Vec::new();
         let mut index = Vec::new();
         for (i, s) in self.sources.iter_mut().enumerate() {
@@ -212,7 +224,7 @@ impl Ntp {
             if s.denied.is_some() || s.unsynchronised || s.reach == 0 {
                 continue;
             }
-            let (Some((f, distance)), Some(info)) = (s.root_distance(now), s.server) else {
+            let (Some((f, distance)), Some(info)) = (s.root_distance(projection), s.server) else {
                 continue;
             };
             if distance > self.config.max_distance_ns {
@@ -246,7 +258,7 @@ impl Ntp {
                 }
                 let peer = &self.sources[index[selection.survivors[0]]];
                 // A survivor was a candidate: it has both.
-                let (Some((f, distance)), Some(info)) = (peer.root_distance(now), peer.server) else {
+                let (Some((f, distance)), Some(info)) = (peer.root_distance(projection), peer.server) else {
                     return;
                 };
                 let leaps = selection
@@ -343,6 +355,7 @@ impl Ntp {
     }
 
     fn step_refused(&mut self) {
+        self.discipline.step_refused();
         self.counters.steps_refused += 1;
         self.step = StepState::Held;
         self.state = SyncState::Held;
@@ -391,7 +404,7 @@ impl Ntp {
                 .sources
                 .iter()
                 .map(|s| {
-                    let f = s.filter.output(self.now);
+                    let f = s.filter.output(self.projection(self.now));
                     SourceStatus {
                         address: s.addr,
                         origin: s.origin,

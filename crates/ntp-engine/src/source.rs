@@ -66,6 +66,59 @@ pub struct Sample {
     /// Error bound at the time of measurement (epsilon).
     pub dispersion_ns: i64,
     pub at: Instant,
+    /// The engine's correction ledger when it was taken
+    /// ([`Projection`]).
+    pub ledger_ns: i64,
+}
+
+/// How to read an old sample against the clock as it is now. The engine
+/// keeps moving the clock (slews, steps, frequency changes), so a sample's
+/// offset is stale by what was applied since it was taken; the lowest-delay
+/// sample of the filter is often minutes old, and without this the filter
+/// would keep reporting offsets that were corrected long ago. The ledger is
+/// the sum of corrections applied up to a time (slews as far as they have
+/// progressed, steps, and the frequency correction integrated); a sample's
+/// offset now is its offset then, plus the ledger's growth since, minus
+/// what the current frequency correction alone would have applied (the
+/// current frequency is taken to cancel the oscillator's own drift). What
+/// this cannot know, the drift left over, is what PHI's dispersion growth
+/// covers (RFC 5905 section 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Projection {
+    pub now: Instant,
+    pub ledger_ns: i64,
+    /// The frequency correction in force, scaled ppm.
+    pub freq: i64,
+    /// How fast an old sample's error may grow, ppm: [`PHI_PPM`] once the
+    /// frequency is known, up to the largest drift before (a 200 ppm
+    /// oscillator makes a minute-old sample 12 ms wrong).
+    pub wander_ppm: i64,
+}
+
+impl Projection {
+    /// No corrections (observe mode, tests).
+    pub const fn none(now: Instant) -> Projection {
+        Projection {
+            now,
+            ledger_ns: 0,
+            freq: 0,
+            wander_ppm: PHI_PPM,
+        }
+    }
+
+    /// What `ms` of age adds to a sample's error bound.
+    pub fn aging_ns(&self, ms: u64) -> i64 {
+        phi_ns(ms).saturating_mul(self.wander_ppm.max(PHI_PPM)) / PHI_PPM
+    }
+
+    /// `sample`'s offset as if measured `now`.
+    pub fn offset(&self, sample: &Sample) -> i64 {
+        let age_ms = i128::from(self.now.since(sample.at));
+        let by_freq = i128::from(self.freq) * age_ms / (1 << 16);
+        let shift = i128::from(self.ledger_ns) - i128::from(sample.ledger_ns) - by_freq;
+        let v = i128::from(sample.offset_ns) + shift;
+        v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
 }
 
 impl Sample {
@@ -98,6 +151,7 @@ impl Sample {
             delay_ns: delay,
             dispersion_ns: dispersion,
             at,
+            ledger_ns: 0,
         })
     }
 }
@@ -139,8 +193,17 @@ impl ClockFilter {
         self.samples[0].is_none()
     }
 
-    /// The lowest-delay sample's offset and delay, with dispersion and
-    /// jitter over the samples held, aged to `now` (RFC 5905 section 10).
+    /// The best sample's offset and delay, with dispersion and jitter over
+    /// the samples held, aged and projected to `p.now` (RFC 5905 section
+    /// 10).
+    ///
+    /// The best sample is the one with the smallest error bound now: half
+    /// its delay plus its aged dispersion. Among samples of about the same
+    /// age that is the lowest delay, as in the RFC; but a much older sample
+    /// must have had a much better delay to win, by how far the clock may
+    /// have wandered since (see [`Projection`]). Choosing by delay alone
+    /// keeps a minutes-old sample in charge while the frequency is still
+    /// being learnt.
     ///
     /// Unlike the RFC, empty stages do not count as MAXDISP samples: that
     /// padding keeps a new source out of selection until four replies have
@@ -148,17 +211,17 @@ impl ClockFilter {
     /// sample (half the round trip plus the server's root distance) already
     /// holds the true offset by causality, so one reply is enough to take
     /// part, and the first estimate comes after one round trip.
-    pub fn output(&self, now: Instant) -> Option<FilterOutput> {
+    pub fn output(&self, p: Projection) -> Option<FilterOutput> {
         let mut held: [(i64, i64, i64, Instant); FILTER_LEN] = [(0, 0, 0, Instant(0)); FILTER_LEN];
         let mut n = 0;
         for s in self.samples.iter().flatten() {
-            let aged = s.dispersion_ns.saturating_add(phi_ns(now.since(s.at)));
-            held[n] = (s.delay_ns, s.offset_ns, aged, s.at);
+            let aged = s.dispersion_ns.saturating_add(p.aging_ns(p.now.since(s.at)));
+            held[n] = (s.delay_ns, p.offset(s), aged, s.at);
             n += 1;
         }
         let held = &mut held[..n];
-        // Stable: among equal delays the newer sample stays first.
-        held.sort_by_key(|&(delay, ..)| delay);
+        // Stable: among equal bounds the newer sample stays first.
+        held.sort_by_key(|&(delay, _, aged, _)| (delay / 2).saturating_add(aged));
         let &(delay, offset, _, at) = held.first()?;
         let dispersion = held
             .iter()
@@ -351,9 +414,10 @@ impl Source {
         &mut self,
         repr: &Repr,
         t4: NtpTimestamp,
-        now: Instant,
+        p: Projection,
         config: &Config,
     ) -> Result<Answer, Refusal> {
+        let now = p.now;
         let Some(request) = self.outstanding else {
             return Err(Refusal::NotAwaited);
         };
@@ -385,8 +449,9 @@ impl Source {
             return Err(Refusal::ZeroTimestamp);
         }
         let t1 = request.sent.ok_or(Refusal::NoTransmitTime)?;
-        let sample = Sample::from_exchange(t1, repr.receive, repr.transmit, t4, repr.precision, now)
+        let mut sample = Sample::from_exchange(t1, repr.receive, repr.transmit, t4, repr.precision, now)
             .ok_or(Refusal::BadTimestamps)?;
+        sample.ledger_ns = p.ledger_ns;
         let info = ServerInfo {
             stratum: repr.stratum,
             leap: repr.leap,
@@ -449,8 +514,8 @@ impl Source {
 
     /// Root distance (RFC 5905 appendix A.5.5.2, root_dist): the bound on
     /// this source's error now, `None` when it has no sample.
-    pub fn root_distance(&self, now: Instant) -> Option<(FilterOutput, i64)> {
-        let f = self.filter.output(now)?;
+    pub fn root_distance(&self, p: Projection) -> Option<(FilterOutput, i64)> {
+        let f = self.filter.output(p)?;
         let info = self.server?;
         let lambda = (info
             .root_delay_ns
@@ -511,25 +576,26 @@ mod tests {
             delay_ns: delay_ms * 1_000_000,
             dispersion_ns: 1_000,
             at: Instant(at),
+            ledger_ns: 0,
         }
     }
 
     #[test]
     fn the_filter_keeps_eight_and_the_lowest_delay_wins() {
         let mut f = ClockFilter::default();
-        assert_eq!(f.output(Instant(0)), None);
+        assert_eq!(f.output(Projection::none(Instant(0))), None);
         f.push(sample(5, 30, 0));
         f.push(sample(1, 10, 1000));
         f.push(sample(9, 50, 2000));
-        let out = f.output(Instant(2000)).unwrap();
+        let out = f.output(Projection::none(Instant(2000))).unwrap();
         assert_eq!(
             (out.offset_ns, out.delay_ns, out.at),
             (1_000_000, 10_000_000, Instant(1000))
         );
         // Jitter: RMS of (5-1, 9-1) ms = sqrt((16+64)/2) ms.
         assert_eq!(out.jitter_ns, 6_324_555);
-        // Dispersion ages at PHI: the chosen sample (2 s old... 1 s old) is
-        // weighted 1/2, the next 1/4, the next 1/8.
+        // Dispersion ages at PHI; in order of error bound the chosen sample
+        // (1 s old) is weighted 1/2, the next 1/4, the next 1/8.
         let aged = |d: i64, age_ms: u64| d + phi_ns(age_ms);
         assert_eq!(
             out.dispersion_ns,
@@ -539,7 +605,7 @@ mod tests {
             f.push(sample(i, 40, 3000 + i as u64));
         }
         assert_eq!(f.len(), FILTER_LEN, "the oldest fall out");
-        assert_eq!(f.output(Instant(4000)).unwrap().delay_ns, 40_000_000);
+        assert_eq!(f.output(Projection::none(Instant(4000))).unwrap().delay_ns, 40_000_000);
         f.clear();
         assert!(f.is_empty());
     }
@@ -588,22 +654,22 @@ mod tests {
         let mut forged = r;
         forged.origin = NtpTimestamp(cookie.0 ^ 1);
         assert_eq!(
-            s.receive(&forged, ts(10), Instant(10), &c),
+            s.receive(&forged, ts(10), Projection::none(Instant(10)), &c),
             Err(Refusal::WrongOrigin)
         );
         forged.origin = NtpTimestamp::ZERO;
         assert_eq!(
-            s.receive(&forged, ts(10), Instant(10), &c),
+            s.receive(&forged, ts(10), Projection::none(Instant(10)), &c),
             Err(Refusal::ZeroOrigin)
         );
         assert_eq!(s.reach, 0, "forgeries change nothing");
         assert!(matches!(
-            s.receive(&r, ts(10), Instant(10), &c),
+            s.receive(&r, ts(10), Projection::none(Instant(10)), &c),
             Ok(Answer::Sample(_))
         ));
         assert_eq!(s.reach, 1);
         assert_eq!(
-            s.receive(&r, ts(11), Instant(11), &c),
+            s.receive(&r, ts(11), Projection::none(Instant(11)), &c),
             Err(Refusal::NotAwaited),
             "replay"
         );
@@ -640,10 +706,10 @@ mod tests {
             let (mut s, cookie) = polled();
             let mut r = reply(cookie, ts(5), ts(6));
             damage(&mut r);
-            assert_eq!(s.receive(&r, ts(10), Instant(10), &c), Err(reason), "{name}");
+            assert_eq!(s.receive(&r, ts(10), Projection::none(Instant(10)), &c), Err(reason), "{name}");
             assert!(s.filter.is_empty(), "{name}");
             assert_eq!(
-                s.receive(&reply(cookie, ts(5), ts(6)), ts(10), Instant(10), &c),
+                s.receive(&reply(cookie, ts(5), ts(6)), ts(10), Projection::none(Instant(10)), &c),
                 Err(Refusal::NotAwaited),
                 "{name}: the request is used up"
             );
@@ -651,7 +717,7 @@ mod tests {
         // T4 before T1.
         let (mut s, cookie) = polled();
         assert_eq!(
-            s.receive(&reply(cookie, ts(5), ts(6)), ts(-1), Instant(10), &c),
+            s.receive(&reply(cookie, ts(5), ts(6)), ts(-1), Projection::none(Instant(10)), &c),
             Err(Refusal::BadTimestamps)
         );
         // No T1 reported.
@@ -664,7 +730,7 @@ mod tests {
         s.transmit(Instant(0), NtpTimestamp(7), 6, &c, 0);
         assert_eq!(s.sent(NtpTimestamp(8), ts(0)), Err(Refusal::UnknownTransmit));
         assert_eq!(
-            s.receive(&reply(NtpTimestamp(7), ts(5), ts(6)), ts(10), Instant(10), &c),
+            s.receive(&reply(NtpTimestamp(7), ts(5), ts(6)), ts(10), Projection::none(Instant(10)), &c),
             Err(Refusal::NoTransmitTime)
         );
     }
@@ -681,7 +747,7 @@ mod tests {
         };
         let (mut s, cookie) = polled();
         assert_eq!(
-            s.receive(&kod(cookie, b"RATE"), ts(10), Instant(10), &c),
+            s.receive(&kod(cookie, b"RATE"), ts(10), Projection::none(Instant(10)), &c),
             Ok(Answer::Kiss(Kiss::Rate))
         );
         assert_eq!(s.state(), SourceState::KodRate);
@@ -692,7 +758,7 @@ mod tests {
         // Repeated RATE climbs, capped.
         for _ in 0..20 {
             s.sent(NtpTimestamp(99), ts(0)).unwrap();
-            s.receive(&kod(NtpTimestamp(99), b"RATE"), ts(10), Instant(10), &c)
+            s.receive(&kod(NtpTimestamp(99), b"RATE"), ts(10), Projection::none(Instant(10)), &c)
                 .unwrap();
             s.transmit(s.next_poll, NtpTimestamp(99), c.min_poll, &c, 0);
         }
@@ -700,19 +766,19 @@ mod tests {
 
         for code in [b"DENY", b"RSTR"] {
             let (mut s, cookie) = polled();
-            assert!(s.receive(&kod(cookie, code), ts(10), Instant(10), &c).is_ok());
+            assert!(s.receive(&kod(cookie, code), ts(10), Projection::none(Instant(10)), &c).is_ok());
             assert!(!s.due(Instant::NEVER));
             assert_eq!(s.state(), SourceState::KodDeny);
         }
         let (mut s, cookie) = polled();
         assert_eq!(
-            s.receive(&kod(cookie, b"INIT"), ts(10), Instant(10), &c),
+            s.receive(&kod(cookie, b"INIT"), ts(10), Projection::none(Instant(10)), &c),
             Err(Refusal::UnknownKiss)
         );
         // A kiss with the wrong origin is not a kiss.
         let (mut s, cookie) = polled();
         assert_eq!(
-            s.receive(&kod(NtpTimestamp(cookie.0 + 1), b"DENY"), ts(10), Instant(10), &c),
+            s.receive(&kod(NtpTimestamp(cookie.0 + 1), b"DENY"), ts(10), Projection::none(Instant(10)), &c),
             Err(Refusal::WrongOrigin)
         );
         assert!(s.denied.is_none());
