@@ -17,11 +17,16 @@
 //!   last slew is still pending, so what it measures beyond that is the
 //!   clock's own wander.
 //! - **Frequency.** That wander, summed over at least
-//!   [`FREQ_WINDOW_MS`] and divided by the time, is the frequency error; the
-//!   estimate moves by a weight of 1/k at its k-th update (the first one
-//!   takes the whole error), never under 1/[`FREQ_GAIN_FLOOR`], so noise is
-//!   averaged once the estimate has settled. A stored frequency starts the
-//!   loop at that settled weight. It stays within +-[`MAX_FREQ_PPM`].
+//!   [`FREQ_WINDOW_MS`] and divided by the time, is a measurement of the
+//!   frequency error, with an uncertainty of about two jitters over the
+//!   span. The estimate moves towards it by the weight a scalar Kalman
+//!   filter gives: its own variance against the measurement's. So the
+//!   first measurement is taken nearly whole, later ones are averaged, and
+//!   on a noisy path (tens of milliseconds of queueing) a single update
+//!   moves the frequency little, where a fixed gain would turn the noise
+//!   into ppm and the ppm into a wandering clock. The variance grows slowly
+//!   between updates ([`FREQ_PROCESS_VAR_PER_S`]). A stored frequency starts with a variance of 1 ppm^2.
+//!   It stays within +-[`MAX_FREQ_PPM`].
 //! - **Poll.** The system poll climbs from the minimum to the maximum while
 //!   offsets stay within a few jitters, and falls back when they do not
 //!   (RFC 5905 section 11.3, the poll-adjust rule with its counter).
@@ -48,25 +53,38 @@ pub const SLEW_RATE_PPM: i64 = 500;
 /// Shortest span over which a frequency error is measured: shorter spans
 /// (the start-up burst's 2 s) would turn timestamp noise into ppm.
 pub const FREQ_WINDOW_MS: u64 = 60_000;
-/// The frequency estimate's weight never falls under 1/this.
-pub const FREQ_GAIN_FLOOR: i64 = 4;
-/// Frequency updates before the estimate counts as settled (saved, and the
-/// weight a stored frequency starts at).
-pub const SETTLED_FREQ_UPDATES: i64 = FREQ_GAIN_FLOOR;
+/// How fast the frequency estimate's variance grows, (scaled ppm)^2 per
+/// second: (1 ppm)^2 in four hours. More than a quiet oscillator wanders: it
+/// stands for what the model misses too (temperature, a start-up slew
+/// still running), so that an estimate is never trusted so much that a
+/// real change takes hours to follow.
+pub const FREQ_PROCESS_VAR_PER_S: u128 = (1 << 32) / 14_400;
+/// The estimate counts as settled (it is saved) once its standard
+/// deviation is under 2 ppm.
+pub const SETTLED_FREQ_SD: i64 = 2 * SCALED_PPM;
 /// RFC 5905 PGATE: an offset within this many jitters is "in the noise".
 const POLL_GATE: i64 = 4;
 /// RFC 5905 LIMIT: the poll-adjust counter's bound.
 const POLL_LIMIT: i32 = 30;
 
+fn sq(v: i64) -> u128 {
+    let v = u128::from(v.unsigned_abs());
+    v * v
+}
+
+fn sq_i128(v: i128) -> i128 {
+    v.saturating_mul(v)
+}
+
 /// What is left at `now` of a slew of `delta` asked at `at`.
 fn pending_slew_of(delta: i64, at: Instant, now: Instant) -> i64 {
-        // 1 ppm is 1 ns per ms.
-        let applied = i64::try_from(now.since(at))
-            .unwrap_or(i64::MAX)
-            .saturating_mul(SLEW_RATE_PPM);
-        let left = delta.unsigned_abs().saturating_sub(applied.unsigned_abs());
-        let left = i64::try_from(left).unwrap_or(i64::MAX);
-        if delta < 0 { -left } else { left }
+    // 1 ppm is 1 ns per ms.
+    let applied = i64::try_from(now.since(at))
+        .unwrap_or(i64::MAX)
+        .saturating_mul(SLEW_RATE_PPM);
+    let left = delta.unsigned_abs().saturating_sub(applied.unsigned_abs());
+    let left = i64::try_from(left).unwrap_or(i64::MAX);
+    if delta < 0 { -left } else { left }
 }
 
 /// What the discipline did with an update.
@@ -83,8 +101,8 @@ pub enum Outcome {
 pub struct Discipline {
     /// Frequency correction in scaled ppm.
     pub freq: i64,
-    /// Frequency updates so far (a stored frequency counts as settled).
-    freq_updates: i64,
+    /// Variance of `freq`, (scaled ppm)^2.
+    freq_var: u128,
     started: bool,
     last_update: Option<Instant>,
     /// The first of a run of over-threshold offsets.
@@ -108,6 +126,7 @@ pub struct Discipline {
     step_threshold_ns: i64,
     stepout_ms: u64,
     drift_save_ms: u64,
+    gap_ms: u64,
     min_poll: u8,
     max_poll: u8,
 }
@@ -118,7 +137,11 @@ impl Discipline {
         let stored = stored.filter(|f| f.abs() <= MAX_FREQ_SCALED);
         Discipline {
             freq: stored.unwrap_or(0),
-            freq_updates: if stored.is_some() { SETTLED_FREQ_UPDATES } else { 0 },
+            freq_var: if stored.is_some() {
+                sq(SCALED_PPM)
+            } else {
+                sq(MAX_FREQ_SCALED)
+            },
             started: false,
             last_update: None,
             spike_since: None,
@@ -134,6 +157,7 @@ impl Discipline {
             step_threshold_ns: i64::try_from(config.step_threshold_ns).unwrap_or(i64::MAX),
             stepout_ms: u64::from(config.stepout_secs) * 1000,
             drift_save_ms: u64::from(config.drift_save_secs) * 1000,
+            gap_ms: config.gap_ms(),
             min_poll: config.min_poll,
             max_poll: config.max_poll,
         }
@@ -151,7 +175,6 @@ impl Discipline {
         }
     }
 
-
     /// The correction ledger at `now`, to project old samples onto the
     /// clock as it is (see [`Projection`]).
     pub fn projection(&self, now: Instant) -> Projection {
@@ -166,17 +189,11 @@ impl Discipline {
         }
     }
 
-    /// How far off the frequency may still be, ppm: anything up to the
-    /// maximum before its first estimate, narrowing with each one, PHI once
-    /// settled.
+    /// How far off the frequency may still be, ppm: two standard
+    /// deviations of the estimate, within [PHI, the maximum].
     pub fn wander_ppm(&self) -> i64 {
-        match self.freq_updates {
-            0 => MAX_FREQ_PPM,
-            1 => 100,
-            2 => 50,
-            3 => 25,
-            _ => crate::source::PHI_PPM,
-        }
+        let sd = i64::try_from(self.freq_var.isqrt()).unwrap_or(i64::MAX);
+        (2 * sd / SCALED_PPM).clamp(crate::source::PHI_PPM, MAX_FREQ_PPM)
     }
 
     /// Book what the slew in progress applied, and drop the rest (a new
@@ -194,12 +211,13 @@ impl Discipline {
     }
 
     /// One new system estimate at `now`: `offset_ns` local minus
-    /// reference, `jitter_ns` the system jitter. Clock intents go to `out`.
+    /// reference, `jitter_ns` its noise (the system jitter, bounded by half
+    /// the round trip). Clock intents go to `out`.
     pub fn update(&mut self, now: Instant, offset_ns: i64, jitter_ns: i64, out: &mut Vec<Action>) -> Outcome {
         let over = offset_ns.unsigned_abs() > self.step_threshold_ns.unsigned_abs();
         // No estimate for much longer than any poll: the host was suspended
         // or the sources were silent. The clock may have jumped meanwhile.
-        let gap = self.last_update.is_none_or(|t| now.since(t) >= self.gap_ms());
+        let gap = self.last_update.is_none_or(|t| now.since(t) >= self.gap_ms);
         if over {
             let persisted = self.spike_since.is_some_and(|t| now.since(t) >= self.stepout_ms);
             if !self.started || gap || persisted {
@@ -215,7 +233,12 @@ impl Discipline {
             self.started = true;
             self.window = Some((now, 0));
         } else {
-            self.frequency(now, offset_ns.saturating_add(self.pending_slew(now)), out);
+            self.frequency(
+                now,
+                offset_ns.saturating_add(self.pending_slew(now)),
+                jitter_ns,
+                out,
+            );
             self.adjust_poll(now, offset_ns, jitter_ns);
         }
         self.retire_slew(now);
@@ -223,12 +246,6 @@ impl Discipline {
         self.last_update = Some(now);
         out.push(Action::Slew { delta_ns: -offset_ns });
         Outcome::Slewed
-    }
-
-    /// A pause in estimates longer than this is a gap: three maximum polls,
-    /// at least the stepout.
-    fn gap_ms(&self) -> u64 {
-        (3000u64 << self.max_poll).max(self.stepout_ms)
     }
 
     fn step(&mut self, now: Instant, offset_ns: i64, out: &mut Vec<Action>) -> Outcome {
@@ -261,7 +278,7 @@ impl Discipline {
     /// Add `wander_ns` (offset grown since the last update beyond the slew
     /// still pending) to the window; once the window is long enough, move
     /// the frequency against the rate it shows.
-    fn frequency(&mut self, now: Instant, wander_ns: i64, out: &mut Vec<Action>) {
+    fn frequency(&mut self, now: Instant, wander_ns: i64, jitter_ns: i64, out: &mut Vec<Action>) {
         let (since, sum) = self.window.unwrap_or((now, 0));
         let sum = sum.saturating_add(wander_ns);
         let span_ms = now.since(since);
@@ -272,16 +289,24 @@ impl Discipline {
         self.window = Some((now, 0));
         // ns per ms is ppm; scaled by 2^16. Positive: we run fast.
         let rate = i128::from(sum) * i128::from(SCALED_PPM) / i128::from(span_ms);
-        self.freq_updates = self.freq_updates.saturating_add(1);
-        let gain = self.freq_updates.min(FREQ_GAIN_FLOOR);
-        let moved = i128::from(self.freq) - rate / i128::from(gain);
+        let noise =
+            i128::from(jitter_ns.max(1)).saturating_mul(2 * i128::from(SCALED_PPM)) / i128::from(span_ms);
+        let measured_var = sq_i128(noise).clamp(1, 1 << 100);
+        let prior = self
+            .freq_var
+            .saturating_add(FREQ_PROCESS_VAR_PER_S.saturating_mul(u128::from(span_ms / 1000)));
+        // Kalman gain prior / (prior + measured), in i128 with both sides
+        // bounded by (2 * 500 ppm scaled)^2 = 2^51 or so.
+        let prior = prior.min(sq(2 * MAX_FREQ_SCALED)) as i128;
+        let moved = i128::from(self.freq) - rate.saturating_mul(prior) / (prior + measured_var);
+        self.freq_var = (prior.saturating_mul(measured_var) / (prior + measured_var)) as u128;
         let freq = moved.clamp(-i128::from(MAX_FREQ_SCALED), i128::from(MAX_FREQ_SCALED)) as i64;
         self.set_freq(now, freq);
         out.push(Action::SetFrequency {
             scaled_ppm: self.freq,
         });
         let save_due = self.last_saved.is_none_or(|t| now.since(t) >= self.drift_save_ms);
-        if self.freq_updates >= SETTLED_FREQ_UPDATES && save_due {
+        if self.freq_var <= sq(SETTLED_FREQ_SD) && save_due {
             self.last_saved = Some(now);
             out.push(Action::SaveDrift {
                 scaled_ppm: self.freq,

@@ -280,7 +280,13 @@ impl Ntp {
                     leap,
                 };
                 self.estimate = Some(estimate);
-                self.discipline_update(now, estimate, distance.max(MIN_DISPERSION_NS), out);
+                // The noise of the estimate, for the frequency loop: twice
+                // the system peer's queueing noise (FilterOutput::noise_ns;
+                // the margin covers timestamping noise it cannot see). The
+                // jitter would also count what a wrong frequency does to old
+                // samples, and so slow down the very correction needed.
+                let noise = f.noise_ns.saturating_mul(2).max(1);
+                self.discipline_update(now, estimate, noise, distance.max(MIN_DISPERSION_NS), out);
             }
             Some(_) => {}
             None => {
@@ -299,7 +305,14 @@ impl Ntp {
         out.push(Action::PublishStatus(self.status()));
     }
 
-    fn discipline_update(&mut self, now: Instant, e: Estimate, distance: i64, out: &mut Vec<Action>) {
+    fn discipline_update(
+        &mut self,
+        now: Instant,
+        e: Estimate,
+        noise: i64,
+        distance: i64,
+        out: &mut Vec<Action>,
+    ) {
         if self.config.observe {
             self.state = SyncState::Observing;
             return;
@@ -307,7 +320,7 @@ impl Ntp {
         if matches!(self.step, StepState::Asked(_)) {
             return;
         }
-        match self.discipline.update(now, e.offset_ns, e.jitter_ns, out) {
+        match self.discipline.update(now, e.offset_ns, noise, out) {
             Outcome::Stepped(_) => {
                 self.counters.steps_asked += 1;
                 self.step = StepState::Asked(now);

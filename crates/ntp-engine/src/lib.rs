@@ -154,6 +154,13 @@ impl Config {
         self
     }
 
+    /// A pause longer than this (ms) between a source's samples, or
+    /// between estimates, is a gap: three maximum polls, at least the
+    /// stepout. The host may have been suspended and its clock moved.
+    pub fn gap_ms(&self) -> u64 {
+        (3000u64 << self.max_poll).max(u64::from(self.stepout_secs) * 1000)
+    }
+
     /// Truechimers needed for an estimate among `usable` sources: the
     /// configured `min_agreeing`, else `min(3, usable / 2 + 1)` (see the
     /// crate docs), never 0.

@@ -165,6 +165,12 @@ pub struct FilterOutput {
     pub dispersion_ns: i64,
     /// RMS of the other samples' offsets around the chosen one.
     pub jitter_ns: i64,
+    /// How far queueing can have moved the chosen offset: half of its
+    /// delay above the least delay held, and at least an eighth of the
+    /// delays' spread (the least one had some queueing too). Unlike the
+    /// jitter it does not grow when old samples are projected with a wrong
+    /// frequency, so the frequency loop can weigh measurements by it.
+    pub noise_ns: i64,
     /// When the chosen sample was taken.
     pub at: Instant,
 }
@@ -191,6 +197,11 @@ impl ClockFilter {
 
     pub fn is_empty(&self) -> bool {
         self.samples[0].is_none()
+    }
+
+    /// The newest sample.
+    pub fn newest(&self) -> Option<&Sample> {
+        self.samples[0].as_ref()
     }
 
     /// The best sample's offset and delay, with dispersion and jitter over
@@ -223,6 +234,8 @@ impl ClockFilter {
         // Stable: among equal bounds the newer sample stays first.
         held.sort_by_key(|&(delay, _, aged, _)| (delay / 2).saturating_add(aged));
         let &(delay, offset, _, at) = held.first()?;
+        let least = held.iter().map(|h| h.0).min().unwrap_or(delay);
+        let most = held.iter().map(|h| h.0).max().unwrap_or(delay);
         let dispersion = held
             .iter()
             .enumerate()
@@ -241,6 +254,9 @@ impl ClockFilter {
             delay_ns: delay,
             dispersion_ns: dispersion,
             jitter_ns: jitter.max(precision_ns(LOCAL_PRECISION_LOG2)),
+            noise_ns: ((delay - least) / 2)
+                .max((most - least) / 8)
+                .max(precision_ns(LOCAL_PRECISION_LOG2)),
             at,
         })
     }
@@ -470,6 +486,16 @@ impl Source {
         self.unsynchronised = false;
         self.rate_limited = false;
         self.server = Some(info);
+        // After a gap the host may have slept and its clock moved: what
+        // came before says nothing about the clock now, and mixed in it
+        // would make this source's jitter (and so its distance) huge.
+        if self
+            .filter
+            .newest()
+            .is_some_and(|s| now.since(s.at) > config.gap_ms())
+        {
+            self.filter.clear();
+        }
         self.filter.push(sample);
         self.fresh = true;
         Ok(Answer::Sample(sample))
@@ -605,7 +631,10 @@ mod tests {
             f.push(sample(i, 40, 3000 + i as u64));
         }
         assert_eq!(f.len(), FILTER_LEN, "the oldest fall out");
-        assert_eq!(f.output(Projection::none(Instant(4000))).unwrap().delay_ns, 40_000_000);
+        assert_eq!(
+            f.output(Projection::none(Instant(4000))).unwrap().delay_ns,
+            40_000_000
+        );
         f.clear();
         assert!(f.is_empty());
     }
@@ -679,7 +708,8 @@ mod tests {
     #[test]
     fn every_reply_check_has_its_own_reason() {
         let c = config();
-        let cases: [(&str, fn(&mut Repr), Refusal); 9] = [
+        type Case = (&'static str, fn(&mut Repr), Refusal);
+        let cases: [Case; 9] = [
             ("mode 3", |r| r.mode = Mode::Client, Refusal::WrongMode),
             ("broadcast", |r| r.mode = Mode::Broadcast, Refusal::WrongMode),
             ("version 2", |r| r.version = 2, Refusal::WrongVersion),
@@ -706,10 +736,19 @@ mod tests {
             let (mut s, cookie) = polled();
             let mut r = reply(cookie, ts(5), ts(6));
             damage(&mut r);
-            assert_eq!(s.receive(&r, ts(10), Projection::none(Instant(10)), &c), Err(reason), "{name}");
+            assert_eq!(
+                s.receive(&r, ts(10), Projection::none(Instant(10)), &c),
+                Err(reason),
+                "{name}"
+            );
             assert!(s.filter.is_empty(), "{name}");
             assert_eq!(
-                s.receive(&reply(cookie, ts(5), ts(6)), ts(10), Projection::none(Instant(10)), &c),
+                s.receive(
+                    &reply(cookie, ts(5), ts(6)),
+                    ts(10),
+                    Projection::none(Instant(10)),
+                    &c
+                ),
                 Err(Refusal::NotAwaited),
                 "{name}: the request is used up"
             );
@@ -717,7 +756,12 @@ mod tests {
         // T4 before T1.
         let (mut s, cookie) = polled();
         assert_eq!(
-            s.receive(&reply(cookie, ts(5), ts(6)), ts(-1), Projection::none(Instant(10)), &c),
+            s.receive(
+                &reply(cookie, ts(5), ts(6)),
+                ts(-1),
+                Projection::none(Instant(10)),
+                &c
+            ),
             Err(Refusal::BadTimestamps)
         );
         // No T1 reported.
@@ -730,7 +774,12 @@ mod tests {
         s.transmit(Instant(0), NtpTimestamp(7), 6, &c, 0);
         assert_eq!(s.sent(NtpTimestamp(8), ts(0)), Err(Refusal::UnknownTransmit));
         assert_eq!(
-            s.receive(&reply(NtpTimestamp(7), ts(5), ts(6)), ts(10), Projection::none(Instant(10)), &c),
+            s.receive(
+                &reply(NtpTimestamp(7), ts(5), ts(6)),
+                ts(10),
+                Projection::none(Instant(10)),
+                &c
+            ),
             Err(Refusal::NoTransmitTime)
         );
     }
@@ -758,15 +807,23 @@ mod tests {
         // Repeated RATE climbs, capped.
         for _ in 0..20 {
             s.sent(NtpTimestamp(99), ts(0)).unwrap();
-            s.receive(&kod(NtpTimestamp(99), b"RATE"), ts(10), Projection::none(Instant(10)), &c)
-                .unwrap();
+            s.receive(
+                &kod(NtpTimestamp(99), b"RATE"),
+                ts(10),
+                Projection::none(Instant(10)),
+                &c,
+            )
+            .unwrap();
             s.transmit(s.next_poll, NtpTimestamp(99), c.min_poll, &c, 0);
         }
         assert_eq!(s.poll, RATE_MAX_POLL);
 
         for code in [b"DENY", b"RSTR"] {
             let (mut s, cookie) = polled();
-            assert!(s.receive(&kod(cookie, code), ts(10), Projection::none(Instant(10)), &c).is_ok());
+            assert!(
+                s.receive(&kod(cookie, code), ts(10), Projection::none(Instant(10)), &c)
+                    .is_ok()
+            );
             assert!(!s.due(Instant::NEVER));
             assert_eq!(s.state(), SourceState::KodDeny);
         }
@@ -778,7 +835,12 @@ mod tests {
         // A kiss with the wrong origin is not a kiss.
         let (mut s, cookie) = polled();
         assert_eq!(
-            s.receive(&kod(NtpTimestamp(cookie.0 + 1), b"DENY"), ts(10), Projection::none(Instant(10)), &c),
+            s.receive(
+                &kod(NtpTimestamp(cookie.0 + 1), b"DENY"),
+                ts(10),
+                Projection::none(Instant(10)),
+                &c
+            ),
             Err(Refusal::WrongOrigin)
         );
         assert!(s.denied.is_none());

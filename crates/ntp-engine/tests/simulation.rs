@@ -32,7 +32,10 @@ fn the_first_estimate_comes_after_one_round_trip_and_one_request_per_server() {
         assert!(done, "no estimate within 30 s");
         let (t, first) = s.clock_intents()[0].clone();
         let per_server: Vec<usize> = s.world.servers.iter().map(|x| x.requests.len()).collect();
-        println!("phase {phase} s: first clock intent after {} ms, requests per server {per_server:?}", t.0);
+        println!(
+            "phase {phase} s: first clock intent after {} ms, requests per server {per_server:?}",
+            t.0
+        );
         assert!(t < Instant(1000), "first estimate at {} ms", t.0);
         assert!(per_server.iter().all(|&n| n == 1), "{per_server:?}");
         match first {
@@ -44,8 +47,14 @@ fn the_first_estimate_comes_after_one_round_trip_and_one_request_per_server() {
             }
             other => panic!("phase {phase}: {other:?}"),
         }
-        s.run_for(MINUTE);
-        assert!(s.world.error_at(s.now).abs() < 0.001, "{}", s.world.error_at(s.now));
+        // A 40 ms slew takes 80 s at 500 ppm; after a step the 50 ppm
+        // drift is learnt again.
+        s.run_for(5 * MINUTE);
+        assert!(
+            s.world.error_at(s.now).abs() < 0.001,
+            "{}",
+            s.world.error_at(s.now)
+        );
         assert_eq!(s.last_status().state, SyncState::Synchronized);
     }
 }
@@ -54,24 +63,30 @@ fn the_first_estimate_comes_after_one_round_trip_and_one_request_per_server() {
 fn steady_state_error_is_bounded_under_drift_noise_and_asymmetry() {
     // LAN: sub-millisecond paths. WAN: a 5 ms asymmetry (a 2.5 ms bias no
     // NTP client can see) and 1 ms of queueing each way.
-    for (name, servers, bias, bound) in [
-        ("lan", lan_servers(4), 0.0, 0.000_1),
-        ("wan", wan_servers(4), 0.0025, 0.001),
+    for (name, servers, bias, bound, freq_bound) in [
+        ("lan", lan_servers(4), 0.0, 0.000_1, 0.05),
+        ("wan", wan_servers(4), 0.0025, 0.0015, 0.5),
     ] {
         for drift in [-200.0, -37.0, 0.0, 120.0, 200.0] {
             let mut s = sim(noisy(0.05, drift), servers.clone(), 3);
             s.run_until(Instant(3 * HOUR));
-            let worst = s.worst_error(Instant(12 * HOUR), 10_000);
+            let worst = s.worst_deviation(Instant(12 * HOUR), 10_000, bias);
             let freq = s.engine.frequency() as f64 / 65536.0;
             println!(
                 "{name} drift {drift:+} ppm: worst |error - bias| {:.1} us over hours 3-12 (bias {:.1} us), frequency {freq:+.3} ppm, poll 2^{}",
-                (worst - bias).abs() * 1e6,
+                worst * 1e6,
                 bias * 1e6,
                 s.last_status().poll
             );
-            assert!((worst - bias).abs() < bound, "{name} {drift}: worst {worst}");
-            assert!((freq + drift).abs() < 0.5, "{name} {drift}: frequency {freq}");
-            assert!(s.steps_asked().is_empty(), "{name} {drift}: a 50 ms start is slewed");
+            assert!(worst < bound, "{name} {drift}: worst {worst}");
+            assert!(
+                (freq + drift).abs() < freq_bound,
+                "{name} {drift}: frequency {freq}"
+            );
+            assert!(
+                s.steps_asked().is_empty(),
+                "{name} {drift}: a 50 ms start is slewed"
+            );
         }
     }
 }
@@ -163,11 +178,13 @@ fn kod_rate_raises_that_servers_poll() {
     s.run_until(Instant(12 * HOUR));
     let times = &s.world.servers[3].requests;
     let gaps: Vec<u64> = times.windows(2).map(|w| (w[1].0 - w[0].0) / 1000).collect();
-    println!("requests to a server that always says RATE: {} in 12 h, gaps (s) {gaps:?}", times.len());
+    println!(
+        "requests to a server that always says RATE: {} in 12 h, gaps (s) {gaps:?}",
+        times.len()
+    );
     // Each RATE doubles its interval up to 2^13 s; the burst stops at once.
-    assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
-    assert_eq!(gaps[0], 128);
-    assert!(gaps.iter().any(|&g| g >= 8192));
+    assert_eq!(&gaps[..7], &[128, 256, 512, 1024, 2048, 4096, 8192], "{gaps:?}");
+    assert!(gaps[7..].iter().all(|&g| g >= 8192), "{gaps:?}");
     assert!(times.len() <= 12, "{}", times.len());
     assert_eq!(s.last_status().sources[3].state, SourceState::KodRate);
     // A spoofed RATE (wrong origin) does nothing: see the forgery test.
@@ -238,7 +255,14 @@ fn forged_zero_origin_replayed_and_misaddressed_replies_change_nothing() {
         (deny(NtpTimestamp(cookie.0 ^ 0x100)), Refusal::WrongOrigin),
         (reply.clone(), Refusal::WrongOrigin),
     ] {
-        assert_eq!(s.handle(Event::Received { from: to, data, at: t4 }), Err(reason));
+        assert_eq!(
+            s.handle(Event::Received {
+                from: to,
+                data,
+                at: t4
+            }),
+            Err(reason)
+        );
     }
     // The right cookie from another port, or another address.
     let mut right = deny(cookie);
@@ -286,7 +310,10 @@ fn an_outage_backs_off_and_the_frequency_holds_the_clock() {
     });
     let worst = s.worst_error(Instant(6 * HOUR), 60_000);
     let during = s.world.servers.iter().map(|x| x.requests.len()).sum::<usize>() - before;
-    println!("2 h outage: {during} requests to 4 servers, worst error {:.1} us", worst * 1e6);
+    println!(
+        "2 h outage: {during} requests to 4 servers, worst error {:.1} us",
+        worst * 1e6
+    );
     assert!(during <= 4 * 8, "{during}");
     // Free-running on the learned frequency.
     assert!(worst < 0.001, "{worst}");
@@ -357,7 +384,11 @@ fn a_refused_step_holds_and_measuring_goes_on() {
     // Asked again only after each stepout, not on every reply.
     assert!(asked.len() <= 1 + 3 * 4 + 1, "{}", asked.len());
     assert!(asked.len() >= 2);
-    assert!(s.clock_intents().iter().all(|(_, a)| !matches!(a, Action::Slew { .. })));
+    assert!(
+        s.clock_intents()
+            .iter()
+            .all(|(_, a)| !matches!(a, Action::Slew { .. }))
+    );
     assert!((s.last_status().offset_ns as f64 / 1e9 - 5000.0).abs() < 0.01);
     // The operator lets it through: the next ask is applied.
     s.world.refuse_steps = false;
@@ -397,8 +428,17 @@ fn dhcp_servers_join_and_leave() {
     s.run_until(Instant(3 * HOUR));
     assert_eq!(s.world.servers[2].requests.len(), asked);
     assert_eq!(s.last_status().sources.len(), 2);
-    let mut off = sim_with(noisy(0.0, 0.0), lan_servers(1), 20, |c| c.use_dhcp_servers = false, None);
-    assert_eq!(off.handle(Event::DhcpServers(addrs)), Err(Refusal::DhcpServersNotUsed));
+    let mut off = sim_with(
+        noisy(0.0, 0.0),
+        lan_servers(1),
+        20,
+        |c| c.use_dhcp_servers = false,
+        None,
+    );
+    assert_eq!(
+        off.handle(Event::DhcpServers(addrs)),
+        Err(Refusal::DhcpServersNotUsed)
+    );
 }
 
 #[test]
@@ -406,12 +446,20 @@ fn observe_mode_measures_and_never_asks_for_a_clock_change() {
     let mut s = sim_with(noisy(0.3, 50.0), lan_servers(4), 21, |c| c.observe = true, None);
     s.run_until(Instant(2 * HOUR));
     assert!(s.clock_intents().is_empty());
-    assert!(s.log.iter().all(|(_, a)| !matches!(a, Action::SetStatus(_) | Action::SaveDrift { .. })));
+    assert!(
+        s.log
+            .iter()
+            .all(|(_, a)| !matches!(a, Action::SetStatus(_) | Action::SaveDrift { .. }))
+    );
     let st = s.last_status();
     assert_eq!(st.state, SyncState::Observing);
     // The published offset is the clock's real error (0.3 s + 50 ppm * 2 h).
     let real = s.world.error_at(s.now);
-    assert!((st.offset_ns as f64 / 1e9 - real).abs() < 0.05, "{} vs {real}", st.offset_ns);
+    assert!(
+        (st.offset_ns as f64 / 1e9 - real).abs() < 0.05,
+        "{} vs {real}",
+        st.offset_ns
+    );
 }
 
 #[test]
@@ -437,30 +485,14 @@ fn a_leap_is_armed_on_the_last_day_of_the_month_only() {
     assert!(leaps(&s, Instant(0)).iter().all(|l| *l == Leap::None));
     s.run_until(Instant(31 * day));
     let on_31 = leaps(&s, Instant(30 * day + 20 * MINUTE));
-    assert!(!on_31.is_empty() && on_31.iter().all(|l| *l == Leap::Insert), "{on_31:?}");
+    assert!(
+        !on_31.is_empty() && on_31.iter().all(|l| *l == Leap::Insert),
+        "{on_31:?}"
+    );
     s.run_until(Instant(31 * day + 2 * HOUR));
     let after = leaps(&s, Instant(31 * day + 20 * MINUTE));
-    assert!(!after.is_empty() && after.iter().all(|l| *l == Leap::None), "{after:?}");
-}
-
-#[test]
-fn debug_trace() {
-    let n: u8 = std::env::var("N").map(|v| v.parse().unwrap()).unwrap_or(4);
-    let q: f64 = std::env::var("Q").map(|v| v.parse().unwrap()).unwrap_or(0.00002);
-    let mut servers = lan_servers(n);
-    for x in &mut servers { x.queueing = q; }
-    let mut c = Clock::new(0.05, -200.0);
-    c.read_noise = std::env::var("RN").map(|v| v.parse().unwrap()).unwrap_or(0.0);
-    let mut s = sim(c, servers, 3);
-    s.run_until(Instant(20 * MINUTE));
-    let mut last = s.log.len();
-    for _ in 0..400 {
-        if !s.step(Instant(2 * HOUR)) { break; }
-        for (t, a) in &s.log[last..] {
-            if let Action::Slew { delta_ns } = a {
-                println!("t={} slew={} err_before~={:.1}us freq={:.3}", t.0, delta_ns, s.world.error_at(*t)*1e6, s.engine.frequency() as f64/65536.0);
-            }
-        }
-        last = s.log.len();
-    }
+    assert!(
+        !after.is_empty() && after.iter().all(|l| *l == Leap::None),
+        "{after:?}"
+    );
 }
