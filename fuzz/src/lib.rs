@@ -770,3 +770,186 @@ pub fn ipc_decode(data: &[u8]) {
         mirage_engine::fuzz::check_actions::<Client>(&out);
     }
 }
+
+// ---- ntp_wire ----------------------------------------------------------------
+
+/// NTP datagrams through the NTP engine's codec. Invariants: no panic;
+/// whatever `Packet::new_checked` accepts decodes, and the header emitted
+/// from the decoded `Repr` is the input's header byte for byte; timestamp
+/// differences and shifts are inverse (within a nanosecond of rounding).
+pub fn ntp_wire(data: &[u8]) {
+    use ntp_engine::wire::{HEADER_LEN, Packet, Repr};
+    let Ok(packet) = Packet::new_checked(data) else {
+        return;
+    };
+    let repr = Repr::parse(&packet).expect("a checked packet decodes");
+    assert_eq!(
+        repr.to_bytes()[..],
+        data[..HEADER_LEN],
+        "emit is not parse's inverse"
+    );
+    let d = repr.transmit.diff_nanos(repr.receive);
+    let back = repr.receive.add_nanos(d);
+    assert!(back.diff_nanos(repr.transmit).abs() <= 1, "diff and add disagree");
+    let _ = repr.kiss();
+    let _ = repr.root_delay.to_nanos() + repr.root_dispersion.to_nanos();
+}
+
+// ---- ntp_engine --------------------------------------------------------------
+
+/// Length of the header [`NtpStart::from_bytes`] reads.
+pub const NTP_HEADER_LEN: usize = 37;
+
+/// The start of an `ntp_engine` input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NtpStart {
+    pub seed: [u8; 32],
+    pub observe: bool,
+    pub use_dhcp: bool,
+    /// 1 to 4 servers, 192.0.2.1:123 on.
+    pub servers: u8,
+    /// 4 + this modulo 7 (the range the engine clamps to starts at 4).
+    pub min_poll: u8,
+    /// A stored frequency, ppm (any i16: beyond +-500 it must be refused).
+    pub drift_ppm: Option<i16>,
+}
+
+impl NtpStart {
+    /// Decode `seed[32] flags servers min_poll drift:i16le` (flags: bit 0
+    /// observe, 1 DHCP servers used, 2 stored drift) and return the rest,
+    /// the steps for [`mirage_engine::fuzz::drive`]. Total.
+    pub fn from_bytes(data: &[u8]) -> (NtpStart, &[u8]) {
+        let mut r = Reader { data };
+        let seed = r.array();
+        let flags = r.u8();
+        let servers = r.u8();
+        let min_poll = r.u8();
+        let drift = r.u16() as i16;
+        let start = NtpStart {
+            seed,
+            observe: flags & 1 != 0,
+            use_dhcp: flags & 2 != 0,
+            servers,
+            min_poll,
+            drift_ppm: (flags & 4 != 0).then_some(drift),
+        };
+        (start, r.data)
+    }
+
+    /// The exact inverse of [`NtpStart::from_bytes`]'s header.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.seed.to_vec();
+        out.push(
+            u8::from(self.observe) | u8::from(self.use_dhcp) << 1 | u8::from(self.drift_ppm.is_some()) << 2,
+        );
+        out.push(self.servers);
+        out.push(self.min_poll);
+        out.extend_from_slice(&self.drift_ppm.unwrap_or(0).to_le_bytes());
+        out
+    }
+
+    /// The server addresses the engine is configured with.
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        (0..=self.servers % 4)
+            .map(|i| std::net::SocketAddr::new([192, 0, 2, i + 1].into(), 123))
+            .collect()
+    }
+
+    pub fn engine_start(&self) -> ntp_engine::Start {
+        let config = ntp_engine::Config {
+            servers: self.addresses(),
+            use_dhcp_servers: self.use_dhcp,
+            min_poll: 4 + self.min_poll % 7,
+            observe: self.observe,
+            ..ntp_engine::Config::default()
+        };
+        ntp_engine::Start {
+            config,
+            drift: self.drift_ppm.map(|p| i64::from(p) * 65536),
+        }
+    }
+}
+
+/// The NTP engine under the generic engine fuzz runner (as
+/// `engine_contract` for DHCP): arbitrary timed `Event`s (datagrams from
+/// any address, transmit reports, intent results, DHCP server lists) after
+/// a start from the header. Invariants: the contract's, plus every action
+/// checked by [`check_ntp_action`]. Returns the number of actions.
+pub fn run_ntp_engine(data: &[u8]) -> usize {
+    let (start, steps) = NtpStart::from_bytes(data);
+    let observe = start.observe;
+    struct Checked(ntp_engine::Ntp, bool);
+    impl mirage_engine::Engine for Checked {
+        type Start = (ntp_engine::Start, bool);
+        type Event = ntp_engine::Event;
+        type Action = ntp_engine::Action;
+        type Refusal = ntp_engine::Refusal;
+        fn start(
+            (start, observe): Self::Start,
+            now: Instant,
+            seed: [u8; 32],
+            out: &mut Vec<ntp_engine::Action>,
+        ) -> Self {
+            let e = <ntp_engine::Ntp as mirage_engine::Engine>::start(start, now, seed, out);
+            out.iter().for_each(|a| check_ntp_action(a, observe));
+            Checked(e, observe)
+        }
+        fn handle(
+            &mut self,
+            now: Instant,
+            event: ntp_engine::Event,
+            out: &mut Vec<ntp_engine::Action>,
+        ) -> Result<(), ntp_engine::Refusal> {
+            let r = self.0.handle(now, event, out);
+            out.iter().for_each(|a| check_ntp_action(a, self.1));
+            r
+        }
+        fn on_timer(&mut self, now: Instant, out: &mut Vec<ntp_engine::Action>) {
+            self.0.on_timer(now, out);
+            out.iter().for_each(|a| check_ntp_action(a, self.1));
+        }
+        fn poll_at(&self) -> Instant {
+            self.0.poll_at()
+        }
+    }
+    mirage_engine::fuzz::drive::<Checked>((start.engine_start(), observe), start.seed, steps)
+}
+
+/// What the NTP engine may ask for, whatever it was fed: requests are 48
+/// bytes, mode 3 version 4, carrying the random transmit timestamp they
+/// announce and nothing else (never zero); frequencies within +-500 ppm;
+/// in observe mode no clock intent at all.
+pub fn check_ntp_action(action: &ntp_engine::Action, observe: bool) {
+    use ntp_engine::Action;
+    match action {
+        Action::Send { transmit, data, .. } => {
+            assert_eq!(data.len(), 48, "a request is the bare header");
+            assert_eq!(data[0], 0x23, "LI 0, VN 4, mode 3");
+            assert!(
+                data[1..40].iter().all(|&b| b == 0),
+                "a request carries nothing but its cookie"
+            );
+            assert_eq!(
+                data[40..],
+                transmit.0.to_be_bytes(),
+                "the cookie announced is the one sent"
+            );
+            assert!(!transmit.is_zero(), "a zero cookie would match forged replies");
+        }
+        Action::SetFrequency { scaled_ppm } | Action::SaveDrift { scaled_ppm } => {
+            assert!(!observe, "a clock intent in observe mode");
+            assert!(
+                scaled_ppm.abs() <= 500 * 65536,
+                "frequency {scaled_ppm} out of bounds"
+            );
+        }
+        Action::Slew { .. } | Action::Step { .. } | Action::SetStatus(_) => {
+            assert!(!observe, "a clock intent in observe mode");
+        }
+        Action::PublishStatus(_) => {}
+    }
+}
+
+pub fn ntp_engine(data: &[u8]) {
+    run_ntp_engine(data);
+}

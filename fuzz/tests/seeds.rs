@@ -27,24 +27,28 @@ use dhcp_engine::wire::frame::{
 use mirage_engine::Engine as _;
 use mirage_engine::fuzz::{self as contract, Step as ContractStep};
 use mirage_fuzz::{
-    ContractStart, EngineInput, EngineTrace, MAC, SERVER_MAC, Step, StoredLease, run_engine_contract,
-    run_engine_events,
+    ContractStart, EngineInput, EngineTrace, MAC, NtpStart, SERVER_MAC, Step, StoredLease,
+    run_engine_contract, run_engine_events, run_ntp_engine,
 };
 use mirage_ipc::{
     ClientIdKind, ClientState, Counters, DropReason, EngineAction, EngineConfig, EngineEvent, EngineStart,
     FromActuator, FromEngine, FromNetwork, Instant, IntentKind, Lease, Limits, Outcome, PublishedStatus,
     Refusal, Status, ToActuator, ToEngine, encode,
 };
+use ntp_engine::wire::{Leap, Mode, NtpShort, NtpTimestamp, Repr as NtpRepr};
+use ntp_engine::{Action as NtpAction, Event as NtpEvent, IntentKind as NtpIntentKind, SyncState};
 
 /// libFuzzer runs with `-max_len=4096` (scripts/fuzz.sh): longer seeds would
 /// be cut.
 const MAX_SEED_LEN: usize = 4096;
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 7] = [
     "frame_parse",
     "dhcp_roundtrip",
     "engine_events",
     "engine_contract",
     "ipc_decode",
+    "ntp_wire",
+    "ntp_engine",
 ];
 
 #[path = "../../crates/dhcp-engine/tests/support/hex.rs"]
@@ -731,6 +735,247 @@ fn engine_contract_seeds() -> Vec<(String, Vec<u8>)> {
     seeds
 }
 
+// ---- ntp_wire and ntp_engine ---------------------------------------------------
+
+/// A server reply (stratum 2, chrony's shape) answering `origin`, with the
+/// server's clock at `t2` (+ 20 us at T3).
+fn ntp_reply(origin: NtpTimestamp, t2: NtpTimestamp) -> Vec<u8> {
+    NtpRepr {
+        leap: Leap::None,
+        version: 4,
+        mode: Mode::Server,
+        stratum: 2,
+        poll: 6,
+        precision: -25,
+        root_delay: NtpShort(0x34a),
+        root_dispersion: NtpShort(0x2c),
+        reference_id: [192, 0, 2, 200],
+        reference: t2,
+        origin,
+        receive: t2,
+        transmit: t2.add_nanos(20_000),
+    }
+    .to_bytes()
+    .to_vec()
+}
+
+fn ntp_kiss(origin: NtpTimestamp, code: &[u8; 4]) -> Vec<u8> {
+    let mut b = ntp_reply(origin, NtpTimestamp::from_parts(0xed28_3350, 0));
+    b[0] = 0xe4;
+    b[1] = 0;
+    b[12..16].copy_from_slice(code);
+    b
+}
+
+fn ntp_wire_seeds() -> Vec<(String, Vec<u8>)> {
+    let t = NtpTimestamp::from_parts(0xed28_3350, 0x2000_0000);
+    let reply = ntp_reply(NtpTimestamp(0x8b1f_559e_632e_019a), t);
+    let with = |extra: &[u8]| {
+        let mut v = reply.clone();
+        v.extend_from_slice(extra);
+        v
+    };
+    let mut ef = vec![0x01, 0x04, 0x00, 0x10];
+    ef.extend_from_slice(&[0xab; 12]);
+    vec![
+        ("reply".into(), reply.clone()),
+        ("kiss-rate".into(), ntp_kiss(NtpTimestamp(7), b"RATE")),
+        ("request".into(), NtpRepr::client_request(t).to_bytes().to_vec()),
+        ("reply-md5-mac".into(), with(&[0x11; 20])),
+        ("reply-extension-field".into(), with(&ef)),
+        ("reply-truncated".into(), reply[..47].to_vec()),
+        (
+            "era-1-rollover".into(),
+            ntp_reply(NtpTimestamp(9), NtpTimestamp(0xffff_ffff_ffff_0000)),
+        ),
+    ]
+}
+
+/// An `ntp_engine` scenario run against the engine as it is written, so
+/// that its replies carry the cookies the engine really sends.
+struct NtpScript {
+    engine: ntp_engine::Ntp,
+    now: Instant,
+    steps: Vec<ContractStep<NtpEvent>>,
+    actions: Vec<NtpAction>,
+}
+
+impl NtpScript {
+    fn new(start: &NtpStart) -> NtpScript {
+        let mut actions = Vec::new();
+        let engine = ntp_engine::Ntp::start(start.engine_start(), contract::START, start.seed, &mut actions);
+        NtpScript {
+            engine,
+            now: contract::START,
+            steps: Vec::new(),
+            actions,
+        }
+    }
+
+    fn event(&mut self, ms: u16, ev: NtpEvent) {
+        self.now = self.now.add_millis(u64::from(ms));
+        let mut out = Vec::new();
+        let _ = self.engine.handle(self.now, ev.clone(), &mut out);
+        self.actions.extend(out);
+        self.steps.push(ContractStep::Event(ms, ev));
+    }
+
+    /// Jump to the engine's wake-up.
+    fn wake(&mut self) {
+        self.now = self.now.max(self.engine.poll_at());
+        let mut out = Vec::new();
+        self.engine.on_timer(self.now, &mut out);
+        self.actions.extend(out);
+        self.steps.push(ContractStep::Timer(0));
+    }
+
+    /// Requests sent and not answered yet by this script, oldest first.
+    fn take_requests(&mut self, answered: &mut usize) -> Vec<(std::net::SocketAddr, NtpTimestamp)> {
+        let sends: Vec<_> = self
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                NtpAction::Send { to, transmit, .. } => Some((*to, *transmit)),
+                _ => None,
+            })
+            .collect();
+        let new = sends[*answered..].to_vec();
+        *answered = sends.len();
+        new
+    }
+
+    /// Answer every request sent so far: the transmit report, then a reply
+    /// 1 ms later from a server `offset_ms` off (or `kiss` from the first).
+    fn answer(&mut self, answered: &mut usize, offset_ms: i64, kiss: Option<&[u8; 4]>) {
+        for (i, (to, cookie)) in self.take_requests(answered).into_iter().enumerate() {
+            let local =
+                NtpTimestamp::from_unix_nanos(1_800_000_000_000_000_000 + i128::from(self.now.0) * 1_000_000);
+            self.event(
+                0,
+                NtpEvent::Sent {
+                    to,
+                    transmit: cookie,
+                    at: local,
+                },
+            );
+            let data = match kiss {
+                Some(code) if i == 0 => ntp_kiss(cookie, code),
+                _ => ntp_reply(cookie, local.add_nanos(offset_ms * 1_000_000 + 500_000)),
+            };
+            self.event(
+                1,
+                NtpEvent::Received {
+                    from: to,
+                    data,
+                    at: local.add_nanos(1_000_000),
+                },
+            );
+        }
+    }
+
+    fn bytes(&self, start: &NtpStart) -> Vec<u8> {
+        let mut b = start.to_bytes();
+        b.extend(contract::encode_steps(&self.steps));
+        b
+    }
+}
+
+fn ntp_scenarios() -> Vec<(&'static str, Vec<u8>, NtpScript)> {
+    let start = |servers: u8, observe: bool, drift: Option<i16>| NtpStart {
+        seed: [0x2b; 32],
+        observe,
+        use_dhcp: true,
+        servers,
+        min_poll: 2,
+        drift_ppm: drift,
+    };
+    let mut out = Vec::new();
+    // Three servers 250 ms off: the first estimate steps; the actuator
+    // confirms; two polls later they agree.
+    let s = start(2, false, None);
+    let mut sc = NtpScript::new(&s);
+    let mut answered = 0;
+    sc.answer(&mut answered, 250, None);
+    sc.event(
+        0,
+        NtpEvent::IntentResult {
+            kind: NtpIntentKind::Step,
+            ok: true,
+        },
+    );
+    for _ in 0..3 {
+        sc.wake();
+        sc.answer(&mut answered, 0, None);
+    }
+    out.push(("three-step-then-slew", sc.bytes(&s), sc));
+    // One server, a stored frequency, a 20 ms offset: slewed; then DENY.
+    let s = start(0, false, Some(-37));
+    let mut sc = NtpScript::new(&s);
+    let mut answered = 0;
+    sc.answer(&mut answered, 20, None);
+    sc.wake();
+    sc.answer(&mut answered, 20, Some(b"DENY"));
+    out.push(("one-server-slew-then-deny", sc.bytes(&s), sc));
+    // Observe mode, two servers, a RATE, a refused intent, DHCP servers.
+    let s = start(1, true, None);
+    let mut sc = NtpScript::new(&s);
+    let mut answered = 0;
+    sc.answer(&mut answered, 3, Some(b"RATE"));
+    sc.event(
+        5,
+        NtpEvent::DhcpServers(vec![[192, 0, 2, 9].into(), [192, 0, 2, 2].into()]),
+    );
+    sc.wake();
+    sc.answer(&mut answered, 3, None);
+    out.push(("observe-rate-dhcp", sc.bytes(&s), sc));
+    // Four servers, one 10 s off (a falseticker), a refused step first.
+    let s = start(3, false, None);
+    let mut sc = NtpScript::new(&s);
+    let mut answered = 0;
+    let requests = sc.take_requests(&mut answered);
+    for (i, (to, cookie)) in requests.into_iter().enumerate() {
+        let local = NtpTimestamp::from_unix_nanos(1_800_000_000_000_000_000);
+        sc.event(
+            0,
+            NtpEvent::Sent {
+                to,
+                transmit: cookie,
+                at: local,
+            },
+        );
+        let off = if i == 2 { 10_000 } else { 300 };
+        let data = ntp_reply(cookie, local.add_nanos(off * 1_000_000));
+        sc.event(
+            1,
+            NtpEvent::Received {
+                from: to,
+                data,
+                at: local.add_nanos(1_000_000),
+            },
+        );
+    }
+    sc.event(
+        0,
+        NtpEvent::IntentResult {
+            kind: NtpIntentKind::Step,
+            ok: false,
+        },
+    );
+    out.push(("falseticker-held", sc.bytes(&s), sc));
+    out
+}
+
+fn ntp_engine_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut seeds: Vec<(String, Vec<u8>)> = ntp_scenarios()
+        .into_iter()
+        .map(|(name, bytes, _)| (name.to_string(), bytes))
+        .collect();
+    let mut junk = NtpStart::from_bytes(&[0x3c; 37]).0.to_bytes();
+    junk.extend((0u16..300).map(|i| (i.wrapping_mul(61) >> 1) as u8));
+    seeds.push(("junk".into(), junk));
+    seeds
+}
+
 fn generated() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
     BTreeMap::from([
         ("frame_parse", frame_parse_seeds()),
@@ -738,6 +983,8 @@ fn generated() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
         ("engine_events", engine_events_seeds()),
         ("engine_contract", engine_contract_seeds()),
         ("ipc_decode", ipc_decode_seeds()),
+        ("ntp_wire", ntp_wire_seeds()),
+        ("ntp_engine", ntp_engine_seeds()),
     ])
 }
 
@@ -754,6 +1001,8 @@ fn harness(target: &str) -> fn(&[u8]) {
         "engine_events" => mirage_fuzz::engine_events,
         "engine_contract" => mirage_fuzz::engine_contract,
         "ipc_decode" => mirage_fuzz::ipc_decode,
+        "ntp_wire" => mirage_fuzz::ntp_wire,
+        "ntp_engine" => mirage_fuzz::ntp_engine,
         other => panic!("unknown target {other}"),
     }
 }
@@ -930,5 +1179,56 @@ fn contract_start_bytes_round_trip_and_any_bytes_run() {
     }
     for data in [&b""[..], &[0xff], &[0xff; 40], &[0; 100], &[0x80; 200]] {
         run_engine_contract(data);
+    }
+}
+
+/// Each `ntp_engine` scenario reaches what it was written for, and the
+/// generic runner, fed its bytes, runs it exactly as the script did.
+#[test]
+fn ntp_scenarios_reach_what_they_were_written_for() {
+    let scenarios = ntp_scenarios();
+    for (name, bytes, script) in &scenarios {
+        assert_eq!(run_ntp_engine(bytes), script.actions.len(), "{name}");
+        let c = script.engine.counters();
+        let steps = script
+            .actions
+            .iter()
+            .filter(|a| matches!(a, NtpAction::Step { .. }))
+            .count();
+        let slews = script
+            .actions
+            .iter()
+            .filter(|a| matches!(a, NtpAction::Slew { .. }))
+            .count();
+        let ok = match *name {
+            "three-step-then-slew" => {
+                steps == 1 && slews >= 1 && script.engine.state() == SyncState::Synchronized
+            }
+            "one-server-slew-then-deny" => slews >= 1 && steps == 0 && c.kiss_deny == 1,
+            "observe-rate-dhcp" => {
+                c.kiss_rate == 1 && steps + slews == 0 && script.engine.state() == SyncState::Observing
+            }
+            "falseticker-held" => {
+                steps == 1 && c.steps_refused == 1 && script.engine.state() == SyncState::Held
+            }
+            other => panic!("no expectation for {other}"),
+        };
+        assert!(
+            ok,
+            "{name}: {c:?} state {:?} steps {steps} slews {slews}",
+            script.engine.state()
+        );
+    }
+    assert_eq!(scenarios.len(), 4);
+}
+
+#[test]
+fn ntp_start_bytes_round_trip_and_any_bytes_run() {
+    for (_, bytes, _) in ntp_scenarios() {
+        let (start, _) = NtpStart::from_bytes(&bytes);
+        assert_eq!(start.to_bytes(), bytes[..mirage_fuzz::NTP_HEADER_LEN]);
+    }
+    for data in [&b""[..], &[0xff], &[0xff; 40], &[0; 100], &[0x80; 200]] {
+        run_ntp_engine(data);
     }
 }
