@@ -218,8 +218,8 @@ pub fn step_clock(delta_ns: i64, status: &ClockStatus) -> io::Result<()> {
         tx.modes = libc::ADJ_SETOFFSET | libc::ADJ_NANO;
         // With ADJ_NANO the timeval's microseconds are nanoseconds, and the
         // kernel wants them within 0..1e9 with the sign in the seconds.
-        tx.time.tv_sec = delta_ns.div_euclid(1_000_000_000) as libc::time_t;
-        tx.time.tv_usec = delta_ns.rem_euclid(1_000_000_000) as libc::suseconds_t;
+        tx.time.tv_sec = delta_ns.div_euclid(1_000_000_000) as _;
+        tx.time.tv_usec = delta_ns.rem_euclid(1_000_000_000) as _;
         status.apply_to(tx);
     })
     .map(drop)
