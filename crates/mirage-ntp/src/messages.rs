@@ -34,7 +34,7 @@ pub enum FromNetwork {
         kernel_stamp: bool,
     },
     /// The request with this transmit cookie left for `to` at `at` (T1,
-    /// read right after the send returned).
+    /// read right before the send: see the network role).
     Sent {
         to: SocketAddr,
         transmit: NtpTimestamp,

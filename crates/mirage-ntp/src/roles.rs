@@ -133,16 +133,24 @@ fn network(chan: &Channel, servers: &[SocketAddr], sockets: &[UdpSocket]) -> Res
                         }
                     });
                     match verdict {
-                        Ok(i) => match sockets[i].send(&data) {
-                            Ok(_) => {
-                                // T1 as late as the role can read it: right
-                                // after the send returned.
-                                let at = ntp_time(clock::realtime());
-                                chan.send(&FromNetwork::Sent { to, transmit, at })
-                                    .map_err(|e| format!("send: {e}"))?;
+                        Ok(i) => {
+                            // T1 is read right before the send, not after
+                            // it: a server on the same host or LAN answers
+                            // within microseconds, on another core, so a
+                            // reading after send() returned can come after
+                            // the reply's kernel receive stamp (T4 < T1,
+                            // refused by the engine). Before the send, T1
+                            // is early by the send path alone (a few us,
+                            // half of which shows as offset); the kernel's
+                            // transmit timestamp is the later refinement.
+                            let at = ntp_time(clock::realtime());
+                            match sockets[i].send(&data) {
+                                Ok(_) => chan
+                                    .send(&FromNetwork::Sent { to, transmit, at })
+                                    .map_err(|e| format!("send: {e}"))?,
+                                Err(e) => log::debug!("send to {to}: {e}"),
                             }
-                            Err(e) => log::debug!("send to {to}: {e}"),
-                        },
+                        }
                         Err(why) => chan
                             .send(&FromNetwork::Refused { to, why })
                             .map_err(|e| format!("send: {e}"))?,
