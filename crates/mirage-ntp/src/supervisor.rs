@@ -270,7 +270,7 @@ impl Supervisor {
         codec::encode(&start).map_err(|e| e.to_string())
     }
 
-    fn from_engine(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
+    fn on_engine(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
         match codec::decode::<FromEngineOf<Ntp>>(msg).map_err(|e| e.to_string())? {
             FromEngine::Action(Action::Send { to, transmit, data }) => {
                 // Lossy: a full queue drops the request, as a busy link would.
@@ -312,7 +312,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn from_network(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
+    fn on_network(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
         let event = match codec::decode::<FromNetwork>(msg).map_err(|e| e.to_string())? {
             FromNetwork::Received {
                 from,
@@ -343,7 +343,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn from_actuator(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
+    fn on_actuator(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
         match codec::decode::<FromActuator>(msg).map_err(|e| e.to_string())? {
             FromActuator::Ready { observe, steerable } => {
                 if !observe && !steerable {
@@ -383,9 +383,9 @@ impl Service for Supervisor {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String> {
         self.publisher.mark_dirty();
         match from {
-            ENGINE => self.from_engine(ctx, msg),
-            NETWORK => self.from_network(ctx, msg),
-            _ => self.from_actuator(ctx, msg),
+            ENGINE => self.on_engine(ctx, msg),
+            NETWORK => self.on_network(ctx, msg),
+            _ => self.on_actuator(ctx, msg),
         }
     }
 

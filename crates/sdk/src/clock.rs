@@ -186,9 +186,9 @@ fn adjtime(set: impl FnOnce(&mut libc::timex)) -> io::Result<KernelClock> {
     }
     Ok(KernelClock {
         status: tx.status,
-        freq_scaled_ppm: i64::from(tx.freq),
-        max_error_us: i64::from(tx.maxerror),
-        est_error_us: i64::from(tx.esterror),
+        freq_scaled_ppm: tx.freq as i64,
+        max_error_us: tx.maxerror as i64,
+        est_error_us: tx.esterror as i64,
         state: rc as i32,
     })
 }

@@ -9,6 +9,10 @@
 //! before it hands the socket over; the role reads with [`recv_timestamped`]
 //! (`recvmsg`, [`crate::sandbox::seccomp::PACKET_IN`]), whose control
 //! message parsing is the unsafe part this module keeps out of the service.
+//! The kernel turns arrival stamping on for the whole system shortly after
+//! the first socket asks for it (a deferred static key); datagrams that
+//! arrive before are stamped when they are read, which is no worse than a
+//! reading taken by the role.
 //!
 //! ```
 //! use std::net::UdpSocket;
@@ -164,19 +168,29 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_stamp_precedes_the_read_and_follows_the_send() {
+    fn the_kernel_stamp_is_taken_on_arrival_not_when_read() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         enable_receive_timestamps(&rx).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let before = crate::clock::realtime();
-        tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let mut buf = [0u8; 4];
-        let got = recv_timestamped(&rx, &mut buf, false).unwrap();
-        let after = crate::clock::realtime();
-        let at = got.at.expect("stamped");
-        assert!(at.nanos_since(before) >= 0, "{at:?} before {before:?}");
-        // Stamped on arrival, not when read 50 ms later.
-        assert!(after.nanos_since(at) >= 40_000_000, "{at:?} vs read at {after:?}");
+        // The kernel turns arrival stamping on for the whole system a
+        // little after the first socket asks (a deferred static key);
+        // until then it stamps when the datagram is read. So: bounded tries.
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            let before = crate::clock::realtime();
+            tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut buf = [0u8; 4];
+            let got = recv_timestamped(&rx, &mut buf, false).unwrap();
+            let after = crate::clock::realtime();
+            let at = got.at.expect("stamped");
+            assert!(at.nanos_since(before) >= 0, "{at:?} before {before:?}");
+            assert!(after.nanos_since(at) >= 0, "{at:?} after the read {after:?}");
+            if after.nanos_since(at) >= 40_000_000 {
+                return;
+            }
+            seen.push(after.nanos_since(at));
+        }
+        panic!("never stamped on arrival; read-to-stamp gaps (ns): {seen:?}");
     }
 }
