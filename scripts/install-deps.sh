@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs, on Debian, everything the tests and the demo need. Run as root.
-# Several of these packages ship system services (Kea, ISC dhcpd): a
+# Several of these packages ship system services (Kea, ISC dhcpd, chrony): a
 # policy-rc.d that refuses every start is put in place first, so no DHCP
-# server ever starts on a real interface; the tests start their own, bound to
+# server ever starts on a real interface and no NTP daemon touches the
+# host's clock; the tests start their own, bound to
 # veths in namespaces they create.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -13,13 +14,14 @@ fi
 apt-get update -qq
 # dnsmasq-base: the dnsmasq binary without its system service. Kea, ISC dhcpd
 # and dhcrelay, busybox udhcpd and nftables serve the interop and fault
-# suites. podman + runc run the image in tests/container.rs (runc named so
+# suites; chrony is the NTP server of mirage-ntp's end-to-end suite (run by
+# the tests with -x, so it never adjusts the clock). podman + runc run the image in tests/container.rs (runc named so
 # apt does not pick crun); file is used by the image build; musl-tools
 # compiles the C of dev-dependencies (criterion) for the musl target.
 apt-get install -y -qq --no-install-recommends \
     dnsmasq-base iproute2 ethtool procps kmod \
     kea-dhcp4-server isc-dhcp-server isc-dhcp-relay busybox nftables \
-    podman runc file musl-tools >/dev/null
+    chrony podman runc file musl-tools >/dev/null
 # The product is built for musl (see .cargo/config.toml); its standard
 # library comes from rustup, which every Rust toolchain here is managed by.
 # The shipped binary (scripts/build-release.sh) rebuilds std from source

@@ -66,7 +66,7 @@ pub mod wire;
 use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 
-pub use engine::Ntp;
+pub use engine::{Ntp, armed_leap, civil_from_days};
 pub use mirage_engine::Instant;
 use serde::{Deserialize, Serialize};
 pub use wire::{Kiss, Leap, NtpTimestamp, WireError};

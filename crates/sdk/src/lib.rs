@@ -9,9 +9,11 @@
 //!   each needs at fixed numbers.
 //! - [`sandbox`]: privilege drop (uid/gid, capabilities, no_new_privs,
 //!   rlimits, mount namespace, Landlock) and per-role seccomp allow-lists.
-//! - [`clock`]: CLOCK_BOOTTIME and wall-clock time.
+//! - [`clock`]: CLOCK_BOOTTIME, wall-clock time, the kernel's clock
+//!   discipline (`clock_adjtime`) for a time service's actuator.
 //! - [`packet`]: AF_PACKET sockets with classic BPF filters and checksum
 //!   offload flags; outbound frame policy.
+//! - [`udp`]: UDP datagrams with the kernel's receive timestamp.
 //! - [`netlink`]: rtnetlink: links, addresses, routes, MTU, carrier events.
 //! - [`fd`]: fixed fd numbers handed to roles.
 //! - [`files`]: atomic state files, resolv.conf, status.json, metrics.prom.
@@ -33,3 +35,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod spawn;
+pub mod udp;

@@ -1,0 +1,156 @@
+//! The three sandboxed roles as data (docs/ntp.md, "The service"): the
+//! plans the SDK applies in each role ([`mirage_sdk::role`]) and what each
+//! role is told in its hello.
+//!
+//! | role | uid | capabilities | descriptors | seccomp |
+//! | --- | --- | --- | --- | --- |
+//! | engine | 65526 | none | its channel | `BASE` |
+//! | network | 65527 | none | one UDP socket per server, connected | `BASE`, `PACKET_IN` |
+//! | actuator | 65528 | `CAP_SYS_TIME` (none with `--observe`) | state directory (drift file) | `BASE`, [`CLOCK`], `STATE_FILES` (`BASE` only with `--observe`) |
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use mirage_sdk::role::RolePlan;
+use mirage_sdk::sandbox::seccomp::{Allow, BASE, PACKET_IN, STATE_FILES, When};
+use mirage_sdk::sandbox::{Capability, DirAccess};
+use mirage_sdk::service::state::Versioned;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::ClockPolicy;
+
+/// The roles' uid = gid: of the service's own (the range systemd leaves
+/// unused, after mirage-dhcp's 65520..=65522 and the example's).
+pub const ENGINE_ID: u32 = 65526;
+pub const NETWORK_ID: u32 = 65527;
+pub const ACTUATOR_ID: u32 = 65528;
+
+/// Network role: the first server's socket; server `i`'s is at
+/// `FD_FIRST_SOCKET + i` (its channel is 3).
+pub const FD_FIRST_SOCKET: RawFd = 4;
+/// Actuator: the state directory (the drift file), when not observing.
+pub const FD_STATE_DIR: RawFd = 4;
+/// The drift file's name in the state directory.
+pub const DRIFT_FILE: &str = "drift.json";
+
+/// The actuator's clock calls: `clock_adjtime` on `CLOCK_REALTIME` (0)
+/// only, which is how the SDK makes every adjtimex-style call
+/// (`mirage_sdk::clock`); any other clock id (a PTP device, TAI) kills
+/// the role. The modes live in memory, out of the filter's sight: the role
+/// checks them (the policy) before the call.
+pub const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime, When::ArgEq(0, 0))];
+
+/// The engine: nothing but its channel.
+pub fn engine() -> RolePlan {
+    RolePlan::strict("engine", ENGINE_ID, ENGINE_ID, &[BASE])
+}
+
+/// The network role: one UDP socket per server, each connected to its
+/// server by the supervisor, so the kernel delivers only that server's
+/// datagrams and `send` (`sendto` without an address, in `BASE`) can reach
+/// no one else: no table with an addressed `sendto` or `sendmsg` is
+/// needed. Replies are read with `recvmsg` (`PACKET_IN`) for their kernel
+/// timestamp.
+pub fn network(servers: usize) -> RolePlan {
+    let mut plan = RolePlan::strict("network", NETWORK_ID, NETWORK_ID, &[BASE, PACKET_IN]);
+    plan.nofile = 16 + servers as u64;
+    plan
+}
+
+/// The actuator: `CAP_SYS_TIME`, [`CLOCK`], and files beneath the state
+/// directory (contained, Landlock). Observing, it holds no capability, no
+/// clock call and no directory: the kernel itself guarantees it never
+/// touches the clock.
+pub fn actuator(observe: bool) -> RolePlan {
+    if observe {
+        return RolePlan::strict("actuator", ACTUATOR_ID, ACTUATOR_ID, &[BASE]);
+    }
+    let mut plan = RolePlan::strict("actuator", ACTUATOR_ID, ACTUATOR_ID, &[BASE, CLOCK, STATE_FILES]);
+    plan.keep_caps = vec![Capability::CAP_SYS_TIME];
+    plan.fsize_zero = false;
+    plan.landlock_dirs = vec![(FD_STATE_DIR, DirAccess::ReadWrite)];
+    plan.contain_dirs = vec![FD_STATE_DIR];
+    plan
+}
+
+/// The network role's hello: the servers, in the order of its sockets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSettings {
+    pub servers: Vec<SocketAddr>,
+}
+
+/// The actuator's hello: its mode and the policy, fixed for its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActuatorSettings {
+    pub observe: bool,
+    pub policy: ClockPolicy,
+}
+
+/// The drift file: the frequency a previous run learnt.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DriftFile {
+    pub version: u32,
+    /// ppm scaled by 2^16 (the kernel's unit).
+    pub scaled_ppm: i64,
+}
+
+impl Versioned for DriftFile {
+    const VERSION: u32 = 1;
+    const WHAT: &'static str = "drift file";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirage_sdk::sandbox::seccomp;
+
+    #[test]
+    fn the_plans_are_the_table_above() {
+        let e = engine();
+        assert_eq!(
+            (e.uid, e.keep_caps.len(), e.seccomp.clone()),
+            (ENGINE_ID, 0, vec![BASE])
+        );
+        let n = network(3);
+        assert_eq!((n.uid, n.keep_caps.len(), n.nofile), (NETWORK_ID, 0, 19));
+        assert_eq!(n.seccomp, [BASE, PACKET_IN]);
+        let a = actuator(false);
+        assert_eq!(a.keep_caps, [Capability::CAP_SYS_TIME]);
+        assert_eq!(a.seccomp, [BASE, CLOCK, STATE_FILES]);
+        assert_eq!(a.contain_dirs, [FD_STATE_DIR]);
+        let o = actuator(true);
+        assert!(o.keep_caps.is_empty() && o.contain_dirs.is_empty() && o.landlock_dirs.is_empty());
+        assert_eq!(o.seccomp, [BASE]);
+        for plan in [e, n, a, o] {
+            assert!(seccomp::filter(&plan.seccomp).is_ok(), "{}", plan.name);
+        }
+    }
+
+    #[test]
+    fn only_the_steering_actuator_may_call_clock_adjtime_and_only_on_realtime() {
+        let calls = |p: &RolePlan| -> Vec<(i64, When)> {
+            p.seccomp
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|a| (a.nr, a.when))
+                .collect()
+        };
+        let clock = seccomp::sys::clock_adjtime;
+        for p in [engine(), network(16), actuator(true)] {
+            assert!(
+                !calls(&p).iter().any(|&(nr, _)| nr == clock
+                    || nr == seccomp::sys::adjtimex
+                    || nr == seccomp::sys::clock_settime),
+                "{}",
+                p.name
+            );
+        }
+        let a: Vec<_> = calls(&actuator(false))
+            .into_iter()
+            .filter(|&(nr, _)| nr == clock)
+            .collect();
+        // CLOCK_REALTIME is clock id 0.
+        assert_eq!(a, [(clock, When::ArgEq(0, 0))]);
+    }
+}

@@ -1,0 +1,197 @@
+//! mirage-ntp end to end against chrony: chrony in server mode with `-x`
+//! (it never touches the clock) on the loopback of a network namespace the
+//! test creates, answering on 127.0.0.1 and ::1; the real binary in
+//! `--observe`, so nothing here can move the host clock either. Needs root
+//! (namespaces, the roles' privilege drop) and chronyd
+//! (scripts/install-deps.sh); CI runs as root.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mirage_ntp::plan;
+use mirage_testkit::cmd::read_lossy;
+use mirage_testkit::netns::{Netns, unique_id};
+use mirage_testkit::process::{Procs, Proto, wait_listening};
+use mirage_testkit::procfs::{ProcStatus, role_pid, roles_of};
+use mirage_testkit::tempdir::TestDir;
+use mirage_testkit::wait::wait_some;
+
+fn bin() -> std::path::PathBuf {
+    mirage_testkit::service_bin("MIRAGE_NTP_BIN", env!("CARGO_BIN_EXE_mirage-ntp"))
+}
+
+/// Dropped in field order: the processes, the namespace, the directory.
+struct Fixture {
+    procs: Procs,
+    ns: Netns,
+    dir: TestDir,
+}
+
+/// chronyd serving its (the host's) clock at stratum 8 in a fresh
+/// namespace: no source of its own, `-x` (no clock control), no command
+/// port, files in the test's directory.
+fn with_chrony(tag: &str) -> Fixture {
+    let (id, _) = unique_id();
+    let ns = Netns::add_unique(tag);
+    let dir = TestDir::new("mirage-ntp", &id);
+    let conf = dir.join("chrony.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "allow all\nlocal stratum 8\nport 123\ncmdport 0\npidfile {0}/chronyd.pid\ndriftfile {0}/chrony.drift\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut procs = Procs::new();
+    let mut cmd = ns.command("chronyd");
+    cmd.args(["-x", "-d", "-u", "root", "-f"]).arg(&conf);
+    procs.spawn_logged(cmd, &dir.join("chrony.log"));
+    wait_listening(&ns, Proto::Udp, 123, Duration::from_secs(20));
+    Fixture { procs, ns, dir }
+}
+
+fn status(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("run/status.json")).ok()?).ok()
+}
+
+#[test]
+fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxed() {
+    let mut f = with_chrony("ntpc");
+    let mut cmd = f.ns.command(bin().to_str().unwrap());
+    cmd.args(["run", "--server", "127.0.0.1", "--server", "::1", "--observe"])
+        .args(["--config", "/dev/null", "--log-level", "debug", "--state-dir"])
+        .arg(f.dir.join("state"))
+        .arg("--run-dir")
+        .arg(f.dir.join("run"));
+    let daemon = f.procs.spawn_logged(cmd, &f.dir.join("ntp.log"));
+
+    // Both sources selected: the estimate combines IPv4 and IPv6.
+    let v = wait_some(
+        Duration::from_secs(30),
+        "an estimate from both sources",
+        || {
+            status(f.dir.path()).filter(|v| {
+                v["state"] == "observing"
+                    && v["sources"]
+                        .as_array()
+                        .is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["state"] == "selected"))
+            })
+        },
+        || read_lossy(&f.dir.join("ntp.log")),
+    );
+    // chrony serves this very clock: the offset is the measurement's error.
+    let offset = v["offset_ms"].as_f64().unwrap();
+    assert!(offset.abs() < 1.0, "offset {offset} ms: {v}");
+    assert_eq!(v["synchronized"], false, "observing never disciplines: {v}");
+    assert_eq!(v["stratum"], 9, "{v}");
+    assert_eq!(v["leap"], "none");
+    assert_eq!(v["observe"], true);
+    assert_eq!(v["refused"], serde_json::json!({}), "no reply refused: {v}");
+    assert_eq!(v["outbound_refused"], serde_json::json!({}), "{v}");
+    assert_eq!(
+        v["replies_without_kernel_stamp"], 0,
+        "every reply kernel-stamped: {v}"
+    );
+    assert_eq!(v["clock"]["steerable"], false, "{v}");
+    assert_eq!(
+        v["clock"]["intents"],
+        serde_json::json!({}),
+        "observing asks for no clock change: {v}"
+    );
+    for s in v["sources"].as_array().unwrap() {
+        assert_eq!(s["stratum"], 8, "{s}");
+        assert!(s["reach"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["delay_ms"].as_f64().unwrap() < 50.0, "{s}");
+        for key in ["offset_ms", "jitter_ms"] {
+            assert!(s[key].as_f64().unwrap().abs() < 1.0, "{key}: {s}");
+        }
+        assert_eq!(s["poll_s"], 64, "{s}");
+    }
+    let addresses: Vec<&str> = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses, ["127.0.0.1:123", "[::1]:123"]);
+    let metrics = std::fs::read_to_string(f.dir.join("run/metrics.prom")).unwrap();
+    for line in [
+        "mirage_ntp_state{state=\"observing\"} 1",
+        "mirage_ntp_stratum 9",
+        "mirage_ntp_source_reach{address=\"[::1]:123\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+
+    // The roles: their own ids, no capability (observing), their filters.
+    let pid = f.procs.pid(daemon);
+    let names: Vec<String> = roles_of(pid).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["actuator", "engine", "network"]);
+    for (role, id) in [
+        ("engine", plan::ENGINE_ID),
+        ("network", plan::NETWORK_ID),
+        ("actuator", plan::ACTUATOR_ID),
+    ] {
+        let st = ProcStatus::read(role_pid(pid, role));
+        assert_eq!(st.uids(), [id; 4], "{role}");
+        assert_eq!(st.gids(), [id; 4], "{role}");
+        assert_eq!(st.seccomp(), 2, "{role} runs under its filter");
+        assert!(st.no_new_privs(), "{role}");
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+            assert_eq!(st.caps(set), 0, "{role} {set}");
+        }
+    }
+
+    // `status --json` reads what was published; SIGTERM ends it cleanly.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--json", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["state"], "observing");
+    f.procs.signal(daemon, "TERM");
+    let exit = f
+        .procs
+        .wait_exit(daemon, Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    assert!(exit.success(), "{exit:?}: {}", read_lossy(&f.dir.join("ntp.log")));
+}
+
+#[test]
+fn a_server_that_does_not_answer_is_unreachable_and_the_other_one_is_still_used() {
+    let mut f = with_chrony("ntpu");
+    let mut cmd = f.ns.command(bin().to_str().unwrap());
+    // 127.0.0.2 is on lo but nothing listens on its port 1123.
+    cmd.args([
+        "run",
+        "--server",
+        "127.0.0.1",
+        "--server",
+        "127.0.0.2:1123",
+        "--observe",
+    ])
+    .args(["--config", "/dev/null", "--state-dir"])
+    .arg(f.dir.join("state"))
+    .arg("--run-dir")
+    .arg(f.dir.join("run"));
+    f.procs.spawn_logged(cmd, &f.dir.join("ntp.log"));
+    // Two configured sources need both to agree: one silent server leaves
+    // the estimate out (never a minority of one steering), and says why.
+    let v = wait_some(
+        Duration::from_secs(30),
+        "the answering source as a candidate",
+        || {
+            status(f.dir.path()).filter(|v| {
+                v["sources"][0]["state"] == "candidate" && v["sources"][0]["reach"].as_u64() >= Some(3)
+            })
+        },
+        || read_lossy(&f.dir.join("ntp.log")),
+    );
+    assert_eq!(v["state"], "not-enough-sources", "{v}");
+    assert_eq!(v["sources"][1]["state"], "unreachable", "{v}");
+    assert_eq!(v["sources"][1]["reach"], 0, "{v}");
+    assert_eq!(v["quorum"], 2, "{v}");
+}

@@ -1,0 +1,196 @@
+//! UDP datagrams stamped with the kernel's receive time.
+//!
+//! A time client measures how long its request took to come back; the
+//! moment a reply arrived is best taken by the kernel when it queued the
+//! datagram (`SO_TIMESTAMPNS`), not when a process woke up to read it: the
+//! wake-up adds scheduling delay, on one side of the exchange only, which
+//! reads as offset. The supervisor turns the option on
+//! ([`enable_receive_timestamps`], `setsockopt` is in no role's allow-list)
+//! before it hands the socket over; the role reads with [`recv_timestamped`]
+//! (`recvmsg`, [`crate::sandbox::seccomp::PACKET_IN`]), whose control
+//! message parsing is the unsafe part this module keeps out of the service.
+//! The kernel turns arrival stamping on for the whole system shortly after
+//! the first socket asks for it (a deferred static key); datagrams that
+//! arrive before are stamped when they are read, which is no worse than a
+//! reading taken by the role.
+//!
+//! ```
+//! use std::net::UdpSocket;
+//! use mirage_sdk::udp::{enable_receive_timestamps, recv_timestamped};
+//!
+//! let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+//! enable_receive_timestamps(&rx).unwrap();
+//! let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+//! tx.send_to(b"ping", rx.local_addr().unwrap()).unwrap();
+//! rx.set_nonblocking(false).unwrap();
+//! let mut buf = [0u8; 16];
+//! let got = recv_timestamped(&rx, &mut buf, false).unwrap();
+//! assert_eq!((&buf[..got.len], got.truncated), (&b"ping"[..], false));
+//! let at = got.at.expect("the kernel stamped it");
+//! let now = mirage_sdk::clock::realtime();
+//! assert!(now.nanos_since(at) >= 0 && now.nanos_since(at) < 5_000_000_000);
+//! ```
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use crate::clock::RealTime;
+
+/// `SO_TIMESTAMPNS` and its control message type. On 64-bit targets the
+/// old and the 64-bit-time options are the same number (35), and the
+/// control message carries a native `struct timespec`.
+#[cfg(target_pointer_width = "64")]
+const SO_TIMESTAMPNS: libc::c_int = 35;
+#[cfg(target_pointer_width = "64")]
+const SCM_TIMESTAMPNS: libc::c_int = SO_TIMESTAMPNS;
+
+/// Ask the kernel to stamp every datagram `socket` receives with
+/// `CLOCK_REALTIME` (nanoseconds).
+pub fn enable_receive_timestamps(socket: impl AsFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is open for the duration of the call (borrowed); the
+    // option value is a live c_int and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One datagram as [`recv_timestamped`] read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes written to the buffer.
+    pub len: usize,
+    /// The datagram was longer than the buffer (the rest is lost).
+    pub truncated: bool,
+    /// When the kernel received it; `None` when the socket has no
+    /// timestamping on or the control message did not fit.
+    pub at: Option<RealTime>,
+}
+
+/// Room for one `SCM_TIMESTAMPNS` message and then some, aligned for
+/// `cmsghdr` (an array of u64: 8-byte alignment, as the header needs).
+const CONTROL_WORDS: usize = 16;
+
+/// Read one datagram from `socket` (connected or not: the sender is not
+/// reported) with its kernel receive timestamp. `nonblocking`: return
+/// `WouldBlock` rather than wait when nothing is queued.
+pub fn recv_timestamped(socket: impl AsFd, buf: &mut [u8], nonblocking: bool) -> io::Result<Received> {
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data for which all-zero is a valid value (no
+    // name, no iovecs, no control buffer); the fields used are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+    // SAFETY: `msg` points at `iov` (which covers exactly `buf`) and at
+    // `control`, all alive and exclusively borrowed for the call; the fd is
+    // borrowed open.
+    let n = unsafe { libc::recvmsg(socket.as_fd().as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = usize::try_from(n).unwrap_or(0).min(buf.len());
+    let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
+    let at = if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        None
+    } else {
+        timestamp_of(&msg)
+    };
+    Ok(Received { len, truncated, at })
+}
+
+/// The `SCM_TIMESTAMPNS` control message of `msg`, if any.
+fn timestamp_of(msg: &libc::msghdr) -> Option<RealTime> {
+    let want = std::mem::size_of::<libc::timespec>();
+    // SAFETY: `msg` was filled by a successful recvmsg: msg_control points
+    // at our live control buffer and msg_controllen says how much of it the
+    // kernel wrote, which is all CMSG_FIRSTHDR/CMSG_NXTHDR read.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: non-null headers from CMSG_FIRSTHDR/NXTHDR lie within
+        // the written part of the control buffer.
+        let hdr = unsafe { &*cmsg };
+        // SAFETY: CMSG_LEN is arithmetic on its argument only.
+        let full = unsafe { libc::CMSG_LEN(want as u32) } as usize;
+        if hdr.cmsg_level == libc::SOL_SOCKET
+            && hdr.cmsg_type == SCM_TIMESTAMPNS
+            && hdr.cmsg_len as usize >= full
+        {
+            // SAFETY: the header says its data holds a whole timespec
+            // (checked just above); the data may be unaligned, so it is
+            // read unaligned.
+            let ts: libc::timespec = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+            let nanos = u32::try_from(ts.tv_nsec).ok().filter(|&n| n < 1_000_000_000)?;
+            return Some(RealTime {
+                secs: ts.tv_sec,
+                nanos,
+            });
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; NXTHDR returns null past the end.
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn without_the_option_there_is_no_timestamp_and_truncation_is_reported() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&[7u8; 100], rx.local_addr().unwrap()).unwrap();
+        let mut small = [0u8; 10];
+        let got = recv_timestamped(&rx, &mut small, false).unwrap();
+        assert_eq!((got.len, got.truncated, got.at), (10, true, None));
+        // Nothing queued: nonblocking returns at once.
+        let e = recv_timestamped(&rx, &mut small, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn the_kernel_stamp_is_taken_on_arrival_not_when_read() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_receive_timestamps(&rx).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The kernel turns arrival stamping on for the whole system a
+        // little after the first socket asks (a deferred static key);
+        // until then it stamps when the datagram is read. So: bounded tries.
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            let before = crate::clock::realtime();
+            tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut buf = [0u8; 4];
+            let got = recv_timestamped(&rx, &mut buf, false).unwrap();
+            let after = crate::clock::realtime();
+            let at = got.at.expect("stamped");
+            assert!(at.nanos_since(before) >= 0, "{at:?} before {before:?}");
+            assert!(after.nanos_since(at) >= 0, "{at:?} after the read {after:?}");
+            if after.nanos_since(at) >= 40_000_000 {
+                return;
+            }
+            seen.push(after.nanos_since(at));
+        }
+        panic!("never stamped on arrival; read-to-stamp gaps (ns): {seen:?}");
+    }
+}
