@@ -35,7 +35,7 @@ use mirage_sdk::service::publish::{Pacing, Schedule};
 use mirage_sdk::service::{launch, state};
 
 use crate::config::{ClientIdMode, Config, SandboxKind};
-use crate::roles::{self, RoleName};
+use crate::roles;
 
 /// The roles, by their index in the runtime.
 const ENGINE: RoleId = 0;
@@ -75,16 +75,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         .transpose()?;
 
     let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink: {e}"))?;
-    let link = rtnl
-        .link_by_name(&config.interface)
-        .map_err(|e| format!("interface {}: {e}", config.interface))?;
-    if !link.up {
-        rtnl.set_link_up(link.index)
-            .map_err(|e| format!("bringing {} up: {e}", config.interface))?;
-    }
-    let link = rtnl
-        .link(link.index)
-        .map_err(|e| format!("interface {}: {e}", config.interface))?;
+    let link = rtnl.link_up_by_name(&config.interface)?;
     let mac = link
         .mac
         .ok_or_else(|| format!("{} has no Ethernet address", config.interface))?;
@@ -127,9 +118,9 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     // DUID-LL from the MAC again.
     actuator_settings.store_duid = new_duid;
     let engine_plan = dhcp.engine_plan();
-    let network_id = config.ids.of(RoleName::Network);
+    let network_id = config.ids.network;
     let network_plan = plan::network(network_id.uid, network_id.gid);
-    let actuator_id = config.ids.of(RoleName::Actuator);
+    let actuator_id = config.ids.actuator;
     let actuator_plan = plan::actuator(actuator_id.uid, actuator_id.gid, resolv.is_some());
     let options = dhcp.options();
     let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
@@ -251,7 +242,7 @@ impl Dhcp {
 
     /// The engine's plan under its configured ids.
     fn engine_plan(&self) -> RolePlan {
-        let id = self.config.ids.of(RoleName::Engine);
+        let id = self.config.ids.engine;
         plan::engine(id.uid, id.gid)
     }
 

@@ -300,12 +300,9 @@ impl Actuator<'_> {
                     resolv.dropped.join(" ")
                 );
             }
-            let text = resolv.text;
-            if let Err(e) = files::write_atomic(dir(FD_RESOLV_DIR), name, text.as_bytes(), 0o644) {
-                log::debug!("{name} cannot be replaced ({e}); rewriting it in place");
-                if let Err(e) = files::rewrite_in_place(dir(FD_RESOLV_FILE), text.as_bytes()) {
-                    return Outcome::Failed(format!("writing {name}: {e}"));
-                }
+            let (text, file) = (resolv.text.as_bytes(), dir(FD_RESOLV_FILE));
+            if let Err(e) = files::replace_or_rewrite(dir(FD_RESOLV_DIR), name, file, text, 0o644) {
+                return Outcome::Failed(format!("writing {name}: {e}"));
             }
         }
         Outcome::Done
