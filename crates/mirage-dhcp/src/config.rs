@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use mirage_ipc::{AcdConfig, EngineConfig, Limits, is_valid_domain_name};
 use mirage_sdk::service::cli::layered;
-pub use mirage_sdk::service::ids::RoleId;
+#[cfg(test)]
+use mirage_sdk::service::ids::RoleId;
 use mirage_sdk::service::{Common, CommonLayer, Service};
 use serde::Deserialize;
 
