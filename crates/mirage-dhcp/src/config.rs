@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use mirage_ipc::{AcdConfig, EngineConfig, Limits, is_valid_domain_name};
 use mirage_sdk::service::cli::layered;
-use mirage_sdk::service::ids;
-pub use mirage_sdk::service::ids::RoleId;
+#[cfg(test)]
+use mirage_sdk::service::ids::RoleId;
 use mirage_sdk::service::{Common, CommonLayer, Service};
 use serde::Deserialize;
 
@@ -93,48 +93,15 @@ impl Default for TimingConfig {
     }
 }
 
-/// `[ids]`: who each role runs as.
-#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdsConfig {
-    pub network: Option<RoleId>,
-    pub engine: Option<RoleId>,
-    /// Also owns the state and runtime directories.
-    pub actuator: Option<RoleId>,
-    /// Let a role run as uid or gid 0 (never needed: for debugging only).
-    pub allow_root: bool,
-}
-
-/// The ids each role runs as, once [`Config::fit_ids_to_process`] ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoleIds {
-    pub network: RoleId,
-    pub engine: RoleId,
-    pub actuator: RoleId,
-}
-
-impl RoleIds {
-    pub fn of(&self, role: crate::roles::RoleName) -> RoleId {
-        match role {
-            crate::roles::RoleName::Network => self.network,
-            crate::roles::RoleName::Engine => self.engine,
-            crate::roles::RoleName::Actuator => self.actuator,
-        }
-    }
-
-    pub const DEFAULT: RoleIds = RoleIds {
-        network: RoleId::same(DEFAULT_NETWORK_ID),
-        engine: RoleId::same(DEFAULT_ENGINE_ID),
-        actuator: RoleId::same(DEFAULT_ACTUATOR_ID),
-    };
-
-    /// Each role's config key and ids.
-    fn named(&self) -> [(&'static str, RoleId); 3] {
-        [
-            ("network", self.network),
-            ("engine", self.engine),
-            ("actuator", self.actuator),
-        ]
+mirage_sdk::role_ids! {
+    /// `[ids]`: who each role runs as.
+    pub struct IdsConfig =>
+    /// The ids each role runs as, once [`Config::fit_ids_to_process`] ran.
+    pub struct RoleIds {
+        network: DEFAULT_NETWORK_ID,
+        engine: DEFAULT_ENGINE_ID,
+        /// Also owns the state and runtime directories.
+        actuator: DEFAULT_ACTUATOR_ID,
     }
 }
 
@@ -263,15 +230,7 @@ impl Config {
                  remove uid and gid (see the README, configuration reference)",
             ));
         }
-        let i = f.ids;
-        let ids = RoleIds {
-            network: i.network.unwrap_or(RoleIds::DEFAULT.network),
-            engine: i.engine.unwrap_or(RoleIds::DEFAULT.engine),
-            actuator: i.actuator.unwrap_or(RoleIds::DEFAULT.actuator),
-        };
-        if !i.allow_root {
-            ids::refuse_root(&ids.named()).map_err(|(key, why)| bad(&key, why))?;
-        }
+        let ids = RoleIds::resolve(&f.ids).map_err(|(key, why)| bad(&key, why))?;
         let resolv_conf = layered(o.resolv_conf, f.resolv_conf, || DEFAULT_RESOLV_CONF.into());
         let resolv_conf = if resolv_conf.as_os_str().is_empty() {
             None
@@ -314,22 +273,15 @@ impl Config {
 
 impl Config {
     /// Fit the role ids to the process the supervisor runs as
-    /// ([`ids::fit_to_process`]): as root each role switches to its own.
+    /// ([`mirage_sdk::service::ids::fit_to_process`]): as root each role switches to its own.
     pub fn fit_ids_to_process(&mut self, euid: u32, egid: u32) -> Result<(), String> {
-        let c = self.ids_config;
-        let i = &mut self.ids;
-        let mut roles = [
-            ("network", c.network, &mut i.network),
-            ("engine", c.engine, &mut i.engine),
-            ("actuator", c.actuator, &mut i.actuator),
-        ];
-        ids::fit_to_process::<Dhcp>(&mut roles, euid, egid)
+        self.ids.fit_to_process::<Dhcp>(&self.ids_config, euid, egid)
     }
 
     /// Id choices that work but weaken the split, for the log
-    /// ([`ids::warnings`]).
+    /// ([`mirage_sdk::service::ids::warnings`]).
     pub fn id_warnings(&self, distinct_possible: bool) -> Vec<String> {
-        ids::warnings(&self.ids.named(), distinct_possible)
+        self.ids.warnings(distinct_possible)
     }
 }
 

@@ -14,7 +14,6 @@
 //!   engine --PublishStatus--> (supervisor adds its counters) --> actuator
 //! ```
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant as StdInstant};
@@ -30,13 +29,13 @@ use mirage_sdk::log::EventLog;
 use mirage_sdk::netlink::{LinkMonitor, Rtnl};
 use mirage_sdk::packet::PacketSocket;
 use mirage_sdk::role::{RoleOptions, RolePlan};
-use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe};
+use mirage_sdk::runtime::{Ctx, Intents, Restart, RoleId, RoleStart, Runtime, Service, Shed, SignalPipe};
 use mirage_sdk::service::dirs::{self, Owner};
 use mirage_sdk::service::publish::{Pacing, Schedule};
 use mirage_sdk::service::{launch, state};
 
 use crate::config::{ClientIdMode, Config, SandboxKind};
-use crate::roles::{self, RoleName};
+use crate::roles;
 
 /// The roles, by their index in the runtime.
 const ENGINE: RoleId = 0;
@@ -76,16 +75,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         .transpose()?;
 
     let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink: {e}"))?;
-    let link = rtnl
-        .link_by_name(&config.interface)
-        .map_err(|e| format!("interface {}: {e}", config.interface))?;
-    if !link.up {
-        rtnl.set_link_up(link.index)
-            .map_err(|e| format!("bringing {} up: {e}", config.interface))?;
-    }
-    let link = rtnl
-        .link(link.index)
-        .map_err(|e| format!("interface {}: {e}", config.interface))?;
+    let link = rtnl.link_up_by_name(&config.interface)?;
     let mac = link
         .mac
         .ok_or_else(|| format!("{} has no Ethernet address", config.interface))?;
@@ -128,9 +118,9 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     // DUID-LL from the MAC again.
     actuator_settings.store_duid = new_duid;
     let engine_plan = dhcp.engine_plan();
-    let network_id = config.ids.of(RoleName::Network);
+    let network_id = config.ids.network;
     let network_plan = plan::network(network_id.uid, network_id.gid);
-    let actuator_id = config.ids.of(RoleName::Actuator);
+    let actuator_id = config.ids.actuator;
     let actuator_plan = plan::actuator(actuator_id.uid, actuator_id.gid, resolv.is_some());
     let options = dhcp.options();
     let mut actuator_fds = vec![rtnl.as_fd(), monitor.as_fd(), state_dir.as_fd(), run_dir.as_fd()];
@@ -191,16 +181,15 @@ struct Dhcp {
     intents_refused: u64,
     /// When status.json / metrics.prom are written (by the actuator).
     publishing: Schedule,
-    /// The engine generation of each apply/remove/persist forwarded to the
-    /// actuator and not answered yet, oldest first (the actuator answers
-    /// those in order).
-    intents: VecDeque<u64>,
+    /// Each apply/remove/persist forwarded to the actuator and not
+    /// answered yet, by engine generation.
+    intents: Intents,
     /// Dropped frames, logged one by one at most 50 a second (the
     /// counters in status.json and metrics count every drop).
     drop_log: EventLog,
     applied: bool,
     /// Frames not delivered because the receiving role's queue was full.
-    frames_shed: u64,
+    frames_shed: Shed,
     binding: roles::network::BindingTracker,
     /// Restarts of the engine (published).
     engine_restarts: u32,
@@ -232,10 +221,10 @@ impl Dhcp {
             intents_refused: 0,
             // The first status is the engine's.
             publishing: Schedule::starting_clean(PUBLISHING, StdInstant::now()),
-            intents: VecDeque::new(),
+            intents: Intents::new(ENGINE, ACTUATOR, MAX_ENGINE_INTENTS),
             drop_log: EventLog::new(50),
             applied: false,
-            frames_shed: 0,
+            frames_shed: Shed::default(),
             binding: Default::default(),
             engine_restarts: 0,
             deadline: None,
@@ -253,7 +242,7 @@ impl Dhcp {
 
     /// The engine's plan under its configured ids.
     fn engine_plan(&self) -> RolePlan {
-        let id = self.config.ids.of(RoleName::Engine);
+        let id = self.config.ids.engine;
         plan::engine(id.uid, id.gid)
     }
 
@@ -285,22 +274,6 @@ impl Dhcp {
         ctx.send(ENGINE, &ToEngine::Event(event));
     }
 
-    /// Hand a frame on, dropped when the role's socket is full, as a busy
-    /// link would; DHCP retransmits.
-    fn send_frame<T: serde::Serialize>(&mut self, ctx: &mut Ctx<'_>, to: RoleId, msg: &T) {
-        if ctx.is_up(to) && !ctx.send_lossy(to, msg) {
-            self.frames_shed += 1;
-            // Logged at 1, 2, 4, 8... so a flood cannot flood the log.
-            if self.frames_shed.is_power_of_two() {
-                log::warn!(
-                    "the {} role's queue is full: {} frames dropped so far",
-                    ctx.name(to),
-                    self.frames_shed
-                );
-            }
-        }
-    }
-
     /// Tell the network role about our address, never blocking; a state it
     /// could not take now is sent again next round.
     fn tell_network(&mut self, ctx: &mut Ctx<'_>) {
@@ -316,24 +289,13 @@ impl Dhcp {
         self.intents.len() + self.publishing.in_flight() as usize
     }
 
-    /// Forward an engine's intent, unless that engine already has
-    /// [`MAX_ENGINE_INTENTS`] unanswered: then it floods the actuator (a
-    /// real engine never does) and is restarted instead. Says whether it
-    /// was forwarded.
+    /// Forward an engine's intent; one past [`MAX_ENGINE_INTENTS`] is a
+    /// flood, and the engine is restarted instead. Says whether it was
+    /// forwarded.
     fn forward_intent(&mut self, ctx: &mut Ctx<'_>, msg: ToActuator) -> bool {
-        let generation = ctx.generation(ENGINE);
-        let mine = self.intents.iter().filter(|&&g| g == generation).count();
-        if mine >= MAX_ENGINE_INTENTS {
-            self.intents_refused += 1;
-            ctx.fault(
-                ENGINE,
-                format!("more than {MAX_ENGINE_INTENTS} intents waiting for the actuator"),
-            );
-            return false;
-        }
-        self.intents.push_back(generation);
-        ctx.send(ACTUATOR, &msg);
-        true
+        let forwarded = self.intents.forward(ctx, &msg);
+        self.intents_refused += u64::from(!forwarded);
+        forwarded
     }
 
     /// Send the status to the actuator if [`PUBLISHING`] says it is due.
@@ -362,7 +324,7 @@ impl Dhcp {
                 }
             }
             FromEngine::Action(EngineAction::Transmit(frame)) => {
-                self.send_frame(ctx, NETWORK, &ToNetwork::Transmit(frame));
+                self.frames_shed.send(ctx, NETWORK, &ToNetwork::Transmit(frame));
             }
             FromEngine::Action(EngineAction::ApplyLease { lease, valid_secs }) => {
                 log::info!(
@@ -432,7 +394,7 @@ impl Dhcp {
                     data,
                     checksum_offloaded,
                 });
-                self.send_frame(ctx, ENGINE, &event);
+                self.frames_shed.send(ctx, ENGINE, &event);
             }
             FromNetwork::Refused { reason } => {
                 self.frames_refused += 1;
@@ -455,12 +417,12 @@ impl Dhcp {
                 self.send_engine(ctx, EngineEvent::LinkDown);
             }
             FromActuator::Result { kind, outcome } => {
-                // Whose intent this answers; `None` for a publish.
-                let generation = if kind == IntentKind::PublishStatus {
+                // Whether it answers this engine's intent; `None` for a publish.
+                let current = if kind == IntentKind::PublishStatus {
                     self.publishing.done();
                     None
                 } else {
-                    Some(self.intents.pop_front())
+                    Some(self.intents.answered(ctx))
                 };
                 let ok = matches!(outcome, Outcome::Done);
                 match outcome {
@@ -479,14 +441,12 @@ impl Dhcp {
                     self.binding.apply_answered(ok);
                     self.tell_network(ctx);
                 }
-                match generation {
+                match current {
                     // A status that waited for this answer goes now.
                     None => self.publish(ctx),
-                    Some(g) if g == Some(ctx.generation(ENGINE)) => {
-                        self.send_engine(ctx, EngineEvent::IntentResult { kind, ok })
-                    }
+                    Some(true) => self.send_engine(ctx, EngineEvent::IntentResult { kind, ok }),
                     // An answer to an engine that was restarted since.
-                    Some(_) => {}
+                    Some(false) => {}
                 }
             }
         }

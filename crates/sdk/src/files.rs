@@ -323,6 +323,23 @@ fn replace(dir: impl AsFd, name: &str, contents: &[u8], mode: u32, durable: bool
     Ok(())
 }
 
+/// Replace `dir/name` atomically ([`write_atomic`]), or, where it cannot
+/// be renamed over (a bind-mounted resolv.conf, a directory the role may
+/// not write), rewrite `file`, the same file opened for writing, in place
+/// ([`rewrite_in_place`]).
+pub fn replace_or_rewrite(
+    dir: impl AsFd,
+    name: &str,
+    file: impl AsFd,
+    contents: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    write_atomic(dir, name, contents, mode).or_else(|e| {
+        log::debug!("{name} cannot be replaced ({e}); rewriting it in place");
+        rewrite_in_place(file, contents)
+    })
+}
+
 /// Rewrite an open file in place: write everything at offset 0, cut the
 /// rest, fsync. Not atomic for concurrent readers, so it is only the fallback
 /// for targets that cannot be renamed over: a bind-mounted file (containers

@@ -2,6 +2,9 @@
 //!
 //! This is the only crate of the workspace with `unsafe`; every block carries
 //! a `SAFETY:` comment. Module map:
+//! - [`runtime`], [`engine_role`], [`network_role`], [`actuator_role`]: the
+//!   supervisor loop and the roles' loops, written once; a service supplies
+//!   its routing, its engine, its outbound policy, its intents.
 //! - [`channel`]: SOCK_SEQPACKET IPC, one postcard message per datagram.
 //! - [`role`]: roles declared as data ([`role::RolePlan`]) and started
 //!   once: the hello, the sandbox, the entry.
@@ -21,6 +24,7 @@
 //! - [`log`]: role-tagged logging to stderr.
 //! - [`service`]: the convention every service follows: paths, common
 //!   flags, config layering, the `status` command, metrics names, state files.
+pub mod actuator_role;
 pub mod channel;
 pub mod clock;
 pub mod config;
@@ -29,6 +33,7 @@ pub mod fd;
 pub mod files;
 pub mod log;
 pub mod netlink;
+pub mod network_role;
 pub mod packet;
 pub mod role;
 pub mod runtime;

@@ -543,6 +543,21 @@ impl Rtnl {
         self.request(RTM_SETLINK, &msg, 0)
     }
 
+    /// The link named `name`, brought up if it was down, as it is then
+    /// (its carrier, MTU...): what a service on one interface opens first.
+    /// Errors name the interface.
+    pub fn link_up_by_name(&mut self, name: &str) -> Result<LinkInfo, String> {
+        let link = self
+            .link_by_name(name)
+            .map_err(|e| format!("interface {name}: {e}"))?;
+        if !link.up {
+            self.set_link_up(link.index)
+                .map_err(|e| format!("bringing {name} up: {e}"))?;
+        }
+        self.link(link.index)
+            .map_err(|e| format!("interface {name}: {e}"))
+    }
+
     /// Sets the link MTU. The kernel refuses values outside the device's
     /// `min_mtu..=max_mtu` with EINVAL; callers clamp first (field note 4).
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {

@@ -808,6 +808,94 @@ impl<S: Service> Runtime<S> {
     }
 }
 
+/// Intents forwarded from one role (the engine) to another (the actuator)
+/// and not answered yet, by the asking role's generation, oldest first
+/// (an actuator answers in order). An engine with `max` unanswered floods
+/// the actuator (a real one never does) and is put at fault instead; an
+/// answer meant for a generation that is gone is not handed to the next.
+#[derive(Debug)]
+pub struct Intents {
+    from: RoleId,
+    to: RoleId,
+    max: usize,
+    waiting: std::collections::VecDeque<u64>,
+}
+
+impl Intents {
+    pub fn new(from: RoleId, to: RoleId, max: usize) -> Self {
+        Intents {
+            from,
+            to,
+            max,
+            waiting: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Forward `msg` from the asking role to the actuator, unless its
+    /// generation has [`Intents::new`]'s `max` unanswered: then the asking
+    /// role is put at fault. Says whether it was forwarded.
+    pub fn forward<T: Serialize>(&mut self, ctx: &mut Ctx<'_>, msg: &T) -> bool {
+        let generation = ctx.generation(self.from);
+        if self.waiting.iter().filter(|&&g| g == generation).count() >= self.max {
+            let why = format!(
+                "more than {} intents waiting for the {}",
+                self.max,
+                ctx.name(self.to)
+            );
+            ctx.fault(self.from, why);
+            return false;
+        }
+        self.waiting.push_back(generation);
+        ctx.send(self.to, msg);
+        true
+    }
+
+    /// The actuator answered the oldest intent: whether the answer is for
+    /// the asking role as it runs now.
+    pub fn answered(&mut self, ctx: &Ctx<'_>) -> bool {
+        self.waiting.pop_front() == Some(ctx.generation(self.from))
+    }
+
+    /// Intents not answered yet.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// Frames (or datagrams) handed from role to role lossily, as a busy link
+/// would drop them (the protocols retransmit), and counted when a role's
+/// queue was full; logged at the 1st, 2nd, 4th, 8th... drop so that a
+/// flood cannot flood the log.
+#[derive(Debug, Default)]
+pub struct Shed {
+    count: u64,
+}
+
+impl Shed {
+    /// Send `msg` to `to` if it runs and its socket takes it now.
+    pub fn send<T: Serialize>(&mut self, ctx: &mut Ctx<'_>, to: RoleId, msg: &T) {
+        if ctx.is_up(to) && !ctx.send_lossy(to, msg) {
+            self.count += 1;
+            if self.count.is_power_of_two() {
+                log::warn!(
+                    "the {} role's queue is full: {} frames dropped so far",
+                    ctx.name(to),
+                    self.count
+                );
+            }
+        }
+    }
+
+    /// Frames dropped so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
 /// The two ends of a direct channel between roles ([`Runtime::link`]): give
 /// each role its end as the descriptor after its own (a role with two fds,
 /// 4 and 5, finds it at 6), then drop both here, so that each role holds

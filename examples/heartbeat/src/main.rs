@@ -19,11 +19,9 @@ use heartbeat_engine::{Heartbeat, PING_LEN, TAG};
 use mirage_engine::codec;
 use mirage_engine::{FromEngineOf, ToEngineOf};
 use mirage_heartbeat::plan::{self, FD_SOCKET};
-use mirage_sdk::channel::{Channel, wait_readable};
-use mirage_sdk::clock::boottime;
-use mirage_sdk::packet::RateCap;
+use mirage_sdk::network_role::{self, CapReport, Relay, RelayLimits, Request, Verdict};
 use mirage_sdk::role::{RoleOptions, Starting};
-use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe};
+use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, Shed, SignalPipe};
 use mirage_sdk::service::metrics::Metrics;
 use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::status::{StatusText, text_of};
@@ -43,10 +41,19 @@ const ENGINE: RoleId = 0;
 const NETWORK: RoleId = 1;
 /// status.json and metrics.prom are written at most this often.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
-/// Pings the network role sends a second, on average and at once: a
-/// compromised engine cannot flood the peer.
-const SEND_PER_SECOND: u32 = 25;
-const SEND_BURST: u32 = 5;
+/// The network role's relay: pings it sends a second, on average and at
+/// once (a compromised engine cannot flood the peer); only pings take a
+/// token, and each capped one is refused at once. `send`/`recv` on a
+/// connected socket are `sendto`/`recvfrom` without an address, which the
+/// network plan allows; their errors are the peer's ICMP (it is down).
+const RELAY: RelayLimits = RelayLimits {
+    max_len: 512,
+    per_second: 25,
+    burst: 5,
+    cap_before_policy: false,
+    cap_report: CapReport::Each,
+    io_errors: log::Level::Debug,
+};
 
 /// Supervisor <-> network role.
 #[derive(Serialize, Deserialize, Debug)]
@@ -177,6 +184,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         },
         publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
         stats: Stats::default(),
+        shed: Shed::default(),
     };
     let (engine, network) = (plan::engine(), plan::network());
     let specs = [
@@ -223,6 +231,8 @@ struct Supervisor {
     /// there is no actuator.
     publisher: Publisher,
     stats: Stats,
+    /// Datagrams dropped because a role's queue was full.
+    shed: Shed,
 }
 
 impl Supervisor {
@@ -285,7 +295,7 @@ impl Service for Supervisor {
                 mirage_engine::FromEngine::Action(heartbeat_engine::Action::Send(ping)) => {
                     self.stats.pings += 1;
                     // Lossy: a full queue drops the ping, as a busy link would.
-                    ctx.send_lossy(NETWORK, &ToNetwork::Send(ping));
+                    self.shed.send(ctx, NETWORK, &ToNetwork::Send(ping));
                 }
                 mirage_engine::FromEngine::Action(heartbeat_engine::Action::Pong { rtt_ms }) => {
                     self.stats.pongs += 1;
@@ -308,7 +318,7 @@ impl Service for Supervisor {
                 FromNetwork::Datagram(d) => {
                     let event: ToEngineOf<Heartbeat> =
                         mirage_engine::ToEngine::Event(heartbeat_engine::Event::Datagram(d));
-                    ctx.send_lossy(ENGINE, &event);
+                    self.shed.send(ctx, ENGINE, &event);
                 }
                 FromNetwork::Refused => self.stats.outbound_refused += 1,
             }
@@ -348,46 +358,45 @@ fn engine_role(role: Starting) -> Result<(), String> {
     mirage_sdk::engine_role::run::<Heartbeat>(role.enter()?.channel)
 }
 
-/// The network role: the socket is taken (and checked) before the sandbox.
+/// The network role: the socket is taken (and checked) before the
+/// sandbox, then the SDK's relay runs with [`PingsOnly`].
 fn network_role(role: Starting) -> Result<(), String> {
     let socket = UdpSocket::from(mirage_sdk::fd::take_fixed(FD_SOCKET));
     let started = role.enter()?;
-    network(&started.channel, &socket)
+    network_role::run(&mut PingsOnly, &socket, &started.channel, RELAY)
 }
 
-/// The network role: datagrams between the connected socket and the
-/// channel. Outbound, only a ping's shape passes, at a capped rate: the
-/// engine may be compromised. `send`/`recv` on a connected socket are
-/// `sendto`/`recvfrom` without an address, which the network profile allows.
-fn network(chan: &Channel, socket: &UdpSocket) -> Result<(), String> {
-    let mut cap = RateCap::new(SEND_PER_SECOND, SEND_BURST, boottime().millis());
-    let mut buf = [0u8; 512];
-    loop {
-        let ready = wait_readable(&[chan.as_fd(), socket.as_fd()], None).map_err(|e| format!("poll: {e}"))?;
-        if ready[1] {
-            match socket.recv(&mut buf) {
-                Ok(n) => chan
-                    .send(&FromNetwork::Datagram(buf[..n].to_vec()))
-                    .map_err(|e| format!("send: {e}"))?,
-                // ICMP port unreachable from an earlier ping: the peer is down.
-                Err(e) => log::debug!("receive: {e}"),
-            }
+/// The network role's policy: outbound, only a ping's shape passes (the
+/// engine may be compromised); inbound, every datagram goes to the engine.
+struct PingsOnly;
+
+impl Relay for PingsOnly {
+    type Socket = UdpSocket;
+    type In = ToNetwork;
+    type Out = FromNetwork;
+
+    fn received(&mut self, datagram: &[u8], (): ()) -> Option<FromNetwork> {
+        Some(FromNetwork::Datagram(datagram.to_vec()))
+    }
+
+    fn request(&mut self, msg: ToNetwork) -> Request {
+        let ToNetwork::Send(datagram) = msg;
+        Request::Send(datagram)
+    }
+
+    fn check(&mut self, d: Vec<u8>) -> Verdict {
+        if d.len() == PING_LEN && d.starts_with(TAG) {
+            Verdict::Send(d)
+        } else {
+            Verdict::Refused("not a ping".into())
         }
-        if ready[0] {
-            match chan.recv::<ToNetwork>() {
-                Ok(Some(ToNetwork::Send(d))) => {
-                    if d.len() == PING_LEN && d.starts_with(TAG) && cap.take(boottime().millis()) {
-                        if let Err(e) = socket.send(&d) {
-                            log::debug!("send: {e}");
-                        }
-                    } else {
-                        chan.send(&FromNetwork::Refused)
-                            .map_err(|e| format!("send: {e}"))?;
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("bad message from the supervisor: {e}")),
-            }
-        }
+    }
+
+    fn refused(&mut self, _reason: String) -> FromNetwork {
+        FromNetwork::Refused
+    }
+
+    fn capped(&mut self, _datagrams: u64) -> FromNetwork {
+        FromNetwork::Refused
     }
 }

@@ -7,13 +7,13 @@
 //! the lease in force), because the engine that asked may be compromised.
 //! Refusals are logged, counted by the supervisor and answered.
 
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mirage_ipc::{
-    FromActuator, INFINITE_LEASE, IntentKind, Lease, Limits, Outcome, PublishedStatus, Refusal, ToActuator,
+    FromActuator, INFINITE_LEASE, IntentKind, Lease, Limits, PublishedStatus, Refusal, ToActuator,
 };
-use mirage_sdk::channel::{Channel, wait_readable};
+use mirage_sdk::actuator_role::{self, HeldWrites, Outcome};
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
 use mirage_sdk::netlink::{LinkEvent, LinkMonitor, MAIN_TABLE, Rtnl};
@@ -59,7 +59,7 @@ pub fn run(role: Starting) -> Result<(), String> {
     let settings: RoleSettings = role.config()?;
     let args = &settings;
     let mut rtnl = Rtnl::from_raw_fd(FD_RTNL).map_err(|e| format!("rtnetlink: {e}"))?;
-    let mut monitor =
+    let monitor =
         LinkMonitor::from_raw_fd(FD_LINK_EVENTS, args.ifindex).map_err(|e| format!("link events: {e}"))?;
     // Every fd is checked and wrapped before the sandbox closes the calls
     // that checking needs (getsockopt, fcntl).
@@ -78,62 +78,11 @@ pub fn run(role: Starting) -> Result<(), String> {
         table: args.route_table.unwrap_or(MAIN_TABLE),
     };
     act.adopt_stored_lease();
-    let mut deferred = Deferred::with_duid(args.store_duid.clone(), Instant::now());
-    loop {
-        let timeout = deferred.timeout_ms(Instant::now());
-        let ready =
-            wait_readable(&[chan.as_fd(), monitor.as_fd()], timeout).map_err(|e| format!("poll: {e}"))?;
-        if ready[1] {
-            match monitor.read_events() {
-                Ok(events) => {
-                    for ev in events {
-                        let msg = match ev {
-                            LinkEvent::CarrierUp => FromActuator::LinkUp,
-                            LinkEvent::CarrierDown => FromActuator::LinkDown,
-                        };
-                        chan.send(&msg).map_err(|e| format!("send: {e}"))?;
-                    }
-                }
-                Err(e) => log::warn!("link events: {e}"),
-            }
-        }
-        if ready[0] {
-            let msg = match chan.recv::<ToActuator>() {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    // The supervisor is stopping: nothing deferred is lost.
-                    act.run_deferred(&mut deferred, &chan)?;
-                    return Ok(());
-                }
-                Err(e) => return Err(format!("bad message from the supervisor: {e}")),
-            };
-            match msg {
-                ToActuator::Publish(status) => {
-                    if deferred.publish(status, Instant::now()) {
-                        // Answered now, never written: a newer status replaced it.
-                        answer(&chan, IntentKind::PublishStatus, Outcome::Done)?;
-                    }
-                }
-                other => {
-                    let (kind, outcome) = act.handle(other);
-                    answer(&chan, kind, outcome)?;
-                }
-            }
-        }
-        if deferred.is_due(Instant::now()) {
-            act.run_deferred(&mut deferred, &chan)?;
-        }
+    let mut held = HeldWrites::<Deferred>::new(DEFER);
+    if let Some(duid) = args.store_duid.clone() {
+        held.hold(Instant::now()).duid = Some(duid);
     }
-}
-
-fn answer(chan: &Channel, kind: IntentKind, outcome: Outcome) -> Result<(), String> {
-    match &outcome {
-        Outcome::Done => {}
-        Outcome::Refused(r) => log::warn!("refused {kind:?}: {r}"),
-        Outcome::Failed(e) => log::warn!("{kind:?} failed: {e}"),
-    }
-    chan.send(&FromActuator::Result { kind, outcome })
-        .map_err(|e| format!("send: {e}"))
+    actuator_role::run(&mut act, &chan, Some(monitor), held)
 }
 
 /// How long file writes that nobody waits for are held back.
@@ -150,47 +99,91 @@ fn answer(chan: &Channel, kind: IntentKind, outcome: Outcome) -> Result<(), Stri
 const DEFER: Duration = Duration::from_millis(25);
 
 /// Writes held back by [`DEFER`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Deferred {
     /// The newest status not written yet.
     status: Option<PublishedStatus>,
     /// A new DUID (hex text) for the state directory.
     duid: Option<String>,
-    /// When the held-back writes are done; set by the first of them, so no
-    /// stream of newer ones can postpone them for ever.
-    due: Option<Instant>,
 }
 
-impl Deferred {
-    fn with_duid(duid: Option<String>, now: Instant) -> Self {
-        Deferred {
-            due: duid.as_ref().map(|_| now + DEFER),
-            status: None,
-            duid,
+impl actuator_role::Actuator for Actuator<'_> {
+    type Intent = ToActuator;
+    type Kind = IntentKind;
+    type Refusal = Refusal;
+    type Reply = FromActuator;
+    type Held = Deferred;
+
+    fn kind(intent: &ToActuator) -> IntentKind {
+        match intent {
+            ToActuator::Apply { .. } => IntentKind::ApplyLease,
+            ToActuator::Remove { .. } => IntentKind::RemoveLease,
+            ToActuator::Persist(_) => IntentKind::PersistLease,
+            ToActuator::Publish(_) => IntentKind::PublishStatus,
         }
     }
 
-    /// Hold `status` back; true if it replaced one that was held back (that
-    /// one is answered without being written).
-    fn publish(&mut self, status: PublishedStatus, now: Instant) -> bool {
-        self.due.get_or_insert(now + DEFER);
-        self.status.replace(status).is_some()
+    /// The policy fixed at start: a lease within the limits, applied for a
+    /// time it grants; a remove of the lease in force only.
+    fn check(&self, intent: &ToActuator) -> Result<(), Refusal> {
+        match intent {
+            ToActuator::Apply { lease, valid_secs } => {
+                lease.check(&self.limits)?;
+                // The kernel refuses a zero lifetime; an expired lease is removed, not applied.
+                if *valid_secs == 0 || (lease.lease_secs != INFINITE_LEASE && *valid_secs > lease.lease_secs)
+                {
+                    return Err(Refusal::BadLeaseTimes);
+                }
+                Ok(())
+            }
+            ToActuator::Remove { lease } => match &self.applied {
+                Some(a) if a.address == lease.address && a.prefix_len == lease.prefix_len => Ok(()),
+                _ => Err(Refusal::NotOurLease),
+            },
+            ToActuator::Persist(Some(lease)) => lease.check(&self.limits),
+            ToActuator::Persist(None) | ToActuator::Publish(_) => Ok(()),
+        }
     }
 
-    /// Milliseconds until the writes are due (rounded up, so the wake-up is
-    /// never early), or `None` with nothing held back.
-    fn timeout_ms(&self, now: Instant) -> Option<u64> {
-        self.due
-            .map(|d| d.saturating_duration_since(now).as_micros().div_ceil(1000) as u64)
+    fn apply(&mut self, intent: ToActuator, held: &mut HeldWrites<Deferred>) -> Option<Outcome<Refusal>> {
+        Some(match intent {
+            ToActuator::Apply { lease, valid_secs } => self.apply(&lease, valid_secs),
+            ToActuator::Remove { .. } => self.remove(),
+            ToActuator::Persist(lease) => self.persist(lease.as_ref()),
+            ToActuator::Publish(status) => {
+                // Answered now, never written: a newer status replaced it.
+                let replaced = held.hold(Instant::now()).status.replace(status);
+                return replaced.map(|_| Outcome::Done);
+            }
+        })
     }
 
-    fn is_due(&self, now: Instant) -> bool {
-        self.due.is_some_and(|d| now >= d)
+    /// The held-back writes, the DUID first: it is the one that must last.
+    fn write_held(&mut self, held: Deferred) -> Vec<(IntentKind, Outcome<Refusal>)> {
+        if let Some(text) = held.duid {
+            store_duid(&text);
+        }
+        let status = held.status.map(|s| self.publish(&s));
+        status
+            .map(|o| (IntentKind::PublishStatus, o))
+            .into_iter()
+            .collect()
     }
 
-    fn take(&mut self) -> (Option<PublishedStatus>, Option<String>) {
-        self.due = None;
-        (self.status.take(), self.duid.take())
+    fn answer(kind: IntentKind, outcome: Outcome<Refusal>) -> FromActuator {
+        let outcome = match outcome {
+            Outcome::Done => mirage_ipc::Outcome::Done,
+            Outcome::Refused(r) => mirage_ipc::Outcome::Refused(r),
+            Outcome::Failed(e) => mirage_ipc::Outcome::Failed(e),
+        };
+        FromActuator::Result { kind, outcome }
+    }
+
+    fn link_event(&mut self, event: LinkEvent) -> Option<FromActuator> {
+        Some(match event {
+            LinkEvent::CarrierUp => FromActuator::LinkUp,
+            LinkEvent::CarrierDown => FromActuator::LinkDown,
+        })
     }
 }
 
@@ -218,20 +211,6 @@ fn valid_duid_text(hex: &str) -> bool {
 }
 
 impl Actuator<'_> {
-    /// Do the held-back writes (DUID first: it is the one that must last),
-    /// answering the status publish.
-    fn run_deferred(&mut self, deferred: &mut Deferred, chan: &Channel) -> Result<(), String> {
-        let (status, duid) = deferred.take();
-        if let Some(text) = duid {
-            store_duid(&text);
-        }
-        if let Some(status) = status {
-            let outcome = self.publish(&status);
-            answer(chan, IntentKind::PublishStatus, outcome)?;
-        }
-        Ok(())
-    }
-
     /// After a daemon restart the previous run's address is still on the
     /// interface; knowing it lets a later NAK or expiry remove it.
     fn adopt_stored_lease(&mut self) {
@@ -250,31 +229,7 @@ impl Actuator<'_> {
         }
     }
 
-    fn handle(&mut self, msg: ToActuator) -> (IntentKind, Outcome) {
-        match msg {
-            ToActuator::Apply { lease, valid_secs } => {
-                (IntentKind::ApplyLease, self.apply(&lease, valid_secs))
-            }
-            ToActuator::Remove { lease } => (IntentKind::RemoveLease, self.remove(&lease)),
-            ToActuator::Persist(lease) => (IntentKind::PersistLease, self.persist(lease.as_ref())),
-            ToActuator::Publish(status) => (IntentKind::PublishStatus, self.publish(&status)),
-        }
-    }
-
-    /// The policy for ApplyLease, without side effects.
-    fn vet_apply(&self, lease: &Lease, valid_secs: u32) -> Result<(), Refusal> {
-        lease.check(&self.limits)?;
-        // The kernel refuses a zero lifetime; an expired lease is removed, not applied.
-        if valid_secs == 0 || (lease.lease_secs != INFINITE_LEASE && valid_secs > lease.lease_secs) {
-            return Err(Refusal::BadLeaseTimes);
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, lease: &Lease, valid_secs: u32) -> Outcome {
-        if let Err(r) = self.vet_apply(lease, valid_secs) {
-            return Outcome::Refused(r);
-        }
+    fn apply(&mut self, lease: &Lease, valid_secs: u32) -> Outcome<Refusal> {
         let index = self.args.ifindex;
         // A different address replaces the old one: remove the old first so
         // that its routes do not linger with a stale source.
@@ -345,24 +300,19 @@ impl Actuator<'_> {
                     resolv.dropped.join(" ")
                 );
             }
-            let text = resolv.text;
-            if let Err(e) = files::write_atomic(dir(FD_RESOLV_DIR), name, text.as_bytes(), 0o644) {
-                log::debug!("{name} cannot be replaced ({e}); rewriting it in place");
-                if let Err(e) = files::rewrite_in_place(dir(FD_RESOLV_FILE), text.as_bytes()) {
-                    return Outcome::Failed(format!("writing {name}: {e}"));
-                }
+            let (text, file) = (resolv.text.as_bytes(), dir(FD_RESOLV_FILE));
+            if let Err(e) = files::replace_or_rewrite(dir(FD_RESOLV_DIR), name, file, text, 0o644) {
+                return Outcome::Failed(format!("writing {name}: {e}"));
             }
         }
         Outcome::Done
     }
 
-    fn remove(&mut self, lease: &Lease) -> Outcome {
+    /// Remove the lease in force (the policy checked it is the one asked for).
+    fn remove(&mut self) -> Outcome<Refusal> {
         let Some(applied) = self.applied.clone() else {
             return Outcome::Refused(Refusal::NotOurLease);
         };
-        if applied.address != lease.address || applied.prefix_len != lease.prefix_len {
-            return Outcome::Refused(Refusal::NotOurLease);
-        }
         match self.unconfigure(&applied) {
             Ok(()) => {
                 self.applied = None;
@@ -399,13 +349,10 @@ impl Actuator<'_> {
         Ok(())
     }
 
-    fn persist(&mut self, lease: Option<&Lease>) -> Outcome {
+    fn persist(&mut self, lease: Option<&Lease>) -> Outcome<Refusal> {
         let name = super::lease_file_name(&self.args.interface);
         let result = match lease {
             Some(l) => {
-                if let Err(r) = l.check(&self.limits) {
-                    return Outcome::Refused(r);
-                }
                 let stored = StoredLease::new(&self.args.interface, l, boottime(), realtime_ms());
                 state::save(dir(FD_STATE_DIR), &name, &stored)
             }
@@ -417,7 +364,7 @@ impl Actuator<'_> {
         }
     }
 
-    fn publish(&mut self, status: &PublishedStatus) -> Outcome {
+    fn publish(&mut self, status: &PublishedStatus) -> Outcome<Refusal> {
         // Which search domains resolv.conf leaves out follows from the lease
         // alone (`resolv_conf` is pure), so the status says it for the very
         // lease it shows.
@@ -444,54 +391,6 @@ impl Actuator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status(n: u32) -> PublishedStatus {
-        PublishedStatus {
-            engine_restarts: n,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn publishes_are_held_back_and_only_the_newest_is_kept() {
-        let t0 = Instant::now();
-        let mut d = Deferred::default();
-        assert_eq!(d.timeout_ms(t0), None);
-        assert!(!d.is_due(t0));
-        assert!(!d.publish(status(1), t0));
-        assert_eq!(d.timeout_ms(t0), Some(DEFER.as_millis() as u64));
-        // A newer status replaces the held one but does not postpone it.
-        assert!(d.publish(status(2), t0 + Duration::from_millis(10)));
-        assert_eq!(d.timeout_ms(t0 + Duration::from_millis(10)), Some(15));
-        assert!(!d.is_due(t0 + DEFER - Duration::from_micros(1)));
-        assert!(d.is_due(t0 + DEFER));
-        assert_eq!(d.take(), (Some(status(2)), None));
-        assert_eq!(d.timeout_ms(t0 + DEFER), None);
-        assert!(!d.is_due(t0 + DEFER * 10));
-    }
-
-    #[test]
-    fn the_wake_up_is_never_early() {
-        let t0 = Instant::now();
-        let mut d = Deferred::default();
-        d.publish(status(1), t0);
-        // 0.5 ms left rounds up to 1 ms, not down to a busy 0.
-        assert_eq!(d.timeout_ms(t0 + DEFER - Duration::from_micros(500)), Some(1));
-        assert_eq!(d.timeout_ms(t0 + DEFER * 2), Some(0));
-    }
-
-    #[test]
-    fn a_new_duid_is_held_back_too() {
-        let t0 = Instant::now();
-        let mut d = Deferred::with_duid(Some("0003000102005e100001".into()), t0);
-        assert!(!d.is_due(t0));
-        assert!(d.is_due(t0 + DEFER));
-        // A publish in between keeps the DUID's (earlier) due time.
-        assert!(!d.publish(status(1), t0 + Duration::from_millis(5)));
-        assert!(d.is_due(t0 + DEFER));
-        assert_eq!(d.take(), (Some(status(1)), Some("0003000102005e100001".into())));
-        assert_eq!(Deferred::with_duid(None, t0).timeout_ms(t0), None);
-    }
 
     #[test]
     fn only_well_formed_duid_text_is_stored() {

@@ -20,14 +20,6 @@ pub const ENTRIES: &[mirage_sdk::role::Entry] = &[
     ("actuator", actuator::run),
 ];
 
-/// The roles, for their configured ids (`[ids]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RoleName {
-    Engine,
-    Network,
-    Actuator,
-}
-
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

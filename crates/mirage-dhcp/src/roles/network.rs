@@ -8,13 +8,11 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 
 use mirage_dhcp::plan::RoleSettings;
 use mirage_ipc::{BoundAddress, FromNetwork, Lease, MAX_FRAME_LEN, NetworkBinding, ToNetwork};
-use mirage_sdk::channel::{Channel, wait_readable};
-use mirage_sdk::clock::boottime;
-use mirage_sdk::packet::{OutboundPolicy, PacketSocket, RateCap, check_outbound, offered_address};
+use mirage_sdk::network_role::{self, CapReport, Relay, RelayLimits, Request, Verdict};
+use mirage_sdk::packet::{self, OutboundPolicy, PacketSocket, check_outbound, offered_address};
 use mirage_sdk::role::Starting;
 
 use super::FD_PACKET;
@@ -32,8 +30,19 @@ pub const RATE_BURST: u32 = 30;
 const OFFERED_KEPT: usize = 16;
 /// Frames waiting for an apply's answer (a bind's first announcement).
 const HELD_MAX: usize = 4;
-/// Rate-capped frames are reported at most this often.
-const CAP_REPORT_MS: u64 = 1000;
+
+/// The SDK's relay with DHCP's outbound policy. Every frame asked for
+/// counts against the cap, sent or refused: refusals are logged, and a
+/// flood of junk must not become a flood of log lines. Rate-capped frames
+/// are reported at most once a second.
+const LIMITS: RelayLimits = RelayLimits {
+    max_len: MAX_FRAME_LEN,
+    per_second: RATE_PER_SECOND,
+    burst: RATE_BURST,
+    cap_before_policy: true,
+    cap_report: CapReport::EveryMs(1000),
+    io_errors: log::Level::Warn,
+};
 
 pub fn run(role: Starting) -> Result<(), String> {
     let args: RoleSettings = role.config()?;
@@ -54,77 +63,75 @@ pub fn run(role: Starting) -> Result<(), String> {
         },
         applying: None,
         held: Vec::new(),
-        cap: RateCap::new(RATE_PER_SECOND, RATE_BURST, boottime().millis()),
-        capped: 0,
-        capped_since: 0,
     };
-    let mut buf = vec![0u8; MAX_FRAME_LEN];
-    loop {
-        let timeout = (out.capped > 0)
-            .then(|| CAP_REPORT_MS.saturating_sub(boottime().millis().saturating_sub(out.capped_since)) + 1);
-        let ready =
-            wait_readable(&[chan.as_fd(), sock.as_fd()], timeout).map_err(|e| format!("poll: {e}"))?;
-        out.report_capped(&chan)?;
-        if ready[1] {
-            match sock.recv(&mut buf) {
-                Ok(r) if r.truncated => log::debug!("dropped an oversized frame"),
-                Ok(r) => {
-                    if let Some(addr) = offered_address(&buf[..r.len], args.mac) {
-                        out.remember_offer(addr);
-                    }
-                    let msg = FromNetwork::Frame {
-                        data: buf[..r.len].to_vec(),
-                        checksum_offloaded: r.checksum_offloaded,
-                    };
-                    chan.send(&msg).map_err(|e| format!("send: {e}"))?;
-                }
-                Err(e) => log::warn!("receive: {e}"),
-            }
-        }
-        if ready[0] {
-            match chan.recv::<ToNetwork>() {
-                Ok(Some(ToNetwork::Transmit(frame))) => out.transmit(frame, &sock, &chan)?,
-                Ok(Some(ToNetwork::Binding(binding))) => out.rebind(binding, &sock, &chan)?,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("bad message from the supervisor: {e}")),
-            }
-        }
-    }
+    network_role::run(&mut out, &sock, &chan, LIMITS)
 }
 
-/// The outbound side: policy, rate cap, frames held for an apply.
+/// The outbound policy: what this client sends as us, from the state the
+/// supervisor tells (what the actuator applied), with frames held for an
+/// apply under way.
 struct Outbound {
     policy: OutboundPolicy,
     applying: Option<BoundAddress>,
     held: Vec<Vec<u8>>,
-    cap: RateCap,
-    /// Frames dropped by the cap and not reported yet, since when.
-    capped: u64,
-    capped_since: u64,
 }
 
-impl Outbound {
-    fn transmit(&mut self, frame: Vec<u8>, sock: &PacketSocket, chan: &Channel) -> Result<(), String> {
-        // Every frame asked for counts, sent or refused: refusals are logged,
-        // and a flood of junk must not become a flood of log lines.
-        let now = boottime().millis();
-        if !self.cap.take(now) {
-            if self.capped == 0 {
-                self.capped_since = now;
-            }
-            self.capped += 1;
-            return Ok(());
+impl Relay for Outbound {
+    type Socket = PacketSocket;
+    type In = ToNetwork;
+    type Out = FromNetwork;
+
+    fn received(&mut self, frame: &[u8], r: packet::Received) -> Option<FromNetwork> {
+        if r.truncated {
+            log::debug!("dropped an oversized frame");
+            return None;
         }
+        if let Some(addr) = offered_address(frame, self.policy.mac) {
+            self.remember_offer(addr);
+        }
+        Some(FromNetwork::Frame {
+            data: frame.to_vec(),
+            checksum_offloaded: r.checksum_offloaded,
+        })
+    }
+
+    /// New state from the supervisor: held frames go out if it now allows
+    /// them, keep waiting while their apply is still under way, else are
+    /// refused.
+    fn request(&mut self, msg: ToNetwork) -> Request {
+        let b = match msg {
+            ToNetwork::Transmit(frame) => return Request::Send(frame),
+            ToNetwork::Binding(b) => b,
+        };
+        self.policy.bound = b.bound.map(|a| (a.address, a.server));
+        self.applying = b.applying;
+        let held = std::mem::take(&mut self.held);
+        Request::Released(held.into_iter().map(|f| self.check(f)).collect())
+    }
+
+    fn check(&mut self, frame: Vec<u8>) -> Verdict {
         match check_outbound(&frame, &self.policy) {
-            Ok(()) => send(sock, &frame),
+            Ok(()) => Verdict::Send(frame),
             Err(_) if self.held.len() < HELD_MAX && self.allowed_once_applied(&frame) => {
                 self.held.push(frame);
-                Ok(())
+                Verdict::Held
             }
-            Err(why) => refuse(chan, why.as_str()),
+            Err(why) => Verdict::Refused(why.as_str().to_string()),
         }
     }
 
+    fn refused(&mut self, reason: String) -> FromNetwork {
+        log::warn!("refused an outbound frame: {reason}");
+        FromNetwork::Refused { reason }
+    }
+
+    fn capped(&mut self, frames: u64) -> FromNetwork {
+        log::warn!("rate cap ({RATE_PER_SECOND}/s, burst {RATE_BURST}): dropped {frames} outbound frames");
+        FromNetwork::Capped { frames }
+    }
+}
+
+impl Outbound {
     /// Whether `frame` passes once the address being applied is in force.
     fn allowed_once_applied(&self, frame: &[u8]) -> bool {
         let Some(a) = self.applying else { return false };
@@ -135,22 +142,6 @@ impl Outbound {
         check_outbound(frame, &policy).is_ok()
     }
 
-    /// New state from the supervisor: held frames go out if it now allows
-    /// them, keep waiting while their apply is still under way, else are
-    /// refused.
-    fn rebind(&mut self, b: NetworkBinding, sock: &PacketSocket, chan: &Channel) -> Result<(), String> {
-        self.policy.bound = b.bound.map(|a| (a.address, a.server));
-        self.applying = b.applying;
-        for frame in std::mem::take(&mut self.held) {
-            match check_outbound(&frame, &self.policy) {
-                Ok(()) => send(sock, &frame)?,
-                Err(_) if self.allowed_once_applied(&frame) => self.held.push(frame),
-                Err(why) => refuse(chan, why.as_str())?,
-            }
-        }
-        Ok(())
-    }
-
     fn remember_offer(&mut self, addr: Ipv4Addr) {
         let offered = &mut self.policy.offered;
         offered.retain(|&a| a != addr);
@@ -159,34 +150,6 @@ impl Outbound {
         }
         offered.push(addr);
     }
-
-    fn report_capped(&mut self, chan: &Channel) -> Result<(), String> {
-        if self.capped == 0 || boottime().millis().saturating_sub(self.capped_since) < CAP_REPORT_MS {
-            return Ok(());
-        }
-        log::warn!(
-            "rate cap ({RATE_PER_SECOND}/s, burst {RATE_BURST}): dropped {} outbound frames",
-            self.capped
-        );
-        let msg = FromNetwork::Capped { frames: self.capped };
-        self.capped = 0;
-        chan.send(&msg).map_err(|e| format!("send: {e}"))
-    }
-}
-
-fn send(sock: &PacketSocket, frame: &[u8]) -> Result<(), String> {
-    if let Err(e) = sock.send(frame) {
-        log::warn!("send: {e}");
-    }
-    Ok(())
-}
-
-fn refuse(chan: &Channel, reason: &str) -> Result<(), String> {
-    log::warn!("refused an outbound frame: {reason}");
-    let msg = FromNetwork::Refused {
-        reason: reason.to_string(),
-    };
-    chan.send(&msg).map_err(|e| format!("send: {e}"))
 }
 
 /// The supervisor's side: what to tell the network role, from the intents

@@ -137,6 +137,103 @@ pub fn warnings(roles: &[(&str, RoleId)], distinct_possible: bool) -> Vec<String
     out
 }
 
+/// Declares a service's `[ids]` table and the ids in force, one field per
+/// role with its default uid = gid, and the rules above for them: the
+/// table (`Option` per role, `allow_root`, unknown keys refused; the
+/// service's crate needs `serde`) and the ids with `DEFAULT`, `resolve`
+/// (the table over the defaults, root refused unless allowed),
+/// `fit_to_process` and `warnings`.
+///
+/// ```
+/// #[derive(Debug, Clone, Copy)]
+/// struct Ntp;
+/// impl mirage_sdk::service::Service for Ntp {
+///     const NAME: &'static str = "ntp";
+///     const NOUN: &'static str = "client";
+/// }
+/// mirage_sdk::role_ids! {
+///     /// `[ids]`: who each role runs as.
+///     pub struct IdsConfig => pub struct RoleIds {
+///         engine: 65526,
+///         /// Also owns the state directory.
+///         actuator: 65527,
+///     }
+/// }
+/// let section: IdsConfig = toml::from_str("engine = \"900:901\"").unwrap();
+/// let mut ids = RoleIds::resolve(&section).unwrap();
+/// assert_eq!((ids.engine.gid, ids.actuator.uid), (901, 65527));
+/// assert!(toml::from_str::<IdsConfig>("nobody = 1").is_err());
+/// let root: IdsConfig = toml::from_str("actuator = 0").unwrap();
+/// assert_eq!(RoleIds::resolve(&root).unwrap_err().0, "ids.actuator");
+/// // Not root: roles the table does not name run as the supervisor.
+/// ids.fit_to_process::<Ntp>(&IdsConfig::default(), 1000, 1000).unwrap();
+/// assert_eq!(ids.engine.uid, 1000);
+/// assert_eq!(ids.warnings(false), Vec::<String>::new());
+/// ```
+#[macro_export]
+macro_rules! role_ids {
+    (
+        $(#[$sm:meta])* $svis:vis struct $section:ident =>
+        $(#[$im:meta])* $ivis:vis struct $ids:ident {
+            $( $(#[$fm:meta])* $role:ident : $default:expr ),+ $(,)?
+        }
+    ) => {
+        $(#[$sm])*
+        #[derive(serde::Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[serde(deny_unknown_fields, default)]
+        $svis struct $section {
+            $( $(#[$fm])* pub $role: Option<$crate::service::ids::RoleId>, )+
+            /// Let a role run as uid or gid 0 (never needed: for debugging only).
+            pub allow_root: bool,
+        }
+
+        $(#[$im])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $ivis struct $ids {
+            $( pub $role: $crate::service::ids::RoleId, )+
+        }
+
+        impl $ids {
+            pub const DEFAULT: $ids = $ids {
+                $( $role: $crate::service::ids::RoleId::same($default), )+
+            };
+
+            /// Each role's config key and ids.
+            pub fn named(&self) -> Vec<(&'static str, $crate::service::ids::RoleId)> {
+                vec![$( (stringify!($role), self.$role) ),+]
+            }
+
+            /// What `section` gives, the defaults for the rest; no role as
+            /// root unless `allow_root` (the error is the key and why).
+            pub fn resolve(section: &$section) -> Result<$ids, (String, &'static str)> {
+                let ids = $ids {
+                    $( $role: section.$role.unwrap_or(Self::DEFAULT.$role), )+
+                };
+                if !section.allow_root {
+                    $crate::service::ids::refuse_root(&ids.named())?;
+                }
+                Ok(ids)
+            }
+
+            /// [`fit_to_process`]($crate::service::ids::fit_to_process).
+            pub fn fit_to_process<S: $crate::service::Service>(
+                &mut self,
+                section: &$section,
+                euid: u32,
+                egid: u32,
+            ) -> Result<(), String> {
+                let mut roles = [$( (stringify!($role), section.$role, &mut self.$role) ),+];
+                $crate::service::ids::fit_to_process::<S>(&mut roles, euid, egid)
+            }
+
+            /// [`warnings`]($crate::service::ids::warnings).
+            pub fn warnings(&self, distinct_possible: bool) -> Vec<String> {
+                $crate::service::ids::warnings(&self.named(), distinct_possible)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
