@@ -256,6 +256,7 @@ fn ipc_decode_seeds() -> Vec<(String, Vec<u8>)> {
                 status: status.clone(),
                 interface: "eth0".into(),
                 sandbox: "seccomp".into(),
+                sandbox_reason: "--sandbox seccomp".into(),
                 engine_restarts: 1,
                 frames_refused: 0,
                 intents_refused: 0,

@@ -428,8 +428,10 @@ pub enum ToActuator {
 pub struct PublishedStatus {
     pub status: Status,
     pub interface: String,
-    /// "seccomp", "kvm" or "none".
+    /// "seccomp", "kvm" or "none": what is in force.
     pub sandbox: String,
+    /// Why: what was asked for and, for `auto`, what decided.
+    pub sandbox_reason: String,
     pub engine_restarts: u32,
     pub frames_refused: u64,
     pub intents_refused: u64,

@@ -9,6 +9,8 @@
 //!   each needs at fixed numbers.
 //! - [`sandbox`]: privilege drop (uid/gid, capabilities, no_new_privs,
 //!   rlimits, mount namespace, Landlock) and per-role seccomp allow-lists.
+//! - [`engine_role`], [`kvm`]: the engine role as a process, or as a guest
+//!   in a KVM micro-VM (`--sandbox kvm`) with its tender under seccomp.
 //! - [`clock`]: CLOCK_BOOTTIME and wall-clock time.
 //! - [`packet`]: AF_PACKET sockets with classic BPF filters and checksum
 //!   offload flags; outbound frame policy.
@@ -24,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod engine_role;
 pub mod fd;
+pub mod kvm;
 pub mod files;
 pub mod log;
 pub mod netlink;

@@ -54,6 +54,9 @@ pub struct Net {
     pub hosts: Vec<ServerHost>,
     /// Servers, relays and daemons; their logs are printed when a test fails.
     procs: Procs,
+    /// `--sandbox` for [`Net::start_client`] when its arguments name none
+    /// (`None`: the daemon's default, auto).
+    pub sandbox: Option<&'static str>,
     /// Mount points to unmount before the directory goes.
     mounts: Vec<PathBuf>,
     /// Client, server, and any hub, relay or second server namespace.
@@ -99,6 +102,7 @@ impl Net {
             dir: scratch.path().to_owned(),
             hosts: Vec::new(),
             procs: Procs::new(),
+            sandbox: None,
             mounts: Vec::new(),
             namespaces,
             scratch,
@@ -207,6 +211,11 @@ impl Net {
         cmd.arg("--run-dir").arg(self.path("run"));
         cmd.arg("--resolv-conf").arg(self.path("resolv.conf"));
         cmd.args(["--log-level", "debug"]);
+        if let Some(sandbox) = self.sandbox
+            && !extra.contains(&"--sandbox")
+        {
+            cmd.args(["--sandbox", sandbox]);
+        }
         cmd.args(extra);
         let log = std::fs::OpenOptions::new()
             .create(true)
