@@ -66,7 +66,10 @@ impl Host for ScriptedHost {
         Ok(Received::Message(n))
     }
     fn send(&mut self, to: Route, m: &[u8]) -> Result<(), String> {
-        assert!(m.len() <= MAX_MESSAGE_LEN, "a message over the cap reached the host");
+        assert!(
+            m.len() <= MAX_MESSAGE_LEN,
+            "a message over the cap reached the host"
+        );
         self.sent.push((to, m.len()));
         Ok(())
     }
@@ -75,7 +78,14 @@ impl Host for ScriptedHost {
 /// One hypercall with these registers over guest memory that starts as
 /// `fill` (repeated), then the check that only guest-writable pages
 /// changed. `Ok(true)`: the guest resumes; `Ok(false)`: it exited.
-pub fn hypercall(port: u16, rdi: u64, rsi: u64, r8: u64, fill: &[u8], host: &mut ScriptedHost) -> Result<bool, VmError> {
+pub fn hypercall(
+    port: u16,
+    rdi: u64,
+    rsi: u64,
+    r8: u64,
+    fill: &[u8],
+    host: &mut ScriptedHost,
+) -> Result<bool, VmError> {
     let layout = layout();
     let mut mem = vec![0u8; MEMORY];
     if !fill.is_empty() {
@@ -86,7 +96,10 @@ pub fn hypercall(port: u16, rdi: u64, rsi: u64, r8: u64, fill: &[u8], host: &mut
     let before = mem.clone();
     let args = Args { port, rdi, rsi, r8 };
     let result = hypercall::dispatch(args, &layout, &mut mem, host, &mut |line: &str| {
-        assert!(line.len() <= 4 * mirage_kvm_abi::LOG_MAX, "a log line over its cut");
+        assert!(
+            line.len() <= 4 * mirage_kvm_abi::LOG_MAX,
+            "a log line over its cut"
+        );
     });
     for (page, (now, then)) in mem
         .chunks(PAGE_SIZE as usize)

@@ -113,7 +113,8 @@ pub fn open() -> Result<Kvm, VmError> {
 pub fn open_at(path: &std::path::Path) -> Result<Kvm, VmError> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| VmError::Config(format!("{}: a NUL in the path", path.display())))?;
-    Kvm::new_with_path(&c).map_err(|e| VmError::Kvm("opening the KVM device", io::Error::from_raw_os_error(e.errno())))
+    Kvm::new_with_path(&c)
+        .map_err(|e| VmError::Kvm("opening the KVM device", io::Error::from_raw_os_error(e.errno())))
 }
 
 /// Why a guest ended, other than its own exit with status 0.

@@ -145,7 +145,8 @@ impl Vm {
     /// later ([`ArmedVm::run`]): a tender under a seccomp filter that
     /// forbids creating threads starts it before the filter.
     pub fn arm(self) -> Result<ArmedVm, VmError> {
-        let watchdog = Arc::new(Watchdog::new(self.watchdog).map_err(|e| VmError::Kvm("watchdog signal", e))?);
+        let watchdog =
+            Arc::new(Watchdog::new(self.watchdog).map_err(|e| VmError::Kvm("watchdog signal", e))?);
         let theirs = watchdog.clone();
         let (started, running) = std::sync::mpsc::sync_channel(0);
         let watcher = std::thread::Builder::new()

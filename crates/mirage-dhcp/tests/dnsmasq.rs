@@ -340,7 +340,10 @@ fn auto_falls_back_to_seccomp_where_kvm_is_unusable() {
         .find(|l| l.contains("started on"))
         .map(str::to_owned)
         .unwrap_or_default();
-    assert!(started.contains("sandbox seccomp: --sandbox auto: kvm unusable"), "{started}");
+    assert!(
+        started.contains("sandbox seccomp: --sandbox auto: kvm unusable"),
+        "{started}"
+    );
 }
 
 /// `auto` with a usable device: the engine is a guest.

@@ -117,7 +117,9 @@ pub fn run<E: Engine>(chan: Channel) -> Result<(), String> {
 pub fn run_sandboxed<E: Engine>(role: Starting, image: Option<&[u8]>) -> Result<(), String> {
     match (role.sandbox(), image) {
         (SandboxKind::Kvm, Some(image)) => crate::kvm::run_guest(role, image),
-        (SandboxKind::Kvm, None) => Err("told to run as a KVM guest, but this service has no guest image".into()),
+        (SandboxKind::Kvm, None) => {
+            Err("told to run as a KVM guest, but this service has no guest image".into())
+        }
         _ => run::<E>(role.enter()?.channel),
     }
 }

@@ -163,7 +163,9 @@ fn probe(image: &[u8], device: &Path) -> Result<(Kvm, Duration), String> {
 /// guest over the role's channel until it exits.
 pub(crate) fn run_guest(role: Starting, image: &[u8]) -> Result<(), String> {
     if !crate::fd::is_open(FD_KVM) {
-        return Err(format!("told to run a KVM guest, but no KVM device at fd {FD_KVM}"));
+        return Err(format!(
+            "told to run a KVM guest, but no KVM device at fd {FD_KVM}"
+        ));
     }
     // SAFETY: FD_KVM is open (checked) and was given to this role for this
     // use alone; the Kvm owns and closes it.

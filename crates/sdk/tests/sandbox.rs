@@ -1657,10 +1657,30 @@ fn container_user_cannot_skip_what_would_matter() {
 /// [`seccomp::BASE`]) on both threads; then `then` with the armed guest
 /// and the channel. `mark` goes to fd 0. Exit codes 10..=15 say which
 /// step failed.
-fn as_tender(chan: &Channel, mark: Option<&Channel>, then: impl FnOnce(mirage_kvm::ArmedVm, Channel) -> i32) -> Ended {
+fn as_tender(
+    chan: &Channel,
+    mark: Option<&Channel>,
+    then: impl FnOnce(mirage_kvm::ArmedVm, Channel) -> i32,
+) -> Ended {
+    as_tender_under(None, chan, mark, then)
+}
+
+/// [`as_tender`] in a child that starts under `inherited` (a supervisor's
+/// filter), as a restarted engine does.
+fn as_tender_under(
+    inherited: Option<&seccomp::Program>,
+    chan: &Channel,
+    mark: Option<&Channel>,
+    then: impl FnOnce(mirage_kvm::ArmedVm, Channel) -> i32,
+) -> Ended {
     let program = seccomp::filter(&[seccomp::BASE, seccomp::TENDER]).unwrap();
     let kvm = mirage_kvm::open().unwrap();
     in_child(|| {
+        if let Some(inherited) = inherited
+            && seccomp::install_program(inherited).is_err()
+        {
+            return 9;
+        }
         // SAFETY: placing live descriptors at fixed numbers and closing
         // every other one, in this child only.
         unsafe {
@@ -1688,7 +1708,9 @@ fn as_tender(chan: &Channel, mark: Option<&Channel>, then: impl FnOnce(mirage_kv
         if vm.vcpu_fd() != seccomp::FD_VCPU || !vm.uses_sync_regs() {
             return 12;
         }
-        let Ok(chan) = Channel::from_raw_fd(3) else { return 15 };
+        let Ok(chan) = Channel::from_raw_fd(3) else {
+            return 15;
+        };
         let Ok(armed) = vm.arm() else { return 13 };
         if seccomp::install_program_all_threads(&program).is_err() {
             return 14;
@@ -1701,12 +1723,10 @@ fn kvm_here(what: &str) -> bool {
     mirage_testkit::kvm::usable(&format!("sandbox::{what}"))
 }
 
-#[test]
-fn a_tender_runs_its_guest_under_its_filter() {
+/// A DHCP guest's DISCOVER through a tender in a child (under `inherited`
+/// first, if given), then the end of its run.
+fn tender_sends_a_discover(inherited: Option<&seccomp::Program>) {
     use mirage_ipc::{ClientIdKind, EngineAction, EngineConfig, EngineStart, FromEngine, ToEngine};
-    if !kvm_here("a_tender_runs_its_guest_under_its_filter") {
-        return;
-    }
     let (sup, far) = Channel::pair().unwrap();
     let mac = [2, 0, 0, 0, 0, 9];
     sup.send(&ToEngine::Start {
@@ -1727,12 +1747,14 @@ fn a_tender_runs_its_guest_under_its_filter() {
         // What else it says now (status), so that it waits in a receive
         // when the channel closes, which ends it with status 0.
         while wait_readable(&[sup.as_fd()], Some(200)).unwrap()[0] {
-            let _ = sup.recv::<FromEngine>();
+            if !matches!(sup.recv::<FromEngine>(), Ok(Some(_))) {
+                break;
+            }
         }
         drop(sup);
         frame
     });
-    let ended = as_tender(&far, None, |armed, chan| {
+    let ended = as_tender_under(inherited, &far, None, |armed, chan| {
         let mut host = mirage_sdk::engine_role::ChannelHost::new(chan);
         match armed.run(&mut host, &mut |_: &str| {}) {
             Ok(()) => 0,
@@ -1743,9 +1765,33 @@ fn a_tender_runs_its_guest_under_its_filter() {
         }
     });
     drop(far);
-    let frame = checker.join().unwrap().expect("no DISCOVER from the guest");
+    let frame = checker
+        .join()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no DISCOVER from the guest; the tender ended {ended:?}"));
     assert_eq!(&frame[6..12], &mac);
     assert_eq!(ended, Ended::Exited(0));
+}
+
+#[test]
+fn a_tender_runs_its_guest_under_its_filter() {
+    if kvm_here("a_tender_runs_its_guest_under_its_filter") {
+        tender_sends_a_discover(None);
+    }
+}
+
+/// A restarted engine starts under its supervisor's filter, which holds
+/// what building a VM takes ([`seccomp::KVM_SETUP`]) and the tender's list.
+#[test]
+fn a_restarted_tender_builds_its_vm_under_the_supervisors_filter() {
+    if !kvm_here("a_restarted_tender_builds_its_vm_under_the_supervisors_filter") {
+        return;
+    }
+    let tender = mirage_sdk::kvm::tender_plan(mirage_sdk::role::RolePlan::strict("engine", 1, 1, ENGINE));
+    let setup = seccomp::kvm_setup_plan();
+    let tables: Vec<&[&[Allow]]> = [&tender, &setup].iter().map(|p| &p.seccomp[..]).collect();
+    let supervisor = seccomp::supervisor_filter(&tables).unwrap();
+    tender_sends_a_discover(Some(&supervisor));
 }
 
 /// What a compromised tender might try, beyond `KVM_RUN` on its vCPU.
@@ -1814,7 +1860,18 @@ fn the_tender_filter_kills_other_ioctls_open_socket_and_execve() {
         assert_eq!(ended, Ended::Signaled(libc::SIGSYS), "{call:?}");
         let mut byte = [0u8; 1];
         // SAFETY: reading one byte into a local buffer.
-        let n = unsafe { libc::recv(mark_rx.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
-        assert_eq!((n, byte[0]), (1, MARK), "{call:?}: died before the forbidden call");
+        let n = unsafe {
+            libc::recv(
+                mark_rx.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        assert_eq!(
+            (n, byte[0]),
+            (1, MARK),
+            "{call:?}: died before the forbidden call"
+        );
     }
 }

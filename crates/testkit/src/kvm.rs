@@ -11,10 +11,16 @@ pub const DEVICE: &str = "/dev/kvm";
 /// reading and writing. Without it: `false` (with a loud line on stderr)
 /// if `MIRAGE_NO_KVM=1`, else a panic that says how to skip on purpose.
 pub fn usable(what: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open(Path::new(DEVICE)) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new(DEVICE))
+    {
         Ok(_) => true,
         Err(e) if std::env::var("MIRAGE_NO_KVM").as_deref() == Ok("1") => {
-            eprintln!("SKIPPED (--sandbox kvm): {what}: no usable {DEVICE} ({e}), and MIRAGE_NO_KVM=1 says to skip");
+            eprintln!(
+                "SKIPPED (--sandbox kvm): {what}: no usable {DEVICE} ({e}), and MIRAGE_NO_KVM=1 says to skip"
+            );
             false
         }
         Err(e) => panic!(

@@ -53,9 +53,16 @@ pub enum When {
     Always,
     /// Argument `n` (0-based) equals the value.
     ArgEq(u8, u64),
-    /// Both arguments equal their values (an ioctl's descriptor and
-    /// request).
-    ArgsEq([(u8, u64); 2]),
+    /// `ioctl` with this request (the kernel reads it as a 32-bit
+    /// `unsigned int`, and a libc may sign-extend it, so only the low 32
+    /// bits are compared).
+    Ioctl(u32),
+    /// `ioctl` on this descriptor with this request (32 bits each, as the
+    /// kernel reads them).
+    IoctlOn {
+        fd: i32,
+        request: u32,
+    },
     /// Argument `n` has none of the mask's bits set.
     ArgMaskClear(u8, u64),
     /// Argument `pid_arg` is the calling process's own pid and argument
@@ -280,11 +287,17 @@ pub const STATE_FILES: &[Allow] = &[
 pub const TENDER: &[Allow] = &[
     allow!(
         ioctl,
-        When::ArgsEq([(0, FD_VCPU as u64), (1, mirage_kvm::ioctls::KVM_RUN)])
+        When::IoctlOn {
+            fd: FD_VCPU,
+            request: mirage_kvm::ioctls::KVM_RUN as u32
+        }
     ),
     allow!(
         ioctl,
-        When::ArgsEq([(0, FD_VCPU as u64), (1, mirage_kvm::ioctls::KVM_GET_SREGS)])
+        When::IoctlOn {
+            fd: FD_VCPU,
+            request: mirage_kvm::ioctls::KVM_GET_SREGS as u32
+        }
     ),
     allow!(
         tgkill,
@@ -318,17 +331,26 @@ const KICK_SIGNAL: u64 = mirage_kvm::KICK_SIGNAL as u64;
 /// restarts can build its VM under the supervisor's filter before it
 /// installs its own ([`TENDER`]). Each request by number; no other ioctl.
 pub const KVM_SETUP: &[Allow] = &[
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_CREATE_VM)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_GET_VCPU_MMAP_SIZE)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_CHECK_EXTENSION)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_GET_SUPPORTED_CPUID)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_SET_USER_MEMORY_REGION)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_CREATE_VCPU)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_SET_CPUID2)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_GET_SREGS)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_SET_SREGS)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_SET_FPU)),
-    allow!(ioctl, When::ArgEq(1, mirage_kvm::ioctls::KVM_SET_REGS)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_CREATE_VM as u32)),
+    allow!(
+        ioctl,
+        When::Ioctl(mirage_kvm::ioctls::KVM_GET_VCPU_MMAP_SIZE as u32)
+    ),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_CHECK_EXTENSION as u32)),
+    allow!(
+        ioctl,
+        When::Ioctl(mirage_kvm::ioctls::KVM_GET_SUPPORTED_CPUID as u32)
+    ),
+    allow!(
+        ioctl,
+        When::Ioctl(mirage_kvm::ioctls::KVM_SET_USER_MEMORY_REGION as u32)
+    ),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_CREATE_VCPU as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_CPUID2 as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_GET_SREGS as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_SREGS as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_FPU as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_REGS as u32)),
 ];
 
 /// The supervisor's own: spawning, reaping, signalling, and what a
@@ -516,10 +538,13 @@ impl std::error::Error for SeccompError {}
 /// The conditions that must all hold; none: always allowed.
 fn conditions(when: When, own_pid: u32) -> Result<Vec<SeccompCondition>, seccompiler::BackendError> {
     let eq = |arg, v| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v);
+    let eq32 =
+        |arg, v: u32| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, u64::from(v));
     Ok(match when {
         When::Always => Vec::new(),
         When::ArgEq(arg, v) => vec![eq(arg, v)?],
-        When::ArgsEq([(a, x), (b, y)]) => vec![eq(a, x)?, eq(b, y)?],
+        When::Ioctl(request) => vec![eq32(1, request)?],
+        When::IoctlOn { fd, request } => vec![eq32(0, fd as u32)?, eq32(1, request)?],
         When::ArgMaskClear(arg, mask) => vec![SeccompCondition::new(
             arg,
             SeccompCmpArgLen::Qword,
