@@ -281,7 +281,9 @@ printf 'script ""\nnoipv4ll\nnodelay\nnoarp\n' >"$TMP/dhcpcd-noarp.conf"
 VARIANTS=()
 for c in "${WANT[@]}"; do
     case "$c" in
-    mirage) VARIANTS+=("mirage-acd|mirage-dhcp|default (ACD on)|on" "mirage-noacd|mirage-dhcp|--no-acd|off") ;;
+    mirage) VARIANTS+=("mirage-acd|mirage-dhcp|default (ACD on), --sandbox seccomp|on"
+        "mirage-noacd|mirage-dhcp|--no-acd --sandbox seccomp|off"
+        "mirage-kvm|mirage-dhcp|--no-acd --sandbox kvm (engine as a KVM guest)|off") ;;
     mirage-stable) VARIANTS+=("mirage-stable|mirage-dhcp (stable build)|--no-acd|off") ;;
     mirage-baseline) VARIANTS+=("mirage-baseline|mirage-dhcp (baseline)|--no-acd|off") ;;
     dhcpcd) VARIANTS+=("dhcpcd-default|dhcpcd|default (ARP on, random delay)|on"
@@ -297,7 +299,7 @@ client_command() {
     local name="$1" dir="$2"
     EXTRA=()
     case "$name" in
-    mirage-acd | mirage-noacd | mirage-stable | mirage-baseline)
+    mirage-acd | mirage-noacd | mirage-kvm | mirage-stable | mirage-baseline)
         # The client makes state/ and run/ for its actuator itself: it
         # refuses existing ones that are not the actuator's (root's here).
         mkdir -p "$dir"
@@ -307,6 +309,9 @@ client_command() {
         CMD=("$bin" run --interface veth-c --state-dir "$dir/state" --run-dir "$dir/run"
             --resolv-conf "$dir/resolv.conf")
         [ "$name" != mirage-acd ] && CMD+=(--no-acd)
+        # Rows side by side: seccomp explicitly (the default, auto, is kvm
+        # where /dev/kvm works), and kvm in its own row.
+        if [ "$name" = mirage-kvm ]; then CMD+=(--sandbox kvm); else CMD+=(--sandbox seccomp); fi
         ;;
     dhcpcd-*)
         # dhcpcd keeps its lease, DUID and pid file in fixed directories; the

@@ -47,8 +47,8 @@ def cell(by_sandbox):
     if not by_sandbox:
         return "not run"
     vals = list(by_sandbox.values())
-    if len(vals) == 2 and vals[0] == vals[1]:
-        return one(vals[0]) + " (both sandboxes)"
+    if len(vals) > 1 and all(v == vals[0] for v in vals):
+        return one(vals[0]) + (" (both sandboxes)" if len(vals) == 2 else f" (all {len(vals)} sandboxes)")
     return "; ".join(f"{sb}: {one(v)}" for sb, v in sorted(by_sandbox.items()))
 rows = ["| scenario | " + " | ".join(servers) + " |", "| --- |" + " --- |" * len(servers)]
 for s in order:

@@ -953,3 +953,86 @@ pub fn check_ntp_action(action: &ntp_engine::Action, observe: bool) {
 pub fn ntp_engine(data: &[u8]) {
     run_ntp_engine(data);
 }
+
+// ---- kvm_hypercall -------------------------------------------------------------
+
+/// One hypercall of a KVM guest as the tender handles it
+/// (`mirage_kvm::fuzzing`): the guest's registers and memory are the input.
+/// Layout: a mode byte, the port (u16le; with mode bit 3 clear it is one
+/// of the five hypercall ports, chosen by its low bits), `rdi`, `rsi`, `r8`
+/// (u64le each; mode bits 0-2 fold each into twice the guest's memory, so
+/// that pointers land in and around it), the memory fill (a length byte,
+/// then that many bytes, repeated over the memory), then the message the
+/// host has for a receive. Short inputs are zero-padded.
+pub struct HypercallInput {
+    pub mode: u8,
+    pub port: u16,
+    pub regs: [u64; 3],
+    pub fill: Vec<u8>,
+    pub inbox: Vec<u8>,
+}
+
+impl HypercallInput {
+    pub fn from_bytes(data: &[u8]) -> HypercallInput {
+        let mut head = [0u8; 27];
+        let n = data.len().min(head.len());
+        head[..n].copy_from_slice(&data[..n]);
+        let rest = data.get(27..).unwrap_or(&[]);
+        let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap());
+        let fill_len = rest.first().copied().unwrap_or(0) as usize;
+        let fill = rest.get(1..).unwrap_or(&[]);
+        let fill_len = fill_len.min(fill.len());
+        HypercallInput {
+            mode: head[0],
+            port: u16::from_le_bytes([head[1], head[2]]),
+            regs: [u64_at(3), u64_at(11), u64_at(19)],
+            fill: fill[..fill_len].to_vec(),
+            inbox: fill[fill_len..].to_vec(),
+        }
+    }
+
+    /// The exact inverse of [`HypercallInput::from_bytes`] for a fill of at
+    /// most 255 bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![self.mode];
+        out.extend_from_slice(&self.port.to_le_bytes());
+        for r in self.regs {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out.push(self.fill.len() as u8);
+        out.extend_from_slice(&self.fill);
+        out.extend_from_slice(&self.inbox);
+        out
+    }
+}
+
+pub fn kvm_hypercall(data: &[u8]) {
+    use mirage_kvm::fuzzing::{MEMORY, ScriptedHost, hypercall};
+    const PORTS: [u16; 5] = [
+        mirage_kvm_abi::PORT_RECV,
+        mirage_kvm_abi::PORT_SEND,
+        mirage_kvm_abi::PORT_LOG,
+        mirage_kvm_abi::PORT_SEED,
+        mirage_kvm_abi::PORT_EXIT,
+    ];
+    let input = HypercallInput::from_bytes(data);
+    let port = if input.mode & 8 == 0 {
+        PORTS[input.port as usize % PORTS.len()]
+    } else {
+        input.port
+    };
+    let mut regs = input.regs;
+    for (i, r) in regs.iter_mut().enumerate() {
+        if input.mode & (1 << i) != 0 {
+            *r %= 2 * MEMORY as u64;
+        }
+    }
+    let mut host = ScriptedHost {
+        inbox: vec![input.inbox],
+        sent: Vec::new(),
+    };
+    // Errors are the guest's end, which is fine; what matters is checked
+    // inside: no panic, no write outside the guest's writable pages, no
+    // message over the cap to the host.
+    let _ = hypercall(port, regs[0], regs[1], regs[2], &input.fill, &mut host);
+}

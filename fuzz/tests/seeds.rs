@@ -256,6 +256,7 @@ fn ipc_decode_seeds() -> Vec<(String, Vec<u8>)> {
                 status: status.clone(),
                 interface: "eth0".into(),
                 sandbox: "seccomp".into(),
+                sandbox_reason: "--sandbox seccomp".into(),
                 engine_restarts: 1,
                 frames_refused: 0,
                 intents_refused: 0,
@@ -976,6 +977,40 @@ fn ntp_engine_seeds() -> Vec<(String, Vec<u8>)> {
     seeds
 }
 
+/// One of each hypercall with buffers in the guest's heap (the fuzzing
+/// layout's heap starts after the image's two pages and a guard page), and
+/// the pointer attacks the hostile guest makes.
+fn kvm_hypercall_seeds() -> Vec<(String, Vec<u8>)> {
+    use mirage_fuzz::HypercallInput;
+    const HEAP: u64 = 0x10_3000;
+    let call = |mode: u8, port: u16, regs: [u64; 3], inbox: &[u8]| {
+        HypercallInput {
+            mode,
+            port,
+            regs,
+            fill: b"guest".to_vec(),
+            inbox: inbox.to_vec(),
+        }
+        .to_bytes()
+    };
+    vec![
+        ("recv".into(), call(0, 0, [HEAP, 64, u64::MAX], b"a message")),
+        ("send-supervisor".into(), call(0, 1, [0, HEAP, 32], b"")),
+        ("send-peer".into(), call(0, 1, [1, HEAP, 32], b"")),
+        ("log".into(), call(0, 2, [HEAP, 100, 0], b"")),
+        ("seed".into(), call(0, 3, [HEAP, 0, 0], b"")),
+        ("exit".into(), call(0, 4, [3, 0, 0], b"")),
+        ("recv-into-code".into(), call(0, 0, [0x10_0000, 64, 0], b"x")),
+        ("send-past-memory".into(), call(0, 1, [0, (2 << 20) - 8, 16], b"")),
+        ("send-oversized".into(), call(0, 1, [0, HEAP, 9000], b"")),
+        ("unknown-port".into(), call(8, 0x80, [0, 0, 0], b"")),
+        (
+            "folded-pointers".into(),
+            call(7, 0, [u64::MAX - 3, u64::MAX, 5], b"folded"),
+        ),
+    ]
+}
+
 fn generated() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
     BTreeMap::from([
         ("frame_parse", frame_parse_seeds()),
@@ -985,6 +1020,7 @@ fn generated() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
         ("ipc_decode", ipc_decode_seeds()),
         ("ntp_wire", ntp_wire_seeds()),
         ("ntp_engine", ntp_engine_seeds()),
+        ("kvm_hypercall", kvm_hypercall_seeds()),
     ])
 }
 
@@ -1003,6 +1039,7 @@ fn harness(target: &str) -> fn(&[u8]) {
         "ipc_decode" => mirage_fuzz::ipc_decode,
         "ntp_wire" => mirage_fuzz::ntp_wire,
         "ntp_engine" => mirage_fuzz::ntp_engine,
+        "kvm_hypercall" => mirage_fuzz::kvm_hypercall,
         other => panic!("unknown target {other}"),
     }
 }

@@ -414,6 +414,9 @@ pub enum FromNetwork {
 
 /// Supervisor -> actuator role: the engine's intents, forwarded unchanged.
 /// The actuator re-checks every one against its own policy.
+// A message lives only between its decode and its handling, one at a time:
+// boxing the large variant would cost an allocation per status for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ToActuator {
     Apply { lease: Lease, valid_secs: u32 },
@@ -428,8 +431,10 @@ pub enum ToActuator {
 pub struct PublishedStatus {
     pub status: Status,
     pub interface: String,
-    /// "seccomp", "kvm" or "none".
+    /// "seccomp", "kvm" or "none": what is in force.
     pub sandbox: String,
+    /// Why: what was asked for and, for `auto`, what decided.
+    pub sandbox_reason: String,
     pub engine_restarts: u32,
     pub frames_refused: u64,
     pub intents_refused: u64,

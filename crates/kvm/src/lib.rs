@@ -26,6 +26,8 @@
 //! docs/architecture.md has the rest.
 
 mod elf;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hypercall;
 mod layout;
 mod vm;
@@ -38,7 +40,8 @@ use std::time::Duration;
 pub use hypercall::LogSink;
 pub use kvm_ioctls::Kvm;
 pub use layout::{MAX_MEMORY, MIN_MEMORY};
-pub use vm::Vm;
+pub use vm::{ArmedVm, Vm};
+pub use watchdog::KICK_SIGNAL;
 
 /// The size of a guest.
 #[derive(Clone, Debug)]
@@ -63,9 +66,55 @@ impl Default for Config {
     }
 }
 
+/// The ioctl requests a running tender makes, all on its vCPU's
+/// descriptor ([`Vm::vcpu_fd`]): the tender's seccomp filter allows these
+/// and no other. Building the VM takes many more, before the filter.
+pub mod ioctls {
+    const KVMIO: u64 = 0xae;
+    const fn io(nr: u64) -> u64 {
+        (KVMIO << 8) | nr
+    }
+    const fn ior(nr: u64, size: usize) -> u64 {
+        (2 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+    }
+    const fn iow(nr: u64, size: usize) -> u64 {
+        (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+    }
+    const fn iowr(nr: u64, size: usize) -> u64 {
+        (3 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+    }
+    use kvm_bindings::{kvm_cpuid2, kvm_fpu, kvm_regs, kvm_sregs, kvm_userspace_memory_region};
+    use std::mem::size_of;
+    /// Enter the guest until its next exit.
+    pub const KVM_RUN: u64 = io(0x80);
+    // What `Vm::new` calls, once, before any filter of the tender's own.
+    pub const KVM_CREATE_VM: u64 = io(0x01);
+    pub const KVM_CHECK_EXTENSION: u64 = io(0x03);
+    pub const KVM_GET_VCPU_MMAP_SIZE: u64 = io(0x04);
+    pub const KVM_GET_SUPPORTED_CPUID: u64 = iowr(0x05, size_of::<kvm_cpuid2>());
+    pub const KVM_CREATE_VCPU: u64 = io(0x41);
+    pub const KVM_SET_USER_MEMORY_REGION: u64 = iow(0x46, size_of::<kvm_userspace_memory_region>());
+    pub const KVM_SET_REGS: u64 = iow(0x82, size_of::<kvm_regs>());
+    pub const KVM_SET_SREGS: u64 = iow(0x84, size_of::<kvm_sregs>());
+    pub const KVM_SET_FPU: u64 = iow(0x8d, size_of::<kvm_fpu>());
+    pub const KVM_SET_CPUID2: u64 = iow(0x90, size_of::<kvm_cpuid2>());
+    /// Read the guest's system registers: only after a page fault, for
+    /// the faulting address (CR2) in the error.
+    pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kvm_sregs>());
+}
+
 /// Open `/dev/kvm` (the supervisor does, before it drops privileges).
 pub fn open() -> Result<Kvm, VmError> {
     Kvm::new().map_err(|e| VmError::Kvm("opening /dev/kvm", io::Error::from_raw_os_error(e.errno())))
+}
+
+/// Open the KVM device at `path` (a configured one; [`open`] is
+/// `/dev/kvm`), close-on-exec.
+pub fn open_at(path: &std::path::Path) -> Result<Kvm, VmError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| VmError::Config(format!("{}: a NUL in the path", path.display())))?;
+    Kvm::new_with_path(&c)
+        .map_err(|e| VmError::Kvm("opening the KVM device", io::Error::from_raw_os_error(e.errno())))
 }
 
 /// Why a guest ended, other than its own exit with status 0.
@@ -199,3 +248,30 @@ impl fmt::Display for VmError {
 }
 
 impl std::error::Error for VmError {}
+
+#[cfg(test)]
+mod tests {
+    use super::ioctls::*;
+
+    /// The numbers of linux/kvm.h on x86-64: the tender's seccomp tables
+    /// name these, so a wrong one would kill a working tender.
+    #[test]
+    fn ioctl_numbers_are_the_kernels() {
+        for (got, want) in [
+            (KVM_RUN, 0xae80),
+            (KVM_GET_SREGS, 0x8138_ae83),
+            (KVM_CREATE_VM, 0xae01),
+            (KVM_CHECK_EXTENSION, 0xae03),
+            (KVM_GET_VCPU_MMAP_SIZE, 0xae04),
+            (KVM_GET_SUPPORTED_CPUID, 0xc008_ae05),
+            (KVM_CREATE_VCPU, 0xae41),
+            (KVM_SET_USER_MEMORY_REGION, 0x4020_ae46),
+            (KVM_SET_REGS, 0x4090_ae82),
+            (KVM_SET_SREGS, 0x4138_ae84),
+            (KVM_SET_FPU, 0x41a0_ae8d),
+            (KVM_SET_CPUID2, 0x4008_ae90),
+        ] {
+            assert_eq!(got, want, "{want:#x}");
+        }
+    }
+}

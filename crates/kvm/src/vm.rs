@@ -3,7 +3,10 @@
 //! `getrandom` is here: mapping guest memory and handing it to KVM.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_fpu, kvm_regs, kvm_segment, kvm_userspace_memory_region};
@@ -80,6 +83,10 @@ pub struct Vm {
     sync_regs: bool,
 }
 
+/// `KVM_RUN` failing with EAGAIN this many times in a row without any
+/// exit is an error, not a retry.
+const MAX_EAGAIN_IN_A_ROW: u32 = 10_000;
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |e| VmError::Kvm(what, io::Error::from_raw_os_error(e.errno()))
 }
@@ -130,17 +137,50 @@ impl Vm {
     /// `host` and its log lines to `log`. `Ok` only for an exit with
     /// status 0 (the engine's work is over); every other end is an error
     /// that says why. Blocks the calling thread, which is the vCPU's.
-    pub fn run<H: Host>(mut self, host: &mut H, log: LogSink<'_>) -> Result<(), VmError> {
-        let watchdog = Watchdog::new(self.watchdog).map_err(|e| VmError::Kvm("watchdog signal", e))?;
-        std::thread::scope(|s| {
-            let watcher = std::thread::Builder::new()
-                .name("kvm-watchdog".into())
-                .spawn_scoped(s, || watchdog.watch())
-                .map_err(|e| VmError::Kvm("watchdog thread", e))?;
-            let result = self.run_loop(host, log, &watchdog, watcher.thread());
-            watchdog.stop(watcher.thread());
-            result
+    pub fn run<H: Host>(self, host: &mut H, log: LogSink<'_>) -> Result<(), VmError> {
+        self.arm()?.run(host, log)
+    }
+
+    /// Start the watchdog thread now, for a run on the calling thread
+    /// later ([`ArmedVm::run`]): a tender under a seccomp filter that
+    /// forbids creating threads starts it before the filter.
+    pub fn arm(self) -> Result<ArmedVm, VmError> {
+        let watchdog =
+            Arc::new(Watchdog::new(self.watchdog).map_err(|e| VmError::Kvm("watchdog signal", e))?);
+        let theirs = watchdog.clone();
+        let (started, running) = std::sync::mpsc::sync_channel(0);
+        let watcher = std::thread::Builder::new()
+            .name("kvm-watchdog".into())
+            .spawn(move || {
+                // The thread's own start-up (its name, its signal stack) is
+                // done once it runs this: a filter installed after `arm`
+                // returns need not allow it.
+                let _ = started.send(());
+                theirs.watch()
+            })
+            .map_err(|e| VmError::Kvm("watchdog thread", e))?;
+        running
+            .recv()
+            .map_err(|_| VmError::Kvm("watchdog thread", io::Error::other("it ended at its start")))?;
+        Ok(ArmedVm {
+            vm: self,
+            watchdog,
+            watcher: Some(watcher),
+            vcpu_thread: std::thread::current().id(),
         })
+    }
+
+    /// The vCPU's descriptor: the only one a tender's seccomp filter lets
+    /// it call `KVM_RUN` on.
+    pub fn vcpu_fd(&self) -> RawFd {
+        self.vcpu.as_raw_fd()
+    }
+
+    /// Whether the registers travel in the shared `kvm_run` page
+    /// (KVM_CAP_SYNC_REGS): then a hypercall costs `KVM_RUN` alone, and no
+    /// `KVM_GET_REGS`/`KVM_SET_REGS`.
+    pub fn uses_sync_regs(&self) -> bool {
+        self.sync_regs
     }
 
     fn run_loop<H: Host>(
@@ -153,6 +193,10 @@ impl Vm {
         let expired = || VmError::Watchdog {
             bound: watchdog.bound(),
         };
+        // KVM_RUN that fails with EAGAIN every time (kvm_pvm does under
+        // RLIMIT_NPROC 0, or under ptrace) would spin here forever, each
+        // entry resetting the watchdog: a bound on retries in a row.
+        let mut again = 0u32;
         loop {
             if !watchdog.enter(watcher) {
                 watchdog.leave();
@@ -170,7 +214,11 @@ impl Vm {
                 Ok(VcpuExit::Shutdown) => return Err(VmError::TripleFault),
                 Ok(VcpuExit::Intr) => continue,
                 Ok(other) => return Err(VmError::UnexpectedExit(format!("{other:?}"))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR => continue,
+                Err(e) if e.errno() == libc::EAGAIN && again < MAX_EAGAIN_IN_A_ROW => {
+                    again += 1;
+                    continue;
+                }
                 Err(e) => return Err(kvm_err("KVM_RUN")(e)),
             };
             let regs = if self.sync_regs {
@@ -178,6 +226,7 @@ impl Vm {
             } else {
                 self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?
             };
+            again = 0;
             if port == abi::PORT_FAULT {
                 return Err(self.fault(&regs));
             }
@@ -258,6 +307,41 @@ impl Vm {
             rip,
             error_code,
             addr,
+        }
+    }
+}
+
+/// A guest whose watchdog thread runs ([`Vm::arm`]).
+pub struct ArmedVm {
+    vm: Vm,
+    watchdog: Arc<Watchdog>,
+    watcher: Option<JoinHandle<()>>,
+    vcpu_thread: ThreadId,
+}
+
+impl ArmedVm {
+    /// [`Vm::run`], on the thread that armed it (the one the watchdog
+    /// kicks).
+    pub fn run<H: Host>(mut self, host: &mut H, log: LogSink<'_>) -> Result<(), VmError> {
+        if std::thread::current().id() != self.vcpu_thread {
+            return Err(VmError::Config(
+                "the guest must run on the thread that armed its watchdog".into(),
+            ));
+        }
+        let watcher = self.watcher.as_ref().map(|w| w.thread().clone());
+        let Some(watcher) = watcher else {
+            return Err(VmError::Config("the watchdog is gone".into()));
+        };
+        self.vm.run_loop(host, log, &self.watchdog, &watcher)
+    }
+}
+
+impl Drop for ArmedVm {
+    /// The watchdog ends with the guest's run.
+    fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            self.watchdog.stop(watcher.thread());
+            let _ = watcher.join();
         }
     }
 }

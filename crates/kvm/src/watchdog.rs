@@ -14,9 +14,15 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// The signal that kicks the vCPU out of `KVM_RUN`; its handler does
-/// nothing (the interrupted ioctl is the point).
+/// nothing (the interrupted ioctl is the point). A fixed number, not
+/// `SIGRTMIN() + n`, so that a seccomp table written as data can name it:
+/// 40 is a real-time signal for both musl (whose range starts at 35) and
+/// glibc (34), and neither libc uses it.
+pub const KICK_SIGNAL: libc::c_int = 40;
+
 fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 2
+    debug_assert!((libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&KICK_SIGNAL));
+    KICK_SIGNAL
 }
 
 extern "C" fn on_kick(_: libc::c_int) {}

@@ -55,6 +55,8 @@ pub struct FileConfig {
     /// Where resolv.conf is written; `""` disables it.
     pub resolv_conf: Option<PathBuf>,
     pub sandbox: Option<SandboxKind>,
+    /// The KVM device for `sandbox = "kvm"` or `"auto"`.
+    pub kvm_device: Option<PathBuf>,
     pub client_id: ClientIdMode,
     pub hostname: Option<String>,
     pub vendor_class: Option<String>,
@@ -126,7 +128,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub resolv_conf: Option<PathBuf>,
+    /// As asked for: `auto` is resolved at start (`mirage_sdk::kvm`).
     pub sandbox: SandboxKind,
+    pub kvm_device: PathBuf,
     pub client_id: ClientIdMode,
     pub hostname: Option<String>,
     pub vendor_class: Option<String>,
@@ -257,6 +261,9 @@ impl Config {
             run_dir: common.run_dir,
             resolv_conf,
             sandbox: common.sandbox,
+            kvm_device: f
+                .kvm_device
+                .unwrap_or_else(|| mirage_sdk::kvm::DEFAULT_DEVICE.into()),
             client_id: f.client_id,
             hostname: f.hostname,
             vendor_class: f.vendor_class,
@@ -301,7 +308,8 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/mirage/dhcp"));
         assert_eq!(c.run_dir, PathBuf::from("/run/mirage/dhcp"));
         assert_eq!(c.resolv_conf, Some(PathBuf::from(DEFAULT_RESOLV_CONF)));
-        assert_eq!(c.sandbox, SandboxKind::Seccomp);
+        assert_eq!(c.sandbox, SandboxKind::Auto);
+        assert_eq!(c.kvm_device, PathBuf::from("/dev/kvm"));
         assert_eq!(c.ids, RoleIds::DEFAULT);
         let all = [c.ids.network, c.ids.engine, c.ids.actuator];
         // One id per role, none shared with `nobody` or root.

@@ -136,7 +136,10 @@ fn main() -> ExitCode {
 fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     out.line("interface", &text_of(&v["interface"]));
     out.line("state", &text_of(&v["state"]));
-    out.line("sandbox", &text_of(&v["sandbox"]));
+    match v["sandbox_reason"].as_str() {
+        Some(why) if !why.is_empty() => out.line("sandbox", &format!("{} ({why})", text_of(&v["sandbox"]))),
+        _ => out.line("sandbox", &text_of(&v["sandbox"])),
+    }
     let l = &v["lease"];
     if l.is_null() {
         out.line("lease", "none");

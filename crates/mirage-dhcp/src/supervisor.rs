@@ -55,11 +55,20 @@ const PUBLISHING: Pacing = Pacing {
     max_in_flight: Some(MAX_PUBLISHES_IN_FLIGHT),
 };
 const MAX_PUBLISHES_IN_FLIGHT: u32 = 2;
+/// The published reason for the sandbox, in characters (a configured
+/// device path and an OS error could make it long).
+const MAX_SANDBOX_REASON: usize = 256;
 
 pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -> Result<ExitCode, String> {
     if config.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none): the engine parses network input without seccomp");
     }
+    // The sandbox in force: with kvm or auto the KVM device is opened and
+    // a guest booted once, beside the rest of the start-up.
+    let (requested, device) = (config.sandbox, config.kvm_device.clone());
+    let choosing = std::thread::spawn(move || {
+        mirage_sdk::kvm::choose(requested, Some(crate::roles::engine::GUEST), &device)
+    });
     let signals = SignalPipe::new()?;
     // Opened for the actuator (docs/security.md, "Files").
     let ids = config.ids.actuator;
@@ -97,6 +106,9 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         .map_err(|e| format!("packet socket on {}: {e}", config.interface))?;
     let monitor = LinkMonitor::open(link.index).map_err(|e| format!("link monitor: {e}"))?;
 
+    let choice = choosing
+        .join()
+        .map_err(|_| "choosing the sandbox panicked".to_owned())??;
     let mut dhcp = Dhcp::new(
         config.clone(),
         level,
@@ -106,6 +118,15 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         link.carrier,
     );
     dhcp.deadline = oneshot.map(|d| StdInstant::now() + d);
+    dhcp.sandbox = choice.kind;
+    dhcp.sandbox_reason = choice.reason.chars().take(MAX_SANDBOX_REASON).collect();
+    // Kept for each engine started later; the engine role gets it at
+    // mirage_sdk::kvm::FD_KVM.
+    dhcp.kvm_device = choice
+        .device_fd()
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .map_err(|e| format!("the KVM device: {e}"))?;
     let mut network_settings = dhcp.settings();
     network_settings.client_id = Some(dhcp_engine::client::client_id_bytes(&dhcp.engine_config));
     network_settings.with_arp = config.acd.enabled;
@@ -130,12 +151,13 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     }
     // Side by side, the engine first: it and the network role are on the
     // path to the first DISCOVER.
+    let engine_fds = choice.device_fd().into_iter().collect();
     let specs = [
         engine_plan.spec(
             options,
             &(),
             Some(dhcp.engine_start()?),
-            vec![],
+            engine_fds,
             Restart::WithBackoff,
         )?,
         network_plan.spec(
@@ -150,18 +172,19 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     let starting = launch::start_all(&specs)?;
     // The supervisor keeps none of the privileged fds.
     drop(specs);
-    drop((packet, rtnl, monitor, state_dir, run_dir, resolv));
+    drop((packet, rtnl, monitor, state_dir, run_dir, resolv, choice));
     let roles = launch::confine(
         starting,
-        config.sandbox,
+        dhcp.sandbox,
         &[&engine_plan, &network_plan, &actuator_plan],
     )?;
     log::info!(
-        "started on {} (index {}, {}), sandbox {}",
+        "started on {} (index {}, {}), sandbox {}: {}",
         config.interface,
         link.index,
         roles::format_mac(&mac),
-        config.sandbox.as_str()
+        dhcp.sandbox.as_str(),
+        dhcp.sandbox_reason
     );
     Ok(Runtime::new(dhcp, roles).run(&signals))
 }
@@ -197,6 +220,11 @@ struct Dhcp {
     deadline: Option<StdInstant>,
     /// Stopping: the engine was told.
     stopping: bool,
+    /// The sandbox in force (`auto` resolved) and why.
+    sandbox: SandboxKind,
+    sandbox_reason: String,
+    /// The KVM device, for every engine started (with `kvm`).
+    kvm_device: Option<OwnedFd>,
 }
 
 impl Dhcp {
@@ -229,21 +257,28 @@ impl Dhcp {
             engine_restarts: 0,
             deadline: None,
             stopping: false,
+            sandbox: SandboxKind::Seccomp,
+            sandbox_reason: String::new(),
+            kvm_device: None,
         }
     }
 
     /// What every role is told in its hello besides its plan.
     fn options(&self) -> RoleOptions {
         RoleOptions {
-            sandbox: self.config.sandbox,
+            sandbox: self.sandbox,
             log_level: self.level,
         }
     }
 
-    /// The engine's plan under its configured ids.
+    /// The engine's plan under its configured ids: with kvm, a tender's.
     fn engine_plan(&self) -> RolePlan {
         let id = self.config.ids.engine;
-        plan::engine(id.uid, id.gid)
+        let plan = plan::engine(id.uid, id.gid);
+        match self.sandbox {
+            SandboxKind::Kvm => mirage_sdk::kvm::tender_plan(plan),
+            _ => plan,
+        }
     }
 
     /// The settings the network role and the actuator share.
@@ -306,7 +341,8 @@ impl Dhcp {
         let p = PublishedStatus {
             status: self.status.clone(),
             interface: self.config.interface.clone(),
-            sandbox: self.config.sandbox.as_str().into(),
+            sandbox: self.sandbox.as_str().into(),
+            sandbox_reason: self.sandbox_reason.clone(),
             engine_restarts: self.engine_restarts,
             frames_refused: self.frames_refused,
             intents_refused: self.intents_refused,
@@ -473,8 +509,14 @@ impl Service for Dhcp {
     /// verifies it (INIT-REBOOT).
     fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
         debug_assert_eq!(role, ENGINE);
-        self.engine_plan()
-            .start(self.options(), &(), Some(self.engine_start()?))
+        let mut start = self
+            .engine_plan()
+            .start(self.options(), &(), Some(self.engine_start()?))?;
+        if let Some(kvm) = &self.kvm_device {
+            let kvm = kvm.try_clone().map_err(|e| format!("the KVM device: {e}"))?;
+            start.fds.push(kvm);
+        }
+        Ok(start)
     }
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
@@ -577,6 +619,7 @@ fn forwardable(status: &Status, interface: &str) -> bool {
         status: status.clone(),
         interface: interface.into(),
         sandbox: SandboxKind::Seccomp.as_str().into(),
+        sandbox_reason: "x".repeat(MAX_SANDBOX_REASON * 4),
         engine_restarts: u32::MAX,
         frames_refused: u64::MAX,
         intents_refused: u64::MAX,

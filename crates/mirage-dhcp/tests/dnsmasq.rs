@@ -1,5 +1,7 @@
 //! End to end against dnsmasq from Debian, in namespaces the tests create.
-//! Needs root (network namespaces, raw sockets); CI runs as root.
+//! Needs root (network namespaces, raw sockets); CI runs as root. Every case
+//! runs twice, under `--sandbox seccomp` and `--sandbox kvm` (the engine as
+//! a guest; needs /dev/kvm, see `mirage_testkit::kvm`).
 
 mod support;
 
@@ -10,9 +12,37 @@ use support::{CLIENT_IF, Net, read};
 
 const BOUND_WITHIN: Duration = Duration::from_secs(20);
 
-#[test]
-fn lease_is_applied_with_routes_mtu_dns_and_files() {
+/// One test per sandbox for each case: `CASE::seccomp` and `CASE::kvm`.
+macro_rules! in_each_sandbox {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn seccomp() {
+                super::$case("seccomp")
+            }
+            #[test]
+            fn kvm() {
+                if mirage_testkit::kvm::usable(concat!("dnsmasq::", stringify!($case))) {
+                    super::$case("kvm")
+                }
+            }
+        }
+    )*};
+}
+
+in_each_sandbox!(
+    lease_is_applied_with_routes_mtu_dns_and_files,
+    oneshot_exits_zero_once_applied,
+    short_lease_is_renewed,
+    restart_keeps_the_address_without_a_gap,
+    killed_engine_is_restarted_and_the_lease_goes_on,
+    roles_run_with_the_privileges_the_design_says,
+    server_gone_rebinds_then_removes_the_address_at_expiry,
+);
+
+fn lease_is_applied_with_routes_mtu_dns_and_files(sandbox: &'static str) {
     let mut net = Net::new();
+    net.sandbox = Some(sandbox);
     net.start_dnsmasq(
         "120",
         &[
@@ -58,10 +88,24 @@ fn lease_is_applied_with_routes_mtu_dns_and_files() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("mirage_dhcp_sandbox{interface=\"veth-c\",kind=\"seccomp\"} 1"),
+        metrics.contains(&format!(
+            "mirage_dhcp_sandbox{{interface=\"veth-c\",kind=\"{sandbox}\"}} 1"
+        )),
         "{metrics}"
     );
-    assert_eq!(status["sandbox"], "seccomp");
+    assert_eq!(status["sandbox"], sandbox);
+    let reason = status["sandbox_reason"].as_str().unwrap();
+    assert!(reason.starts_with(&format!("--sandbox {sandbox}")), "{reason}");
+    if sandbox == "kvm" {
+        assert!(reason.contains("the guest booted and answered"), "{reason}");
+        assert!(
+            net.client_log()
+                .lines()
+                .any(|l| l.contains("[engine]") && l.contains("engine runs as a KVM guest")),
+            "{}",
+            net.client_log()
+        );
+    }
     // The engine saw one offer and one ack, and nothing was refused.
     assert_eq!(status["counters"]["offers"], 1);
     assert_eq!(status["counters"]["acks"], 1);
@@ -76,9 +120,9 @@ fn lease_is_applied_with_routes_mtu_dns_and_files() {
     assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
 }
 
-#[test]
-fn oneshot_exits_zero_once_applied() {
+fn oneshot_exits_zero_once_applied(sandbox: &'static str) {
     let mut net = Net::new();
+    net.sandbox = Some(sandbox);
     net.start_dnsmasq("120", &[]);
     let daemon = net.start_client(&["--oneshot", "--timeout", "20"]);
     let st = net
@@ -88,9 +132,9 @@ fn oneshot_exits_zero_once_applied() {
     assert_eq!(net.client_addrs().len(), 1);
 }
 
-#[test]
-fn short_lease_is_renewed() {
+fn short_lease_is_renewed(sandbox: &'static str) {
     let mut net = Net::new();
+    net.sandbox = Some(sandbox);
     // dnsmasq's minimum lease is 120 s but it sends the T1/T2 we set.
     net.start_dnsmasq("120", &["--dhcp-option=option:T1,2", "--dhcp-option=option:T2,4"]);
     // The default 20 s lease floor would raise T1 to 10 s; 4 s keeps 2 s.
@@ -118,9 +162,9 @@ fn short_lease_is_renewed() {
     );
 }
 
-#[test]
-fn restart_keeps_the_address_without_a_gap() {
+fn restart_keeps_the_address_without_a_gap(sandbox: &'static str) {
     let mut net = Net::new();
+    net.sandbox = Some(sandbox);
     net.start_dnsmasq("120", &[]);
     let first = net.start_client(&[]);
     net.wait_state("bound", BOUND_WITHIN);
@@ -144,9 +188,9 @@ fn restart_keeps_the_address_without_a_gap() {
     assert_eq!(status["counters"]["offers"], 0, "{status}");
 }
 
-#[test]
-fn killed_engine_is_restarted_and_the_lease_goes_on() {
+fn killed_engine_is_restarted_and_the_lease_goes_on(sandbox: &'static str) {
     let mut net = Net::new();
+    net.sandbox = Some(sandbox);
     net.start_dnsmasq("120", &["--dhcp-option=option:T1,3", "--dhcp-option=option:T2,5"]);
     let daemon = net.start_client(&[]);
     net.wait_state("bound", BOUND_WITHIN);
@@ -186,9 +230,9 @@ fn killed_engine_is_restarted_and_the_lease_goes_on() {
     assert_eq!(net.client_addrs(), addr);
 }
 
-#[test]
-fn roles_run_with_the_privileges_the_design_says() {
+fn roles_run_with_the_privileges_the_design_says(sandbox: &'static str) {
     let mut net = Net::new();
+    net.sandbox = Some(sandbox);
     net.start_dnsmasq("120", &[]);
     let daemon = net.start_client(&[]);
     net.wait_state("bound", BOUND_WITHIN);
@@ -223,9 +267,9 @@ fn roles_run_with_the_privileges_the_design_says() {
 
 /// The slow one (dnsmasq will not lease for less than 120 s): the server
 /// vanishes, the client rebinds at T2 and removes the address at expiry.
-#[test]
-fn server_gone_rebinds_then_removes_the_address_at_expiry() {
+fn server_gone_rebinds_then_removes_the_address_at_expiry(sandbox: &'static str) {
     let mut net = Net::new();
+    net.sandbox = Some(sandbox);
     let server = net.start_dnsmasq(
         "120",
         &["--dhcp-option=option:T1,5", "--dhcp-option=option:T2,10"],
@@ -255,4 +299,64 @@ fn server_gone_rebinds_then_removes_the_address_at_expiry() {
         "{}",
         net.client_routes()
     );
+}
+
+/// The default, `auto`: where the KVM device cannot be opened (here a
+/// configured path that does not exist) the engine runs under seccomp, and
+/// status.json says why; `--sandbox kvm` with the same device fails at
+/// start, naming it.
+#[test]
+fn auto_falls_back_to_seccomp_where_kvm_is_unusable() {
+    let mut net = Net::new();
+    net.start_dnsmasq("120", &[]);
+    let missing = net.path("no-such-kvm");
+    let config = net.path("config.toml");
+    std::fs::write(&config, format!("kvm_device = \"{}\"\n", missing.display())).unwrap();
+    let config = config.display().to_string();
+
+    let refused = net.start_client(&["--config", &config, "--sandbox", "kvm"]);
+    let st = net
+        .wait_exit(refused, Duration::from_secs(10))
+        .expect("--sandbox kvm without a device did not exit");
+    assert!(!st.success());
+    let log = net.client_log();
+    assert!(
+        log.contains("--sandbox kvm: KVM is unusable here") && log.contains(&missing.display().to_string()),
+        "{log}"
+    );
+    assert!(net.status().is_none(), "a refused start published a status");
+
+    net.start_client(&["--config", &config]);
+    let status = net.wait_state("bound", BOUND_WITHIN);
+    assert_eq!(status["sandbox"], "seccomp");
+    let reason = status["sandbox_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("--sandbox auto: kvm unusable") && reason.contains(&missing.display().to_string()),
+        "{reason}"
+    );
+    let started = net
+        .client_log()
+        .lines()
+        .find(|l| l.contains("started on"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        started.contains("sandbox seccomp: --sandbox auto: kvm unusable"),
+        "{started}"
+    );
+}
+
+/// `auto` with a usable device: the engine is a guest.
+#[test]
+fn auto_runs_the_engine_as_a_guest_where_kvm_works() {
+    if !mirage_testkit::kvm::usable("dnsmasq::auto_runs_the_engine_as_a_guest_where_kvm_works") {
+        return;
+    }
+    let mut net = Net::new();
+    net.start_dnsmasq("120", &[]);
+    net.start_client(&[]);
+    let status = net.wait_state("bound", BOUND_WITHIN);
+    assert_eq!(status["sandbox"], "kvm", "{}", net.client_log());
+    let reason = status["sandbox_reason"].as_str().unwrap();
+    assert!(reason.starts_with("--sandbox auto: /dev/kvm opens"), "{reason}");
 }

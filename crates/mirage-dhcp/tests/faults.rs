@@ -115,9 +115,13 @@ fn engine_killed_while_requesting() {
     );
 }
 
+/// Also under `--sandbox kvm`: the restarted engine builds its VM under
+/// the supervisor's filter.
 #[test]
 fn engine_killed_while_bound() {
-    matrix("engine SIGKILL in BOUND", &Server::ALL, &[], |server, sandbox| {
+    let scenario = "engine SIGKILL in BOUND";
+    let sandboxes = support::sandboxes_with_kvm(scenario);
+    support::matrix_in(scenario, &Server::ALL, &[], &sandboxes, |server, sandbox| {
         let mut net = Net::new();
         net.start_server(server, 0, &Offer::long(server));
         let daemon = net.start_daemon(sandbox, &[]);

@@ -10,7 +10,8 @@
 //!
 //! Most cases send the hostile frames and then a good reply in the same
 //! burst, so that the case ends bound to the honest lease quickly, proving
-//! the junk left no trace. Every case runs under `--sandbox seccomp` and
+//! the junk left no trace. Every case runs under `--sandbox seccomp`,
+//! `--sandbox kvm` (the engine as a guest; needs /dev/kvm) and
 //! `--sandbox none`; the cases of one mode run in parallel (each has its own
 //! namespaces). `MIRAGE_HOSTILE_CASE=substring` runs only matching cases.
 //! Needs root (network namespaces, raw sockets); CI runs as root.
@@ -32,7 +33,7 @@ use support::hostile::{Ctx, HostileServer, Seen, encode, surgery, with_raw_optio
 use support::{CLIENT_IF, Net};
 
 const BOUND_WITHIN: Duration = Duration::from_secs(20);
-/// Cases of one sandbox mode running at once (two modes run side by side).
+/// Cases of one sandbox mode running at once (the modes run side by side).
 const PARALLEL: usize = 4;
 
 /// The kernel's receive backlog is per CPU and shared by every namespace:
@@ -48,6 +49,8 @@ const RESOLV_BEFORE: &str = "# before the client ran\n";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Seccomp,
+    /// The engine as a KVM guest (needs /dev/kvm: `mirage_testkit::kvm`).
+    Kvm,
     NoSandbox,
 }
 
@@ -55,6 +58,7 @@ impl Mode {
     fn arg(self) -> &'static str {
         match self {
             Mode::Seccomp => "seccomp",
+            Mode::Kvm => "kvm",
             Mode::NoSandbox => "none",
         }
     }
@@ -1901,6 +1905,13 @@ fn hostile_cases_under_seccomp() {
 }
 
 #[test]
+fn hostile_cases_under_kvm() {
+    if mirage_testkit::kvm::usable("hostile::hostile_cases_under_kvm") {
+        run_cases(Mode::Kvm);
+    }
+}
+
+#[test]
 fn hostile_cases_without_sandbox() {
     run_cases(Mode::NoSandbox);
 }
@@ -2009,7 +2020,12 @@ fn flood_during_renewal(mode: Mode) {
     // Bounded: the four processes together leave most of the machine to the
     // rest of the host (measured 0.3-0.8 of a core; the figure is printed
     // above). A spinning role would take a whole core on its own.
-    assert!(cores < 1.5, "client CPU {cores:.3} cores during the flood");
+    // Under kvm each frame costs the tender two guest exits (its receive
+    // and the engine's refusal), about 28 us each on kvm_pvm: measured 1.52
+    // cores there, so its bound is higher, still under the two cores a
+    // spinning role and a busy tender would take.
+    let bound = if mode == Mode::Kvm { 1.9 } else { 1.5 };
+    assert!(cores < bound, "client CPU {cores:.3} cores during the flood");
     run.assert_healthy();
     assert!(run.drops("NotForUs") > 0);
     run.assert_standard_host();
@@ -2018,6 +2034,13 @@ fn flood_during_renewal(mode: Mode) {
 #[test]
 fn flood_during_renewal_under_seccomp() {
     flood_during_renewal(Mode::Seccomp);
+}
+
+#[test]
+fn flood_during_renewal_under_kvm() {
+    if mirage_testkit::kvm::usable("hostile::flood_during_renewal_under_kvm") {
+        flood_during_renewal(Mode::Kvm);
+    }
 }
 
 #[test]

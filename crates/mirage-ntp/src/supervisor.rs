@@ -90,6 +90,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if common.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none)");
     }
+    // No guest image for the NTP engine yet: auto resolves to seccomp, and
+    // --sandbox kvm is an error that says so.
+    let device = std::path::Path::new(mirage_sdk::kvm::DEFAULT_DEVICE);
+    let sandbox = mirage_sdk::kvm::choose(common.sandbox, None, device)?;
+    let common = Common {
+        sandbox: sandbox.kind,
+        ..common
+    };
+    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox.reason);
     let signals = SignalPipe::new()?;
 
     // The privileged opens: directories, then one socket per server.

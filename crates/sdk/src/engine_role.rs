@@ -1,6 +1,8 @@
 //! The engine role as a process: the contract's runner
 //! ([`mirage_engine::run`]) over the role's channel and the boot clock.
-//! Every service's engine role is this plus its sandbox.
+//! Every service's engine role is this plus its sandbox, or, with
+//! `--sandbox kvm`, the same runner inside a guest ([`run_sandboxed`],
+//! [`crate::kvm`]) whose messages [`ChannelHost`] relays.
 
 use std::os::fd::AsFd;
 
@@ -8,6 +10,8 @@ use mirage_engine::{Engine, Host, Instant, Received, Route};
 
 use crate::channel::{Channel, ChannelError, wait_readable};
 use crate::clock::boottime;
+use crate::role::Starting;
+use crate::service::SandboxKind;
 
 /// Longest single sleep: poll's timeout runs on CLOCK_MONOTONIC, which
 /// stops during suspend; waking at least this often and re-reading
@@ -87,6 +91,37 @@ impl Host for ChannelHost {
 /// Call it once the role's sandbox is in force.
 pub fn run<E: Engine>(chan: Channel) -> Result<(), String> {
     mirage_engine::run::<E, _>(&mut ChannelHost::new(chan)).map_err(|e| e.to_string())
+}
+
+/// The engine role of a service whose engine `E` is also built as the guest
+/// `image` (`None`: no guest image): enter the sandbox the hello names and
+/// run `E` as a process, or, with `kvm`, run `image` as a guest over the
+/// same channel ([`crate::kvm`]). A service's whole engine role:
+///
+/// ```no_run
+/// # struct E;
+/// # impl mirage_engine::Engine for E {
+/// #     type Start = (); type Event = (); type Action = (); type Refusal = ();
+/// #     fn start(_: (), _: mirage_engine::Instant, _: [u8; 32], _: &mut Vec<()>) -> Self { E }
+/// #     fn handle(&mut self, _: mirage_engine::Instant, _: (), _: &mut Vec<()>) -> Result<(), ()> { Ok(()) }
+/// #     fn on_timer(&mut self, _: mirage_engine::Instant, _: &mut Vec<()>) {}
+/// #     fn poll_at(&self) -> mirage_engine::Instant { mirage_engine::Instant::NEVER }
+/// # }
+/// // build.rs: mirage_kvm_build::build_image("guest-my-engine", &[]);
+/// # const GUEST: &[u8] = &[];
+/// // const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-my-engine.elf"));
+/// fn engine(role: mirage_sdk::role::Starting) -> Result<(), String> {
+///     mirage_sdk::engine_role::run_sandboxed::<E>(role, Some(GUEST))
+/// }
+/// ```
+pub fn run_sandboxed<E: Engine>(role: Starting, image: Option<&[u8]>) -> Result<(), String> {
+    match (role.sandbox(), image) {
+        (SandboxKind::Kvm, Some(image)) => crate::kvm::run_guest(role, image),
+        (SandboxKind::Kvm, None) => {
+            Err("told to run as a KVM guest, but this service has no guest image".into())
+        }
+        _ => run::<E>(role.enter()?.channel),
+    }
 }
 
 /// [`run`] for an engine with a direct channel to `peer`: the actions

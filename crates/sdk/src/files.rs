@@ -613,6 +613,7 @@ pub fn render_status_json(p: &PublishedStatus, search_dropped: &[String]) -> Str
         "interface": p.interface,
         "state": s.state.as_str(),
         "sandbox": p.sandbox,
+        "sandbox_reason": p.sandbox_reason,
         "lease": lease,
         "engine_restarts": p.engine_restarts,
         "frames_refused": p.frames_refused,
@@ -1208,6 +1209,7 @@ mod tests {
             },
             interface: "eth0".into(),
             sandbox: "seccomp".into(),
+            sandbox_reason: "--sandbox seccomp".into(),
             now: Instant(65_000),
             ..Default::default()
         };
@@ -1239,6 +1241,7 @@ mod tests {
             },
             interface: "et\"h\\0\n".into(),
             sandbox: "seccomp".into(),
+            sandbox_reason: "--sandbox seccomp".into(),
             now: Instant(65_000),
             engine_restarts: 2,
             frames_refused: 3,

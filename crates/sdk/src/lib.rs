@@ -12,6 +12,8 @@
 //!   each needs at fixed numbers.
 //! - [`sandbox`]: privilege drop (uid/gid, capabilities, no_new_privs,
 //!   rlimits, mount namespace, Landlock) and per-role seccomp allow-lists.
+//! - [`engine_role`], [`kvm`]: the engine role as a process, or as a guest
+//!   in a KVM micro-VM (`--sandbox kvm`) with its tender under seccomp.
 //! - [`clock`]: CLOCK_BOOTTIME, wall-clock time, the kernel's clock
 //!   discipline (`clock_adjtime`) for a time service's actuator.
 //! - [`packet`]: AF_PACKET sockets with classic BPF filters and checksum
@@ -31,6 +33,7 @@ pub mod config;
 pub mod engine_role;
 pub mod fd;
 pub mod files;
+pub mod kvm;
 pub mod log;
 pub mod netlink;
 pub mod network_role;

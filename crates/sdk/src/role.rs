@@ -118,7 +118,12 @@ impl RolePlan {
         let hello = Hello {
             role: self.name.to_owned(),
             plan: self.data(),
-            seccomp: options.sandbox == SandboxKind::Seccomp,
+            // A service that never resolved `auto` (no guest image, no
+            // `kvm::choose`) gets what auto resolves to without a guest.
+            sandbox: match options.sandbox {
+                SandboxKind::Auto => SandboxKind::Seccomp,
+                kind => kind,
+            },
             log_level: options.log_level.as_str().to_owned(),
             config,
         };
@@ -169,7 +174,11 @@ impl RolePlan {
 /// What every role of a service shares at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoleOptions {
-    /// `none`: no seccomp filter and no private mount namespace (debugging).
+    /// What is in force (never `Auto`: the supervisor resolved it,
+    /// [`crate::kvm::choose`]). `none`: no seccomp filter and no private
+    /// mount namespace (debugging); `kvm`: the engine role runs its guest
+    /// ([`crate::engine_role::run_sandboxed`]), the others are as with
+    /// `seccomp`.
     pub sandbox: SandboxKind,
     pub log_level: log::LevelFilter,
 }
@@ -201,8 +210,8 @@ pub struct Hello {
     /// Must be the name the role was started as.
     pub role: String,
     pub plan: PlanData,
-    /// `false` with `--sandbox none`.
-    pub seccomp: bool,
+    /// The sandbox in force: `seccomp`, `kvm` or `none`.
+    pub sandbox: SandboxKind,
     /// A `log::LevelFilter` name.
     pub log_level: String,
     /// The service's configuration for the role, postcard-encoded.
@@ -225,12 +234,9 @@ impl Starting {
         self.name
     }
 
+    /// The sandbox in force, as the supervisor resolved it.
     pub fn sandbox(&self) -> SandboxKind {
-        if self.hello.seccomp {
-            SandboxKind::Seccomp
-        } else {
-            SandboxKind::None
-        }
+        self.hello.sandbox
     }
 
     /// The service's configuration for this role, from the hello.
@@ -242,7 +248,21 @@ impl Starting {
     /// Apply the plan, install the seccomp filter last, log what is in
     /// force, and hand over the channel.
     pub fn enter(self) -> Result<Started, String> {
+        self.enter_with(|| Ok(())).map(|(started, ())| started)
+    }
+
+    /// [`Starting::enter`] for a role that needs a thread of its own (a
+    /// KVM tender's watchdog): `before_filter` runs once the privileges
+    /// are dropped and before the filter, which forbids creating threads,
+    /// is installed on every thread. A thread started there inherits the
+    /// dropped ids and capabilities, no_new_privs and Landlock, and gets
+    /// the filter with the rest; the plan's "no fork" limit follows it.
+    pub fn enter_with<T>(
+        self,
+        before_filter: impl FnOnce() -> Result<T, String>,
+    ) -> Result<(Started, T), String> {
         let p = &self.hello.plan;
+        let filtered = self.hello.sandbox.filtered();
         let keep_caps = p
             .keep_caps
             .iter()
@@ -263,7 +283,7 @@ impl Starting {
         }
         // Compiled before the drop: a list the role must refuse stops it
         // before anything changed, and the filter's allocations are done.
-        let program = if self.hello.seccomp {
+        let program = if filtered {
             Some(seccomp::filter_rules(&p.seccomp).map_err(|e| format!("seccomp: {e}"))?)
         } else {
             None
@@ -273,31 +293,40 @@ impl Starting {
             gid: p.gid,
             keep_caps,
             nofile: p.nofile,
-            nproc_zero: p.nproc_zero,
+            // Set after `before_filter`, whose threads it would refuse.
+            nproc_zero: false,
             fsize_zero: p.fsize_zero,
-            private_mount_ns: p.private_mount_ns && self.hello.seccomp,
+            private_mount_ns: p.private_mount_ns && filtered,
             landlock_dirs,
             contain_dirs: p.contain_dirs.clone(),
         };
-        let report = crate::sandbox::apply(&plan).map_err(|e| e.to_string())?;
+        let mut report = crate::sandbox::apply(&plan).map_err(|e| e.to_string())?;
         if let Some(why) = &report.mount_namespace_error {
             log::warn!("no private mount namespace: {why}");
         }
         if let Some(why) = &report.dirs_contained_error {
             log::warn!("directory descriptors not contained (Landlock alone fences them): {why}");
         }
+        let prepared = before_filter()?;
+        if p.nproc_zero {
+            crate::sandbox::forbid_new_processes().map_err(|e| e.to_string())?;
+            report.nproc_zero = true;
+        }
         match program {
             Some(program) => {
-                seccomp::install_program(&program).map_err(|e| format!("seccomp: {e}"))?;
+                seccomp::install_program_all_threads(&program).map_err(|e| format!("seccomp: {e}"))?;
                 log::info!("sandbox: {report} seccomp={}", self.name);
             }
             None => log::warn!("sandbox: {report} seccomp=OFF"),
         }
-        Ok(Started {
-            name: self.name,
-            channel: self.channel,
-            report,
-        })
+        Ok((
+            Started {
+                name: self.name,
+                channel: self.channel,
+                report,
+            },
+            prepared,
+        ))
     }
 }
 
@@ -396,7 +425,7 @@ mod tests {
         assert_eq!(start.first[1], [1, 2, 3]);
         let hello: Hello = mirage_ipc::decode(&start.first[0]).unwrap();
         assert_eq!(hello.role, "actuator");
-        assert!(hello.seccomp);
+        assert_eq!(hello.sandbox, SandboxKind::Seccomp);
         assert_eq!(
             hello.log_level.parse::<log::LevelFilter>(),
             Ok(log::LevelFilter::Debug)
@@ -423,7 +452,7 @@ mod tests {
             ..options
         };
         let hello: Hello = mirage_ipc::decode(&plan.hello(off, &settings).unwrap()).unwrap();
-        assert!(!hello.seccomp);
+        assert_eq!(hello.sandbox, SandboxKind::None);
         let spec = plan
             .spec(options, &settings, None, vec![], Restart::Never)
             .unwrap();

@@ -1647,3 +1647,231 @@ fn container_user_cannot_skip_what_would_matter() {
     let err = drop_as_container_user(&[65534, 100], nobody_plan).unwrap_err();
     assert!(err.contains("setgroups"), "{err}");
 }
+
+// ------------------------------------------------------------ KVM tender
+
+/// In a child: the DHCP engine's guest built on the KVM device as the
+/// engine role builds it (channel at 3, device at 4, so the vCPU lands at
+/// the fixed [`seccomp::FD_VCPU`]), the device closed, the watchdog
+/// started, and the tender's filter ([`seccomp::TENDER`] over
+/// [`seccomp::BASE`]) on both threads; then `then` with the armed guest
+/// and the channel. `mark` goes to fd 0. Exit codes 10..=15 say which
+/// step failed.
+fn as_tender(
+    chan: &Channel,
+    mark: Option<&Channel>,
+    then: impl FnOnce(mirage_kvm::ArmedVm, Channel) -> i32,
+) -> Ended {
+    as_tender_under(None, chan, mark, then)
+}
+
+/// [`as_tender`] in a child that starts under `inherited` (a supervisor's
+/// filter), as a restarted engine does.
+fn as_tender_under(
+    inherited: Option<&seccomp::Program>,
+    chan: &Channel,
+    mark: Option<&Channel>,
+    then: impl FnOnce(mirage_kvm::ArmedVm, Channel) -> i32,
+) -> Ended {
+    let program = seccomp::filter(&[seccomp::BASE, seccomp::TENDER]).unwrap();
+    let kvm = mirage_kvm::open().unwrap();
+    in_child(|| {
+        if let Some(inherited) = inherited
+            && seccomp::install_program(inherited).is_err()
+        {
+            return 9;
+        }
+        // SAFETY: placing live descriptors at fixed numbers and closing
+        // every other one, in this child only.
+        unsafe {
+            // Out of the way first: a source may sit at a target number.
+            let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD, 100);
+            let (c, k) = (high(chan.as_raw_fd()), high(kvm.as_raw_fd()));
+            let m = mark.map(|m| high(m.as_raw_fd()));
+            if libc::dup2(c, 3) != 3 || libc::dup2(k, 4) != 4 {
+                return 10;
+            }
+            if let Some(m) = m
+                && libc::dup2(m, 0) != 0
+            {
+                return 10;
+            }
+            libc::syscall(libc::SYS_close_range, 5, u32::MAX, 0);
+        }
+        // SAFETY: fd 4 is the device, placed above; this Kvm owns it now.
+        let kvm = unsafe { mirage_kvm::Kvm::from_raw_fd(4) };
+        let Ok(vm) = mirage_kvm::Vm::new(&kvm, mirage_kvm_testimages::DHCP, &mirage_kvm::Config::default())
+        else {
+            return 11;
+        };
+        drop(kvm);
+        if vm.vcpu_fd() != seccomp::FD_VCPU || !vm.uses_sync_regs() {
+            return 12;
+        }
+        let Ok(chan) = Channel::from_raw_fd(3) else {
+            return 15;
+        };
+        let Ok(armed) = vm.arm() else { return 13 };
+        if seccomp::install_program_all_threads(&program).is_err() {
+            return 14;
+        }
+        then(armed, chan)
+    })
+}
+
+fn kvm_here(what: &str) -> bool {
+    mirage_testkit::kvm::usable(&format!("sandbox::{what}"))
+}
+
+/// A DHCP guest's DISCOVER through a tender in a child (under `inherited`
+/// first, if given), then the end of its run.
+fn tender_sends_a_discover(inherited: Option<&seccomp::Program>) {
+    use mirage_ipc::{ClientIdKind, EngineAction, EngineConfig, EngineStart, FromEngine, ToEngine};
+    let (sup, far) = Channel::pair().unwrap();
+    let mac = [2, 0, 0, 0, 0, 9];
+    sup.send(&ToEngine::Start {
+        start: EngineStart {
+            config: EngineConfig::new(mac, ClientIdKind::Mac),
+            stored: None,
+            link_up: true,
+        },
+        seed: [5; 32],
+    })
+    .unwrap();
+    let checker = std::thread::spawn(move || {
+        // The DISCOVER, from the guest through its tender.
+        let frame = (0..10).find_map(|_| match sup.recv::<FromEngine>() {
+            Ok(Some(FromEngine::Action(EngineAction::Transmit(frame)))) => Some(frame),
+            _ => None,
+        });
+        // What else it says now (status), so that it waits in a receive
+        // when the channel closes, which ends it with status 0.
+        while wait_readable(&[sup.as_fd()], Some(200)).unwrap()[0] {
+            if !matches!(sup.recv::<FromEngine>(), Ok(Some(_))) {
+                break;
+            }
+        }
+        drop(sup);
+        frame
+    });
+    let ended = as_tender_under(inherited, &far, None, |armed, chan| {
+        let mut host = mirage_sdk::engine_role::ChannelHost::new(chan);
+        match armed.run(&mut host, &mut |_: &str| {}) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("the guest under its tender's filter: {e}");
+                21
+            }
+        }
+    });
+    drop(far);
+    let frame = checker
+        .join()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no DISCOVER from the guest; the tender ended {ended:?}"));
+    assert_eq!(&frame[6..12], &mac);
+    assert_eq!(ended, Ended::Exited(0));
+}
+
+#[test]
+fn a_tender_runs_its_guest_under_its_filter() {
+    if kvm_here("a_tender_runs_its_guest_under_its_filter") {
+        tender_sends_a_discover(None);
+    }
+}
+
+/// A restarted engine starts under its supervisor's filter, which holds
+/// what building a VM takes ([`seccomp::KVM_SETUP`]) and the tender's list.
+#[test]
+fn a_restarted_tender_builds_its_vm_under_the_supervisors_filter() {
+    if !kvm_here("a_restarted_tender_builds_its_vm_under_the_supervisors_filter") {
+        return;
+    }
+    let tender = mirage_sdk::kvm::tender_plan(mirage_sdk::role::RolePlan::strict("engine", 1, 1, ENGINE));
+    let setup = seccomp::kvm_setup_plan();
+    let tables: Vec<&[&[Allow]]> = [&tender, &setup].iter().map(|p| &p.seccomp[..]).collect();
+    let supervisor = seccomp::supervisor_filter(&tables).unwrap();
+    tender_sends_a_discover(Some(&supervisor));
+}
+
+/// What a compromised tender might try, beyond `KVM_RUN` on its vCPU.
+#[derive(Clone, Copy, Debug)]
+enum TenderForbidden {
+    /// Another request on the vCPU: its registers.
+    GetRegsOnVcpu,
+    /// `KVM_RUN` on another descriptor (the VM's).
+    RunOnVm,
+    /// A new vCPU in the same VM.
+    CreateVcpu,
+    /// A terminal ioctl on stderr.
+    TermiosOnStderr,
+    Other(Forbidden),
+}
+
+#[test]
+fn the_tender_filter_kills_other_ioctls_open_socket_and_execve() {
+    if !kvm_here("the_tender_filter_kills_other_ioctls_open_socket_and_execve") {
+        return;
+    }
+    use TenderForbidden::*;
+    let vm_fd = (seccomp::FD_VCPU - 1) as libc::c_ulong;
+    for call in [
+        GetRegsOnVcpu,
+        RunOnVm,
+        CreateVcpu,
+        TermiosOnStderr,
+        Other(Forbidden::Openat),
+        Other(Forbidden::SocketInet),
+        Other(Forbidden::SocketPacket),
+        Other(Forbidden::Execve),
+        Other(Forbidden::MmapExec),
+        Other(Forbidden::TgkillNotAbort),
+    ] {
+        let (mark_tx, mark_rx) = Channel::pair().unwrap();
+        let (chan, _far) = Channel::pair().unwrap();
+        let ended = as_tender(&chan, Some(&mark_tx), |armed, _chan| {
+            mark(0);
+            let vcpu = seccomp::FD_VCPU as libc::c_ulong;
+            let mut regs = [0u8; 4096];
+            // SAFETY: each call gets a valid descriptor number and buffer;
+            // none changes anything outside this child if it is allowed.
+            unsafe {
+                match call {
+                    GetRegsOnVcpu => {
+                        libc::syscall(libc::SYS_ioctl, vcpu, 0x8090_ae81u64, regs.as_mut_ptr());
+                    }
+                    RunOnVm => {
+                        libc::syscall(libc::SYS_ioctl, vm_fd, mirage_kvm::ioctls::KVM_RUN, 0);
+                    }
+                    CreateVcpu => {
+                        libc::syscall(libc::SYS_ioctl, vm_fd, mirage_kvm::ioctls::KVM_CREATE_VCPU, 1);
+                    }
+                    TermiosOnStderr => {
+                        libc::syscall(libc::SYS_ioctl, 2, libc::TCGETS, regs.as_mut_ptr());
+                    }
+                    Other(f) => {
+                        make_forbidden_call(f);
+                    }
+                }
+            }
+            drop(armed);
+            0
+        });
+        assert_eq!(ended, Ended::Signaled(libc::SIGSYS), "{call:?}");
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte into a local buffer.
+        let n = unsafe {
+            libc::recv(
+                mark_rx.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        assert_eq!(
+            (n, byte[0]),
+            (1, MARK),
+            "{call:?}: died before the forbidden call"
+        );
+    }
+}

@@ -19,6 +19,8 @@
 //! - [`raw`]: hostile-server scaffolding: a raw packet server on one end of
 //!   a veth pair that answers each frame with scripted frames, injects and
 //!   floods.
+//! - [`kvm`]: whether the `--sandbox kvm` runs of a suite run: they fail
+//!   loudly without a usable `/dev/kvm` unless `MIRAGE_NO_KVM=1`.
 //! - [`tempdir`]: a scratch directory per test, removed on drop.
 //! - [`cmd`] and [`wait`]: commands that must succeed, bounded waits that
 //!   panic with a clear message.
@@ -57,6 +59,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmd;
+pub mod kvm;
 pub mod monitor;
 pub mod netns;
 pub mod process;

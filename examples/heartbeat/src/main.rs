@@ -165,6 +165,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     if common.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none)");
     }
+    // The example embeds no guest image: auto resolves to seccomp, and
+    // --sandbox kvm is an error that says so.
+    let device = std::path::Path::new(mirage_sdk::kvm::DEFAULT_DEVICE);
+    let sandbox = mirage_sdk::kvm::choose(common.sandbox, None, device)?;
     let signals = SignalPipe::new()?;
     let (run_dir, _) = mirage_sdk::files::open_dir_root_links_only(&common.run_dir, Some(0o755))
         .map_err(|e| format!("runtime directory {}: {e}", common.run_dir.display()))?;
@@ -179,7 +183,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         peer,
         period_ms,
         options: RoleOptions {
-            sandbox: common.sandbox,
+            sandbox: sandbox.kind,
             log_level: args.common.log_level,
         },
         publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
@@ -203,10 +207,11 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     drop(socket);
     // Keep only what starting and stopping roles needs, then the
     // supervisor's own allow-list (its own calls and every role's).
-    let roles = launch::confine(starting, common.sandbox, &[&engine, &network])?;
+    let roles = launch::confine(starting, sandbox.kind, &[&engine, &network])?;
     log::info!(
-        "pinging {peer} every {period_ms} ms, sandbox {}",
-        common.sandbox.as_str()
+        "pinging {peer} every {period_ms} ms, sandbox {}: {}",
+        sandbox.kind.as_str(),
+        sandbox.reason
     );
     Ok(Runtime::new(hb, roles).run(&signals))
 }
@@ -355,7 +360,7 @@ impl Service for Supervisor {
 
 /// The engine role: its plan in force, then the SDK's engine runner.
 fn engine_role(role: Starting) -> Result<(), String> {
-    mirage_sdk::engine_role::run::<Heartbeat>(role.enter()?.channel)
+    mirage_sdk::engine_role::run_sandboxed::<Heartbeat>(role, None)
 }
 
 /// The network role: the socket is taken (and checked) before the

@@ -6,7 +6,7 @@
 //! spawner.
 
 mod actuator;
-mod engine;
+pub mod engine;
 pub mod network;
 
 pub use mirage_dhcp::plan::{

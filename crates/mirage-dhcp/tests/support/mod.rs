@@ -54,6 +54,9 @@ pub struct Net {
     pub hosts: Vec<ServerHost>,
     /// Servers, relays and daemons; their logs are printed when a test fails.
     procs: Procs,
+    /// `--sandbox` for [`Net::start_client`] when its arguments name none
+    /// (`None`: the daemon's default, auto).
+    pub sandbox: Option<&'static str>,
     /// Mount points to unmount before the directory goes.
     mounts: Vec<PathBuf>,
     /// Client, server, and any hub, relay or second server namespace.
@@ -99,6 +102,7 @@ impl Net {
             dir: scratch.path().to_owned(),
             hosts: Vec::new(),
             procs: Procs::new(),
+            sandbox: None,
             mounts: Vec::new(),
             namespaces,
             scratch,
@@ -207,6 +211,11 @@ impl Net {
         cmd.arg("--run-dir").arg(self.path("run"));
         cmd.arg("--resolv-conf").arg(self.path("resolv.conf"));
         cmd.args(["--log-level", "debug"]);
+        if let Some(sandbox) = self.sandbox
+            && !extra.contains(&"--sandbox")
+        {
+            cmd.args(["--sandbox", sandbox]);
+        }
         cmd.args(extra);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -966,6 +975,17 @@ pub fn record(scenario: &str, server: &str, sandbox: &str, outcome: &str, note: 
 /// The two sandboxes every scenario runs under.
 pub const SANDBOXES: [&str; 2] = ["seccomp", "none"];
 
+/// [`SANDBOXES`] and `kvm` (the engine as a KVM guest), unless KVM is
+/// unusable here and `MIRAGE_NO_KVM=1` says to skip it
+/// ([`mirage_testkit::kvm::usable`]; without it, no KVM fails loudly).
+pub fn sandboxes_with_kvm(scenario: &str) -> Vec<&'static str> {
+    let mut all = SANDBOXES.to_vec();
+    if mirage_testkit::kvm::usable(scenario) {
+        all.push("kvm");
+    }
+    all
+}
+
 /// Run `case` for every (server, sandbox) pair at once, each in its own
 /// thread and namespaces. Every pair's outcome is recorded (its note on
 /// success, the panic message on failure); panics afterwards if any failed,
@@ -975,15 +995,28 @@ pub fn matrix<F>(scenario: &str, servers: &[Server], na: &[(Server, &str)], case
 where
     F: Fn(Server, &str) -> String + Sync,
 {
+    matrix_in(scenario, servers, na, &SANDBOXES, case)
+}
+
+/// [`matrix`] over the sandboxes `sandboxes`.
+pub fn matrix_in<F>(
+    scenario: &str,
+    servers: &[Server],
+    na: &[(Server, &str)],
+    sandboxes: &[&'static str],
+    case: F,
+) where
+    F: Fn(Server, &str) -> String + Sync,
+{
     for (s, why) in na {
-        for sb in SANDBOXES {
+        for sb in sandboxes {
             record(scenario, s.name(), sb, "n/a", why);
         }
     }
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = servers
             .iter()
-            .flat_map(|s| SANDBOXES.iter().map(move |sb| (*s, *sb)))
+            .flat_map(|s| sandboxes.iter().map(move |sb| (*s, *sb)))
             .map(|(s, sb)| {
                 let case = &case;
                 (s, sb, scope.spawn(move || case(s, sb)))

@@ -304,6 +304,13 @@ pub fn set_not_dumpable() -> Result<(), SandboxError> {
     privileges::set_not_dumpable()
 }
 
+/// `RLIMIT_NPROC` 0 now: for a role that started a thread of its own
+/// after [`apply`] (a tender's watchdog), whose plan asked for no fork; the
+/// limit only stops new processes and threads, not those that exist.
+pub fn forbid_new_processes() -> Result<(), SandboxError> {
+    privileges::setrlimit("RLIMIT_NPROC", libc::RLIMIT_NPROC, 0)
+}
+
 /// Drop privileges as `plan` says (see the module docs for the order). Call
 /// it single-threaded, early in the role's `main`, then install the role's
 /// seccomp filter. If the parent (supervisor) died meanwhile, the process

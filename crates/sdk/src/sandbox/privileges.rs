@@ -256,7 +256,11 @@ type RlimitResource = libc::__rlimit_resource_t;
 #[cfg(not(target_env = "gnu"))]
 type RlimitResource = libc::c_int;
 
-fn setrlimit(step: &'static str, resource: RlimitResource, value: u64) -> Result<(), SandboxError> {
+pub(super) fn setrlimit(
+    step: &'static str,
+    resource: RlimitResource,
+    value: u64,
+) -> Result<(), SandboxError> {
     let lim = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,

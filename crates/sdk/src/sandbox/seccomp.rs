@@ -4,7 +4,8 @@
 //! compromised or broken, and the supervisor restarts it.
 //!
 //! A role's list is composed from tables: the SDK's building blocks
-//! ([`BASE`], [`PACKET_IN`], [`NETLINK`], [`STATE_FILES`]) and the
+//! ([`BASE`], [`PACKET_IN`], [`NETLINK`], [`STATE_FILES`], and [`TENDER`]
+//! for an engine run as a KVM guest) and the
 //! service's own `&'static [Allow]` tables, written with [`allow!`](crate::allow)
 //! and the names of [`sys`]:
 //!
@@ -52,6 +53,16 @@ pub enum When {
     Always,
     /// Argument `n` (0-based) equals the value.
     ArgEq(u8, u64),
+    /// `ioctl` with this request (the kernel reads it as a 32-bit
+    /// `unsigned int`, and a libc may sign-extend it, so only the low 32
+    /// bits are compared).
+    Ioctl(u32),
+    /// `ioctl` on this descriptor with this request (32 bits each, as the
+    /// kernel reads them).
+    IoctlOn {
+        fd: i32,
+        request: u32,
+    },
     /// Argument `n` has none of the mask's bits set.
     ArgMaskClear(u8, u64),
     /// Argument `pid_arg` is the calling process's own pid and argument
@@ -150,7 +161,7 @@ pub mod sys {
         set_robust_list => SYS_set_robust_list, rseq => SYS_rseq, nanosleep => SYS_nanosleep,
         clock_nanosleep => SYS_clock_nanosleep, sched_yield => SYS_sched_yield,
         sched_getaffinity => SYS_sched_getaffinity, uname => SYS_uname, readlinkat => SYS_readlinkat,
-        getsockopt => SYS_getsockopt, open_tree => SYS_open_tree,
+        getsockopt => SYS_getsockopt, open_tree => SYS_open_tree, ioctl => SYS_ioctl,
         clock_adjtime => SYS_clock_adjtime, clock_settime => SYS_clock_settime, adjtimex => SYS_adjtimex,
         // In no SDK table: see the module docs.
         socket => SYS_socket, bind => SYS_bind, connect => SYS_connect,
@@ -263,6 +274,83 @@ pub const STATE_FILES: &[Allow] = &[
     allow!(close),
     allow!(getdents64),
     allow!(ftruncate),
+];
+
+/// The tender of a KVM guest ([`crate::kvm`]), on top of [`BASE`]: its
+/// channel I/O, clock, allocator and exit are [`BASE`]'s; beyond them,
+/// `KVM_RUN` on its vCPU's descriptor (fixed at [`FD_VCPU`]), reading the
+/// guest's system registers there after a page fault (for the faulting
+/// address), and what the watchdog thread needs: its sleeps and kicking
+/// the vCPU thread (the process's first) out of `KVM_RUN` with the one
+/// signal [`mirage_kvm::KICK_SIGNAL`]. No other ioctl on any descriptor:
+/// the VM's and the device's are gone, the guest's memory map is fixed.
+pub const TENDER: &[Allow] = &[
+    allow!(
+        ioctl,
+        When::IoctlOn {
+            fd: FD_VCPU,
+            request: mirage_kvm::ioctls::KVM_RUN as u32
+        }
+    ),
+    allow!(
+        ioctl,
+        When::IoctlOn {
+            fd: FD_VCPU,
+            request: mirage_kvm::ioctls::KVM_GET_SREGS as u32
+        }
+    ),
+    allow!(
+        tgkill,
+        When::OwnPidAndArgEq {
+            pid_arg: 0,
+            arg: 2,
+            value: KICK_SIGNAL
+        }
+    ),
+    allow!(
+        tkill,
+        When::OwnPidAndArgEq {
+            pid_arg: 0,
+            arg: 1,
+            value: KICK_SIGNAL
+        }
+    ),
+    allow!(nanosleep),
+    allow!(clock_nanosleep),
+];
+
+/// Where a tender's vCPU descriptor is: the first two numbers after the
+/// role's channel (3) and the KVM device (4) are the VM's and the vCPU's,
+/// made before the filter ([`crate::kvm`] checks it).
+pub const FD_VCPU: i32 = 6;
+
+const KICK_SIGNAL: u64 = mirage_kvm::KICK_SIGNAL as u64;
+
+/// What building a VM takes ([`mirage_kvm::Vm::new`] on the KVM device a
+/// tender is given): for the supervisor's list only, so that an engine it
+/// restarts can build its VM under the supervisor's filter before it
+/// installs its own ([`TENDER`]). Each request by number; no other ioctl.
+pub const KVM_SETUP: &[Allow] = &[
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_CREATE_VM as u32)),
+    allow!(
+        ioctl,
+        When::Ioctl(mirage_kvm::ioctls::KVM_GET_VCPU_MMAP_SIZE as u32)
+    ),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_CHECK_EXTENSION as u32)),
+    allow!(
+        ioctl,
+        When::Ioctl(mirage_kvm::ioctls::KVM_GET_SUPPORTED_CPUID as u32)
+    ),
+    allow!(
+        ioctl,
+        When::Ioctl(mirage_kvm::ioctls::KVM_SET_USER_MEMORY_REGION as u32)
+    ),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_CREATE_VCPU as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_CPUID2 as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_GET_SREGS as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_SREGS as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_FPU as u32)),
+    allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_REGS as u32)),
 ];
 
 /// The supervisor's own: spawning, reaping, signalling, and what a
@@ -394,7 +482,7 @@ const NEVER_FOR_ROLES: &[i64] = &[
 
 /// Refuse a role's list that breaks the rules of the module docs: none of
 /// the calls that escape a sandbox, and signals (`tgkill`, `tkill`) only to
-/// the role itself with SIGABRT.
+/// the role itself with SIGABRT (or, for a tender, the watchdog's kick).
 pub fn check_role_list(rules: &[Rule]) -> Result<(), String> {
     for r in rules {
         if NEVER_FOR_ROLES.contains(&r.nr) {
@@ -405,9 +493,15 @@ pub fn check_role_list(rules: &[Rule]) -> Result<(), String> {
             arg,
             value: SIGABRT,
         };
+        // A tender's watchdog kicks its own vCPU thread with one signal.
+        let self_kick = |pid_arg, arg| When::OwnPidAndArgEq {
+            pid_arg,
+            arg,
+            value: KICK_SIGNAL,
+        };
         let ok = match r.nr {
-            sys::tgkill => r.when == self_abort(0, 2),
-            sys::tkill => r.when == self_abort(0, 1),
+            sys::tgkill => r.when == self_abort(0, 2) || r.when == self_kick(0, 2),
+            sys::tkill => r.when == self_abort(0, 1) || r.when == self_kick(0, 1),
             _ => true,
         };
         if !ok {
@@ -444,9 +538,13 @@ impl std::error::Error for SeccompError {}
 /// The conditions that must all hold; none: always allowed.
 fn conditions(when: When, own_pid: u32) -> Result<Vec<SeccompCondition>, seccompiler::BackendError> {
     let eq = |arg, v| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v);
+    let eq32 =
+        |arg, v: u32| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, u64::from(v));
     Ok(match when {
         When::Always => Vec::new(),
         When::ArgEq(arg, v) => vec![eq(arg, v)?],
+        When::Ioctl(request) => vec![eq32(1, request)?],
+        When::IoctlOn { fd, request } => vec![eq32(0, fd as u32)?, eq32(1, request)?],
         When::ArgMaskClear(arg, mask) => vec![SeccompCondition::new(
             arg,
             SeccompCmpArgLen::Qword,
@@ -568,6 +666,19 @@ pub fn install_rules(rules: &[Rule]) -> Result<(), SeccompError> {
 pub fn install_supervisor(roles: &[&crate::role::RolePlan]) -> Result<(), SeccompError> {
     let tables: Vec<&[&[Allow]]> = roles.iter().map(|r| &r.seccomp[..]).collect();
     install_program(&supervisor_filter(&tables)?)
+}
+
+/// [`KVM_SETUP`] as a pseudo-role for [`install_supervisor`]: no role
+/// runs under it, the supervisor's list holds it.
+pub fn kvm_setup_plan() -> crate::role::RolePlan {
+    crate::role::RolePlan::strict("kvm-setup", 0, 0, &[KVM_SETUP])
+}
+
+/// Install an already compiled program on every thread of the process
+/// (`SECCOMP_FILTER_FLAG_TSYNC`): for a role that started a thread before
+/// its filter (a tender's watchdog).
+pub fn install_program_all_threads(program: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter_all_threads(program).map_err(SeccompError::Install)
 }
 
 /// Install an already compiled program (does not allocate on success; for

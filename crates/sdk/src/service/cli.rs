@@ -6,18 +6,27 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::Service;
 use crate::config::ConfigError;
 
-/// How the engine role is confined.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// How the engine role is confined. `Auto` is a request only: the
+/// supervisor resolves it to `Kvm` or `Seccomp` at start
+/// ([`crate::kvm::choose`]), and roles are told what is in force.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxKind {
-    /// Engine in its own process under a seccomp allow-list (default).
+    /// kvm where the KVM device opens and the service's guest boots and
+    /// answers in time, else seccomp (default).
     #[default]
+    Auto,
+    /// Engine as a guest in a KVM micro-VM of its own, its tender process
+    /// under a seccomp filter that allows little more than `KVM_RUN`; an
+    /// error at start where KVM is unusable.
+    Kvm,
+    /// Engine in its own process under a seccomp allow-list.
     Seccomp,
     /// No sandbox at all: for debugging only.
     None,
@@ -26,9 +35,17 @@ pub enum SandboxKind {
 impl SandboxKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            SandboxKind::Auto => "auto",
+            SandboxKind::Kvm => "kvm",
             SandboxKind::Seccomp => "seccomp",
             SandboxKind::None => "none",
         }
+    }
+
+    /// Whether roles run under their seccomp filters (every kind but
+    /// `None`).
+    pub fn filtered(self) -> bool {
+        self != SandboxKind::None
     }
 }
 
@@ -79,7 +96,7 @@ pub struct CommonArgs<S: Service> {
         )
     )]
     pub run_dir: Option<PathBuf>,
-    /// Sandbox for the engine role [default: seccomp].
+    /// Sandbox for the engine role [default: auto].
     #[arg(long, value_enum)]
     pub sandbox: Option<SandboxKind>,
     /// error, warn, info, debug or trace.
@@ -258,7 +275,10 @@ mod tests {
         let c = Common::resolve::<Ntp>(CommonLayer::default(), CommonLayer::default());
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/mirage/ntp"));
         assert_eq!(c.run_dir, PathBuf::from("/run/mirage/ntp"));
-        assert_eq!(c.sandbox, SandboxKind::Seccomp);
+        assert_eq!(c.sandbox, SandboxKind::Auto);
+        let flags = parse(&["--sandbox", "kvm"]);
+        let c = Common::resolve::<Ntp>(flags.layer(), file.layer());
+        assert_eq!(c.sandbox, SandboxKind::Kvm);
         assert_eq!(layered(None, Some(2), || 3), 2);
         assert_eq!(layered(Some(1), Some(2), || 3), 1);
         assert_eq!(layered(None, None, || 3), 3);
@@ -298,7 +318,7 @@ mod tests {
             "[default: /etc/mirage/ntp/config.toml]",
             "[default: /var/lib/mirage/ntp]",
             "Runtime directory (status.json, metrics.prom) [default: /run/mirage/ntp]",
-            "Sandbox for the engine role [default: seccomp]",
+            "Sandbox for the engine role [default: auto]",
             "[default: info]",
         ] {
             assert!(help.contains(want), "{want}: {help}");

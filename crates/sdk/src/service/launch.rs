@@ -29,22 +29,29 @@ pub fn start_all(specs: &[RoleSpec<'_>]) -> Result<Vec<StartingRole>, String> {
 }
 
 /// Sandbox the supervisor, then confirm each role's exec. The supervisor's
-/// drop ([`crate::sandbox::drop_supervisor`]) and, with
-/// [`SandboxKind::Seccomp`], its filter come before the confirmation: the
+/// drop ([`crate::sandbox::drop_supervisor`]) and, unless the sandbox is
+/// [`SandboxKind::None`], its filter come before the confirmation: the
 /// children are past the fork and inherit nothing more from it, and
 /// confirming takes no privilege, so the filter's compile and install
 /// overlap the roles' start-up. Roles started later (a restarted engine)
 /// inherit the filter and stack their own on top, so it holds every role's
-/// list (`plans`: every role the service may ever start). Drop the
-/// privileged descriptors the roles got before calling this.
+/// list (`plans`: every role the service may ever start), and with
+/// [`SandboxKind::Kvm`] what building a VM takes
+/// ([`seccomp::KVM_SETUP`]): a restarted engine builds its VM under it.
+/// Drop the privileged descriptors the roles got before calling this.
 pub fn confine(
     starting: Vec<StartingRole>,
     sandbox: SandboxKind,
     plans: &[&RolePlan],
 ) -> Result<Vec<Role>, String> {
     crate::sandbox::drop_supervisor().map_err(|e| format!("dropping supervisor privileges: {e}"))?;
-    if sandbox == SandboxKind::Seccomp {
-        seccomp::install_supervisor(plans).map_err(|e| format!("supervisor seccomp: {e}"))?;
+    if sandbox.filtered() {
+        let kvm = seccomp::kvm_setup_plan();
+        let mut plans = plans.to_vec();
+        if sandbox == SandboxKind::Kvm {
+            plans.push(&kvm);
+        }
+        seccomp::install_supervisor(&plans).map_err(|e| format!("supervisor seccomp: {e}"))?;
     }
     starting.into_iter().map(StartingRole::finish).collect()
 }

@@ -1,0 +1,196 @@
+//! The engine as a KVM guest (`--sandbox kvm`, and `auto` where it works).
+//!
+//! The supervisor, before it drops its privileges, resolves the sandbox
+//! ([`choose`]): it opens the KVM device, boots the service's guest image
+//! once with nothing to say to it (the guest must start, ask for its first
+//! message and exit when told the channel is closed, within
+//! [`PROBE_BOUND`]), and keeps the device open. With `auto`, anything that
+//! fails there falls back to seccomp and the reason is logged and
+//! published; with `kvm` it is an error at start.
+//!
+//! The engine role gets the device at [`FD_KVM`] and runs the guest
+//! instead of the engine ([`crate::engine_role::run_sandboxed`]): it builds
+//! the VM, closes the device, drops its privileges (its plan), starts the
+//! watchdog thread, and installs the tender's seccomp filter
+//! ([`crate::sandbox::seccomp::TENDER`] over
+//! [`crate::sandbox::seccomp::BASE`]) on both threads; then it relays the
+//! guest's messages over its channel ([`crate::engine_role::ChannelHost`]).
+//! The supervisor decodes them exactly as a process engine's.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant as StdInstant};
+
+use mirage_engine::{Host, Instant, Received, Route};
+use mirage_kvm::{Config, Kvm, Vm};
+
+use crate::role::{RolePlan, Starting};
+use crate::sandbox::seccomp::{self, BASE, TENDER};
+use crate::service::SandboxKind;
+
+/// Where the KVM device is unless configured otherwise.
+pub const DEFAULT_DEVICE: &str = "/dev/kvm";
+
+/// The engine role's KVM device (its only descriptor besides the channel).
+pub const FD_KVM: RawFd = crate::role::FD_CHANNEL + 1;
+
+/// The longest the probe guest may take to boot, ask for a message and
+/// exit; its watchdog bound too. Measured here: about 2 ms.
+pub const PROBE_BOUND: Duration = Duration::from_secs(1);
+
+/// The sandbox in force, why, and the KVM device when it is `kvm`.
+#[derive(Debug)]
+pub struct Choice {
+    /// `Kvm`, `Seccomp` or `None` (never `Auto`).
+    pub kind: SandboxKind,
+    /// For the log line and status: what was asked for and what decided.
+    pub reason: String,
+    /// The open device (only with `Kvm`), for each engine the supervisor
+    /// starts.
+    pub device: Option<Kvm>,
+}
+
+impl Choice {
+    /// The device, for the engine role's [`FD_KVM`].
+    pub fn device_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.device.as_ref().map(|k| {
+            // SAFETY: the descriptor is the Kvm's own, open as long as
+            // `self` and the borrow that is tied to it.
+            unsafe { BorrowedFd::borrow_raw(k.as_raw_fd()) }
+        })
+    }
+
+    /// The engine's plan for this choice: with `kvm`, the tender's filter
+    /// instead of the engine's own list.
+    pub fn engine_plan(&self, plan: RolePlan) -> RolePlan {
+        match self.kind {
+            SandboxKind::Kvm => tender_plan(plan),
+            _ => plan,
+        }
+    }
+}
+
+/// The plan of an engine role that runs a guest: the same ids and limits,
+/// the tender's seccomp list ([`TENDER`] over [`BASE`]), and no
+/// `RLIMIT_NPROC` 0: with it, `KVM_RUN` fails with EAGAIN on every call
+/// under `kvm_pvm` (measured; the limit counts against a non-root uid).
+/// The tender's filter holds no `clone`, `fork` or `vfork`, so it still
+/// cannot start a process or thread.
+pub fn tender_plan(mut plan: RolePlan) -> RolePlan {
+    plan.seccomp = vec![BASE, TENDER];
+    plan.nproc_zero = false;
+    plan
+}
+
+/// Resolve `requested` for a service whose engine's guest image is `image`
+/// (`None`: it has none), with the KVM device at `device`. Call it in the
+/// supervisor before it drops its privileges. `Err` only for `kvm` where
+/// KVM is unusable: the message says why.
+pub fn choose(requested: SandboxKind, image: Option<&[u8]>, device: &Path) -> Result<Choice, String> {
+    let fixed = |kind, reason: &str| Choice {
+        kind,
+        reason: reason.to_owned(),
+        device: None,
+    };
+    match requested {
+        SandboxKind::None => return Ok(fixed(SandboxKind::None, "--sandbox none")),
+        SandboxKind::Seccomp => return Ok(fixed(SandboxKind::Seccomp, "--sandbox seccomp")),
+        SandboxKind::Kvm | SandboxKind::Auto => {}
+    }
+    let tried = image
+        .ok_or_else(|| "this service has no guest image".to_owned())
+        .and_then(|image| probe(image, device));
+    match (tried, requested) {
+        (Ok((kvm, took)), _) => Ok(Choice {
+            kind: SandboxKind::Kvm,
+            reason: format!(
+                "--sandbox {}: {} opens, the guest booted and answered in {} us",
+                requested.as_str(),
+                device.display(),
+                took.as_micros()
+            ),
+            device: Some(kvm),
+        }),
+        (Err(why), SandboxKind::Kvm) => Err(format!("--sandbox kvm: KVM is unusable here: {why}")),
+        (Err(why), _) => Ok(fixed(
+            SandboxKind::Seccomp,
+            &format!("--sandbox auto: kvm unusable ({why}), seccomp instead"),
+        )),
+    }
+}
+
+/// The probe guest's host: nothing to say, the channel is closed at once.
+struct ClosedHost;
+
+impl Host for ClosedHost {
+    type Error = std::io::Error;
+    fn now(&mut self) -> Instant {
+        crate::clock::boottime()
+    }
+    fn recv(&mut self, _: Instant, _: &mut [u8]) -> Result<Received, Self::Error> {
+        Ok(Received::Closed)
+    }
+    fn send(&mut self, _: Route, _: &[u8]) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Open `device` and boot `image` once: it must ask for a message and exit
+/// with status 0 when told the channel is closed, within [`PROBE_BOUND`].
+fn probe(image: &[u8], device: &Path) -> Result<(Kvm, Duration), String> {
+    let t0 = StdInstant::now();
+    let kvm = mirage_kvm::open_at(device).map_err(|e| format!("{}: {e}", device.display()))?;
+    let config = Config {
+        watchdog: PROBE_BOUND,
+        ..Config::default()
+    };
+    let vm = Vm::new(&kvm, image, &config).map_err(|e| e.to_string())?;
+    if !vm.uses_sync_regs() {
+        return Err("KVM_CAP_SYNC_REGS is missing (the tender's filter allows no KVM_GET_REGS)".into());
+    }
+    let mut lines = Vec::new();
+    let ran = vm.run(&mut ClosedHost, &mut |l: &str| lines.push(l.to_owned()));
+    let took = t0.elapsed();
+    ran.map_err(|e| format!("the probe guest: {e} {lines:?}"))?;
+    if took > PROBE_BOUND {
+        return Err(format!("the probe guest took {} ms", took.as_millis()));
+    }
+    Ok((kvm, took))
+}
+
+/// The engine role as a tender: build the VM of `image` on the device at
+/// [`FD_KVM`], enter the sandbox with the watchdog started, and run the
+/// guest over the role's channel until it exits.
+pub(crate) fn run_guest(role: Starting, image: &[u8]) -> Result<(), String> {
+    if !crate::fd::is_open(FD_KVM) {
+        return Err(format!(
+            "told to run a KVM guest, but no KVM device at fd {FD_KVM}"
+        ));
+    }
+    // SAFETY: FD_KVM is open (checked) and was given to this role for this
+    // use alone; the Kvm owns and closes it.
+    let kvm = unsafe { Kvm::from_raw_fd(FD_KVM) };
+    let vm = Vm::new(&kvm, image, &Config::default()).map_err(|e| format!("building the guest: {e}"))?;
+    // The tender never makes another VM.
+    drop(kvm);
+    if vm.vcpu_fd() != seccomp::FD_VCPU {
+        return Err(format!(
+            "the vCPU is fd {}, not {}, which the tender's filter names",
+            vm.vcpu_fd(),
+            seccomp::FD_VCPU
+        ));
+    }
+    if !vm.uses_sync_regs() {
+        return Err("KVM_CAP_SYNC_REGS is missing (the tender's filter allows no KVM_GET_REGS)".into());
+    }
+    let (started, armed) = role.enter_with(|| vm.arm().map_err(|e| format!("the guest's watchdog: {e}")))?;
+    log::info!(
+        "engine runs as a KVM guest (vCPU fd {}, channel fd {})",
+        seccomp::FD_VCPU,
+        started.channel.as_fd().as_raw_fd()
+    );
+    let mut host = crate::engine_role::ChannelHost::new(started.channel);
+    armed
+        .run(&mut host, &mut |line: &str| log::info!("guest: {line}"))
+        .map_err(|e| format!("guest: {e}"))
+}
