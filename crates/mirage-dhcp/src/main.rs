@@ -120,13 +120,7 @@ fn main() -> ExitCode {
                 log::warn!("{w}");
             }
             let oneshot = args.oneshot.then(|| std::time::Duration::from_secs(args.timeout));
-            match supervisor::run(config, level, oneshot) {
-                Ok(code) => code,
-                Err(e) => {
-                    log::error!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+            mirage_sdk::service::exit_code(supervisor::run(config, level, oneshot))
         }
         Command::Status(args) => args.run(status_summary),
     }

@@ -83,13 +83,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => {
             mirage_sdk::log::init(args.common.log_level, "[supervisor] ");
-            match supervisor::run(args) {
-                Ok(code) => code,
-                Err(e) => {
-                    log::error!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+            mirage_sdk::service::exit_code(supervisor::run(args))
         }
         Command::Status(args) => args.run(status_summary),
     }

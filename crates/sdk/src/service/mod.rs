@@ -112,6 +112,15 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
+/// A supervisor's run as the process's exit status: an error is logged
+/// (under the supervisor's prefix) and is a failure.
+pub fn exit_code(run: Result<std::process::ExitCode, String>) -> std::process::ExitCode {
+    run.unwrap_or_else(|e| {
+        log::error!("{e}");
+        std::process::ExitCode::FAILURE
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
