@@ -4,6 +4,11 @@
 //! as the service's uid with only CAP_NET_RAW and CAP_NET_ADMIN (ambient), inside the
 //! client namespace of the test hosts, against dnsmasq in the peer namespace.
 //!
+//! Each run is made twice: without a KVM device (the engine falls back to
+//! seccomp and status says why) and with one (the engine is a KVM guest,
+//! its process the tender). The second needs a usable /dev/kvm on the host
+//! and fails without one unless `MIRAGE_NO_KVM=1`.
+//!
 //! Needs root (network namespaces, podman's rootful storage), podman and runc
 //! (CI installs them). Every podman call is bounded by `timeout`, and the
 //! containers and the image are removed in `Drop`, also when a test fails.
@@ -13,6 +18,7 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use mirage_testkit::procfs::ProcStatus;
@@ -27,6 +33,23 @@ const SERVICE_ID: u32 = oci_image::SERVICE_ID;
 /// Capability bits (linux/capability.h).
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_NET_RAW: u64 = 1 << 13;
+/// The KVM device's numbers (Documentation/admin-guide/devices.txt).
+const KVM_MAJOR: u64 = 10;
+const KVM_MINOR: u64 = 232;
+
+/// The runs share the image (same digest, one podman id), and each removes
+/// it when done: one at a time.
+static IMAGE: Mutex<()> = Mutex::new(());
+
+/// What the container gets for KVM.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kvm {
+    /// No device: `auto` resolves to seccomp.
+    Without,
+    /// `--device` with a node of the service uid's own (docs/operators.md):
+    /// `auto` resolves to kvm.
+    Device,
+}
 
 /// podman as CI can run it: runc (crun fails on hosts with hybrid cgroups)
 /// and explicit rlimits (podman otherwise copies the host's, which a host
@@ -136,10 +159,31 @@ fn mounts(net: &Net) -> Mounts {
     m
 }
 
-/// `podman run -d` with exactly the privileges of docs/security.md.
-fn run_container(net: &Net, pm: &mut Podman, m: &Mounts, image: &str, name: &str) {
+/// A KVM character device for the container, owned by the service uid
+/// with mode 0600, as docs/operators.md has the operator make it: podman
+/// gives the container's node the owner and mode of the host's, and the
+/// host's /dev/kvm (root's, 0600 on these machines) would be one uid 65522
+/// cannot open.
+fn kvm_node(net: &Net) -> PathBuf {
+    let node = net.path("kvm");
+    let st = Command::new("mknod")
+        .args(["-m", "0600"])
+        .arg(&node)
+        .args(["c", &KVM_MAJOR.to_string(), &KVM_MINOR.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod {}", node.display());
+    chown_service(&node);
+    node
+}
+
+/// `podman run -d` with exactly the privileges of docs/security.md, and
+/// `device` (if any) as /dev/kvm.
+fn run_container(net: &Net, pm: &mut Podman, m: &Mounts, image: &str, name: &str, device: Option<&Path>) {
     let bind = |host: &Path, inside: &str, opts: &str| format!("{}:{inside}{opts}", host.display());
     let netns = format!("ns:/run/netns/{}", net.client_ns);
+    let device = device.map(|d| format!("{}:/dev/kvm", d.display()));
+    let device_args = device.as_deref().map(|d| ["--device", d]);
     let args = [
         "run",
         "--detach",
@@ -168,11 +212,13 @@ fn run_container(net: &Net, pm: &mut Podman, m: &Mounts, image: &str, name: &str
         &bind(&m.run, "/run/mirage/dhcp", ""),
         "--volume",
         &bind(&m.resolv, "/etc/resolv.conf", ""),
-        image,
-        "run",
-        "--log-level",
-        "debug",
     ];
+    let command = [image, "run", "--log-level", "debug"];
+    let args: Vec<&str> = args
+        .into_iter()
+        .chain(device_args.into_iter().flatten())
+        .chain(command)
+        .collect();
     pm.containers.push(name.to_owned());
     podman_ok(&args);
 }
@@ -185,6 +231,22 @@ fn container_pid(name: &str) -> u32 {
 
 #[test]
 fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
+    lease_in_podman(Kvm::Without);
+}
+
+#[test]
+fn image_with_a_kvm_device_runs_the_engine_as_a_guest() {
+    if mirage_testkit::kvm::usable("container::image_with_a_kvm_device_runs_the_engine_as_a_guest") {
+        lease_in_podman(Kvm::Device);
+    }
+}
+
+/// The image in podman as docs/operators.md runs it, with or without a
+/// KVM device: a lease, the capabilities of docs/security.md in every
+/// process, the sandbox `auto` resolves to, and an upgrade that adopts the
+/// stored lease.
+fn lease_in_podman(kvm: Kvm) {
+    let _image = IMAGE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut net = Net::new();
     let mut pm = Podman::default();
     net.start_dnsmasq("120", &["--dhcp-option=option:domain-search,corp.example"]);
@@ -214,8 +276,9 @@ fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
     assert_eq!(labels["org.opencontainers.image.revision"], "container-test");
 
     let m = mounts(&net);
-    let name = format!("mirage-dhcp-test-{}", std::process::id());
-    run_container(&net, &mut pm, &m, &id, &name);
+    let device = (kvm == Kvm::Device).then(|| kvm_node(&net));
+    let name = format!("mirage-dhcp-test-{}-{kvm:?}", std::process::id()).to_lowercase();
+    run_container(&net, &mut pm, &m, &id, &name, device.as_deref());
     let status = net.wait_state("bound", BOUND_WITHIN);
 
     // The lease is applied in the namespace and published through the binds.
@@ -234,7 +297,7 @@ fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
         "{resolv}"
     );
     assert!(resolv.contains("search corp.example\n"), "{resolv}");
-    assert_eq!(status["sandbox"], "seccomp");
+    assert_sandbox(&status, kvm);
     assert_eq!(status["intents_refused"], 0);
     let stored: serde_json::Value =
         serde_json::from_str(&read(&m.state.join(format!("lease-{CLIENT_IF}.json")))).unwrap();
@@ -284,6 +347,14 @@ fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
         assert_eq!(st.field("Uid"), ids, "{role}");
         assert_eq!(st.field("NoNewPrivs"), "1", "{role}");
         assert_eq!(st.field("Seccomp"), "2", "{role} runs under its filter");
+        // The tender holds its VM and vCPU, nothing else of KVM (the device
+        // was closed once the VM was built); a process engine holds none.
+        let kvm_fds = kvm_fds(*pid);
+        let want_fds: &[&str] = match (role.as_str(), kvm) {
+            ("engine", Kvm::Device) => &["anon_inode:kvm-vcpu:0", "anon_inode:kvm-vm"],
+            _ => &[],
+        };
+        assert_eq!(kvm_fds, want_fds, "{role}");
         assert_eq!(
             std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid(),
             0,
@@ -292,6 +363,12 @@ fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
     }
     let logs = pm.logs(&name);
     assert!(logs.contains("bounding=CAP_NET_ADMIN,CAP_NET_RAW"), "{logs}");
+    assert_eq!(
+        logs.lines()
+            .any(|l| l.contains("[engine]") && l.contains("engine runs as a KVM guest")),
+        kvm == Kvm::Device,
+        "{logs}"
+    );
 
     // Stop (SIGTERM) keeps the address; a new container (an upgrade) adopts
     // the stored lease instead of starting over.
@@ -303,14 +380,49 @@ fn image_gets_a_lease_with_only_net_raw_and_net_admin() {
     assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
     std::fs::remove_file(m.run.join("status.json")).unwrap();
     let second_name = format!("{name}-b");
-    run_container(&net, &mut pm, &m, &id, &second_name);
+    run_container(&net, &mut pm, &m, &id, &second_name, device.as_deref());
     let status = net.wait_state("bound", BOUND_WITHIN);
+    assert_sandbox(&status, kvm);
     assert_eq!(status["lease"]["address"], addr.as_str());
     assert_eq!(
         status["counters"]["offers"], 0,
         "the stored lease was verified (INIT-REBOOT), not rediscovered"
     );
     assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+}
+
+/// The sandbox in force and why, as status.json says.
+fn assert_sandbox(status: &serde_json::Value, kvm: Kvm) {
+    let reason = status["sandbox_reason"].as_str().unwrap();
+    match kvm {
+        Kvm::Without => {
+            assert_eq!(status["sandbox"], "seccomp", "{reason}");
+            assert!(
+                reason.starts_with("--sandbox auto: kvm unusable (/dev/kvm: ")
+                    && reason.ends_with("seccomp instead"),
+                "{reason}"
+            );
+        }
+        Kvm::Device => {
+            assert_eq!(status["sandbox"], "kvm", "{reason}");
+            assert!(
+                reason.starts_with("--sandbox auto: /dev/kvm opens, the guest booted and answered"),
+                "{reason}"
+            );
+        }
+    }
+}
+
+/// The KVM descriptors `pid` holds (the targets of its fd links), sorted.
+fn kvm_fds(pid: u32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.contains("kvm"))
+        .collect();
+    fds.sort();
+    fds
 }
 
 /// The Containerfile describes the same image as the reproducible writer:
