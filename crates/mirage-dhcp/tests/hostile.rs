@@ -64,18 +64,6 @@ impl Mode {
     }
 }
 
-/// Frames the kernel dropped from its per-CPU receive backlogs since boot
-/// (column 2 of /proc/net/softnet_stat): printed when a count is short, to
-/// tell a frame lost in the kernel from one lost by the daemon.
-fn backlog_drops() -> u64 {
-    std::fs::read_to_string("/proc/net/softnet_stat")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|c| u64::from_str_radix(c, 16).ok())
-        .sum()
-}
-
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
@@ -206,6 +194,18 @@ impl Run {
             .lines()
             .filter(|l| l.ends_with(&needle))
             .count()
+    }
+
+    /// Exactly `n` drops for `reason`, with what the server sent when not.
+    fn assert_drops(&self, reason: &str, n: usize) {
+        assert_eq!(
+            self.drops(reason),
+            n,
+            "server sent {} frames, errors {:?}; log:\n{}",
+            self.server.sent(),
+            self.server.send_errors(),
+            self.net.client_log()
+        );
     }
 
     fn wait_drops(&self, reason: &str, n: usize, timeout: Duration) {
@@ -340,15 +340,7 @@ fn dropped_before_offer(mode: Mode, junk: Junk, reason: &str) {
     };
     assert!(n > 0);
     run.assert_healthy();
-    assert_eq!(
-        run.drops(reason),
-        n,
-        "kernel backlog drops since boot: {}; server sent {} frames, errors {:?}; log:\n{}",
-        backlog_drops(),
-        run.server.sent(),
-        run.server.send_errors(),
-        run.net.client_log()
-    );
+    run.assert_drops(reason, n);
     assert_eq!(st["counters"]["frames_dropped"], n as u64, "{st}");
     assert_eq!(st["counters"]["offers"], 1);
     assert_eq!(st["counters"]["leases_refused"], 0);
@@ -370,15 +362,7 @@ fn dropped_before_ack(mode: Mode, junk: Junk, reason: &str, n: usize) -> Run {
     // state changes): wait for the log lines.
     run.wait_drops(reason, n, Duration::from_secs(5));
     let st = run.assert_healthy();
-    assert_eq!(
-        run.drops(reason),
-        n,
-        "kernel backlog drops since boot: {}; server sent {} frames, errors {:?}; log:\n{}",
-        backlog_drops(),
-        run.server.sent(),
-        run.server.send_errors(),
-        run.net.client_log()
-    );
+    run.assert_drops(reason, n);
     assert_eq!(st["counters"]["acks"], 1, "{st}");
     run.assert_standard_host();
     run
