@@ -187,7 +187,18 @@ impl Ntp {
             .iter_mut()
             .find(|s| s.addr == from)
             .ok_or(Refusal::UnknownSource)?;
-        match source.receive(&repr, t4, projection, &self.config)? {
+        let before = (source.reach, source.unsynchronised);
+        let answer = source.receive(&repr, t4, projection, &self.config);
+        let changed = (source.reach, source.unsynchronised) != before;
+        let answer = answer.inspect_err(|_| {
+            // A refused reply that still answered our request changed what
+            // status shows of its source (reachable, unsynchronised): say
+            // so now, not at the next accepted reply, which may never come.
+            if changed {
+                out.push(Action::PublishStatus(self.status()));
+            }
+        })?;
+        match answer {
             Answer::Sample(_) => {
                 self.counters.samples += 1;
                 self.update(now, t4, out);

@@ -496,3 +496,19 @@ fn a_leap_is_armed_on_the_last_day_of_the_month_only() {
         "{after:?}"
     );
 }
+
+#[test]
+fn a_refused_reply_that_answered_our_request_shows_in_status_at_once() {
+    // One server, unsynchronised: no reply is ever taken, yet status must
+    // say it answers and why it is not used (not "unreachable" forever).
+    let mut servers = lan_servers(1);
+    servers[0].behaviour = Behaviour::Unsynchronised;
+    let addr = servers[0].addr;
+    let mut s = sim_with(noisy(0.0, 0.0), servers, 31, |_| {}, None);
+    s.run_until(Instant(1_000));
+    assert_eq!(
+        s.source_states(addr).last(),
+        Some(&SourceState::Unsynchronised),
+        "as published"
+    );
+}

@@ -22,7 +22,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,7 +40,9 @@ const START_WITHIN: Duration = Duration::from_secs(10);
 /// The realtime clock as a 64-bit NTP timestamp, moved by `offset_ns`
 /// (a server whose clock is that far ahead).
 pub fn ntp_now(offset_ns: i64) -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
     ntp_of_unix_nanos(since.as_nanos() as i128 + i128::from(offset_ns))
 }
 
@@ -232,6 +234,8 @@ pub type Script = Box<dyn FnMut(&Request, &[Request]) -> Vec<Datagram> + Send>;
 struct Shared {
     seen: Mutex<Vec<Request>>,
     sent: Mutex<Vec<Sent>>,
+    /// Delayed sends not made yet.
+    pending: AtomicUsize,
 }
 
 /// The running server; stops and joins its thread on drop.
@@ -251,6 +255,7 @@ impl NtpServer {
         let shared = Arc::new(Shared {
             seen: Mutex::new(Vec::new()),
             sent: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
         });
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<Vec<UdpSocket>>, String>>();
         let (ns, extras) = (ns.to_owned(), extras.to_vec());
@@ -303,6 +308,12 @@ impl NtpServer {
 
     pub fn requests(&self) -> usize {
         self.shared.seen.lock().unwrap().len()
+    }
+
+    /// Delayed datagrams the script asked for and the server has not sent
+    /// yet.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::SeqCst)
     }
 
     /// Every datagram sent so far.
@@ -394,6 +405,7 @@ fn serve(sockets: &[UdpSocket], shared: &Shared, stop: &AtomicBool, mut script: 
         later = rest;
         for (_, d, to) in due {
             send(sockets, shared, d, to);
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
         }
         let wait = later
             .iter()
@@ -428,6 +440,7 @@ fn serve(sockets: &[UdpSocket], shared: &Shared, stop: &AtomicBool, mut script: 
             if d.after.is_zero() {
                 send(sockets, shared, d, to);
             } else {
+                shared.pending.fetch_add(1, Ordering::SeqCst);
                 later.push((Instant::now() + d.after, d, to));
             }
         }
