@@ -386,6 +386,18 @@ fn cases() -> Vec<Case> {
                 b
             },
         ),
+        // ---- the time floor (item 13) ---------------------------------------
+        // A server serving its local clock from 1986 (the Oxide boundary
+        // servers): before the build floor, refused.
+        case("serves_its_local_clock_from_1986", NoSample, || {
+            Box::new(|req: &Request, _: &[Request]| {
+                let forty_years_ns = 40 * 365 * 86_400 * 1_000_000_000i64;
+                vec![Datagram::reply(
+                    req.reply(-forty_years_ns).to_bytes(),
+                    "before-floor",
+                )]
+            })
+        }),
         // ---- falsetickers ---------------------------------------------------
         case("ten_seconds_off_is_a_falseticker", Falseticker, || {
             honest(FALSETICKER_NS)
@@ -483,9 +495,15 @@ struct Run {
 
 impl Run {
     fn start(script: Script) -> Run {
+        Run::start_with(script, |_| {})
+    }
+
+    /// [`Run::start`], `prepare` given the state directory first.
+    fn start_with(script: Script, prepare: impl FnOnce(&std::path::Path)) -> Run {
         let (id, _) = unique_id();
         let ns = Netns::add_unique("nh");
         let dir = TestDir::new("mirage-ntp-hostile", &id);
+        prepare(&dir.join("state"));
         let servers_set: Vec<String> = GOOD
             .iter()
             .chain([&HOSTILE])
@@ -876,4 +894,193 @@ fn the_case_table_has_unique_names_and_at_least_forty_cases() {
     let names: BTreeSet<&str> = all.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names.len(), all.len());
     assert!(all.len() >= 40, "{}", all.len());
+}
+
+fn unix_secs() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_secs()).unwrap()
+}
+
+/// Field notes item 13: the drift file says when it was saved, and no
+/// server may take the clock back past that. Here it was "saved" two days
+/// ahead of the host's clock, so the four servers (on the host's clock) all
+/// answer from before the floor: every reply is refused, no estimate is
+/// made. Needs root.
+#[test]
+fn the_state_files_save_time_is_a_floor_no_server_goes_below() {
+    let run = Run::start_with(honest(0), |state| {
+        std::fs::create_dir_all(state).unwrap();
+        std::os::unix::fs::chown(
+            state,
+            Some(mirage_ntp::plan::ACTUATOR_ID),
+            Some(mirage_ntp::plan::ACTUATOR_ID),
+        )
+        .unwrap();
+        let file = serde_json::json!({
+            "version": 1,
+            "scaled_ppm": 0,
+            "saved_unix_secs": unix_secs() + 2 * 86_400,
+        });
+        std::fs::write(state.join(mirage_ntp::plan::DRIFT_FILE), file.to_string()).unwrap();
+    });
+    let st = mirage_testkit::wait::wait_some(
+        Duration::from_secs(30),
+        "every server's burst refused",
+        || {
+            run.status().filter(|st| {
+                refused_of(st).get("before-floor") == Some(&16)
+                    && run.servers.iter().all(|s| s.requests() == BURST)
+            })
+        },
+        || format!("{:?}\n{}", run.status(), run.log()),
+    );
+    assert_eq!(refused_of(&st).len(), 1, "{st}");
+    // No estimate.
+    assert_eq!(st["state"], "starting", "{st}");
+    assert_eq!(
+        (&st["stratum"], &st["agreeing"]),
+        (&Value::from(16), &Value::from(0)),
+        "{st}"
+    );
+    for s in st["sources"].as_array().unwrap() {
+        assert_eq!(s["delay_ms"], 0.0, "no sample: {s}");
+        assert_ne!(s["reach"], 0, "they answered: {s}");
+    }
+    assert_eq!(roles_of(run.procs.pid(run.daemon)), run.roles);
+}
+
+/// Field notes item 1: a cloud link-local server that smears leap seconds
+/// (AWS's 169.254.169.123, on this namespace's loopback) next to a
+/// non-smearing one is warned about at start, and status tags each source.
+/// Needs root.
+#[test]
+fn a_mix_of_smearing_and_other_servers_is_warned_about() {
+    let (id, _) = unique_id();
+    let ns = Netns::add_unique("ns");
+    let dir = TestDir::new("mirage-ntp-smear", &id);
+    ns.exec(&["ip", "addr", "add", "169.254.169.123/32", "dev", "lo"]);
+    let servers: Vec<NtpServer> = ["169.254.169.123:123", GOOD[0]]
+        .iter()
+        .map(|a| NtpServer::start(ns.name(), addr(a), &[], honest(0)))
+        .collect();
+    let mut procs = Procs::new();
+    let mut cmd = ns.command(bin().to_str().unwrap());
+    cmd.args([
+        "run",
+        "--server",
+        "169.254.169.123",
+        "--server",
+        GOOD[0],
+        "--observe",
+    ])
+    .args(["--config", "/dev/null", "--state-dir"])
+    .arg(dir.join("state"))
+    .arg("--run-dir")
+    .arg(dir.join("run"));
+    procs.spawn_logged(cmd, &dir.join("ntp.log"));
+    let status = || -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/status.json")).ok()?).ok()
+    };
+    let st = mirage_testkit::wait::wait_some(
+        Duration::from_secs(30),
+        "both sources selected",
+        || {
+            status().filter(|st| {
+                st["sources"]
+                    .as_array()
+                    .is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["state"] == "selected"))
+            })
+        },
+        || read_lossy(&dir.join("ntp.log")),
+    );
+    let smearing: Vec<&Value> = st["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["smearing"])
+        .collect();
+    assert_eq!(smearing, [true, false], "{st}");
+    let log = read_lossy(&dir.join("ntp.log"));
+    assert_eq!(
+        log.matches("the servers mix leap-smearing ones").count(),
+        1,
+        "{log}"
+    );
+    drop(procs);
+    drop(servers);
+}
+
+/// Field notes item 5: CAP_SYS_TIME counts only in the initial user
+/// namespace. The daemon, steering (no `--observe`), runs in a user
+/// namespace of its own (uids 0-65535 mapped to the same ids outside, so
+/// its roles' ids exist): its actuator holds CAP_SYS_TIME there, the kernel
+/// still says no, and the service says so, keeps measuring, refuses each
+/// clock intent as `not-steerable` and restarts nothing. The host clock is
+/// safe either way: the one server runs on it, so an intent would be a
+/// slew of microseconds. Needs root.
+#[test]
+fn in_a_user_namespace_the_clock_is_not_steerable_and_the_service_keeps_measuring() {
+    use std::io::Write;
+    let (id, _) = unique_id();
+    let ns = Netns::add_unique("nu");
+    let dir = TestDir::new("mirage-ntp-userns", &id);
+    let _server = NtpServer::start(ns.name(), addr(GOOD[0]), &[], honest(0));
+    let mut procs = Procs::new();
+    let mut cmd = ns.command("unshare");
+    // The shell waits for its maps before it runs the daemon.
+    cmd.args(["--user", "--", "sh", "-c", "read go && exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args(["run", "--server", GOOD[0], "--config", "/dev/null", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .stdin(std::process::Stdio::piped());
+    let daemon = procs.spawn_logged(cmd, &dir.join("ntp.log"));
+    let pid = procs.pid(daemon);
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    mirage_testkit::wait::wait_for(Duration::from_secs(10), "the user namespace", || {
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).is_ok_and(|n| n != ours)
+    });
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 65536\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), "0 0 65536\n").unwrap();
+    procs
+        .child(daemon)
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let status = || -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/status.json")).ok()?).ok()
+    };
+    let st = mirage_testkit::wait::wait_some(
+        Duration::from_secs(30),
+        "clock intents refused as not-steerable, the source measured",
+        || {
+            status().filter(|st| {
+                st["clock"]["refused"]["not-steerable"].as_u64() >= Some(2)
+                    && st["sources"][0]["state"] == "selected"
+                    && st["sources"][0]["reach"] == 15
+            })
+        },
+        || read_lossy(&dir.join("ntp.log")),
+    );
+    assert_eq!(st["clock"]["steerable"], false, "{st}");
+    assert_eq!(st["observe"], false, "{st}");
+    assert_eq!(st["engine_restarts"], 0, "{st}");
+    assert_eq!(
+        st["clock"]["intents"]["applied"],
+        Value::Null,
+        "nothing applied: {st}"
+    );
+    let offset = st["offset_ms"].as_f64().unwrap();
+    assert!(offset.abs() < OFFSET_BOUND_MS, "{offset}");
+    assert_eq!(roles_of(pid).len(), 3, "the roles run on");
+    let log = read_lossy(&dir.join("ntp.log"));
+    assert_eq!(log.matches("THE CLOCK IS NOT STEERABLE HERE").count(), 1, "{log}");
+    procs.signal(daemon, "TERM");
+    let exit = procs.wait_exit(daemon, Duration::from_secs(10));
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
 }

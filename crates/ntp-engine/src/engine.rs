@@ -272,10 +272,15 @@ impl Ntp {
                 let (Some((f, distance)), Some(info)) = (peer.root_distance(projection), peer.server) else {
                     return;
                 };
+                // A smearing server spreads the leap over hours itself: its
+                // announcement must never arm the kernel's (field notes
+                // item 1).
                 let leaps = selection
                     .survivors
                     .iter()
-                    .map(|&k| self.sources[index[k]].server.map_or(Leap::None, |i| i.leap));
+                    .map(|&k| &self.sources[index[k]])
+                    .filter(|s| !crate::smears(s.addr.ip()))
+                    .map(|s| s.server.map_or(Leap::None, |i| i.leap));
                 let reference = t4.add_nanos(e.offset_ns.saturating_neg());
                 let leap = armed_leap(leaps, reference, self.config.era_pivot_unix_secs);
                 let estimate = Estimate {
@@ -440,6 +445,7 @@ impl Ntp {
                         reach: s.reach,
                         poll: s.poll,
                         requests: s.requests,
+                        smearing: crate::smears(s.addr.ip()),
                     }
                 })
                 .collect(),
