@@ -524,6 +524,11 @@ mod tests {
         assert!(reply.transmit >= reply.receive);
         assert_eq!(client[1], (vec![0u8], addr), "the count of earlier requests");
         assert_eq!(client[2].1, other, "the late one, from the extra socket");
+        // A send is recorded once send_to returned: maybe after the client
+        // read it.
+        crate::wait::wait_for(Duration::from_secs(5), "three sends recorded", || {
+            server.sent().len() == 3
+        });
         let sent = server.sent();
         assert_eq!(
             sent.iter().map(|s| s.tag).collect::<Vec<_>>(),
