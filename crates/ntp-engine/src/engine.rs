@@ -128,6 +128,15 @@ impl Ntp {
             }
             Event::DhcpServers(list) => self.dhcp_servers(now, &list, out),
             Event::Tick => Ok(()),
+            Event::StepAccepted => {
+                if self.step == StepState::Held {
+                    self.discipline.step_at_next_estimate();
+                    for s in self.sources.iter_mut().filter(|s| s.reach != 0) {
+                        s.next_poll = s.next_poll.min(now);
+                    }
+                }
+                Ok(())
+            }
         };
         self.on_timer(now, out);
         result
