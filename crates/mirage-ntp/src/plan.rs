@@ -58,14 +58,16 @@ pub const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime, When::ArgEq(0, 0
 /// follow the DHCP client's servers: a UDP socket per server (IPv4 or
 /// IPv6 datagram sockets only), bound to an ephemeral port, connected,
 /// kernel receive timestamps on; the network role is then started again
-/// with them. In the supervisor's filter only when `dhcp_servers` is in
-/// use ([`udp_setup`]); no role's list ever holds it.
+/// with them, and checks each socket's peer (`getpeername`) under this
+/// filter before its own. In the supervisor's filter only when
+/// `dhcp_servers` is in use ([`udp_setup`]); no role's list ever holds it.
 pub const UDP_SETUP: &[Allow] = &[
     mirage_sdk::allow!(socket, When::ArgEq(0, AF_INET)),
     mirage_sdk::allow!(socket, When::ArgEq(0, AF_INET6)),
     mirage_sdk::allow!(bind),
     mirage_sdk::allow!(connect),
     mirage_sdk::allow!(setsockopt),
+    mirage_sdk::allow!(getpeername),
 ];
 const AF_INET: u64 = 2;
 const AF_INET6: u64 = 10;

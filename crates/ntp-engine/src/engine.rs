@@ -401,6 +401,12 @@ impl Ntp {
                     .push(Source::new(addr, SourceOrigin::Dhcp, now, &self.config));
             }
         }
+        // Nothing left to ask (the lease went), or something again.
+        if !self.sources.iter().any(|s| s.denied.is_none()) {
+            self.state = SyncState::NoSources;
+        } else if self.state == SyncState::NoSources {
+            self.state = SyncState::Starting;
+        }
         out.push(Action::PublishStatus(self.status()));
         Ok(())
     }

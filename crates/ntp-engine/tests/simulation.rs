@@ -453,6 +453,10 @@ fn dhcp_servers_join_and_leave() {
     s.run_until(Instant(3 * HOUR));
     assert_eq!(s.world.servers[2].requests.len(), asked);
     assert_eq!(s.last_status().sources.len(), 2);
+    // The lease goes: no source, and it says so.
+    s.handle(Event::DhcpServers(Vec::new())).unwrap();
+    assert_eq!(s.last_status().state, SyncState::NoSources);
+    assert!(s.last_status().sources.is_empty());
     let mut off = sim_with(
         noisy(0.0, 0.0),
         lan_servers(1),
