@@ -632,7 +632,7 @@ impl Supervisor {
                 let what = match &outcome {
                     Outcome::Applied => "recorded by the actuator".to_string(),
                     Outcome::Refused(r) => format!("refused by the actuator: {}", r.as_str()),
-                    other => format!("{}", other.as_str()),
+                    other => other.as_str().to_string(),
                 };
                 if let Some(last) = &mut self.stats.last_acceptance
                     && let Some(at) = last.find(": sent to the actuator")
