@@ -39,11 +39,13 @@ enum Command {
     Run(RunArgs),
     /// Print the status a running client published (status.json).
     Status(StatusArgs<Ntp>),
-    /// Accept one step the actuator's policy held (`held` in status): at
-    /// most --max-s either way, within --valid-s. The running client's
-    /// actuator records and checks it; the held client steps at its next
-    /// estimate. Run as the client's uid (root): the request is a file in
-    /// its runtime directory.
+    /// Accept one step the actuator's policy held, bounded in size and time.
+    ///
+    /// One step of at most --max-s either way, within --valid-s (`held` in
+    /// status). The running client's actuator records and checks it; the
+    /// held client steps at its next estimate. Run as the client's uid
+    /// (root): the request is a file in its runtime directory. Exits 1 when
+    /// no client took it or the actuator refused it.
     AcceptStep(AcceptArgs),
 }
 
@@ -67,7 +69,9 @@ pub struct RunArgs {
     /// An NTP server: an IP address, with a port if not 123
     /// (192.0.2.1, 192.0.2.1:1123, 2001:db8::1, [2001:db8::1]:1123).
     /// Repeat for more servers (at most 16). Host names are not resolved
-    /// yet. Replaces `servers` in the config file.
+    /// yet. Replaces `servers` in the config file. With no server, the
+    /// DHCP client's /run/mirage/dhcp/servers.json is followed
+    /// (`dhcp_servers` in the config file).
     #[arg(long = "server", value_name = "ADDR[:PORT]", value_parser = parse_server)]
     servers: Vec<SocketAddr>,
     /// Measure and publish, never touch the clock: the actuator runs

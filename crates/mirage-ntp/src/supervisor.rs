@@ -929,3 +929,82 @@ impl View<'_> {
         m.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, String> {
+        mirage_sdk::config::parse(std::path::Path::new("ntp.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_config_file_takes_ids_dhcp_servers_and_the_step_threshold() {
+        let f = parse(
+            "servers = [\"192.0.2.1\"]\ndhcp_servers = \"/srv/servers.json\"\nstep_threshold_ms = 20\n\
+             [ids]\nengine = 900\nactuator = \"901:902\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.step_threshold_ms, Some(20));
+        let ids = RoleIds::resolve(&f.ids).unwrap();
+        assert_eq!(
+            (ids.engine.uid, ids.network.uid, ids.actuator.gid),
+            (900, 65527, 902)
+        );
+        let e = parse("[ids]\nengine = 0\n").map(|f| RoleIds::resolve(&f.ids).map_err(|e| e.0));
+        assert_eq!(e.unwrap(), Err("ids.engine".to_string()));
+        assert!(parse("[ids]\ndns = 1\n").unwrap_err().contains("ntp.toml:2"));
+        assert!(parse("dhcp_server = \"x\"\n").is_err(), "unknown keys are errors");
+        // Which servers.json is followed.
+        let default = PathBuf::from("/run/mirage/dhcp/servers.json");
+        assert_eq!(dhcp_servers_file(None, false), Some(default));
+        assert_eq!(dhcp_servers_file(None, true), None);
+        assert_eq!(dhcp_servers_file(Some("".into()), false), None);
+        assert_eq!(
+            dhcp_servers_file(Some("/srv/s.json".into()), true),
+            Some(PathBuf::from("/srv/s.json"))
+        );
+    }
+
+    #[test]
+    fn dhcp_servers_join_the_configured_ones_once_and_bad_addresses_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("mirage-ntp-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("servers.json");
+        let mut d = DhcpFollow {
+            path: path.clone(),
+            servers: Vec::new(),
+            error: None,
+        };
+        assert!(!d.refresh(), "no file: no change from none");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"interface":"eth0","ntp":["192.0.2.1","0.0.0.0","224.0.0.1","255.255.255.255","192.0.2.7","192.0.2.7"],"dns":[]}"#,
+        )
+        .unwrap();
+        assert!(d.refresh());
+        assert!(!d.refresh(), "the same list again is no change");
+        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "192.0.2.7".parse().unwrap()];
+        assert_eq!(d.servers, ips);
+        let configured: Vec<SocketAddr> = vec![
+            "192.0.2.1:123".parse().unwrap(),
+            "192.0.2.9:1123".parse().unwrap(),
+        ];
+        let all = network_servers(&configured, Some(&d));
+        assert_eq!(
+            all,
+            [configured[0], configured[1], "192.0.2.7:123".parse().unwrap()]
+        );
+        // A broken file keeps the list and says why.
+        std::fs::write(&path, "{").unwrap();
+        assert!(!d.refresh());
+        assert_eq!(d.servers, ips);
+        assert!(d.error.is_some());
+        // The lease gone: empty lists.
+        std::fs::write(&path, r#"{"version":1,"interface":"eth0","ntp":[],"dns":[]}"#).unwrap();
+        assert!(d.refresh());
+        assert!(d.servers.is_empty() && d.error.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
