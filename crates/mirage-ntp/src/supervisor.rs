@@ -232,13 +232,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             &NetworkSettings { servers: all.clone() },
             None,
             sockets.iter().map(|s| s.as_fd()).collect(),
-            // Following DHCP, the role starts again with new sockets when
-            // the servers change.
-            if sup.dhcp.is_some() {
-                Restart::WithBackoff
-            } else {
-                Restart::Never
-            },
+            // Started again on purpose (Ctx::restart) with new sockets when
+            // the DHCP servers change; a crash ends the service.
+            Restart::Never,
         )?,
         actuator.spec(
             options,
@@ -470,10 +466,7 @@ impl Supervisor {
             self.publisher.mark_dirty();
             // Its sockets are fixed at start: it starts again with the new
             // list's (Service::restart) and the engine is told once it runs.
-            ctx.fault(
-                NETWORK,
-                "the DHCP servers changed: starting it with their sockets",
-            );
+            ctx.restart(NETWORK, "the DHCP servers changed: new sockets");
         }
         match accept::take(&self.requests) {
             Ok(None) => {}
@@ -663,7 +656,7 @@ impl Service for Supervisor {
     }
 
     /// A restarted engine gets a fresh hello, its start and a fresh seed;
-    /// a network role (following DHCP) its servers' sockets.
+    /// the network role, started again for new DHCP servers, their sockets.
     fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
         match role {
             NETWORK => self.network_start(),

@@ -304,6 +304,15 @@ fn mirage_ntp_follows_the_ntp_servers_mirage_dhcp_learned() {
     );
     assert_eq!(v["state"], "no-sources", "{v}");
 
+    // Each new list started the network role again on purpose: no fault,
+    // no back-off.
+    let log = read_lossy(&f.dir.join("ntp.log"));
+    assert!(
+        log.contains("network stopped to start again (the DHCP servers changed: new sockets)"),
+        "{log}"
+    );
+    assert!(!log.contains("restarting in"), "{log}");
+
     f.procs.signal(ntp, "TERM");
     let exit = f
         .procs
