@@ -9,6 +9,10 @@
 //!       the next estimate instead of after the stepout)
 //! ```
 //!
+//! Left without `--max-s`, the acceptance is for the held step: its size
+//! plus a margin, and its direction only (a compromised engine cannot turn
+//! it into the mirror-image step).
+//!
 //! The request is a file in the runtime directory, which only the
 //! supervisor's uid (root) may write: whoever may write there may accept.
 //! The supervisor looks for it every second and removes it once read; the
@@ -39,6 +43,9 @@ pub struct AcceptRequest {
     pub max_ns: u64,
     /// How long the acceptance lasts, ms.
     pub valid_ms: u64,
+    /// Forward only (`true`), back only (`false`) or either way (absent).
+    #[serde(default)]
+    pub forward: Option<bool>,
 }
 
 impl Versioned for AcceptRequest {
@@ -49,7 +56,7 @@ impl Versioned for AcceptRequest {
 impl AcceptRequest {
     /// A request from the command line's seconds; `Err` says what is out
     /// of range (the actuator checks again).
-    pub fn new(max_s: f64, valid_s: u64) -> Result<AcceptRequest, String> {
+    pub fn new(max_s: f64, valid_s: u64, forward: Option<bool>) -> Result<AcceptRequest, String> {
         if !(max_s.is_finite() && max_s > 0.0 && max_s <= 1e9) {
             return Err(format!("--max-s {max_s}: must be above 0 and at most 1e9 s"));
         }
@@ -64,6 +71,7 @@ impl AcceptRequest {
             version: Self::VERSION,
             max_ns: (max_s * 1e9).round() as u64,
             valid_ms,
+            forward,
         })
     }
 
@@ -72,6 +80,7 @@ impl AcceptRequest {
         StepAcceptance {
             max_ns: self.max_ns,
             valid_ms: self.valid_ms,
+            forward: self.forward,
         }
     }
 }
@@ -104,13 +113,16 @@ mod tests {
 
     #[test]
     fn a_request_is_bounded_and_taken_once() {
-        assert!(AcceptRequest::new(0.0, 600).is_err());
-        assert!(AcceptRequest::new(-1.0, 600).is_err());
-        assert!(AcceptRequest::new(f64::NAN, 600).is_err());
-        assert!(AcceptRequest::new(1.0, 0).is_err());
-        assert!(AcceptRequest::new(1.0, 3601).is_err());
-        let r = AcceptRequest::new(0.05, 60).unwrap();
-        assert_eq!((r.max_ns, r.valid_ms), (50_000_000, 60_000));
+        assert!(AcceptRequest::new(0.0, 600, None).is_err());
+        assert!(AcceptRequest::new(-1.0, 600, None).is_err());
+        assert!(AcceptRequest::new(f64::NAN, 600, None).is_err());
+        assert!(AcceptRequest::new(1.0, 0, None).is_err());
+        assert!(AcceptRequest::new(1.0, 3601, None).is_err());
+        let r = AcceptRequest::new(0.05, 60, Some(true)).unwrap();
+        assert_eq!(
+            (r.max_ns, r.valid_ms, r.forward),
+            (50_000_000, 60_000, Some(true))
+        );
         let dir = std::env::temp_dir().join(format!("mirage-ntp-accept-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

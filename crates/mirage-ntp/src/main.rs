@@ -56,7 +56,8 @@ pub struct AcceptArgs {
     run_dir: Option<std::path::PathBuf>,
     /// The largest step accepted, either way, in seconds (fractions
     /// allowed: 0.05). Default: the held step in status.json plus 0.5 s
-    /// (what a clock drifting at 500 ppm moves in 10 minutes, rounded up).
+    /// (what a clock drifting at 500 ppm moves in 10 minutes, rounded up),
+    /// in the held step's direction only.
     #[arg(long, value_name = "SECONDS")]
     max_s: Option<f64>,
     /// How long the acceptance lasts, in seconds (at most 3600).
@@ -133,13 +134,16 @@ fn accept_step(args: &AcceptArgs) -> Result<String, String> {
     use mirage_ntp::accept::{self, AcceptRequest};
     use mirage_sdk::service::Service;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| Ntp::paths().run_dir);
-    let max_s = match args.max_s {
-        Some(s) => s,
+    let (max_s, forward) = match args.max_s {
+        Some(s) => (s, None),
         None => {
             let v = mirage_sdk::service::status::read(&run_dir)
                 .map_err(|e| format!("{}/status.json {e} (is the client running?)", run_dir.display()))?;
             match (v["held"].as_bool(), v["clock"]["refused_step_s"].as_f64()) {
-                (Some(true), Some(step)) => step.abs() + accept::DEFAULT_MARGIN_NS as f64 / 1e9,
+                (Some(true), Some(step)) => (
+                    step.abs() + accept::DEFAULT_MARGIN_NS as f64 / 1e9,
+                    Some(step > 0.0),
+                ),
                 _ => {
                     return Err(format!(
                         "no held step in {}/status.json (state {}): give --max-s to accept one ahead",
@@ -150,11 +154,16 @@ fn accept_step(args: &AcceptArgs) -> Result<String, String> {
             }
         }
     };
-    let request = AcceptRequest::new(max_s, args.valid_s)?;
+    let request = AcceptRequest::new(max_s, args.valid_s, forward)?;
     let (dir, _) = mirage_sdk::files::open_dir_root_links_only(&run_dir, None)
         .map_err(|e| format!("{}: {e}", run_dir.display()))?;
     accept::write(&dir, &request).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-    let shown = format!("one step of at most {max_s} s within {} s", args.valid_s);
+    let way = match forward {
+        Some(true) => "forward",
+        Some(false) => "back",
+        None => "either way",
+    };
+    let shown = format!("one step of at most {max_s} s {way} within {} s", args.valid_s);
     let deadline = std::time::Instant::now() + ACCEPT_WAIT;
     let gone = || {
         matches!(

@@ -190,12 +190,14 @@ impl ClockRefusal {
 }
 
 /// An operator's acceptance of a held step (`mirage-ntp accept-step`), as
-/// the supervisor relays it: one step of at most `max_ns` either way,
-/// within `valid_ms` of its arrival at the actuator.
+/// the supervisor relays it: one step of at most `max_ns`, forward only,
+/// back only or either way (`forward`: `Some(true)`, `Some(false)`,
+/// `None`), within `valid_ms` of its arrival at the actuator.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepAcceptance {
     pub max_ns: u64,
     pub valid_ms: u64,
+    pub forward: Option<bool>,
 }
 
 /// The policy and what it has let through so far.
@@ -207,9 +209,9 @@ pub struct PolicyState {
     /// Steps left, and when the budget last refilled (boot clock, ms).
     steps_left: u32,
     refilled_at_ms: u64,
-    /// An operator's acceptance not used yet: the largest step and until
-    /// when (boot clock, ms).
-    accepted: Option<(u64, u64)>,
+    /// An operator's acceptance not used yet, and until when (boot clock,
+    /// ms).
+    accepted: Option<(StepAcceptance, u64)>,
 }
 
 impl PolicyState {
@@ -229,7 +231,7 @@ impl PolicyState {
         if a.max_ns == 0 || a.valid_ms == 0 || a.valid_ms > MAX_ACCEPTANCE_VALID_MS {
             return Err(ClockRefusal::AcceptanceOutOfRange);
         }
-        self.accepted = Some((a.max_ns, now_boot_ms.saturating_add(a.valid_ms)));
+        self.accepted = Some((a, now_boot_ms.saturating_add(a.valid_ms)));
         Ok(())
     }
 
@@ -238,7 +240,7 @@ impl PolicyState {
     pub fn acceptance(&self, now_boot_ms: u64) -> Option<(u64, u64)> {
         self.accepted
             .filter(|&(_, until)| until > now_boot_ms)
-            .map(|(max, until)| (max, until - now_boot_ms))
+            .map(|(a, until)| (a.max_ns, until - now_boot_ms))
     }
 
     pub fn policy(&self) -> &ClockPolicy {
@@ -332,8 +334,14 @@ impl PolicyState {
         });
         match within {
             Ok(()) => Ok(false),
-            Err(r) => match self.acceptance(now_boot_ms) {
-                Some((max, _)) if size <= max => Ok(true),
+            Err(r) => match self.accepted {
+                Some((a, until))
+                    if until > now_boot_ms
+                        && size <= a.max_ns
+                        && a.forward.is_none_or(|forward| forward == (delta_ns > 0)) =>
+                {
+                    Ok(true)
+                }
                 _ => Err(r),
             },
         }
@@ -553,6 +561,7 @@ mod tests {
         let accept = StepAcceptance {
             max_ns: 2500 * NS as u64,
             valid_ms: 600_000,
+            forward: None,
         };
         for bad in [
             StepAcceptance { max_ns: 0, ..accept },
@@ -615,6 +624,7 @@ mod tests {
             StepAcceptance {
                 max_ns: 50_000_000,
                 valid_ms: 1000,
+                forward: None,
             },
             0,
         )
@@ -624,6 +634,21 @@ mod tests {
             Err(ClockRefusal::StartupStepForwardTooLarge)
         );
         assert_eq!(r.check(&ms(-50), 0, 0), Ok(()));
+        // One direction only: the held step's, not its mirror image.
+        r.accept_step(
+            StepAcceptance {
+                max_ns: 50_000_000,
+                valid_ms: 1000,
+                forward: Some(true),
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            r.check(&ms(-35), 0, 0),
+            Err(ClockRefusal::StartupStepBackTooLarge)
+        );
+        assert_eq!(r.check(&ms(35), 0, 0), Ok(()));
     }
 
     #[test]

@@ -264,8 +264,13 @@ impl Actuator {
                     let outcome = match self.policy.accept_step(a, boottime().millis()) {
                         Ok(()) => {
                             log::warn!(
-                                "an operator accepted one step of at most {} ms within {} s",
+                                "an operator accepted one step of at most {} ms {} within {} s",
                                 a.max_ns / 1_000_000,
+                                match a.forward {
+                                    Some(true) => "forward",
+                                    Some(false) => "back",
+                                    None => "either way",
+                                },
                                 a.valid_ms / 1000
                             );
                             Outcome::Applied

@@ -158,8 +158,16 @@ fn the_actuator_refuses_every_out_of_policy_intent_and_counts_each_reason() {
 
 /// Relay an operator's acceptance and wait for the actuator's answer.
 fn accept(chan: &Channel, max_ns: u64, valid_ms: u64) -> Outcome {
-    chan.send(&ToActuator::AcceptStep(StepAcceptance { max_ns, valid_ms }))
-        .unwrap();
+    accept_way(chan, max_ns, valid_ms, None)
+}
+
+fn accept_way(chan: &Channel, max_ns: u64, valid_ms: u64, forward: Option<bool>) -> Outcome {
+    chan.send(&ToActuator::AcceptStep(StepAcceptance {
+        max_ns,
+        valid_ms,
+        forward,
+    }))
+    .unwrap();
     match recv_within::<FromActuator>(chan, ANSWER_MS).expect("an answer") {
         FromActuator::Acceptance { outcome } => outcome,
         other => panic!("expected the acceptance's answer, got {other:?}"),
@@ -199,6 +207,17 @@ fn an_operators_acceptance_lets_one_held_step_through_and_is_bounded_itself() {
     assert_eq!(accept(&chan, 2500 * S as u64, 60_000), Outcome::Applied);
     assert_eq!(ask(&chan, 4, held), Outcome::Observed);
     assert_eq!(ask(&chan, 5, held), refused);
+    // The held step's direction only: its mirror image stays refused.
+    assert_eq!(
+        accept_way(&chan, 2500 * S as u64, 60_000, Some(true)),
+        Outcome::Applied
+    );
+    assert_eq!(ask(&chan, 7, held), refused);
+    assert_eq!(
+        accept_way(&chan, 2500 * S as u64, 60_000, Some(false)),
+        Outcome::Applied
+    );
+    assert_eq!(ask(&chan, 8, held), Outcome::Observed);
     // An acceptance expires unused.
     assert_eq!(accept(&chan, 2500 * S as u64, 1000), Outcome::Applied);
     std::thread::sleep(Duration::from_millis(1500));
