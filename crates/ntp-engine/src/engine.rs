@@ -128,6 +128,15 @@ impl Ntp {
             }
             Event::DhcpServers(list) => self.dhcp_servers(now, &list, out),
             Event::Tick => Ok(()),
+            Event::StepAccepted => {
+                if self.step == StepState::Held {
+                    self.discipline.step_at_next_estimate();
+                    for s in self.sources.iter_mut().filter(|s| s.reach != 0) {
+                        s.next_poll = s.next_poll.min(now);
+                    }
+                }
+                Ok(())
+            }
         };
         self.on_timer(now, out);
         result
@@ -407,6 +416,12 @@ impl Ntp {
                 self.sources
                     .push(Source::new(addr, SourceOrigin::Dhcp, now, &self.config));
             }
+        }
+        // Nothing left to ask (the lease went), or something again.
+        if !self.sources.iter().any(|s| s.denied.is_none()) {
+            self.state = SyncState::NoSources;
+        } else if self.state == SyncState::NoSources {
+            self.state = SyncState::Starting;
         }
         out.push(Action::PublishStatus(self.status()));
         Ok(())

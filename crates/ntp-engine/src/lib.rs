@@ -248,6 +248,11 @@ pub enum Event {
     DhcpServers(Vec<IpAddr>),
     /// Nothing happened; due timers run.
     Tick,
+    /// An operator accepted the held step (the actuator holds the
+    /// acceptance and checks the step against it): when held, poll every
+    /// source now and ask for the step at the next estimate instead of
+    /// after the stepout. Otherwise nothing.
+    StepAccepted,
 }
 
 /// What the kernel's clock status should say (adjtimex `status`,

@@ -399,6 +399,31 @@ fn a_refused_step_holds_and_measuring_goes_on() {
 }
 
 #[test]
+fn an_accepted_held_step_is_asked_for_at_once_not_after_the_stepout() {
+    let mut s = sim(noisy(5000.0, 0.0), lan_servers(4), 17);
+    s.world.refuse_steps = true;
+    s.run_until(Instant(10 * 60_000));
+    assert_eq!(s.last_status().state, SyncState::Held);
+    let asked = s.steps_asked().len();
+    // Not held: the event changes nothing (no poll, no step).
+    let mut quiet = sim(noisy(0.01, 0.0), lan_servers(1), 5);
+    quiet.run_until(Instant(60_000));
+    quiet.handle(Event::StepAccepted).unwrap();
+    quiet.run_until(Instant(70_000));
+    assert!(quiet.steps_asked().is_empty());
+    // Held for 10 minutes, under the 15-minute stepout: the operator
+    // accepts and the actuator lets the step through.
+    s.world.refuse_steps = false;
+    let accepted_at = s.now;
+    s.handle(Event::StepAccepted).unwrap();
+    s.run_until(Instant(accepted_at.0 + 10_000));
+    assert_eq!(s.steps_asked().len(), asked + 1, "asked again at once");
+    assert_eq!(s.world.steps.len(), 1);
+    assert!(s.world.error_at(s.now).abs() < 0.001);
+    assert_eq!(s.last_status().state, SyncState::Synchronized);
+}
+
+#[test]
 fn unsynchronised_servers_are_never_used() {
     let mut servers = lan_servers(2);
     servers[0].behaviour = Behaviour::Unsynchronised;
@@ -428,6 +453,10 @@ fn dhcp_servers_join_and_leave() {
     s.run_until(Instant(3 * HOUR));
     assert_eq!(s.world.servers[2].requests.len(), asked);
     assert_eq!(s.last_status().sources.len(), 2);
+    // The lease goes: no source, and it says so.
+    s.handle(Event::DhcpServers(Vec::new())).unwrap();
+    assert_eq!(s.last_status().state, SyncState::NoSources);
+    assert!(s.last_status().sources.is_empty());
     let mut off = sim_with(
         noisy(0.0, 0.0),
         lan_servers(1),
