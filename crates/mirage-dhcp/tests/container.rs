@@ -467,7 +467,12 @@ fn containerfile_builds_the_same_image_config() {
     ]);
     let built = podman_ok(&["image", "inspect", "--format", "{{json .Config}}", &tag]);
     let built: serde_json::Value = serde_json::from_str(&built).unwrap();
-    let ours = oci_image::image(&oci_image::MIRAGE_DHCP, b"-".to_vec(), &Meta { created: None, ..m }).unwrap();
+    let ours = oci_image::image(
+        &oci_image::MIRAGE_DHCP,
+        b"-".to_vec(),
+        &Meta { created: None, ..m },
+    )
+    .unwrap();
     assert_eq!(built["User"], ours.user.as_str());
     assert_eq!(built["Entrypoint"], serde_json::json!(ours.entrypoint));
     assert_eq!(built["Cmd"], serde_json::json!(ours.cmd));

@@ -15,7 +15,7 @@ use mirage_ntp::Ntp as Svc;
 use mirage_ntp::messages::{FromActuator, FromNetwork, Outcome, ToActuator, ToNetwork};
 use mirage_ntp::plan::{self, ActuatorSettings, DRIFT_FILE, DriftFile, NetworkSettings};
 use mirage_ntp::policy::{ClockIntent, ClockPolicy, MAX_FREQ_SCALED};
-use mirage_sdk::role::RoleOptions;
+use mirage_sdk::role::{RoleOptions, RolePlan};
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe};
 use mirage_sdk::service::dirs::{self, Owner};
 use mirage_sdk::service::metrics::{Kind, Metrics};
@@ -101,11 +101,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox.reason);
     let signals = SignalPipe::new()?;
 
+    let (mut engine, mut network, mut actuator) = (
+        plan::engine(),
+        plan::network(servers.len()),
+        plan::actuator(observe),
+    );
+    run_as_process(&mut [&mut engine, &mut network, &mut actuator]);
     // The privileged opens: directories, then one socket per server.
     let owner = Owner {
         role: "actuator",
-        uid: plan::ACTUATOR_ID,
-        gid: plan::ACTUATOR_ID,
+        uid: actuator.uid,
+        gid: actuator.gid,
     };
     let state_dir =
         dirs::open_role_dir::<Svc>(&common.state_dir, dirs::STATE_DIR_MODE, owner, "state directory")?;
@@ -142,11 +148,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         pending: HashMap::new(),
         actuator: None,
     };
-    let (engine, network, actuator) = (
-        plan::engine(),
-        plan::network(servers.len()),
-        plan::actuator(observe),
-    );
     let actuator_fds = if observe { vec![] } else { vec![state_dir.as_fd()] };
     let specs = [
         engine.spec(
@@ -195,6 +196,24 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     );
     sup.publisher.mark_dirty();
     Ok(Runtime::new(sup, roles).run(&signals))
+}
+
+/// As root each role switches to its own ids (`plan`). A supervisor that
+/// is not root (a container or a systemd unit run as the service's uid,
+/// `CAP_SYS_TIME` ambient: docs/operators.md) cannot switch them, so every
+/// role runs as its ids, and the state directory is its.
+fn run_as_process(plans: &mut [&mut RolePlan]) {
+    let (euid, egid) = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    if euid == 0 {
+        return;
+    }
+    log::info!("not root: every role runs as {euid}:{egid}");
+    for plan in plans {
+        (plan.uid, plan.gid) = (euid, egid);
+    }
 }
 
 /// A UDP socket on an ephemeral port (RFC 9109), connected to `server`,
