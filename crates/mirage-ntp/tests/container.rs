@@ -308,3 +308,77 @@ fn image_observes_chrony_with_cap_sys_time_only_and_never_steers() {
     // chronyd kept serving the whole time.
     assert!(f.procs.try_wait(0).is_none(), "chronyd exited");
 }
+
+/// deploy/mirage-ntp.Containerfile describes the same image as the
+/// reproducible writer: same user, entrypoint, command and labels (the
+/// binary is the same file).
+#[test]
+fn containerfile_builds_the_same_image_config() {
+    let ctx = TestDir::new("mirage-ntp-containerfile", &unique_id().0);
+    struct Untag(String);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            let _ = podman(&["rmi", "--force", &self.0]);
+        }
+    }
+    let tag = format!("localhost/mirage-ntp-containerfile-test:{}", std::process::id());
+    let _untag = Untag(tag.clone());
+    std::fs::copy(bin(), ctx.join("mirage-ntp")).unwrap();
+    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mirage-ntp.Containerfile");
+    let m = meta();
+    podman_ok(&[
+        "build",
+        "--quiet",
+        // No cached intermediate images left behind once the tag is removed.
+        "--layers=false",
+        "--runtime",
+        "runc",
+        "--file",
+        containerfile.to_str().unwrap(),
+        "--build-arg",
+        "BINARY=mirage-ntp",
+        "--build-arg",
+        &format!("VERSION={}", m.version),
+        "--build-arg",
+        &format!("REVISION={}", m.revision),
+        "--build-arg",
+        &format!("SOURCE={}", m.source),
+        "--tag",
+        &tag,
+        ctx.path().to_str().unwrap(),
+    ]);
+    let built = podman_ok(&["image", "inspect", "--format", "{{json .Config}}", &tag]);
+    let built: serde_json::Value = serde_json::from_str(&built).unwrap();
+    let ours = oci_image::image(&MIRAGE_NTP, b"-".to_vec(), &Meta { created: None, ..m }).unwrap();
+    assert_eq!(built["User"], ours.user.as_str());
+    assert_eq!(built["Entrypoint"], serde_json::json!(ours.entrypoint));
+    assert_eq!(built["Cmd"], serde_json::json!(ours.cmd));
+    for (k, v) in &ours.labels {
+        let got = built["Labels"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("label {k} missing"));
+        if k == "org.mobyproject.config" {
+            let got: serde_json::Value = serde_json::from_str(got).unwrap();
+            assert_eq!(got, MIRAGE_NTP.linuxkit_config(), "{k}");
+        } else {
+            assert_eq!(got, v, "{k}");
+        }
+    }
+    // And it runs, with no capability at all for `--version`.
+    let version = podman_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--cap-drop=all",
+        "--network",
+        "none",
+        &tag,
+        "--version",
+    ]);
+    assert_eq!(version, format!("mirage-ntp {}", env!("CARGO_PKG_VERSION")));
+}
