@@ -94,7 +94,11 @@ if [[ ",$CLIENTS," == *,busybox-ntpd,* ]]; then
             BUSYBOX="$BUSYBOX_DIR/busybox"
         fi
     fi
-    BUSYBOX_WHAT="$("$BUSYBOX" --help 2>&1 | head -1 | cut -d' ' -f1-2 || true)"
+    if [ -s "$BUSYBOX.version" ]; then
+        BUSYBOX_WHAT="$(cat "$BUSYBOX.version")"
+    else
+        BUSYBOX_WHAT="$("$BUSYBOX" --help 2>&1 | head -1 | cut -d' ' -f1-2 || true)"
+    fi
     if file "$BUSYBOX" | grep -q 'statically linked'; then
         BUSYBOX_WHAT="$BUSYBOX_WHAT, static"
     else

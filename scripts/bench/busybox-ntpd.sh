@@ -5,12 +5,12 @@
 # system's apt configuration untouched), the ntpd applet alone, static with
 # musl-gcc (musl-tools), as LinuxKit's and Alpine's busybox are musl.
 #
-#   scripts/bench/busybox-ntpd.sh OUT_DIR      -> OUT_DIR/busybox
+#   scripts/bench/busybox-ntpd.sh OUT_DIR   -> OUT_DIR/busybox, OUT_DIR/busybox.version
 set -euo pipefail
 out="${1:?usage: busybox-ntpd.sh OUT_DIR}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-[ -x "$out/busybox" ] && "$out/busybox" ntpd --help >/dev/null 2>&1 && exit 0
+[ -x "$out/busybox" ] && [ -s "$out/busybox.version" ] && exit 0
 command -v musl-gcc >/dev/null || { echo "busybox-ntpd.sh: musl-gcc missing (apt-get install musl-tools)" >&2; exit 1; }
 work="$out/src"
 rm -rf "$work"
@@ -31,7 +31,9 @@ tar -C "$work" -xjf "$work"/busybox_*.orig.tar.bz2
 cd "$work"/busybox-*/
 make -s allnoconfig >/dev/null
 sed -i -e 's/^# CONFIG_NTPD is not set/CONFIG_NTPD=y/' -e 's/^# CONFIG_STATIC is not set/CONFIG_STATIC=y/' .config
-yes "" | make -s oldconfig >/dev/null
+{ yes "" || true; } | make -s oldconfig >/dev/null
 make -s -j"$(nproc)" CC=musl-gcc >/dev/null
 cp busybox "$out/busybox"
-echo "busybox-ntpd.sh: $out/busybox ($(./busybox 2>&1 | head -1 | cut -d' ' -f1-2), ntpd applet only, static musl)"
+dsc="$(basename "$work"/busybox_*.dsc .dsc)"
+echo "busybox ${dsc#busybox_} (Debian source), ntpd applet only, static musl" >"$out/busybox.version"
+echo "busybox-ntpd.sh: $out/busybox: $(cat "$out/busybox.version")"
