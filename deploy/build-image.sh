@@ -7,8 +7,9 @@
 #     SERVICE   mirage-dhcp, mirage-ntp (default: both)
 #     --out     where the layouts go (default: target/oci)
 #
-# Then, with podman (no registry involved):
-#   podman pull oci:target/oci/mirage-ntp:0.1.0      # or: podman load -i target/oci/mirage-ntp.tar
+# Then, with podman (no registry involved; pull -q prints the image id, and
+# the tag gives it its name: podman would name it after the path):
+#   podman tag "$(podman pull -q oci:target/oci/mirage-ntp:0.1.0)" mirage-ntp:0.1.0
 # or copy the layout anywhere with skopeo: skopeo copy oci:target/oci/mirage-ntp:0.1.0 ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --out) out="$2"; shift 2 ;;
     mirage-dhcp | mirage-ntp) services+=("$1"); shift ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-image.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
