@@ -188,20 +188,8 @@ class Run:
 
     def counters(self, k):
         ns = f"nbench-c{k}-{self.tag}"
-        out = json.loads(ns_exec(ns, "nft", "-j", "list", "table", "inet", "bench").stdout)
-        got = {}
-        for item in out["nftables"]:
-            rule = item.get("rule")
-            if not rule:
-                continue
-            dst, packets = None, None
-            for e in rule["expr"]:
-                if "match" in e and e["match"]["left"].get("payload", {}).get("field") == "daddr":
-                    dst = e["match"]["right"]
-                if "counter" in e:
-                    packets = e["counter"]["packets"]
-            got[dst] = packets
-        return [got[s] for s in self.servers]
+        doc = json.loads(ns_exec(ns, "nft", "-j", "list", "table", "inet", "bench").stdout)
+        return parse_counters(doc, self.servers)
 
     def teardown(self):
         for _, p in self.procs:
@@ -258,35 +246,18 @@ class Run:
             return None
         lines = c["lines"].snapshot()
         if c["client"] == "chronyd":
-            for t, text in lines:
-                if "Selected source" in text:
-                    return t
-            return None
-        seen = {}
-        for t, text in lines:
-            m = re.search(r"reply from (\S+): offset", text)
-            if m:
-                seen[m.group(1)] = seen.get(m.group(1), 0) + 1
-                if seen[m.group(1)] >= 2:
-                    return t
-        return None
+            return chrony_first(lines)
+        return busybox_first(lines)
 
     def offsets_us(self, c, since):
         """The client's offset estimates in the steady window, in us."""
         if c["client"] == "mirage-ntp":
             return c.get("mirage_offsets", [])
         if c["client"] == "chronyd":
-            out = []
             path = os.path.join(c["dir"], "tracking.log")
-            if os.path.exists(path):
-                for line in open(path):
-                    f = line.split()
-                    # Date Time IP St Freq Skew Offset ...
-                    # (0.0.0.0: the line chronyd writes at start, no source yet)
-                    if len(f) > 7 and re.match(r"\d{4}-\d\d-\d\d", f[0]) and f[2] != "0.0.0.0":
-                        out.append((f"{f[0]} {f[1]}", float(f[6]) * 1e6))
+            text = open(path).read() if os.path.exists(path) else ""
             wall_since = c["wall_t0"] + (since - c["t0"])
-            return [v for (ts, v) in out if parse_utc(ts) >= wall_since - 1]
+            return [v for (t, v) in chrony_tracking_offsets(text) if t >= wall_since - 1]
         vals = []
         for t, text in c["lines"].snapshot():
             m = re.search(r"reply from \S+: offset:([-+]?[0-9.]+)", text)
@@ -352,6 +323,58 @@ class Run:
                 r["exited"] = c["proc"].returncode
             results.append(r)
         return results
+
+
+def parse_counters(doc, servers):
+    """Packets per server, in `servers` order, from `nft -j list table`."""
+    got = {}
+    for item in doc["nftables"]:
+        rule = item.get("rule")
+        if not rule:
+            continue
+        dst, packets = None, None
+        for e in rule["expr"]:
+            if "match" in e and e["match"]["left"].get("payload", {}).get("field") == "daddr":
+                dst = e["match"]["right"]
+            if "counter" in e:
+                packets = e["counter"]["packets"]
+        got[dst] = packets
+    return [got[s] for s in servers]
+
+
+def chrony_first(lines):
+    """chronyd's first synchronised estimate: its "Selected source" line."""
+    for t, text in lines:
+        if "Selected source" in text:
+            return t
+    return None
+
+
+def busybox_first(lines):
+    """busybox ntpd's first synchronised estimate. With -w it prints nothing
+    when it selects, and its fit() takes a server once two replies from it
+    are in (two bits in its reach register): the second reply from any one
+    server is the moment."""
+    seen = {}
+    for t, text in lines:
+        m = re.search(r"reply from (\S+): offset", text)
+        if m:
+            seen[m.group(1)] = seen.get(m.group(1), 0) + 1
+            if seen[m.group(1)] >= 2:
+                return t
+    return None
+
+
+def chrony_tracking_offsets(text):
+    """(seconds since the epoch, offset in us) of each line of a chronyd
+    tracking log (Date Time IP St Freq Skew Offset ...) but the one it
+    writes at start (source 0.0.0.0)."""
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) > 7 and re.match(r"\d{4}-\d\d-\d\d$", f[0]) and f[2] != "0.0.0.0":
+            out.append((parse_utc(f"{f[0]} {f[1]}"), float(f[6]) * 1e6))
+    return out
 
 
 def parse_utc(text):
