@@ -95,14 +95,14 @@ if [[ ",$CLIENTS," == *,busybox-ntpd,* ]]; then
         fi
     fi
     if [ -s "$BUSYBOX.version" ]; then
-        BUSYBOX_WHAT="$(cat "$BUSYBOX.version")"
+        BUSYBOX_WHAT="$(cat "$BUSYBOX.version")" # (says how it was linked)
     else
         BUSYBOX_WHAT="$("$BUSYBOX" --help 2>&1 | head -1 | cut -d' ' -f1-2 || true)"
-    fi
-    if file "$BUSYBOX" | grep -q 'statically linked'; then
-        BUSYBOX_WHAT="$BUSYBOX_WHAT, static"
-    else
-        BUSYBOX_WHAT="$BUSYBOX_WHAT, dynamic: libraries not counted in its size"
+        if file "$BUSYBOX" | grep -q 'statically linked'; then
+            BUSYBOX_WHAT="$BUSYBOX_WHAT, static"
+        else
+            BUSYBOX_WHAT="$BUSYBOX_WHAT, dynamic: libraries not counted in its size"
+        fi
     fi
 fi
 
