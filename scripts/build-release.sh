@@ -35,7 +35,7 @@ for arg in "$@"; do
     case "$arg" in
     --stable | --best) MODE="$arg" ;;
     -h | --help)
-        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     mirage-dhcp | mirage-ntp) BINARIES+=("$arg") ;;
