@@ -35,6 +35,9 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// Clock intents one engine generation may have unanswered; one more is a
 /// flood and the engine is restarted.
 const MAX_IN_FLIGHT: usize = 16;
+/// The published reason for the sandbox, in characters (a configured
+/// device path and an OS error could make it long).
+const MAX_SANDBOX_REASON: usize = 256;
 
 /// The config file (`/etc/mirage/ntp/config.toml`): unknown keys are errors.
 #[derive(Deserialize, Default, Debug)]
@@ -46,6 +49,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     sandbox: Option<SandboxKind>,
+    /// The KVM device for `sandbox = "kvm"` or `"auto"`.
+    kvm_device: Option<PathBuf>,
     policy: ClockPolicy,
 }
 
@@ -90,15 +95,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if common.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none)");
     }
-    // No guest image for the NTP engine yet: auto resolves to seccomp, and
-    // --sandbox kvm is an error that says so.
-    let device = std::path::Path::new(mirage_sdk::kvm::DEFAULT_DEVICE);
-    let sandbox = mirage_sdk::kvm::choose(common.sandbox, None, device)?;
+    // With kvm or auto the KVM device is opened and the engine's guest
+    // booted once (mirage_sdk::kvm); auto falls back to seccomp, saying why.
+    let device = (file.kvm_device.clone()).unwrap_or_else(|| mirage_sdk::kvm::DEFAULT_DEVICE.into());
+    let sandbox = mirage_sdk::kvm::choose(common.sandbox, Some(crate::roles::GUEST), &device)?;
     let common = Common {
         sandbox: sandbox.kind,
         ..common
     };
-    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox.reason);
+    let sandbox_reason: String = sandbox.reason.chars().take(MAX_SANDBOX_REASON).collect();
+    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox_reason);
+    // Kept for each engine started later; the engine role gets it at
+    // mirage_sdk::kvm::FD_KVM.
+    let kvm_device = (sandbox.device_fd())
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .map_err(|e| format!("the KVM device: {e}"))?;
     let signals = SignalPipe::new()?;
 
     // The privileged opens: directories, then one socket per server.
@@ -133,6 +145,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     let mut sup = Supervisor {
         options,
+        sandbox_reason,
+        kvm_device,
         observe,
         start,
         publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
@@ -143,7 +157,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         actuator: None,
     };
     let (engine, network, actuator) = (
-        plan::engine(),
+        sandbox.engine_plan(plan::engine()),
         plan::network(servers.len()),
         plan::actuator(observe),
     );
@@ -153,7 +167,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             options,
             &(),
             Some(sup.engine_first()?),
-            vec![],
+            sandbox.device_fd().into_iter().collect(),
             Restart::WithBackoff,
         )?,
         network.spec(
@@ -181,6 +195,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // The supervisor keeps no socket to the servers and no state directory.
     drop(sockets);
     drop(state_dir);
+    drop(sandbox);
     let roles = launch::confine(starting, common.sandbox, &[&engine, &network, &actuator])?;
     let list: Vec<String> = servers.iter().map(SocketAddr::to_string).collect();
     log::info!(
@@ -255,6 +270,11 @@ fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) -> u64 {
 /// The routing the runtime runs.
 struct Supervisor {
     options: RoleOptions,
+    /// Why the sandbox in force was chosen (status.json).
+    sandbox_reason: String,
+    /// The KVM device with `--sandbox kvm` (or `auto` resolved to it), for
+    /// each engine started.
+    kvm_device: Option<OwnedFd>,
     observe: bool,
     /// The engine's start (the stored frequency follows what was saved).
     start: Start,
@@ -398,9 +418,20 @@ impl Service for Supervisor {
         }
     }
 
-    /// A restarted engine gets a fresh hello, its start and a fresh seed.
+    /// A restarted engine gets a fresh hello, its start and a fresh seed
+    /// (and, as a KVM guest's tender, the device).
     fn restart(&mut self, _role: RoleId) -> Result<RoleStart, String> {
-        plan::engine().start(self.options, &(), Some(self.engine_first()?))
+        let plan = match self.options.sandbox {
+            SandboxKind::Kvm => mirage_sdk::kvm::tender_plan(plan::engine()),
+            _ => plan::engine(),
+        };
+        let mut start = plan.start(self.options, &(), Some(self.engine_first()?))?;
+        if let Some(kvm) = &self.kvm_device {
+            start
+                .fds
+                .push(kvm.try_clone().map_err(|e| format!("the KVM device: {e}"))?);
+        }
+        Ok(start)
     }
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
@@ -412,6 +443,7 @@ impl Service for Supervisor {
         let view = View {
             observe: self.observe,
             sandbox: self.options.sandbox,
+            sandbox_reason: &self.sandbox_reason,
             status: self.status.as_ref(),
             stats: &self.stats,
             actuator: self.actuator,
@@ -425,6 +457,7 @@ impl Service for Supervisor {
         let view = View {
             observe: self.observe,
             sandbox: self.options.sandbox,
+            sandbox_reason: &self.sandbox_reason,
             status: self.status.as_ref(),
             stats: &self.stats,
             actuator: self.actuator,
@@ -468,6 +501,7 @@ fn state_str(s: ntp_engine::SyncState) -> &'static str {
 struct View<'a> {
     observe: bool,
     sandbox: SandboxKind,
+    sandbox_reason: &'a str,
     status: Option<&'a Status>,
     stats: &'a Stats,
     actuator: Option<(bool, bool)>,
@@ -508,6 +542,7 @@ impl View<'_> {
             "held": s.is_some_and(|s| s.state == ntp_engine::SyncState::Held),
             "observe": self.observe,
             "sandbox": self.sandbox.as_str(),
+            "sandbox_reason": self.sandbox_reason,
             "offset_ms": s.map(|s| ms(s.offset_ns)),
             "jitter_ms": s.map(|s| ms(s.jitter_ns)),
             "root_delay_ms": s.map(|s| ms(s.root_delay_ns)),
