@@ -127,6 +127,68 @@ fn the_dhcp_engine_runs_as_a_guest_and_sends_a_discover() {
     guest.join().unwrap().unwrap();
 }
 
+/// A guest with a direct channel to a peer role (`Runtime::link`): the
+/// same receive and send hypercalls carry both channels, the send's route
+/// picks the channel, and the receive takes whichever has a message, the
+/// supervisor's first.
+#[test]
+fn a_guest_talks_to_its_peer_over_the_direct_channel() {
+    type ToRelay = ToEngine<(), u32>;
+    type FromRelay = FromEngine<u32, u32>;
+    let Some(kvm) = common::kvm() else { return };
+    let (sup, sup_far) = Channel::pair().unwrap();
+    let (peer, peer_far) = Channel::pair().unwrap();
+    // The peer speaks before the guest runs: the supervisor's Start must
+    // still be what the guest reads first.
+    peer.send(&ToRelay::Event(2)).unwrap();
+    sup.send(&ToRelay::Start {
+        start: (),
+        seed: [0; 32],
+    })
+    .unwrap();
+    let lines = common::Lines::default();
+    let mut sink = lines.sink();
+    let vm = Vm::new(&kvm, mirage_kvm_testimages::RELAY, &Config::default()).unwrap();
+    let guest = std::thread::spawn(move || vm.run(&mut ChannelHost::with_peer(sup_far, peer_far), &mut sink));
+    let from = |c: &Channel| {
+        c.recv::<FromRelay>()
+            .unwrap()
+            .expect("the guest closed a channel")
+    };
+    assert_eq!(from(&sup), FromEngine::Action(0), "the hello, to the supervisor");
+    assert_eq!(from(&peer), FromEngine::Action(2), "the peer's event, back to it");
+    // Refusals go to the supervisor, whichever channel the event came in on.
+    peer.send(&ToRelay::Event(3)).unwrap();
+    assert_eq!(from(&sup), FromEngine::Refused(3));
+    sup.send(&ToRelay::Event(4)).unwrap();
+    assert_eq!(from(&peer), FromEngine::Action(4));
+    // Both at once: one exit per message, each to its route.
+    let n = 200;
+    let t = Instant::now();
+    for i in 1..=n {
+        peer.send(&ToRelay::Event(2 * i)).unwrap();
+        sup.send(&ToRelay::Event(0)).unwrap();
+        assert_eq!(from(&peer), FromEngine::Action(2 * i));
+        assert_eq!(from(&sup), FromEngine::Action(0));
+    }
+    let per = t.elapsed() / (2 * n);
+    // A Start from the peer is the runner's protocol error: the guest logs
+    // it and exits with the runner's error status.
+    peer.send(&ToRelay::Start {
+        start: (),
+        seed: [1; 32],
+    })
+    .unwrap();
+    let err = guest.join().unwrap().unwrap_err();
+    assert!(matches!(err, mirage_kvm::VmError::Exited { status: 1 }), "{err}");
+    assert!(
+        lines.all().iter().any(|l| l.contains("second Start")),
+        "{:?}",
+        lines.all()
+    );
+    eprintln!("kvm guest (relay): event->answer over either channel {per:?}");
+}
+
 #[test]
 fn a_guest_that_never_gets_start_exits_cleanly_when_the_channel_closes() {
     let Some(kvm) = common::kvm() else { return };
