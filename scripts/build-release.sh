@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the mirage-dhcp binary we ship: one static-pie musl executable,
-# written to target/dist/mirage-dhcp (under $CARGO_TARGET_DIR if set).
+# Builds the binaries we ship, mirage-dhcp and mirage-ntp: each one static-pie
+# musl executable (its engine's KVM guest image inside), written to
+# target/dist/ (under $CARGO_TARGET_DIR if set).
 #
 # Every role process maps the whole binary, and on current kernels the page
 # cache hands out large folios, so each process's RSS is close to the binary's
@@ -18,7 +19,10 @@ cd "$(dirname "$0")/.."
 
 TARGET=x86_64-unknown-linux-musl
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-OUT="$TARGET_DIR/dist/mirage-dhcp"
+DIST="$TARGET_DIR/dist"
+BINS=(mirage-dhcp mirage-ntp)
+PACKAGES=()
+for bin in "${BINS[@]}"; do PACKAGES+=(-p "$bin"); done
 
 nightly_ready() {
     local sysroot
@@ -41,8 +45,8 @@ case "$MODE" in
 --stable)
     # musl, or static glibc where rustup could not add musl.
     . scripts/rust-target.sh
-    cargo build --locked --release -p mirage-dhcp --target "$MIRAGE_TARGET"
-    BUILT="$TARGET_DIR/$MIRAGE_TARGET/release/mirage-dhcp"
+    cargo build --locked --release "${PACKAGES[@]}" --target "$MIRAGE_TARGET"
+    BUILT="$TARGET_DIR/$MIRAGE_TARGET/release"
     ;;
 "")
     if ! nightly_ready; then
@@ -52,13 +56,13 @@ case "$MODE" in
     fi
     # Its own target directory: std built from source must not mix with the
     # prebuilt one the stable builds use.
-    cargo +nightly build --locked --release -p mirage-dhcp --target "$TARGET" \
+    cargo +nightly build --locked --release "${PACKAGES[@]}" --target "$TARGET" \
         --target-dir "$TARGET_DIR/build-std" \
         -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
-    BUILT="$TARGET_DIR/build-std/$TARGET/release/mirage-dhcp"
+    BUILT="$TARGET_DIR/build-std/$TARGET/release"
     ;;
 -h | --help)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -67,7 +71,9 @@ case "$MODE" in
     ;;
 esac
 
-mkdir -p "$(dirname "$OUT")"
-cp "$BUILT" "$OUT.tmp"
-mv "$OUT.tmp" "$OUT"
-echo "build-release: $OUT ($(stat -c %s "$OUT") bytes)"
+mkdir -p "$DIST"
+for bin in "${BINS[@]}"; do
+    cp "$BUILT/$bin" "$DIST/$bin.tmp"
+    mv "$DIST/$bin.tmp" "$DIST/$bin"
+    echo "build-release: $DIST/$bin ($(stat -c %s "$DIST/$bin") bytes)"
+done

@@ -96,21 +96,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         log::warn!("SANDBOX DISABLED (--sandbox none)");
     }
     // With kvm or auto the KVM device is opened and the engine's guest
-    // booted once (mirage_sdk::kvm); auto falls back to seccomp, saying why.
+    // booted once (mirage_sdk::kvm), beside the opens below; auto falls
+    // back to seccomp, saying why.
+    let requested = common.sandbox;
     let device = (file.kvm_device.clone()).unwrap_or_else(|| mirage_sdk::kvm::DEFAULT_DEVICE.into());
-    let sandbox = mirage_sdk::kvm::choose(common.sandbox, Some(crate::roles::GUEST), &device)?;
-    let common = Common {
-        sandbox: sandbox.kind,
-        ..common
-    };
-    let sandbox_reason: String = sandbox.reason.chars().take(MAX_SANDBOX_REASON).collect();
-    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox_reason);
-    // Kept for each engine started later; the engine role gets it at
-    // mirage_sdk::kvm::FD_KVM.
-    let kvm_device = (sandbox.device_fd())
-        .map(|fd| fd.try_clone_to_owned())
-        .transpose()
-        .map_err(|e| format!("the KVM device: {e}"))?;
+    let choosing =
+        std::thread::spawn(move || mirage_sdk::kvm::choose(requested, Some(crate::roles::GUEST), &device));
     let signals = SignalPipe::new()?;
 
     // The privileged opens: directories, then one socket per server.
@@ -128,6 +119,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .iter()
         .map(|&s| open_socket(s))
         .collect::<Result<Vec<OwnedFd>, String>>()?;
+    let sandbox = choosing
+        .join()
+        .map_err(|_| "choosing the sandbox panicked".to_owned())??;
+    let common = Common {
+        sandbox: sandbox.kind,
+        ..common
+    };
+    let sandbox_reason: String = sandbox.reason.chars().take(MAX_SANDBOX_REASON).collect();
+    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox_reason);
+    // Kept for each engine started later; the engine role gets it at
+    // mirage_sdk::kvm::FD_KVM.
+    let kvm_device = (sandbox.device_fd())
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .map_err(|e| format!("the KVM device: {e}"))?;
 
     let options = RoleOptions {
         sandbox: common.sandbox,
