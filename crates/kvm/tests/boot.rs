@@ -163,7 +163,11 @@ fn the_ntp_engine_runs_as_a_guest_with_sixteen_sources_in_the_smallest_memory() 
     let lines = common::Lines::default();
     let mut sink = lines.sink();
     let guest = std::thread::spawn(move || vm.run(&mut ChannelHost::new(far), &mut sink));
-    let next = || sup.recv::<FromNtp>().unwrap().expect("the guest closed its channel");
+    let next = || {
+        sup.recv::<FromNtp>()
+            .unwrap()
+            .expect("the guest closed its channel")
+    };
 
     let mut requests = Vec::new();
     while requests.len() < MAX_SOURCES {
