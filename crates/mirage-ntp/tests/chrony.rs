@@ -242,6 +242,18 @@ fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxe
     assert!(out.status.success(), "{out:?}");
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["state"], "observing");
+    let out = std::process::Command::new(bin())
+        .args(["status", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sandbox") && l.contains(&format!("{sandbox} (--sandbox {sandbox}"))),
+        "{text}"
+    );
     f.procs.signal(daemon, "TERM");
     let exit = f
         .procs
