@@ -321,6 +321,7 @@ impl Actuator {
                 let drift = DriftFile {
                     version: 1,
                     scaled_ppm,
+                    saved_unix_secs: i64::try_from(clock::realtime().unix_nanos() / 1_000_000_000).ok(),
                 };
                 state::save(dir, plan::DRIFT_FILE, &drift).map_err(io)
             }

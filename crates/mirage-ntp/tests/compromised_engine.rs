@@ -180,6 +180,7 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
     assert_eq!((st.caps("CapInh"), st.caps("CapAmb")), (0, 0));
 
     // No clock intent is sent here; the drift file is no clock change.
+    let before = unix_secs();
     assert_eq!(
         ask(&chan, 1, ClockIntent::SaveDrift { scaled_ppm: 12 << 16 }),
         Outcome::Applied
@@ -196,13 +197,10 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
     );
     let saved: DriftFile =
         serde_json::from_slice(&std::fs::read(state.join(plan::DRIFT_FILE)).unwrap()).unwrap();
-    assert_eq!(
-        saved,
-        DriftFile {
-            version: 1,
-            scaled_ppm: 12 << 16
-        }
-    );
+    assert_eq!((saved.version, saved.scaled_ppm), (1, 12 << 16));
+    // With when it was saved: the next run's time floor.
+    let at = saved.saved_unix_secs.expect("the save time");
+    assert!((before..=unix_secs()).contains(&at), "{at}");
     assert!(alive(&mut role));
 }
 
@@ -322,4 +320,11 @@ fn the_network_role_sends_only_our_requests_to_its_server_at_a_capped_rate() {
         );
         assert!(alive(&mut role));
     });
+}
+
+fn unix_secs() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_secs()).unwrap()
 }
