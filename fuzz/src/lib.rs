@@ -1034,5 +1034,18 @@ pub fn kvm_hypercall(data: &[u8]) {
     // Errors are the guest's end, which is fine; what matters is checked
     // inside: no panic, no write outside the guest's writable pages, no
     // message over the cap to the host.
-    let _ = hypercall(port, regs[0], regs[1], regs[2], &input.fill, &mut host);
+    let resumed = hypercall(port, regs[0], regs[1], regs[2], &input.fill, &mut host);
+    // And here: a message reaches the host only from a send that resumes
+    // the guest, whole, on the channel its route names (supervisor or
+    // direct peer); any other route ends the guest with nothing sent.
+    if port == mirage_kvm_abi::PORT_SEND && matches!(resumed, Ok(true)) {
+        let route = match regs[0] {
+            mirage_kvm_abi::ROUTE_SUPERVISOR => mirage_engine::Route::Supervisor,
+            mirage_kvm_abi::ROUTE_PEER => mirage_engine::Route::Peer,
+            other => panic!("a send with route {other} resumed the guest"),
+        };
+        assert_eq!(host.sent, [(route, regs[2] as usize)], "what the host got");
+    } else {
+        assert!(host.sent.is_empty(), "{port:#x} sent {:?}", host.sent);
+    }
 }

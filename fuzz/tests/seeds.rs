@@ -1000,6 +1000,7 @@ fn kvm_hypercall_seeds() -> Vec<(String, Vec<u8>)> {
         ("recv".into(), call(0, 0, [HEAP, 64, u64::MAX], b"a message")),
         ("send-supervisor".into(), call(0, 1, [0, HEAP, 32], b"")),
         ("send-peer".into(), call(0, 1, [1, HEAP, 32], b"")),
+        ("send-bad-route".into(), call(0, 1, [2, HEAP, 32], b"")),
         ("log".into(), call(0, 2, [HEAP, 100, 0], b"")),
         ("seed".into(), call(0, 3, [HEAP, 0, 0], b"")),
         ("exit".into(), call(0, 4, [3, 0, 0], b"")),

@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import measure  # noqa: E402
+import ntp_start  # noqa: E402
 import report  # noqa: E402
 
 
@@ -209,6 +210,33 @@ class Statistics(unittest.TestCase):
         results = [ok("u", 80), {"variant": "u", "ok": False, "error": "no address"}]
         text = report.render(meta_for(VARIANTS), results)
         self.assertIn("80.0 (1/2 failed)", text)
+
+
+class NtpStart(unittest.TestCase):
+    @staticmethod
+    def frame(proto: int, sport: int, dport: int, ihl: int = 5) -> bytes:
+        eth = bytes(12) + b"\x08\x00"
+        ip = bytes([0x40 | ihl]) + bytes(8) + bytes([proto]) + bytes(ihl * 4 - 10)
+        return eth + ip + struct.pack("!HHHH", sport, dport, 56, 0) + bytes(48)
+
+    def test_udp_ports_are_read_past_ip_options(self):
+        self.assertEqual(ntp_start.ntp_ports(self.frame(17, 40000, 123)), (40000, 123))
+        self.assertEqual(ntp_start.ntp_ports(self.frame(17, 123, 40000, ihl=6)), (123, 40000))
+
+    def test_other_frames_have_no_ports(self):
+        self.assertIsNone(ntp_start.ntp_ports(self.frame(6, 40000, 123)))
+        ipv6 = bytes(12) + b"\x86\xdd" + bytes(60)
+        self.assertIsNone(ntp_start.ntp_ports(ipv6))
+        self.assertIsNone(ntp_start.ntp_ports(self.frame(17, 1, 2)[:30]))
+
+    def test_summary_gives_median_min_max_per_sandbox(self):
+        records = [
+            {"sandbox": "seccomp", "request_ms": r, "reply_ms": r + 1, "probe_us": None}
+            for r in (3.0, 5.0, 4.0)
+        ] + [{"sandbox": "kvm", "request_ms": 9.0, "reply_ms": 10.0, "probe_us": 2000}]
+        table = ntp_start.summary(records).splitlines()
+        self.assertEqual(table[2], "| seccomp | 3 | 4.0, 3.0, 5.0 | 5.0, 4.0, 6.0 | - |")
+        self.assertEqual(table[3], "| kvm | 1 | 9.0, 9.0, 9.0 | 10.0, 10.0, 10.0 | 2000 |")
 
 
 class DocsMarkers(unittest.TestCase):

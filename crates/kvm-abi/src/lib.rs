@@ -18,7 +18,11 @@
 /// Receive the next message: `rdi` buffer, `rsi` its capacity, `r8` the
 /// deadline (boot-clock milliseconds, `u64::MAX` for none). Returns in `rax`
 /// the message length, [`RECV_TIMEOUT`] or [`RECV_CLOSED`], and in `rdx` the
-/// boot clock when the call returned.
+/// boot clock when the call returned. An engine with a direct channel to a
+/// peer role gets the next message of either channel (the supervisor's
+/// first when both have one), as `mirage_engine::Host::recv` says: both
+/// send the same messages, so no channel index is needed, and one exit
+/// still moves one message.
 pub const PORT_RECV: u16 = 0x7a0;
 /// Send one message: `rdi` the route ([`ROUTE_SUPERVISOR`] or
 /// [`ROUTE_PEER`]), `rsi` the bytes, `r8` their length (at most the

@@ -69,6 +69,7 @@ pub fn build_image(package: &str, features: &[&str]) -> PathBuf {
         "crates/kvm-abi",
         "crates/ipc",
         "crates/dhcp-engine",
+        "crates/ntp-engine",
         "examples/heartbeat/engine",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());

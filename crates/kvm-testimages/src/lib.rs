@@ -8,6 +8,13 @@ pub const HEARTBEAT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-hea
 /// mirage-dhcp's engine (the DHCPv4 client) as a guest.
 pub const DHCP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-dhcp.elf"));
 
+/// mirage-ntp's engine (the NTPv4 client) as a guest.
+pub const NTP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-ntp.elf"));
+
+/// An engine with a direct channel (guest/images/relay): even events go
+/// on to its peer, odd ones are refused.
+pub const RELAY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-relay.elf"));
+
 /// The attacker (guest/images/hostile): its first message picks the attack.
 #[cfg(feature = "hostile")]
 pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-hostile.elf"));

@@ -127,6 +127,178 @@ fn the_dhcp_engine_runs_as_a_guest_and_sends_a_discover() {
     guest.join().unwrap().unwrap();
 }
 
+/// mirage-ntp's engine as a guest in the smallest guest memory
+/// (`MIN_MEMORY`, half the default) with the most sources it takes (16):
+/// every source's first request, then a server's reply to each, measured,
+/// and the status that follows shows all 16 reached. The default size
+/// leaves the NTP guest more than twice this room.
+#[test]
+fn the_ntp_engine_runs_as_a_guest_with_sixteen_sources_in_the_smallest_memory() {
+    use ntp_engine::wire::{Mode, NtpShort, Repr};
+    use ntp_engine::{Action, Config as NtpConfig, Event, Leap, MAX_SOURCES, Ntp, NtpTimestamp, Start};
+    type ToNtp = mirage_engine::ToEngineOf<Ntp>;
+    type FromNtp = mirage_engine::FromEngineOf<Ntp>;
+    let Some(kvm) = common::kvm() else { return };
+    let servers: Vec<std::net::SocketAddr> = (1..=MAX_SOURCES)
+        .map(|i| std::net::SocketAddr::from(([192, 0, 2, i as u8], 123)))
+        .collect();
+    let (sup, far) = Channel::pair().unwrap();
+    sup.send(&ToNtp::Start {
+        start: Start {
+            config: NtpConfig {
+                servers: servers.clone(),
+                observe: true,
+                ..NtpConfig::default()
+            },
+            drift: None,
+        },
+        seed: [9; 32],
+    })
+    .unwrap();
+    let config = Config {
+        memory: mirage_kvm::MIN_MEMORY,
+        ..Config::default()
+    };
+    let vm = Vm::new(&kvm, mirage_kvm_testimages::NTP, &config).unwrap();
+    let lines = common::Lines::default();
+    let mut sink = lines.sink();
+    let guest = std::thread::spawn(move || vm.run(&mut ChannelHost::new(far), &mut sink));
+    let next = || {
+        sup.recv::<FromNtp>()
+            .unwrap()
+            .expect("the guest closed its channel")
+    };
+
+    let mut requests = Vec::new();
+    while requests.len() < MAX_SOURCES {
+        match next() {
+            FromEngine::Action(Action::Send { to, transmit, data }) => {
+                assert_eq!(data.len(), 48, "a client request");
+                requests.push((to, transmit));
+            }
+            FromEngine::Action(_) => {}
+            FromEngine::Refused(why) => panic!("refused {why:?}"),
+        }
+    }
+    let mut asked: Vec<_> = requests.iter().map(|(to, _)| *to).collect();
+    asked.sort();
+    assert_eq!(asked, servers, "one request to each source");
+
+    // Each server answers 1 ms after the request left; its clock agrees
+    // with ours.
+    let t1 = NtpTimestamp::from_unix_nanos(1_800_000_000 * 1_000_000_000);
+    let ms = |n: u64| NtpTimestamp(t1.0 + (n << 32) / 1000);
+    for (to, transmit) in &requests {
+        sup.send(&ToNtp::Event(Event::Sent {
+            to: *to,
+            transmit: *transmit,
+            at: t1,
+        }))
+        .unwrap();
+        let reply = Repr {
+            leap: Leap::None,
+            version: 4,
+            mode: Mode::Server,
+            stratum: 2,
+            poll: 6,
+            precision: -24,
+            root_delay: NtpShort::from_nanos(1_000_000),
+            root_dispersion: NtpShort::from_nanos(1_000_000),
+            reference_id: [192, 0, 2, 200],
+            reference: ms(0),
+            origin: *transmit,
+            receive: ms(1),
+            transmit: ms(1),
+        };
+        sup.send(&ToNtp::Event(Event::Received {
+            from: *to,
+            data: reply.to_bytes().to_vec(),
+            at: ms(2),
+        }))
+        .unwrap();
+    }
+    let status = (0..10 * MAX_SOURCES)
+        .find_map(|_| match next() {
+            FromEngine::Action(Action::PublishStatus(s)) if s.sources.iter().all(|s| s.reach != 0) => Some(s),
+            FromEngine::Refused(why) => panic!("refused {why:?}"),
+            _ => None,
+        })
+        .expect("no status with every source reached");
+    assert_eq!(status.sources.len(), MAX_SOURCES);
+    assert_eq!(status.counters.samples, MAX_SOURCES as u64, "{status:?}");
+
+    // Whatever else it says now, then the end of its run.
+    use std::os::fd::AsFd;
+    while mirage_sdk::channel::wait_readable(&[sup.as_fd()], Some(200)).unwrap()[0] {
+        sup.recv::<FromNtp>().unwrap();
+    }
+    drop(sup);
+    guest.join().unwrap().unwrap();
+    assert!(lines.all().is_empty(), "{:?}", lines.all());
+}
+
+/// A guest with a direct channel to a peer role (`Runtime::link`): the
+/// same receive and send hypercalls carry both channels, the send's route
+/// picks the channel, and the receive takes whichever has a message, the
+/// supervisor's first.
+#[test]
+fn a_guest_talks_to_its_peer_over_the_direct_channel() {
+    type ToRelay = ToEngine<(), u32>;
+    type FromRelay = FromEngine<u32, u32>;
+    let Some(kvm) = common::kvm() else { return };
+    let (sup, sup_far) = Channel::pair().unwrap();
+    let (peer, peer_far) = Channel::pair().unwrap();
+    // The peer speaks before the guest runs: the supervisor's Start must
+    // still be what the guest reads first.
+    peer.send(&ToRelay::Event(2)).unwrap();
+    sup.send(&ToRelay::Start {
+        start: (),
+        seed: [0; 32],
+    })
+    .unwrap();
+    let lines = common::Lines::default();
+    let mut sink = lines.sink();
+    let vm = Vm::new(&kvm, mirage_kvm_testimages::RELAY, &Config::default()).unwrap();
+    let guest = std::thread::spawn(move || vm.run(&mut ChannelHost::with_peer(sup_far, peer_far), &mut sink));
+    let from = |c: &Channel| {
+        c.recv::<FromRelay>()
+            .unwrap()
+            .expect("the guest closed a channel")
+    };
+    assert_eq!(from(&sup), FromEngine::Action(0), "the hello, to the supervisor");
+    assert_eq!(from(&peer), FromEngine::Action(2), "the peer's event, back to it");
+    // Refusals go to the supervisor, whichever channel the event came in on.
+    peer.send(&ToRelay::Event(3)).unwrap();
+    assert_eq!(from(&sup), FromEngine::Refused(3));
+    sup.send(&ToRelay::Event(4)).unwrap();
+    assert_eq!(from(&peer), FromEngine::Action(4));
+    // Both at once: one exit per message, each to its route.
+    let n = 200;
+    let t = Instant::now();
+    for i in 1..=n {
+        peer.send(&ToRelay::Event(2 * i)).unwrap();
+        sup.send(&ToRelay::Event(0)).unwrap();
+        assert_eq!(from(&peer), FromEngine::Action(2 * i));
+        assert_eq!(from(&sup), FromEngine::Action(0));
+    }
+    let per = t.elapsed() / (2 * n);
+    // A Start from the peer is the runner's protocol error: the guest logs
+    // it and exits with the runner's error status.
+    peer.send(&ToRelay::Start {
+        start: (),
+        seed: [1; 32],
+    })
+    .unwrap();
+    let err = guest.join().unwrap().unwrap_err();
+    assert!(matches!(err, mirage_kvm::VmError::Exited { status: 1 }), "{err}");
+    assert!(
+        lines.all().iter().any(|l| l.contains("second Start")),
+        "{:?}",
+        lines.all()
+    );
+    eprintln!("kvm guest (relay): event->answer over either channel {per:?}");
+}
+
 #[test]
 fn a_guest_that_never_gets_start_exits_cleanly_when_the_channel_closes() {
     let Some(kvm) = common::kvm() else { return };

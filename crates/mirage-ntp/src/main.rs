@@ -200,9 +200,14 @@ fn accept_step(args: &AcceptArgs) -> Result<String, String> {
     ))
 }
 
-/// `status` without `--json`: the state, the estimate, one line a source.
+/// `status` without `--json`: the state, the sandbox in force and why, the
+/// estimate, one line a source.
 fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     out.line("state", &text_of(&v["state"]));
+    match v["sandbox_reason"].as_str() {
+        Some(why) if !why.is_empty() => out.line("sandbox", &format!("{} ({why})", text_of(&v["sandbox"]))),
+        _ => out.line("sandbox", &text_of(&v["sandbox"])),
+    }
     out.line("synced", &text_of(&v["synchronized"]));
     out.line(
         "offset",

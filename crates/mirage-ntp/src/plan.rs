@@ -4,7 +4,7 @@
 //!
 //! | role | uid (default, `[ids]`) | capabilities | descriptors | seccomp |
 //! | --- | --- | --- | --- | --- |
-//! | engine | 65526 | none | its channel | `BASE` |
+//! | engine | 65526 | none | its channel (a KVM guest's tender: the KVM device) | `BASE` (a tender: `BASE`, `TENDER`, `mirage_sdk::kvm::tender_plan`) |
 //! | network | 65527 | none | one UDP socket per server, connected | `BASE`, `PACKET_IN` |
 //! | actuator | 65528 | `CAP_SYS_TIME` (none with `--observe`) | state directory (drift file) | `BASE`, [`CLOCK`], `STATE_FILES` (`BASE` only with `--observe`) |
 

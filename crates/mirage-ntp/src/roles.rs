@@ -15,9 +15,13 @@ use mirage_sdk::service::state;
 use ntp_engine::wire::Repr;
 use ntp_engine::{Leap, Ntp, NtpTimestamp};
 
-/// The engine role: its plan in force, then the SDK's engine runner.
+/// The engine as a KVM guest (guest/images/ntp, built by build.rs).
+pub const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-ntp.elf"));
+
+/// The engine role: its plan in force, then the SDK's engine runner, or
+/// with `--sandbox kvm` the tender of [`GUEST`].
 pub fn engine_role(role: Starting) -> Result<(), String> {
-    mirage_sdk::engine_role::run::<Ntp>(role.enter()?.channel)
+    mirage_sdk::engine_role::run_sandboxed::<Ntp>(role, Some(GUEST))
 }
 
 /// Requests to one server: a burst of 4 (the engine's start-up burst),

@@ -47,6 +47,9 @@ fn default_dhcp_servers() -> PathBuf {
         .run_dir
         .join(learned::SERVERS_FILE)
 }
+/// The published reason for the sandbox, in characters (a configured
+/// device path and an OS error could make it long).
+const MAX_SANDBOX_REASON: usize = 256;
 
 /// The config file (`/etc/mirage/ntp/config.toml`): unknown keys are errors.
 #[derive(Deserialize, Default, Debug)]
@@ -65,6 +68,8 @@ struct FileConfig {
     /// The engine's step threshold (RFC 5905 STEPT), ms: offsets above it
     /// are stepped, below slewed.
     step_threshold_ms: Option<u64>,
+    /// The KVM device for `sandbox = "kvm"` or `"auto"`.
+    kvm_device: Option<PathBuf>,
     policy: ClockPolicy,
     ids: IdsConfig,
 }
@@ -142,15 +147,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if common.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none)");
     }
-    // No guest image for the NTP engine yet: auto resolves to seccomp, and
-    // --sandbox kvm is an error that says so.
-    let device = std::path::Path::new(mirage_sdk::kvm::DEFAULT_DEVICE);
-    let sandbox = mirage_sdk::kvm::choose(common.sandbox, None, device)?;
-    let common = Common {
-        sandbox: sandbox.kind,
-        ..common
-    };
-    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox.reason);
+    // With kvm or auto the KVM device is opened and the engine's guest
+    // booted once (mirage_sdk::kvm), beside the opens below; auto falls
+    // back to seccomp, saying why.
+    let requested = common.sandbox;
+    let device = (file.kvm_device.clone()).unwrap_or_else(|| mirage_sdk::kvm::DEFAULT_DEVICE.into());
+    let choosing =
+        std::thread::spawn(move || mirage_sdk::kvm::choose(requested, Some(crate::roles::GUEST), &device));
     let signals = SignalPipe::new()?;
 
     // The privileged opens: directories, then one socket per server.
@@ -183,6 +186,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .iter()
         .map(|&s| open_socket(s))
         .collect::<Result<Vec<OwnedFd>, String>>()?;
+    let sandbox = choosing
+        .join()
+        .map_err(|_| "choosing the sandbox panicked".to_owned())??;
+    let common = Common {
+        sandbox: sandbox.kind,
+        ..common
+    };
+    let sandbox_reason: String = sandbox.reason.chars().take(MAX_SANDBOX_REASON).collect();
+    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox_reason);
+    // Kept for each engine started later; the engine role gets it at
+    // mirage_sdk::kvm::FD_KVM.
+    let kvm_device = (sandbox.device_fd())
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .map_err(|e| format!("the KVM device: {e}"))?;
 
     let options = RoleOptions {
         sandbox: common.sandbox,
@@ -208,6 +226,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let mut sup = Supervisor {
         options,
         ids,
+        sandbox_reason,
+        kvm_device,
         observe,
         start,
         configured: servers.clone(),
@@ -225,7 +245,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         pending_steps: HashMap::new(),
     };
     let (engine, network, actuator) = (
-        plan::engine(ids.engine),
+        sandbox.engine_plan(plan::engine(ids.engine)),
         plan::network(ids.network, MAX_SOURCES),
         plan::actuator(ids.actuator, observe),
     );
@@ -235,7 +255,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             options,
             &(),
             Some(sup.engine_first()?),
-            vec![],
+            sandbox.device_fd().into_iter().collect(),
             Restart::WithBackoff,
         )?,
         network.spec(
@@ -263,6 +283,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // The supervisor keeps no socket to the servers and no state directory.
     drop(sockets);
     drop(state_dir);
+    drop(sandbox);
     let udp_setup = plan::udp_setup();
     let mut plans = vec![&engine, &network, &actuator];
     if sup.dhcp.is_some() {
@@ -438,6 +459,11 @@ fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) -> u64 {
 struct Supervisor {
     options: RoleOptions,
     ids: RoleIds,
+    /// Why the sandbox in force was chosen (status.json).
+    sandbox_reason: String,
+    /// The KVM device with `--sandbox kvm` (or `auto` resolved to it), for
+    /// each engine started.
+    kvm_device: Option<OwnedFd>,
     observe: bool,
     /// The servers from the command line or the config file.
     configured: Vec<SocketAddr>,
@@ -686,13 +712,24 @@ impl Service for Supervisor {
         }
     }
 
-    /// A restarted engine gets a fresh hello, its start and a fresh seed;
-    /// the network role, started again for new DHCP servers, their sockets.
+    /// A restarted engine gets a fresh hello, its start and a fresh seed
+    /// (and, as a KVM guest's tender, the device); the network role,
+    /// started again for new DHCP servers, their sockets.
     fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
-        match role {
-            NETWORK => self.network_start(),
-            _ => plan::engine(self.ids.engine).start(self.options, &(), Some(self.engine_first()?)),
+        if role == NETWORK {
+            return self.network_start();
         }
+        let plan = match self.options.sandbox {
+            SandboxKind::Kvm => mirage_sdk::kvm::tender_plan(plan::engine(self.ids.engine)),
+            _ => plan::engine(self.ids.engine),
+        };
+        let mut start = plan.start(self.options, &(), Some(self.engine_first()?))?;
+        if let Some(kvm) = &self.kvm_device {
+            start
+                .fds
+                .push(kvm.try_clone().map_err(|e| format!("the KVM device: {e}"))?);
+        }
+        Ok(start)
     }
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
@@ -708,6 +745,7 @@ impl Service for Supervisor {
         let view = View {
             observe: self.observe,
             sandbox: self.options.sandbox,
+            sandbox_reason: &self.sandbox_reason,
             status: self.status.as_ref(),
             stats: &self.stats,
             actuator: self.actuator,
@@ -726,6 +764,7 @@ impl Service for Supervisor {
         let view = View {
             observe: self.observe,
             sandbox: self.options.sandbox,
+            sandbox_reason: &self.sandbox_reason,
             status: self.status.as_ref(),
             stats: &self.stats,
             actuator: self.actuator,
@@ -770,6 +809,7 @@ fn state_str(s: ntp_engine::SyncState) -> &'static str {
 struct View<'a> {
     observe: bool,
     sandbox: SandboxKind,
+    sandbox_reason: &'a str,
     status: Option<&'a Status>,
     stats: &'a Stats,
     actuator: Option<(bool, bool)>,
@@ -812,6 +852,7 @@ impl View<'_> {
             "held": s.is_some_and(|s| s.state == ntp_engine::SyncState::Held),
             "observe": self.observe,
             "sandbox": self.sandbox.as_str(),
+            "sandbox_reason": self.sandbox_reason,
             "offset_ms": s.map(|s| ms(s.offset_ns)),
             "jitter_ms": s.map(|s| ms(s.jitter_ns)),
             "root_delay_ms": s.map(|s| ms(s.root_delay_ns)),

@@ -3,7 +3,9 @@
 //! test creates, answering on 127.0.0.1 and ::1; the real binary in
 //! `--observe`, so nothing here can move the host clock either. Needs root
 //! (namespaces, the roles' privilege drop) and chronyd
-//! (scripts/install-deps.sh); CI runs as root.
+//! (scripts/install-deps.sh); CI runs as root. Every case runs twice, under
+//! `--sandbox seccomp` and `--sandbox kvm` (the engine as a KVM guest;
+//! needs /dev/kvm, see `mirage_testkit::kvm`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -55,11 +57,62 @@ fn status(dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("run/status.json")).ok()?).ok()
 }
 
-#[test]
-fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxed() {
+/// One test per sandbox for each case: `CASE::seccomp` and `CASE::kvm`.
+macro_rules! in_each_sandbox {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn seccomp() {
+                super::$case("seccomp")
+            }
+            #[test]
+            fn kvm() {
+                if mirage_testkit::kvm::usable(concat!("chrony::", stringify!($case))) {
+                    super::$case("kvm")
+                }
+            }
+        }
+    )*};
+}
+
+in_each_sandbox!(
+    observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxed,
+    a_server_that_does_not_answer_is_unreachable_and_the_other_one_is_still_used,
+);
+
+/// The KVM descriptors `pid` holds, sorted: a tender holds its VM and vCPU
+/// (the device was closed once the VM was built), every other role none.
+fn kvm_fds(pid: u32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.contains("kvm"))
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// status.json's `sandbox` is the one asked for, with its reason; a guest's
+/// tender logged that it runs one.
+fn assert_sandbox(v: &serde_json::Value, sandbox: &str, log: &str) {
+    assert_eq!(v["sandbox"], sandbox, "{v}");
+    let reason = v["sandbox_reason"].as_str().unwrap();
+    assert!(reason.starts_with(&format!("--sandbox {sandbox}")), "{reason}");
+    let guest = log
+        .lines()
+        .any(|l| l.contains("[engine]") && l.contains("engine runs as a KVM guest"));
+    assert_eq!(guest, sandbox == "kvm", "{log}");
+    if sandbox == "kvm" {
+        assert!(reason.contains("the guest booted and answered"), "{reason}");
+    }
+}
+
+fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxed(sandbox: &str) {
     let mut f = with_chrony("ntpc");
     let mut cmd = f.ns.command(bin().to_str().unwrap());
     cmd.args(["run", "--server", "127.0.0.1", "--server", "::1", "--observe"])
+        .args(["--sandbox", sandbox])
         .args(["--config", "/dev/null", "--log-level", "debug", "--state-dir"])
         .arg(f.dir.join("state"))
         .arg("--run-dir")
@@ -108,6 +161,7 @@ fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxe
         }
         assert_eq!(s["poll_s"], 64, "{s}");
     }
+    assert_sandbox(&v, sandbox, &read_lossy(&f.dir.join("ntp.log")));
     let addresses: Vec<&str> = v["sources"]
         .as_array()
         .unwrap()
@@ -141,7 +195,43 @@ fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxe
         for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
             assert_eq!(st.caps(set), 0, "{role} {set}");
         }
+        let want_fds: &[&str] = match (role, sandbox) {
+            ("engine", "kvm") => &["anon_inode:kvm-vcpu:0", "anon_inode:kvm-vm"],
+            _ => &[],
+        };
+        assert_eq!(kvm_fds(role_pid(pid, role)), want_fds, "{role}");
     }
+
+    // A killed engine is started again in the same sandbox (a guest gets
+    // the kept device) and goes on measuring.
+    let engine = role_pid(pid, "engine");
+    let replies = v["replies"].as_u64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &engine.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let v = wait_some(
+        Duration::from_secs(30),
+        "a restarted engine's replies",
+        || {
+            status(f.dir.path()).filter(|v| {
+                v["engine_restarts"] == 1
+                    && v["replies"].as_u64() > Some(replies)
+                    && v["state"] == "observing"
+            })
+        },
+        || read_lossy(&f.dir.join("ntp.log")),
+    );
+    assert_eq!(v["sandbox"], sandbox, "{v}");
+    let restarted = role_pid(pid, "engine");
+    assert_ne!(restarted, engine);
+    assert_eq!(ProcStatus::read(restarted).seccomp(), 2);
+    let want_fds: &[&str] = match sandbox {
+        "kvm" => &["anon_inode:kvm-vcpu:0", "anon_inode:kvm-vm"],
+        _ => &[],
+    };
+    assert_eq!(kvm_fds(restarted), want_fds);
 
     // `status --json` reads what was published; SIGTERM ends it cleanly.
     let out = std::process::Command::new(bin())
@@ -152,6 +242,18 @@ fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxe
     assert!(out.status.success(), "{out:?}");
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["state"], "observing");
+    let out = std::process::Command::new(bin())
+        .args(["status", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sandbox") && l.contains(&format!("{sandbox} (--sandbox {sandbox}"))),
+        "{text}"
+    );
     f.procs.signal(daemon, "TERM");
     let exit = f
         .procs
@@ -160,8 +262,7 @@ fn observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxe
     assert!(exit.success(), "{exit:?}: {}", read_lossy(&f.dir.join("ntp.log")));
 }
 
-#[test]
-fn a_server_that_does_not_answer_is_unreachable_and_the_other_one_is_still_used() {
+fn a_server_that_does_not_answer_is_unreachable_and_the_other_one_is_still_used(sandbox: &str) {
     let mut f = with_chrony("ntpu");
     let mut cmd = f.ns.command(bin().to_str().unwrap());
     // 127.0.0.2 is on lo but nothing listens on its port 1123.
@@ -173,7 +274,7 @@ fn a_server_that_does_not_answer_is_unreachable_and_the_other_one_is_still_used(
         "127.0.0.2:1123",
         "--observe",
     ])
-    .args(["--config", "/dev/null", "--state-dir"])
+    .args(["--sandbox", sandbox, "--config", "/dev/null", "--state-dir"])
     .arg(f.dir.join("state"))
     .arg("--run-dir")
     .arg(f.dir.join("run"));
@@ -194,4 +295,91 @@ fn a_server_that_does_not_answer_is_unreachable_and_the_other_one_is_still_used(
     assert_eq!(v["sources"][1]["state"], "unreachable", "{v}");
     assert_eq!(v["sources"][1]["reach"], 0, "{v}");
     assert_eq!(v["quorum"], 2, "{v}");
+    assert_sandbox(&v, sandbox, &read_lossy(&f.dir.join("ntp.log")));
+}
+
+/// The default, `auto`: where the KVM device cannot be opened (here a
+/// configured path that does not exist) the engine runs under seccomp and
+/// status.json says why; `--sandbox kvm` with the same device fails at
+/// start, naming it. Needs root and chronyd, not KVM.
+#[test]
+fn auto_falls_back_to_seccomp_where_kvm_is_unusable() {
+    let mut f = with_chrony("ntpa");
+    let missing = f.dir.join("no-such-kvm");
+    let config = f.dir.join("config.toml");
+    std::fs::write(&config, format!("kvm_device = \"{}\"\n", missing.display())).unwrap();
+    let run = |sandbox: Option<&str>, log: &str| {
+        let mut cmd = f.ns.command(bin().to_str().unwrap());
+        cmd.args(["run", "--server", "127.0.0.1", "--observe", "--config"])
+            .arg(&config)
+            .args(sandbox.map(|s| ["--sandbox", s]).into_iter().flatten())
+            .arg("--state-dir")
+            .arg(f.dir.join("state"))
+            .arg("--run-dir")
+            .arg(f.dir.join("run"));
+        (cmd, f.dir.join(log))
+    };
+
+    let (cmd, refused_log) = run(Some("kvm"), "refused.log");
+    let refused = f.procs.spawn_logged(cmd, &refused_log);
+    let exit = f
+        .procs
+        .wait_exit(refused, Duration::from_secs(10))
+        .expect("--sandbox kvm without a device did not exit");
+    assert!(!exit.success());
+    let log = read_lossy(&refused_log);
+    assert!(
+        log.contains("--sandbox kvm: KVM is unusable here") && log.contains(&missing.display().to_string()),
+        "{log}"
+    );
+    assert!(
+        status(f.dir.path()).is_none(),
+        "a refused start published a status"
+    );
+
+    let (cmd, log) = run(None, "ntp.log");
+    f.procs.spawn_logged(cmd, &log);
+    let v = wait_some(
+        Duration::from_secs(30),
+        "a published status",
+        || status(f.dir.path()),
+        || read_lossy(&log),
+    );
+    assert_eq!(v["sandbox"], "seccomp", "{v}");
+    let reason = v["sandbox_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("--sandbox auto: kvm unusable") && reason.contains(&missing.display().to_string()),
+        "{reason}"
+    );
+    let logged = read_lossy(&log);
+    assert!(
+        logged.contains("sandbox seccomp: --sandbox auto: kvm unusable"),
+        "{logged}"
+    );
+}
+
+/// `auto` with a usable device: the engine is a guest. Needs root, chronyd
+/// and /dev/kvm (`mirage_testkit::kvm`).
+#[test]
+fn auto_runs_the_engine_as_a_guest_where_kvm_works() {
+    if !mirage_testkit::kvm::usable("chrony::auto_runs_the_engine_as_a_guest_where_kvm_works") {
+        return;
+    }
+    let mut f = with_chrony("ntpk");
+    let mut cmd = f.ns.command(bin().to_str().unwrap());
+    cmd.args(["run", "--server", "127.0.0.1", "--observe"])
+        .args(["--config", "/dev/null", "--state-dir"])
+        .arg(f.dir.join("state"))
+        .arg("--run-dir")
+        .arg(f.dir.join("run"));
+    f.procs.spawn_logged(cmd, &f.dir.join("ntp.log"));
+    let v = wait_some(
+        Duration::from_secs(30),
+        "a reply counted",
+        || status(f.dir.path()).filter(|v| v["replies"].as_u64() >= Some(1)),
+        || read_lossy(&f.dir.join("ntp.log")),
+    );
+    assert_eq!(v["sandbox"], "kvm", "{v}");
+    let reason = v["sandbox_reason"].as_str().unwrap();
+    assert!(reason.starts_with("--sandbox auto: /dev/kvm opens"), "{reason}");
 }

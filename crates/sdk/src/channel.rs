@@ -270,6 +270,24 @@ impl Channel {
             .is_some_and(|r| r & (libc::POLLHUP | libc::POLLRDHUP) != 0))
     }
 
+    /// The same channel at the lowest free descriptor number `min` or
+    /// above (close-on-exec); the number it had is closed. A KVM tender
+    /// moves its peer's end out of the numbers its VM and vCPU must get
+    /// ([`crate::kvm`]).
+    pub fn moved_to_at_least(self, min: RawFd) -> io::Result<Channel> {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own makes a new one and
+        // touches no memory.
+        let fd = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success `fd` is a fresh descriptor owned by nobody
+        // else; `self` (the old number) is dropped, so closed, below.
+        let moved = unsafe { OwnedFd::from_raw_fd(fd) };
+        drop(self);
+        Ok(Channel { fd: moved })
+    }
+
     /// Switch the socket between blocking and non-blocking mode (event loops
     /// that call [`wait_readable`] first can stay blocking).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
@@ -540,6 +558,17 @@ mod tests {
         assert!(matches!(b.recv::<u32>(), Err(ChannelError::Codec(_))));
         drop(a);
         assert!(matches!(b.recv::<u32>(), Ok(None)));
+    }
+
+    #[test]
+    fn a_moved_channel_is_at_or_above_its_floor_and_still_connected() {
+        let (a, b) = Channel::pair().unwrap();
+        let old = b.as_raw_fd();
+        let floor = old + 40;
+        let b = b.moved_to_at_least(floor).unwrap();
+        assert!(b.as_raw_fd() >= floor);
+        a.send(&7u32).unwrap();
+        assert_eq!(b.recv::<u32>().unwrap(), Some(7));
     }
 
     #[test]

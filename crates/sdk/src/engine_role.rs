@@ -116,11 +116,31 @@ pub fn run<E: Engine>(chan: Channel) -> Result<(), String> {
 /// ```
 pub fn run_sandboxed<E: Engine>(role: Starting, image: Option<&[u8]>) -> Result<(), String> {
     match (role.sandbox(), image) {
-        (SandboxKind::Kvm, Some(image)) => crate::kvm::run_guest(role, image),
+        (SandboxKind::Kvm, Some(image)) => crate::kvm::run_guest(role, image, None),
         (SandboxKind::Kvm, None) => {
             Err("told to run as a KVM guest, but this service has no guest image".into())
         }
         _ => run::<E>(role.enter()?.channel),
+    }
+}
+
+/// [`run_sandboxed`] for an engine with a direct channel to `peer`
+/// ([`crate::runtime::Runtime::link`]; the role adopts its end with
+/// [`Channel::from_raw_fd`] before this): as a process, [`run_with_peer`];
+/// as a KVM guest, the tender relays both channels over the same
+/// hypercalls (a send names its route, a receive takes whichever channel
+/// has a message, the supervisor's first).
+pub fn run_sandboxed_with_peer<E: Engine>(
+    role: Starting,
+    image: Option<&[u8]>,
+    peer: Channel,
+) -> Result<(), String> {
+    match (role.sandbox(), image) {
+        (SandboxKind::Kvm, Some(image)) => crate::kvm::run_guest(role, image, Some(peer)),
+        (SandboxKind::Kvm, None) => {
+            Err("told to run as a KVM guest, but this service has no guest image".into())
+        }
+        _ => run_with_peer::<E>(role.enter()?.channel, peer),
     }
 }
 

@@ -14,7 +14,10 @@
 //! watchdog thread, and installs the tender's seccomp filter
 //! ([`crate::sandbox::seccomp::TENDER`] over
 //! [`crate::sandbox::seccomp::BASE`]) on both threads; then it relays the
-//! guest's messages over its channel ([`crate::engine_role::ChannelHost`]).
+//! guest's messages over its channel ([`crate::engine_role::ChannelHost`]),
+//! and over its direct channel to a peer role if it has one
+//! ([`crate::engine_role::run_sandboxed_with_peer`]: a send hypercall names
+//! its route, a receive takes whichever channel has a message).
 //! The supervisor decodes them exactly as a process engine's.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant as StdInstant};
 use mirage_engine::{Host, Instant, Received, Route};
 use mirage_kvm::{Config, Kvm, Vm};
 
+use crate::channel::Channel;
 use crate::role::{RolePlan, Starting};
 use crate::sandbox::seccomp::{self, BASE, TENDER};
 use crate::service::SandboxKind;
@@ -158,15 +162,27 @@ fn probe(image: &[u8], device: &Path) -> Result<(Kvm, Duration), String> {
     Ok((kvm, took))
 }
 
+/// Where a tender's direct channel to a peer role goes before its VM is
+/// built: the runtime hands it over at the descriptor after the device (5),
+/// which is the VM's number ([`seccomp::FD_VCPU`] is the one after), so it
+/// moves to the first free number above the vCPU's. Call it before
+/// `Vm::new`.
+pub fn peer_above_the_vm(peer: Channel) -> Result<Channel, String> {
+    peer.moved_to_at_least(seccomp::FD_VCPU + 1)
+        .map_err(|e| format!("moving the direct channel above the vCPU: {e}"))
+}
+
 /// The engine role as a tender: build the VM of `image` on the device at
 /// [`FD_KVM`], enter the sandbox with the watchdog started, and run the
-/// guest over the role's channel until it exits.
-pub(crate) fn run_guest(role: Starting, image: &[u8]) -> Result<(), String> {
+/// guest over the role's channel (and its direct channel to `peer`, if it
+/// has one) until it exits.
+pub(crate) fn run_guest(role: Starting, image: &[u8], peer: Option<Channel>) -> Result<(), String> {
     if !crate::fd::is_open(FD_KVM) {
         return Err(format!(
             "told to run a KVM guest, but no KVM device at fd {FD_KVM}"
         ));
     }
+    let peer = peer.map(peer_above_the_vm).transpose()?;
     // SAFETY: FD_KVM is open (checked) and was given to this role for this
     // use alone; the Kvm owns and closes it.
     let kvm = unsafe { Kvm::from_raw_fd(FD_KVM) };
@@ -184,12 +200,19 @@ pub(crate) fn run_guest(role: Starting, image: &[u8]) -> Result<(), String> {
         return Err("KVM_CAP_SYNC_REGS is missing (the tender's filter allows no KVM_GET_REGS)".into());
     }
     let (started, armed) = role.enter_with(|| vm.arm().map_err(|e| format!("the guest's watchdog: {e}")))?;
+    let direct = match &peer {
+        Some(peer) => format!(", direct channel fd {}", peer.as_raw_fd()),
+        None => String::new(),
+    };
     log::info!(
-        "engine runs as a KVM guest (vCPU fd {}, channel fd {})",
+        "engine runs as a KVM guest (vCPU fd {}, channel fd {}{direct})",
         seccomp::FD_VCPU,
         started.channel.as_fd().as_raw_fd()
     );
-    let mut host = crate::engine_role::ChannelHost::new(started.channel);
+    let mut host = match peer {
+        Some(peer) => crate::engine_role::ChannelHost::with_peer(started.channel, peer),
+        None => crate::engine_role::ChannelHost::new(started.channel),
+    };
     armed
         .run(&mut host, &mut |line: &str| log::info!("guest: {line}"))
         .map_err(|e| format!("guest: {e}"))

@@ -1665,6 +1665,56 @@ fn as_tender(
     as_tender_under(None, chan, mark, then)
 }
 
+/// [`as_tender`] for an engine with a direct channel (`Runtime::link`):
+/// `image`'s guest, `peer` placed where the runtime puts it (fd 5, after
+/// the device) and moved as the engine role moves it
+/// ([`mirage_sdk::kvm::peer_above_the_vm`]); `then` gets both channels.
+fn as_tender_with_peer(
+    image: &'static [u8],
+    chan: &Channel,
+    peer: &Channel,
+    then: impl FnOnce(mirage_kvm::ArmedVm, Channel, Channel) -> i32,
+) -> Ended {
+    let program = seccomp::filter(&[seccomp::BASE, seccomp::TENDER]).unwrap();
+    let kvm = mirage_kvm::open().unwrap();
+    in_child(|| {
+        // SAFETY: placing live descriptors at fixed numbers and closing
+        // every other one, in this child only.
+        unsafe {
+            let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD, 100);
+            let (c, k, p) = (
+                high(chan.as_raw_fd()),
+                high(kvm.as_raw_fd()),
+                high(peer.as_raw_fd()),
+            );
+            if libc::dup2(c, 3) != 3 || libc::dup2(k, 4) != 4 || libc::dup2(p, 5) != 5 {
+                return 10;
+            }
+            libc::syscall(libc::SYS_close_range, 6, u32::MAX, 0);
+        }
+        let (Ok(chan), Ok(peer)) = (Channel::from_raw_fd(3), Channel::from_raw_fd(5)) else {
+            return 15;
+        };
+        let Ok(peer) = mirage_sdk::kvm::peer_above_the_vm(peer) else {
+            return 16;
+        };
+        // SAFETY: fd 4 is the device, placed above; this Kvm owns it now.
+        let kvm = unsafe { mirage_kvm::Kvm::from_raw_fd(4) };
+        let Ok(vm) = mirage_kvm::Vm::new(&kvm, image, &mirage_kvm::Config::default()) else {
+            return 11;
+        };
+        drop(kvm);
+        if vm.vcpu_fd() != seccomp::FD_VCPU || !vm.uses_sync_regs() {
+            return 12;
+        }
+        let Ok(armed) = vm.arm() else { return 13 };
+        if seccomp::install_program_all_threads(&program).is_err() {
+            return 14;
+        }
+        then(armed, chan, peer)
+    })
+}
+
 /// [`as_tender`] in a child that starts under `inherited` (a supervisor's
 /// filter), as a restarted engine does.
 fn as_tender_under(
@@ -1792,6 +1842,59 @@ fn a_restarted_tender_builds_its_vm_under_the_supervisors_filter() {
     let tables: Vec<&[&[Allow]]> = [&tender, &setup].iter().map(|p| &p.seccomp[..]).collect();
     let supervisor = seccomp::supervisor_filter(&tables).unwrap();
     tender_sends_a_discover(Some(&supervisor));
+}
+
+/// A tender with a direct channel to a peer role: the peer's end, handed
+/// over where the VM's descriptor would go, is moved above the vCPU, so the
+/// VM and vCPU get the numbers the tender's filter names; under that
+/// filter the guest's sends reach the peer and the supervisor by their
+/// route, and the peer's events reach the guest. Needs root and /dev/kvm.
+#[test]
+fn a_tender_relays_its_guests_direct_channel_under_its_filter() {
+    if !kvm_here("a_tender_relays_its_guests_direct_channel_under_its_filter") {
+        return;
+    }
+    type To = mirage_engine::ToEngine<(), u32>;
+    type From = mirage_engine::FromEngine<u32, u32>;
+    let (sup, sup_far) = Channel::pair().unwrap();
+    let (peer, peer_far) = Channel::pair().unwrap();
+    sup.send(&To::Start {
+        start: (),
+        seed: [0; 32],
+    })
+    .unwrap();
+    let checker = std::thread::spawn(move || {
+        let from = |c: &Channel| c.recv::<From>().ok().flatten();
+        let hello = from(&sup);
+        // A tender that died is the assertions' to report (with its end).
+        let _ = peer.send(&To::Event(6));
+        let relayed = from(&peer);
+        let _ = peer.send(&To::Event(7));
+        let refused = from(&sup);
+        drop(sup);
+        (hello, relayed, refused)
+    });
+    let ended = as_tender_with_peer(
+        mirage_kvm_testimages::RELAY,
+        &sup_far,
+        &peer_far,
+        |armed, chan, peer| {
+            let mut host = mirage_sdk::engine_role::ChannelHost::with_peer(chan, peer);
+            match armed.run(&mut host, &mut |_: &str| {}) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("the guest under its tender's filter: {e}");
+                    21
+                }
+            }
+        },
+    );
+    drop((sup_far, peer_far));
+    let (hello, relayed, refused) = checker.join().unwrap();
+    assert_eq!(hello, Some(mirage_engine::FromEngine::Action(0)), "{ended:?}");
+    assert_eq!(relayed, Some(mirage_engine::FromEngine::Action(6)), "{ended:?}");
+    assert_eq!(refused, Some(mirage_engine::FromEngine::Refused(7)), "{ended:?}");
+    assert_eq!(ended, Ended::Exited(0));
 }
 
 /// What a compromised tender might try, beyond `KVM_RUN` on its vCPU.
