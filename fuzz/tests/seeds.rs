@@ -875,6 +875,41 @@ impl NtpScript {
         }
     }
 
+    /// Answer every DNS query sent so far as the resolver would: the
+    /// question echoed, four A records (none for AAAA).
+    fn answer_dns(&mut self) {
+        let queries: Vec<(u64, std::net::SocketAddr, Vec<u8>)> = self
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                NtpAction::Resolve { query, to, data } => Some((*query, *to, data.clone())),
+                _ => None,
+            })
+            .collect();
+        for (query, from, data) in queries {
+            let mut reply = dns_wire::Message::parse(&data).unwrap();
+            reply.header.response = true;
+            if reply.questions[0].qtype == dns_wire::Type::A {
+                for host in 101..105 {
+                    reply.answers.push(dns_wire::Record {
+                        name: reply.questions[0].name.clone(),
+                        class: dns_wire::Class::IN,
+                        ttl: 150,
+                        data: dns_wire::RData::A(Ipv4Addr::new(192, 0, 2, host)),
+                    });
+                }
+            }
+            self.event(
+                20,
+                NtpEvent::Resolved {
+                    query,
+                    from,
+                    data: reply.to_bytes().unwrap(),
+                },
+            );
+        }
+    }
+
     fn bytes(&self, start: &NtpStart) -> Vec<u8> {
         let mut b = start.to_bytes();
         b.extend(contract::encode_steps(&self.steps));
@@ -890,6 +925,7 @@ fn ntp_scenarios() -> Vec<(&'static str, Vec<u8>, NtpScript)> {
         servers,
         min_poll: 2,
         drift_ppm: drift,
+        pool: false,
     };
     let mut out = Vec::new();
     // Three servers 250 ms off: the first estimate steps; the actuator
@@ -964,6 +1000,19 @@ fn ntp_scenarios() -> Vec<(&'static str, Vec<u8>, NtpScript)> {
         },
     );
     out.push(("falseticker-held", sc.bytes(&s), sc));
+    // A pool: its lookup answered with four addresses, then every source
+    // answered twice.
+    let s = NtpStart {
+        pool: true,
+        ..start(0, false, None)
+    };
+    let mut sc = NtpScript::new(&s);
+    let mut answered = 0;
+    sc.answer_dns();
+    sc.answer(&mut answered, 40, None);
+    sc.wake();
+    sc.answer(&mut answered, 0, None);
+    out.push(("pool-resolved", sc.bytes(&s), sc));
     out
 }
 
@@ -1363,6 +1412,10 @@ fn ntp_scenarios_reach_what_they_were_written_for() {
             "falseticker-held" => {
                 steps == 1 && c.steps_refused == 1 && script.engine.state() == SyncState::Held
             }
+            "pool-resolved" => {
+                let status = script.engine.status();
+                status.sources.len() == 5 && status.names[0].sources == 4 && c.samples >= 5
+            }
             other => panic!("no expectation for {other}"),
         };
         assert!(
@@ -1371,7 +1424,7 @@ fn ntp_scenarios_reach_what_they_were_written_for() {
             script.engine.state()
         );
     }
-    assert_eq!(scenarios.len(), 4);
+    assert_eq!(scenarios.len(), 5);
 }
 
 #[test]
