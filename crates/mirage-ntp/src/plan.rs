@@ -5,7 +5,7 @@
 //! | role | uid | capabilities | descriptors | seccomp |
 //! | --- | --- | --- | --- | --- |
 //! | engine | 65526 | none | its channel | `BASE` |
-//! | network | 65527 | none | one UDP socket per server, connected | `BASE`, `PACKET_IN` |
+//! | network | 65527 | none | one UDP socket per server, connected; with names, [`DNS_SOCKETS_PER_RESOLVER`] per resolver, connected, and one unconnected per family | `BASE`, `PACKET_IN`; with names also [`ADDRESSED_SEND`] |
 //! | actuator | 65528 | `CAP_SYS_TIME` (none with `--observe`) | state directory (drift file) | `BASE`, [`CLOCK`], `STATE_FILES` (`BASE` only with `--observe`) |
 
 use std::net::SocketAddr;
@@ -26,8 +26,14 @@ pub const NETWORK_ID: u32 = 65527;
 pub const ACTUATOR_ID: u32 = 65528;
 
 /// Network role: the first server's socket; server `i`'s is at
-/// `FD_FIRST_SOCKET + i` (its channel is 3).
+/// `FD_FIRST_SOCKET + i` (its channel is 3), then the DNS sockets in the
+/// order of [`NetworkSettings::resolvers`], then the unconnected sockets
+/// of [`NetworkSettings::named_sockets`].
 pub const FD_FIRST_SOCKET: RawFd = 4;
+/// Sockets opened per resolver, each on its own ephemeral port and
+/// connected to it: a query goes out on a socket with no query in flight,
+/// in turn (no role may open a socket, so they are opened at start).
+pub const DNS_SOCKETS_PER_RESOLVER: usize = 4;
 /// Actuator: the state directory (the drift file), when not observing.
 pub const FD_STATE_DIR: RawFd = 4;
 /// The drift file's name in the state directory.
@@ -40,6 +46,12 @@ pub const DRIFT_FILE: &str = "drift.json";
 /// checks them (the policy) before the call.
 pub const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime, When::ArgEq(0, 0))];
 
+/// Sending to an address (`sendto`), for the unconnected sockets of
+/// sources resolved from names: their addresses are not known at start,
+/// when the sockets are opened. The role sends on them only 48-byte client
+/// requests, to ports of configured names (see the network role).
+pub const ADDRESSED_SEND: &[Allow] = &[mirage_sdk::allow!(sendto)];
+
 /// The engine: nothing but its channel.
 pub fn engine() -> RolePlan {
     RolePlan::strict("engine", ENGINE_ID, ENGINE_ID, &[BASE])
@@ -51,9 +63,14 @@ pub fn engine() -> RolePlan {
 /// no one else: no table with an addressed `sendto` or `sendmsg` is
 /// needed. Replies are read with `recvmsg` (`PACKET_IN`) for their kernel
 /// timestamp.
-pub fn network(servers: usize) -> RolePlan {
-    let mut plan = RolePlan::strict("network", NETWORK_ID, NETWORK_ID, &[BASE, PACKET_IN]);
-    plan.nofile = 16 + servers as u64;
+pub fn network(sockets: usize, names: bool) -> RolePlan {
+    let tables: &[&[Allow]] = if names {
+        &[BASE, PACKET_IN, ADDRESSED_SEND]
+    } else {
+        &[BASE, PACKET_IN]
+    };
+    let mut plan = RolePlan::strict("network", NETWORK_ID, NETWORK_ID, tables);
+    plan.nofile = 16 + sockets as u64;
     plan
 }
 
@@ -74,9 +91,26 @@ pub fn actuator(observe: bool) -> RolePlan {
 }
 
 /// The network role's hello: the servers, in the order of its sockets.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct NetworkSettings {
     pub servers: Vec<SocketAddr>,
+    /// The resolver each DNS socket is connected to, in socket order.
+    pub resolvers: Vec<SocketAddr>,
+    /// The names a DNS query may ask for (host names and pools).
+    pub names: Vec<String>,
+    /// The NTP ports of those names: a request to an address that is not a
+    /// configured server may go only to one of them.
+    pub named_ports: Vec<u16>,
+    /// The local address of each unconnected socket (one per family), in
+    /// socket order.
+    pub named_sockets: Vec<SocketAddr>,
+}
+
+impl NetworkSettings {
+    /// Descriptors the role takes.
+    pub fn sockets(&self) -> usize {
+        self.servers.len() + self.resolvers.len() + self.named_sockets.len()
+    }
 }
 
 /// The actuator's hello: its mode and the policy, fixed for its life.
@@ -112,9 +146,11 @@ mod tests {
             (e.uid, e.keep_caps.len(), e.seccomp.clone()),
             (ENGINE_ID, 0, vec![BASE])
         );
-        let n = network(3);
+        let n = network(3, false);
         assert_eq!((n.uid, n.keep_caps.len(), n.nofile), (NETWORK_ID, 0, 19));
         assert_eq!(n.seccomp, [BASE, PACKET_IN]);
+        let named = network(3, true);
+        assert_eq!(named.seccomp, [BASE, PACKET_IN, ADDRESSED_SEND]);
         let a = actuator(false);
         assert_eq!(a.keep_caps, [Capability::CAP_SYS_TIME]);
         assert_eq!(a.seccomp, [BASE, CLOCK, STATE_FILES]);
@@ -122,7 +158,7 @@ mod tests {
         let o = actuator(true);
         assert!(o.keep_caps.is_empty() && o.contain_dirs.is_empty() && o.landlock_dirs.is_empty());
         assert_eq!(o.seccomp, [BASE]);
-        for plan in [e, n, a, o] {
+        for plan in [e, n, named, a, o] {
             assert!(seccomp::filter(&plan.seccomp).is_ok(), "{}", plan.name);
         }
     }
@@ -137,7 +173,7 @@ mod tests {
                 .collect()
         };
         let clock = seccomp::sys::clock_adjtime;
-        for p in [engine(), network(16), actuator(true)] {
+        for p in [engine(), network(16, true), actuator(true)] {
             assert!(
                 !calls(&p).iter().any(|&(nr, _)| nr == clock
                     || nr == seccomp::sys::adjtimex

@@ -216,8 +216,17 @@ fn the_network_role_sends_only_our_requests_to_its_server_at_a_capped_rate() {
         socket.connect(to).unwrap();
         mirage_sdk::udp::enable_receive_timestamps(&socket).unwrap();
         let ours = socket.local_addr().unwrap();
-        let settings = NetworkSettings { servers: vec![to] };
-        let (chan, mut role) = start_planned(&bin(), &plan::network(1), &settings, None, &[socket.as_fd()]);
+        let settings = NetworkSettings {
+            servers: vec![to],
+            ..NetworkSettings::default()
+        };
+        let (chan, mut role) = start_planned(
+            &bin(),
+            &plan::network(1, false),
+            &settings,
+            None,
+            &[socket.as_fd()],
+        );
         drop(socket);
         let next = || recv_within::<FromNetwork>(&chan, ANSWER_MS).expect("an answer from the network role");
         let cookie = |k: u64| NtpTimestamp(0x0123_4567_0000_0000 + k);
