@@ -262,7 +262,7 @@ impl Network {
     ) -> Result<(), String> {
         let now = boottime().millis();
         let verdict = match check_request(&self.settings.servers, to, transmit, data) {
-            Ok(i) if self.buckets[i].take(now) => Ok(&self.sockets[i]),
+            Ok(i) if self.buckets[i].take(now) => Ok(i),
             Ok(_) => Err(OutboundRefusal::RateCapped),
             Err(OutboundRefusal::NotAServer) => self.dynamic_socket(to, transmit, data, now),
             Err(why) => Err(why),
@@ -277,10 +277,12 @@ impl Network {
                 // path alone (a few us, half of which shows as offset); the
                 // kernel's transmit timestamp is the later refinement.
                 let at = ntp_time(clock::realtime());
-                let sent = if socket.peer_addr().is_ok() {
-                    socket.send(data)
+                // (Whether a socket is connected is known by its index:
+                // getpeername is not in the role's filter.)
+                let sent = if socket < self.named_base() {
+                    self.sockets[socket].send(data)
                 } else {
-                    socket.send_to(data, to)
+                    self.sockets[socket].send_to(data, to)
                 };
                 match sent {
                     Ok(_) => chan
@@ -298,7 +300,7 @@ impl Network {
         }
     }
 
-    /// The unconnected socket for a request to `to`, a source the engine
+    /// The unconnected socket (its index) for a request to `to`, a source the engine
     /// resolved from a name: only on a configured name's port, only our
     /// request, each destination rate-capped as a server is, at most
     /// `MAX_SOURCES` of them at once (the least recently asked goes).
@@ -308,7 +310,7 @@ impl Network {
         transmit: NtpTimestamp,
         data: &[u8],
         now: u64,
-    ) -> Result<&UdpSocket, OutboundRefusal> {
+    ) -> Result<usize, OutboundRefusal> {
         let socket = self
             .settings
             .named_sockets
@@ -349,7 +351,7 @@ impl Network {
         if !d.bucket.take(now) {
             return Err(OutboundRefusal::RateCapped);
         }
-        Ok(&self.sockets[self.named_base() + socket])
+        Ok(self.named_base() + socket)
     }
 
     fn send_query(&mut self, chan: &Channel, query: u64, to: SocketAddr, data: &[u8]) -> Result<(), String> {
