@@ -73,7 +73,8 @@ pub use mirage_engine::Instant;
 use serde::{Deserialize, Serialize};
 pub use wire::{Kiss, Leap, NtpTimestamp, WireError};
 
-/// Most sources the engine keeps (configured first, then DHCP's).
+/// Most sources the engine keeps (configured first, then DHCP's and
+/// those resolved from names, in the order they come).
 pub const MAX_SOURCES: usize = 16;
 /// The NTP port, for sources learned without one (DHCP option 42).
 pub const NTP_PORT: u16 = 123;
