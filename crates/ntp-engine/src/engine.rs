@@ -215,7 +215,7 @@ impl Ntp {
             let dropped = self.sources.remove(i);
             changed = true;
             if let Some(r) = self.resolutions.iter_mut().find(|r| r.origin() == dropped.origin) {
-                r.dropped(dropped.addr.ip(), now);
+                r.dropped(dropped.addr.ip(), dropped.denied.is_some(), now);
             }
         }
         for i in 0..self.resolutions.len() {

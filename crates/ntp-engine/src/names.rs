@@ -14,7 +14,9 @@
 //! Kiss-o'-Death, unreachable for [`DROP_AFTER_POLLS`] polls, or a
 //! falseticker at as many selections in a row. Dropped addresses are not
 //! taken again while newer ones are on offer (the last
-//! [`REMEMBERED_REJECTS`] are remembered). A lookup that yields nothing is
+//! [`REMEMBERED_REJECTS`] are remembered); a name left with no source at
+//! all takes back those that were unreachable or falsetickers (a small
+//! pool after an outage), never one that sent DENY or RSTR. A lookup that yields nothing is
 //! retried with back-off, doubling from [`RETRY_FIRST_MS`] to
 //! [`RETRY_MAX_MS`], each try at the next resolver. TTLs are not used: a
 //! source stays while it serves (as chrony and ntpd do).
@@ -79,7 +81,8 @@ pub struct Resolution {
     pub failures: u32,
     /// Lookups sent (each of one query per address family).
     pub lookups: u64,
-    rejected: Vec<IpAddr>,
+    /// Dropped addresses, and whether for a DENY or RSTR kiss.
+    rejected: Vec<(IpAddr, bool)>,
 }
 
 /// What a finished lookup asks of the engine: add these sources.
@@ -129,13 +132,15 @@ impl Resolution {
         }
     }
 
-    /// A source of this name was dropped (`addr`): remember it and look
-    /// again now, unless a lookup is already under way.
-    pub fn dropped(&mut self, addr: IpAddr, now: Instant) {
+    /// A source of this name was dropped (`addr`; `denied`: by a DENY or
+    /// RSTR kiss): remember it and look again now, unless a lookup is
+    /// already under way.
+    pub fn dropped(&mut self, addr: IpAddr, denied: bool, now: Instant) {
+        self.rejected.retain(|(a, _)| *a != addr);
         if self.rejected.len() == REMEMBERED_REJECTS {
             self.rejected.remove(0);
         }
-        self.rejected.push(addr);
+        self.rejected.push((addr, denied));
         if matches!(self.state, State::Satisfied) {
             self.state = State::Idle(now);
         } else if let State::Idle(at) = &mut self.state
@@ -272,12 +277,38 @@ impl Resolution {
             }
         };
         let wanted = self.wanted(config);
-        let addrs: Vec<SocketAddr> = found
+        let take = wanted.saturating_sub(live).min(room);
+        let new: Vec<SocketAddr> = found
             .iter()
             .map(|&ip| SocketAddr::new(ip, self.port))
-            .filter(|a| !present.contains(a) && !self.rejected.contains(&a.ip()))
-            .take(wanted.saturating_sub(live).min(room))
+            .filter(|a| !present.contains(a))
             .collect();
+        let rejected = |a: &SocketAddr| {
+            self.rejected
+                .iter()
+                .find(|(r, _)| *r == a.ip())
+                .map(|&(_, denied)| denied)
+        };
+        let mut addrs: Vec<SocketAddr> = new
+            .iter()
+            .copied()
+            .filter(|a| rejected(a).is_none())
+            .take(take)
+            .collect();
+        // A name whose every address was dropped (a small pool after an
+        // outage) would otherwise never serve again: with no source of its
+        // own left, it takes back those that were unreachable or
+        // falsetickers, never one that said DENY or RSTR.
+        if addrs.is_empty() && live == 0 {
+            addrs = new
+                .into_iter()
+                .filter(|a| rejected(a) == Some(false))
+                .take(take)
+                .collect();
+            for a in &addrs {
+                self.rejected.retain(|(r, _)| *r != a.ip());
+            }
+        }
         if found.is_empty() {
             self.failures = self.failures.saturating_add(1);
             let shift = (self.failures - 1).min(20);

@@ -724,6 +724,40 @@ mod names {
     }
 
     #[test]
+    fn a_small_pool_comes_back_after_an_outage_but_a_denying_server_does_not() {
+        let mut servers = lan_servers(3);
+        servers[2].behaviour = Behaviour::Kiss(*b"DENY");
+        let mut s = sim_named(
+            noisy(0.0, 10.0),
+            servers.clone(),
+            pool_of(&servers),
+            &[("pool.test", true)],
+            16,
+        );
+        s.run_for(HOUR);
+        assert_eq!(pool_sources(&s).len(), 2);
+        // Two hours without network: every source dropped, lookups fail.
+        s.change_at(Instant(HOUR), |_, w, _| w.network_up = false);
+        s.change_at(Instant(3 * HOUR), |_, w, _| w.network_up = true);
+        s.run_until(Instant(3 * HOUR));
+        assert!(pool_sources(&s).is_empty(), "{:?}", pool_sources(&s));
+        let lookups_during = s.world.resolver.as_ref().unwrap().queries.len();
+        s.run_until(Instant(4 * HOUR));
+        let sources = pool_sources(&s);
+        println!("after the outage: {sources:?}");
+        let mut expected = vec![servers[0].addr, servers[1].addr];
+        let mut got = sources.clone();
+        expected.sort();
+        got.sort();
+        assert_eq!(
+            got, expected,
+            "the two that served are back, the denying one is not"
+        );
+        assert!(s.world.resolver.as_ref().unwrap().queries.len() > lookups_during);
+        assert_eq!(s.last_status().state, SyncState::Synchronized);
+    }
+
+    #[test]
     fn failed_lookups_back_off_to_a_bound() {
         for behaviour in [
             ResolverBehaviour::Silent,
