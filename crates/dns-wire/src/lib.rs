@@ -19,7 +19,7 @@
 //!   followed counts against [`Limits::max_pointers`] for the message;
 //! - records: at most [`Limits::max_records`] in all four sections (checked
 //!   against the header's counts before anything is allocated), and their
-//!   decoded size (names expanded, RDATA) at most
+//!   decoded size (names expanded, the other RDATA octets) at most
 //!   [`Limits::max_decoded_bytes`]; typed RDATA must fill its RDLENGTH
 //!   exactly; bytes after the last record are an error;
 //! - EDNS (RFC 6891 §6.1.1): at most one OPT record, owned by the root, in
@@ -103,14 +103,19 @@ impl core::fmt::Display for Error {
 }
 
 /// Work budgets for one parse. The defaults bound a parse of any datagram
-/// (at most 64 KiB) to a few hundred pointer hops and 64 KiB of output.
+/// (at most 64 KiB) to 512 pointer hops and 64 KiB of output. The decoded
+/// size does not depend on how a message was compressed (names count
+/// expanded), so a message re-encoded by [`Message::emit`] fits the same
+/// `max_decoded_bytes` and `max_records`; its pointer hops may differ (an
+/// encoder's suffixes point at suffixes, so a name may take several hops).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Compression pointers followed in the whole message.
+    /// Compression pointers followed in the whole message (every hop).
     pub max_pointers: u32,
     /// Records in the four sections together (questions included).
     pub max_records: u32,
-    /// Names (in wire form, expanded) and RDATA decoded, in octets.
+    /// Names (in wire form, expanded) and the other octets of RDATA, in
+    /// octets.
     pub max_decoded_bytes: u32,
 }
 

@@ -242,6 +242,7 @@ impl RData {
             pos: start,
             end,
             short: Error::BadRdata,
+            raw: 0,
         };
         let data = match rtype {
             Type::A if class == Class::IN => RData::A(Ipv4Addr::from(r.array::<4>()?)),
@@ -287,6 +288,9 @@ impl RData {
         if r.pos != end {
             return Err(Error::BadRdata);
         }
+        // Names were counted expanded: the total does not depend on how
+        // the message was compressed.
+        budget.spend_decoded(r.raw)?;
         Ok(data)
     }
 }
@@ -379,6 +383,8 @@ struct Reader<'a> {
     /// What running past `end` is: the message's end (`Truncated`) or a
     /// record's RDLENGTH (`BadRdata`).
     short: Error,
+    /// Octets read other than names (names count as they expand).
+    raw: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -390,6 +396,7 @@ impl<'a> Reader<'a> {
             .ok_or(self.short)?;
         let bytes = &self.message[self.pos..end];
         self.pos = end;
+        self.raw += len;
         Ok(bytes)
     }
     fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
@@ -512,6 +519,7 @@ impl Message {
                 pos: end,
                 end: data.len(),
                 short: Error::Truncated,
+                raw: 0,
             };
             questions.push(Question {
                 name,
@@ -532,6 +540,7 @@ impl Message {
                     pos: end,
                     end: data.len(),
                     short: Error::Truncated,
+                    raw: 0,
                 };
                 let rtype = Type(r.u16()?);
                 let class = Class(r.u16()?);
@@ -540,13 +549,13 @@ impl Message {
                 let rdata_start = r.pos;
                 let rdata = r.bytes(rdlength)?;
                 pos = r.pos;
-                budget.spend_decoded(rdlength)?;
                 if rtype == Type::OPT {
                     // RFC 6891 §6.1.1: one OPT, owned by the root, and only
                     // in the additional section.
                     if index != 2 || edns.is_some() || !name.is_root() {
                         return Err(Error::BadOpt);
                     }
+                    budget.spend_decoded(rdlength)?;
                     edns = Some(Edns::parse(class, ttl, rdata)?);
                     continue;
                 }

@@ -192,6 +192,17 @@ fn rfc3597_no_compression_outside_rfc1035_types() {
     let rdlength = srv - 2;
     compressed[rdlength..rdlength + 2].copy_from_slice(&8u16.to_be_bytes());
     assert_eq!(Message::parse(&compressed).unwrap(), message);
+    // The decoded size counts names expanded: both forms cost the same
+    // (three names of 14 octets in the question and owners, two in RDATA,
+    // and 6 + 2 other RDATA octets).
+    for form in [&bytes, &compressed] {
+        let budget = |decoded| Limits {
+            max_decoded_bytes: decoded,
+            ..Limits::default()
+        };
+        assert!(Message::parse_with(form, &budget(78)).is_ok());
+        assert_eq!(Message::parse_with(form, &budget(77)), Err(Error::DecodedBudget));
+    }
 }
 
 /// Every typed RDATA round-trips, and a second pass is byte-identical.
