@@ -133,7 +133,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `status` without `--json`: the state, the estimate, one line a source.
+/// `status` without `--json`: the state, the estimate, one line a source,
+/// one a host name or pool.
 fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     out.line("state", &text_of(&v["state"]));
     out.line("synced", &text_of(&v["synchronized"]));
@@ -158,6 +159,25 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
                     text_of(&s["stratum"]),
                     text_of(&s["reach"]),
                     text_of(&s["poll_s"]),
+                ),
+            );
+        }
+    }
+    if let Some(names) = v["names"].as_array() {
+        for n in names {
+            out.line(
+                if n["pool"] == true { "pool" } else { "name" },
+                &format!(
+                    "{} sources {} lookups {} failures {}{}",
+                    text_of(&n["name"]),
+                    text_of(&n["sources"]),
+                    text_of(&n["lookups"]),
+                    text_of(&n["failures"]),
+                    if n["resolving"] == true {
+                        " (resolving)"
+                    } else {
+                        ""
+                    },
                 ),
             );
         }

@@ -336,8 +336,17 @@ fn a_pool_and_a_host_name_are_resolved_by_the_engine_through_dnsmasq() {
             .any(|n| n.chars().any(|c| c.is_ascii_uppercase())),
         "{asked_names:?}"
     );
-    // The network role is still the only one that talks: the roles'
-    // filters hold (the daemon runs on), and it stops cleanly.
+    // `status` prints a line per name.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pool.test sources 3"), "{text}");
+    assert!(text.contains("ntp1.test sources 1"), "{text}");
+    // The roles' filters held all along (the daemon runs on), and it stops
+    // cleanly.
     f.procs.signal(daemon, "TERM");
     let exit = f
         .procs
