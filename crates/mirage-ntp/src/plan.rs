@@ -32,8 +32,9 @@ pub const ACTUATOR_ID: u32 = 65528;
 pub const FD_FIRST_SOCKET: RawFd = 4;
 /// Sockets opened per resolver, each on its own ephemeral port and
 /// connected to it: a query goes out on a socket with no query in flight,
-/// in turn (no role may open a socket, so they are opened at start).
-pub const DNS_SOCKETS_PER_RESOLVER: usize = 4;
+/// in turn (no role may open a socket, so they are opened at start). Eight:
+/// four lookups (an A and an AAAA query each) at once per resolver.
+pub const DNS_SOCKETS_PER_RESOLVER: usize = 8;
 /// Actuator: the state directory (the drift file), when not observing.
 pub const FD_STATE_DIR: RawFd = 4;
 /// The drift file's name in the state directory.

@@ -62,14 +62,14 @@ impl Bucket {
     }
 }
 
-/// DNS queries: a burst of 8 (a lookup is two queries, one per family;
-/// a few names start together), then one a second.
-const QUERY_BURST: u32 = 8;
+/// DNS queries: a burst of 16 (a lookup is two queries, one per family,
+/// and all names, at most 8, start together), then one a second.
+const QUERY_BURST: u32 = 16;
 const QUERY_EVERY_MS: u64 = 1000;
 /// How long a DNS socket stays with its query: answers later than this are
 /// dropped and the socket may carry another query (the engine gives up on
 /// a lookup after 5 s).
-const QUERY_LIFE_MS: u64 = 10_000;
+const QUERY_LIFE_MS: u64 = 6_000;
 /// Largest DNS query the role sends (RFC 1035 §4.2.1's UDP size).
 const MAX_QUERY_LEN: usize = 512;
 
