@@ -121,6 +121,10 @@ pub struct ActuatorSettings {
     pub policy: ClockPolicy,
 }
 
+/// No build of mirage-ntp predates this (2026-01-01T00:00:00Z): the time
+/// floor when no state file says later (field notes item 13).
+pub const BUILD_TIME_FLOOR_UNIX_SECS: i64 = 1_767_225_600;
+
 /// The drift file: the frequency a previous run learnt.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +132,11 @@ pub struct DriftFile {
     pub version: u32,
     /// ppm scaled by 2^16 (the kernel's unit).
     pub scaled_ppm: i64,
+    /// When it was saved (Unix seconds, by the clock being disciplined: the
+    /// engine saves only once its frequency is known): the last known good
+    /// time, the next run's time floor. Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_unix_secs: Option<i64>,
 }
 
 impl Versioned for DriftFile {

@@ -209,7 +209,17 @@ impl Network {
                 }
             };
             if got.truncated {
-                log::debug!("oversized datagram on socket {i} dropped");
+                let from = if i < self.dns_base() {
+                    Some(self.settings.servers[i])
+                } else if i < self.named_base() {
+                    Some(self.settings.resolvers[i - self.dns_base()])
+                } else {
+                    sender.map(canonical)
+                };
+                match from {
+                    Some(from) => log::debug!("oversized datagram from {from} dropped"),
+                    None => log::debug!("oversized datagram dropped"),
+                }
                 continue;
             }
             let data = buf[..got.len].to_vec();
@@ -592,6 +602,7 @@ impl Actuator {
                 let drift = DriftFile {
                     version: 1,
                     scaled_ppm,
+                    saved_unix_secs: i64::try_from(clock::realtime().unix_nanos() / 1_000_000_000).ok(),
                 };
                 state::save(dir, plan::DRIFT_FILE, &drift).map_err(io)
             }

@@ -175,6 +175,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let state_dir =
         dirs::open_role_dir::<Svc>(&common.state_dir, dirs::STATE_DIR_MODE, owner, "state directory")?;
     let drift = stored_drift(&state_dir);
+    let time_floor = time_floor(&state_dir);
     let (run_dir, _) = mirage_sdk::files::open_dir_root_links_only(&common.run_dir, Some(dirs::RUN_DIR_MODE))
         .map_err(|e| format!("runtime directory {}: {e}", common.run_dir.display()))?;
     let mut sockets = servers
@@ -220,10 +221,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             // Option 42 from mirage-dhcp is a later step.
             use_dhcp_servers: false,
             observe,
+            time_floor_unix_secs: Some(time_floor),
             ..Config::default()
         },
         drift,
     };
+    if start.config.mixes_smearing() {
+        log::warn!(
+            "the servers mix leap-smearing ones (cloud link-local time services) with others: \
+             around a leap second they disagree by up to 0.5 s; use one kind only"
+        );
+    }
     let mut sup = Supervisor {
         options,
         observe,
@@ -373,6 +381,26 @@ fn stored_drift(state_dir: &OwnedFd) -> Option<i64> {
             log::warn!("{DRIFT_FILE}: {e}; starting without a stored frequency");
             None
         }
+    }
+}
+
+/// The time no server may take the clock back past: the later of the
+/// build floor and when the drift file was last saved (field notes item
+/// 13). A saved time beyond the era window is ignored (a corrupt file must
+/// not refuse every server for good).
+fn time_floor(state_dir: &OwnedFd) -> i64 {
+    const ERA_WINDOW_SECS: i64 = 60 * 365 * 86_400;
+    let saved = match state::load::<DriftFile>(state_dir, DRIFT_FILE) {
+        Ok(Some(d)) => d.saved_unix_secs,
+        _ => None,
+    };
+    match saved {
+        Some(t) if t > plan::BUILD_TIME_FLOOR_UNIX_SECS + ERA_WINDOW_SECS => {
+            log::warn!("{DRIFT_FILE}: saved at {t}, beyond the era window: ignored as a time floor");
+            plan::BUILD_TIME_FLOOR_UNIX_SECS
+        }
+        Some(t) => t.max(plan::BUILD_TIME_FLOOR_UNIX_SECS),
+        None => plan::BUILD_TIME_FLOOR_UNIX_SECS,
     }
 }
 
@@ -654,6 +682,7 @@ impl View<'_> {
                             "reach": src.reach,
                             "poll_s": 1u64 << src.poll.min(63),
                             "requests": src.requests,
+                            "smearing": src.smearing,
                         })
                     })
                     .collect()

@@ -180,6 +180,7 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
     assert_eq!((st.caps("CapInh"), st.caps("CapAmb")), (0, 0));
 
     // No clock intent is sent here; the drift file is no clock change.
+    let before = unix_secs();
     assert_eq!(
         ask(&chan, 1, ClockIntent::SaveDrift { scaled_ppm: 12 << 16 }),
         Outcome::Applied
@@ -196,13 +197,10 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
     );
     let saved: DriftFile =
         serde_json::from_slice(&std::fs::read(state.join(plan::DRIFT_FILE)).unwrap()).unwrap();
-    assert_eq!(
-        saved,
-        DriftFile {
-            version: 1,
-            scaled_ppm: 12 << 16
-        }
-    );
+    assert_eq!((saved.version, saved.scaled_ppm), (1, 12 << 16));
+    // With when it was saved: the next run's time floor.
+    let at = saved.saved_unix_secs.expect("the save time");
+    assert!((before..=unix_secs()).contains(&at), "{at}");
     assert!(alive(&mut role));
 }
 
@@ -512,4 +510,11 @@ fn the_network_role_relays_only_queries_for_its_names_and_replies_from_sources_i
 /// The unconnected socket's address as a peer on lo reaches it.
 fn open_local_on_lo(local: SocketAddr) -> SocketAddr {
     SocketAddr::new([127, 0, 0, 1].into(), local.port())
+}
+
+fn unix_secs() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_secs()).unwrap()
 }

@@ -290,7 +290,18 @@ impl Ntp {
             .iter_mut()
             .find(|s| s.addr == from)
             .ok_or(Refusal::UnknownSource)?;
-        match source.receive(&repr, t4, projection, &self.config)? {
+        let before = (source.reach, source.unsynchronised);
+        let answer = source.receive(&repr, t4, projection, &self.config);
+        let changed = (source.reach, source.unsynchronised) != before;
+        let answer = answer.inspect_err(|_| {
+            // A refused reply that still answered our request changed what
+            // status shows of its source (reachable, unsynchronised): say
+            // so now, not at the next accepted reply, which may never come.
+            if changed {
+                out.push(Action::PublishStatus(self.status()));
+            }
+        })?;
+        match answer {
             Answer::Sample(_) => {
                 self.counters.samples += 1;
                 self.update(now, t4, out);
@@ -370,10 +381,15 @@ impl Ntp {
                 let (Some((f, distance)), Some(info)) = (peer.root_distance(projection), peer.server) else {
                     return;
                 };
+                // A smearing server spreads the leap over hours itself: its
+                // announcement must never arm the kernel's (field notes
+                // item 1).
                 let leaps = selection
                     .survivors
                     .iter()
-                    .map(|&k| self.sources[index[k]].server.map_or(Leap::None, |i| i.leap));
+                    .map(|&k| &self.sources[index[k]])
+                    .filter(|s| !crate::smears(s.addr.ip()))
+                    .map(|s| s.server.map_or(Leap::None, |i| i.leap));
                 let reference = t4.add_nanos(e.offset_ns.saturating_neg());
                 let leap = armed_leap(leaps, reference, self.config.era_pivot_unix_secs);
                 let estimate = Estimate {
@@ -538,6 +554,7 @@ impl Ntp {
                         reach: s.reach,
                         poll: s.poll,
                         requests: s.requests,
+                        smearing: crate::smears(s.addr.ip()),
                     }
                 })
                 .collect(),
