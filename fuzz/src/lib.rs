@@ -812,11 +812,16 @@ pub struct NtpStart {
     pub min_poll: u8,
     /// A stored frequency, ppm (any i16: beyond +-500 it must be refused).
     pub drift_ppm: Option<i16>,
+    /// The pool `pool.test` resolved through [`NTP_RESOLVER`].
+    pub pool: bool,
 }
+
+/// The resolver of an `ntp_engine` input with a pool.
+pub const NTP_RESOLVER: ([u8; 4], u16) = ([192, 0, 2, 53], 53);
 
 impl NtpStart {
     /// Decode `seed[32] flags servers min_poll drift:i16le` (flags: bit 0
-    /// observe, 1 DHCP servers used, 2 stored drift) and return the rest,
+    /// observe, 1 DHCP servers used, 2 stored drift, 3 a pool) and return the rest,
     /// the steps for [`mirage_engine::fuzz::drive`]. Total.
     pub fn from_bytes(data: &[u8]) -> (NtpStart, &[u8]) {
         let mut r = Reader { data };
@@ -832,6 +837,7 @@ impl NtpStart {
             servers,
             min_poll,
             drift_ppm: (flags & 4 != 0).then_some(drift),
+            pool: flags & 8 != 0,
         };
         (start, r.data)
     }
@@ -840,7 +846,10 @@ impl NtpStart {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = self.seed.to_vec();
         out.push(
-            u8::from(self.observe) | u8::from(self.use_dhcp) << 1 | u8::from(self.drift_ppm.is_some()) << 2,
+            u8::from(self.observe)
+                | u8::from(self.use_dhcp) << 1
+                | u8::from(self.drift_ppm.is_some()) << 2
+                | u8::from(self.pool) << 3,
         );
         out.push(self.servers);
         out.push(self.min_poll);
@@ -861,6 +870,16 @@ impl NtpStart {
             use_dhcp_servers: self.use_dhcp,
             min_poll: 4 + self.min_poll % 7,
             observe: self.observe,
+            names: if self.pool {
+                vec![ntp_engine::NameConfig {
+                    name: "pool.test".into(),
+                    port: 123,
+                    pool: true,
+                }]
+            } else {
+                vec![]
+            },
+            resolvers: vec![std::net::SocketAddr::from(NTP_RESOLVER)],
             ..ntp_engine::Config::default()
         };
         ntp_engine::Start {
@@ -872,7 +891,8 @@ impl NtpStart {
 
 /// The NTP engine under the generic engine fuzz runner (as
 /// `engine_contract` for DHCP): arbitrary timed `Event`s (datagrams from
-/// any address, transmit reports, intent results, DHCP server lists) after
+/// any address, transmit reports, intent results, DHCP server lists, DNS
+/// answers) after
 /// a start from the header. Invariants: the contract's, plus every action
 /// checked by [`check_ntp_action`]. Returns the number of actions.
 pub fn run_ntp_engine(data: &[u8]) -> usize {
@@ -918,7 +938,8 @@ pub fn run_ntp_engine(data: &[u8]) -> usize {
 /// What the NTP engine may ask for, whatever it was fed: requests are 48
 /// bytes, mode 3 version 4, carrying the random transmit timestamp they
 /// announce and nothing else (never zero); frequencies within +-500 ppm;
-/// in observe mode no clock intent at all.
+/// in observe mode no clock intent at all; DNS queries go to the resolver
+/// only and are one standard query for A or AAAA of the configured name.
 pub fn check_ntp_action(action: &ntp_engine::Action, observe: bool) {
     use ntp_engine::Action;
     match action {
@@ -947,11 +968,79 @@ pub fn check_ntp_action(action: &ntp_engine::Action, observe: bool) {
             assert!(!observe, "a clock intent in observe mode");
         }
         Action::PublishStatus(_) => {}
+        Action::Resolve { to, data, .. } => {
+            assert_eq!(
+                *to,
+                std::net::SocketAddr::from(NTP_RESOLVER),
+                "a query to another than the resolver"
+            );
+            let query = dns_wire::Message::parse(data).expect("a query parses");
+            assert!(!query.header.response && query.header.opcode == 0);
+            assert_eq!(query.questions.len(), 1);
+            let q = &query.questions[0];
+            assert_eq!(q.name, dns_wire::Name::from_ascii("pool.test").unwrap());
+            assert!(q.qtype == dns_wire::Type::A || q.qtype == dns_wire::Type::AAAA);
+            assert!(query.answers.is_empty() && query.authorities.is_empty() && query.additionals.is_empty());
+        }
     }
 }
 
 pub fn ntp_engine(data: &[u8]) {
     run_ntp_engine(data);
+}
+
+// ---- dns_wire ------------------------------------------------------------------
+
+/// DNS messages through `dns_wire`, as mirage-ntp's engine and the DNS
+/// service's read them. Invariants: no panic; whatever parses with the
+/// default budgets re-encodes, the encoding parses (same record and
+/// decoded-size budgets) to the same message (names compared octet for
+/// octet, case included) and a
+/// second encoding is byte-identical; every name prints; the helpers a
+/// resolver calls on a reply (`addresses`, `is_response_to`, `rcode`) do
+/// not panic and find only addresses that are in the answer section.
+pub fn dns_wire(data: &[u8]) {
+    use dns_wire::{Message, RData};
+    let Ok(first) = Message::parse(data) else {
+        return;
+    };
+    let bytes = first.to_bytes().expect("a parsed message re-encodes");
+    // The same record and decoded-size budgets hold (they do not depend on
+    // compression); pointer hops may grow (our suffixes point at suffixes).
+    let relaxed = dns_wire::Limits {
+        max_pointers: u32::MAX,
+        ..dns_wire::Limits::default()
+    };
+    let second = Message::parse_with(&bytes, &relaxed).expect("our own encoding parses");
+    assert_eq!(second, first, "re-encoding changed the message");
+    let names = |m: &Message| {
+        let mut all: Vec<Vec<u8>> = m.questions.iter().map(|q| q.name.as_wire().to_vec()).collect();
+        for r in m.answers.iter().chain(&m.authorities).chain(&m.additionals) {
+            all.push(r.name.as_wire().to_vec());
+        }
+        all
+    };
+    assert_eq!(names(&second), names(&first), "re-encoding changed a name's case");
+    assert_eq!(
+        second.to_bytes().expect("re-encodes"),
+        bytes,
+        "encoding is not stable"
+    );
+    let _ = first.rcode();
+    let _ = first.is_response_to(&second);
+    for q in &first.questions {
+        let _ = q.name.to_string();
+        for (address, _) in first.addresses(&q.name) {
+            assert!(
+                first.answers.iter().any(|r| match r.data {
+                    RData::A(a) => std::net::IpAddr::V4(a) == address,
+                    RData::Aaaa(a) => std::net::IpAddr::V6(a) == address,
+                    _ => false,
+                }),
+                "an address not in the answers"
+            );
+        }
+    }
 }
 
 // ---- kvm_hypercall -------------------------------------------------------------

@@ -1,12 +1,15 @@
 //! mirage-ntp: a privilege-separated NTP client (docs/ntp.md, "The
 //! service"). `run` is the supervisor: it opens one connected UDP socket
-//! per server (kernel receive timestamps on), the state and runtime
+//! per server (kernel receive timestamps on) and, with host names or
+//! pools, sockets to the resolvers of resolv.conf and one unconnected
+//! socket per family for the sources the engine resolves, the state and runtime
 //! directories, starts three sandboxed roles by re-executing this binary,
 //! routes between them and publishes status.json and metrics.prom. `status`
 //! prints what it published.
 //!
 //! ```text
 //!   network --Received/Sent--> engine --Send--> network --> servers
+//!   engine --Resolve--> network --> resolvers --> network --Resolved--> engine
 //!   engine --Slew/Step/SetFrequency/SetStatus/SaveDrift--> actuator (policy, clock)
 //!   engine --PublishStatus--> supervisor --> status.json, metrics.prom
 //! ```
@@ -67,14 +70,22 @@ pub struct AcceptArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// An NTP server: an IP address, with a port if not 123
-    /// (192.0.2.1, 192.0.2.1:1123, 2001:db8::1, [2001:db8::1]:1123).
-    /// Repeat for more servers (at most 16). Host names are not resolved
-    /// yet. Replaces `servers` in the config file. With no server, the
-    /// DHCP client's /run/mirage/dhcp/servers.json is followed
-    /// (`dhcp_servers` in the config file).
-    #[arg(long = "server", value_name = "ADDR[:PORT]", value_parser = parse_server)]
-    servers: Vec<SocketAddr>,
+    /// An NTP server: an IP address or a host name, with a port if not
+    /// 123 (192.0.2.1, 192.0.2.1:1123, 2001:db8::1, [2001:db8::1]:1123,
+    /// ntp1.example.net, ntp1.example.net:1123). A name is resolved by the
+    /// engine through the resolvers of resolv.conf; its first address is
+    /// used. Repeat for more servers (at most 16). Replaces `servers` in
+    /// the config file. With no server or pool, the DHCP client's
+    /// /run/mirage/dhcp/servers.json is followed (`dhcp_servers` in the
+    /// config file).
+    #[arg(long = "server", value_name = "HOST[:PORT]", value_parser = parse_server)]
+    servers: Vec<ServerSpec>,
+    /// A pool (pool.ntp.org, or NAME:PORT): up to 4 of its addresses
+    /// become sources, and it is resolved again when they fail. Repeat
+    /// for more (names, with --server's, at most 8). Replaces `pools` in
+    /// the config file.
+    #[arg(long = "pool", value_name = "NAME[:PORT]", value_parser = parse_pool)]
+    pools: Vec<(String, u16)>,
     /// Measure and publish, never touch the clock: the actuator runs
     /// without any capability and applies nothing.
     #[arg(long)]
@@ -85,15 +96,48 @@ pub struct RunArgs {
 }
 
 /// A server as the command line and the config file give it.
-pub fn parse_server(s: &str) -> Result<SocketAddr, String> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerSpec {
+    Address(SocketAddr),
+    /// A host name and the NTP port.
+    Name(String, u16),
+}
+
+/// A server: an address with an optional port, or a host name with one.
+pub fn parse_server(s: &str) -> Result<ServerSpec, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(ServerSpec::Address(addr));
     }
-    s.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, ntp_engine::NTP_PORT))
-        .map_err(|_| {
-            format!("{s:?} is not an IP address with an optional port (host names are not resolved yet)")
-        })
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ServerSpec::Address(SocketAddr::new(ip, ntp_engine::NTP_PORT)));
+    }
+    parse_name(s)
+        .map(|(name, port)| ServerSpec::Name(name, port))
+        .map_err(|e| format!("{s:?} is neither an IP address with an optional port nor {e}"))
+}
+
+/// A pool: a host name with an optional port.
+pub fn parse_pool(s: &str) -> Result<(String, u16), String> {
+    parse_name(s).map_err(|e| format!("{s:?} is not {e}"))
+}
+
+/// `NAME[:PORT]`: letters, digits, `-` and `_` in dot-separated labels
+/// (RFC 1123 host names, and `_` as some zones use), not all digits.
+fn parse_name(s: &str) -> Result<(String, u16), String> {
+    const WHAT: &str = "a host name with an optional port";
+    let (name, port) = match s.rsplit_once(':') {
+        Some((name, port)) => (name, port.parse::<u16>().map_err(|_| WHAT.to_string())?),
+        None => (s, ntp_engine::NTP_PORT),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let chars_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let has_letter = name.bytes().any(|b| b.is_ascii_alphabetic());
+    if port == 0 || !chars_ok || !has_letter || dns_wire::Name::from_ascii(name).is_err() {
+        return Err(WHAT.to_string());
+    }
+    Ok((name.to_string(), port))
 }
 
 fn main() -> ExitCode {
@@ -201,7 +245,7 @@ fn accept_step(args: &AcceptArgs) -> Result<String, String> {
 }
 
 /// `status` without `--json`: the state, the sandbox in force and why, the
-/// estimate, one line a source.
+/// estimate, one line a source, one a host name or pool.
 fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     out.line("state", &text_of(&v["state"]));
     match v["sandbox_reason"].as_str() {
@@ -234,6 +278,25 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
             );
         }
     }
+    if let Some(names) = v["names"].as_array() {
+        for n in names {
+            out.line(
+                if n["pool"] == true { "pool" } else { "name" },
+                &format!(
+                    "{} sources {} lookups {} failures {}{}",
+                    text_of(&n["name"]),
+                    text_of(&n["sources"]),
+                    text_of(&n["lookups"]),
+                    text_of(&n["failures"]),
+                    if n["resolving"] == true {
+                        " (resolving)"
+                    } else {
+                        ""
+                    },
+                ),
+            );
+        }
+    }
     out.line("clock", &format!("{}", v["clock"]));
 }
 
@@ -242,19 +305,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn servers_are_addresses_with_an_optional_port() {
+    fn servers_are_addresses_or_names_with_an_optional_port() {
+        let addr = |s: &str| ServerSpec::Address(s.parse().unwrap());
+        assert_eq!(parse_server("192.0.2.1").unwrap(), addr("192.0.2.1:123"));
+        assert_eq!(parse_server("192.0.2.1:1123").unwrap(), addr("192.0.2.1:1123"));
+        assert_eq!(parse_server("2001:db8::1").unwrap(), addr("[2001:db8::1]:123"));
+        assert_eq!(parse_server("[2001:db8::1]:5").unwrap(), addr("[2001:db8::1]:5"));
         assert_eq!(
-            parse_server("192.0.2.1").unwrap(),
-            "192.0.2.1:123".parse().unwrap()
+            parse_server("ntp1.example.net").unwrap(),
+            ServerSpec::Name("ntp1.example.net".into(), 123)
         );
-        assert_eq!(parse_server("192.0.2.1:1123").unwrap().port(), 1123);
         assert_eq!(
-            parse_server("2001:db8::1").unwrap(),
-            "[2001:db8::1]:123".parse().unwrap()
+            parse_server("ntp1.example.net.:1123").unwrap(),
+            ServerSpec::Name("ntp1.example.net".into(), 1123)
         );
-        assert_eq!(parse_server("[2001:db8::1]:5").unwrap().port(), 5);
-        let e = parse_server("pool.ntp.org").unwrap_err();
-        assert!(e.contains("host names are not resolved yet"), "{e}");
+        for bad in [
+            "2001:db8::zz",
+            "192.0.2",
+            "a b",
+            "ntp.example:0",
+            "ntp.example:x",
+            "a..b",
+            "",
+        ] {
+            assert!(parse_server(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_pool("pool.ntp.org").unwrap(), ("pool.ntp.org".into(), 123));
+        assert!(parse_pool("192.0.2.1").is_err());
     }
 
     #[test]
@@ -274,7 +351,19 @@ mod tests {
         let Command::Run(args) = cli.command else { panic!() };
         assert_eq!(args.servers.len(), 2);
         assert!(args.observe);
-        assert!(Cli::try_parse_from(["mirage-ntp", "run", "--server", "ntp.example"]).is_err());
+        let cli = Cli::try_parse_from([
+            "mirage-ntp",
+            "run",
+            "--server",
+            "ntp.example",
+            "--pool",
+            "pool.ntp.org",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else { panic!() };
+        assert_eq!(args.servers, [ServerSpec::Name("ntp.example".into(), 123)]);
+        assert_eq!(args.pools, [("pool.ntp.org".to_string(), 123)]);
+        assert!(Cli::try_parse_from(["mirage-ntp", "run", "--server", "ntp example"]).is_err());
         assert!(Cli::try_parse_from(["mirage-ntp", "status", "--json"]).is_ok());
         let cli =
             Cli::try_parse_from(["mirage-ntp", "accept-step", "--max-s", "0.05", "--run-dir", "/r"]).unwrap();

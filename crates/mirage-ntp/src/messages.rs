@@ -19,6 +19,14 @@ pub enum ToNetwork {
         transmit: NtpTimestamp,
         data: Vec<u8>,
     },
+    /// One DNS query of the engine's (`ntp_engine::Action::Resolve`): sent
+    /// from one of the resolver's sockets, whose answers come back as
+    /// [`FromNetwork::Resolved`] with the same `query`.
+    Resolve {
+        query: u64,
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 /// Network role -> supervisor.
@@ -42,6 +50,13 @@ pub enum FromNetwork {
     },
     /// A request the role would not send.
     Refused { to: SocketAddr, why: OutboundRefusal },
+    /// A datagram from resolver `from` on the socket that carried DNS
+    /// query `query` (the socket is connected to the resolver).
+    Resolved {
+        query: u64,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 /// Why the network role refused to send.
@@ -53,6 +68,12 @@ pub enum OutboundRefusal {
     NotARequest,
     /// More requests to that server than any poll schedule sends.
     RateCapped,
+    /// A DNS query to another than a configured resolver.
+    NotAResolver,
+    /// Not exactly a standard query for A or AAAA of a configured name.
+    NotAQuery,
+    /// Every socket of that resolver has a query in flight.
+    ResolverBusy,
 }
 
 impl OutboundRefusal {
@@ -61,6 +82,9 @@ impl OutboundRefusal {
             OutboundRefusal::NotAServer => "not-a-server",
             OutboundRefusal::NotARequest => "not-a-request",
             OutboundRefusal::RateCapped => "rate-capped",
+            OutboundRefusal::NotAResolver => "not-a-resolver",
+            OutboundRefusal::NotAQuery => "not-a-query",
+            OutboundRefusal::ResolverBusy => "resolver-busy",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! | role | uid (default, `[ids]`) | capabilities | descriptors | seccomp |
 //! | --- | --- | --- | --- | --- |
 //! | engine | 65526 | none | its channel (a KVM guest's tender: the KVM device) | `BASE` (a tender: `BASE`, `TENDER`, `mirage_sdk::kvm::tender_plan`) |
-//! | network | 65527 | none | one UDP socket per server, connected | `BASE`, `PACKET_IN` |
+//! | network | 65527 | none | one UDP socket per server, connected; with names, [`DNS_SOCKETS_PER_RESOLVER`] per resolver, connected, and one unconnected per family | `BASE`, `PACKET_IN`; with names also [`ADDRESSED_SEND`] |
 //! | actuator | 65528 | `CAP_SYS_TIME` (none with `--observe`) | state directory (drift file) | `BASE`, [`CLOCK`], `STATE_FILES` (`BASE` only with `--observe`) |
 
 use std::net::SocketAddr;
@@ -40,8 +40,15 @@ mirage_sdk::role_ids! {
 }
 
 /// Network role: the first server's socket; server `i`'s is at
-/// `FD_FIRST_SOCKET + i` (its channel is 3).
+/// `FD_FIRST_SOCKET + i` (its channel is 3), then the DNS sockets in the
+/// order of [`NetworkSettings::resolvers`], then the unconnected sockets
+/// of [`NetworkSettings::named_sockets`].
 pub const FD_FIRST_SOCKET: RawFd = 4;
+/// Sockets opened per resolver, each on its own ephemeral port and
+/// connected to it: a query goes out on a socket with no query in flight,
+/// in turn (no role may open a socket, so they are opened at start). Eight:
+/// four lookups (an A and an AAAA query each) at once per resolver.
+pub const DNS_SOCKETS_PER_RESOLVER: usize = 8;
 /// Actuator: the state directory (the drift file), when not observing.
 pub const FD_STATE_DIR: RawFd = 4;
 /// The drift file's name in the state directory.
@@ -57,7 +64,8 @@ pub const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime, When::ArgEq(0, 0
 /// What the supervisor needs, beyond the SDK's supervisor list, to
 /// follow the DHCP client's servers: a UDP socket per server (IPv4 or
 /// IPv6 datagram sockets only), bound to an ephemeral port, connected,
-/// kernel receive timestamps on; the network role is then started again
+/// kernel receive timestamps on (with names, also the resolvers' sockets and
+/// the unconnected ones, whose port it reads back: `getsockname`); the network role is then started again
 /// with them, and checks each socket's peer (`getpeername`) under this
 /// filter before its own. In the supervisor's filter only when
 /// `dhcp_servers` is in use ([`udp_setup`]); no role's list ever holds it.
@@ -68,6 +76,7 @@ pub const UDP_SETUP: &[Allow] = &[
     mirage_sdk::allow!(connect),
     mirage_sdk::allow!(setsockopt),
     mirage_sdk::allow!(getpeername),
+    mirage_sdk::allow!(getsockname),
 ];
 const AF_INET: u64 = 2;
 const AF_INET6: u64 = 10;
@@ -77,6 +86,12 @@ const AF_INET6: u64 = 10;
 pub fn udp_setup() -> RolePlan {
     RolePlan::strict("udp-setup", 0, 0, &[UDP_SETUP])
 }
+
+/// Sending to an address (`sendto`), for the unconnected sockets of
+/// sources resolved from names: their addresses are not known at start,
+/// when the sockets are opened. The role sends on them only 48-byte client
+/// requests, to ports of configured names (see the network role).
+pub const ADDRESSED_SEND: &[Allow] = &[mirage_sdk::allow!(sendto)];
 
 /// The engine: nothing but its channel.
 pub fn engine(id: RoleId) -> RolePlan {
@@ -89,9 +104,14 @@ pub fn engine(id: RoleId) -> RolePlan {
 /// no one else: no table with an addressed `sendto` or `sendmsg` is
 /// needed. Replies are read with `recvmsg` (`PACKET_IN`) for their kernel
 /// timestamp.
-pub fn network(id: RoleId, servers: usize) -> RolePlan {
-    let mut plan = RolePlan::strict("network", id.uid, id.gid, &[BASE, PACKET_IN]);
-    plan.nofile = 16 + servers as u64;
+pub fn network(id: RoleId, sockets: usize, names: bool) -> RolePlan {
+    let tables: &[&[Allow]] = if names {
+        &[BASE, PACKET_IN, ADDRESSED_SEND]
+    } else {
+        &[BASE, PACKET_IN]
+    };
+    let mut plan = RolePlan::strict("network", id.uid, id.gid, tables);
+    plan.nofile = 16 + sockets as u64;
     plan
 }
 
@@ -112,9 +132,26 @@ pub fn actuator(id: RoleId, observe: bool) -> RolePlan {
 }
 
 /// The network role's hello: the servers, in the order of its sockets.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct NetworkSettings {
     pub servers: Vec<SocketAddr>,
+    /// The resolver each DNS socket is connected to, in socket order.
+    pub resolvers: Vec<SocketAddr>,
+    /// The names a DNS query may ask for (host names and pools).
+    pub names: Vec<String>,
+    /// The NTP ports of those names: a request to an address that is not a
+    /// configured server may go only to one of them.
+    pub named_ports: Vec<u16>,
+    /// The local address of each unconnected socket (one per family), in
+    /// socket order.
+    pub named_sockets: Vec<SocketAddr>,
+}
+
+impl NetworkSettings {
+    /// Descriptors the role takes.
+    pub fn sockets(&self) -> usize {
+        self.servers.len() + self.resolvers.len() + self.named_sockets.len()
+    }
 }
 
 /// The actuator's hello: its mode and the policy, fixed for its life.
@@ -160,9 +197,11 @@ mod tests {
             (e.uid, e.keep_caps.len(), e.seccomp.clone()),
             (ENGINE_ID, 0, vec![BASE])
         );
-        let n = network(ids.network, 3);
+        let n = network(ids.network, 3, false);
         assert_eq!((n.uid, n.keep_caps.len(), n.nofile), (NETWORK_ID, 0, 19));
         assert_eq!(n.seccomp, [BASE, PACKET_IN]);
+        let named = network(ids.network, 3, true);
+        assert_eq!(named.seccomp, [BASE, PACKET_IN, ADDRESSED_SEND]);
         let a = actuator(RoleId { uid: 900, gid: 901 }, false);
         assert_eq!((a.uid, a.gid), (900, 901));
         assert_eq!(a.keep_caps, [Capability::CAP_SYS_TIME]);
@@ -171,7 +210,7 @@ mod tests {
         let o = actuator(ids.actuator, true);
         assert!(o.keep_caps.is_empty() && o.contain_dirs.is_empty() && o.landlock_dirs.is_empty());
         assert_eq!(o.seccomp, [BASE]);
-        for plan in [e, n, a, o, udp_setup()] {
+        for plan in [e, n, named, a, o, udp_setup()] {
             assert!(seccomp::filter(&plan.seccomp).is_ok(), "{}", plan.name);
         }
     }
@@ -212,7 +251,7 @@ mod tests {
         let ids = RoleIds::DEFAULT;
         for p in [
             engine(ids.engine),
-            network(ids.network, 16),
+            network(ids.network, 16, true),
             actuator(ids.actuator, true),
         ] {
             assert!(

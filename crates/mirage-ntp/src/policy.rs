@@ -101,7 +101,7 @@ impl ClockIntent {
             A::Step { delta_ns } => ClockIntent::Step { delta_ns },
             A::SetStatus(s) => ClockIntent::SetStatus(s),
             A::SaveDrift { scaled_ppm } => ClockIntent::SaveDrift { scaled_ppm },
-            A::Send { .. } | A::PublishStatus(_) => return None,
+            A::Send { .. } | A::PublishStatus(_) | A::Resolve { .. } => return None,
         })
     }
 

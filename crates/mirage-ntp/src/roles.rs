@@ -37,7 +37,8 @@ fn ntp_time(t: RealTime) -> NtpTimestamp {
     NtpTimestamp::from_unix_nanos(t.unix_nanos())
 }
 
-/// A token bucket per server, in the role's boot-clock milliseconds.
+/// A token bucket (per server, per resolved source, for DNS queries), in
+/// the role's boot-clock milliseconds.
 struct Bucket {
     tokens: u32,
     at_ms: u64,
@@ -45,12 +46,16 @@ struct Bucket {
 
 impl Bucket {
     fn take(&mut self, now_ms: u64) -> bool {
-        let earned = now_ms.saturating_sub(self.at_ms) / REQUEST_EVERY_MS;
+        self.take_at(now_ms, REQUEST_BURST, REQUEST_EVERY_MS)
+    }
+
+    fn take_at(&mut self, now_ms: u64, burst: u32, every_ms: u64) -> bool {
+        let earned = now_ms.saturating_sub(self.at_ms) / every_ms;
         if earned > 0 {
-            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(REQUEST_BURST)) as u32;
-            self.at_ms += earned * REQUEST_EVERY_MS;
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(burst)) as u32;
+            self.at_ms += earned * every_ms;
         }
-        if self.tokens == REQUEST_BURST {
+        if self.tokens == burst {
             self.at_ms = now_ms;
         }
         if self.tokens == 0 {
@@ -61,109 +66,389 @@ impl Bucket {
     }
 }
 
+/// DNS queries: a burst of 16 (a lookup is two queries, one per family,
+/// and all names, at most 8, start together), then one a second.
+const QUERY_BURST: u32 = 16;
+const QUERY_EVERY_MS: u64 = 1000;
+/// How long a DNS socket stays with its query: answers later than this are
+/// dropped and the socket may carry another query (the engine gives up on
+/// a lookup after 5 s).
+const QUERY_LIFE_MS: u64 = 6_000;
+/// Largest DNS query the role sends (RFC 1035 §4.2.1's UDP size).
+const MAX_QUERY_LEN: usize = 512;
+
+/// A DNS socket's query in flight: the engine's handle, and until when.
+#[derive(Clone, Copy)]
+struct InFlight {
+    query: u64,
+    until_ms: u64,
+}
+
+/// A source resolved from a name, reached through an unconnected socket:
+/// its bucket and when it was last asked (the oldest goes when the table
+/// is full).
+struct Dynamic {
+    addr: SocketAddr,
+    bucket: Bucket,
+    used_ms: u64,
+}
+
 /// The network role: the sockets are taken (and checked to be UDP)
 /// before the sandbox.
 pub fn network_role(role: Starting) -> Result<(), String> {
     let settings: NetworkSettings = role.config()?;
-    let sockets: Vec<UdpSocket> = (0..settings.servers.len())
+    let sockets: Vec<UdpSocket> = (0..settings.sockets())
         .map(|i| {
             let fd: OwnedFd = mirage_sdk::fd::take_fixed(plan::FD_FIRST_SOCKET + i as i32);
             UdpSocket::from(fd)
         })
         .collect();
-    for (s, server) in sockets.iter().zip(&settings.servers) {
-        // Connected by the supervisor to exactly this server.
+    let connected = settings.servers.iter().chain(&settings.resolvers);
+    for (s, peer_wanted) in sockets.iter().zip(connected) {
+        // Connected by the supervisor to exactly this server or resolver.
         match s.peer_addr() {
-            Ok(peer) if peer == *server => {}
-            other => return Err(format!("socket for {server} is connected to {other:?}")),
+            Ok(peer) if peer == *peer_wanted => {}
+            other => return Err(format!("socket for {peer_wanted} is connected to {other:?}")),
+        }
+    }
+    let unconnected = &sockets[settings.servers.len() + settings.resolvers.len()..];
+    for (s, local) in unconnected.iter().zip(&settings.named_sockets) {
+        if s.peer_addr().is_ok() || s.local_addr().map(|a| a.is_ipv4()).ok() != Some(local.is_ipv4()) {
+            return Err(format!(
+                "the socket for {local} is not an unconnected one of its family"
+            ));
         }
     }
     let started = role.enter()?;
-    network(&started.channel, &settings.servers, &sockets)
+    Network::new(settings, sockets).serve(&started.channel)
 }
 
-fn network(chan: &Channel, servers: &[SocketAddr], sockets: &[UdpSocket]) -> Result<(), String> {
-    let now = boottime().millis();
-    let mut buckets: Vec<Bucket> = servers
-        .iter()
-        .map(|_| Bucket {
+struct Network {
+    settings: NetworkSettings,
+    sockets: Vec<UdpSocket>,
+    buckets: Vec<Bucket>,
+    /// Per DNS socket (index from the first DNS socket).
+    in_flight: Vec<Option<InFlight>>,
+    /// The DNS socket each resolver used last.
+    last_slot: Vec<usize>,
+    queries: Bucket,
+    dynamic: Vec<Dynamic>,
+}
+
+impl Network {
+    fn new(settings: NetworkSettings, sockets: Vec<UdpSocket>) -> Network {
+        let now = boottime().millis();
+        let bucket = || Bucket {
             tokens: REQUEST_BURST,
             at_ms: now,
-        })
-        .collect();
-    let mut fds: Vec<BorrowedFd<'_>> = vec![chan.as_fd()];
-    fds.extend(sockets.iter().map(|s| s.as_fd()));
-    let mut buf = [0u8; 2048];
-    loop {
-        let ready = wait_readable(&fds, None).map_err(|e| format!("poll: {e}"))?;
-        for (i, socket) in sockets.iter().enumerate() {
-            if !ready[i + 1] {
+        };
+        Network {
+            buckets: settings.servers.iter().map(|_| bucket()).collect(),
+            in_flight: vec![None; settings.resolvers.len()],
+            last_slot: vec![0; settings.resolvers.len()],
+            queries: Bucket {
+                tokens: QUERY_BURST,
+                at_ms: now,
+            },
+            dynamic: Vec::new(),
+            settings,
+            sockets,
+        }
+    }
+
+    fn dns_base(&self) -> usize {
+        self.settings.servers.len()
+    }
+
+    fn named_base(&self) -> usize {
+        self.settings.servers.len() + self.settings.resolvers.len()
+    }
+
+    fn serve(&mut self, chan: &Channel) -> Result<(), String> {
+        let mut buf = [0u8; 2048];
+        loop {
+            let ready = {
+                let mut fds: Vec<BorrowedFd<'_>> = vec![chan.as_fd()];
+                fds.extend(self.sockets.iter().map(|s| s.as_fd()));
+                wait_readable(&fds, None).map_err(|e| format!("poll: {e}"))?
+            };
+            for i in 0..self.sockets.len() {
+                if ready[i + 1] {
+                    self.read_socket(chan, i, &mut buf)?;
+                }
+            }
+            if ready[0] {
+                match chan.recv::<ToNetwork>() {
+                    Ok(Some(ToNetwork::Send { to, transmit, data })) => {
+                        self.send_request(chan, to, transmit, &data)?
+                    }
+                    Ok(Some(ToNetwork::Resolve { query, to, data })) => {
+                        self.send_query(chan, query, to, &data)?
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(format!("bad message from the supervisor: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Up to [`READS_PER_ROUND`] datagrams from socket `i` (a flood cannot
+    /// starve the channel or the other sockets).
+    fn read_socket(&mut self, chan: &Channel, i: usize, buf: &mut [u8]) -> Result<(), String> {
+        let send = |m: &FromNetwork| chan.send(m).map_err(|e| format!("send: {e}"));
+        for _ in 0..READS_PER_ROUND {
+            let got = if i >= self.named_base() {
+                mirage_sdk::udp::recv_timestamped_from(&self.sockets[i], buf, true)
+            } else {
+                mirage_sdk::udp::recv_timestamped(&self.sockets[i], buf, true).map(|g| (g, None))
+            };
+            let (got, sender) = match got {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP port unreachable from an earlier request: the peer
+                // is down; the engine sees silence.
+                Err(e) => {
+                    log::debug!("receive on socket {i}: {e}");
+                    break;
+                }
+            };
+            if got.truncated {
+                let from = if i < self.dns_base() {
+                    Some(self.settings.servers[i])
+                } else if i < self.named_base() {
+                    Some(self.settings.resolvers[i - self.dns_base()])
+                } else {
+                    sender.map(canonical)
+                };
+                match from {
+                    Some(from) => log::debug!("oversized datagram from {from} dropped"),
+                    None => log::debug!("oversized datagram dropped"),
+                }
                 continue;
             }
-            for _ in 0..READS_PER_ROUND {
-                match mirage_sdk::udp::recv_timestamped(socket, &mut buf, true) {
-                    Ok(got) if got.truncated => log::debug!("oversized datagram from {} dropped", servers[i]),
-                    Ok(got) => {
-                        let (at, kernel_stamp) = match got.at {
-                            Some(t) => (t, true),
-                            None => (clock::realtime(), false),
-                        };
-                        chan.send(&FromNetwork::Received {
-                            from: servers[i],
-                            data: buf[..got.len].to_vec(),
-                            at: ntp_time(at),
-                            kernel_stamp,
-                        })
-                        .map_err(|e| format!("send: {e}"))?;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    // ICMP port unreachable from an earlier request: the
-                    // server is down; the engine sees silence.
+            let data = buf[..got.len].to_vec();
+            let (at, kernel_stamp) = match got.at {
+                Some(t) => (t, true),
+                None => (clock::realtime(), false),
+            };
+            if i < self.dns_base() {
+                send(&FromNetwork::Received {
+                    from: self.settings.servers[i],
+                    data,
+                    at: ntp_time(at),
+                    kernel_stamp,
+                })?;
+            } else if i < self.named_base() {
+                let slot = i - self.dns_base();
+                let now = boottime().millis();
+                match self.in_flight[slot] {
+                    Some(q) if q.until_ms > now => send(&FromNetwork::Resolved {
+                        query: q.query,
+                        from: self.settings.resolvers[slot],
+                        data,
+                    })?,
+                    _ => log::debug!("a late DNS answer from {} dropped", self.settings.resolvers[slot]),
+                }
+            } else {
+                // Only from a source we asked: anyone may send to an
+                // unconnected socket.
+                let from = sender.map(canonical);
+                match from.filter(|f| self.dynamic.iter().any(|d| d.addr == *f)) {
+                    Some(from) => send(&FromNetwork::Received {
+                        from,
+                        data,
+                        at: ntp_time(at),
+                        kernel_stamp,
+                    })?,
+                    None => log::debug!("a datagram from {sender:?}, not a source, dropped"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_request(
+        &mut self,
+        chan: &Channel,
+        to: SocketAddr,
+        transmit: NtpTimestamp,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let now = boottime().millis();
+        let verdict = match check_request(&self.settings.servers, to, transmit, data) {
+            Ok(i) if self.buckets[i].take(now) => Ok(i),
+            Ok(_) => Err(OutboundRefusal::RateCapped),
+            Err(OutboundRefusal::NotAServer) => self.dynamic_socket(to, transmit, data, now),
+            Err(why) => Err(why),
+        };
+        match verdict {
+            Ok(socket) => {
+                // T1 is read right before the send, not after it: a server
+                // on the same host or LAN answers within microseconds, on
+                // another core, so a reading after send() returned can come
+                // after the reply's kernel receive stamp (T4 < T1, refused
+                // by the engine). Before the send, T1 is early by the send
+                // path alone (a few us, half of which shows as offset); the
+                // kernel's transmit timestamp is the later refinement.
+                let at = ntp_time(clock::realtime());
+                // (Whether a socket is connected is known by its index:
+                // getpeername is not in the role's filter.)
+                let sent = if socket < self.named_base() {
+                    self.sockets[socket].send(data)
+                } else {
+                    self.sockets[socket].send_to(data, to)
+                };
+                match sent {
+                    Ok(_) => chan
+                        .send(&FromNetwork::Sent { to, transmit, at })
+                        .map_err(|e| format!("send: {e}")),
                     Err(e) => {
-                        log::debug!("receive from {}: {e}", servers[i]);
-                        break;
+                        log::debug!("send to {to}: {e}");
+                        Ok(())
                     }
                 }
             }
+            Err(why) => chan
+                .send(&FromNetwork::Refused { to, why })
+                .map_err(|e| format!("send: {e}")),
         }
-        if ready[0] {
-            match chan.recv::<ToNetwork>() {
-                Ok(Some(ToNetwork::Send { to, transmit, data })) => {
-                    let verdict = check_request(servers, to, transmit, &data).and_then(|i| {
-                        if buckets[i].take(boottime().millis()) {
-                            Ok(i)
-                        } else {
-                            Err(OutboundRefusal::RateCapped)
-                        }
-                    });
-                    match verdict {
-                        Ok(i) => {
-                            // T1 is read right before the send, not after
-                            // it: a server on the same host or LAN answers
-                            // within microseconds, on another core, so a
-                            // reading after send() returned can come after
-                            // the reply's kernel receive stamp (T4 < T1,
-                            // refused by the engine). Before the send, T1
-                            // is early by the send path alone (a few us,
-                            // half of which shows as offset); the kernel's
-                            // transmit timestamp is the later refinement.
-                            let at = ntp_time(clock::realtime());
-                            match sockets[i].send(&data) {
-                                Ok(_) => chan
-                                    .send(&FromNetwork::Sent { to, transmit, at })
-                                    .map_err(|e| format!("send: {e}"))?,
-                                Err(e) => log::debug!("send to {to}: {e}"),
-                            }
-                        }
-                        Err(why) => chan
-                            .send(&FromNetwork::Refused { to, why })
-                            .map_err(|e| format!("send: {e}"))?,
-                    }
+    }
+
+    /// The unconnected socket (its index) for a request to `to`, a source the engine
+    /// resolved from a name: only on a configured name's port, only our
+    /// request, each destination rate-capped as a server is, at most
+    /// `MAX_SOURCES` of them at once (the least recently asked goes).
+    fn dynamic_socket(
+        &mut self,
+        to: SocketAddr,
+        transmit: NtpTimestamp,
+        data: &[u8],
+        now: u64,
+    ) -> Result<usize, OutboundRefusal> {
+        let socket = self
+            .settings
+            .named_sockets
+            .iter()
+            .position(|l| l.is_ipv4() == to.is_ipv4());
+        let allowed = !self.settings.named_ports.is_empty()
+            && self.settings.named_ports.contains(&to.port())
+            && !to.ip().is_unspecified()
+            && !to.ip().is_multicast();
+        let (Some(socket), true) = (socket, allowed) else {
+            return Err(OutboundRefusal::NotAServer);
+        };
+        if transmit.is_zero() || data != Repr::client_request(transmit).to_bytes() {
+            return Err(OutboundRefusal::NotARequest);
+        }
+        let i = match self.dynamic.iter().position(|d| d.addr == to) {
+            Some(i) => i,
+            None => {
+                if self.dynamic.len() >= ntp_engine::MAX_SOURCES {
+                    let oldest = (0..self.dynamic.len())
+                        .min_by_key(|&i| self.dynamic[i].used_ms)
+                        .unwrap_or(0);
+                    self.dynamic.swap_remove(oldest);
                 }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("bad message from the supervisor: {e}")),
+                self.dynamic.push(Dynamic {
+                    addr: to,
+                    bucket: Bucket {
+                        tokens: REQUEST_BURST,
+                        at_ms: now,
+                    },
+                    used_ms: now,
+                });
+                self.dynamic.len() - 1
             }
+        };
+        let d = &mut self.dynamic[i];
+        d.used_ms = now;
+        if !d.bucket.take(now) {
+            return Err(OutboundRefusal::RateCapped);
         }
+        Ok(self.named_base() + socket)
+    }
+
+    fn send_query(&mut self, chan: &Channel, query: u64, to: SocketAddr, data: &[u8]) -> Result<(), String> {
+        let now = boottime().millis();
+        let verdict = check_query(&self.settings, to, data).and_then(|()| {
+            // The next socket of this resolver with nothing in flight.
+            let slots: Vec<usize> = (0..self.settings.resolvers.len())
+                .filter(|&k| self.settings.resolvers[k] == to)
+                .collect();
+            let start = self.last_slot.get(slots[0]).copied().unwrap_or(0);
+            let free = (1..=slots.len())
+                .map(|k| slots[(start + k) % slots.len()])
+                .find(|&k| self.in_flight[k].is_none_or(|q| q.until_ms <= now))
+                .ok_or(OutboundRefusal::ResolverBusy)?;
+            if !self.queries.take_at(now, QUERY_BURST, QUERY_EVERY_MS) {
+                return Err(OutboundRefusal::RateCapped);
+            }
+            self.last_slot[slots[0]] = slots.iter().position(|&k| k == free).unwrap_or(0);
+            Ok(free)
+        });
+        match verdict {
+            Ok(slot) => {
+                let socket = &self.sockets[self.dns_base() + slot];
+                // Whatever came after the last query's life is stale.
+                let mut scratch = [0u8; 16];
+                while mirage_sdk::udp::recv_timestamped(socket, &mut scratch, true).is_ok() {}
+                self.in_flight[slot] = Some(InFlight {
+                    query,
+                    until_ms: now + QUERY_LIFE_MS,
+                });
+                if let Err(e) = socket.send(data) {
+                    log::debug!("DNS query to {to}: {e}");
+                }
+                Ok(())
+            }
+            Err(why) => chan
+                .send(&FromNetwork::Refused { to, why })
+                .map_err(|e| format!("send: {e}")),
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 sender as the IPv4 address it is.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
+
+/// Whether `data` to `to` is a DNS query the engine may send: to a
+/// configured resolver, at most 512 octets, exactly one standard query
+/// (RD set, nothing but the question) for A or AAAA in class IN of a
+/// configured name (any case: the engine randomizes it).
+pub fn check_query(settings: &NetworkSettings, to: SocketAddr, data: &[u8]) -> Result<(), OutboundRefusal> {
+    if !settings.resolvers.contains(&to) {
+        return Err(OutboundRefusal::NotAResolver);
+    }
+    let query = dns_wire::Message::parse(data).map_err(|_| OutboundRefusal::NotAQuery)?;
+    let h = &query.header;
+    let shape = data.len() <= MAX_QUERY_LEN
+        && !h.response
+        && h.opcode == 0
+        && h.recursion_desired
+        && query.questions.len() == 1
+        && query.answers.is_empty()
+        && query.authorities.is_empty()
+        && query.additionals.is_empty()
+        && query.edns.is_none();
+    let q = query.questions.first().ok_or(OutboundRefusal::NotAQuery)?;
+    let asks = (q.qtype == dns_wire::Type::A || q.qtype == dns_wire::Type::AAAA)
+        && q.qclass == dns_wire::Class::IN
+        && settings
+            .names
+            .iter()
+            .any(|n| dns_wire::Name::from_ascii(n).is_ok_and(|n| n == q.name));
+    if shape && asks {
+        Ok(())
+    } else {
+        Err(OutboundRefusal::NotAQuery)
     }
 }
 
@@ -400,6 +685,58 @@ mod tests {
             check_request(&servers, servers[0], NtpTimestamp::ZERO, &zero),
             Err(OutboundRefusal::NotARequest)
         );
+    }
+
+    #[test]
+    fn only_a_query_for_a_configured_name_to_a_resolver_passes() {
+        let resolver: SocketAddr = "192.0.2.53:53".parse().unwrap();
+        let settings = NetworkSettings {
+            resolvers: vec![resolver; 2],
+            names: vec!["pool.test".into()],
+            ..NetworkSettings::default()
+        };
+        let query =
+            |name: &str, qtype| dns_wire::Message::query(7, dns_wire::Name::from_ascii(name).unwrap(), qtype);
+        let bytes = |m: &dns_wire::Message| m.to_bytes().unwrap();
+        let good = query("PoOl.TeSt", dns_wire::Type::AAAA);
+        assert_eq!(check_query(&settings, resolver, &bytes(&good)), Ok(()));
+        let elsewhere: SocketAddr = "192.0.2.54:53".parse().unwrap();
+        assert_eq!(
+            check_query(&settings, elsewhere, &bytes(&good)),
+            Err(OutboundRefusal::NotAResolver)
+        );
+        let other_port: SocketAddr = "192.0.2.53:5353".parse().unwrap();
+        assert_eq!(
+            check_query(&settings, other_port, &bytes(&good)),
+            Err(OutboundRefusal::NotAResolver)
+        );
+        let mut response = good.clone();
+        response.header.response = true;
+        let mut with_edns = good.clone();
+        with_edns.edns = Some(dns_wire::Edns::new(4096));
+        let mut two = good.clone();
+        two.questions.push(two.questions[0].clone());
+        for bad in [
+            bytes(&query("other.test", dns_wire::Type::A)),
+            bytes(&query("pool.test", dns_wire::Type::TXT)),
+            bytes(&response),
+            bytes(&with_edns),
+            bytes(&two),
+            vec![0; 12],
+        ] {
+            assert_eq!(
+                check_query(&settings, resolver, &bad),
+                Err(OutboundRefusal::NotAQuery)
+            );
+        }
+    }
+
+    #[test]
+    fn mapped_senders_read_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:123".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.1:123".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:123".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
     }
 
     #[test]

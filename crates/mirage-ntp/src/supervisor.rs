@@ -23,10 +23,16 @@ use mirage_sdk::service::learned;
 use mirage_sdk::service::metrics::{Kind, Metrics};
 use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::{Common, CommonLayer, SandboxKind, launch, state};
-use ntp_engine::{Action, Config, Event, IntentKind, Leap, MAX_SOURCES, NTP_PORT, Ntp, Start, Status};
+use ntp_engine::{
+    Action, Config, Event, IntentKind, Leap, MAX_NAMES, MAX_RESOLVERS, MAX_SOURCES, NTP_PORT, NameConfig,
+    Ntp, Start, Status,
+};
 use serde::Deserialize;
 
-use crate::RunArgs;
+use crate::{RunArgs, ServerSpec};
+
+/// The resolv.conf read when the config file names none.
+const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// The roles, by their index in the runtime.
 const ENGINE: RoleId = 0;
@@ -55,12 +61,18 @@ const MAX_SANDBOX_REASON: usize = 256;
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields, default)]
 struct FileConfig {
-    /// Servers as on the command line: "ADDR" or "ADDR:PORT".
+    /// Servers as on the command line: "ADDR", "ADDR:PORT", "HOST" or
+    /// "HOST:PORT".
     servers: Vec<String>,
     /// The DHCP client's servers.json to follow (its `ntp` list); absent:
     /// the default file when no server is configured, none otherwise;
     /// `""`: never.
     dhcp_servers: Option<PathBuf>,
+    /// Pools as on the command line: "NAME" or "NAME:PORT".
+    pools: Vec<String>,
+    /// Where the resolvers for host names and pools are read (its
+    /// `nameserver` lines), at start; default /etc/resolv.conf.
+    resolv_conf: Option<PathBuf>,
     observe: Option<bool>,
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
@@ -118,7 +130,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if !(1..=MAX_STEP_THRESHOLD_MS).contains(&step_threshold_ms) {
         return Err(bad("step_threshold_ms", "must be 1..=10000"));
     }
-    let servers = if args.servers.is_empty() {
+    let specs = if args.servers.is_empty() {
         file.servers
             .iter()
             .map(|s| crate::parse_server(s).map_err(|e| format!("{}: servers: {e}", path.display())))
@@ -126,23 +138,76 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     } else {
         args.servers.clone()
     };
-    let mut servers_unique = Vec::new();
-    for s in servers {
-        if !servers_unique.contains(&s) {
-            servers_unique.push(s);
+    let pools = if args.pools.is_empty() {
+        file.pools
+            .iter()
+            .map(|s| crate::parse_pool(s).map_err(|e| format!("{}: pools: {e}", path.display())))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.pools.clone()
+    };
+    let mut servers = Vec::new();
+    let mut names: Vec<NameConfig> = Vec::new();
+    for spec in specs {
+        match spec {
+            ServerSpec::Address(a) if !servers.contains(&a) => servers.push(a),
+            ServerSpec::Address(_) => {}
+            ServerSpec::Name(name, port) => names.push(NameConfig {
+                name,
+                port,
+                pool: false,
+            }),
         }
     }
-    let servers = servers_unique;
-    let dhcp_file = dhcp_servers_file(file.dhcp_servers, !servers.is_empty());
-    if servers.is_empty() && dhcp_file.is_none() {
+    names.extend(pools.into_iter().map(|(name, port)| NameConfig {
+        name,
+        port,
+        pool: true,
+    }));
+    let mut unique: Vec<NameConfig> = Vec::new();
+    for n in names {
+        if !unique
+            .iter()
+            .any(|u| u.name.eq_ignore_ascii_case(&n.name) && u.port == n.port && u.pool == n.pool)
+        {
+            unique.push(n);
+        }
+    }
+    let names = unique;
+    let dhcp_file = dhcp_servers_file(file.dhcp_servers, !servers.is_empty() || !names.is_empty());
+    if servers.is_empty() && names.is_empty() && dhcp_file.is_none() {
         return Err(format!(
-            "no server: give --server ADDR[:PORT], `servers` or `dhcp_servers` in {}",
+            "no server: give --server HOST[:PORT], --pool NAME, or `servers`, `pools` or `dhcp_servers` in {}",
             path.display()
         ));
     }
     if servers.len() > MAX_SOURCES {
         return Err(format!("{} servers: at most {MAX_SOURCES}", servers.len()));
     }
+    if names.len() > MAX_NAMES {
+        return Err(format!(
+            "{} host names and pools: at most {MAX_NAMES}",
+            names.len()
+        ));
+    }
+    let resolvers = if names.is_empty() {
+        Vec::new()
+    } else {
+        let resolv_conf = file
+            .resolv_conf
+            .clone()
+            .unwrap_or_else(|| DEFAULT_RESOLV_CONF.into());
+        let text = std::fs::read_to_string(&resolv_conf)
+            .map_err(|e| format!("{}: {e} (needed for host names and pools)", resolv_conf.display()))?;
+        let resolvers = nameservers(&text);
+        if resolvers.is_empty() {
+            return Err(format!(
+                "{}: no usable nameserver line (needed for host names and pools)",
+                resolv_conf.display()
+            ));
+        }
+        resolvers
+    };
     let observe = args.observe || file.observe.unwrap_or(false);
     if common.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none)");
@@ -182,10 +247,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         d.refresh();
     }
     let all = network_servers(&servers, dhcp.as_ref());
-    let sockets = all
-        .iter()
-        .map(|&s| open_socket(s))
-        .collect::<Result<Vec<OwnedFd>, String>>()?;
+    let (network_settings, sockets) = network_sockets(&all, &names, &resolvers)?;
     let sandbox = choosing
         .join()
         .map_err(|_| "choosing the sandbox panicked".to_owned())??;
@@ -209,6 +271,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let start = Start {
         config: Config {
             servers: servers.clone(),
+            names: names.clone(),
+            resolvers: resolvers.clone(),
             use_dhcp_servers: dhcp.is_some(),
             observe,
             time_floor_unix_secs: Some(time_floor),
@@ -226,6 +290,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let mut sup = Supervisor {
         options,
         ids,
+        names: names.clone(),
+        resolvers: resolvers.clone(),
         sandbox_reason,
         kvm_device,
         observe,
@@ -246,7 +312,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     let (engine, network, actuator) = (
         sandbox.engine_plan(plan::engine(ids.engine)),
-        plan::network(ids.network, MAX_SOURCES),
+        plan::network(ids.network, network_settings.sockets(), !names.is_empty()),
         plan::actuator(ids.actuator, observe),
     );
     let actuator_fds = if observe { vec![] } else { vec![state_dir.as_fd()] };
@@ -260,7 +326,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         )?,
         network.spec(
             options,
-            &NetworkSettings { servers: all.clone() },
+            &network_settings,
             None,
             sockets.iter().map(|s| s.as_fd()).collect(),
             // Started again on purpose (Ctx::restart) with new sockets when
@@ -290,7 +356,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         plans.push(&udp_setup);
     }
     let roles = launch::confine(starting, common.sandbox, &plans)?;
-    let list: Vec<String> = all.iter().map(SocketAddr::to_string).collect();
+    let mut list: Vec<String> = all.iter().map(SocketAddr::to_string).collect();
+    list.extend(
+        names
+            .iter()
+            .map(|n| format!("{}{}:{}", if n.pool { "pool " } else { "" }, n.name, n.port)),
+    );
+    if !resolvers.is_empty() {
+        let r: Vec<String> = resolvers.iter().map(SocketAddr::to_string).collect();
+        log::info!("resolvers {}", r.join(" "));
+    }
     log::info!(
         "servers {}{}, {}, sandbox {}",
         list.join(" "),
@@ -324,6 +399,47 @@ fn network_servers(configured: &[SocketAddr], dhcp: Option<&DhcpFollow>) -> Vec<
         }
     }
     all
+}
+
+/// The network role's settings and its sockets, in their order: one per
+/// server (`servers`: configured, then DHCP's); with names, then
+/// [`plan::DNS_SOCKETS_PER_RESOLVER`] per resolver and one unconnected
+/// socket per family for the sources the engine resolves.
+fn network_sockets(
+    servers: &[SocketAddr],
+    names: &[NameConfig],
+    resolvers: &[SocketAddr],
+) -> Result<(NetworkSettings, Vec<OwnedFd>), String> {
+    let mut sockets = servers
+        .iter()
+        .map(|&s| open_socket(s))
+        .collect::<Result<Vec<OwnedFd>, String>>()?;
+    let mut settings = NetworkSettings {
+        servers: servers.to_vec(),
+        ..NetworkSettings::default()
+    };
+    if names.is_empty() {
+        return Ok((settings, sockets));
+    }
+    for &resolver in resolvers {
+        for _ in 0..plan::DNS_SOCKETS_PER_RESOLVER {
+            sockets.push(open_dns_socket(resolver)?);
+            settings.resolvers.push(resolver);
+        }
+    }
+    settings.names = names.iter().map(|n| n.name.clone()).collect();
+    settings.named_ports = names.iter().map(|n| n.port).collect();
+    for any in ["0.0.0.0:0", "[::]:0"] {
+        match open_unconnected(any.parse().expect("a literal address")) {
+            Ok((fd, local)) => {
+                sockets.push(fd);
+                settings.named_sockets.push(local);
+            }
+            // A host without IPv6 reaches IPv4 sources only.
+            Err(e) => log::warn!("{e}: sources resolved from names on that family are unreachable"),
+        }
+    }
+    Ok((settings, sockets))
 }
 
 /// The DHCP client's servers file, followed by polling.
@@ -387,6 +503,53 @@ fn open_socket(server: SocketAddr) -> Result<OwnedFd, String> {
     Ok(socket.into())
 }
 
+/// A UDP socket on an ephemeral port connected to a resolver (no
+/// timestamps: DNS needs none).
+fn open_dns_socket(resolver: SocketAddr) -> Result<OwnedFd, String> {
+    let local: SocketAddr = if resolver.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("a literal address");
+    let socket = UdpSocket::bind(local)
+        .and_then(|s| s.connect(resolver).map(|()| s))
+        .map_err(|e| format!("UDP socket to resolver {resolver}: {e}"))?;
+    Ok(socket.into())
+}
+
+/// An unconnected UDP socket on an ephemeral port of `any`'s family, with
+/// kernel receive timestamps, and its local address.
+fn open_unconnected(any: SocketAddr) -> Result<(OwnedFd, SocketAddr), String> {
+    let socket = UdpSocket::bind(any).map_err(|e| format!("UDP socket on {any}: {e}"))?;
+    mirage_sdk::udp::enable_receive_timestamps(&socket).map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| format!("UDP socket on {any}: {e}"))?;
+    Ok((socket.into(), local))
+}
+
+/// The resolvers of a resolv.conf: its `nameserver` lines (resolv.conf(5);
+/// every other line is ignored), IP addresses on port 53, at most
+/// `MAX_RESOLVERS` (the resolver library's MAXNS), without repeats. A
+/// line that is not an address (an IPv6 address with a zone) is skipped.
+pub fn nameservers(text: &str) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        match words.next().map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(ip)) => {
+                let a = SocketAddr::new(ip, 53);
+                if !out.contains(&a) && out.len() < MAX_RESOLVERS {
+                    out.push(a);
+                }
+            }
+            _ => log::warn!("resolv.conf: {line:?} is not a nameserver address we can use; skipped"),
+        }
+    }
+    out
+}
+
 /// The frequency a previous run saved, if it is readable and in range.
 fn stored_drift(state_dir: &OwnedFd) -> Option<i64> {
     match state::load::<DriftFile>(state_dir, DRIFT_FILE) {
@@ -438,6 +601,8 @@ struct Stats {
     clock_refused: BTreeMap<&'static str, u64>,
     replies: u64,
     replies_without_kernel_stamp: u64,
+    /// Datagrams from resolvers.
+    dns_answers: u64,
     engine_restarts: u32,
     /// The last refused or failed intent, for operators.
     last_refusal: Option<String>,
@@ -467,6 +632,10 @@ struct Supervisor {
     observe: bool,
     /// The servers from the command line or the config file.
     configured: Vec<SocketAddr>,
+    /// Host names and pools the engine resolves, and the resolvers it asks
+    /// (the network role gets sockets for them at each start).
+    names: Vec<NameConfig>,
+    resolvers: Vec<SocketAddr>,
     /// The DHCP client's servers file, when followed.
     dhcp: Option<DhcpFollow>,
     /// The runtime directory, where `accept-step` leaves its request.
@@ -553,15 +722,10 @@ impl Supervisor {
     /// opened now (the first start's are opened before the sandbox).
     fn network_start(&self) -> Result<RoleStart, String> {
         let all = network_servers(&self.configured, self.dhcp.as_ref());
-        let mut start = plan::network(self.ids.network, MAX_SOURCES).start(
-            self.options,
-            &NetworkSettings { servers: all.clone() },
-            None,
-        )?;
-        start.fds = all
-            .iter()
-            .map(|&s| open_socket(s))
-            .collect::<Result<Vec<OwnedFd>, String>>()?;
+        let (settings, sockets) = network_sockets(&all, &self.names, &self.resolvers)?;
+        let plan = plan::network(self.ids.network, settings.sockets(), !self.names.is_empty());
+        let mut start = plan.start(self.options, &settings, None)?;
+        start.fds = sockets;
         Ok(start)
     }
 
@@ -570,6 +734,9 @@ impl Supervisor {
             FromEngine::Action(Action::Send { to, transmit, data }) => {
                 // Lossy: a full queue drops the request, as a busy link would.
                 ctx.send_lossy(NETWORK, &ToNetwork::Send { to, transmit, data });
+            }
+            FromEngine::Action(Action::Resolve { query, to, data }) => {
+                ctx.send_lossy(NETWORK, &ToNetwork::Resolve { query, to, data });
             }
             FromEngine::Action(Action::PublishStatus(status)) => self.status = Some(status),
             FromEngine::Action(action) => {
@@ -625,6 +792,10 @@ impl Supervisor {
                 Event::Received { from, data, at }
             }
             FromNetwork::Sent { to, transmit, at } => Event::Sent { to, transmit, at },
+            FromNetwork::Resolved { query, from, data } => {
+                self.stats.dns_answers += 1;
+                Event::Resolved { query, from, data }
+            }
             FromNetwork::Refused { to, why } => {
                 let n = bump(&mut self.stats.outbound_refused, why.as_str());
                 if n.is_power_of_two() {
@@ -829,7 +1000,10 @@ impl View<'_> {
                             "origin": match src.origin {
                                 ntp_engine::SourceOrigin::Configured => "configured",
                                 ntp_engine::SourceOrigin::Dhcp => "dhcp",
+                                ntp_engine::SourceOrigin::Server(_) => "server",
+                                ntp_engine::SourceOrigin::Pool(_) => "pool",
                             },
+                            "name": src.origin.name(),
                             "state": src.state.as_str(),
                             "offset_ms": ms(src.offset_ns),
                             "delay_ms": ms(src.delay_ns),
@@ -839,6 +1013,23 @@ impl View<'_> {
                             "poll_s": 1u64 << src.poll.min(63),
                             "requests": src.requests,
                             "smearing": src.smearing,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names: Vec<serde_json::Value> = s
+            .map(|s| {
+                s.names
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "name": n.name,
+                            "pool": n.pool,
+                            "sources": n.sources,
+                            "resolving": n.resolving,
+                            "failures": n.failures,
+                            "lookups": n.lookups,
                         })
                     })
                     .collect()
@@ -864,6 +1055,8 @@ impl View<'_> {
             "agreeing": s.map(|s| s.agreeing),
             "quorum": s.map(|s| s.quorum),
             "sources": sources,
+            "names": names,
+            "dns_answers": st.dns_answers,
             "clock": {
                 "steerable": self.actuator.map(|(_, steerable)| steerable),
                 "intents": st.intents,
@@ -1072,5 +1265,19 @@ mod tests {
         assert!(d.refresh());
         assert!(d.servers.is_empty() && d.error.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resolvers_are_the_nameserver_lines_at_most_three() {
+        let text = "# comment\nsearch example.net\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n\
+                    nameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver not-an-address\n\
+                    options edns0\n nameserver 192.0.2.54\nnameserver 192.0.2.55\nnameserver 192.0.2.56\n";
+        let got = nameservers(text);
+        let want: Vec<SocketAddr> = ["192.0.2.53:53", "[2001:db8::53]:53", "192.0.2.54:53"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
+        assert!(nameservers("domain example.net\n").is_empty());
     }
 }

@@ -383,3 +383,162 @@ fn auto_runs_the_engine_as_a_guest_where_kvm_works() {
     let reason = v["sandbox_reason"].as_str().unwrap();
     assert!(reason.starts_with("--sandbox auto: /dev/kvm opens"), "{reason}");
 }
+
+/// dnsmasq as the namespace's resolver (on 127.0.0.53, from a hosts file:
+/// `pool.test` is 127.0.0.1-3, `ntp1.test` 127.0.0.4, every one of them
+/// chronyd, which listens on all of lo's addresses), named by a
+/// resolv.conf the config file points at (`resolv_conf`).
+#[test]
+fn a_pool_and_a_host_name_are_resolved_by_the_engine_through_dnsmasq() {
+    let mut f = with_chrony("ntpn");
+    std::fs::write(
+        f.dir.join("hosts"),
+        "127.0.0.1 pool.test\n127.0.0.2 pool.test\n127.0.0.3 pool.test\n127.0.0.4 ntp1.test\n",
+    )
+    .unwrap();
+    let mut dns = f.ns.command("dnsmasq");
+    dns.args([
+        "-k",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.53",
+    ])
+    .args(["-p", "53", "-u", "root", "--log-queries"])
+    .arg(format!("--addn-hosts={}", f.dir.join("hosts").display()))
+    .arg(format!("--pid-file={}", f.dir.join("dnsmasq.pid").display()))
+    .arg(format!("--log-facility={}", f.dir.join("dnsmasq.log").display()));
+    f.procs.spawn_logged(dns, &f.dir.join("dnsmasq.out"));
+    wait_listening(&f.ns, Proto::Udp, 53, Duration::from_secs(20));
+    std::fs::write(
+        f.dir.join("resolv.conf"),
+        "# resolv.conf(5): only nameserver lines count\nsearch test\nnameserver 127.0.0.53\n",
+    )
+    .unwrap();
+    std::fs::write(
+        f.dir.join("config.toml"),
+        format!("resolv_conf = \"{}\"\n", f.dir.join("resolv.conf").display()),
+    )
+    .unwrap();
+    let mut cmd = f.ns.command(bin().to_str().unwrap());
+    cmd.args(["run", "--pool", "pool.test", "--server", "ntp1.test", "--observe"])
+        .arg("--config")
+        .arg(f.dir.join("config.toml"))
+        .args(["--log-level", "debug", "--state-dir"])
+        .arg(f.dir.join("state"))
+        .arg("--run-dir")
+        .arg(f.dir.join("run"));
+    let daemon = f.procs.spawn_logged(cmd, &f.dir.join("ntp.log"));
+    let v = wait_some(
+        Duration::from_secs(30),
+        "an estimate from the four resolved sources",
+        || {
+            status(f.dir.path()).filter(|v| {
+                // Four that agree; clustering may leave one a candidate.
+                v["state"] == "observing"
+                    && v["sources"].as_array().is_some_and(|s| {
+                        s.len() == 4
+                            && s.iter()
+                                .all(|s| s["state"] == "selected" || s["state"] == "candidate")
+                            && s.iter().filter(|s| s["state"] == "selected").count() >= 3
+                    })
+            })
+        },
+        || {
+            format!(
+                "{}\nstatus: {:?}\ndnsmasq: {}",
+                read_lossy(&f.dir.join("ntp.log")),
+                status(f.dir.path()),
+                read_lossy(&f.dir.join("dnsmasq.log"))
+            )
+        },
+    );
+    let mut by_origin: Vec<(String, String, String)> = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["origin"].as_str().unwrap().to_string(),
+                s["name"].as_str().unwrap_or("").to_string(),
+                s["address"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_origin.sort();
+    let want: Vec<(String, String, String)> = [
+        ("pool", "pool.test", "127.0.0.1:123"),
+        ("pool", "pool.test", "127.0.0.2:123"),
+        ("pool", "pool.test", "127.0.0.3:123"),
+        ("server", "ntp1.test", "127.0.0.4:123"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(by_origin, want, "{v}");
+    for s in v["sources"].as_array().unwrap() {
+        assert_eq!(s["stratum"], 8, "{s}");
+        assert!(s["offset_ms"].as_f64().unwrap().abs() < 1.0, "{s}");
+    }
+    let names = v["names"].as_array().unwrap();
+    assert_eq!(names.len(), 2, "{v}");
+    assert_eq!(
+        (names[0]["name"].as_str(), names[0]["sources"].as_u64()),
+        (Some("ntp1.test"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        (names[1]["name"].as_str(), names[1]["sources"].as_u64()),
+        (Some("pool.test"), Some(3)),
+        "{v}"
+    );
+    assert!(names.iter().all(|n| n["failures"] == 0), "{v}");
+    // Two lookups, each an A and an AAAA query: four answers, none refused.
+    assert_eq!(v["dns_answers"], 4, "{v}");
+    assert_eq!(v["refused"], serde_json::json!({}), "nothing refused: {v}");
+    assert_eq!(v["outbound_refused"], serde_json::json!({}), "{v}");
+    assert_eq!(
+        v["replies_without_kernel_stamp"], 0,
+        "every reply kernel-stamped: {v}"
+    );
+    let queries = read_lossy(&f.dir.join("dnsmasq.log"));
+    let asked: Vec<&str> = queries.lines().filter(|l| l.contains("query[")).collect();
+    println!("dnsmasq saw: {asked:#?}");
+    assert_eq!(asked.len(), 4, "{queries}");
+    // 0x20: the engine asked with letters in random case (dnsmasq logs
+    // the name as asked); four all-lower-case queries would be 2^-32 luck.
+    let asked_names: Vec<&str> = asked
+        .iter()
+        .filter_map(|l| l.split("] ").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(asked_names.len(), 4, "{queries}");
+    for n in &asked_names {
+        assert!(
+            n.eq_ignore_ascii_case("pool.test") || n.eq_ignore_ascii_case("ntp1.test"),
+            "{n}"
+        );
+    }
+    assert!(
+        asked_names
+            .iter()
+            .any(|n| n.chars().any(|c| c.is_ascii_uppercase())),
+        "{asked_names:?}"
+    );
+    // `status` prints a line per name.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pool.test sources 3"), "{text}");
+    assert!(text.contains("ntp1.test sources 1"), "{text}");
+    // The roles' filters held all along (the daemon runs on), and it stops
+    // cleanly.
+    f.procs.signal(daemon, "TERM");
+    let exit = f
+        .procs
+        .wait_exit(daemon, Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    assert!(exit.success(), "{exit:?}: {}", read_lossy(&f.dir.join("ntp.log")));
+}

@@ -289,10 +289,13 @@ fn the_network_role_sends_only_our_requests_to_its_server_at_a_capped_rate() {
         socket.connect(to).unwrap();
         mirage_sdk::udp::enable_receive_timestamps(&socket).unwrap();
         let ours = socket.local_addr().unwrap();
-        let settings = NetworkSettings { servers: vec![to] };
+        let settings = NetworkSettings {
+            servers: vec![to],
+            ..NetworkSettings::default()
+        };
         let (chan, mut role) = start_planned(
             &bin(),
-            &plan::network(plan::RoleIds::DEFAULT.network, 1),
+            &plan::network(plan::RoleIds::DEFAULT.network, 1, false),
             &settings,
             None,
             &[socket.as_fd()],
@@ -401,6 +404,193 @@ fn the_network_role_sends_only_our_requests_to_its_server_at_a_capped_rate() {
         );
         assert!(alive(&mut role));
     });
+}
+
+/// With names configured: DNS queries go only to a resolver and only for a
+/// configured name, answers come back only on the query's socket and only
+/// while it is in flight; requests to resolved sources go only to a
+/// configured name's port through the unconnected socket, whose replies
+/// pass only from a source asked before.
+#[test]
+fn the_network_role_relays_only_queries_for_its_names_and_replies_from_sources_it_asked() {
+    mirage_testkit::netns::run_in_netns(Duration::from_secs(60), || {
+        let resolver = UdpSocket::bind("127.0.0.53:0").unwrap();
+        resolver
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let resolver_addr = resolver.local_addr().unwrap();
+        let source = UdpSocket::bind("127.0.0.7:0").unwrap();
+        source.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let source_addr = source.local_addr().unwrap();
+        let dns: Vec<UdpSocket> = (0..2)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.connect(resolver_addr).unwrap();
+                s
+            })
+            .collect();
+        let dns_ports: Vec<u16> = dns.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let open = UdpSocket::bind("0.0.0.0:0").unwrap();
+        mirage_sdk::udp::enable_receive_timestamps(&open).unwrap();
+        let open_local = open.local_addr().unwrap();
+        let settings = NetworkSettings {
+            resolvers: vec![resolver_addr; 2],
+            names: vec!["pool.test".into()],
+            named_ports: vec![source_addr.port()],
+            named_sockets: vec![open_local],
+            ..NetworkSettings::default()
+        };
+        let fds = [dns[0].as_fd(), dns[1].as_fd(), open.as_fd()];
+        let (chan, mut role) = start_planned(
+            &bin(),
+            &plan::network(plan::RoleIds::DEFAULT.network, 3, true),
+            &settings,
+            None,
+            &fds,
+        );
+        drop((dns, open));
+        let next = || recv_within::<FromNetwork>(&chan, ANSWER_MS).expect("an answer from the network role");
+        let query = |name: &str| {
+            dns_wire::Message::query(
+                0x4242,
+                dns_wire::Name::from_ascii(name).unwrap(),
+                dns_wire::Type::A,
+            )
+            .to_bytes()
+            .unwrap()
+        };
+
+        // Another name, another resolver: refused.
+        chan.send(&ToNetwork::Resolve {
+            query: 1,
+            to: resolver_addr,
+            data: query("example.org"),
+        })
+        .unwrap();
+        assert_eq!(
+            next(),
+            FromNetwork::Refused {
+                to: resolver_addr,
+                why: OutboundRefusal::NotAQuery
+            }
+        );
+        let elsewhere = SocketAddr::new(resolver_addr.ip(), resolver_addr.port() + 1);
+        chan.send(&ToNetwork::Resolve {
+            query: 2,
+            to: elsewhere,
+            data: query("pool.test"),
+        })
+        .unwrap();
+        assert_eq!(
+            next(),
+            FromNetwork::Refused {
+                to: elsewhere,
+                why: OutboundRefusal::NotAResolver
+            }
+        );
+        // Each query takes a free socket; its answer comes back tagged with
+        // that query. Two in flight hold both sockets: a third finds none.
+        let mut buf = [0u8; 512];
+        let mut ports = Vec::new();
+        for q in [3, 4] {
+            chan.send(&ToNetwork::Resolve {
+                query: q,
+                to: resolver_addr,
+                data: query("PoOl.test"),
+            })
+            .unwrap();
+            let (n, from) = resolver.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], query("PoOl.test").as_slice());
+            ports.push(from.port());
+            resolver.send_to(format!("answer {q}").as_bytes(), from).unwrap();
+            assert_eq!(
+                next(),
+                FromNetwork::Resolved {
+                    query: q,
+                    from: resolver_addr,
+                    data: format!("answer {q}").into_bytes(),
+                }
+            );
+        }
+        ports.sort();
+        let mut want = dns_ports.clone();
+        want.sort();
+        assert_eq!(ports, want, "one query per socket");
+        chan.send(&ToNetwork::Resolve {
+            query: 5,
+            to: resolver_addr,
+            data: query("pool.test"),
+        })
+        .unwrap();
+        assert_eq!(
+            next(),
+            FromNetwork::Refused {
+                to: resolver_addr,
+                why: OutboundRefusal::ResolverBusy
+            }
+        );
+        // A stranger cannot reach a DNS socket (it is connected).
+        let stranger = UdpSocket::bind("127.0.0.9:0").unwrap();
+        stranger
+            .send_to(b"forged", SocketAddr::new([127, 0, 0, 1].into(), dns_ports[0]))
+            .unwrap();
+        assert_eq!(recv_within::<FromNetwork>(&chan, 300), None);
+
+        // A resolved source: only on a configured name's port.
+        let cookie = NtpTimestamp(0x0bad_cafe_0000_0001);
+        let request = Repr::client_request(cookie).to_bytes().to_vec();
+        let wrong_port = SocketAddr::new(source_addr.ip(), source_addr.port() + 1);
+        chan.send(&ToNetwork::Send {
+            to: wrong_port,
+            transmit: cookie,
+            data: request.clone(),
+        })
+        .unwrap();
+        assert_eq!(
+            next(),
+            FromNetwork::Refused {
+                to: wrong_port,
+                why: OutboundRefusal::NotAServer
+            }
+        );
+        // A datagram from a source not yet asked is dropped.
+        source.send_to(b"early", open_local_on_lo(open_local)).unwrap();
+        assert_eq!(recv_within::<FromNetwork>(&chan, 300), None);
+        chan.send(&ToNetwork::Send {
+            to: source_addr,
+            transmit: cookie,
+            data: request.clone(),
+        })
+        .unwrap();
+        assert!(matches!(next(), FromNetwork::Sent { to, .. } if to == source_addr));
+        let (n, from) = source.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], request.as_slice());
+        source.send_to(b"reply", from).unwrap();
+        match next() {
+            FromNetwork::Received {
+                from,
+                data,
+                kernel_stamp,
+                ..
+            } => assert_eq!(
+                (from, data.as_slice(), kernel_stamp),
+                (source_addr, &b"reply"[..], true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        stranger.send_to(b"forged", from).unwrap();
+        assert_eq!(
+            recv_within::<FromNetwork>(&chan, 300),
+            None,
+            "a stranger is dropped"
+        );
+        assert!(alive(&mut role));
+    });
+}
+
+/// The unconnected socket's address as a peer on lo reaches it.
+fn open_local_on_lo(local: SocketAddr) -> SocketAddr {
+    SocketAddr::new([127, 0, 0, 1].into(), local.port())
 }
 
 fn unix_secs() -> i64 {

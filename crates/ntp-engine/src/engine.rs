@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::discipline::{Discipline, Outcome};
+use crate::names::{DROP_AFTER_POLLS, Resolution};
 use crate::select::{Candidate, select};
 use crate::source::{Answer, MIN_DISPERSION_NS, Projection, Source};
 use crate::wire::{Kiss, Leap, NtpTimestamp, Packet, Repr};
@@ -61,6 +62,10 @@ pub struct Ntp {
     /// The latest time the engine was run at (for status, which ages
     /// dispersion).
     now: Instant,
+    /// The configured names, resolved by the engine ([`crate::names`]).
+    resolutions: Vec<Resolution>,
+    /// The last DNS query handle given out.
+    last_query: u64,
 }
 
 impl Ntp {
@@ -74,7 +79,17 @@ impl Ntp {
             .map(|&addr| Source::new(addr, SourceOrigin::Configured, now, &config))
             .collect();
         let discipline = Discipline::new(&config, start.drift);
+        let resolutions = config
+            .names
+            .iter()
+            .filter_map(|n| {
+                let name = dns_wire::Name::from_ascii(&n.name).ok()?;
+                Some(Resolution::new(name, n.name.clone(), n.port, n.pool, now))
+            })
+            .collect();
         Ntp {
+            resolutions,
+            last_query: 0,
             sources,
             rng: ChaCha8Rng::from_seed(seed),
             discipline,
@@ -127,6 +142,7 @@ impl Ntp {
                 Ok(())
             }
             Event::DhcpServers(list) => self.dhcp_servers(now, &list, out),
+            Event::Resolved { query, from, data } => self.resolved(now, query, from, &data, out),
             Event::Tick => Ok(()),
             Event::StepAccepted => {
                 if self.step == StepState::Held {
@@ -151,6 +167,7 @@ impl Ntp {
         {
             self.step_refused();
         }
+        self.names_due(now, out);
         let system_poll = self.discipline.poll;
         for source in self.sources.iter_mut().filter(|s| s.due(now)) {
             // Never zero: a zero origin is what forged replies carry.
@@ -177,7 +194,93 @@ impl Ntp {
             StepState::Asked(at) => at.add_millis(STEP_ANSWER_TIMEOUT_MS),
             _ => Instant::NEVER,
         };
-        polls.fold(step, Instant::min)
+        // Without a resolver no lookup can be sent: nothing to wake for.
+        let lookups = self
+            .resolutions
+            .iter()
+            .filter(|_| !self.config.resolvers.is_empty())
+            .map(Resolution::wake_at);
+        polls.chain(lookups).fold(step, Instant::min)
+    }
+
+    /// Drop the named sources that no longer serve, finish the lookups
+    /// whose time is up, send the lookups that are due.
+    fn names_due(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.resolutions.is_empty() {
+            return;
+        }
+        let mut changed = false;
+        let mut i = 0;
+        while i < self.sources.len() {
+            let s = &self.sources[i];
+            // Unreachable: at the next poll, the whole reach register (the
+            // last eight requests) is empty.
+            let unreachable = s.reach == 0 && s.requests >= u64::from(DROP_AFTER_POLLS) && s.due(now);
+            let serves = s.denied.is_none() && !unreachable && s.falseticker_runs < DROP_AFTER_POLLS;
+            if s.origin.name().is_none() || serves {
+                i += 1;
+                continue;
+            }
+            let dropped = self.sources.remove(i);
+            changed = true;
+            if let Some(r) = self.resolutions.iter_mut().find(|r| r.origin() == dropped.origin) {
+                r.dropped(dropped.addr.ip(), dropped.denied.is_some(), now);
+            }
+        }
+        for i in 0..self.resolutions.len() {
+            if self.resolutions[i].timed_out(now) {
+                self.finish_lookup(i, now);
+                changed = true;
+            }
+            self.resolutions[i].start_lookup(
+                now,
+                &self.config.resolvers,
+                self.config.dns_randomize_case,
+                &mut self.rng,
+                &mut self.last_query,
+                out,
+            );
+        }
+        if changed {
+            out.push(Action::PublishStatus(self.status()));
+        }
+    }
+
+    /// An answer to DNS query `query`.
+    fn resolved(
+        &mut self,
+        now: Instant,
+        query: u64,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), Refusal> {
+        let i = self
+            .resolutions
+            .iter()
+            .position(|r| r.owns(query))
+            .ok_or(Refusal::DnsNotAwaited)?;
+        if self.resolutions[i].answer(query, from, data)? {
+            self.finish_lookup(i, now);
+            out.push(Action::PublishStatus(self.status()));
+        }
+        Ok(())
+    }
+
+    /// End lookup `i`: its new addresses become sources, polled at once.
+    fn finish_lookup(&mut self, i: usize, now: Instant) {
+        let present: Vec<SocketAddr> = self.sources.iter().map(|s| s.addr).collect();
+        let origin = self.resolutions[i].origin();
+        let live = self.sources.iter().filter(|s| s.origin == origin).count();
+        let room = MAX_SOURCES.saturating_sub(self.sources.len());
+        let found = self.resolutions[i].finish(now, &present, live, room, &self.config);
+        for addr in found.addrs {
+            self.sources
+                .push(Source::new(addr, found.origin.clone(), now, &self.config));
+        }
+        if self.state == SyncState::NoSources && !self.sources.is_empty() {
+            self.state = SyncState::Starting;
+        }
     }
 
     fn received(
@@ -265,8 +368,14 @@ impl Ntp {
             let s = &mut self.sources[i];
             if !selection.truechimers.is_empty() && !selection.truechimers.contains(&k) {
                 s.selection = SourceState::Falseticker;
+                s.falseticker_runs = s.falseticker_runs.saturating_add(1);
             } else if selection.estimate.is_some() && selection.survivors.contains(&k) {
                 s.selection = SourceState::Selected;
+            }
+        }
+        for s in &mut self.sources {
+            if s.selection != SourceState::Falseticker {
+                s.falseticker_runs = 0;
             }
         }
         self.agreeing = selection.truechimers.len();
@@ -451,7 +560,7 @@ impl Ntp {
                     let f = s.filter.output(self.projection(self.now));
                     SourceStatus {
                         address: s.addr,
-                        origin: s.origin,
+                        origin: s.origin.clone(),
                         state: s.state(),
                         offset_ns: f.map_or(0, |f| f.offset_ns),
                         delay_ns: f.map_or(0, |f| f.delay_ns),
@@ -462,6 +571,15 @@ impl Ntp {
                         requests: s.requests,
                         smearing: crate::smears(s.addr.ip()),
                     }
+                })
+                .collect(),
+            names: self
+                .resolutions
+                .iter()
+                .map(|r| {
+                    let origin = r.origin();
+                    let n = self.sources.iter().filter(|s| s.origin == origin).count();
+                    r.status(u8::try_from(n).unwrap_or(u8::MAX))
                 })
                 .collect(),
             counters: self.counters,
@@ -534,7 +652,7 @@ impl Engine for Ntp {
                 scaled_ppm: ntp.discipline.freq,
             });
         }
-        if ntp.sources.is_empty() {
+        if ntp.sources.is_empty() && (ntp.resolutions.is_empty() || ntp.config.resolvers.is_empty()) {
             ntp.state = SyncState::NoSources;
         }
         ntp.on_timer(now, out);

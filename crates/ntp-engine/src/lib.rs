@@ -46,12 +46,12 @@
 //! overrides it.
 //!
 //! # Names
-//! Sources are addresses: configured ([`Config::servers`]) or learned from
-//! DHCP option 42 ([`Event::DhcpServers`]). Host names and pools are not
-//! resolved yet. The seam for it is [`SourceOrigin`]: a later `Pool(name)`
-//! origin, an `Action::Resolve` query built by the engine and an
-//! `Event::Resolved` answer parsed by it would add and replace sources the
-//! way [`Event::DhcpServers`] does, so no privileged role ever parses DNS.
+//! Sources are addresses: configured ([`Config::servers`]), learned from
+//! DHCP option 42 ([`Event::DhcpServers`]), or resolved by the engine
+//! itself from host names and pools ([`Config::names`], see [`names`]): it
+//! builds the DNS queries, the network role only carries them to the
+//! resolvers ([`Action::Resolve`], [`Event::Resolved`]), so no privileged
+//! or unfiltered role ever parses DNS.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -59,10 +59,12 @@ extern crate alloc;
 
 pub mod discipline;
 mod engine;
+pub mod names;
 pub mod select;
 pub mod source;
 pub mod wire;
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -76,8 +78,8 @@ pub use wire::{Kiss, Leap, NtpTimestamp, WireError};
 /// fd00:ec2::123, docs.aws.amazon.com "configure-ec2-ntp") and Google's
 /// metadata server (169.254.169.254, cloud.google.com "configure-ntp").
 /// Around a leap they are up to 0.5 s away from non-smearing servers, by
-/// design. (time.google.com and time.aws.com smear too; sources are
-/// addresses for now.)
+/// design. (time.google.com and time.aws.com smear too; the table holds
+/// addresses, so a source resolved from those names is not tagged.)
 pub const SMEARING_SERVERS: [IpAddr; 3] = [
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 123)),
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x123)),
@@ -89,10 +91,15 @@ pub fn smears(ip: IpAddr) -> bool {
     SMEARING_SERVERS.contains(&ip)
 }
 
-/// Most sources the engine keeps (configured first, then DHCP's).
+/// Most sources the engine keeps (configured first, then DHCP's and
+/// those resolved from names, in the order they come).
 pub const MAX_SOURCES: usize = 16;
 /// The NTP port, for sources learned without one (DHCP option 42).
 pub const NTP_PORT: u16 = 123;
+/// Most names ([`Config::names`]) the engine resolves.
+pub const MAX_NAMES: usize = 8;
+/// Most resolvers the engine asks (resolv.conf's MAXNS).
+pub const MAX_RESOLVERS: usize = 3;
 /// Poll bounds the configuration may use (RFC 5905 MINPOLL 4, MAXPOLL 17).
 pub const POLL_RANGE: core::ops::RangeInclusive<u8> = 4..=17;
 
@@ -101,6 +108,15 @@ pub const POLL_RANGE: core::ops::RangeInclusive<u8> = 4..=17;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub servers: Vec<SocketAddr>,
+    /// Host names and pools the engine resolves itself (see [`names`]).
+    pub names: Vec<NameConfig>,
+    /// The resolvers asked for `names` (port 53, from resolv.conf).
+    pub resolvers: Vec<SocketAddr>,
+    /// Sources a pool gives, at most (default 4, 1 to 8).
+    pub pool_sources: u8,
+    /// Ask each query with its name's letters in random case and require
+    /// the answer to echo them (0x20, draft-vixie-dnsext-dns0x20).
+    pub dns_randomize_case: bool,
     /// Use the servers DHCP learned ([`Event::DhcpServers`]).
     pub use_dhcp_servers: bool,
     /// log2 s; default 6 (64 s), the least public servers expect (chrony's
@@ -141,6 +157,10 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             servers: Vec::new(),
+            names: Vec::new(),
+            resolvers: Vec::new(),
+            pool_sources: 4,
+            dns_randomize_case: true,
             use_dhcp_servers: true,
             min_poll: 6,
             max_poll: 10,
@@ -172,6 +192,22 @@ impl Config {
             new
         });
         self.servers.truncate(MAX_SOURCES);
+        let mut seen = Vec::new();
+        self.names.retain(|n| {
+            let key = (n.name.to_ascii_lowercase(), n.port, n.pool);
+            let new = !seen.contains(&key) && dns_wire::Name::from_ascii(&n.name).is_ok();
+            seen.push(key);
+            new
+        });
+        self.names.truncate(MAX_NAMES);
+        let mut seen = Vec::new();
+        self.resolvers.retain(|r| {
+            let new = !seen.contains(r);
+            seen.push(*r);
+            new
+        });
+        self.resolvers.truncate(MAX_RESOLVERS);
+        self.pool_sources = self.pool_sources.clamp(1, 8);
         self.max_distance_ns = self.max_distance_ns.clamp(1_000_000, 16_000_000_000);
         self.step_threshold_ns = self.step_threshold_ns.max(1_000_000);
         self.stepout_secs = self.stepout_secs.max(16);
@@ -204,6 +240,19 @@ impl Config {
             None => (usable / 2 + 1).min(3),
         }
     }
+}
+
+/// A host name or pool to resolve.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NameConfig {
+    /// A domain name in text form (`pool.ntp.org`); names that do not
+    /// parse ([`dns_wire::Name::from_ascii`]) are dropped at start.
+    pub name: String,
+    /// The NTP port of its servers.
+    pub port: u16,
+    /// A pool: up to [`Config::pool_sources`] of its addresses become
+    /// sources. Otherwise one.
+    pub pool: bool,
 }
 
 /// What the engine is told once, at start.
@@ -246,6 +295,13 @@ pub enum Event {
     IntentResult { kind: IntentKind, ok: bool },
     /// The NTP servers DHCP learned (option 42), the whole list each time.
     DhcpServers(Vec<IpAddr>),
+    /// A datagram from `from` on the socket of DNS query `query` (see
+    /// [`Action::Resolve`]).
+    Resolved {
+        query: u64,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
     /// Nothing happened; due timers run.
     Tick,
     /// An operator accepted the held step (the actuator holds the
@@ -297,6 +353,14 @@ pub enum Action {
         scaled_ppm: i64,
     },
     PublishStatus(Status),
+    /// Send `data` (one DNS query) to the resolver `to` from a fresh
+    /// socket connected to it, and hand back what comes from it as
+    /// [`Event::Resolved`] with the same `query`.
+    Resolve {
+        query: u64,
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 /// Why an event was dropped (counted by the supervisor, never fatal).
@@ -336,6 +400,15 @@ pub enum Refusal {
     UnknownTransmit,
     /// [`Event::DhcpServers`] while [`Config::use_dhcp_servers`] is off.
     DhcpServersNotUsed,
+    /// A DNS answer for no query in flight (late, duplicate, unknown).
+    DnsNotAwaited,
+    /// A DNS answer from another address or port than the query's resolver.
+    DnsWrongSource,
+    /// Not a DNS message [`dns_wire`] accepts.
+    DnsMalformed,
+    /// Not a response to the query: id, opcode or question (case
+    /// included) differ.
+    DnsMismatch,
 }
 
 impl Refusal {
@@ -360,15 +433,33 @@ impl Refusal {
             Refusal::BeforeFloor => "before-floor",
             Refusal::UnknownTransmit => "unknown-transmit",
             Refusal::DhcpServersNotUsed => "dhcp-servers-not-used",
+            Refusal::DnsNotAwaited => "dns-not-awaited",
+            Refusal::DnsWrongSource => "dns-wrong-source",
+            Refusal::DnsMalformed => "dns-malformed",
+            Refusal::DnsMismatch => "dns-mismatch",
         }
     }
 }
 
 /// Where a source came from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SourceOrigin {
     Configured,
     Dhcp,
+    /// Resolved from this configured host name.
+    Server(String),
+    /// Resolved from this configured pool.
+    Pool(String),
+}
+
+impl SourceOrigin {
+    /// The configured name, for the origins that have one.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            SourceOrigin::Server(n) | SourceOrigin::Pool(n) => Some(n),
+            SourceOrigin::Configured | SourceOrigin::Dhcp => None,
+        }
+    }
 }
 
 /// A source as status shows it (the states of issue 12's status JSON).
@@ -423,7 +514,7 @@ pub enum SyncState {
 }
 
 /// One source in [`Status`].
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SourceStatus {
     pub address: SocketAddr,
     pub origin: SourceOrigin,
@@ -472,7 +563,23 @@ pub struct Status {
     pub agreeing: u8,
     pub quorum: u8,
     pub sources: Vec<SourceStatus>,
+    pub names: Vec<NameStatus>,
     pub counters: Counters,
+}
+
+/// One configured name in [`Status`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NameStatus {
+    pub name: String,
+    pub pool: bool,
+    /// Its sources now.
+    pub sources: u8,
+    /// A lookup is in flight.
+    pub resolving: bool,
+    /// Lookups in a row that gave no address.
+    pub failures: u32,
+    /// Lookups sent since start.
+    pub lookups: u64,
 }
 
 #[cfg(test)]

@@ -325,6 +325,8 @@ pub struct Source {
     pub fresh: bool,
     /// Requests sent to this source (for politeness figures).
     pub requests: u64,
+    /// Selections in a row that found it a falseticker.
+    pub falseticker_runs: u8,
 }
 
 impl Source {
@@ -347,6 +349,7 @@ impl Source {
             selection: SourceState::Unreachable,
             fresh: false,
             requests: 0,
+            falseticker_runs: 0,
         }
     }
 

@@ -526,6 +526,357 @@ fn a_leap_is_armed_on_the_last_day_of_the_month_only() {
     );
 }
 
+// ---- host names and pools ------------------------------------------------------
+
+mod names {
+    use std::net::{IpAddr, SocketAddr};
+
+    use dns_wire::{Message, Name, Type};
+    use ntp_engine::names::{DROP_AFTER_POLLS, RETRY_FIRST_MS, RETRY_MAX_MS};
+    use ntp_engine::{Action, Event, Instant, Refusal, SourceOrigin, SyncState};
+
+    use super::support::{
+        Behaviour, HOUR, MINUTE, NtpSim, Resolver, ResolverBehaviour, Server, Sim, sim_named,
+    };
+    use super::{lan_servers, noisy};
+
+    fn pool_of(servers: &[Server]) -> Resolver {
+        Resolver::new(vec![("pool.test", servers.iter().map(|s| s.addr.ip()).collect())])
+    }
+
+    fn pool_sources(s: &Sim) -> Vec<SocketAddr> {
+        s.last_status()
+            .sources
+            .iter()
+            .filter(|x| x.origin == SourceOrigin::Pool("pool.test".into()))
+            .map(|x| x.address)
+            .collect()
+    }
+
+    fn resolves(s: &Sim) -> Vec<(Instant, u64, SocketAddr, Vec<u8>)> {
+        s.pick(|a| match a {
+            Action::Resolve { query, to, data } => Some((*query, *to, data.clone())),
+            _ => None,
+        })
+        .into_iter()
+        .map(|(t, (q, to, d))| (t, q, to, d))
+        .collect()
+    }
+
+    #[test]
+    fn a_pool_gives_four_sources_that_synchronise_the_clock() {
+        let servers = lan_servers(8);
+        let mut s = sim_named(
+            noisy(0.040, 30.0),
+            servers.clone(),
+            pool_of(&servers),
+            &[("pool.test", true)],
+            11,
+        );
+        s.run_for(5 * MINUTE);
+        let queries = &s.world.resolver.as_ref().unwrap().queries;
+        // One lookup: an A and an AAAA query, random ids, the name's case
+        // randomized (0x20), recursion desired.
+        assert_eq!(queries.len(), 2, "{queries:?}");
+        let types: Vec<Type> = queries.iter().map(|(_, q)| q.questions[0].qtype).collect();
+        assert_eq!(types, [Type::A, Type::AAAA]);
+        assert_ne!(queries[0].1.header.id, queries[1].1.header.id);
+        let pool = Name::from_ascii("pool.test").unwrap();
+        for (_, q) in queries {
+            assert_eq!(q.questions[0].name, pool);
+        }
+        assert!(
+            queries.iter().any(|(_, q)| !q.questions[0].name.eq_exact(&pool)),
+            "no letter of either query changed case"
+        );
+        let sources = pool_sources(&s);
+        println!("pool sources: {sources:?}");
+        assert_eq!(sources.len(), 4);
+        assert!(sources.iter().all(|a| servers.iter().any(|x| x.addr == *a)));
+        let status = s.last_status();
+        assert_eq!(status.state, SyncState::Synchronized);
+        assert!(
+            s.world.error_at(s.now).abs() < 0.001,
+            "{}",
+            s.world.error_at(s.now)
+        );
+        let name = &status.names[0];
+        assert_eq!(
+            (name.name.as_str(), name.pool, name.sources, name.failures),
+            ("pool.test", true, 4, 0)
+        );
+        // The other four servers were never asked.
+        let asked = s.world.servers.iter().filter(|x| !x.requests.is_empty()).count();
+        assert_eq!(asked, 4);
+    }
+
+    #[test]
+    fn only_the_resolvers_exact_answer_is_accepted() {
+        let servers = lan_servers(4);
+        let mut resolver = pool_of(&servers);
+        // Answers are held back so that forgeries arrive first.
+        resolver.behaviour = ResolverBehaviour::Silent;
+        let mut s = sim_named(
+            noisy(0.0, 0.0),
+            servers.clone(),
+            resolver,
+            &[("pool.test", true)],
+            12,
+        );
+        s.run_for(100);
+        let sent = resolves(&s);
+        assert_eq!(sent.len(), 2);
+        let (_, handle, resolver_addr, query_bytes) = sent[0].clone();
+        let query = Message::parse(&query_bytes).unwrap();
+        let honest = {
+            let mut r = Resolver::new(vec![("pool.test", servers.iter().map(|x| x.addr.ip()).collect())]);
+            r.answer(s.now, &query_bytes).unwrap()
+        };
+        let forged = |f: &dyn Fn(&mut Message)| {
+            let mut m = Message::parse(&honest).unwrap();
+            f(&mut m);
+            m.to_bytes().unwrap()
+        };
+        let lowered = forged(&|m: &mut Message| {
+            let lower = m.questions[0].name.to_string().to_ascii_lowercase();
+            m.questions[0].name = Name::from_ascii(&lower).unwrap();
+        });
+        let attempts: Vec<(u64, SocketAddr, Vec<u8>, Refusal)> = vec![
+            // Another port, another address.
+            (
+                handle,
+                SocketAddr::new(resolver_addr.ip(), 5353),
+                honest.clone(),
+                Refusal::DnsWrongSource,
+            ),
+            (
+                handle,
+                SocketAddr::new([192, 0, 2, 66].into(), 53),
+                honest.clone(),
+                Refusal::DnsWrongSource,
+            ),
+            // A guessed id.
+            (
+                handle,
+                resolver_addr,
+                forged(&|m: &mut Message| m.header.id ^= 0x0101),
+                Refusal::DnsMismatch,
+            ),
+            // The question in other case (the 0x20 check) or of another type.
+            (handle, resolver_addr, lowered, Refusal::DnsMismatch),
+            (
+                handle,
+                resolver_addr,
+                forged(&|m: &mut Message| m.questions[0].qtype = Type::AAAA),
+                Refusal::DnsMismatch,
+            ),
+            // The query itself echoed (not a response), junk, no such query.
+            (handle, resolver_addr, query_bytes.clone(), Refusal::DnsMismatch),
+            (handle, resolver_addr, vec![0xff; 40], Refusal::DnsMalformed),
+            (
+                handle + 100,
+                resolver_addr,
+                honest.clone(),
+                Refusal::DnsNotAwaited,
+            ),
+        ];
+        // (With this seed the query's name has upper-case letters, so the
+        // lowered copy differs from it.)
+        assert!(
+            !query.questions[0]
+                .name
+                .eq_exact(&Name::from_ascii("pool.test").unwrap())
+        );
+        for (h, from, data, refusal) in attempts {
+            assert_eq!(s.handle(Event::Resolved { query: h, from, data }), Err(refusal));
+        }
+        assert!(pool_sources(&s).is_empty(), "a forgery added a source");
+        // The honest answer is accepted once; a replay is not awaited.
+        s.handle(Event::Resolved {
+            query: handle,
+            from: resolver_addr,
+            data: honest.clone(),
+        })
+        .unwrap();
+        assert_eq!(
+            s.handle(Event::Resolved {
+                query: handle,
+                from: resolver_addr,
+                data: honest,
+            }),
+            Err(Refusal::DnsNotAwaited)
+        );
+        // The AAAA query is never answered: the lookup ends at its deadline
+        // with the A answer's four addresses.
+        s.run_for(10_000);
+        assert_eq!(pool_sources(&s).len(), 4);
+    }
+
+    #[test]
+    fn a_pool_replaces_denied_unreachable_and_falseticking_sources() {
+        let mut servers = lan_servers(10);
+        servers[0].behaviour = Behaviour::Kiss(*b"DENY");
+        servers[1].behaviour = Behaviour::Silent;
+        servers[2].offset = 0.5; // a falseticker among truechimers
+        let bad: Vec<SocketAddr> = servers[..3].iter().map(|x| x.addr).collect();
+        let mut s = sim_named(
+            noisy(0.0, 10.0),
+            servers.clone(),
+            pool_of(&servers),
+            &[("pool.test", true)],
+            13,
+        );
+        s.run_for(2 * HOUR);
+        let sources = pool_sources(&s);
+        let lookups = s.world.resolver.as_ref().unwrap().queries.len() / 2;
+        println!("after 2 h: sources {sources:?}, {lookups} lookups");
+        assert_eq!(sources.len(), 4, "{sources:?}");
+        assert!(sources.iter().all(|a| !bad.contains(a)), "{sources:?}");
+        assert!(lookups >= 2, "never resolved again");
+        // Politeness: a handful of lookups, not one per poll.
+        assert!(lookups <= 6, "{lookups} lookups");
+        // The dropped servers are not asked again.
+        let last = s.now;
+        s.run_for(HOUR);
+        for x in &s.world.servers[..3] {
+            assert_eq!(x.requests_between(last, s.now), 0, "{} polled again", x.addr);
+        }
+        assert_eq!(s.last_status().state, SyncState::Synchronized);
+        assert!(s.world.error_at(s.now).abs() < 0.001);
+        // The silent one lasted its reach register, no longer.
+        let silent = &s.world.servers[1];
+        assert!(
+            silent.requests.len() <= usize::from(DROP_AFTER_POLLS) + 1,
+            "{}",
+            silent.requests.len()
+        );
+    }
+
+    #[test]
+    fn a_small_pool_comes_back_after_an_outage_but_a_denying_server_does_not() {
+        let mut servers = lan_servers(3);
+        servers[2].behaviour = Behaviour::Kiss(*b"DENY");
+        let mut s = sim_named(
+            noisy(0.0, 10.0),
+            servers.clone(),
+            pool_of(&servers),
+            &[("pool.test", true)],
+            16,
+        );
+        s.run_for(HOUR);
+        assert_eq!(pool_sources(&s).len(), 2);
+        // Two hours without network: every source dropped, lookups fail.
+        s.change_at(Instant(HOUR), |_, w, _| w.network_up = false);
+        s.change_at(Instant(3 * HOUR), |_, w, _| w.network_up = true);
+        s.run_until(Instant(3 * HOUR));
+        assert!(pool_sources(&s).is_empty(), "{:?}", pool_sources(&s));
+        let lookups_during = s.world.resolver.as_ref().unwrap().queries.len();
+        s.run_until(Instant(4 * HOUR));
+        let sources = pool_sources(&s);
+        println!("after the outage: {sources:?}");
+        let mut expected = vec![servers[0].addr, servers[1].addr];
+        let mut got = sources.clone();
+        expected.sort();
+        got.sort();
+        assert_eq!(
+            got, expected,
+            "the two that served are back, the denying one is not"
+        );
+        assert!(s.world.resolver.as_ref().unwrap().queries.len() > lookups_during);
+        assert_eq!(s.last_status().state, SyncState::Synchronized);
+    }
+
+    #[test]
+    fn failed_lookups_back_off_to_a_bound() {
+        for behaviour in [
+            ResolverBehaviour::Silent,
+            ResolverBehaviour::ServFail,
+            ResolverBehaviour::LowerCase,
+        ] {
+            let servers = lan_servers(2);
+            let mut resolver = pool_of(&servers);
+            resolver.behaviour = behaviour;
+            let mut s = sim_named(noisy(0.0, 0.0), servers, resolver, &[("pool.test", true)], 14);
+            s.run_for(6 * HOUR);
+            let times: Vec<u64> = s
+                .world
+                .resolver
+                .as_ref()
+                .unwrap()
+                .queries
+                .iter()
+                .step_by(2)
+                .map(|(t, _)| t.0)
+                .collect();
+            let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+            println!("{behaviour:?}: {} lookups in 6 h, gaps {gaps:?} ms", times.len());
+            assert!(pool_sources(&s).is_empty());
+            assert!(
+                gaps.windows(2).all(|w| w[1] >= w[0]),
+                "the pauses shrank: {gaps:?}"
+            );
+            assert!(gaps[0] >= RETRY_FIRST_MS, "{gaps:?}");
+            assert!(gaps.iter().all(|&g| g <= RETRY_MAX_MS + 5_000), "{gaps:?}");
+            // Doubling from 2 s to 17 min, then every 17 min: about 30.
+            assert!((20..=40).contains(&times.len()), "{} lookups", times.len());
+            let name = &s.last_status().names[0];
+            assert_eq!(
+                name.failures as usize,
+                times.len() - usize::from(s.last_status().names[0].resolving)
+            );
+            if behaviour == ResolverBehaviour::LowerCase {
+                assert!(s.refusals.iter().all(|(_, r)| *r == Refusal::DnsMismatch));
+                assert!(!s.refusals.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_name_gives_one_source_and_an_unknown_name_none() {
+        let servers = lan_servers(3);
+        let resolver = Resolver::new(vec![(
+            "ntp1.test",
+            vec![
+                servers[0].addr.ip(),
+                servers[1].addr.ip(),
+                IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+            ],
+        )]);
+        let mut s = sim_named(
+            noisy(0.020, 0.0),
+            servers,
+            resolver,
+            &[("NTP1.test", false), ("missing.test", false)],
+            15,
+        );
+        s.run_for(10 * MINUTE);
+        let status = s.last_status();
+        let named: Vec<_> = status
+            .sources
+            .iter()
+            .filter(|x| x.origin == SourceOrigin::Server("NTP1.test".into()))
+            .collect();
+        assert_eq!(named.len(), 1, "{:?}", status.sources);
+        assert_eq!(named[0].address, s.world.servers[0].addr);
+        assert_eq!(status.sources.len(), 1);
+        assert_eq!(status.state, SyncState::Synchronized);
+        let missing = &status.names[1];
+        assert_eq!((missing.sources, missing.failures >= 5), (0, true), "{missing:?}");
+        // NXDOMAIN is a failure like any: the pauses grow.
+        let missing_lookups = s
+            .world
+            .resolver
+            .as_ref()
+            .unwrap()
+            .queries
+            .iter()
+            .filter(|(_, q)| q.questions[0].name == Name::from_ascii("missing.test").unwrap())
+            .count()
+            / 2;
+        assert!(missing_lookups <= 10, "{missing_lookups}");
+    }
+}
+
 #[test]
 fn a_refused_reply_that_answered_our_request_shows_in_status_at_once() {
     // One server, unsynchronised: no reply is ever taken, yet status must

@@ -32,7 +32,7 @@
 //! ```
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use crate::clock::RealTime;
 
@@ -86,6 +86,54 @@ const CONTROL_WORDS: usize = 16;
 /// reported) with its kernel receive timestamp. `nonblocking`: return
 /// `WouldBlock` rather than wait when nothing is queued.
 pub fn recv_timestamped(socket: impl AsFd, buf: &mut [u8], nonblocking: bool) -> io::Result<Received> {
+    recv_inner(socket.as_fd(), buf, nonblocking, None)
+}
+
+/// As [`recv_timestamped`], on an unconnected socket: also the sender's
+/// address (`None` if the kernel reported no IPv4 or IPv6 address).
+pub fn recv_timestamped_from(
+    socket: impl AsFd,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<(Received, Option<std::net::SocketAddr>)> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let got = recv_inner(socket.as_fd(), buf, nonblocking, Some(&mut name))?;
+    Ok((got, socket_addr_of(&name)))
+}
+
+/// The IPv4 or IPv6 address in `name` (as recvmsg filled it).
+fn socket_addr_of(name: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+    match i32::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which
+            // fits in (and is less aligned than) sockaddr_storage.
+            let sin: &libc::sockaddr_in = unsafe { &*(name as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 = unsafe { &*(name as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn recv_inner(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+    name: Option<&mut libc::sockaddr_storage>,
+) -> io::Result<Received> {
     let mut control = [0u64; CONTROL_WORDS];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -98,11 +146,15 @@ pub fn recv_timestamped(socket: impl AsFd, buf: &mut [u8], nonblocking: bool) ->
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    if let Some(name) = name {
+        msg.msg_name = (name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
     let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
-    // SAFETY: `msg` points at `iov` (which covers exactly `buf`) and at
-    // `control`, all alive and exclusively borrowed for the call; the fd is
-    // borrowed open.
-    let n = unsafe { libc::recvmsg(socket.as_fd().as_raw_fd(), &mut msg, flags) };
+    // SAFETY: `msg` points at `iov` (which covers exactly `buf`), at
+    // `control` and at the name storage if any (its exact size given), all
+    // alive and exclusively borrowed for the call; the fd is borrowed open.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -165,6 +217,21 @@ mod tests {
         // Nothing queued: nonblocking returns at once.
         let e = recv_timestamped(&rx, &mut small, true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn the_sender_is_reported_on_an_unconnected_socket() {
+        for (local, any) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
+            let rx = UdpSocket::bind(local).unwrap();
+            enable_receive_timestamps(&rx).unwrap();
+            let tx = UdpSocket::bind(any).unwrap();
+            tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
+            let mut buf = [0u8; 16];
+            let (got, from) = recv_timestamped_from(&rx, &mut buf, false).unwrap();
+            assert_eq!(&buf[..got.len], b"hello");
+            assert_eq!(from, Some(tx.local_addr().unwrap()));
+            assert!(got.at.is_some());
+        }
     }
 
     #[test]

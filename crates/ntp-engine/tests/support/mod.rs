@@ -14,7 +14,9 @@
 //! it (at most 500 ppm of a few milliseconds).
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use dns_wire::{Class, Message, Name, RData, Record, Type};
 
 use mirage_engine::sim::{Schedule, World};
 use ntp_engine::wire::{Leap, Mode, NtpShort, NtpTimestamp, Packet, Repr};
@@ -242,8 +244,104 @@ impl Server {
     }
 }
 
+/// How the simulated resolver answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResolverBehaviour {
+    Normal,
+    /// Never answers.
+    Silent,
+    /// Answers SERVFAIL.
+    ServFail,
+    /// Answers with the question in lower case (breaks 0x20).
+    LowerCase,
+}
+
+/// A recursive resolver (the one resolv.conf names) that knows one zone:
+/// each name has a list of addresses, handed out four at a time in turn as
+/// the NTP pool's servers do.
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    pub addr: SocketAddr,
+    pub names: Vec<(Name, Vec<IpAddr>)>,
+    pub behaviour: ResolverBehaviour,
+    /// Every query received, with when.
+    pub queries: Vec<(Instant, Message)>,
+    /// Round trip, ms.
+    pub delay_ms: u64,
+    cursor: usize,
+}
+
+impl Resolver {
+    pub fn new(names: Vec<(&str, Vec<IpAddr>)>) -> Resolver {
+        Resolver {
+            addr: SocketAddr::new([192, 0, 2, 53].into(), 53),
+            names: names
+                .into_iter()
+                .map(|(n, a)| (Name::from_ascii(n).unwrap(), a))
+                .collect(),
+            behaviour: ResolverBehaviour::Normal,
+            queries: Vec::new(),
+            delay_ms: 20,
+            cursor: 0,
+        }
+    }
+
+    /// The answer to `query` (as a resolver builds it: the question
+    /// echoed, the addresses of the asked family).
+    pub fn answer(&mut self, now: Instant, data: &[u8]) -> Option<Vec<u8>> {
+        let query = Message::parse(data).expect("the engine's query parses");
+        assert_eq!(query.questions.len(), 1, "one question per query");
+        assert!(!query.header.response && query.header.recursion_desired);
+        self.queries.push((now, query.clone()));
+        let mut reply = query.clone();
+        reply.header.response = true;
+        reply.header.recursion_available = true;
+        let question = &query.questions[0];
+        match self.behaviour {
+            ResolverBehaviour::Silent => return None,
+            ResolverBehaviour::ServFail => {
+                reply.header.rcode = 2;
+                return Some(reply.to_bytes().unwrap());
+            }
+            ResolverBehaviour::LowerCase => {
+                let lower = question.name.to_string().to_ascii_lowercase();
+                reply.questions[0].name = Name::from_ascii(&lower).unwrap();
+            }
+            ResolverBehaviour::Normal => {}
+        }
+        match self.names.iter().find(|(n, _)| *n == question.name) {
+            None => reply.header.rcode = 3,
+            Some((_, addrs)) => {
+                let family: Vec<IpAddr> = addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| a.is_ipv4() == (question.qtype == Type::A))
+                    .collect();
+                for k in 0..family.len().min(4) {
+                    let addr = family[(self.cursor + k) % family.len()];
+                    reply.answers.push(Record {
+                        name: question.name.clone(),
+                        class: Class::IN,
+                        ttl: 150,
+                        data: match addr {
+                            IpAddr::V4(a) => RData::A(a),
+                            IpAddr::V6(a) => RData::Aaaa(a),
+                        },
+                    });
+                }
+                if question.qtype == Type::A && !family.is_empty() {
+                    self.cursor = (self.cursor + 4) % family.len();
+                }
+            }
+        }
+        Some(reply.to_bytes().unwrap())
+    }
+}
+
 /// Everything around the engine.
 pub struct NtpWorld {
+    /// The resolver, if the client may look names up.
+    pub resolver: Option<Resolver>,
     pub clock: Clock,
     pub servers: Vec<Server>,
     pub noise: Noise,
@@ -265,6 +363,7 @@ pub fn true_ns(now: Instant) -> i128 {
 impl NtpWorld {
     pub fn new(clock: Clock, servers: Vec<Server>, seed: u64) -> NtpWorld {
         NtpWorld {
+            resolver: None,
             clock,
             servers,
             noise: Noise::new(seed),
@@ -358,6 +457,26 @@ impl World<Ntp> for NtpWorld {
                     },
                 );
             }
+            Action::Resolve { query, to, data } => {
+                let Some(resolver) = self
+                    .resolver
+                    .as_mut()
+                    .filter(|r| r.addr == *to && self.network_up)
+                else {
+                    return;
+                };
+                if let Some(reply) = resolver.answer(now, data) {
+                    let at = now.add_millis(resolver.delay_ms);
+                    schedule.at(
+                        at,
+                        Event::Resolved {
+                            query: *query,
+                            from: *to,
+                            data: reply,
+                        },
+                    );
+                }
+            }
             Action::SetStatus(_) | Action::SaveDrift { .. } | Action::PublishStatus(_) => {}
         }
     }
@@ -385,6 +504,33 @@ pub fn sim_with(
     tweak(&mut config);
     let world = NtpWorld::new(clock, servers, u64::from(seed) * 7919);
     Sim::start(Start { config, drift }, Instant(0), [seed; 32], world)
+}
+
+/// A client that knows only `names` (pools when `pool`), resolved by
+/// `resolver` among `servers`.
+pub fn sim_named(
+    clock: Clock,
+    servers: Vec<Server>,
+    resolver: Resolver,
+    names: &[(&str, bool)],
+    seed: u8,
+) -> Sim {
+    let mut config = Config {
+        names: names
+            .iter()
+            .map(|&(name, pool)| ntp_engine::NameConfig {
+                name: name.into(),
+                port: 123,
+                pool,
+            })
+            .collect(),
+        resolvers: vec![resolver.addr],
+        ..Config::default()
+    };
+    config.servers.clear();
+    let mut world = NtpWorld::new(clock, servers, u64::from(seed) * 7919);
+    world.resolver = Some(resolver);
+    Sim::start(Start { config, drift: None }, Instant(0), [seed; 32], world)
 }
 
 pub const MINUTE: u64 = 60_000;

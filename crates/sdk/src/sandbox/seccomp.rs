@@ -165,7 +165,7 @@ pub mod sys {
         clock_adjtime => SYS_clock_adjtime, clock_settime => SYS_clock_settime, adjtimex => SYS_adjtimex,
         // In no SDK table: see the module docs.
         socket => SYS_socket, bind => SYS_bind, connect => SYS_connect, setsockopt => SYS_setsockopt,
-        getpeername => SYS_getpeername,
+        getpeername => SYS_getpeername, getsockname => SYS_getsockname,
     );
     #[cfg(target_arch = "x86_64")]
     nrs!(poll => SYS_poll, renameat => SYS_renameat, dup2 => SYS_dup2, arch_prctl => SYS_arch_prctl,
