@@ -63,6 +63,14 @@ pub const BINDS: [&str; 4] = [
     "/etc/resolv.conf:/etc/resolv.conf",
 ];
 
+/// The KVM device, as a LinuxKit `devices` entry: character device
+/// 10:232 at /dev/kvm, mode 0666 (a LinuxKit entry has no owner, and
+/// everything in the container is [`SERVICE_ID`]). With it the engine runs
+/// as a KVM guest where the machine has KVM; where it has none, opening
+/// the node fails and the service falls back to seccomp and says why
+/// (docs/operators.md).
+pub const KVM_DEVICE: (&str, u32, u32, &str) = ("/dev/kvm", 10, 232, "0666");
+
 /// Provenance written into the image's labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -161,7 +169,7 @@ fn dir(path: &str, mode: u32, id: u32) -> tar::Entry {
 /// the same image the Containerfile describes.
 ///
 /// The layer holds the binary only. The `org.mobyproject.config` label carries the LinuxKit defaults
-/// (capabilities, ambient set, uid, binds, host network), so that a LinuxKit
+/// (capabilities, ambient set, uid, binds, host network, the KVM device), so that a LinuxKit
 /// YAML entry needs only the `image:` line.
 pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
     for (name, value) in [
@@ -226,8 +234,10 @@ pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
 }
 
 /// LinuxKit's per-image defaults (its `org.mobyproject.config` label):
-/// the same capabilities, ids and binds as examples/mirage-dhcp.yml.
+/// the same capabilities, ids, binds and KVM device as
+/// examples/mirage-dhcp.yml.
 pub fn linuxkit_config() -> Value {
+    let (path, major, minor, mode) = KVM_DEVICE;
     json!({
         "net": "host",
         "uid": SERVICE_ID,
@@ -237,6 +247,7 @@ pub fn linuxkit_config() -> Value {
         "noNewPrivileges": true,
         "readonly": true,
         "binds": BINDS,
+        "devices": [{"path": path, "type": "c", "major": major, "minor": minor, "mode": mode}],
     })
 }
 
@@ -490,6 +501,11 @@ mod tests {
         assert_eq!(config["config"]["Entrypoint"], json!(["/mirage-dhcp"]));
         let moby: Value = serde_json::from_str(labels["org.mobyproject.config"].as_str().unwrap()).unwrap();
         assert_eq!(moby["ambient"], json!(["CAP_NET_ADMIN", "CAP_NET_RAW"]));
+        // The KVM device, as LinuxKit reads a `devices` entry.
+        assert_eq!(
+            moby["devices"],
+            json!([{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232, "mode": "0666"}])
+        );
         // diff_id is the digest of the uncompressed layer.
         let mut d = flate2::read::GzDecoder::new(&blobs[0].bytes[..]);
         let mut raw = Vec::new();
