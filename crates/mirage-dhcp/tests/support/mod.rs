@@ -987,15 +987,18 @@ pub fn sandboxes_with_kvm(scenario: &str) -> Vec<&'static str> {
 }
 
 /// Run `case` for every (server, sandbox) pair at once, each in its own
-/// thread and namespaces. Every pair's outcome is recorded (its note on
-/// success, the panic message on failure); panics afterwards if any failed,
-/// naming all of them. `na` lists servers that cannot express the scenario,
-/// with the reason, recorded as "n/a" and not run.
+/// thread and namespaces, under every sandbox: [`sandboxes_with_kvm`]
+/// (`seccomp`, `none` and `kvm`; without a usable KVM device the kvm runs
+/// fail loudly, or are skipped with a loud line under `MIRAGE_NO_KVM=1`).
+/// Every pair's outcome is recorded (its note on success, the panic
+/// message on failure); panics afterwards if any failed, naming all of
+/// them. `na` lists servers that cannot express the scenario, with the
+/// reason, recorded as "n/a" and not run.
 pub fn matrix<F>(scenario: &str, servers: &[Server], na: &[(Server, &str)], case: F)
 where
     F: Fn(Server, &str) -> String + Sync,
 {
-    matrix_in(scenario, servers, na, &SANDBOXES, case)
+    matrix_in(scenario, servers, na, &sandboxes_with_kvm(scenario), case)
 }
 
 /// [`matrix`] over the sandboxes `sandboxes`.
