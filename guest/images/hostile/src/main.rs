@@ -57,7 +57,8 @@ const MARKER_LEN: usize = 22;
 
 #[unsafe(no_mangle)]
 extern "Rust" fn __mirage_guest_main() -> ! {
-    let mut buf = [0u8; 64];
+    // Room for any message: a service's first one is its engine's start.
+    let mut buf = [0u8; mirage_engine::codec::MAX_MESSAGE_LEN];
     // Volatile: the bytes are the image file's, not the constant's.
     // SAFETY: a read of a static's own bytes, aligned and initialised.
     let attack: [u8; 32] = unsafe { core::ptr::read_volatile(&raw const ATTACK) };
