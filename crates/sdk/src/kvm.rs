@@ -106,6 +106,18 @@ fn read_image(file: &File) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Whether `fd` is open on a regular file: a configured image, and not
+/// whatever else a role might hold at that number (a direct peer's
+/// channel follows a role's own descriptors).
+fn is_image_file(fd: RawFd) -> bool {
+    if !crate::fd::is_open(fd) {
+        return false;
+    }
+    // SAFETY: `fd` is open (checked); the borrow ends with this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+}
+
 /// The longest the probe guest may take to boot, ask for a message and
 /// exit; its watchdog bound too. Measured here: about 2 ms.
 pub const PROBE_BOUND: Duration = Duration::from_secs(1);
@@ -240,7 +252,7 @@ pub(crate) fn run_guest(role: Starting, image: &[u8]) -> Result<(), String> {
             "told to run a KVM guest, but no KVM device at fd {FD_KVM}"
         ));
     }
-    let configured = if crate::fd::is_open(FD_GUEST_IMAGE) {
+    let configured = if is_image_file(FD_GUEST_IMAGE) {
         // SAFETY: FD_GUEST_IMAGE is open (checked) and was given to this
         // role for this use alone; the File owns it and closes it here,
         // before the VM's descriptors are made.
@@ -307,6 +319,11 @@ mod tests {
         // engine does: the file as it is now.
         std::fs::write(&path, b"changed").unwrap();
         assert_eq!(read_image(&image.file).unwrap(), b"changed");
+        // What the engine role takes for an image: a regular file, never a
+        // socket (a direct peer's channel) at that number.
+        assert!(is_image_file(image.file.as_raw_fd()));
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_image_file(a.as_raw_fd()));
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
         let e = GuestImage::open(&path).unwrap_err();
