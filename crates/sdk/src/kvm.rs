@@ -61,8 +61,8 @@ pub struct GuestImage {
 
 impl GuestImage {
     /// Open and read `path` (in the supervisor, before it drops its
-    /// privileges): a regular file of at most [`MAX_IMAGE_LEN`] bytes, owned by root or the supervisor's user, writable by its
-    /// owner alone.
+    /// privileges): a regular file of at most [`MAX_IMAGE_LEN`] bytes,
+    /// owned by root or the supervisor's user, writable by its owner alone.
     pub fn open(path: &Path) -> Result<GuestImage, String> {
         let named = |e: std::io::Error| format!("guest image {}: {e}", path.display());
         let file = File::open(path).map_err(named)?;
@@ -73,7 +73,8 @@ impl GuestImage {
         }
         if (meta.uid() != 0 && meta.uid() != euid) || meta.mode() & 0o022 != 0 {
             return Err(format!(
-                "guest image {}: must be owned by root or uid {euid} and writable by its owner alone                  (owner {}, mode {:o})",
+                "guest image {}: must be owned by root or uid {euid} and writable by its owner alone \
+                 (owner {}, mode {:o})",
                 path.display(),
                 meta.uid(),
                 meta.mode() & 0o7777
