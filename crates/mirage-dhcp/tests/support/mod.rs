@@ -756,6 +756,14 @@ impl Net {
                 // Kea opens no socket on an interface without carrier: the
                 // peer must be up (the daemon would bring it up anyway).
                 sh(&self.client_ns, &["ip", "link", "set", CLIENT_IF, "up"]);
+                // And the carrier must have reached the server's side, which
+                // on a busy machine takes a moment after `ip link set up`
+                // returns; after 5 s Kea starts anyway, and the check below
+                // says so if it opened no socket.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !has_carrier(&h.ns, &h.ifname) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 std::fs::write(&conf, server_config(kind, &h, offer, &leases)).unwrap();
                 // Kea keeps its lock and pid files where these say.
                 cmd.env("KEA_LOCKFILE_DIR", &self.dir)
@@ -933,6 +941,16 @@ impl Net {
     pub fn role_pid(&self, daemon: usize, role: &str) -> u32 {
         mirage_testkit::procfs::role_pid(self.child_pid(daemon), role)
     }
+}
+
+/// Whether `ifname` in namespace `ns` has carrier (`LOWER_UP`).
+fn has_carrier(ns: &str, ifname: &str) -> bool {
+    let out = sh(ns, &["ip", "-j", "link", "show", "dev", ifname]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {
+        v[0]["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "LOWER_UP"))
+    })
 }
 
 /// Seconds left on `addr` in a busybox udhcpd lease file: an 8-byte
