@@ -9,7 +9,8 @@
 //! path and page tables out of its reach. Its only way out is a hypercall,
 //! one `out` instruction with the arguments in registers
 //! ([`mirage_kvm_abi`]): receive a message (with a deadline), send one, log
-//! a line, get a random seed, exit. Messages are the engine runner's bytes,
+//! a line (rate-limited: [`LOG_BURST`] at once, then [`LOG_PER_SECOND`],
+//! the rest counted), get a random seed, exit. Messages are the engine runner's bytes,
 //! relayed opaquely to and from a [`mirage_engine::Host`], the same trait
 //! a process engine runs over, so the SDK's channel host plugs in as it is
 //! and the supervisor decodes a guest's messages like any engine's.
@@ -30,6 +31,7 @@ mod elf;
 pub mod fuzzing;
 mod hypercall;
 mod layout;
+mod loglimit;
 mod vm;
 mod watchdog;
 
@@ -40,6 +42,7 @@ use std::time::Duration;
 pub use hypercall::LogSink;
 pub use kvm_ioctls::Kvm;
 pub use layout::{MAX_MEMORY, MIN_MEMORY};
+pub use loglimit::{LOG_BURST, LOG_PER_SECOND};
 pub use vm::{ArmedVm, Vm};
 pub use watchdog::KICK_SIGNAL;
 

@@ -17,6 +17,7 @@ use mirage_kvm_abi as abi;
 use crate::elf;
 use crate::hypercall::{self, Args, LogSink, Outcome};
 use crate::layout::{self, Layout};
+use crate::loglimit::LogLimit;
 use crate::watchdog::Watchdog;
 use crate::{Config, VmError};
 
@@ -183,7 +184,25 @@ impl Vm {
         self.sync_regs
     }
 
+    /// The exit loop, with the guest's log lines rate-limited
+    /// ([`LogLimit`]); the count of any suppressed is logged at the end.
     fn run_loop<H: Host>(
+        &mut self,
+        host: &mut H,
+        log: LogSink<'_>,
+        watchdog: &Watchdog,
+        watcher: &std::thread::Thread,
+    ) -> Result<(), VmError> {
+        let mut limit = LogLimit::new(std::time::Instant::now());
+        let result = {
+            let mut limited = |line: &str| limit.offer(std::time::Instant::now(), line, &mut *log);
+            self.exits(host, &mut limited, watchdog, watcher)
+        };
+        limit.flush(log);
+        result
+    }
+
+    fn exits<H: Host>(
         &mut self,
         host: &mut H,
         log: LogSink<'_>,

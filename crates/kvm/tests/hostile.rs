@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mirage_engine::FromEngine;
-use mirage_kvm::{Config, Vm, VmError};
+use mirage_kvm::{Config, LOG_BURST, LOG_PER_SECOND, Vm, VmError};
 use mirage_sdk::channel::Channel;
 use mirage_sdk::engine_role::ChannelHost;
 
@@ -29,6 +29,7 @@ const PANIC: u8 = 12;
 const HLT: u8 = 13;
 const HYPERCALLS: u8 = 14;
 const WRITE_PAGE_TABLES: u8 = 15;
+const LOG_FLOOD: u8 = 16;
 
 /// Run attack `case` with `arg`; the guest's end, its log, and the
 /// supervisor's end of the channel (still open).
@@ -226,5 +227,42 @@ fn hypercall_round_trip_cost() {
     eprintln!(
         "kvm hypercall round trip: {:?} each ({n} seed calls; {total:?} with boot)",
         total / n as u32
+    );
+}
+
+/// A guest that logs as fast as it can: the tender passes the burst, then
+/// its rate, and counts the rest in "suppressed" notes; every line is
+/// either logged or counted, and the count is the last line.
+#[test]
+fn a_guest_flooding_the_log_is_rate_limited_with_a_count() {
+    let n = 20_000u64;
+    let t = Instant::now();
+    let Some(a) = attack(LOG_FLOOD, n, Config::default()) else {
+        return;
+    };
+    let took = t.elapsed();
+    a.result.unwrap();
+    let passed = a.lines.iter().filter(|l| l.starts_with("flood line ")).count() as u64;
+    let notes: Vec<&String> = a.lines.iter().filter(|l| l.starts_with("[tender] ")).collect();
+    assert_eq!(passed + notes.len() as u64, a.lines.len() as u64, "{:?}", a.lines);
+    let counted: u64 = notes
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(passed + counted, n, "lines neither logged nor counted");
+    // The burst, then the rate over however long the flood took here.
+    let most = u64::from(LOG_BURST) + u64::from(LOG_PER_SECOND) * (took.as_secs() + 1);
+    assert!(
+        passed >= u64::from(LOG_BURST) && passed <= most,
+        "{passed} lines passed in {took:?}"
+    );
+    assert!(
+        a.lines.last().unwrap().contains("suppressed"),
+        "{:?}",
+        a.lines.last()
+    );
+    eprintln!(
+        "{n} lines in {took:?}: {passed} logged, {counted} counted in {} note(s)",
+        notes.len()
     );
 }

@@ -57,6 +57,9 @@ pub struct FileConfig {
     pub sandbox: Option<SandboxKind>,
     /// The KVM device for `sandbox = "kvm"` or `"auto"`.
     pub kvm_device: Option<PathBuf>,
+    /// A guest image file to run as the engine instead of the built-in one
+    /// (testing; docs/operators.md).
+    pub kvm_guest_image: Option<PathBuf>,
     pub client_id: ClientIdMode,
     pub hostname: Option<String>,
     pub vendor_class: Option<String>,
@@ -131,6 +134,9 @@ pub struct Config {
     /// As asked for: `auto` is resolved at start (`mirage_sdk::kvm`).
     pub sandbox: SandboxKind,
     pub kvm_device: PathBuf,
+    /// The engine's guest image file instead of the built-in one
+    /// ([`mirage_sdk::kvm::GuestImage`]).
+    pub kvm_guest_image: Option<PathBuf>,
     pub client_id: ClientIdMode,
     pub hostname: Option<String>,
     pub vendor_class: Option<String>,
@@ -235,6 +241,10 @@ impl Config {
             ));
         }
         let ids = RoleIds::resolve(&f.ids).map_err(|(key, why)| bad(&key, why))?;
+        let kvm_guest_image = f.kvm_guest_image;
+        if kvm_guest_image.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(bad("kvm_guest_image", "must be an absolute path"));
+        }
         let resolv_conf = layered(o.resolv_conf, f.resolv_conf, || DEFAULT_RESOLV_CONF.into());
         let resolv_conf = if resolv_conf.as_os_str().is_empty() {
             None
@@ -264,6 +274,7 @@ impl Config {
             kvm_device: f
                 .kvm_device
                 .unwrap_or_else(|| mirage_sdk::kvm::DEFAULT_DEVICE.into()),
+            kvm_guest_image,
             client_id: f.client_id,
             hostname: f.hostname,
             vendor_class: f.vendor_class,
@@ -310,6 +321,7 @@ mod tests {
         assert_eq!(c.resolv_conf, Some(PathBuf::from(DEFAULT_RESOLV_CONF)));
         assert_eq!(c.sandbox, SandboxKind::Auto);
         assert_eq!(c.kvm_device, PathBuf::from("/dev/kvm"));
+        assert_eq!(c.kvm_guest_image, None);
         assert_eq!(c.ids, RoleIds::DEFAULT);
         let all = [c.ids.network, c.ids.engine, c.ids.actuator];
         // One id per role, none shared with `nobody` or root.
@@ -376,6 +388,10 @@ mod tests {
         let e = parse("interface = \"eth0\"\n[acd]\nenabeld = false\n").unwrap_err();
         assert!(e.starts_with("config.toml:3:"), "{e}");
         assert!(e.contains("enabeld"), "{e}");
+        let c = parse("interface = \"eth0\"\nkvm_guest_image = \"/srv/guest.elf\"\n").unwrap();
+        assert_eq!(c.kvm_guest_image, Some(PathBuf::from("/srv/guest.elf")));
+        let e = parse("interface = \"eth0\"\nkvm_guest_image = \"guest.elf\"\n").unwrap_err();
+        assert!(e.contains("kvm_guest_image: must be an absolute path"), "{e}");
         let e = parse("interface = \"eth0\"\nsandbox = \"kvmm\"\n").unwrap_err();
         assert!(e.starts_with("config.toml:2:"), "{e}");
         let e = parse("interface = \"eth0\"\nhostname = \"a;b\"\n").unwrap_err();

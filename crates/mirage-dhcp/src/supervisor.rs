@@ -65,9 +65,16 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     }
     // The sandbox in force: with kvm or auto the KVM device is opened and
     // a guest booted once, beside the rest of the start-up.
+    // A configured guest image is opened here, as root, and booted by the
+    // probe instead of the built-in one.
+    let guest_image = (config.kvm_guest_image.as_deref())
+        .map(mirage_sdk::kvm::GuestImage::open)
+        .transpose()?;
     let (requested, device) = (config.sandbox, config.kvm_device.clone());
+    let probe_image = guest_image.as_ref().map(|g| g.bytes.clone());
     let choosing = std::thread::spawn(move || {
-        mirage_sdk::kvm::choose(requested, Some(crate::roles::engine::GUEST), &device)
+        let image = probe_image.as_deref().unwrap_or(crate::roles::engine::GUEST);
+        mirage_sdk::kvm::choose(requested, Some(image), &device)
     });
     let signals = SignalPipe::new()?;
     // Opened for the actuator (docs/security.md, "Files").
@@ -127,6 +134,21 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
         .map(|fd| fd.try_clone_to_owned())
         .transpose()
         .map_err(|e| format!("the KVM device: {e}"))?;
+    // And the configured guest image, at mirage_sdk::kvm::FD_GUEST_IMAGE.
+    match (guest_image, &dhcp.kvm_device, &config.kvm_guest_image) {
+        (Some(image), Some(_), Some(path)) => {
+            log::warn!(
+                "the engine runs the guest image {}, not the built-in one (kvm_guest_image)",
+                path.display()
+            );
+            dhcp.guest_image = Some(image.file.into());
+        }
+        (Some(_), _, _) => log::warn!(
+            "kvm_guest_image is not used: the engine does not run as a KVM guest (sandbox {})",
+            dhcp.sandbox.as_str()
+        ),
+        (None, _, _) => {}
+    }
     let mut network_settings = dhcp.settings();
     network_settings.client_id = Some(dhcp_engine::client::client_id_bytes(&dhcp.engine_config));
     network_settings.with_arp = config.acd.enabled;
@@ -151,7 +173,11 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     }
     // Side by side, the engine first: it and the network role are on the
     // path to the first DISCOVER.
-    let engine_fds = choice.device_fd().into_iter().collect();
+    let engine_fds = choice
+        .device_fd()
+        .into_iter()
+        .chain(dhcp.guest_image.as_ref().map(|f| f.as_fd()))
+        .collect();
     let specs = [
         engine_plan.spec(
             options,
@@ -225,6 +251,9 @@ struct Dhcp {
     sandbox_reason: String,
     /// The KVM device, for every engine started (with `kvm`).
     kvm_device: Option<OwnedFd>,
+    /// The configured guest image file (with `kvm`), for every engine
+    /// started: each reads it as it is then.
+    guest_image: Option<OwnedFd>,
 }
 
 impl Dhcp {
@@ -260,6 +289,7 @@ impl Dhcp {
             sandbox: SandboxKind::Seccomp,
             sandbox_reason: String::new(),
             kvm_device: None,
+            guest_image: None,
         }
     }
 
@@ -515,6 +545,10 @@ impl Service for Dhcp {
         if let Some(kvm) = &self.kvm_device {
             let kvm = kvm.try_clone().map_err(|e| format!("the KVM device: {e}"))?;
             start.fds.push(kvm);
+            if let Some(image) = &self.guest_image {
+                let image = image.try_clone().map_err(|e| format!("the guest image: {e}"))?;
+                start.fds.push(image);
+            }
         }
         Ok(start)
     }

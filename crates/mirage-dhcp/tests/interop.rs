@@ -1,9 +1,12 @@
 //! Interoperability: every scenario against dnsmasq, Kea, ISC dhcpd and
 //! busybox udhcpd (Debian packages), each in namespaces the test creates,
-//! under both `--sandbox seccomp` and `--sandbox none`. Each (server,
-//! sandbox) pair runs in its own thread and namespaces, and records its
-//! outcome for docs/interop.md (scripts/interop-table.sh).
-//! Needs root (network namespaces, raw sockets); CI runs as root.
+//! under `--sandbox seccomp`, `--sandbox none` and `--sandbox kvm` (the
+//! engine as a KVM guest). Each (server, sandbox) pair runs in its own
+//! thread and namespaces, and records its outcome for docs/interop.md
+//! (scripts/interop-table.sh).
+//! Needs root (network namespaces, raw sockets) and /dev/kvm (without it
+//! the kvm runs fail, unless `MIRAGE_NO_KVM=1` skips them with a loud
+//! line); CI runs as root.
 
 mod support;
 

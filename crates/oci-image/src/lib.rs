@@ -109,9 +109,10 @@ impl Service {
     }
 
     /// LinuxKit's per-image defaults (its `org.mobyproject.config` label):
-    /// the same capabilities, ids and binds as the service's LinuxKit
-    /// example (examples/NAME.yml).
+    /// the same capabilities, ids, binds and KVM device ([`KVM_DEVICE`]) as
+    /// the service's LinuxKit example (examples/NAME.yml).
     pub fn linuxkit_config(&self) -> Value {
+        let (path, major, minor, mode) = KVM_DEVICE;
         json!({
             "net": "host",
             "uid": self.id,
@@ -121,9 +122,18 @@ impl Service {
             "noNewPrivileges": true,
             "readonly": true,
             "binds": self.binds,
+            "devices": [{"path": path, "type": "c", "major": major, "minor": minor, "mode": mode}],
         })
     }
 }
+
+/// The KVM device, as a LinuxKit `devices` entry: character device
+/// 10:232 at /dev/kvm, mode 0666 (a LinuxKit entry has no owner, and
+/// everything in the container runs as the service's id). With it the engine runs
+/// as a KVM guest where the machine has KVM; where it has none, opening
+/// the node fails and the service falls back to seccomp and says why
+/// (docs/operators.md).
+pub const KVM_DEVICE: (&str, u32, u32, &str) = ("/dev/kvm", 10, 232, "0666");
 
 /// Provenance written into the image's labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,7 +233,7 @@ fn dir(path: &str, mode: u32, id: u32) -> tar::Entry {
 /// the same image its Containerfile describes.
 ///
 /// The layer holds the binary only. The `org.mobyproject.config` label carries the LinuxKit defaults
-/// (capabilities, ambient set, uid, binds, host network), so that a LinuxKit
+/// (capabilities, ambient set, uid, binds, host network, the KVM device), so that a LinuxKit
 /// YAML entry needs only the `image:` line.
 pub fn image(service: &Service, binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
     for (name, value) in [
@@ -535,6 +545,11 @@ mod tests {
         assert_eq!(config["config"]["Entrypoint"], json!(["/mirage-dhcp"]));
         let moby: Value = serde_json::from_str(labels["org.mobyproject.config"].as_str().unwrap()).unwrap();
         assert_eq!(moby["ambient"], json!(["CAP_NET_ADMIN", "CAP_NET_RAW"]));
+        // The KVM device, as LinuxKit reads a `devices` entry.
+        assert_eq!(
+            moby["devices"],
+            json!([{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232, "mode": "0666"}])
+        );
         // diff_id is the digest of the uncompressed layer.
         let mut d = flate2::read::GzDecoder::new(&blobs[0].bytes[..]);
         let mut raw = Vec::new();

@@ -19,8 +19,19 @@
 //! ([`crate::engine_role::run_sandboxed_with_peer`]: a send hypercall names
 //! its route, a receive takes whichever channel has a message).
 //! The supervisor decodes them exactly as a process engine's.
+//!
+//! A service may be configured with a guest image file instead of its
+//! built-in one ([`GuestImage`]; mirage-dhcp's `kvm_guest_image`): the
+//! supervisor opens it before dropping privileges, boots it for the probe,
+//! and gives every engine it starts a duplicate of the descriptor at
+//! [`FD_GUEST_IMAGE`]; the engine reads the file through it at its start.
+//! Any guest is contained by the tender whatever it runs, so the image
+//! needs no more trust than the network's bytes; the file must still be
+//! its owner's alone (a wrong guest is a wrong DHCP client).
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -37,6 +48,80 @@ pub const DEFAULT_DEVICE: &str = "/dev/kvm";
 
 /// The engine role's KVM device (its only descriptor besides the channel).
 pub const FD_KVM: RawFd = crate::role::FD_CHANNEL + 1;
+
+/// The engine role's configured guest image, when there is one (after
+/// the KVM device; read and closed before the VM is built, so the VM's
+/// descriptors are the same either way).
+pub const FD_GUEST_IMAGE: RawFd = FD_KVM + 1;
+
+/// A guest image file configured instead of the service's built-in image.
+#[derive(Debug)]
+pub struct GuestImage {
+    /// Open read-only; each engine started gets a duplicate.
+    pub file: File,
+    /// Its contents at start, for the probe.
+    pub bytes: Vec<u8>,
+}
+
+impl GuestImage {
+    /// Open and read `path` (in the supervisor, before it drops its
+    /// privileges): a regular file of at most [`MAX_IMAGE_LEN`] bytes,
+    /// owned by root or the supervisor's user, writable by its owner alone.
+    pub fn open(path: &Path) -> Result<GuestImage, String> {
+        let named = |e: std::io::Error| format!("guest image {}: {e}", path.display());
+        let file = File::open(path).map_err(named)?;
+        let meta = file.metadata().map_err(named)?;
+        let euid = rustix::process::geteuid().as_raw();
+        if !meta.is_file() {
+            return Err(format!("guest image {}: not a regular file", path.display()));
+        }
+        if (meta.uid() != 0 && meta.uid() != euid) || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "guest image {}: must be owned by root or uid {euid} and writable by its owner alone \
+                 (owner {}, mode {:o})",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+        let bytes = read_image(&file).map_err(|e| format!("guest image {}: {e}", path.display()))?;
+        Ok(GuestImage { file, bytes })
+    }
+}
+
+/// The largest guest image file read: far over any engine's (the DHCP
+/// guest is under 100 KiB, and a guest's memory is 4 MiB).
+pub const MAX_IMAGE_LEN: usize = 16 << 20;
+
+/// The whole file from offset 0 (a descriptor shared by every engine
+/// started: no shared position), at most [`MAX_IMAGE_LEN`] bytes.
+fn read_image(file: &File) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match file.read_at(&mut chunk, bytes.len() as u64) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) if bytes.len() + n > MAX_IMAGE_LEN => {
+                return Err(format!("over {MAX_IMAGE_LEN} bytes"));
+            }
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Whether `fd` is open on a regular file: a configured image, and not
+/// whatever else a role might hold at that number (a direct peer's
+/// channel follows a role's own descriptors).
+fn is_image_file(fd: RawFd) -> bool {
+    if !crate::fd::is_open(fd) {
+        return false;
+    }
+    // SAFETY: `fd` is open (checked); the borrow ends with this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+}
 
 /// The longest the probe guest may take to boot, ask for a message and
 /// exit; its watchdog bound too. Measured here: about 2 ms.
@@ -172,16 +257,33 @@ pub fn peer_above_the_vm(peer: Channel) -> Result<Channel, String> {
         .map_err(|e| format!("moving the direct channel above the vCPU: {e}"))
 }
 
-/// The engine role as a tender: build the VM of `image` on the device at
-/// [`FD_KVM`], enter the sandbox with the watchdog started, and run the
-/// guest over the role's channel (and its direct channel to `peer`, if it
-/// has one) until it exits.
+/// The engine role as a tender: build the VM of `image` (or of the
+/// configured image at [`FD_GUEST_IMAGE`], read as the file is now) on the
+/// device at [`FD_KVM`], enter the sandbox with the watchdog started, and
+/// run the guest over the role's channel (and its direct channel to
+/// `peer`, if it has one) until it exits. A configured image and a direct
+/// peer do not combine: both would be handed over at fd 5.
 pub(crate) fn run_guest(role: Starting, image: &[u8], peer: Option<Channel>) -> Result<(), String> {
     if !crate::fd::is_open(FD_KVM) {
         return Err(format!(
             "told to run a KVM guest, but no KVM device at fd {FD_KVM}"
         ));
     }
+    let configured = if is_image_file(FD_GUEST_IMAGE) {
+        // SAFETY: FD_GUEST_IMAGE is open (checked) and was given to this
+        // role for this use alone; the File owns it and closes it here,
+        // before the VM's descriptors are made.
+        let file = unsafe { File::from_raw_fd(FD_GUEST_IMAGE) };
+        let bytes = read_image(&file).map_err(|e| format!("the configured guest image: {e}"))?;
+        log::info!(
+            "engine runs the configured guest image ({} bytes), not the built-in one",
+            bytes.len()
+        );
+        Some(bytes)
+    } else {
+        None
+    };
+    let image = configured.as_deref().unwrap_or(image);
     let peer = peer.map(peer_above_the_vm).transpose()?;
     // SAFETY: FD_KVM is open (checked) and was given to this role for this
     // use alone; the Kvm owns and closes it.
@@ -213,7 +315,48 @@ pub(crate) fn run_guest(role: Starting, image: &[u8], peer: Option<Channel>) -> 
         Some(peer) => crate::engine_role::ChannelHost::with_peer(started.channel, peer),
         None => crate::engine_role::ChannelHost::new(started.channel),
     };
-    armed
-        .run(&mut host, &mut |line: &str| log::info!("guest: {line}"))
-        .map_err(|e| format!("guest: {e}"))
+    let ended = armed.run(&mut host, &mut |line: &str| log::info!("guest: {line}"));
+    // The channel stays open until the process exits, after the role's
+    // entry has logged why the guest ended: the supervisor kills a role as
+    // soon as its channel closes, and a line written after that is lost.
+    std::mem::forget(host);
+    ended.map_err(|e| format!("guest: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A configured image is read whole; one others may write, or that is
+    /// not a regular file, is refused before anything runs it.
+    #[test]
+    fn a_guest_image_file_is_read_whole_and_must_be_its_owners_alone() {
+        let dir = std::env::temp_dir().join(format!("mirage-guest-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("guest.elf");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let image = GuestImage::open(&path).unwrap();
+        assert_eq!(image.bytes, bytes);
+        // Read again from offset 0 through the same descriptor, as each
+        // engine does: the file as it is now.
+        std::fs::write(&path, b"changed").unwrap();
+        assert_eq!(read_image(&image.file).unwrap(), b"changed");
+        // What the engine role takes for an image: a regular file, never a
+        // socket (a direct peer's channel) at that number.
+        assert!(is_image_file(image.file.as_raw_fd()));
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_image_file(a.as_raw_fd()));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = GuestImage::open(&path).unwrap_err();
+        assert!(e.contains("writable by its owner alone"), "{e}");
+        let e = GuestImage::open(&dir).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = GuestImage::open(&dir.join("missing.elf")).unwrap_err();
+        assert!(e.contains("missing.elf"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

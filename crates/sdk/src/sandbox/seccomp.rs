@@ -147,6 +147,7 @@ pub mod sys {
         openat => SYS_openat, fsync => SYS_fsync, fdatasync => SYS_fdatasync, renameat2 => SYS_renameat2,
         unlinkat => SYS_unlinkat, fchmod => SYS_fchmod, fstat => SYS_fstat, newfstatat => SYS_newfstatat,
         statx => SYS_statx, lseek => SYS_lseek, getdents64 => SYS_getdents64, ftruncate => SYS_ftruncate,
+        pread64 => SYS_pread64,
         clone => SYS_clone, clone3 => SYS_clone3, execve => SYS_execve, wait4 => SYS_wait4, waitid => SYS_waitid,
         kill => SYS_kill, tkill => SYS_tkill, pipe2 => SYS_pipe2, dup => SYS_dup, dup3 => SYS_dup3,
         close_range => SYS_close_range, fcntl => SYS_fcntl, socketpair => SYS_socketpair, prctl => SYS_prctl,
@@ -328,7 +329,7 @@ pub const FD_VCPU: i32 = 6;
 const KICK_SIGNAL: u64 = mirage_kvm::KICK_SIGNAL as u64;
 
 /// What building a VM takes ([`mirage_kvm::Vm::new`] on the KVM device a
-/// tender is given): for the supervisor's list only, so that an engine it
+/// tender is given, and reading a configured image): for the supervisor's list only, so that an engine it
 /// restarts can build its VM under the supervisor's filter before it
 /// installs its own ([`TENDER`]). Each request by number; no other ioctl.
 pub const KVM_SETUP: &[Allow] = &[
@@ -352,6 +353,9 @@ pub const KVM_SETUP: &[Allow] = &[
     allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_SREGS as u32)),
     allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_FPU as u32)),
     allow!(ioctl, When::Ioctl(mirage_kvm::ioctls::KVM_SET_REGS as u32)),
+    // A configured guest image, read from offset 0 of the descriptor every
+    // engine shares (crate::kvm::FD_GUEST_IMAGE); plain `read` is BASE's.
+    allow!(pread64),
 ];
 
 /// The supervisor's own: spawning, reaping, signalling, and what a

@@ -1,8 +1,13 @@
 //! A guest that attacks its tender, for the tender's tests: its first
-//! message names the attack (a [`Case`] byte, then an argument, u64
+//! message names the attack (a [`case`] byte, then an argument, u64
 //! little-endian). Each one must end the guest with a clear error, or, for
 //! the few that are legitimate, behave as the test expects. An attack that
 //! is not stopped reports `survived` and exits with [`SURVIVED`].
+//!
+//! Run as a service's engine (mirage-dhcp's `kvm_guest_image`), the first
+//! message is the service's own; there the attack is read from the image
+//! itself: a test writes it into [`ATTACK`]'s bytes in the image file,
+//! after the marker.
 //!
 //! This image is unsafe by design (`unsafe` is the attack); it is built only
 //! with the `hostile` feature and never shipped.
@@ -38,14 +43,35 @@ mod case {
     pub const HLT: u8 = 13;
     pub const HYPERCALLS: u8 = 14;
     pub const WRITE_PAGE_TABLES: u8 = 15;
+    pub const LOG_FLOOD: u8 = 16;
 }
+
+/// The attack when the guest runs as a service's engine: the marker, then
+/// the case byte and the argument (u64 little-endian) that a test writes
+/// into the image file in place of the zeros. All zeros: the first message
+/// picks the attack.
+#[unsafe(no_mangle)]
+#[used]
+static ATTACK: [u8; 32] = *b"MIRAGE-HOSTILE-ATTACK:\0\0\0\0\0\0\0\0\0\0";
+const MARKER_LEN: usize = 22;
 
 #[unsafe(no_mangle)]
 extern "Rust" fn __mirage_guest_main() -> ! {
-    let mut buf = [0u8; 64];
+    // Room for any message: a service's first one is its engine's start.
+    let mut buf = [0u8; mirage_engine::codec::MAX_MESSAGE_LEN];
+    // Volatile: the bytes are the image file's, not the constant's.
+    // SAFETY: a read of a static's own bytes, aligned and initialised.
+    let attack: [u8; 32] = unsafe { core::ptr::read_volatile(&raw const ATTACK) };
     let n = match hypercall::recv(&mut buf, u64::MAX).0 {
         Recv::Message(n) if n >= 1 => n,
         _ => hypercall::exit(2),
+    };
+    let n = if attack[MARKER_LEN] != 0 {
+        // The service's message is not the attack: the image's bytes are.
+        buf[..9].copy_from_slice(&attack[MARKER_LEN..MARKER_LEN + 9]);
+        9
+    } else {
+        n
     };
     let mut arg = [0u8; 8];
     let m = n.saturating_sub(1).min(8);
@@ -122,6 +148,13 @@ extern "Rust" fn __mirage_guest_main() -> ! {
                 acc ^= hypercall::seed()[0];
             }
             hypercall::send(mirage_engine::Route::Supervisor, &[acc]);
+            hypercall::exit(0)
+        }
+        LOG_FLOOD => {
+            // `arg` lines as fast as the guest can: the tender rate-limits them.
+            for i in 0..arg {
+                mirage_guest_rt::log_fmt(format_args!("flood line {i}"));
+            }
             hypercall::exit(0)
         }
         _ => hypercall::exit(2),
