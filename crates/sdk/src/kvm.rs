@@ -28,6 +28,32 @@ use crate::role::{RolePlan, Starting};
 use crate::sandbox::seccomp::{self, BASE, TENDER};
 use crate::service::SandboxKind;
 
+/// Name of the section [`guest_image!`] puts an image in.
+pub const GUEST_IMAGE_SECTION: &str = ".mirage.guest";
+
+/// A service's guest image, embedded from the file at `$path` (as
+/// `include_bytes!`) in the section [`GUEST_IMAGE_SECTION`] instead of
+/// among the constants every process reads. A binary whose link puts that
+/// section on pages of its own (mirage-dhcp's `layout.ld`) has the image
+/// resident only in the processes that boot the guest; without such a
+/// layout the linker places it after the other constants, as before.
+///
+/// ```ignore
+/// pub const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-x.elf"));
+/// ```
+#[macro_export]
+macro_rules! guest_image {
+    ($path:expr) => {{
+        // SAFETY: the section holds nothing but this immutable array of
+        // plain bytes; it is not one the linker or the C runtime gives a
+        // meaning to (as `.init_array` would be), so placing the array
+        // there changes where it is mapped, not what it is.
+        #[unsafe(link_section = ".mirage.guest")]
+        static IMAGE: [u8; include_bytes!($path).len()] = *include_bytes!($path);
+        &IMAGE
+    }};
+}
+
 /// Where the KVM device is unless configured otherwise.
 pub const DEFAULT_DEVICE: &str = "/dev/kvm";
 
