@@ -35,7 +35,6 @@ fn main() {
     // later): every process reads them at its start, 24 bytes each
     // otherwise (35 KB here, now 0.5 KB).
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
-    println!("cargo:rustc-link-arg-bins=-Wl,-Map=/tmp/rss/map3.txt");
 }
 
 /// Input sections are matched by name: with function sections (rustc's
