@@ -28,15 +28,13 @@ use crate::role::{RolePlan, Starting};
 use crate::sandbox::seccomp::{self, BASE, TENDER};
 use crate::service::SandboxKind;
 
-/// Name of the section [`guest_image!`] puts an image in.
-pub const GUEST_IMAGE_SECTION: &str = ".mirage.guest";
-
 /// A service's guest image, embedded from the file at `$path` (as
-/// `include_bytes!`) in the section [`GUEST_IMAGE_SECTION`] instead of
+/// `include_bytes!`) in a section of its own, `.mirage.guest`, instead of
 /// among the constants every process reads. A binary whose link puts that
-/// section on pages of its own (mirage-dhcp's `layout.ld`) has the image
-/// resident only in the processes that boot the guest; without such a
-/// layout the linker places it after the other constants, as before.
+/// section on pages of its own (mirage-dhcp's build script) has the image
+/// resident only in the processes that boot the guest, and only until the
+/// VM is built ([`release_image_pages`]); without such a layout the linker
+/// places it after the other constants, as `include_bytes!` would.
 ///
 /// ```ignore
 /// pub const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-x.elf"));
@@ -291,8 +289,13 @@ fn in_read_only_segment(start: usize, end: usize) -> bool {
         // A segment is mapped in whole pages: the tail of its last page
         // is part of the same read-only mapping.
         query.found = phdrs.iter().any(|ph| {
-            let seg_start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-            let seg_end = (seg_start + ph.p_memsz as usize).next_multiple_of(query.page);
+            let seg_start = (info.dlpi_addr as usize).checked_add(ph.p_vaddr as usize);
+            let seg_end = seg_start
+                .and_then(|s| s.checked_add(ph.p_memsz as usize))
+                .and_then(|e| e.checked_next_multiple_of(query.page));
+            let (Some(seg_start), Some(seg_end)) = (seg_start, seg_end) else {
+                return false;
+            };
             ph.p_type == libc::PT_LOAD
                 && ph.p_flags & libc::PF_W == 0
                 && seg_start / query.page * query.page <= query.start
