@@ -4,7 +4,8 @@
 //! ```ignore
 //! // build.rs
 //! let elf = mirage_kvm_build::build_image("guest-dhcp", &[]);
-//! // src: include_bytes!(concat!(env!("OUT_DIR"), "/guest-dhcp.elf"))
+//! // src: mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-dhcp.elf"))
+//! // (or include_bytes!, which leaves the image among the constants)
 //! ```
 //!
 //! The guest workspace (`guest/` at the repository root) is built by a

@@ -109,7 +109,7 @@ pub fn run<E: Engine>(chan: Channel) -> Result<(), String> {
 /// # }
 /// // build.rs: mirage_kvm_build::build_image("guest-my-engine", &[]);
 /// # const GUEST: &[u8] = &[];
-/// // const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-my-engine.elf"));
+/// // const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-my-engine.elf"));
 /// fn engine(role: mirage_sdk::role::Starting) -> Result<(), String> {
 ///     mirage_sdk::engine_role::run_sandboxed::<E>(role, Some(GUEST))
 /// }

@@ -43,6 +43,30 @@ use crate::role::{RolePlan, Starting};
 use crate::sandbox::seccomp::{self, BASE, TENDER};
 use crate::service::SandboxKind;
 
+/// A service's guest image, embedded from the file at `$path` (as
+/// `include_bytes!`) in a section of its own, `.mirage.guest`, instead of
+/// among the constants every process reads. A binary whose link puts that
+/// section on pages of its own (mirage-dhcp's build script) has the image
+/// resident only in the processes that boot the guest, and only until the
+/// VM is built ([`release_image_pages`]); without such a layout the linker
+/// places it after the other constants, as `include_bytes!` would.
+///
+/// ```ignore
+/// pub const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-x.elf"));
+/// ```
+#[macro_export]
+macro_rules! guest_image {
+    ($path:expr) => {{
+        // SAFETY: the section holds nothing but this immutable array of
+        // plain bytes; it is not one the linker or the C runtime gives a
+        // meaning to (as `.init_array` would be), so placing the array
+        // there changes where it is mapped, not what it is.
+        #[unsafe(link_section = ".mirage.guest")]
+        static IMAGE: [u8; include_bytes!($path).len()] = *include_bytes!($path);
+        &IMAGE
+    }};
+}
+
 /// Where the KVM device is unless configured otherwise.
 pub const DEFAULT_DEVICE: &str = "/dev/kvm";
 
@@ -240,6 +264,8 @@ fn probe(image: &[u8], device: &Path) -> Result<(Kvm, Duration), String> {
     let mut lines = Vec::new();
     let ran = vm.run(&mut ClosedHost, &mut |l: &str| lines.push(l.to_owned()));
     let took = t0.elapsed();
+    // The supervisor boots no other guest: the image's pages go.
+    release_image_pages(image);
     ran.map_err(|e| format!("the probe guest: {e} {lines:?}"))?;
     if took > PROBE_BOUND {
         return Err(format!("the probe guest took {} ms", took.as_millis()));
@@ -289,8 +315,10 @@ pub(crate) fn run_guest(role: Starting, image: &[u8], peer: Option<Channel>) -> 
     // use alone; the Kvm owns and closes it.
     let kvm = unsafe { Kvm::from_raw_fd(FD_KVM) };
     let vm = Vm::new(&kvm, image, &Config::default()).map_err(|e| format!("building the guest: {e}"))?;
-    // The tender never makes another VM.
+    // The tender never makes another VM, and the guest runs from its own
+    // copy of the image.
     drop(kvm);
+    release_image_pages(image);
     if vm.vcpu_fd() != seccomp::FD_VCPU {
         return Err(format!(
             "the vCPU is fd {}, not {}, which the tender's filter names",
@@ -358,5 +386,133 @@ mod tests {
         let e = GuestImage::open(&dir.join("missing.elf")).unwrap_err();
         assert!(e.contains("missing.elf"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Unmap the pages of `image` from this process once its guest is built
+/// from it (the VM holds its own copy), so that they stop counting in its
+/// resident memory: `madvise(MADV_DONTNEED)`. Done only where that loses
+/// nothing: where every page it touches is the executable's own read-only
+/// file page (an image embedded with [`guest_image!`]), which a later read
+/// faults back in from the file unchanged, whatever else shares the page.
+/// Any other image (on the heap, in a writable segment) is left alone.
+/// Returns the bytes released.
+pub fn release_image_pages(image: &[u8]) -> usize {
+    let page = page_size();
+    let start = image.as_ptr() as usize / page * page;
+    let Some(end) = (image.as_ptr() as usize)
+        .checked_add(image.len())
+        .and_then(|end| end.checked_next_multiple_of(page))
+    else {
+        return 0;
+    };
+    if image.is_empty() || !in_read_only_segment(start, end) {
+        return 0;
+    }
+    // SAFETY: [start, end) lies inside a read-only PT_LOAD segment of this
+    // executable (checked above): a private file mapping that nothing can
+    // have written, so after MADV_DONTNEED a read faults the same bytes
+    // back in from the file. No reference observes a change, and no other
+    // mapping is touched.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    if rc == 0 { end - start } else { 0 }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// Whether [start, end) lies inside the pages of one loadable, non-writable
+/// segment of the executable (the first object `dl_iterate_phdr` reports).
+fn in_read_only_segment(start: usize, end: usize) -> bool {
+    struct Query {
+        start: usize,
+        end: usize,
+        page: usize,
+        found: bool,
+    }
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `Query` passed below, alive and not
+        // otherwise borrowed during the call; `info` and its program
+        // headers are valid for the duration of the callback (the
+        // dl_iterate_phdr contract), `dlpi_phnum` of them.
+        let (query, info) = unsafe { (&mut *data.cast::<Query>(), &*info) };
+        let phdrs = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: as above.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        // A segment is mapped in whole pages: the tail of its last page
+        // is part of the same read-only mapping.
+        query.found = phdrs.iter().any(|ph| {
+            let seg_start = (info.dlpi_addr as usize).checked_add(ph.p_vaddr as usize);
+            let seg_end = seg_start
+                .and_then(|s| s.checked_add(ph.p_memsz as usize))
+                .and_then(|e| e.checked_next_multiple_of(query.page));
+            let (Some(seg_start), Some(seg_end)) = (seg_start, seg_end) else {
+                return false;
+            };
+            ph.p_type == libc::PT_LOAD
+                && ph.p_flags & libc::PF_W == 0
+                && seg_start / query.page * query.page <= query.start
+                && query.end <= seg_end
+        });
+        // The executable is reported first: stop there.
+        1
+    }
+    let mut query = Query {
+        start,
+        end,
+        page: page_size(),
+        found: false,
+    };
+    // SAFETY: `visit` matches the callback's C signature and only reads
+    // what it is given; `query` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&raw mut query).cast()) };
+    query.found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hint::black_box;
+    use std::sync::Mutex;
+
+    /// Several pages of the test binary's read-only data.
+    static CONSTANT_PAGES: [u8; 5 * 4096] = [0xa5; 5 * 4096];
+
+    /// Several pages of its writable data.
+    static WRITABLE_PAGES: Mutex<[u8; 3 * 4096]> = Mutex::new([1; 3 * 4096]);
+
+    #[test]
+    fn an_image_in_read_only_data_is_released_and_reads_back_the_same() {
+        let image: &[u8] = black_box(&CONSTANT_PAGES[..]);
+        let released = release_image_pages(image);
+        assert!(released >= image.len(), "{released} bytes released");
+        assert!(black_box(image).iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
+    fn an_image_on_the_heap_or_in_writable_data_is_left_alone() {
+        let heap = vec![0x5a_u8; 5 * 4096];
+        assert_eq!(release_image_pages(&heap), 0);
+        assert!(heap.iter().all(|&b| b == 0x5a));
+
+        let mut data = WRITABLE_PAGES.lock().unwrap();
+        data[4096] = 2;
+        assert_eq!(release_image_pages(&data[..]), 0);
+        assert_eq!(data[4096], 2);
+
+        assert_eq!(release_image_pages(&[]), 0);
     }
 }

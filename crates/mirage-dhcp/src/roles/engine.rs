@@ -10,8 +10,9 @@ use dhcp_engine::Client;
 use mirage_sdk::role::Starting;
 
 /// `guest/images/dhcp`: the engine and the guest runtime, built by this
-/// crate's build script.
-pub const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-dhcp.elf"));
+/// crate's build script, in a section of its own (see
+/// [`mirage_sdk::guest_image`]).
+pub const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-dhcp.elf"));
 
 pub fn run(role: Starting) -> Result<(), String> {
     mirage_sdk::engine_role::run_sandboxed::<Client>(role, Some(GUEST))

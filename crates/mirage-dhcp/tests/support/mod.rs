@@ -1069,3 +1069,74 @@ pub fn matrix_in<F>(
         failures.join("\n---\n")
     );
 }
+
+/// The segments build.rs gives the code and data only some processes use,
+/// and what of them a process has resident.
+pub mod layout {
+    use std::path::Path;
+
+    /// The sections build.rs puts in segments of their own.
+    pub const OWN_SEGMENTS: [&str; 3] = [".text.mirage.supervisor", ".text.mirage.tender", ".mirage.guest"];
+
+    fn u16_at(b: &[u8], at: usize) -> usize {
+        usize::from(u16::from_le_bytes(b[at..at + 2].try_into().unwrap()))
+    }
+    fn u32_at(b: &[u8], at: usize) -> usize {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize
+    }
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// Each of [`OWN_SEGMENTS`] in the ELF64 file `bin`, with the file offset
+    /// of the page it starts on (where its mapping starts); panics if one is
+    /// missing.
+    pub fn own_segments(bin: &Path) -> Vec<(&'static str, u64)> {
+        let b = std::fs::read(bin).unwrap();
+        assert_eq!(&b[..4], b"\x7fELF", "{}", bin.display());
+        let (shoff, shentsize, shnum, shstrndx) = (
+            u64_at(&b, 0x28) as usize,
+            u16_at(&b, 0x3a),
+            u16_at(&b, 0x3c),
+            u16_at(&b, 0x3e),
+        );
+        let header = |i: usize| &b[shoff + i * shentsize..shoff + (i + 1) * shentsize];
+        let names = u64_at(header(shstrndx), 24) as usize;
+        let name_of = |h: &[u8]| {
+            let at = names + u32_at(h, 0);
+            let len = b[at..].iter().position(|&c| c == 0).unwrap();
+            String::from_utf8_lossy(&b[at..at + len]).into_owned()
+        };
+        OWN_SEGMENTS
+            .iter()
+            .map(|want| {
+                let h = (0..shnum)
+                    .map(header)
+                    .find(|h| name_of(h) == *want)
+                    .unwrap_or_else(|| panic!("{} has no section {want}", bin.display()));
+                (*want, u64_at(h, 24) & !0xfff)
+            })
+            .collect()
+    }
+
+    /// Resident KiB of `pid`'s mapping of `bin` at file offset `offset`
+    /// (from /proc/PID/smaps); panics if there is no such mapping.
+    pub fn resident_kib(pid: u32, bin: &Path, offset: u64) -> u64 {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut in_it = false;
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields
+                .first()
+                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+            {
+                in_it = fields.len() >= 6
+                    && u64::from_str_radix(fields[2], 16) == Ok(offset)
+                    && Path::new(fields[5]) == bin;
+            } else if in_it && fields.first() == Some(&"Rss:") {
+                return fields[1].parse().unwrap();
+            }
+        }
+        panic!("pid {pid} has no mapping of {} at {offset:#x}", bin.display())
+    }
+}
