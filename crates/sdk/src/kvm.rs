@@ -351,44 +351,6 @@ pub(crate) fn run_guest(role: Starting, image: &[u8], peer: Option<Channel>) -> 
     ended.map_err(|e| format!("guest: {e}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    /// A configured image is read whole; one others may write, or that is
-    /// not a regular file, is refused before anything runs it.
-    #[test]
-    fn a_guest_image_file_is_read_whole_and_must_be_its_owners_alone() {
-        let dir = std::env::temp_dir().join(format!("mirage-guest-image-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("guest.elf");
-        let bytes: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let image = GuestImage::open(&path).unwrap();
-        assert_eq!(image.bytes, bytes);
-        // Read again from offset 0 through the same descriptor, as each
-        // engine does: the file as it is now.
-        std::fs::write(&path, b"changed").unwrap();
-        assert_eq!(read_image(&image.file).unwrap(), b"changed");
-        // What the engine role takes for an image: a regular file, never a
-        // socket (a direct peer's channel) at that number.
-        assert!(is_image_file(image.file.as_raw_fd()));
-        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert!(!is_image_file(a.as_raw_fd()));
-
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
-        let e = GuestImage::open(&path).unwrap_err();
-        assert!(e.contains("writable by its owner alone"), "{e}");
-        let e = GuestImage::open(&dir).unwrap_err();
-        assert!(e.contains("not a regular file"), "{e}");
-        let e = GuestImage::open(&dir.join("missing.elf")).unwrap_err();
-        assert!(e.contains("missing.elf"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// Unmap the pages of `image` from this process once its guest is built
 /// from it (the VM holds its own copy), so that they stop counting in its
 /// resident memory: `madvise(MADV_DONTNEED)`. Done only where that loses
@@ -486,6 +448,7 @@ fn in_read_only_segment(start: usize, end: usize) -> bool {
 mod tests {
     use super::*;
     use std::hint::black_box;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Mutex;
 
     /// Several pages of the test binary's read-only data.
@@ -514,5 +477,37 @@ mod tests {
         assert_eq!(data[4096], 2);
 
         assert_eq!(release_image_pages(&[]), 0);
+    }
+
+    /// A configured image is read whole; one others may write, or that is
+    /// not a regular file, is refused before anything runs it.
+    #[test]
+    fn a_guest_image_file_is_read_whole_and_must_be_its_owners_alone() {
+        let dir = std::env::temp_dir().join(format!("mirage-guest-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("guest.elf");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let image = GuestImage::open(&path).unwrap();
+        assert_eq!(image.bytes, bytes);
+        // Read again from offset 0 through the same descriptor, as each
+        // engine does: the file as it is now.
+        std::fs::write(&path, b"changed").unwrap();
+        assert_eq!(read_image(&image.file).unwrap(), b"changed");
+        // What the engine role takes for an image: a regular file, never a
+        // socket (a direct peer's channel) at that number.
+        assert!(is_image_file(image.file.as_raw_fd()));
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_image_file(a.as_raw_fd()));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = GuestImage::open(&path).unwrap_err();
+        assert!(e.contains("writable by its owner alone"), "{e}");
+        let e = GuestImage::open(&dir).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = GuestImage::open(&dir.join("missing.elf")).unwrap_err();
+        assert!(e.contains("missing.elf"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
