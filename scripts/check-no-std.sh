@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The engine crates (the example's too) and the IPC crate must link into a freestanding guest later: no
+# The engine crates (the example's too), the IPC crate and the DNS codec must link into a freestanding guest later: no
 # dependency of theirs may have its "std" feature on. (Both crates are
 # `#![no_std]` themselves; this checks what they pull in.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
-for crate in mirage-engine dhcp-engine ntp-engine mirage-ipc heartbeat-engine; do
+for crate in mirage-engine dhcp-engine ntp-engine dns-wire mirage-ipc heartbeat-engine; do
     found=$(cargo tree -p "$crate" -e normal,features --prefix none --locked 2>/dev/null \
         | grep -E 'feature "std"' | sort -u || true)
     if [ -n "$found" ]; then
@@ -14,5 +14,5 @@ for crate in mirage-engine dhcp-engine ntp-engine mirage-ipc heartbeat-engine; d
         status=1
     fi
 done
-[ "$status" = 0 ] && echo "check-no-std: mirage-engine, dhcp-engine, ntp-engine, mirage-ipc and heartbeat-engine pull in no std feature"
+[ "$status" = 0 ] && echo "check-no-std: mirage-engine, dhcp-engine, ntp-engine, dns-wire, mirage-ipc and heartbeat-engine pull in no std feature"
 exit "$status"

@@ -954,6 +954,53 @@ pub fn ntp_engine(data: &[u8]) {
     run_ntp_engine(data);
 }
 
+// ---- dns_wire ------------------------------------------------------------------
+
+/// DNS messages through `dns_wire`, as mirage-ntp's engine and the DNS
+/// service's read them. Invariants: no panic; a parse spends at most the
+/// default budgets; whatever parses re-encodes, the encoding parses to the
+/// same message (names compared octet for octet, case included) and a
+/// second encoding is byte-identical; every name prints; the helpers a
+/// resolver calls on a reply (`addresses`, `is_response_to`, `rcode`) do
+/// not panic and find only addresses that are in the answer section.
+pub fn dns_wire(data: &[u8]) {
+    use dns_wire::{Message, RData};
+    let Ok(first) = Message::parse(data) else {
+        return;
+    };
+    let bytes = first.to_bytes().expect("a parsed message re-encodes");
+    let second = Message::parse(&bytes).expect("our own encoding parses");
+    assert_eq!(second, first, "re-encoding changed the message");
+    let names = |m: &Message| {
+        let mut all: Vec<Vec<u8>> = m.questions.iter().map(|q| q.name.as_wire().to_vec()).collect();
+        for r in m.answers.iter().chain(&m.authorities).chain(&m.additionals) {
+            all.push(r.name.as_wire().to_vec());
+        }
+        all
+    };
+    assert_eq!(names(&second), names(&first), "re-encoding changed a name's case");
+    assert_eq!(
+        second.to_bytes().expect("re-encodes"),
+        bytes,
+        "encoding is not stable"
+    );
+    let _ = first.rcode();
+    let _ = first.is_response_to(&second);
+    for q in &first.questions {
+        let _ = q.name.to_string();
+        for (address, _) in first.addresses(&q.name) {
+            assert!(
+                first.answers.iter().any(|r| match r.data {
+                    RData::A(a) => std::net::IpAddr::V4(a) == address,
+                    RData::Aaaa(a) => std::net::IpAddr::V6(a) == address,
+                    _ => false,
+                }),
+                "an address not in the answers"
+            );
+        }
+    }
+}
+
 // ---- kvm_hypercall -------------------------------------------------------------
 
 /// One hypercall of a KVM guest as the tender handles it

@@ -41,7 +41,7 @@ use ntp_engine::{Action as NtpAction, Event as NtpEvent, IntentKind as NtpIntent
 /// libFuzzer runs with `-max_len=4096` (scripts/fuzz.sh): longer seeds would
 /// be cut.
 const MAX_SEED_LEN: usize = 4096;
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "frame_parse",
     "dhcp_roundtrip",
     "engine_events",
@@ -49,6 +49,7 @@ const TARGETS: [&str; 7] = [
     "ipc_decode",
     "ntp_wire",
     "ntp_engine",
+    "dns_wire",
 ];
 
 #[path = "../../crates/dhcp-engine/tests/support/hex.rs"]
@@ -1011,6 +1012,118 @@ fn kvm_hypercall_seeds() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+// ---- dns_wire ----------------------------------------------------------------
+
+/// DNS messages: a 0x20 query with EDNS, replies of every typed RDATA, the
+/// RFC 1035 §4.1.4 and RFC 3597 §5 examples, a pool reply through a CNAME,
+/// and refused shapes (a pointer loop, a forward pointer, two OPTs).
+fn dns_wire_seeds() -> Vec<(String, Vec<u8>)> {
+    use dns_wire::{Class, Edns, Message, Name, RData, Record, Soa, Type};
+    use std::net::Ipv6Addr;
+    let name = |t: &str| Name::from_ascii(t).unwrap();
+    let rr = |owner: &str, data: RData| Record {
+        name: name(owner),
+        class: Class::IN,
+        ttl: 3600,
+        data,
+    };
+    let mut query = Message::query(0x3c1f, name("PoOl.nTp.ORg"), Type::AAAA);
+    query.edns = Some(Edns::new(1232));
+    let mut pool = query.clone();
+    pool.header.response = true;
+    pool.header.recursion_available = true;
+    pool.answers = vec![
+        rr("pool.ntp.org", RData::Cname(name("2.pool.ntp.org"))),
+        rr(
+            "2.pool.ntp.org",
+            RData::Aaaa(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x7b)),
+        ),
+        rr(
+            "2.pool.ntp.org",
+            RData::Aaaa(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x7c)),
+        ),
+    ];
+    let mut typed = Message::query(7, name("example.org"), Type::ANY);
+    typed.header.response = true;
+    typed.answers = vec![
+        rr("example.org", RData::A(Ipv4Addr::new(192, 0, 2, 1))),
+        rr("example.org", RData::Ns(name("ns.example.org"))),
+        rr("www.example.org", RData::Cname(name("example.org"))),
+        rr("1.2.0.192.in-addr.arpa", RData::Ptr(name("example.org"))),
+        rr(
+            "example.org",
+            RData::Mx {
+                preference: 10,
+                exchange: name("mx.example.org"),
+            },
+        ),
+        rr("example.org", RData::Txt(vec![b"v=spf1 -all".to_vec(), vec![]])),
+        rr(
+            "_ntp._udp.example.org",
+            RData::Srv {
+                priority: 1,
+                weight: 2,
+                port: 123,
+                target: name("ntp.example.org"),
+            },
+        ),
+    ];
+    typed.authorities = vec![rr(
+        "example.org",
+        RData::Soa(Soa {
+            mname: name("ns.example.org"),
+            rname: name("hostmaster.example.org"),
+            serial: 1,
+            refresh: 7200,
+            retry: 900,
+            expire: 1209600,
+            minimum: 300,
+        }),
+    )];
+    let mut nxdomain = Message::query(8, name("nope.example"), Type::A);
+    nxdomain.header.response = true;
+    nxdomain.header.rcode = 3;
+    let hex = |t: &str| {
+        let digits: Vec<u8> = t.bytes().filter(u8::is_ascii_hexdigit).collect();
+        digits
+            .chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    vec![
+        ("query-0x20-edns".into(), query.to_bytes().unwrap()),
+        ("pool-cname-aaaa".into(), pool.to_bytes().unwrap()),
+        ("typed-rdata".into(), typed.to_bytes().unwrap()),
+        ("nxdomain".into(), nxdomain.to_bytes().unwrap()),
+        (
+            "rfc1035-compression".into(),
+            hex(
+                "1234 8100 0001 0002 0000 0000 01 46 03 49 53 49 04 41 52 50 41 00 0001 0001
+                 03 46 4f 4f c0 0c 0001 0001 0000003c 0004 0a000001 c0 12 0002 0001 0000003c 0001 00",
+            ),
+        ),
+        (
+            "rfc3597-unknown".into(),
+            hex("0002 8400 0000 0003 0000 0000
+                 01 61 07 65 78 61 6d 70 6c 65 00 02db 0020 00000e10 0006 abcdef012345
+                 01 62 c0 0e f38b 0004 00000e10 0000
+                 01 65 c0 0e 0001 0001 00000e10 0004 0a000001"),
+        ),
+        (
+            "pointer-loop".into(),
+            hex("0001 8000 0001 0000 0000 0000 01 61 c0 10 01 62 c0 0c 0001 0001"),
+        ),
+        (
+            "pointer-forward".into(),
+            hex("0001 8000 0002 0000 0000 0000 c0 11 0001 0001 01 61 00 0001 0001"),
+        ),
+        (
+            "two-opt".into(),
+            hex("0001 8000 0000 0000 0000 0002 00 0029 1000 00000000 0000 00 0029 1000 00000000 0000"),
+        ),
+    ]
+}
+
 fn generated() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
     BTreeMap::from([
         ("frame_parse", frame_parse_seeds()),
@@ -1021,6 +1134,7 @@ fn generated() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
         ("ntp_wire", ntp_wire_seeds()),
         ("ntp_engine", ntp_engine_seeds()),
         ("kvm_hypercall", kvm_hypercall_seeds()),
+        ("dns_wire", dns_wire_seeds()),
     ])
 }
 
@@ -1040,6 +1154,7 @@ fn harness(target: &str) -> fn(&[u8]) {
         "ntp_wire" => mirage_fuzz::ntp_wire,
         "ntp_engine" => mirage_fuzz::ntp_engine,
         "kvm_hypercall" => mirage_fuzz::kvm_hypercall,
+        "dns_wire" => mirage_fuzz::dns_wire,
         other => panic!("unknown target {other}"),
     }
 }
