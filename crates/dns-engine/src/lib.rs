@@ -80,6 +80,11 @@ pub struct Start {
     /// How often a changed status goes to the supervisor (milliseconds;
     /// clamped to 100..=60000).
     pub status_every_ms: u32,
+    /// Randomize the case of each upstream question's letters and require
+    /// it echoed exactly (draft-vixie-dnsext-dns0x20): more bits an
+    /// off-path forger must guess. Off for an upstream that does not
+    /// preserve case.
+    pub randomize_case: bool,
 }
 
 impl Default for Start {
@@ -90,6 +95,7 @@ impl Default for Start {
             attempts: 2,
             max_pending: 4096,
             status_every_ms: 1000,
+            randomize_case: true,
         }
     }
 }

@@ -66,7 +66,9 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     }
     s.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, dns_engine::DNS_PORT))
-        .map_err(|_| format!("{s:?} is not an IP address with an optional port (host names are not resolved)"))
+        .map_err(|_| {
+            format!("{s:?} is not an IP address with an optional port (host names are not resolved)")
+        })
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -145,7 +147,10 @@ mod tests {
 
     #[test]
     fn addresses_take_an_optional_port() {
-        assert_eq!(parse_addr("127.0.0.53").unwrap(), "127.0.0.53:53".parse().unwrap());
+        assert_eq!(
+            parse_addr("127.0.0.53").unwrap(),
+            "127.0.0.53:53".parse().unwrap()
+        );
         assert_eq!(parse_addr("[::1]:5353").unwrap().port(), 5353);
         assert_eq!(parse_addr("::1").unwrap(), "[::1]:53".parse().unwrap());
         assert!(parse_addr("dns.example").unwrap_err().contains("not resolved"));

@@ -43,7 +43,11 @@ pub fn network_role(role: Starting) -> Result<(), String> {
         f
     };
     let udp: Vec<UdpSocket> = settings.udp.iter().map(|_| UdpSocket::from(next_fd())).collect();
-    let tcp: Vec<TcpListener> = settings.tcp.iter().map(|_| TcpListener::from(next_fd())).collect();
+    let tcp: Vec<TcpListener> = settings
+        .tcp
+        .iter()
+        .map(|_| TcpListener::from(next_fd()))
+        .collect();
     for (s, want) in udp.iter().zip(&settings.udp) {
         match s.local_addr() {
             Ok(a) if a == *want => s.set_nonblocking(true).map_err(|e| e.to_string())?,
@@ -115,7 +119,10 @@ impl<'a> Network<'a> {
             tcp,
             upstreams: settings.upstreams.clone(),
             limits,
-            clients: Clients::new(limits.pending_queries as usize, u64::from(limits.query_timeout_ms)),
+            clients: Clients::new(
+                limits.pending_queries as usize,
+                u64::from(limits.query_timeout_ms),
+            ),
             in_flight: HashMap::new(),
             conns: BTreeMap::new(),
             next_conn: 0,
@@ -171,7 +178,7 @@ impl<'a> Network<'a> {
                         Ok(Some(never)) => match never {},
                         Err(e) => return Err(format!("bad message from the supervisor: {e}")),
                     },
-                    Slot::Engine => self.from_engine(peer)?,
+                    Slot::Engine => self.read_engine(peer)?,
                     Slot::Udp(i) => self.read_udp(i, &mut buf, peer),
                     Slot::Tcp(i) => self.accept(i),
                     Slot::Upstream(q) => self.read_upstream(q, &mut buf, peer),
@@ -420,7 +427,7 @@ impl<'a> Network<'a> {
         }
     }
 
-    fn from_engine(&mut self, peer: &Channel) -> Result<(), String> {
+    fn read_engine(&mut self, peer: &Channel) -> Result<(), String> {
         for i in 0..ENGINE_MESSAGES_PER_ROUND {
             if i > 0 {
                 let more = wait(&[(peer.as_fd(), false)], Some(0)).map_err(|e| format!("poll: {e}"))?;
@@ -436,7 +443,8 @@ impl<'a> Network<'a> {
                 }
                 // The engine routes these to the supervisor; on this
                 // channel they mean nothing.
-                Ok(Some(FromEngine::Action(dns_engine::Action::Status(_)))) | Ok(Some(FromEngine::Refused(_))) => {}
+                Ok(Some(FromEngine::Action(dns_engine::Action::Status(_))))
+                | Ok(Some(FromEngine::Refused(_))) => {}
                 Ok(None) => return Err("the engine's channel closed".into()),
                 Err(e) => return Err(format!("bad message from the engine: {e}")),
             }
@@ -457,7 +465,9 @@ impl<'a> Network<'a> {
                             }
                         }
                         Origin::Tcp { conn } => {
-                            let Some(c) = self.conns.get_mut(&conn) else { return };
+                            let Some(c) = self.conns.get_mut(&conn) else {
+                                return;
+                            };
                             if c.output.len() + data.len() > MAX_TCP_BACKLOG {
                                 self.stats.tcp_closed_bad += 1;
                                 self.close_conn(conn);
@@ -475,7 +485,11 @@ impl<'a> Network<'a> {
                     self.refused(why);
                 }
             }
-            Outbound::Query { query, upstream, data } => {
+            Outbound::Query {
+                query,
+                upstream,
+                data,
+            } => {
                 match self.send_upstream(query, upstream, &data) {
                     Ok(true) => {}
                     Ok(false) => self.push(Inbound::Failed { query }, peer),

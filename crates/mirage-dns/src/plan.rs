@@ -181,7 +181,11 @@ mod tests {
     #[test]
     fn only_the_network_role_opens_sockets_and_never_binds() {
         let calls = |p: &RolePlan| -> Vec<(i64, When)> {
-            p.seccomp.iter().flat_map(|t| t.iter()).map(|a| (a.nr, a.when)).collect()
+            p.seccomp
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|a| (a.nr, a.when))
+                .collect()
         };
         let ids = RoleIds::DEFAULT;
         let e = calls(&engine(&ids));
@@ -190,7 +194,11 @@ mod tests {
         }
         let n = calls(&network(&ids, 1, &NetworkLimits::default()));
         assert!(!n.iter().any(|&(nr, _)| nr == sys::bind));
-        let sockets: Vec<When> = n.iter().filter(|&&(nr, _)| nr == sys::socket).map(|&(_, w)| w).collect();
+        let sockets: Vec<When> = n
+            .iter()
+            .filter(|&&(nr, _)| nr == sys::socket)
+            .map(|&(_, w)| w)
+            .collect();
         assert_eq!(
             sockets,
             [

@@ -68,7 +68,11 @@ impl OutboundRefusal {
 
 /// The upstream query `data` to upstream number `upstream`: its address
 /// if that is a configured upstream and `data` looks like a query.
-pub fn check_query(upstreams: &[SocketAddr], upstream: u8, data: &[u8]) -> Result<SocketAddr, OutboundRefusal> {
+pub fn check_query(
+    upstreams: &[SocketAddr],
+    upstream: u8,
+    data: &[u8],
+) -> Result<SocketAddr, OutboundRefusal> {
     let to = *upstreams
         .get(usize::from(upstream))
         .ok_or(OutboundRefusal::NotAnUpstream)?;
@@ -204,7 +208,10 @@ impl Clients {
 
     /// Queries outstanding on TCP connection `conn`.
     pub fn on_conn(&self, conn: u64) -> usize {
-        self.pending.values().filter(|p| p.origin == Origin::Tcp { conn }).count()
+        self.pending
+            .values()
+            .filter(|p| p.origin == Origin::Tcp { conn })
+            .count()
     }
 
     /// The earliest expiry, if any.
@@ -266,10 +273,19 @@ mod tests {
 
     #[test]
     fn queries_go_only_to_configured_upstreams_and_only_as_queries() {
-        let ups: Vec<SocketAddr> = vec!["192.0.2.1:53".parse().unwrap(), "[2001:db8::1]:5353".parse().unwrap()];
+        let ups: Vec<SocketAddr> = vec![
+            "192.0.2.1:53".parse().unwrap(),
+            "[2001:db8::1]:5353".parse().unwrap(),
+        ];
         assert_eq!(check_query(&ups, 1, &query(1)), Ok(ups[1]));
-        assert_eq!(check_query(&ups, 2, &query(1)), Err(OutboundRefusal::NotAnUpstream));
-        assert_eq!(check_query(&ups, 0, &response(1)), Err(OutboundRefusal::NotAQuery));
+        assert_eq!(
+            check_query(&ups, 2, &query(1)),
+            Err(OutboundRefusal::NotAnUpstream)
+        );
+        assert_eq!(
+            check_query(&ups, 0, &response(1)),
+            Err(OutboundRefusal::NotAQuery)
+        );
         assert_eq!(check_query(&ups, 0, &[0; 11]), Err(OutboundRefusal::NotAQuery));
         assert_eq!(check_query(&ups, 0, &[0; 513]), Err(OutboundRefusal::NotAQuery));
     }
@@ -278,7 +294,10 @@ mod tests {
     fn an_answer_goes_once_to_a_client_that_asked_with_its_id() {
         let mut c = Clients::new(2, 1000);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let udp = Origin::Udp { listener: 0, client: from };
+        let udp = Origin::Udp {
+            listener: 0,
+            client: from,
+        };
         assert_eq!(c.admit(udp, &response(7), 0), Err(Admission::NotAQuery));
         assert_eq!(c.admit(udp, &[0; 11], 0), Err(Admission::NotAQuery));
         let t = c.admit(udp, &query(7), 0).unwrap();
@@ -290,7 +309,10 @@ mod tests {
         big.resize(MAX_UDP_ANSWER + 1, 0);
         assert_eq!(c.answer(t, &big), Err(OutboundRefusal::TooLarge));
         assert_eq!(c.answer(t, &response(7)).unwrap().origin, udp);
-        assert_eq!(c.answer(t, &response(7)), Err(OutboundRefusal::NoLongerOutstanding));
+        assert_eq!(
+            c.answer(t, &response(7)),
+            Err(OutboundRefusal::NoLongerOutstanding)
+        );
         // TCP answers may be larger.
         let tcp = Origin::Tcp { conn: 3 };
         let t = c.admit(tcp, &query(9), 0).unwrap();
@@ -310,7 +332,10 @@ mod tests {
         assert_eq!(c.admit(udp, &query(3), 0), Err(Admission::Full));
         assert_eq!(c.next_expiry(), Some(1000));
         assert_eq!(c.expire(1000), 1);
-        assert_eq!(c.answer(a, &response(1)), Err(OutboundRefusal::NoLongerOutstanding));
+        assert_eq!(
+            c.answer(a, &response(1)),
+            Err(OutboundRefusal::NoLongerOutstanding)
+        );
         assert_eq!(c.on_conn(1), 1);
         c.forget_conn(1);
         assert!(c.is_empty());

@@ -103,7 +103,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if listen.len() > MAX_LISTEN {
         return Err(format!("{} listen addresses: at most {MAX_LISTEN}", listen.len()));
     }
-    let upstreams = addrs(&args.upstreams, &file.upstreams, "upstreams", &path, crate::parse_upstream)?;
+    let upstreams = addrs(
+        &args.upstreams,
+        &file.upstreams,
+        "upstreams",
+        &path,
+        crate::parse_upstream,
+    )?;
     if upstreams.is_empty() {
         return Err(format!(
             "no upstream: give --upstream ADDR[:PORT] or `upstreams` in {}",
@@ -113,8 +119,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if upstreams.len() > MAX_UPSTREAMS {
         return Err(format!("{} upstreams: at most {MAX_UPSTREAMS}", upstreams.len()));
     }
-    file.limits.check().map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut ids = RoleIds::resolve(&file.ids).map_err(|(key, why)| format!("{}: {key}: {why}", path.display()))?;
+    file.limits
+        .check()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ids =
+        RoleIds::resolve(&file.ids).map_err(|(key, why)| format!("{}: {key}: {why}", path.display()))?;
     let euid = rustix::process::geteuid().as_raw();
     let egid = rustix::process::getegid().as_raw();
     ids.fit_to_process::<Svc>(&file.ids, euid, egid)?;
@@ -212,7 +221,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
 }
 
 fn join(list: &[SocketAddr]) -> String {
-    list.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(" ")
+    list.iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The routing the runtime runs.
@@ -403,7 +415,11 @@ impl View {
 
     fn metrics(&self, c: &dns_engine::Counters, n: &NetworkStats, outbound: &BTreeMap<&str, u64>) -> String {
         let mut m = Metrics::of::<Svc>();
-        let mut f = m.family(Kind::Counter, "queries_total", "Client queries received, by transport.");
+        let mut f = m.family(
+            Kind::Counter,
+            "queries_total",
+            "Client queries received, by transport.",
+        );
         f.sample(&[("transport", "udp")], n.udp_queries);
         f.sample(&[("transport", "tcp")], n.tcp_queries);
         let mut f = m.family(Kind::Counter, "responses_total", "Answers by kind.");
@@ -411,19 +427,53 @@ impl View {
         f.sample(&[("kind", "servfail")], c.servfail);
         f.sample(&[("kind", "formerr")], c.formerr);
         f.sample(&[("kind", "notimp")], c.notimp);
-        m.counter("truncated_total", "Answers truncated to the client's size.", &[], c.truncated);
-        m.counter("merged_total", "Queries joined to an identical one in flight.", &[], c.merged);
+        m.counter(
+            "truncated_total",
+            "Answers truncated to the client's size.",
+            &[],
+            c.truncated,
+        );
+        m.counter(
+            "merged_total",
+            "Queries joined to an identical one in flight.",
+            &[],
+            c.merged,
+        );
         m.gauge(
             "pending",
             "Client queries waiting for an upstream.",
             &[],
             self.status.as_ref().map_or(0, |s| s.pending),
         );
-        m.counter("upstream_queries_total", "Queries sent upstream.", &[], c.upstream_queries);
-        m.counter("upstream_replies_total", "Upstream replies accepted.", &[], c.upstream_replies);
-        m.counter("upstream_timeouts_total", "Upstream attempts timed out.", &[], c.upstream_timeouts);
-        m.counter("upstream_errors_total", "Upstream sockets that failed.", &[], n.upstream_errors);
-        let mut f = m.family(Kind::Counter, "refused_total", "Inbound items the engine refused, by reason.");
+        m.counter(
+            "upstream_queries_total",
+            "Queries sent upstream.",
+            &[],
+            c.upstream_queries,
+        );
+        m.counter(
+            "upstream_replies_total",
+            "Upstream replies accepted.",
+            &[],
+            c.upstream_replies,
+        );
+        m.counter(
+            "upstream_timeouts_total",
+            "Upstream attempts timed out.",
+            &[],
+            c.upstream_timeouts,
+        );
+        m.counter(
+            "upstream_errors_total",
+            "Upstream sockets that failed.",
+            &[],
+            n.upstream_errors,
+        );
+        let mut f = m.family(
+            Kind::Counter,
+            "refused_total",
+            "Inbound items the engine refused, by reason.",
+        );
         for (k, v) in &self.refused {
             f.sample(&[("reason", k)], *v);
         }
@@ -435,8 +485,18 @@ impl View {
         for (k, v) in outbound {
             f.sample(&[("reason", k)], *v);
         }
-        m.counter("dropped_total", "Client queries dropped before the engine (table full, engine busy).", &[], n.pending_full + n.engine_busy);
-        m.counter("engine_restarts_total", "Times the engine and network role were restarted.", &[], self.engine_restarts);
+        m.counter(
+            "dropped_total",
+            "Client queries dropped before the engine (table full, engine busy).",
+            &[],
+            n.pending_full + n.engine_busy,
+        );
+        m.counter(
+            "engine_restarts_total",
+            "Times the engine and network role were restarted.",
+            &[],
+            self.engine_restarts,
+        );
         m.finish()
     }
 }

@@ -1,0 +1,655 @@
+//! The forwarding core: client queries in, one upstream query per distinct
+//! question, replies matched strictly and re-encoded for each client.
+//!
+//! Shaped for what comes next: an upstream answer reaches clients only
+//! through [`Forwarder::accept_reply`], where a cache (with negative
+//! entries, RFC 2308), bailiwick filtering and serve-stale (RFC 8767) slot
+//! in; a client query reaches upstream only through
+//! [`Forwarder::ask_upstream`], where a cache lookup goes first; and an
+//! attempt is a value of its own ([`InFlight`]), so a TCP retry after a
+//! truncated answer is one more kind of attempt.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use dns_wire::{Edns, Header, Message, Opcode, Question, Rcode, Type};
+use mirage_engine::{Engine, Instant, Route};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::{
+    Action, BATCH_BYTES, CLASSIC_UDP_PAYLOAD, Counters, EDNS_PAYLOAD, Event, ITEM_OVERHEAD, Inbound,
+    MAX_TCP_ANSWER, Outbound, Reason, Refusal, Start, Status, Transport,
+};
+
+/// Zone transfers are not forwarded over this path (RFC 5936, RFC 1995).
+const AXFR: Type = Type(252);
+const IXFR: Type = Type(251);
+
+/// A client waiting for an answer.
+#[derive(Clone, Debug)]
+struct Waiter {
+    client: u64,
+    transport: Transport,
+    id: u16,
+    /// The question as the client wrote it (its case is echoed).
+    question: Question,
+    recursion_desired: bool,
+    checking_disabled: bool,
+    /// The client's EDNS: its payload size and DO bit (RFC 3225).
+    edns: Option<(u16, bool)>,
+}
+
+/// What makes two client questions the same upstream question.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    /// The name in wire form, lower case.
+    name: Vec<u8>,
+    qtype: u16,
+    qclass: u16,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+}
+
+/// One upstream attempt and the clients waiting for it.
+#[derive(Debug)]
+struct InFlight {
+    key: Key,
+    /// The question as sent (0x20 case), which the reply must echo.
+    question: Question,
+    id: u16,
+    upstream: u8,
+    /// Attempts made so far, this one included.
+    attempt: u8,
+    deadline: Instant,
+    waiters: Vec<Waiter>,
+}
+
+/// The forwarder (see the crate docs).
+pub struct Forwarder {
+    start: Start,
+    rng: ChaCha8Rng,
+    in_flight: BTreeMap<u32, InFlight>,
+    by_key: BTreeMap<Key, u32>,
+    next_query: u32,
+    counters: Counters,
+    /// The status last sent, and when the next may go.
+    sent: Option<Status>,
+    next_status: Instant,
+}
+
+/// Outbound items of one call, packed into batches under the cap.
+#[derive(Default)]
+struct Batches {
+    done: Vec<Vec<Outbound>>,
+    current: Vec<Outbound>,
+    bytes: usize,
+}
+
+impl Batches {
+    fn push(&mut self, item: Outbound) {
+        let size = ITEM_OVERHEAD
+            + match &item {
+                Outbound::Answer { data, .. } | Outbound::Query { data, .. } => data.len(),
+                Outbound::Drop { .. } | Outbound::Close { .. } => 0,
+            };
+        if self.bytes + size > BATCH_BYTES && !self.current.is_empty() {
+            self.done.push(core::mem::take(&mut self.current));
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.current.push(item);
+    }
+
+    fn finish(mut self, out: &mut Vec<Action>) {
+        if !self.current.is_empty() {
+            self.done.push(self.current);
+        }
+        out.extend(self.done.into_iter().map(Action::Batch));
+    }
+}
+
+/// Refusals of one call, counted by reason.
+#[derive(Default)]
+struct Refusals(Vec<(Reason, u32)>);
+
+impl Refusals {
+    fn add(&mut self, reason: Reason) {
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((reason, 1)),
+        }
+    }
+}
+
+fn clamp(v: u32, lo: u32, hi: u32) -> u32 {
+    v.clamp(lo, hi)
+}
+
+impl Forwarder {
+    fn key_of(question: &Question, dnssec_ok: bool, checking_disabled: bool) -> Key {
+        Key {
+            name: question.name.as_wire().to_ascii_lowercase(),
+            qtype: question.qtype.0,
+            qclass: question.qclass.0,
+            dnssec_ok,
+            checking_disabled,
+        }
+    }
+
+    /// A query number not in flight.
+    fn fresh_query(&mut self) -> u32 {
+        loop {
+            let q = self.next_query;
+            self.next_query = self.next_query.wrapping_add(1);
+            if !self.in_flight.contains_key(&q) {
+                return q;
+            }
+        }
+    }
+
+    fn pending(&self) -> u32 {
+        self.in_flight.values().map(|f| f.waiters.len() as u32).sum()
+    }
+
+    /// A reply to `w` with only a header (and its question, if any),
+    /// with `rcode`.
+    fn error_answer(
+        w_id: u16,
+        opcode: u8,
+        question: Option<&Question>,
+        rd: bool,
+        edns: bool,
+        rcode: Rcode,
+    ) -> Vec<u8> {
+        let mut m = Message {
+            header: Header {
+                id: w_id,
+                response: true,
+                opcode,
+                recursion_desired: rd,
+                recursion_available: true,
+                rcode: (rcode.0 & 0xf) as u8,
+                ..Header::default()
+            },
+            questions: question.cloned().into_iter().collect(),
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            edns: None,
+        };
+        if edns || rcode.0 > 0xf {
+            let mut e = Edns::new(EDNS_PAYLOAD);
+            e.extended_rcode = (rcode.0 >> 4) as u8;
+            m.edns = Some(e);
+        }
+        // A header and one question always encode.
+        m.to_bytes().unwrap_or_default()
+    }
+
+    fn servfail(w: &Waiter) -> Vec<u8> {
+        Self::error_answer(
+            w.id,
+            0,
+            Some(&w.question),
+            w.recursion_desired,
+            w.edns.is_some(),
+            Rcode::SERVFAIL,
+        )
+    }
+
+    /// One client query.
+    fn on_query(
+        &mut self,
+        now: Instant,
+        client: u64,
+        transport: Transport,
+        data: &[u8],
+        out: &mut Batches,
+        refused: &mut Refusals,
+    ) {
+        self.counters.queries += 1;
+        let Ok((header, _)) = Header::parse(data) else {
+            refused.add(Reason::NotAQuery);
+            out.push(Outbound::Drop { client });
+            return;
+        };
+        if header.response {
+            refused.add(Reason::NotAQuery);
+            out.push(Outbound::Drop { client });
+            return;
+        }
+        let answer = |rcode: Rcode, question: Option<&Question>, edns: bool| {
+            Self::error_answer(
+                header.id,
+                header.opcode,
+                question,
+                header.recursion_desired,
+                edns,
+                rcode,
+            )
+        };
+        // RFC 1035 4.1.1: only standard queries are implemented here.
+        if Opcode(header.opcode) != Opcode::QUERY {
+            self.counters.notimp += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::NOTIMP, None, false),
+            });
+            return;
+        }
+        let Ok(query) = Message::parse(data) else {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::FORMERR, None, false),
+            });
+            return;
+        };
+        let has_edns = query.edns.is_some();
+        // Exactly one question, and nothing in the answer and authority
+        // sections of a query (RFC 1035 4.1.2; RFC 9619 for QDCOUNT).
+        if query.questions.len() != 1 || !query.answers.is_empty() || !query.authorities.is_empty() {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::FORMERR, None, has_edns),
+            });
+            return;
+        }
+        let question = query.questions[0].clone();
+        if question.qtype == Type::OPT {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::FORMERR, Some(&question), has_edns),
+            });
+            return;
+        }
+        // RFC 6891 6.1.3: a version we do not speak.
+        if let Some(e) = &query.edns
+            && e.version > 0
+        {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::BADVERS, Some(&question), true),
+            });
+            return;
+        }
+        if question.qtype == AXFR || question.qtype == IXFR {
+            self.counters.notimp += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::NOTIMP, Some(&question), has_edns),
+            });
+            return;
+        }
+        let waiter = Waiter {
+            client,
+            transport,
+            id: header.id,
+            question,
+            recursion_desired: header.recursion_desired,
+            checking_disabled: header.checking_disabled,
+            edns: query.edns.as_ref().map(|e| (e.udp_payload_size, e.dnssec_ok)),
+        };
+        if self.pending() >= clamp(self.start.max_pending, 1, 65_536) {
+            self.counters.servfail += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: Self::servfail(&waiter),
+            });
+            return;
+        }
+        self.ask_upstream(now, waiter, out);
+    }
+
+    /// Join an identical question in flight, or ask the first upstream.
+    fn ask_upstream(&mut self, now: Instant, waiter: Waiter, out: &mut Batches) {
+        let dnssec_ok = waiter.edns.is_some_and(|(_, d)| d);
+        let key = Self::key_of(&waiter.question, dnssec_ok, waiter.checking_disabled);
+        if let Some(q) = self.by_key.get(&key)
+            && let Some(f) = self.in_flight.get_mut(q)
+        {
+            self.counters.merged += 1;
+            f.waiters.push(waiter);
+            return;
+        }
+        let question = waiter.question.clone();
+        self.send_attempt(now, key, question, 0, 1, vec![waiter], out);
+    }
+
+    /// Send attempt number `attempt` of a question to `upstream`.
+    #[allow(clippy::too_many_arguments)]
+    fn send_attempt(
+        &mut self,
+        now: Instant,
+        key: Key,
+        question: Question,
+        upstream: u8,
+        attempt: u8,
+        waiters: Vec<Waiter>,
+        out: &mut Batches,
+    ) {
+        let query = self.fresh_query();
+        let id = (self.rng.next_u32() & 0xffff) as u16;
+        let mut sent = question.clone();
+        if self.start.randomize_case {
+            let mut bits = self.rng.next_u64();
+            let mut left = 64;
+            sent.name = question.name.with_random_case(|| {
+                if left == 0 {
+                    bits = self.rng.next_u64();
+                    left = 64;
+                }
+                left -= 1;
+                let b = bits & 1 == 1;
+                bits >>= 1;
+                b
+            });
+        }
+        let mut m = Message::query(id, sent.name.clone(), sent.qtype);
+        m.questions[0].qclass = sent.qclass;
+        m.header.checking_disabled = key.checking_disabled;
+        let mut edns = Edns::new(EDNS_PAYLOAD);
+        edns.dnssec_ok = key.dnssec_ok;
+        m.edns = Some(edns);
+        let data = match m.to_bytes() {
+            Ok(d) => d,
+            Err(_) => {
+                // A parsed question always encodes; answer SERVFAIL if not.
+                for w in &waiters {
+                    self.counters.servfail += 1;
+                    out.push(Outbound::Answer {
+                        client: w.client,
+                        data: Self::servfail(w),
+                    });
+                }
+                return;
+            }
+        };
+        self.counters.upstream_queries += 1;
+        out.push(Outbound::Query {
+            query,
+            upstream,
+            data,
+        });
+        self.by_key.insert(key.clone(), query);
+        self.in_flight.insert(
+            query,
+            InFlight {
+                key,
+                question: sent,
+                id,
+                upstream,
+                attempt,
+                deadline: now.add_millis(u64::from(clamp(self.start.attempt_ms, 100, 10_000))),
+                waiters,
+            },
+        );
+    }
+
+    /// Attempt `query` failed (timeout, ICMP error): the next upstream, or
+    /// SERVFAIL for everyone waiting.
+    fn attempt_failed(&mut self, now: Instant, query: u32, out: &mut Batches) {
+        let Some(f) = self.in_flight.remove(&query) else {
+            return;
+        };
+        self.by_key.remove(&f.key);
+        out.push(Outbound::Close { query });
+        let attempts = self.start.attempts.clamp(1, 4);
+        let n = self.start.upstreams.len().clamp(1, 256);
+        if f.attempt < attempts {
+            let next = ((usize::from(f.upstream) + 1) % n) as u8;
+            let question = f.waiters[0].question.clone();
+            self.send_attempt(now, f.key, question, next, f.attempt + 1, f.waiters, out);
+            return;
+        }
+        for w in &f.waiters {
+            self.counters.servfail += 1;
+            out.push(Outbound::Answer {
+                client: w.client,
+                data: Self::servfail(w),
+            });
+        }
+    }
+
+    /// A datagram for upstream query `query`.
+    fn on_reply(&mut self, query: u32, data: &[u8], out: &mut Batches, refused: &mut Refusals) {
+        let Some(f) = self.in_flight.get(&query) else {
+            refused.add(Reason::UnknownQuery);
+            return;
+        };
+        let Ok(reply) = Message::parse(data) else {
+            // Garbage does not end the attempt: the real answer may follow.
+            refused.add(Reason::MalformedReply);
+            return;
+        };
+        // RFC 5452 9.1: the id, the question (and its 0x20 case) and the
+        // source (the network role's connected socket) must all match.
+        let ok = reply.header.response
+            && reply.header.id == f.id
+            && Opcode(reply.header.opcode) == Opcode::QUERY
+            && reply.questions.len() == 1
+            && reply.questions[0].eq_exact(&f.question);
+        if !ok {
+            refused.add(Reason::MismatchedReply);
+            return;
+        }
+        let f = self.in_flight.remove(&query).expect("looked up above");
+        self.by_key.remove(&f.key);
+        out.push(Outbound::Close { query });
+        self.counters.upstream_replies += 1;
+        self.accept_reply(&reply, &f.waiters, out);
+    }
+
+    /// An upstream answer accepted: one answer per waiting client.
+    fn accept_reply(&mut self, reply: &Message, waiters: &[Waiter], out: &mut Batches) {
+        for w in waiters {
+            let data = self.answer_for(reply, w);
+            self.counters.answered += 1;
+            out.push(Outbound::Answer {
+                client: w.client,
+                data,
+            });
+        }
+    }
+
+    /// `reply` re-encoded for `w`: its id, its question, its EDNS, its size.
+    fn answer_for(&mut self, reply: &Message, w: &Waiter) -> Vec<u8> {
+        let rcode = reply.rcode();
+        // An extended rcode cannot be told to a client without EDNS.
+        if w.edns.is_none() && rcode.0 > 0xf {
+            return Self::servfail(w);
+        }
+        let mut m = Message {
+            header: Header {
+                id: w.id,
+                response: true,
+                opcode: 0,
+                authoritative: reply.header.authoritative,
+                truncated: reply.header.truncated,
+                recursion_desired: w.recursion_desired,
+                recursion_available: reply.header.recursion_available,
+                z: false,
+                authentic_data: reply.header.authentic_data,
+                checking_disabled: w.checking_disabled,
+                rcode: (rcode.0 & 0xf) as u8,
+            },
+            questions: vec![w.question.clone()],
+            answers: reply.answers.clone(),
+            authorities: reply.authorities.clone(),
+            additionals: reply.additionals.clone(),
+            edns: w.edns.map(|(_, dnssec_ok)| {
+                let mut e = Edns::new(EDNS_PAYLOAD);
+                e.extended_rcode = (rcode.0 >> 4) as u8;
+                e.dnssec_ok = dnssec_ok && reply.edns.as_ref().is_some_and(|e| e.dnssec_ok);
+                e
+            }),
+        };
+        let limit = match w.transport {
+            // RFC 6891 6.2.3: at least 512, at most what we advertise.
+            Transport::Udp => usize::from(w.edns.map_or(CLASSIC_UDP_PAYLOAD, |(size, _)| {
+                size.clamp(CLASSIC_UDP_PAYLOAD, EDNS_PAYLOAD)
+            })),
+            Transport::Tcp => MAX_TCP_ANSWER,
+        };
+        if let Ok(data) = m.to_bytes()
+            && data.len() <= limit
+        {
+            return data;
+        }
+        // Too large: the additional section goes first (no TC needed,
+        // RFC 2181 9), then everything, with TC set so the client retries
+        // over TCP.
+        m.additionals.clear();
+        if let Ok(data) = m.to_bytes()
+            && data.len() <= limit
+        {
+            return data;
+        }
+        self.counters.truncated += 1;
+        m.answers.clear();
+        m.authorities.clear();
+        m.header.truncated = true;
+        m.to_bytes().unwrap_or_else(|_| Self::servfail(w))
+    }
+
+    fn status_due(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let status = Status {
+            pending: self.pending(),
+            counters: self.counters,
+        };
+        if self.sent.as_ref() != Some(&status) && now >= self.next_status {
+            self.sent = Some(status.clone());
+            self.next_status = now.add_millis(u64::from(clamp(self.start.status_every_ms, 100, 60_000)));
+            out.push(Action::Status(status));
+        }
+    }
+
+    fn expire(&mut self, now: Instant, out: &mut Batches) {
+        let due: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(q, _)| *q)
+            .collect();
+        for q in due {
+            self.counters.upstream_timeouts += 1;
+            self.attempt_failed(now, q, out);
+        }
+    }
+}
+
+impl Engine for Forwarder {
+    type Start = Start;
+    type Event = Event;
+    type Action = Action;
+    type Refusal = Refusal;
+
+    fn start(start: Start, now: Instant, seed: [u8; 32], out: &mut Vec<Action>) -> Self {
+        let mut f = Forwarder {
+            start,
+            rng: ChaCha8Rng::from_seed(seed),
+            in_flight: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            next_query: 0,
+            counters: Counters::default(),
+            sent: None,
+            next_status: now,
+        };
+        // Query numbers start at a random point: nothing to guess there,
+        // but two generations of the engine never reuse each other's.
+        f.next_query = f.rng.next_u32();
+        f.status_due(now, out);
+        f
+    }
+
+    fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let Event::Batch(items) = event;
+        let mut batches = Batches::default();
+        let mut refused = Refusals::default();
+        self.expire(now, &mut batches);
+        for item in items {
+            match item {
+                Inbound::Query {
+                    client,
+                    transport,
+                    data,
+                } => self.on_query(now, client, transport, &data, &mut batches, &mut refused),
+                Inbound::Reply { query, data } => self.on_reply(query, &data, &mut batches, &mut refused),
+                Inbound::Failed { query } => {
+                    if self.in_flight.contains_key(&query) {
+                        self.counters.upstream_failures += 1;
+                        self.attempt_failed(now, query, &mut batches);
+                    }
+                }
+            }
+        }
+        batches.finish(out);
+        self.status_due(now, out);
+        if refused.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal { counts: refused.0 })
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let mut batches = Batches::default();
+        self.expire(now, &mut batches);
+        batches.finish(out);
+        self.status_due(now, out);
+    }
+
+    fn poll_at(&self) -> Instant {
+        let mut at = self
+            .in_flight
+            .values()
+            .map(|f| f.deadline)
+            .min()
+            .unwrap_or(Instant::NEVER);
+        let status = Status {
+            pending: self.pending(),
+            counters: self.counters,
+        };
+        if self.sent.as_ref() != Some(&status) {
+            at = at.min(self.next_status);
+        }
+        at
+    }
+
+    fn route(action: &Action) -> Route {
+        match action {
+            Action::Batch(_) => Route::Peer,
+            Action::Status(_) => Route::Supervisor,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_under_the_cap() {
+        let mut b = Batches::default();
+        for client in 0..20 {
+            b.push(Outbound::Answer {
+                client,
+                data: vec![0; 1232],
+            });
+        }
+        let mut out = Vec::new();
+        b.finish(&mut out);
+        assert!(out.len() >= 4);
+        for a in &out {
+            let bytes = mirage_engine::codec::encode(&mirage_engine::FromEngine::<Action, Refusal>::Action(
+                a.clone(),
+            ));
+            assert!(bytes.is_ok(), "a batch over the message cap");
+        }
+    }
+}
