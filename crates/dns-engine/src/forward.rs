@@ -442,13 +442,13 @@ impl Forwarder {
         self.by_key.remove(&f.key);
         out.push(Outbound::Close { query });
         self.counters.upstream_replies += 1;
-        self.accept_reply(&reply, &f.waiters, out);
+        self.accept_reply(&reply, &f.question, &f.waiters, out);
     }
 
     /// An upstream answer accepted: one answer per waiting client.
-    fn accept_reply(&mut self, reply: &Message, waiters: &[Waiter], out: &mut Batches) {
+    fn accept_reply(&mut self, reply: &Message, sent: &Question, waiters: &[Waiter], out: &mut Batches) {
         for w in waiters {
-            let data = self.answer_for(reply, w);
+            let data = self.answer_for(reply, sent, w);
             self.counters.answered += 1;
             out.push(Outbound::Answer {
                 client: w.client,
@@ -457,8 +457,10 @@ impl Forwarder {
         }
     }
 
-    /// `reply` re-encoded for `w`: its id, its question, its EDNS, its size.
-    fn answer_for(&mut self, reply: &Message, w: &Waiter) -> Vec<u8> {
+    /// `reply` re-encoded for `w`: its id, its question, its EDNS, its size;
+    /// records owned by the question's name carry the client's spelling,
+    /// not the 0x20 one `sent` upstream.
+    fn answer_for(&mut self, reply: &Message, sent: &Question, w: &Waiter) -> Vec<u8> {
         let rcode = reply.rcode();
         // An extended rcode cannot be told to a client without EDNS.
         if w.edns.is_none() && rcode.0 > 0xf {
@@ -489,6 +491,16 @@ impl Forwarder {
                 e
             }),
         };
+        for r in m
+            .answers
+            .iter_mut()
+            .chain(&mut m.authorities)
+            .chain(&mut m.additionals)
+        {
+            if r.name.eq_exact(&sent.name) {
+                r.name = w.question.name.clone();
+            }
+        }
         let limit = match w.transport {
             // RFC 6891 6.2.3: at least 512, at most what we advertise.
             Transport::Udp => usize::from(w.edns.map_or(CLASSIC_UDP_PAYLOAD, |(size, _)| {
