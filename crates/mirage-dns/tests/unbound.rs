@@ -1,0 +1,208 @@
+//! mirage-dns end to end against unbound: unbound serves a local zone on
+//! 127.0.0.1 and ::1 port 5300 in a network namespace the test creates,
+//! mirage-dns listens on 127.0.0.53:53 and [::1]:53 there, and the test's
+//! own client asks both and compares. Needs root (namespaces, port 53, the
+//! roles' privilege drop) and unbound (scripts/install-deps.sh); CI runs
+//! as root.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dns_wire::{Message, Rcode, Type};
+use mirage_dns::plan::RoleIds;
+use mirage_testkit::netns::in_netns;
+use mirage_testkit::procfs::{ProcStatus, role_pid, roles_of};
+use mirage_testkit::wait::wait_some;
+use support::{UPSTREAM_PORT, ask_tcp, ask_udp, query, with_unbound};
+
+/// What must agree between unbound's answer and ours (the id is each
+/// query's own).
+fn comparable(m: &Message) -> (Rcode, bool, Vec<String>, Vec<String>) {
+    let records = |rs: &[dns_wire::Record]| {
+        let mut v: Vec<String> = rs
+            .iter()
+            .map(|r| format!("{:?} {} {:?}", r.name, r.ttl, r.data).to_ascii_lowercase())
+            .collect();
+        v.sort();
+        v
+    };
+    (
+        m.rcode(),
+        m.header.authoritative,
+        records(&m.answers),
+        records(&m.authorities),
+    )
+}
+
+/// The CAP_NET_BIND_SERVICE bit in /proc's capability masks.
+const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+
+#[test]
+fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
+    let mut f = with_unbound("dnsu");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let daemon = f.start_dns(&[
+        "--listen",
+        "127.0.0.53",
+        "--listen",
+        "::1",
+        "--upstream",
+        &upstream,
+    ]);
+    let ns = f.ns.name().to_owned();
+    let log = f.log();
+    let asked = in_netns(&ns, move || {
+        let unbound: SocketAddr = format!("127.0.0.1:{UPSTREAM_PORT}").parse().unwrap();
+        let ours: [SocketAddr; 2] = ["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
+        let cases = [
+            ("a.test", Type::A, Rcode::NOERROR, 1),
+            ("A.Test", Type::AAAA, Rcode::NOERROR, 1),
+            // unbound answers local data as it is: the CNAME alone.
+            ("alias.test", Type::A, Rcode::NOERROR, 1),
+            ("nx.test", Type::A, Rcode::NXDOMAIN, 0),
+        ];
+        let mut asked = 0;
+        for (i, (name, qtype, rcode, answers)) in cases.into_iter().enumerate() {
+            for edns in [false, true] {
+                let id = 0x100 + i as u16 * 2 + u16::from(edns);
+                let q = query(id, name, qtype, edns);
+                let want = ask_udp(unbound, &q).expect("unbound answers");
+                assert_eq!(
+                    (want.rcode(), want.answers.len()),
+                    (rcode, answers),
+                    "unbound: {name}"
+                );
+                for server in ours {
+                    let got =
+                        ask_udp(server, &q).unwrap_or_else(|| panic!("no answer from {server} for {name}"));
+                    asked += 1;
+                    assert_eq!(got.header.id, id);
+                    assert!(got.header.response && got.header.recursion_available);
+                    assert!(
+                        got.questions[0].eq_exact(&want.questions[0]),
+                        "the question as asked"
+                    );
+                    assert_eq!(
+                        comparable(&got),
+                        comparable(&want),
+                        "{name} {qtype:?} via {server}"
+                    );
+                    assert_eq!(got.edns.is_some(), edns, "EDNS only to a client that sent it");
+                    if let Some(e) = &got.edns {
+                        assert_eq!(e.udp_payload_size, 1232);
+                    }
+                }
+            }
+        }
+        // TCP, three queries pipelined on one connection.
+        let qs = vec![
+            query(7, "a.test", Type::A, false),
+            query(8, "a.test", Type::AAAA, false),
+            query(9, "nx.test", Type::A, false),
+        ];
+        let mut answers = ask_tcp(ours[0], &qs);
+        answers.sort_by_key(|m| m.header.id);
+        let ids: Vec<u16> = answers.iter().map(|m| m.header.id).collect();
+        assert_eq!(ids, [7, 8, 9]);
+        for (q, got) in qs.iter().zip(&answers) {
+            let want = ask_udp(unbound, q).unwrap();
+            assert_eq!(comparable(got), comparable(&want), "over TCP");
+        }
+        asked + 3
+    });
+
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the counters of every query published",
+        || {
+            f.status().filter(|v| {
+                v["engine"]["answered"].as_u64() >= Some(asked)
+                    && v["network"]["answers"].as_u64() >= Some(asked)
+            })
+        },
+        || f.log(),
+    );
+    assert_eq!(v["refused"], serde_json::json!({}), "{v}");
+    assert_eq!(v["network"]["refused"], serde_json::json!({}), "{v}");
+    assert_eq!(v["engine"]["servfail"], 0, "{v}");
+    assert_eq!(v["network"]["tcp_queries"], 3, "{v}");
+    assert_eq!(v["sandbox"], "seccomp");
+    let metrics = std::fs::read_to_string(f.dir.join("run/metrics.prom")).unwrap();
+    assert!(
+        metrics.contains("mirage_dns_queries_total{transport=\"tcp\"} 3"),
+        "{metrics}"
+    );
+
+    // The roles: their own ids, no capability at all, their filters.
+    let pid = f.procs.pid(daemon);
+    let names: Vec<String> = roles_of(pid).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["engine", "network"]);
+    let ids = RoleIds::DEFAULT;
+    for (role, id) in [("engine", ids.engine.uid), ("network", ids.network.uid)] {
+        let st = ProcStatus::read(role_pid(pid, role));
+        assert_eq!(st.uids(), [id; 4], "{role}");
+        assert_eq!(st.gids(), [id; 4], "{role}");
+        assert_eq!(st.seccomp(), 2, "{role} runs under its filter");
+        assert!(st.no_new_privs(), "{role}");
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+            assert_eq!(st.caps(set), 0, "{role} {set}");
+        }
+    }
+    // The supervisor bound port 53 and kept nothing that binds it again.
+    let sup = ProcStatus::read(pid);
+    assert_eq!(sup.seccomp(), 2, "the supervisor runs under its filter");
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(sup.caps(set) & CAP_NET_BIND_SERVICE, 0, "supervisor {set}");
+    }
+
+    // `status --json` reads what was published; SIGTERM ends it cleanly.
+    let out = std::process::Command::new(support::bin())
+        .args(["status", "--json", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["upstreams"], serde_json::json!([upstream]));
+    f.procs.signal(daemon, "TERM");
+    let exit = f
+        .procs
+        .wait_exit(daemon, Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    assert!(exit.success(), "{exit:?}: {log}");
+}
+
+#[test]
+fn a_dead_upstream_is_skipped_for_the_next() {
+    let mut f = with_unbound("dnsd");
+    // 127.0.0.2 is on lo but nothing listens there: ICMP port unreachable,
+    // so the next upstream is asked at once.
+    let good = format!("127.0.0.1:{UPSTREAM_PORT}");
+    f.start_dns(&[
+        "--listen",
+        "127.0.0.53",
+        "--upstream",
+        "127.0.0.2:5300",
+        "--upstream",
+        &good,
+    ]);
+    let ns = f.ns.name().to_owned();
+    in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let got = ask_udp(ours, &query(1, "a.test", Type::A, true)).expect("an answer");
+        assert_eq!((got.rcode(), got.answers.len()), (Rcode::NOERROR, 1));
+    });
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the failed attempt counted",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["upstream_failures"].as_u64() >= Some(1))
+        },
+        || f.log(),
+    );
+    assert_eq!(v["engine"]["answered"], 1, "{v}");
+    assert_eq!(v["engine"]["servfail"], 0, "{v}");
+}
