@@ -185,8 +185,19 @@ impl<'a> Network<'a> {
                     Slot::Conn(id) => self.serve_conn(id, r.readable, r.writable, peer),
                 }
             }
-            self.flush(peer);
             self.timers(boottime().millis(), chan);
+            // Queries a connection buffered beyond its pipeline limit go
+            // on as its answers (or expiries) free room.
+            let buffered: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.input.len() >= 2)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in buffered {
+                self.parse_conn(id, peer);
+            }
+            self.flush(peer);
         }
     }
 
@@ -347,13 +358,10 @@ impl<'a> Network<'a> {
                 }
             }
         }
-        if !readable {
-            return;
-        }
         let mut chunk = [0u8; 4096];
         // At most one query's worth beyond what is buffered, so a client
         // cannot make the role hold more than one message per connection.
-        if c.input.len() < 2 + MAX_DATAGRAM {
+        if readable && c.input.len() < 2 + MAX_DATAGRAM {
             match c.stream.read(&mut chunk) {
                 Ok(0) => c.read_closed = true,
                 Ok(n) => {
