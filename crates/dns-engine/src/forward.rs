@@ -9,7 +9,7 @@
 //! attempt is a value of its own ([`InFlight`]), so a TCP retry after a
 //! truncated answer is one more kind of attempt.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -66,12 +66,74 @@ struct InFlight {
     waiters: Vec<Waiter>,
 }
 
+/// A cached answer: the upstream's reply as accepted, the question it was
+/// asked with (its 0x20 spelling), when it was stored and until when it
+/// may be served.
+#[derive(Debug)]
+struct Cached {
+    reply: Message,
+    asked: Question,
+    stored: Instant,
+    expires: Instant,
+    size: usize,
+}
+
+/// Positive answers by question (the merging [`Key`]). Only what was asked
+/// is stored under its own question: records an answer carries for other
+/// names (a CNAME's target) are never served for those names, so an
+/// upstream answer cannot fill the cache for questions nobody asked.
+/// Negative answers (RFC 2308) and serve-stale (RFC 8767) are later steps
+/// and fit here: an entry with its SOA-derived TTL, an expired entry kept
+/// for a grace period.
+#[derive(Default)]
+struct Cache {
+    entries: BTreeMap<Key, Cached>,
+    by_expiry: BTreeSet<(Instant, Key)>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn remove(&mut self, key: &Key) {
+        if let Some(c) = self.entries.remove(key) {
+            self.by_expiry.remove(&(c.expires, key.clone()));
+            self.bytes -= c.size;
+        }
+    }
+
+    /// Store, evicting what expires first until it fits in `max_bytes`.
+    fn store(&mut self, key: Key, c: Cached, max_bytes: usize) {
+        self.remove(&key);
+        if c.size > max_bytes {
+            return;
+        }
+        while self.bytes + c.size > max_bytes {
+            let Some((_, first)) = self.by_expiry.iter().next().cloned() else {
+                break;
+            };
+            self.remove(&first);
+        }
+        self.bytes += c.size;
+        self.by_expiry.insert((c.expires, key.clone()));
+        self.entries.insert(key, c);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, key)) = self.by_expiry.iter().next().cloned() {
+            if at > now {
+                break;
+            }
+            self.remove(&key);
+        }
+    }
+}
+
 /// The forwarder (see the crate docs).
 pub struct Forwarder {
     start: Start,
     rng: ChaCha8Rng,
     in_flight: BTreeMap<u32, InFlight>,
     by_key: BTreeMap<Key, u32>,
+    cache: Cache,
     next_query: u32,
     counters: Counters,
     /// The status last sent, and when the next may go.
@@ -310,6 +372,14 @@ impl Forwarder {
     fn ask_upstream(&mut self, now: Instant, waiter: Waiter, out: &mut Batches) {
         let dnssec_ok = waiter.edns.is_some_and(|(_, d)| d);
         let key = Self::key_of(&waiter.question, dnssec_ok, waiter.checking_disabled);
+        if let Some(data) = self.from_cache(now, &key, &waiter) {
+            self.counters.cache_hits += 1;
+            out.push(Outbound::Answer {
+                client: waiter.client,
+                data,
+            });
+            return;
+        }
         if let Some(q) = self.by_key.get(&key)
             && let Some(f) = self.in_flight.get_mut(q)
         {
@@ -417,7 +487,7 @@ impl Forwarder {
     }
 
     /// A datagram for upstream query `query`.
-    fn on_reply(&mut self, query: u32, data: &[u8], out: &mut Batches, refused: &mut Refusals) {
+    fn on_reply(&mut self, now: Instant, query: u32, data: &[u8], out: &mut Batches, refused: &mut Refusals) {
         let Some(f) = self.in_flight.get(&query) else {
             refused.add(Reason::UnknownQuery);
             return;
@@ -443,6 +513,7 @@ impl Forwarder {
         out.push(Outbound::Close { query });
         self.counters.upstream_replies += 1;
         self.accept_reply(&reply, &f.question, &f.waiters, out);
+        self.to_cache(now, f.key, reply, f.question, data.len());
     }
 
     /// An upstream answer accepted: one answer per waiting client.
@@ -529,11 +600,75 @@ impl Forwarder {
         m.to_bytes().unwrap_or_else(|_| Self::servfail(w))
     }
 
-    fn status_due(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let status = Status {
-            pending: self.pending(),
-            counters: self.counters,
+    /// Keep a positive answer for its smallest TTL (RFC 2181 5.2: the
+    /// records of a set share one), at most `max_ttl_secs`. Truncated
+    /// answers, errors and answers without records are not kept.
+    fn to_cache(&mut self, now: Instant, key: Key, reply: Message, asked: Question, size: usize) {
+        let max_bytes = (self.start.cache_bytes as usize).min(64 << 20);
+        if max_bytes == 0
+            || reply.header.truncated
+            || reply.rcode() != Rcode::NOERROR
+            || reply.answers.is_empty()
+        {
+            return;
+        }
+        let ttl = reply
+            .answers
+            .iter()
+            .chain(&reply.authorities)
+            .chain(&reply.additionals)
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(0)
+            .min(self.start.max_ttl_secs.clamp(1, 604_800));
+        if ttl == 0 {
+            return;
+        }
+        let cached = Cached {
+            reply,
+            asked,
+            stored: now,
+            expires: now.add_secs(u64::from(ttl)),
+            size,
         };
+        self.cache.store(key, cached, max_bytes);
+    }
+
+    /// A cached answer for `w`, its TTLs counted down by the time it spent
+    /// in the cache, not authoritative (RFC 1035 6.1: it was not read from
+    /// a zone).
+    fn from_cache(&mut self, now: Instant, key: &Key, w: &Waiter) -> Option<Vec<u8>> {
+        let c = self.cache.entries.get(key)?;
+        if c.expires <= now {
+            self.cache.remove(key);
+            return None;
+        }
+        let elapsed = u32::try_from(now.since(c.stored) / 1000).unwrap_or(u32::MAX);
+        let mut reply = c.reply.clone();
+        let asked = c.asked.clone();
+        reply.header.authoritative = false;
+        for r in reply
+            .answers
+            .iter_mut()
+            .chain(&mut reply.authorities)
+            .chain(&mut reply.additionals)
+        {
+            r.ttl = r.ttl.saturating_sub(elapsed);
+        }
+        Some(self.answer_for(&reply, &asked, w))
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            pending: self.pending(),
+            cache_entries: self.cache.entries.len() as u32,
+            cache_bytes: self.cache.bytes as u32,
+            counters: self.counters,
+        }
+    }
+
+    fn status_due(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let status = self.status();
         if self.sent.as_ref() != Some(&status) && now >= self.next_status {
             self.sent = Some(status.clone());
             self.next_status = now.add_millis(u64::from(clamp(self.start.status_every_ms, 100, 60_000)));
@@ -542,6 +677,7 @@ impl Forwarder {
     }
 
     fn expire(&mut self, now: Instant, out: &mut Batches) {
+        self.cache.expire(now);
         let due: Vec<u32> = self
             .in_flight
             .iter()
@@ -567,6 +703,7 @@ impl Engine for Forwarder {
             rng: ChaCha8Rng::from_seed(seed),
             in_flight: BTreeMap::new(),
             by_key: BTreeMap::new(),
+            cache: Cache::default(),
             next_query: 0,
             counters: Counters::default(),
             sent: None,
@@ -591,7 +728,9 @@ impl Engine for Forwarder {
                     transport,
                     data,
                 } => self.on_query(now, client, transport, &data, &mut batches, &mut refused),
-                Inbound::Reply { query, data } => self.on_reply(query, &data, &mut batches, &mut refused),
+                Inbound::Reply { query, data } => {
+                    self.on_reply(now, query, &data, &mut batches, &mut refused)
+                }
                 Inbound::Failed { query } => {
                     if self.in_flight.contains_key(&query) {
                         self.counters.upstream_failures += 1;
@@ -623,11 +762,7 @@ impl Engine for Forwarder {
             .map(|f| f.deadline)
             .min()
             .unwrap_or(Instant::NEVER);
-        let status = Status {
-            pending: self.pending(),
-            counters: self.counters,
-        };
-        if self.sent.as_ref() != Some(&status) {
+        if self.sent.as_ref() != Some(&self.status()) {
             at = at.min(self.next_status);
         }
         at

@@ -17,7 +17,10 @@
 //! connected socket), with that id and the very question asked (RFC 5452
 //! section 9.1); it is re-encoded for the client with the client's id and
 //! question, its EDNS and its size limit (TC set and records dropped when
-//! the answer does not fit, RFC 2181 section 9).
+//! the answer does not fit, RFC 2181 section 9). Identical questions in
+//! flight share one upstream query, and positive answers are cached for
+//! their smallest TTL ([`Forwarder`]'s cache: by question, bounded in
+//! octets, TTLs counted down when served).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -85,6 +88,12 @@ pub struct Start {
     /// off-path forger must guess. Off for an upstream that does not
     /// preserve case.
     pub randomize_case: bool,
+    /// Octets of upstream answers the cache may hold (their wire size;
+    /// 0: no cache; at most 64 MiB).
+    pub cache_bytes: u32,
+    /// The longest a cached answer is served, whatever its TTLs say
+    /// (seconds; clamped to 1..=604800).
+    pub max_ttl_secs: u32,
 }
 
 impl Default for Start {
@@ -96,6 +105,8 @@ impl Default for Start {
             max_pending: 4096,
             status_every_ms: 1000,
             randomize_case: true,
+            cache_bytes: 4 << 20,
+            max_ttl_secs: 86_400,
         }
     }
 }
@@ -184,6 +195,9 @@ impl Reason {
 pub struct Status {
     /// Client queries waiting for an upstream now.
     pub pending: u32,
+    /// Answers in the cache now, and their wire size.
+    pub cache_entries: u32,
+    pub cache_bytes: u32,
     pub counters: Counters,
 }
 
@@ -201,6 +215,8 @@ pub struct Counters {
     pub servfail: u64,
     /// Client queries joined to an identical one already upstream.
     pub merged: u64,
+    /// Client queries answered from the cache.
+    pub cache_hits: u64,
     pub upstream_queries: u64,
     pub upstream_timeouts: u64,
     pub upstream_failures: u64,

@@ -369,3 +369,81 @@ fn batches_fit_the_channel_cap_under_a_flood() {
         assert!(mirage_engine::codec::encode(&msg).is_ok());
     }
 }
+
+/// The upstream's answer to `sent` with one A record of `ttl`, or
+/// NXDOMAIN.
+fn reply_with(sent: &Message, ttl: u32, nxdomain: bool) -> Vec<u8> {
+    let mut r = Message::parse(&reply(sent, usize::from(!nxdomain))).unwrap();
+    for rec in &mut r.answers {
+        rec.ttl = ttl;
+    }
+    if nxdomain {
+        r.header.rcode = 3;
+    }
+    r.to_bytes().unwrap()
+}
+
+#[test]
+fn positive_answers_are_served_from_the_cache_for_their_ttl_counted_down() {
+    let (mut f, _) = start(1);
+    let (out, _) = step(&mut f, 1000, vec![q(1, query(1, "a.test", Type::A, None))]);
+    let (num, _, sent) = upstream_query(&out);
+    step(
+        &mut f,
+        1010,
+        vec![Inbound::Reply {
+            query: num,
+            data: reply_with(&sent, 300, false),
+        }],
+    );
+
+    // 10 s later, another spelling: from the cache, 290 s left, in the
+    // client's spelling, not authoritative.
+    let (out, _) = step(&mut f, 11_010, vec![q(2, query(2, "A.Test", Type::A, None))]);
+    assert!(
+        !out.iter().any(|o| matches!(o, Outbound::Query { .. })),
+        "{out:?}"
+    );
+    let a = answer_of(&out, 2);
+    assert_eq!((a.header.id, a.answers.len(), a.answers[0].ttl), (2, 1, 290));
+    assert!(a.answers[0].name.eq_exact(&Name::from_ascii("A.Test").unwrap()));
+    assert!(!a.header.authoritative);
+    // Another type, or the DO bit, is another question.
+    let mut do_bit = Message::parse(&query(3, "a.test", Type::A, Some(1232))).unwrap();
+    do_bit.edns.as_mut().unwrap().dnssec_ok = true;
+    let (out, _) = step(&mut f, 11_020, vec![q(3, do_bit.to_bytes().unwrap())]);
+    let (num, _, sent) = upstream_query(&out);
+    assert!(sent.edns.unwrap().dnssec_ok);
+    let (out, _) = step(&mut f, 11_030, vec![Inbound::Failed { query: num }]);
+    let (num, _, _) = upstream_query(&out);
+    let (out, _) = step(&mut f, 11_040, vec![Inbound::Failed { query: num }]);
+    assert_eq!(answer_of(&out, 3).rcode(), Rcode::SERVFAIL);
+    // Expired: upstream again.
+    let (out, _) = step(&mut f, 301_010, vec![q(4, query(4, "a.test", Type::A, None))]);
+    upstream_query(&out);
+}
+
+#[test]
+fn errors_and_zero_ttls_are_not_cached_and_a_zero_budget_caches_nothing() {
+    for (ttl, nxdomain, bytes) in [(0, false, 4 << 20), (300, true, 4 << 20), (300, false, 0)] {
+        let mut out = Vec::new();
+        let start = Start {
+            upstreams: vec!["192.0.2.1:53".parse().unwrap()],
+            cache_bytes: bytes,
+            ..Start::default()
+        };
+        let mut f = Forwarder::start(start, Instant(1000), [1; 32], &mut out);
+        let (out, _) = step(&mut f, 1000, vec![q(1, query(1, "a.test", Type::A, None))]);
+        let (num, _, sent) = upstream_query(&out);
+        step(
+            &mut f,
+            1010,
+            vec![Inbound::Reply {
+                query: num,
+                data: reply_with(&sent, ttl, nxdomain),
+            }],
+        );
+        let (out, _) = step(&mut f, 2000, vec![q(2, query(2, "a.test", Type::A, None))]);
+        upstream_query(&out);
+    }
+}

@@ -117,9 +117,10 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     out.line(
         "queries",
         &format!(
-            "{} answered {} servfail {} formerr {} notimp {} merged {} pending {}",
+            "{} answered {} from cache {} servfail {} formerr {} notimp {} merged {} pending {}",
             text_of(&e["queries"]),
             text_of(&e["answered"]),
+            text_of(&e["cache_hits"]),
             text_of(&e["servfail"]),
             text_of(&e["formerr"]),
             text_of(&e["notimp"]),
@@ -134,6 +135,14 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
             text_of(&e["upstream_queries"]),
             text_of(&e["upstream_replies"]),
             text_of(&e["upstream_timeouts"]),
+        ),
+    );
+    out.line(
+        "cache",
+        &format!(
+            "{} answers, {} octets",
+            text_of(&e["cache_entries"]),
+            text_of(&e["cache_bytes"])
         ),
     );
     out.line("refused", &format!("{}", v["refused"]));

@@ -53,6 +53,10 @@ struct FileConfig {
     /// One upstream attempt (ms) and attempts per query.
     attempt_ms: Option<u32>,
     attempts: Option<u8>,
+    /// The cache's size in octets of answers (0: no cache), and the
+    /// longest an answer is kept whatever its TTL.
+    cache_bytes: Option<u32>,
+    max_ttl_secs: Option<u32>,
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     sandbox: Option<SandboxKind>,
@@ -173,6 +177,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         upstreams: upstreams.clone(),
         attempt_ms: file.attempt_ms.unwrap_or(defaults.attempt_ms),
         attempts: file.attempts.unwrap_or(defaults.attempts),
+        cache_bytes: file.cache_bytes.unwrap_or(defaults.cache_bytes),
+        max_ttl_secs: file.max_ttl_secs.unwrap_or(defaults.max_ttl_secs),
         ..defaults
     };
     let mut sup = Supervisor {
@@ -382,6 +388,9 @@ impl View {
                 "notimp": c.notimp,
                 "servfail": c.servfail,
                 "merged": c.merged,
+                "cache_hits": c.cache_hits,
+                "cache_entries": self.status.as_ref().map_or(0, |s| s.cache_entries),
+                "cache_bytes": self.status.as_ref().map_or(0, |s| s.cache_bytes),
                 "upstream_queries": c.upstream_queries,
                 "upstream_replies": c.upstream_replies,
                 "upstream_timeouts": c.upstream_timeouts,
@@ -438,6 +447,18 @@ impl View {
             "Queries joined to an identical one in flight.",
             &[],
             c.merged,
+        );
+        m.counter(
+            "cache_hits_total",
+            "Queries answered from the cache.",
+            &[],
+            c.cache_hits,
+        );
+        m.gauge(
+            "cache_entries",
+            "Answers in the cache.",
+            &[],
+            self.status.as_ref().map_or(0, |s| s.cache_entries),
         );
         m.gauge(
             "pending",
