@@ -372,7 +372,7 @@ impl Forwarder {
     fn ask_upstream(&mut self, now: Instant, waiter: Waiter, out: &mut Batches) {
         let dnssec_ok = waiter.edns.is_some_and(|(_, d)| d);
         let key = Self::key_of(&waiter.question, dnssec_ok, waiter.checking_disabled);
-        if let Some(data) = self.from_cache(now, &key, &waiter) {
+        if let Some(data) = self.cached_answer(now, &key, &waiter) {
             self.counters.cache_hits += 1;
             out.push(Outbound::Answer {
                 client: waiter.client,
@@ -513,7 +513,7 @@ impl Forwarder {
         out.push(Outbound::Close { query });
         self.counters.upstream_replies += 1;
         self.accept_reply(&reply, &f.question, &f.waiters, out);
-        self.to_cache(now, f.key, reply, f.question, data.len());
+        self.keep_answer(now, f.key, reply, f.question, data.len());
     }
 
     /// An upstream answer accepted: one answer per waiting client.
@@ -603,7 +603,7 @@ impl Forwarder {
     /// Keep a positive answer for its smallest TTL (RFC 2181 5.2: the
     /// records of a set share one), at most `max_ttl_secs`. Truncated
     /// answers, errors and answers without records are not kept.
-    fn to_cache(&mut self, now: Instant, key: Key, reply: Message, asked: Question, size: usize) {
+    fn keep_answer(&mut self, now: Instant, key: Key, reply: Message, asked: Question, size: usize) {
         let max_bytes = (self.start.cache_bytes as usize).min(64 << 20);
         if max_bytes == 0
             || reply.header.truncated
@@ -637,7 +637,7 @@ impl Forwarder {
     /// A cached answer for `w`, its TTLs counted down by the time it spent
     /// in the cache, not authoritative (RFC 1035 6.1: it was not read from
     /// a zone).
-    fn from_cache(&mut self, now: Instant, key: &Key, w: &Waiter) -> Option<Vec<u8>> {
+    fn cached_answer(&mut self, now: Instant, key: &Key, w: &Waiter) -> Option<Vec<u8>> {
         let c = self.cache.entries.get(key)?;
         if c.expires <= now {
             self.cache.remove(key);
