@@ -86,10 +86,20 @@ pub fn enable_receive_timestamps(socket: impl AsFd) -> io::Result<()> {
 /// ```
 pub fn connected_socket(peer: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
     use std::os::fd::{FromRawFd, OwnedFd};
-    let family = if peer.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let family = if peer.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: socket takes no pointers; a non-negative result is a new
     // descriptor nobody else owns.
-    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -98,7 +108,13 @@ pub fn connected_socket(peer: std::net::SocketAddr) -> io::Result<std::net::UdpS
     let (storage, len) = sockaddr_of(peer);
     // SAFETY: `storage` is a live sockaddr_storage holding a sockaddr_in or
     // sockaddr_in6 of exactly `len` bytes; the fd is open (owned above).
-    let rc = unsafe { libc::connect(owned.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let rc = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
