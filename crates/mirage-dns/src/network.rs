@@ -31,8 +31,11 @@ const STATS_EVERY_MS: u64 = 1000;
 /// The longest sleep (the loop's timers are all shorter or re-armed).
 const MAX_SLEEP_MS: u64 = 1000;
 
-/// The network role: the listeners and the direct channel are taken (and
-/// checked) before the sandbox.
+/// The network role: the listeners and the direct channel are taken
+/// before the sandbox. The listeners come bound and non-blocking from the
+/// supervisor (a restarted role gets duplicates, which share both); the
+/// role makes no call on them here that the supervisor's filter, under
+/// which a restarted role starts, does not hold (no `getsockname`).
 pub fn network_role(role: Starting) -> Result<(), String> {
     let settings: NetworkSettings = role.config()?;
     settings.limits.check()?;
@@ -48,18 +51,6 @@ pub fn network_role(role: Starting) -> Result<(), String> {
         .iter()
         .map(|_| TcpListener::from(next_fd()))
         .collect();
-    for (s, want) in udp.iter().zip(&settings.udp) {
-        match s.local_addr() {
-            Ok(a) if a == *want => s.set_nonblocking(true).map_err(|e| e.to_string())?,
-            other => return Err(format!("UDP listener for {want} is bound to {other:?}")),
-        }
-    }
-    for (s, want) in tcp.iter().zip(&settings.tcp) {
-        match s.local_addr() {
-            Ok(a) if a == *want => s.set_nonblocking(true).map_err(|e| e.to_string())?,
-            other => return Err(format!("TCP listener for {want} is bound to {other:?}")),
-        }
-    }
     let peer = Channel::from_raw_fd(settings.peer_fd()).map_err(|e| format!("the engine's channel: {e}"))?;
     let started = role.enter()?;
     Network::new(&settings, &udp, &tcp).run(&started.channel, &peer)

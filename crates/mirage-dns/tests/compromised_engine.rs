@@ -79,6 +79,9 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let (listen_udp, listen_tcp) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        // As the supervisor hands them over.
+        udp.set_nonblocking(true).unwrap();
+        tcp.set_nonblocking(true).unwrap();
         let settings = NetworkSettings {
             udp: vec![listen_udp],
             tcp: vec![listen_tcp],

@@ -212,3 +212,48 @@ fn a_dead_upstream_is_skipped_for_the_next() {
     assert_eq!(v["engine"]["answered"], 1, "{v}");
     assert_eq!(v["engine"]["servfail"], 0, "{v}");
 }
+
+#[test]
+fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners() {
+    let mut f = with_unbound("dnsr");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let daemon = f.start_dns(&["--listen", "127.0.0.53", "--upstream", &upstream]);
+    let ns = f.ns.name().to_owned();
+    let ask = move |id: u16| {
+        in_netns(&ns, move || {
+            let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+            ask_udp(ours, &query(id, "a.test", Type::A, false))
+        })
+    };
+    assert_eq!(ask(1).expect("an answer").answers.len(), 1);
+    let pid = f.procs.pid(daemon);
+    let (engine, network) = (role_pid(pid, "engine"), role_pid(pid, "network"));
+    std::process::Command::new("kill")
+        .args(["-KILL", &engine.to_string()])
+        .status()
+        .unwrap();
+    // Both roles of the linked pair are new processes; the listeners are
+    // the same sockets (the supervisor kept them), so the same address
+    // answers, and the status says the pair restarted.
+    wait_some(
+        Duration::from_secs(20),
+        "a new engine and network role",
+        || {
+            let roles = roles_of(pid);
+            (roles.len() == 2 && roles.iter().all(|&(_, p)| p != engine && p != network)).then_some(())
+        },
+        || f.log(),
+    );
+    let a = ask(2).expect("an answer after the restart");
+    assert_eq!((a.header.id, a.answers.len()), (2, 1));
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the restart published",
+        || f.status().filter(|v| v["engine_restarts"].as_u64() >= Some(1)),
+        || f.log(),
+    );
+    assert_eq!(v["engine_restarts"], 1, "{v}");
+    for role in ["engine", "network"] {
+        assert_eq!(ProcStatus::read(role_pid(pid, role)).seccomp(), 2, "{role}");
+    }
+}
