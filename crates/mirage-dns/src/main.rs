@@ -35,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Forward queries to the upstreams until SIGTERM/SIGINT.
+    /// Forward queries to the upstreams until SIGTERM/SIGINT (nothing is
+    /// kept in the state directory yet).
     Run(RunArgs),
     /// Print the status a running forwarder published (status.json).
     Status(StatusArgs<Dns>),

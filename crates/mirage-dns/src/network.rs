@@ -4,7 +4,7 @@
 //! batches over the direct channel, and every answer and upstream query
 //! passes `mirage_dns::policy` first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -80,6 +80,10 @@ struct Network<'a> {
     limits: NetworkLimits,
     clients: Clients,
     in_flight: HashMap<u32, Upstream>,
+    /// When each upstream socket expires, in the order they were opened
+    /// (all live equally long); entries of sockets closed since are
+    /// skipped.
+    expiries: VecDeque<(u64, u32)>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
     bucket: TokenBucket,
@@ -115,6 +119,7 @@ impl<'a> Network<'a> {
                 u64::from(limits.query_timeout_ms),
             ),
             in_flight: HashMap::new(),
+            expiries: VecDeque::new(),
             conns: BTreeMap::new(),
             next_conn: 0,
             bucket: TokenBucket::new(limits.upstream_per_second, limits.upstream_burst, now),
@@ -198,12 +203,15 @@ impl<'a> Network<'a> {
         if let Some(e) = self.clients.next_expiry() {
             at = at.min(e);
         }
-        for u in self.in_flight.values() {
-            at = at.min(u.expires_ms);
+        if let Some(&(e, _)) = self.expiries.front() {
+            at = at.min(e);
         }
         let idle = u64::from(self.limits.tcp_idle_ms);
-        for c in self.conns.values() {
-            at = at.min(c.last_active_ms + idle);
+        for (&id, c) in &self.conns {
+            // Only a connection with nothing outstanding idles out.
+            if self.clients.on_conn(id) == 0 {
+                at = at.min(c.last_active_ms + idle);
+            }
         }
         if self.stats_sent.as_ref() != Some(&self.stats) {
             at = at.min(self.stats_at_ms + STATS_EVERY_MS);
@@ -524,6 +532,7 @@ impl<'a> Network<'a> {
                 self.stats.upstream_queries += 1;
                 let expires_ms = now + u64::from(self.limits.query_timeout_ms);
                 self.in_flight.insert(query, Upstream { socket, expires_ms });
+                self.expiries.push_back((expires_ms, query));
             }
             Err(e) => {
                 // Not a refusal: the engine hears `Failed` all the same.
@@ -537,7 +546,14 @@ impl<'a> Network<'a> {
 
     fn timers(&mut self, now: u64, chan: &Channel) {
         self.stats.expired += self.clients.expire(now) as u64;
-        self.in_flight.retain(|_, u| u.expires_ms > now);
+        while let Some(&(e, q)) = self.expiries.front()
+            && e <= now
+        {
+            self.expiries.pop_front();
+            if self.in_flight.get(&q).is_some_and(|u| u.expires_ms == e) {
+                self.in_flight.remove(&q);
+            }
+        }
         let idle = u64::from(self.limits.tcp_idle_ms);
         let stale: Vec<u64> = self
             .conns

@@ -9,7 +9,7 @@
 //!   ([`Clients::answer`]): the engine names a client by the role's token,
 //!   never by an address, so the host cannot be made a reflector.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -113,9 +113,12 @@ pub enum Admission {
 
 /// Client queries outstanding, by the token the engine answers with.
 /// Tokens count up from 1 and are never reused, so a token the role never
-/// gave out is told from one that expired.
+/// gave out is told from one that expired; every query waits the same
+/// time, so the lowest token is the first to expire.
 pub struct Clients {
-    pending: HashMap<u64, Pending>,
+    pending: BTreeMap<u64, Pending>,
+    /// Queries outstanding per TCP connection (no entry: none).
+    per_conn: HashMap<u64, usize>,
     next: u64,
     max: usize,
     timeout_ms: u64,
@@ -124,7 +127,8 @@ pub struct Clients {
 impl Clients {
     pub fn new(max: usize, timeout_ms: u64) -> Clients {
         Clients {
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
+            per_conn: HashMap::new(),
             next: 1,
             max,
             timeout_ms,
@@ -149,6 +153,9 @@ impl Clients {
         }
         let token = self.next;
         self.next += 1;
+        if let Origin::Tcp { conn } = origin {
+            *self.per_conn.entry(conn).or_default() += 1;
+        }
         self.pending.insert(
             token,
             Pending {
@@ -181,13 +188,27 @@ impl Clients {
         if data.len() < HEADER_LEN || data[2] & QR == 0 || u16::from_be_bytes([data[0], data[1]]) != p.id {
             return Err(OutboundRefusal::NotTheAnswer);
         }
-        self.pending.remove(&token);
+        self.remove(token);
         Ok(p)
+    }
+
+    /// Forget `token`, keeping the per-connection counts.
+    fn remove(&mut self, token: u64) -> Option<Pending> {
+        let p = self.pending.remove(&token)?;
+        if let Origin::Tcp { conn } = p.origin
+            && let Some(n) = self.per_conn.get_mut(&conn)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_conn.remove(&conn);
+            }
+        }
+        Some(p)
     }
 
     /// The engine gives up on `token`: forget it.
     pub fn drop_query(&mut self, token: u64) -> Result<(), OutboundRefusal> {
-        match self.pending.remove(&token) {
+        match self.remove(token) {
             Some(_) => Ok(()),
             None if token == 0 || token >= self.next => Err(OutboundRefusal::NeverAsked),
             None => Err(OutboundRefusal::NoLongerOutstanding),
@@ -196,9 +217,14 @@ impl Clients {
 
     /// Forget what expired by `now_ms`; how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
-        let before = self.pending.len();
-        self.pending.retain(|_, p| p.expires_ms > now_ms);
-        before - self.pending.len()
+        let mut n = 0;
+        while let Some((&t, p)) = self.pending.first_key_value()
+            && p.expires_ms <= now_ms
+        {
+            self.remove(t);
+            n += 1;
+        }
+        n
     }
 
     /// TCP connection `conn` closed: forget its queries.
@@ -216,7 +242,7 @@ impl Clients {
 
     /// The earliest expiry, if any.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.pending.values().map(|p| p.expires_ms).min()
+        self.pending.first_key_value().map(|(_, p)| p.expires_ms)
     }
 }
 
@@ -343,6 +369,15 @@ mod tests {
         let d = c.admit(udp, &query(4), 0).unwrap();
         assert_eq!(c.drop_query(d), Ok(()));
         assert_eq!(c.drop_query(99), Err(OutboundRefusal::NeverAsked));
+        // A connection's count follows answers and expiries.
+        let tcp = Origin::Tcp { conn: 2 };
+        let e = c.admit(tcp, &query(5), 2000).unwrap();
+        c.admit(tcp, &query(6), 2500).unwrap();
+        assert_eq!(c.on_conn(2), 2);
+        assert!(c.answer(e, &response(5)).is_ok());
+        assert_eq!(c.on_conn(2), 1);
+        assert_eq!(c.expire(3500), 1);
+        assert_eq!((c.on_conn(2), c.len()), (0, 0));
     }
 
     #[test]
