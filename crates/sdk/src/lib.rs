@@ -18,7 +18,8 @@
 //!   discipline (`clock_adjtime`) for a time service's actuator.
 //! - [`packet`]: AF_PACKET sockets with classic BPF filters and checksum
 //!   offload flags; outbound frame policy.
-//! - [`udp`]: UDP datagrams with the kernel's receive timestamp.
+//! - [`udp`]: UDP datagrams with the kernel's receive timestamp; fresh
+//!   connected sockets whose source port the kernel draws.
 //! - [`netlink`]: rtnetlink: links, addresses, routes, MTU, carrier events.
 //! - [`fd`]: fixed fd numbers handed to roles.
 //! - [`files`]: atomic state files, resolv.conf, status.json, metrics.prom.
