@@ -217,7 +217,8 @@ fn a_dead_upstream_is_skipped_for_the_next() {
 fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners() {
     let mut f = with_unbound("dnsr");
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
-    let daemon = f.start_dns(&["--listen", "127.0.0.53", "--upstream", &upstream]);
+    // No --listen: the default, 127.0.0.53:53.
+    let daemon = f.start_dns(&["--upstream", &upstream]);
     let ns = f.ns.name().to_owned();
     let ask = move |id: u16| {
         in_netns(&ns, move || {
