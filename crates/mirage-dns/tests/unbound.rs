@@ -181,11 +181,12 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
 }
 
 #[test]
-fn a_dead_upstream_is_skipped_for_the_next() {
+fn a_dead_upstream_is_skipped_for_the_next_over_ipv6() {
     let mut f = with_unbound("dnsd");
     // 127.0.0.2 is on lo but nothing listens there: ICMP port unreachable,
-    // so the next upstream is asked at once.
-    let good = format!("127.0.0.1:{UPSTREAM_PORT}");
+    // so the next upstream is asked at once, over IPv6 (an AF_INET6
+    // socket under the network role's filter).
+    let good = format!("[::1]:{UPSTREAM_PORT}");
     f.start_dns(&[
         "--listen",
         "127.0.0.53",
