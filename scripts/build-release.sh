@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the mirage-dhcp binary we ship: one static-pie musl executable,
-# written to target/dist/mirage-dhcp (under $CARGO_TARGET_DIR if set).
+# Builds the binaries we ship: each one static-pie musl executable, written
+# to target/dist/NAME (under $CARGO_TARGET_DIR if set).
 #
 # Every role process maps the whole binary, and on current kernels the page
 # cache hands out large folios, so each process's RSS is close to the binary's
@@ -10,15 +10,17 @@
 # stable toolchain builds the same code (`cargo build --release`, about 40%
 # larger); docs/benchmarks.md compares the two.
 #
-# usage: scripts/build-release.sh [--stable | --best]
+# usage: scripts/build-release.sh [--stable | --best] [BINARY...]
 #   --stable   build with the default toolchain and the prebuilt std instead
 #   --best     the nightly build where it can run here, else --stable (warns)
+#   BINARY     mirage-dhcp, mirage-ntp (default: both); each is built by a
+#              cargo run of its own, so features never unify across them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET=x86_64-unknown-linux-musl
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-OUT="$TARGET_DIR/dist/mirage-dhcp"
+SHIPPED=(mirage-dhcp mirage-ntp)
 
 nightly_ready() {
     local sysroot
@@ -27,7 +29,24 @@ nightly_ready() {
         [ -d "$sysroot/lib/rustlib/$TARGET/lib" ]
 }
 
-MODE="${1:-}"
+MODE=""
+BINARIES=()
+for arg in "$@"; do
+    case "$arg" in
+    --stable | --best) MODE="$arg" ;;
+    -h | --help)
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    mirage-dhcp | mirage-ntp) BINARIES+=("$arg") ;;
+    *)
+        echo "build-release: unknown argument: $arg (see --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+[ "${#BINARIES[@]}" -gt 0 ] || BINARIES=("${SHIPPED[@]}")
+
 if [ "$MODE" = --best ]; then
     if nightly_ready; then
         MODE=""
@@ -36,38 +55,29 @@ if [ "$MODE" = --best ]; then
         MODE=--stable
     fi
 fi
+if [ "$MODE" != --stable ] && ! nightly_ready; then
+    echo "build-release: needs the nightly toolchain with rust-src and the $TARGET target" >&2
+    echo "build-release: run scripts/install-deps.sh, or pass --stable" >&2
+    exit 1
+fi
+# musl, or static glibc where rustup could not add musl.
+[ "$MODE" != --stable ] || . scripts/rust-target.sh
 
-case "$MODE" in
---stable)
-    # musl, or static glibc where rustup could not add musl.
-    . scripts/rust-target.sh
-    cargo build --locked --release -p mirage-dhcp --target "$MIRAGE_TARGET"
-    BUILT="$TARGET_DIR/$MIRAGE_TARGET/release/mirage-dhcp"
-    ;;
-"")
-    if ! nightly_ready; then
-        echo "build-release: needs the nightly toolchain with rust-src and the $TARGET target" >&2
-        echo "build-release: run scripts/install-deps.sh, or pass --stable" >&2
-        exit 1
+for name in "${BINARIES[@]}"; do
+    if [ "$MODE" = --stable ]; then
+        cargo build --locked --release -p "$name" --target "$MIRAGE_TARGET"
+        BUILT="$TARGET_DIR/$MIRAGE_TARGET/release/$name"
+    else
+        # Its own target directory: std built from source must not mix with
+        # the prebuilt one the stable builds use.
+        cargo +nightly build --locked --release -p "$name" --target "$TARGET" \
+            --target-dir "$TARGET_DIR/build-std" \
+            -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
+        BUILT="$TARGET_DIR/build-std/$TARGET/release/$name"
     fi
-    # Its own target directory: std built from source must not mix with the
-    # prebuilt one the stable builds use.
-    cargo +nightly build --locked --release -p mirage-dhcp --target "$TARGET" \
-        --target-dir "$TARGET_DIR/build-std" \
-        -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
-    BUILT="$TARGET_DIR/build-std/$TARGET/release/mirage-dhcp"
-    ;;
--h | --help)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
-    exit 0
-    ;;
-*)
-    echo "build-release: unknown argument: $MODE (see --help)" >&2
-    exit 2
-    ;;
-esac
-
-mkdir -p "$(dirname "$OUT")"
-cp "$BUILT" "$OUT.tmp"
-mv "$OUT.tmp" "$OUT"
-echo "build-release: $OUT ($(stat -c %s "$OUT") bytes)"
+    OUT="$TARGET_DIR/dist/$name"
+    mkdir -p "$(dirname "$OUT")"
+    cp "$BUILT" "$OUT.tmp"
+    mv "$OUT.tmp" "$OUT"
+    echo "build-release: $OUT ($(stat -c %s "$OUT") bytes)"
+done

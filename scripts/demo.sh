@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The client end to end in a throwaway pair of network namespaces: dnsmasq
-# serves DHCP on one end of a veth pair, mirage-dhcp gets a lease on the
-# other, then this prints what it applied. Needs root; removes everything it
-# made, also on failure.
+# Both clients end to end in a throwaway pair of network namespaces:
+# dnsmasq serves DHCP on one end of a veth pair, mirage-dhcp gets a lease on
+# the other, then this prints what it applied. Then chronyd -x serves NTP on
+# the server end, and mirage-ntp --observe, in the client namespace with the
+# server the lease named (option 42), gets its first estimate and shows its
+# status. Neither chronyd -x nor an observing mirage-ntp can touch the host
+# clock (CLOCK_REALTIME is not namespaced, so that matters). Needs root;
+# removes everything it made, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root" >&2; exit 1; }
 command -v dnsmasq >/dev/null || { echo "demo.sh: apt-get install dnsmasq-base" >&2; exit 1; }
+command -v chronyd >/dev/null || { echo "demo.sh: apt-get install chrony" >&2; exit 1; }
 
 ./scripts/build-release.sh --best >/dev/null
 BIN="${CARGO_TARGET_DIR:-$PWD/target}/dist/mirage-dhcp"
+NTP="${CARGO_TARGET_DIR:-$PWD/target}/dist/mirage-ntp"
 ID=$$
 SRV="mirage-demo-srv-$ID"
 CLI="mirage-demo-cli-$ID"
@@ -34,6 +40,7 @@ ip netns exec "$SRV" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0
     --dhcp-leasefile="$TMP/dnsmasq.leases" \
     --dhcp-option=option:router,192.0.2.1 --dhcp-option=option:dns-server,192.0.2.1 \
     --dhcp-option=option:domain-search,demo.example --dhcp-option=option:mtu,1450 \
+    --dhcp-option=option:ntp-server,192.0.2.1 \
     2>"$TMP/dnsmasq.log" &
 disown
 for _ in $(seq 100); do ip netns exec "$SRV" ss -lun | grep -q ':67 ' && break; sleep 0.05; done
@@ -47,3 +54,45 @@ echo "== routes";      ip -n "$CLI" -4 route show
 echo "== mtu";         ip -n "$CLI" link show veth-c | head -1
 echo "== resolv.conf"; cat "$TMP/resolv.conf"
 echo "== status";      "$BIN" status --run-dir "$TMP/run"
+
+# --- NTP --------------------------------------------------------------------
+# chronyd serving its (this host's) clock at stratum 8 on the server end:
+# -x, it never touches the clock; no command port; files in $TMP.
+printf '%s\n' "allow all" "local stratum 8" "bindaddress 192.0.2.1" "port 123" "cmdport 0" \
+    "pidfile $TMP/chronyd.pid" >"$TMP/chrony.conf"
+ip netns exec "$SRV" chronyd -x -d -u root -f "$TMP/chrony.conf" 2>"$TMP/chronyd.log" &
+disown
+for _ in $(seq 200); do ip netns exec "$SRV" ss -lun | grep -q '192.0.2.1:123 ' && break; sleep 0.05; done
+# The NTP server the lease named (DHCP option 42).
+SERVER="$("$BIN" status --run-dir "$TMP/run" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["lease"]["ntp_servers"][0])')"
+
+echo
+echo "== mirage-ntp run --observe --server $SERVER (the server from the lease; log follows)"
+START=$(date +%s%N)
+ip netns exec "$CLI" "$NTP" run --observe --server "$SERVER" --config /dev/null \
+    --state-dir "$TMP/ntp-state" --run-dir "$TMP/ntp-run" &
+NTP_PID=$!
+# status.json is replaced atomically: a cheap look every 10 ms.
+for _ in $(seq 1000); do
+    grep -q '"state": *"observing"' "$TMP/ntp-run/status.json" 2>/dev/null && break
+    sleep 0.01
+done
+ELAPSED_MS=$((($(date +%s%N) - START) / 1000000))
+if ! grep -q '"state": *"observing"' "$TMP/ntp-run/status.json" 2>/dev/null; then
+    echo "demo.sh: mirage-ntp has no estimate after 10 s" >&2
+    exit 1
+fi
+echo
+echo "== first estimate within ${ELAPSED_MS} ms of the start (status.json is written at most every 500 ms)"
+echo "== status"; "$NTP" status --run-dir "$TMP/ntp-run"
+echo "== roles (observing: none holds a capability, so none can touch the clock)"
+for pid in $(pgrep -P "$NTP_PID"); do
+    printf '%-9s uid %-6s CapEff %s  Seccomp %s\n' \
+        "$(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -d' ' -f3)" \
+        "$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")" \
+        "$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")" \
+        "$(awk '/^Seccomp:/ {print $2}' "/proc/$pid/status")"
+done
+kill -TERM "$NTP_PID"
+wait "$NTP_PID"

@@ -964,6 +964,9 @@ fn ntp_scenarios() -> Vec<(&'static str, Vec<u8>, NtpScript)> {
             ok: false,
         },
     );
+    // The operator accepts the held step: polled again at once.
+    sc.event(0, NtpEvent::StepAccepted);
+    sc.wake();
     out.push(("falseticker-held", sc.bytes(&s), sc));
     out
 }

@@ -29,7 +29,7 @@ const BOUND_WITHIN: Duration = Duration::from_secs(30);
 /// Bound on any one podman command (image import, start, stop).
 const PODMAN_TIMEOUT_SECS: &str = "120";
 /// The service uid of the image (and of every process in the container).
-const SERVICE_ID: u32 = oci_image::SERVICE_ID;
+const SERVICE_ID: u32 = oci_image::MIRAGE_DHCP.id;
 /// Capability bits (linux/capability.h).
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_NET_RAW: u64 = 1 << 13;
@@ -114,7 +114,7 @@ fn meta() -> Meta {
 /// Build the image layout from this build's binary into `dir`.
 fn build_layout(dir: &Path) -> oci_image::Written {
     let binary = std::fs::read(bin()).unwrap();
-    let image = oci_image::mirage_dhcp(binary, &meta()).unwrap();
+    let image = oci_image::image(&oci_image::MIRAGE_DHCP, binary, &meta()).unwrap();
     // Unoptimized test builds of the compressor take half a minute on the
     // debug binary; the plain layer is built by the same code path.
     oci_image::write_layout(&image, dir, LayerCompression::None).unwrap()
@@ -467,7 +467,12 @@ fn containerfile_builds_the_same_image_config() {
     ]);
     let built = podman_ok(&["image", "inspect", "--format", "{{json .Config}}", &tag]);
     let built: serde_json::Value = serde_json::from_str(&built).unwrap();
-    let ours = oci_image::mirage_dhcp(b"-".to_vec(), &Meta { created: None, ..m }).unwrap();
+    let ours = oci_image::image(
+        &oci_image::MIRAGE_DHCP,
+        b"-".to_vec(),
+        &Meta { created: None, ..m },
+    )
+    .unwrap();
     assert_eq!(built["User"], ours.user.as_str());
     assert_eq!(built["Entrypoint"], serde_json::json!(ours.entrypoint));
     assert_eq!(built["Cmd"], serde_json::json!(ours.cmd));
@@ -477,7 +482,7 @@ fn containerfile_builds_the_same_image_config() {
             .unwrap_or_else(|| panic!("label {k} missing"));
         if k == "org.mobyproject.config" {
             let got: serde_json::Value = serde_json::from_str(got).unwrap();
-            assert_eq!(got, oci_image::linuxkit_config(), "{k}");
+            assert_eq!(got, oci_image::MIRAGE_DHCP.linuxkit_config(), "{k}");
         } else {
             assert_eq!(got, v, "{k}");
         }

@@ -78,6 +78,15 @@ fn lease_is_applied_with_routes_mtu_dns_and_files(sandbox: &'static str) {
     assert!(resolv.contains("search corp.example example.org\n"), "{resolv}");
     assert_eq!(lease["ntp_servers"][0], "10.9.9.9");
     assert_eq!(lease["mtu"], 1400);
+    // What the lease learned, for the NTP and DNS services.
+    let servers: serde_json::Value = serde_json::from_str(&read(&net.path("run/servers.json"))).unwrap();
+    assert_eq!(
+        servers,
+        serde_json::json!({
+            "version": 1, "interface": CLIENT_IF,
+            "ntp": ["10.9.9.9"], "dns": [net.server_ip.as_str()],
+        })
+    );
     let stored: serde_json::Value =
         serde_json::from_str(&read(&net.path(&format!("state/lease-{CLIENT_IF}.json")))).unwrap();
     assert_eq!(stored["lease"]["address"], addr.as_str());

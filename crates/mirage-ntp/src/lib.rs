@@ -6,9 +6,12 @@
 //! - [`messages`]: what the supervisor and the network role and actuator
 //!   say to each other;
 //! - [`policy`]: the actuator's clock policy, fixed at start, which every
-//!   clock intent must pass.
+//!   clock intent must pass;
+//! - [`accept`]: an operator's acceptance of a held step, from
+//!   `mirage-ntp accept-step` to the actuator.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod messages;
 pub mod plan;
 pub mod policy;

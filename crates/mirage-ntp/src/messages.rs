@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use ntp_engine::NtpTimestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{ClockIntent, ClockRefusal};
+use crate::policy::{ClockIntent, ClockRefusal, StepAcceptance};
 
 /// Supervisor -> network role.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -71,6 +71,10 @@ pub enum ToActuator {
     /// Check `intent` against the policy and apply it; answered by
     /// [`FromActuator::Result`] with the same `id`.
     Apply { id: u64, intent: ClockIntent },
+    /// An operator accepted a held step (`mirage-ntp accept-step`): the
+    /// actuator checks and records it ([`crate::policy::PolicyState::accept_step`]);
+    /// answered by [`FromActuator::Acceptance`].
+    AcceptStep(StepAcceptance),
 }
 
 /// Actuator -> supervisor.
@@ -85,6 +89,11 @@ pub enum FromActuator {
     },
     Result {
         id: u64,
+        outcome: Outcome,
+    },
+    /// The answer to [`ToActuator::AcceptStep`]: `Applied` (recorded) or
+    /// `Refused`.
+    Acceptance {
         outcome: Outcome,
     },
 }

@@ -2,7 +2,7 @@
 //! plans the SDK applies in each role ([`mirage_sdk::role`]) and what each
 //! role is told in its hello.
 //!
-//! | role | uid | capabilities | descriptors | seccomp |
+//! | role | uid (default, `[ids]`) | capabilities | descriptors | seccomp |
 //! | --- | --- | --- | --- | --- |
 //! | engine | 65526 | none | its channel | `BASE` |
 //! | network | 65527 | none | one UDP socket per server, connected | `BASE`, `PACKET_IN` |
@@ -14,16 +14,30 @@ use std::os::fd::RawFd;
 use mirage_sdk::role::RolePlan;
 use mirage_sdk::sandbox::seccomp::{Allow, BASE, PACKET_IN, STATE_FILES, When};
 use mirage_sdk::sandbox::{Capability, DirAccess};
+use mirage_sdk::service::ids::RoleId;
 use mirage_sdk::service::state::Versioned;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::ClockPolicy;
 
-/// The roles' uid = gid: of the service's own (the range systemd leaves
-/// unused, after mirage-dhcp's 65520..=65522 and the example's).
+/// The roles' default uid = gid: of the service's own (the range systemd
+/// leaves unused, after mirage-dhcp's 65520..=65522 and the example's).
+/// The config file's `[ids]` table replaces them.
 pub const ENGINE_ID: u32 = 65526;
 pub const NETWORK_ID: u32 = 65527;
 pub const ACTUATOR_ID: u32 = 65528;
+
+mirage_sdk::role_ids! {
+    /// `[ids]`: who each role runs as (`65526` or `"UID:GID"`).
+    pub struct IdsConfig =>
+    /// The ids each role runs as.
+    pub struct RoleIds {
+        engine: ENGINE_ID,
+        network: NETWORK_ID,
+        /// Also owns the state directory (the drift file).
+        actuator: ACTUATOR_ID,
+    }
+}
 
 /// Network role: the first server's socket; server `i`'s is at
 /// `FD_FIRST_SOCKET + i` (its channel is 3).
@@ -40,9 +54,33 @@ pub const DRIFT_FILE: &str = "drift.json";
 /// checks them (the policy) before the call.
 pub const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime, When::ArgEq(0, 0))];
 
+/// What the supervisor needs, beyond the SDK's supervisor list, to
+/// follow the DHCP client's servers: a UDP socket per server (IPv4 or
+/// IPv6 datagram sockets only), bound to an ephemeral port, connected,
+/// kernel receive timestamps on; the network role is then started again
+/// with them, and checks each socket's peer (`getpeername`) under this
+/// filter before its own. In the supervisor's filter only when
+/// `dhcp_servers` is in use ([`udp_setup`]); no role's list ever holds it.
+pub const UDP_SETUP: &[Allow] = &[
+    mirage_sdk::allow!(socket, When::ArgEq(0, AF_INET)),
+    mirage_sdk::allow!(socket, When::ArgEq(0, AF_INET6)),
+    mirage_sdk::allow!(bind),
+    mirage_sdk::allow!(connect),
+    mirage_sdk::allow!(setsockopt),
+    mirage_sdk::allow!(getpeername),
+];
+const AF_INET: u64 = 2;
+const AF_INET6: u64 = 10;
+
+/// [`UDP_SETUP`] as a pseudo-role for the supervisor's filter
+/// (`mirage_sdk::service::launch::confine`): no role runs under it.
+pub fn udp_setup() -> RolePlan {
+    RolePlan::strict("udp-setup", 0, 0, &[UDP_SETUP])
+}
+
 /// The engine: nothing but its channel.
-pub fn engine() -> RolePlan {
-    RolePlan::strict("engine", ENGINE_ID, ENGINE_ID, &[BASE])
+pub fn engine(id: RoleId) -> RolePlan {
+    RolePlan::strict("engine", id.uid, id.gid, &[BASE])
 }
 
 /// The network role: one UDP socket per server, each connected to its
@@ -51,8 +89,8 @@ pub fn engine() -> RolePlan {
 /// no one else: no table with an addressed `sendto` or `sendmsg` is
 /// needed. Replies are read with `recvmsg` (`PACKET_IN`) for their kernel
 /// timestamp.
-pub fn network(servers: usize) -> RolePlan {
-    let mut plan = RolePlan::strict("network", NETWORK_ID, NETWORK_ID, &[BASE, PACKET_IN]);
+pub fn network(id: RoleId, servers: usize) -> RolePlan {
+    let mut plan = RolePlan::strict("network", id.uid, id.gid, &[BASE, PACKET_IN]);
     plan.nofile = 16 + servers as u64;
     plan
 }
@@ -61,11 +99,11 @@ pub fn network(servers: usize) -> RolePlan {
 /// directory (contained, Landlock). Observing, it holds no capability, no
 /// clock call and no directory: the kernel itself guarantees it never
 /// touches the clock.
-pub fn actuator(observe: bool) -> RolePlan {
+pub fn actuator(id: RoleId, observe: bool) -> RolePlan {
     if observe {
-        return RolePlan::strict("actuator", ACTUATOR_ID, ACTUATOR_ID, &[BASE]);
+        return RolePlan::strict("actuator", id.uid, id.gid, &[BASE]);
     }
-    let mut plan = RolePlan::strict("actuator", ACTUATOR_ID, ACTUATOR_ID, &[BASE, CLOCK, STATE_FILES]);
+    let mut plan = RolePlan::strict("actuator", id.uid, id.gid, &[BASE, CLOCK, STATE_FILES]);
     plan.keep_caps = vec![Capability::CAP_SYS_TIME];
     plan.fsize_zero = false;
     plan.landlock_dirs = vec![(FD_STATE_DIR, DirAccess::ReadWrite)];
@@ -86,6 +124,10 @@ pub struct ActuatorSettings {
     pub policy: ClockPolicy,
 }
 
+/// No build of mirage-ntp predates this (2026-01-01T00:00:00Z): the time
+/// floor when no state file says later (field notes item 13).
+pub const BUILD_TIME_FLOOR_UNIX_SECS: i64 = 1_767_225_600;
+
 /// The drift file: the frequency a previous run learnt.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +135,11 @@ pub struct DriftFile {
     pub version: u32,
     /// ppm scaled by 2^16 (the kernel's unit).
     pub scaled_ppm: i64,
+    /// When it was saved (Unix seconds, by the clock being disciplined: the
+    /// engine saves only once its frequency is known): the last known good
+    /// time, the next run's time floor. Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_unix_secs: Option<i64>,
 }
 
 impl Versioned for DriftFile {
@@ -107,24 +154,49 @@ mod tests {
 
     #[test]
     fn the_plans_are_the_table_above() {
-        let e = engine();
+        let ids = RoleIds::DEFAULT;
+        let e = engine(ids.engine);
         assert_eq!(
             (e.uid, e.keep_caps.len(), e.seccomp.clone()),
             (ENGINE_ID, 0, vec![BASE])
         );
-        let n = network(3);
+        let n = network(ids.network, 3);
         assert_eq!((n.uid, n.keep_caps.len(), n.nofile), (NETWORK_ID, 0, 19));
         assert_eq!(n.seccomp, [BASE, PACKET_IN]);
-        let a = actuator(false);
+        let a = actuator(RoleId { uid: 900, gid: 901 }, false);
+        assert_eq!((a.uid, a.gid), (900, 901));
         assert_eq!(a.keep_caps, [Capability::CAP_SYS_TIME]);
         assert_eq!(a.seccomp, [BASE, CLOCK, STATE_FILES]);
         assert_eq!(a.contain_dirs, [FD_STATE_DIR]);
-        let o = actuator(true);
+        let o = actuator(ids.actuator, true);
         assert!(o.keep_caps.is_empty() && o.contain_dirs.is_empty() && o.landlock_dirs.is_empty());
         assert_eq!(o.seccomp, [BASE]);
-        for plan in [e, n, a, o] {
+        for plan in [e, n, a, o, udp_setup()] {
             assert!(seccomp::filter(&plan.seccomp).is_ok(), "{}", plan.name);
         }
+    }
+
+    #[test]
+    fn the_ids_table_replaces_the_defaults_role_by_role_and_refuses_root() {
+        let parse = |text: &str| mirage_sdk::config::parse::<IdsConfig>(std::path::Path::new("ids"), text);
+        let section = parse("engine = 900\nactuator = \"901:902\"\n").unwrap();
+        let ids = RoleIds::resolve(&section).unwrap();
+        assert_eq!(ids.engine, RoleId::same(900));
+        assert_eq!(ids.network, RoleId::same(NETWORK_ID));
+        assert_eq!(ids.actuator, RoleId { uid: 901, gid: 902 });
+        assert_eq!(
+            RoleIds::resolve(&IdsConfig::default()).unwrap(),
+            RoleIds {
+                engine: RoleId::same(65526),
+                network: RoleId::same(65527),
+                actuator: RoleId::same(65528),
+            }
+        );
+        let root = parse("network = 0").unwrap();
+        assert_eq!(RoleIds::resolve(&root).unwrap_err().0, "ids.network");
+        assert!(parse("dns = 5").is_err());
+        // Defaults: one id per role, none shared and none `nobody`.
+        assert!(RoleIds::DEFAULT.warnings(true).is_empty());
     }
 
     #[test]
@@ -137,7 +209,12 @@ mod tests {
                 .collect()
         };
         let clock = seccomp::sys::clock_adjtime;
-        for p in [engine(), network(16), actuator(true)] {
+        let ids = RoleIds::DEFAULT;
+        for p in [
+            engine(ids.engine),
+            network(ids.network, 16),
+            actuator(ids.actuator, true),
+        ] {
             assert!(
                 !calls(&p).iter().any(|&(nr, _)| nr == clock
                     || nr == seccomp::sys::adjtimex
@@ -146,7 +223,7 @@ mod tests {
                 p.name
             );
         }
-        let a: Vec<_> = calls(&actuator(false))
+        let a: Vec<_> = calls(&actuator(ids.actuator, false))
             .into_iter()
             .filter(|&(nr, _)| nr == clock)
             .collect();

@@ -22,6 +22,12 @@
 //! Above a limit the intent is refused and counted; the engine holds
 //! (`held` in status) and keeps measuring. The service never exits on a
 //! refusal (field notes item 10).
+//!
+//! An operator accepts a held step with `mirage-ntp accept-step`
+//! ([`StepAcceptance`]): one step of at most the size it names, within
+//! the time it is valid for, passes the size limits and the budget (it
+//! still spends a step of the budget). It is checked here like any other
+//! setting: a size of zero or an unbounded validity is refused.
 
 use ntp_engine::{KernelStatus, Leap};
 use serde::{Deserialize, Serialize};
@@ -33,6 +39,8 @@ pub const MAX_FREQ_SCALED: i64 = 500 << 16;
 /// at 16 s).
 pub const MAX_ERROR_NS: i64 = 16_000_000_000;
 const NS: i64 = 1_000_000_000;
+/// Longest an operator's step acceptance stays valid (`--valid-s`).
+pub const MAX_ACCEPTANCE_VALID_MS: u64 = 3_600_000;
 
 /// The limits, as the config file's `[policy]` table gives them (a key
 /// left out keeps its default) and the supervisor hands them to the
@@ -138,11 +146,14 @@ pub enum ClockRefusal {
     /// The kernel does not let this process steer the clock (no
     /// `CAP_SYS_TIME` in the initial user namespace).
     NotSteerable,
+    /// An operator's step acceptance of size zero or valid for zero or
+    /// more than [`MAX_ACCEPTANCE_VALID_MS`].
+    AcceptanceOutOfRange,
 }
 
 impl ClockRefusal {
     /// Every reason, for metrics.
-    pub const ALL: [ClockRefusal; 12] = [
+    pub const ALL: [ClockRefusal; 13] = [
         ClockRefusal::SlewTooLarge,
         ClockRefusal::StartupStepForwardTooLarge,
         ClockRefusal::StartupStepBackTooLarge,
@@ -155,6 +166,7 @@ impl ClockRefusal {
         ClockRefusal::LeapNotLastDayOfMonth,
         ClockRefusal::LeapUnknown,
         ClockRefusal::NotSteerable,
+        ClockRefusal::AcceptanceOutOfRange,
     ];
 
     /// A stable name for logs and metrics.
@@ -172,8 +184,20 @@ impl ClockRefusal {
             ClockRefusal::LeapNotLastDayOfMonth => "leap-not-last-day-of-month",
             ClockRefusal::LeapUnknown => "leap-unknown",
             ClockRefusal::NotSteerable => "not-steerable",
+            ClockRefusal::AcceptanceOutOfRange => "acceptance-out-of-range",
         }
     }
+}
+
+/// An operator's acceptance of a held step (`mirage-ntp accept-step`), as
+/// the supervisor relays it: one step of at most `max_ns`, forward only,
+/// back only or either way (`forward`: `Some(true)`, `Some(false)`,
+/// `None`), within `valid_ms` of its arrival at the actuator.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepAcceptance {
+    pub max_ns: u64,
+    pub valid_ms: u64,
+    pub forward: Option<bool>,
 }
 
 /// The policy and what it has let through so far.
@@ -185,6 +209,9 @@ pub struct PolicyState {
     /// Steps left, and when the budget last refilled (boot clock, ms).
     steps_left: u32,
     refilled_at_ms: u64,
+    /// An operator's acceptance not used yet, and until when (boot clock,
+    /// ms).
+    accepted: Option<(StepAcceptance, u64)>,
 }
 
 impl PolicyState {
@@ -194,7 +221,26 @@ impl PolicyState {
             changed: false,
             steps_left: policy.step_burst,
             refilled_at_ms: now_boot_ms,
+            accepted: None,
         }
+    }
+
+    /// Record an operator's acceptance (replacing an earlier one), valid
+    /// from `now_boot_ms`.
+    pub fn accept_step(&mut self, a: StepAcceptance, now_boot_ms: u64) -> Result<(), ClockRefusal> {
+        if a.max_ns == 0 || a.valid_ms == 0 || a.valid_ms > MAX_ACCEPTANCE_VALID_MS {
+            return Err(ClockRefusal::AcceptanceOutOfRange);
+        }
+        self.accepted = Some((a, now_boot_ms.saturating_add(a.valid_ms)));
+        Ok(())
+    }
+
+    /// The acceptance still waiting: its largest step and its milliseconds
+    /// left.
+    pub fn acceptance(&self, now_boot_ms: u64) -> Option<(u64, u64)> {
+        self.accepted
+            .filter(|&(_, until)| until > now_boot_ms)
+            .map(|(a, until)| (a.max_ns, until - now_boot_ms))
     }
 
     pub fn policy(&self) -> &ClockPolicy {
@@ -244,23 +290,7 @@ impl PolicyState {
                 }
             }
             ClockIntent::Step { delta_ns } => {
-                let size = delta_ns.unsigned_abs();
-                if self.starting() {
-                    if delta_ns < 0 && size > p.startup_back_max_s.saturating_mul(NS as u64) {
-                        return Err(ClockRefusal::StartupStepBackTooLarge);
-                    }
-                    if delta_ns > 0
-                        && p.startup_forward_max_s
-                            .is_some_and(|max| size > max.saturating_mul(NS as u64))
-                    {
-                        return Err(ClockRefusal::StartupStepForwardTooLarge);
-                    }
-                } else if size > p.step_max_s.saturating_mul(NS as u64) {
-                    return Err(ClockRefusal::StepTooLarge);
-                }
-                if self.steps_left(now_boot_ms) == 0 {
-                    return Err(ClockRefusal::StepBudgetSpent);
-                }
+                self.step_verdict(delta_ns, now_boot_ms)?;
             }
             ClockIntent::SetFrequency { scaled_ppm } => {
                 if scaled_ppm.unsigned_abs() > MAX_FREQ_SCALED.unsigned_abs() {
@@ -277,11 +307,55 @@ impl PolicyState {
         Ok(())
     }
 
+    /// Whether a step of `delta_ns` passes: `Ok(false)` within the
+    /// limits, `Ok(true)` only by the operator's acceptance.
+    fn step_verdict(&mut self, delta_ns: i64, now_boot_ms: u64) -> Result<bool, ClockRefusal> {
+        let p = self.policy;
+        let size = delta_ns.unsigned_abs();
+        let within = (|| {
+            if self.starting() {
+                if delta_ns < 0 && size > p.startup_back_max_s.saturating_mul(NS as u64) {
+                    return Err(ClockRefusal::StartupStepBackTooLarge);
+                }
+                if delta_ns > 0
+                    && p.startup_forward_max_s
+                        .is_some_and(|max| size > max.saturating_mul(NS as u64))
+                {
+                    return Err(ClockRefusal::StartupStepForwardTooLarge);
+                }
+            } else if size > p.step_max_s.saturating_mul(NS as u64) {
+                return Err(ClockRefusal::StepTooLarge);
+            }
+            Ok(())
+        })();
+        let within = within.and_then(|()| match self.steps_left(now_boot_ms) {
+            0 => Err(ClockRefusal::StepBudgetSpent),
+            _ => Ok(()),
+        });
+        match within {
+            Ok(()) => Ok(false),
+            Err(r) => match self.accepted {
+                Some((a, until))
+                    if until > now_boot_ms
+                        && size <= a.max_ns
+                        && a.forward.is_none_or(|forward| forward == (delta_ns > 0)) =>
+                {
+                    Ok(true)
+                }
+                _ => Err(r),
+            },
+        }
+    }
+
     /// `intent` was applied (or, observing, would have been).
     pub fn applied(&mut self, intent: &ClockIntent, now_boot_ms: u64) {
         match intent {
             ClockIntent::Slew { .. } => self.changed = true,
-            ClockIntent::Step { .. } => {
+            ClockIntent::Step { delta_ns } => {
+                // The acceptance is spent by the one step it let through.
+                if self.step_verdict(*delta_ns, now_boot_ms) == Ok(true) {
+                    self.accepted = None;
+                }
                 self.refill(now_boot_ms);
                 self.steps_left = self.steps_left.saturating_sub(1);
                 self.changed = true;
@@ -476,6 +550,105 @@ mod tests {
             leap: Leap::None,
         });
         assert_eq!(p.check(&negative, 0, JUNE_15), Err(ClockRefusal::ErrorOutOfRange));
+    }
+
+    #[test]
+    fn an_accepted_step_passes_once_within_its_size_and_time() {
+        let mut p = PolicyState::new(ClockPolicy::default(), 0);
+        let step = |s: i64| ClockIntent::Step { delta_ns: s * NS };
+        p.applied(&step(1), 0);
+        assert_eq!(p.check(&step(2000), 10, 0), Err(ClockRefusal::StepTooLarge));
+        let accept = StepAcceptance {
+            max_ns: 2500 * NS as u64,
+            valid_ms: 600_000,
+            forward: None,
+        };
+        for bad in [
+            StepAcceptance { max_ns: 0, ..accept },
+            StepAcceptance {
+                valid_ms: 0,
+                ..accept
+            },
+            StepAcceptance {
+                valid_ms: MAX_ACCEPTANCE_VALID_MS + 1,
+                ..accept
+            },
+        ] {
+            assert_eq!(p.accept_step(bad, 10), Err(ClockRefusal::AcceptanceOutOfRange));
+        }
+        assert_eq!(p.acceptance(10), None);
+        p.accept_step(accept, 10).unwrap();
+        assert_eq!(p.acceptance(10), Some((2500 * NS as u64, 600_000)));
+        // Larger than accepted: still refused, and the acceptance waits.
+        assert_eq!(p.check(&step(-2501), 20, 0), Err(ClockRefusal::StepTooLarge));
+        // Within the limits: passes without using it.
+        assert_eq!(p.check(&step(5), 20, 0), Ok(()));
+        p.applied(&step(5), 20);
+        assert!(p.acceptance(20).is_some());
+        // The held step, either way, passes once.
+        assert_eq!(p.check(&step(-2000), 30, 0), Ok(()));
+        p.applied(&step(-2000), 30);
+        assert_eq!(p.acceptance(30), None);
+        assert_eq!(p.check(&step(2000), 40, 0), Err(ClockRefusal::StepTooLarge));
+        // It expires.
+        p.accept_step(accept, 1000).unwrap();
+        assert_eq!(p.check(&step(2000), 601_000, 0), Err(ClockRefusal::StepTooLarge));
+        assert_eq!(p.check(&step(2000), 600_999, 0), Ok(()));
+        // It also lets a step through a spent budget (which it spends).
+        let mut q = PolicyState::new(ClockPolicy::default(), 0);
+        for _ in 0..3 {
+            q.applied(&step(1), 0);
+        }
+        assert_eq!(q.check(&step(1), 0, 0), Err(ClockRefusal::StepBudgetSpent));
+        q.accept_step(accept, 0).unwrap();
+        assert_eq!(q.check(&step(1), 0, 0), Ok(()));
+        q.applied(&step(1), 0);
+        assert_eq!(q.check(&step(1), 0, 0), Err(ClockRefusal::StepBudgetSpent));
+        // Sub-second sizes: 50 ms accepted, 51 ms not.
+        let mut r = PolicyState::new(
+            ClockPolicy {
+                startup_forward_max_s: Some(0),
+                startup_back_max_s: 0,
+                ..ClockPolicy::default()
+            },
+            0,
+        );
+        let ms = |m: i64| ClockIntent::Step {
+            delta_ns: m * 1_000_000,
+        };
+        assert_eq!(
+            r.check(&ms(35), 0, 0),
+            Err(ClockRefusal::StartupStepForwardTooLarge)
+        );
+        r.accept_step(
+            StepAcceptance {
+                max_ns: 50_000_000,
+                valid_ms: 1000,
+                forward: None,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            r.check(&ms(51), 0, 0),
+            Err(ClockRefusal::StartupStepForwardTooLarge)
+        );
+        assert_eq!(r.check(&ms(-50), 0, 0), Ok(()));
+        // One direction only: the held step's, not its mirror image.
+        r.accept_step(
+            StepAcceptance {
+                max_ns: 50_000_000,
+                valid_ms: 1000,
+                forward: Some(true),
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            r.check(&ms(-35), 0, 0),
+            Err(ClockRefusal::StartupStepBackTooLarge)
+        );
+        assert_eq!(r.check(&ms(35), 0, 0), Ok(()));
     }
 
     #[test]

@@ -238,19 +238,49 @@ impl Actuator {
         loop {
             match chan.recv::<ToActuator>() {
                 Ok(Some(ToActuator::Apply { id, intent })) => {
+                    let before = self.policy.acceptance(boottime().millis());
                     let outcome = self.handle(&intent);
+                    let after = self.policy.acceptance(boottime().millis());
+                    let accepted = if before.is_some() && after.is_none() {
+                        " (the operator's acceptance)"
+                    } else {
+                        ""
+                    };
                     match &outcome {
                         Outcome::Refused(r) => log::warn!("REFUSED {intent:?}: {}", r.as_str()),
                         Outcome::Failed(e) => log::warn!("{intent:?} failed: {e}"),
                         Outcome::Applied => match intent {
                             ClockIntent::Step { delta_ns } => {
-                                log::warn!("stepped the clock by {delta_ns} ns")
+                                log::warn!("stepped the clock by {delta_ns} ns{accepted}")
                             }
                             _ => log::debug!("applied {intent:?}"),
                         },
                         Outcome::Observed => log::debug!("observing: not applied {intent:?}"),
                     }
                     chan.send(&FromActuator::Result { id, outcome })
+                        .map_err(|e| format!("send: {e}"))?;
+                }
+                Ok(Some(ToActuator::AcceptStep(a))) => {
+                    let outcome = match self.policy.accept_step(a, boottime().millis()) {
+                        Ok(()) => {
+                            log::warn!(
+                                "an operator accepted one step of at most {} ms {} within {} s",
+                                a.max_ns / 1_000_000,
+                                match a.forward {
+                                    Some(true) => "forward",
+                                    Some(false) => "back",
+                                    None => "either way",
+                                },
+                                a.valid_ms / 1000
+                            );
+                            Outcome::Applied
+                        }
+                        Err(r) => {
+                            log::warn!("REFUSED the step acceptance {a:?}: {}", r.as_str());
+                            Outcome::Refused(r)
+                        }
+                    };
+                    chan.send(&FromActuator::Acceptance { outcome })
                         .map_err(|e| format!("send: {e}"))?;
                 }
                 Ok(None) => return Ok(()),
@@ -317,6 +347,7 @@ impl Actuator {
                 let drift = DriftFile {
                     version: 1,
                     scaled_ppm,
+                    saved_unix_secs: i64::try_from(clock::realtime().unix_nanos() / 1_000_000_000).ok(),
                 };
                 state::save(dir, plan::DRIFT_FILE, &drift).map_err(io)
             }

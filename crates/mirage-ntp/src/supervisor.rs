@@ -4,7 +4,7 @@
 //! inside typed messages.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,16 +12,18 @@ use std::time::{Duration, Instant as StdInstant};
 
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
 use mirage_ntp::Ntp as Svc;
+use mirage_ntp::accept;
 use mirage_ntp::messages::{FromActuator, FromNetwork, Outcome, ToActuator, ToNetwork};
-use mirage_ntp::plan::{self, ActuatorSettings, DRIFT_FILE, DriftFile, NetworkSettings};
+use mirage_ntp::plan::{self, ActuatorSettings, DRIFT_FILE, DriftFile, IdsConfig, NetworkSettings, RoleIds};
 use mirage_ntp::policy::{ClockIntent, ClockPolicy, MAX_FREQ_SCALED};
 use mirage_sdk::role::RoleOptions;
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe};
 use mirage_sdk::service::dirs::{self, Owner};
+use mirage_sdk::service::learned;
 use mirage_sdk::service::metrics::{Kind, Metrics};
 use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::{Common, CommonLayer, SandboxKind, launch, state};
-use ntp_engine::{Action, Config, Event, IntentKind, Leap, MAX_SOURCES, Ntp, Start, Status};
+use ntp_engine::{Action, Config, Event, IntentKind, Leap, MAX_SOURCES, NTP_PORT, Ntp, Start, Status};
 use serde::Deserialize;
 
 use crate::RunArgs;
@@ -35,6 +37,16 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// Clock intents one engine generation may have unanswered; one more is a
 /// flood and the engine is restarted.
 const MAX_IN_FLIGHT: usize = 16;
+/// How often the DHCP client's servers.json and an operator's step
+/// acceptance are looked for.
+const FILES_EVERY: Duration = Duration::from_secs(1);
+/// The DHCP client's servers file, by the SDK's convention
+/// (`/run/mirage/dhcp/servers.json`).
+fn default_dhcp_servers() -> PathBuf {
+    mirage_sdk::service::Paths::of("dhcp")
+        .run_dir
+        .join(learned::SERVERS_FILE)
+}
 
 /// The config file (`/etc/mirage/ntp/config.toml`): unknown keys are errors.
 #[derive(Deserialize, Default, Debug)]
@@ -42,11 +54,33 @@ const MAX_IN_FLIGHT: usize = 16;
 struct FileConfig {
     /// Servers as on the command line: "ADDR" or "ADDR:PORT".
     servers: Vec<String>,
+    /// The DHCP client's servers.json to follow (its `ntp` list); absent:
+    /// the default file when no server is configured, none otherwise;
+    /// `""`: never.
+    dhcp_servers: Option<PathBuf>,
     observe: Option<bool>,
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     sandbox: Option<SandboxKind>,
+    /// The engine's step threshold (RFC 5905 STEPT), ms: offsets above it
+    /// are stepped, below slewed.
+    step_threshold_ms: Option<u64>,
     policy: ClockPolicy,
+    ids: IdsConfig,
+}
+
+/// Largest `step_threshold_ms`: the policy's slews stop at 0.5 s anyway.
+const MAX_STEP_THRESHOLD_MS: u64 = 10_000;
+
+/// Which servers.json to follow, if any: the key when given (`""` turns it
+/// off), else the convention's file when no server is configured.
+fn dhcp_servers_file(key: Option<PathBuf>, servers_configured: bool) -> Option<PathBuf> {
+    match key {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p),
+        None if servers_configured => None,
+        None => Some(default_dhcp_servers()),
+    }
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -62,6 +96,23 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             sandbox: file.sandbox,
         },
     );
+    let bad = |key: &str, why: &str| format!("{}: {key}: {why}", path.display());
+    let mut ids = RoleIds::resolve(&file.ids).map_err(|(key, why)| bad(&key, why))?;
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
+    ids.fit_to_process::<Svc>(&file.ids, euid, egid)?;
+    if euid != 0 {
+        log::info!("not root: every role runs as {euid}:{egid}");
+    }
+    for w in ids.warnings(euid == 0) {
+        log::warn!("{w}");
+    }
+    let step_threshold_ms = file
+        .step_threshold_ms
+        .unwrap_or(Config::default().step_threshold_ns / 1_000_000);
+    if !(1..=MAX_STEP_THRESHOLD_MS).contains(&step_threshold_ms) {
+        return Err(bad("step_threshold_ms", "must be 1..=10000"));
+    }
     let servers = if args.servers.is_empty() {
         file.servers
             .iter()
@@ -77,9 +128,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         }
     }
     let servers = servers_unique;
-    if servers.is_empty() {
+    let dhcp_file = dhcp_servers_file(file.dhcp_servers, !servers.is_empty());
+    if servers.is_empty() && dhcp_file.is_none() {
         return Err(format!(
-            "no server: give --server ADDR[:PORT] or `servers` in {}",
+            "no server: give --server ADDR[:PORT], `servers` or `dhcp_servers` in {}",
             path.display()
         ));
     }
@@ -104,15 +156,30 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // The privileged opens: directories, then one socket per server.
     let owner = Owner {
         role: "actuator",
-        uid: plan::ACTUATOR_ID,
-        gid: plan::ACTUATOR_ID,
+        uid: ids.actuator.uid,
+        gid: ids.actuator.gid,
     };
     let state_dir =
         dirs::open_role_dir::<Svc>(&common.state_dir, dirs::STATE_DIR_MODE, owner, "state directory")?;
     let drift = stored_drift(&state_dir);
+    let time_floor = time_floor(&state_dir);
     let (run_dir, _) = mirage_sdk::files::open_dir_root_links_only(&common.run_dir, Some(dirs::RUN_DIR_MODE))
         .map_err(|e| format!("runtime directory {}: {e}", common.run_dir.display()))?;
-    let sockets = servers
+    // An acceptance left from before this run is no operator's answer to
+    // anything this run holds.
+    if let Err(e) = mirage_sdk::files::remove(&run_dir, accept::REQUEST_FILE) {
+        log::warn!("{}: {e}", accept::REQUEST_FILE);
+    }
+    let mut dhcp = dhcp_file.map(|path| DhcpFollow {
+        path,
+        servers: Vec::new(),
+        error: None,
+    });
+    if let Some(d) = &mut dhcp {
+        d.refresh();
+    }
+    let all = network_servers(&servers, dhcp.as_ref());
+    let sockets = all
         .iter()
         .map(|&s| open_socket(s))
         .collect::<Result<Vec<OwnedFd>, String>>()?;
@@ -124,28 +191,43 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let start = Start {
         config: Config {
             servers: servers.clone(),
-            // Option 42 from mirage-dhcp is a later step.
-            use_dhcp_servers: false,
+            use_dhcp_servers: dhcp.is_some(),
             observe,
+            time_floor_unix_secs: Some(time_floor),
+            step_threshold_ns: step_threshold_ms * 1_000_000,
             ..Config::default()
         },
         drift,
     };
+    if start.config.mixes_smearing() {
+        log::warn!(
+            "the servers mix leap-smearing ones (cloud link-local time services) with others: \
+             around a leap second they disagree by up to 0.5 s; use one kind only"
+        );
+    }
     let mut sup = Supervisor {
         options,
+        ids,
         observe,
         start,
+        configured: servers.clone(),
+        dhcp,
+        requests: run_dir
+            .try_clone()
+            .map_err(|e| format!("runtime directory: {e}"))?,
+        next_files_at: StdInstant::now() + FILES_EVERY,
         publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
         status: None,
         stats: Stats::default(),
         next_id: 0,
         pending: HashMap::new(),
         actuator: None,
+        pending_steps: HashMap::new(),
     };
     let (engine, network, actuator) = (
-        plan::engine(),
-        plan::network(servers.len()),
-        plan::actuator(observe),
+        plan::engine(ids.engine),
+        plan::network(ids.network, MAX_SOURCES),
+        plan::actuator(ids.actuator, observe),
     );
     let actuator_fds = if observe { vec![] } else { vec![state_dir.as_fd()] };
     let specs = [
@@ -158,11 +240,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         )?,
         network.spec(
             options,
-            &NetworkSettings {
-                servers: servers.clone(),
-            },
+            &NetworkSettings { servers: all.clone() },
             None,
             sockets.iter().map(|s| s.as_fd()).collect(),
+            // Started again on purpose (Ctx::restart) with new sockets when
+            // the DHCP servers change; a crash ends the service.
             Restart::Never,
         )?,
         actuator.spec(
@@ -181,11 +263,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // The supervisor keeps no socket to the servers and no state directory.
     drop(sockets);
     drop(state_dir);
-    let roles = launch::confine(starting, common.sandbox, &[&engine, &network, &actuator])?;
-    let list: Vec<String> = servers.iter().map(SocketAddr::to_string).collect();
+    let udp_setup = plan::udp_setup();
+    let mut plans = vec![&engine, &network, &actuator];
+    if sup.dhcp.is_some() {
+        plans.push(&udp_setup);
+    }
+    let roles = launch::confine(starting, common.sandbox, &plans)?;
+    let list: Vec<String> = all.iter().map(SocketAddr::to_string).collect();
     log::info!(
-        "servers {}, {}, sandbox {}",
+        "servers {}{}, {}, sandbox {}",
         list.join(" "),
+        match &sup.dhcp {
+            Some(d) => format!(" (following {})", d.path.display()),
+            None => String::new(),
+        },
         if observe {
             "observing (the clock is never touched)"
         } else {
@@ -194,7 +285,72 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         common.sandbox.as_str()
     );
     sup.publisher.mark_dirty();
-    Ok(Runtime::new(sup, roles).run(&signals))
+    let mut runtime = Runtime::new(sup, roles);
+    // The engine learns the DHCP servers read at start like any later list.
+    runtime.with_ctx(|sup, ctx| sup.tell_engine_dhcp(ctx));
+    Ok(runtime.run(&signals))
+}
+
+/// The servers the network role gets sockets for: the configured ones,
+/// then DHCP's (port 123) not configured already, at most
+/// [`MAX_SOURCES`] in all (the engine's own bound).
+fn network_servers(configured: &[SocketAddr], dhcp: Option<&DhcpFollow>) -> Vec<SocketAddr> {
+    let mut all = configured.to_vec();
+    for ip in dhcp.map(|d| d.servers.as_slice()).unwrap_or_default() {
+        let addr = SocketAddr::new(*ip, NTP_PORT);
+        if all.len() < MAX_SOURCES && !all.contains(&addr) {
+            all.push(addr);
+        }
+    }
+    all
+}
+
+/// The DHCP client's servers file, followed by polling.
+#[derive(Debug)]
+struct DhcpFollow {
+    path: PathBuf,
+    /// Its `ntp` list as last read (empty: none, or no file).
+    servers: Vec<IpAddr>,
+    /// Why the last read failed (the list is kept meanwhile).
+    error: Option<String>,
+}
+
+impl DhcpFollow {
+    /// Read the file again; true when the list changed.
+    fn refresh(&mut self) -> bool {
+        let servers = match learned::read(&self.path) {
+            Ok(Some(s)) => s.ntp,
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                if self.error.as_ref() != Some(&e) {
+                    log::warn!("{e}; keeping the DHCP servers {:?}", self.servers);
+                }
+                self.error = Some(e);
+                return false;
+            }
+        };
+        self.error = None;
+        // Only addresses a server can have, at most what the engine takes.
+        let mut usable: Vec<IpAddr> = Vec::new();
+        for ip in servers {
+            let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+            let bad = ip.is_unspecified() || ip.is_multicast() || broadcast;
+            if !bad && !usable.contains(&ip) && usable.len() < MAX_SOURCES {
+                usable.push(ip);
+            }
+        }
+        if usable == self.servers {
+            return false;
+        }
+        log::info!(
+            "DHCP servers from {}: {:?} (were {:?})",
+            self.path.display(),
+            usable,
+            self.servers
+        );
+        self.servers = usable;
+        true
+    }
 }
 
 /// A UDP socket on an ephemeral port (RFC 9109), connected to `server`,
@@ -229,6 +385,26 @@ fn stored_drift(state_dir: &OwnedFd) -> Option<i64> {
     }
 }
 
+/// The time no server may take the clock back past: the later of the
+/// build floor and when the drift file was last saved (field notes item
+/// 13). A saved time beyond the era window is ignored (a corrupt file must
+/// not refuse every server for good).
+fn time_floor(state_dir: &OwnedFd) -> i64 {
+    const ERA_WINDOW_SECS: i64 = 60 * 365 * 86_400;
+    let saved = match state::load::<DriftFile>(state_dir, DRIFT_FILE) {
+        Ok(Some(d)) => d.saved_unix_secs,
+        _ => None,
+    };
+    match saved {
+        Some(t) if t > plan::BUILD_TIME_FLOOR_UNIX_SECS + ERA_WINDOW_SECS => {
+            log::warn!("{DRIFT_FILE}: saved at {t}, beyond the era window: ignored as a time floor");
+            plan::BUILD_TIME_FLOOR_UNIX_SECS
+        }
+        Some(t) => t.max(plan::BUILD_TIME_FLOOR_UNIX_SECS),
+        None => plan::BUILD_TIME_FLOOR_UNIX_SECS,
+    }
+}
+
 /// Counters for status.json and metrics.prom.
 #[derive(Default, Debug)]
 struct Stats {
@@ -244,6 +420,12 @@ struct Stats {
     engine_restarts: u32,
     /// The last refused or failed intent, for operators.
     last_refusal: Option<String>,
+    /// The last step the actuator refused (what `accept-step` accepts).
+    refused_step_ns: Option<i64>,
+    /// The last operator acceptance and what became of it.
+    last_acceptance: Option<String>,
+    /// Times the network role started again with new DHCP servers.
+    dhcp_changes: u64,
 }
 
 fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) -> u64 {
@@ -255,7 +437,16 @@ fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) -> u64 {
 /// The routing the runtime runs.
 struct Supervisor {
     options: RoleOptions,
+    ids: RoleIds,
     observe: bool,
+    /// The servers from the command line or the config file.
+    configured: Vec<SocketAddr>,
+    /// The DHCP client's servers file, when followed.
+    dhcp: Option<DhcpFollow>,
+    /// The runtime directory, where `accept-step` leaves its request.
+    requests: OwnedFd,
+    /// When the files above are looked at next.
+    next_files_at: StdInstant,
     /// The engine's start (the stored frequency follows what was saved).
     start: Start,
     publisher: Publisher,
@@ -266,6 +457,8 @@ struct Supervisor {
     pending: HashMap<u64, (u64, IntentKind)>,
     /// The actuator's `Ready`: (observe, steerable).
     actuator: Option<(bool, bool)>,
+    /// Steps sent to the actuator and not answered: their size.
+    pending_steps: HashMap<u64, i64>,
 }
 
 impl Supervisor {
@@ -277,6 +470,73 @@ impl Supervisor {
             seed,
         };
         codec::encode(&start).map_err(|e| e.to_string())
+    }
+
+    /// The engine learns the DHCP servers the network role has sockets
+    /// for (so it never asks for one the role cannot reach).
+    fn tell_engine_dhcp(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(d) = &self.dhcp {
+            let event: ToEngineOf<Ntp> = ToEngine::Event(Event::DhcpServers(d.servers.clone()));
+            ctx.send(ENGINE, &event);
+        }
+    }
+
+    /// Every [`FILES_EVERY`]: a new DHCP server list starts the network
+    /// role again with sockets for it; an operator's acceptance goes to the
+    /// actuator.
+    fn check_files(&mut self, ctx: &mut Ctx<'_>) {
+        let now = StdInstant::now();
+        if now < self.next_files_at {
+            return;
+        }
+        self.next_files_at = now + FILES_EVERY;
+        if let Some(d) = &mut self.dhcp
+            && d.refresh()
+        {
+            self.stats.dhcp_changes += 1;
+            self.publisher.mark_dirty();
+            // Its sockets are fixed at start: it starts again with the new
+            // list's (Service::restart) and the engine is told once it runs.
+            ctx.restart(NETWORK, "the DHCP servers changed: new sockets");
+        }
+        match accept::take(&self.requests) {
+            Ok(None) => {}
+            Ok(Some(request)) => {
+                log::warn!(
+                    "an operator accepts one step of at most {} s within {} s",
+                    request.max_ns as f64 / 1e9,
+                    request.valid_ms / 1000
+                );
+                self.stats.last_acceptance = Some(format!(
+                    "at most {} s within {} s: sent to the actuator",
+                    request.max_ns as f64 / 1e9,
+                    request.valid_ms / 1000
+                ));
+                self.publisher.mark_dirty();
+                ctx.send(ACTUATOR, &ToActuator::AcceptStep(request.acceptance()));
+            }
+            Err(e) => {
+                log::warn!("{e}");
+                self.stats.last_acceptance = Some(format!("refused: {e}"));
+                self.publisher.mark_dirty();
+            }
+        }
+    }
+
+    /// The network role's start: its settings and a socket per server,
+    /// opened now (the first start's are opened before the sandbox).
+    fn network_start(&self) -> Result<RoleStart, String> {
+        let all = network_servers(&self.configured, self.dhcp.as_ref());
+        let mut start = plan::network(self.ids.network, MAX_SOURCES).start(
+            self.options,
+            &NetworkSettings { servers: all.clone() },
+            None,
+        )?;
+        start.fds = all
+            .iter()
+            .map(|&s| open_socket(s))
+            .collect::<Result<Vec<OwnedFd>, String>>()?;
+        Ok(start)
     }
 
     fn on_engine(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
@@ -308,6 +568,9 @@ impl Supervisor {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.pending.insert(id, (generation, intent.kind()));
+                if let ClockIntent::Step { delta_ns } = intent {
+                    self.pending_steps.insert(id, delta_ns);
+                }
                 ctx.send(ACTUATOR, &ToActuator::Apply { id, intent });
             }
             FromEngine::Refused(why) => {
@@ -365,6 +628,12 @@ impl Supervisor {
                     return Err(format!("an answer to intent {id}, which was not asked"));
                 };
                 bump(&mut self.stats.intents, outcome.as_str());
+                if kind == IntentKind::Step {
+                    self.stats.refused_step_ns = match (&outcome, self.pending_steps.remove(&id)) {
+                        (Outcome::Refused(_), Some(delta)) => Some(delta),
+                        _ => None,
+                    };
+                }
                 match &outcome {
                     Outcome::Refused(r) => {
                         bump(&mut self.stats.clock_refused, r.as_str());
@@ -383,6 +652,25 @@ impl Supervisor {
                     ctx.send(ENGINE, &event);
                 }
             }
+            FromActuator::Acceptance { outcome } => {
+                let what = match &outcome {
+                    Outcome::Applied => "recorded by the actuator".to_string(),
+                    Outcome::Refused(r) => format!("refused by the actuator: {}", r.as_str()),
+                    other => other.as_str().to_string(),
+                };
+                if let Some(last) = &mut self.stats.last_acceptance
+                    && let Some(at) = last.find(": sent to the actuator")
+                {
+                    last.truncate(at);
+                    last.push_str(": ");
+                    last.push_str(&what);
+                }
+                if outcome == Outcome::Applied {
+                    // A held engine asks again now instead of after the stepout.
+                    let event: ToEngineOf<Ntp> = ToEngine::Event(Event::StepAccepted);
+                    ctx.send(ENGINE, &event);
+                }
+            }
         }
         Ok(())
     }
@@ -398,27 +686,40 @@ impl Service for Supervisor {
         }
     }
 
-    /// A restarted engine gets a fresh hello, its start and a fresh seed.
-    fn restart(&mut self, _role: RoleId) -> Result<RoleStart, String> {
-        plan::engine().start(self.options, &(), Some(self.engine_first()?))
+    /// A restarted engine gets a fresh hello, its start and a fresh seed;
+    /// the network role, started again for new DHCP servers, their sockets.
+    fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
+        match role {
+            NETWORK => self.network_start(),
+            _ => plan::engine(self.ids.engine).start(self.options, &(), Some(self.engine_first()?)),
+        }
     }
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
         self.stats.engine_restarts = ctx.restarts(ENGINE);
+        // A new engine, or a network role with the current DHCP servers'
+        // sockets: the engine gets the list.
+        self.tell_engine_dhcp(ctx);
         self.publisher.mark_dirty();
     }
 
-    fn on_round(&mut self, _ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
+    fn on_round(&mut self, ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
+        self.check_files(ctx);
         let view = View {
             observe: self.observe,
             sandbox: self.options.sandbox,
             status: self.status.as_ref(),
             stats: &self.stats,
             actuator: self.actuator,
+            dhcp: self.dhcp.as_ref(),
         };
-        self.publisher
+        let next = self
+            .publisher
             .on_round(StdInstant::now(), || view.publication())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(Some(
+            next.map_or(self.next_files_at, |n| n.min(self.next_files_at)),
+        ))
     }
 
     fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {
@@ -428,6 +729,7 @@ impl Service for Supervisor {
             status: self.status.as_ref(),
             stats: &self.stats,
             actuator: self.actuator,
+            dhcp: self.dhcp.as_ref(),
         };
         if let Err(e) = self.publisher.flush(|| view.publication()) {
             log::warn!("{e}");
@@ -471,6 +773,7 @@ struct View<'a> {
     status: Option<&'a Status>,
     stats: &'a Stats,
     actuator: Option<(bool, bool)>,
+    dhcp: Option<&'a DhcpFollow>,
 }
 
 impl View<'_> {
@@ -495,6 +798,7 @@ impl View<'_> {
                             "reach": src.reach,
                             "poll_s": 1u64 << src.poll.min(63),
                             "requests": src.requests,
+                            "smearing": src.smearing,
                         })
                     })
                     .collect()
@@ -526,7 +830,15 @@ impl View<'_> {
                 "last_refusal": st.last_refusal,
                 "steps_asked": s.map(|s| s.counters.steps_asked),
                 "steps_refused": s.map(|s| s.counters.steps_refused),
+                "refused_step_s": st.refused_step_ns.map(|ns| ns as f64 / 1e9),
+                "last_acceptance": st.last_acceptance,
             },
+            "dhcp": self.dhcp.map(|d| serde_json::json!({
+                "file": d.path.display().to_string(),
+                "servers": d.servers.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
+                "error": d.error,
+                "changes": st.dhcp_changes,
+            })),
             "requests": s.map(|s| s.counters.requests),
             "replies": st.replies,
             "replies_without_kernel_stamp": st.replies_without_kernel_stamp,
@@ -640,5 +952,84 @@ impl View<'_> {
             st.engine_restarts,
         );
         m.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, String> {
+        mirage_sdk::config::parse(std::path::Path::new("ntp.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_config_file_takes_ids_dhcp_servers_and_the_step_threshold() {
+        let f = parse(
+            "servers = [\"192.0.2.1\"]\ndhcp_servers = \"/srv/servers.json\"\nstep_threshold_ms = 20\n\
+             [ids]\nengine = 900\nactuator = \"901:902\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.step_threshold_ms, Some(20));
+        let ids = RoleIds::resolve(&f.ids).unwrap();
+        assert_eq!(
+            (ids.engine.uid, ids.network.uid, ids.actuator.gid),
+            (900, 65527, 902)
+        );
+        let e = parse("[ids]\nengine = 0\n").map(|f| RoleIds::resolve(&f.ids).map_err(|e| e.0));
+        assert_eq!(e.unwrap(), Err("ids.engine".to_string()));
+        assert!(parse("[ids]\ndns = 1\n").unwrap_err().contains("ntp.toml:2"));
+        assert!(parse("dhcp_server = \"x\"\n").is_err(), "unknown keys are errors");
+        // Which servers.json is followed.
+        let default = PathBuf::from("/run/mirage/dhcp/servers.json");
+        assert_eq!(dhcp_servers_file(None, false), Some(default));
+        assert_eq!(dhcp_servers_file(None, true), None);
+        assert_eq!(dhcp_servers_file(Some("".into()), false), None);
+        assert_eq!(
+            dhcp_servers_file(Some("/srv/s.json".into()), true),
+            Some(PathBuf::from("/srv/s.json"))
+        );
+    }
+
+    #[test]
+    fn dhcp_servers_join_the_configured_ones_once_and_bad_addresses_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("mirage-ntp-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("servers.json");
+        let mut d = DhcpFollow {
+            path: path.clone(),
+            servers: Vec::new(),
+            error: None,
+        };
+        assert!(!d.refresh(), "no file: no change from none");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"interface":"eth0","ntp":["192.0.2.1","0.0.0.0","224.0.0.1","255.255.255.255","192.0.2.7","192.0.2.7"],"dns":[]}"#,
+        )
+        .unwrap();
+        assert!(d.refresh());
+        assert!(!d.refresh(), "the same list again is no change");
+        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "192.0.2.7".parse().unwrap()];
+        assert_eq!(d.servers, ips);
+        let configured: Vec<SocketAddr> = vec![
+            "192.0.2.1:123".parse().unwrap(),
+            "192.0.2.9:1123".parse().unwrap(),
+        ];
+        let all = network_servers(&configured, Some(&d));
+        assert_eq!(
+            all,
+            [configured[0], configured[1], "192.0.2.7:123".parse().unwrap()]
+        );
+        // A broken file keeps the list and says why.
+        std::fs::write(&path, "{").unwrap();
+        assert!(!d.refresh());
+        assert_eq!(d.servers, ips);
+        assert!(d.error.is_some());
+        // The lease gone: empty lists.
+        std::fs::write(&path, r#"{"version":1,"interface":"eth0","ntp":[],"dns":[]}"#).unwrap();
+        assert!(d.refresh());
+        assert!(d.servers.is_empty() && d.error.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

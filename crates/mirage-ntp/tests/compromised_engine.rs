@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use mirage_ntp::messages::{FromActuator, FromNetwork, OutboundRefusal, Outcome, ToActuator, ToNetwork};
 use mirage_ntp::plan::{self, ActuatorSettings, DriftFile, NetworkSettings};
-use mirage_ntp::policy::{ClockIntent, ClockPolicy, ClockRefusal, is_last_day_of_month};
+use mirage_ntp::policy::{ClockIntent, ClockPolicy, ClockRefusal, StepAcceptance, is_last_day_of_month};
 use mirage_sdk::channel::Channel;
 use mirage_testkit::procfs::ProcStatus;
 use mirage_testkit::role::{alive, recv_within, start_planned};
@@ -68,7 +68,13 @@ fn the_actuator_refuses_every_out_of_policy_intent_and_counts_each_reason() {
         observe: true,
         policy: ClockPolicy::default(),
     };
-    let (chan, mut role) = start_planned(&bin(), &plan::actuator(true), &settings, None, &[]);
+    let (chan, mut role) = start_planned(
+        &bin(),
+        &plan::actuator(plan::RoleIds::DEFAULT.actuator, true),
+        &settings,
+        None,
+        &[],
+    );
     assert_eq!(ready(&chan), (true, false), "observing: never probes the clock");
 
     use ClockIntent::*;
@@ -150,6 +156,75 @@ fn the_actuator_refuses_every_out_of_policy_intent_and_counts_each_reason() {
     }
 }
 
+/// Relay an operator's acceptance and wait for the actuator's answer.
+fn accept(chan: &Channel, max_ns: u64, valid_ms: u64) -> Outcome {
+    accept_way(chan, max_ns, valid_ms, None)
+}
+
+fn accept_way(chan: &Channel, max_ns: u64, valid_ms: u64, forward: Option<bool>) -> Outcome {
+    chan.send(&ToActuator::AcceptStep(StepAcceptance {
+        max_ns,
+        valid_ms,
+        forward,
+    }))
+    .unwrap();
+    match recv_within::<FromActuator>(chan, ANSWER_MS).expect("an answer") {
+        FromActuator::Acceptance { outcome } => outcome,
+        other => panic!("expected the acceptance's answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_operators_acceptance_lets_one_held_step_through_and_is_bounded_itself() {
+    let settings = ActuatorSettings {
+        observe: true,
+        policy: ClockPolicy::default(),
+    };
+    let (chan, mut role) = start_planned(
+        &bin(),
+        &plan::actuator(plan::RoleIds::DEFAULT.actuator, true),
+        &settings,
+        None,
+        &[],
+    );
+    assert_eq!(ready(&chan), (true, false));
+    use ClockIntent::*;
+    // A slew ends start-up; a 2000 s step is then beyond the policy.
+    assert_eq!(ask(&chan, 0, Slew { delta_ns: 1000 }), Outcome::Observed);
+    let held = Step { delta_ns: -2000 * S };
+    let refused = Outcome::Refused(ClockRefusal::StepTooLarge);
+    assert_eq!(ask(&chan, 1, held), refused);
+    // Acceptances of no size or unbounded time are refused themselves.
+    let out_of_range = Outcome::Refused(ClockRefusal::AcceptanceOutOfRange);
+    assert_eq!(accept(&chan, 0, 60_000), out_of_range);
+    assert_eq!(accept(&chan, 2500 * S as u64, 0), out_of_range);
+    assert_eq!(accept(&chan, 2500 * S as u64, 3_600_001), out_of_range);
+    assert_eq!(ask(&chan, 2, held), refused);
+    // Too small for the held step: it stays held.
+    assert_eq!(accept(&chan, 1500 * S as u64, 60_000), Outcome::Applied);
+    assert_eq!(ask(&chan, 3, held), refused);
+    // Large enough: one step passes, the next is refused again.
+    assert_eq!(accept(&chan, 2500 * S as u64, 60_000), Outcome::Applied);
+    assert_eq!(ask(&chan, 4, held), Outcome::Observed);
+    assert_eq!(ask(&chan, 5, held), refused);
+    // The held step's direction only: its mirror image stays refused.
+    assert_eq!(
+        accept_way(&chan, 2500 * S as u64, 60_000, Some(true)),
+        Outcome::Applied
+    );
+    assert_eq!(ask(&chan, 7, held), refused);
+    assert_eq!(
+        accept_way(&chan, 2500 * S as u64, 60_000, Some(false)),
+        Outcome::Applied
+    );
+    assert_eq!(ask(&chan, 8, held), Outcome::Observed);
+    // An acceptance expires unused.
+    assert_eq!(accept(&chan, 2500 * S as u64, 1000), Outcome::Applied);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ask(&chan, 6, held), refused);
+    assert!(alive(&mut role));
+}
+
 #[test]
 fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file() {
     let dir = TestDir::new("mirage-ntp-actuator", &mirage_testkit::netns::unique_id().0);
@@ -163,7 +238,7 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
     };
     let (chan, mut role) = start_planned(
         &bin(),
-        &plan::actuator(false),
+        &plan::actuator(plan::RoleIds::DEFAULT.actuator, false),
         &settings,
         None,
         &[state_fd.as_fd()],
@@ -180,6 +255,7 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
     assert_eq!((st.caps("CapInh"), st.caps("CapAmb")), (0, 0));
 
     // No clock intent is sent here; the drift file is no clock change.
+    let before = unix_secs();
     assert_eq!(
         ask(&chan, 1, ClockIntent::SaveDrift { scaled_ppm: 12 << 16 }),
         Outcome::Applied
@@ -196,13 +272,10 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
     );
     let saved: DriftFile =
         serde_json::from_slice(&std::fs::read(state.join(plan::DRIFT_FILE)).unwrap()).unwrap();
-    assert_eq!(
-        saved,
-        DriftFile {
-            version: 1,
-            scaled_ppm: 12 << 16
-        }
-    );
+    assert_eq!((saved.version, saved.scaled_ppm), (1, 12 << 16));
+    // With when it was saved: the next run's time floor.
+    let at = saved.saved_unix_secs.expect("the save time");
+    assert!((before..=unix_secs()).contains(&at), "{at}");
     assert!(alive(&mut role));
 }
 
@@ -217,7 +290,13 @@ fn the_network_role_sends_only_our_requests_to_its_server_at_a_capped_rate() {
         mirage_sdk::udp::enable_receive_timestamps(&socket).unwrap();
         let ours = socket.local_addr().unwrap();
         let settings = NetworkSettings { servers: vec![to] };
-        let (chan, mut role) = start_planned(&bin(), &plan::network(1), &settings, None, &[socket.as_fd()]);
+        let (chan, mut role) = start_planned(
+            &bin(),
+            &plan::network(plan::RoleIds::DEFAULT.network, 1),
+            &settings,
+            None,
+            &[socket.as_fd()],
+        );
         drop(socket);
         let next = || recv_within::<FromNetwork>(&chan, ANSWER_MS).expect("an answer from the network role");
         let cookie = |k: u64| NtpTimestamp(0x0123_4567_0000_0000 + k);
@@ -322,4 +401,11 @@ fn the_network_role_sends_only_our_requests_to_its_server_at_a_capped_rate() {
         );
         assert!(alive(&mut role));
     });
+}
+
+fn unix_secs() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_secs()).unwrap()
 }

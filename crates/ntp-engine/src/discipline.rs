@@ -107,6 +107,9 @@ pub struct Discipline {
     last_update: Option<Instant>,
     /// The first of a run of over-threshold offsets.
     spike_since: Option<Instant>,
+    /// The next over-threshold offset is stepped at once (an operator
+    /// accepted the held step).
+    step_now: bool,
     /// The last slew asked for and when.
     slew: Option<(i64, Instant)>,
     /// Corrections applied by steps and by slews since replaced (ns).
@@ -145,6 +148,7 @@ impl Discipline {
             started: false,
             last_update: None,
             spike_since: None,
+            step_now: false,
             slew: None,
             applied_ns: 0,
             freq_integral: 0,
@@ -220,13 +224,14 @@ impl Discipline {
         let gap = self.last_update.is_none_or(|t| now.since(t) >= self.gap_ms);
         if over {
             let persisted = self.spike_since.is_some_and(|t| now.since(t) >= self.stepout_ms);
-            if !self.started || gap || persisted {
+            if !self.started || gap || persisted || self.step_now {
                 return self.step(now, offset_ns, out);
             }
             self.spike_since.get_or_insert(now);
             return Outcome::Spike;
         }
         self.spike_since = None;
+        self.step_now = false;
         if !self.started || gap {
             // The first estimate (or the first after a gap): no wander is
             // measurable across it.
@@ -251,6 +256,7 @@ impl Discipline {
     fn step(&mut self, now: Instant, offset_ns: i64, out: &mut Vec<Action>) -> Outcome {
         self.started = true;
         self.spike_since = None;
+        self.step_now = false;
         self.retire_slew(now);
         self.applied_ns += i128::from(-offset_ns);
         self.last_step = -offset_ns;
@@ -258,6 +264,13 @@ impl Discipline {
         self.last_update = Some(now);
         out.push(Action::Step { delta_ns: -offset_ns });
         Outcome::Stepped(-offset_ns)
+    }
+
+    /// The next over-threshold offset is stepped without waiting for the
+    /// stepout (an operator accepted the held step); one below the
+    /// threshold is slewed as ever and ends it.
+    pub fn step_at_next_estimate(&mut self) {
+        self.step_now = true;
     }
 
     /// The actuator refused the last step: the clock did not move.

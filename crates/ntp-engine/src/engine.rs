@@ -128,6 +128,15 @@ impl Ntp {
             }
             Event::DhcpServers(list) => self.dhcp_servers(now, &list, out),
             Event::Tick => Ok(()),
+            Event::StepAccepted => {
+                if self.step == StepState::Held {
+                    self.discipline.step_at_next_estimate();
+                    for s in self.sources.iter_mut().filter(|s| s.reach != 0) {
+                        s.next_poll = s.next_poll.min(now);
+                    }
+                }
+                Ok(())
+            }
         };
         self.on_timer(now, out);
         result
@@ -187,7 +196,18 @@ impl Ntp {
             .iter_mut()
             .find(|s| s.addr == from)
             .ok_or(Refusal::UnknownSource)?;
-        match source.receive(&repr, t4, projection, &self.config)? {
+        let before = (source.reach, source.unsynchronised);
+        let answer = source.receive(&repr, t4, projection, &self.config);
+        let changed = (source.reach, source.unsynchronised) != before;
+        let answer = answer.inspect_err(|_| {
+            // A refused reply that still answered our request changed what
+            // status shows of its source (reachable, unsynchronised): say
+            // so now, not at the next accepted reply, which may never come.
+            if changed {
+                out.push(Action::PublishStatus(self.status()));
+            }
+        })?;
+        match answer {
             Answer::Sample(_) => {
                 self.counters.samples += 1;
                 self.update(now, t4, out);
@@ -261,10 +281,15 @@ impl Ntp {
                 let (Some((f, distance)), Some(info)) = (peer.root_distance(projection), peer.server) else {
                     return;
                 };
+                // A smearing server spreads the leap over hours itself: its
+                // announcement must never arm the kernel's (field notes
+                // item 1).
                 let leaps = selection
                     .survivors
                     .iter()
-                    .map(|&k| self.sources[index[k]].server.map_or(Leap::None, |i| i.leap));
+                    .map(|&k| &self.sources[index[k]])
+                    .filter(|s| !crate::smears(s.addr.ip()))
+                    .map(|s| s.server.map_or(Leap::None, |i| i.leap));
                 let reference = t4.add_nanos(e.offset_ns.saturating_neg());
                 let leap = armed_leap(leaps, reference, self.config.era_pivot_unix_secs);
                 let estimate = Estimate {
@@ -392,6 +417,12 @@ impl Ntp {
                     .push(Source::new(addr, SourceOrigin::Dhcp, now, &self.config));
             }
         }
+        // Nothing left to ask (the lease went), or something again.
+        if !self.sources.iter().any(|s| s.denied.is_none()) {
+            self.state = SyncState::NoSources;
+        } else if self.state == SyncState::NoSources {
+            self.state = SyncState::Starting;
+        }
         out.push(Action::PublishStatus(self.status()));
         Ok(())
     }
@@ -429,6 +460,7 @@ impl Ntp {
                         reach: s.reach,
                         poll: s.poll,
                         requests: s.requests,
+                        smearing: crate::smears(s.addr.ip()),
                     }
                 })
                 .collect(),

@@ -64,12 +64,30 @@ pub mod source;
 pub mod wire;
 
 use alloc::vec::Vec;
-use core::net::{IpAddr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub use engine::{Ntp, armed_leap, civil_from_days};
 pub use mirage_engine::Instant;
 use serde::{Deserialize, Serialize};
 pub use wire::{Kiss, Leap, NtpTimestamp, WireError};
+
+/// Servers known to smear leap seconds instead of announcing them (field
+/// notes item 1): the Amazon Time Sync Service (169.254.169.123 and
+/// fd00:ec2::123, docs.aws.amazon.com "configure-ec2-ntp") and Google's
+/// metadata server (169.254.169.254, cloud.google.com "configure-ntp").
+/// Around a leap they are up to 0.5 s away from non-smearing servers, by
+/// design. (time.google.com and time.aws.com smear too; sources are
+/// addresses for now.)
+pub const SMEARING_SERVERS: [IpAddr; 3] = [
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 123)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x123)),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+];
+
+/// Whether `ip` is a server known to smear leap seconds.
+pub fn smears(ip: IpAddr) -> bool {
+    SMEARING_SERVERS.contains(&ip)
+}
 
 /// Most sources the engine keeps (configured first, then DHCP's).
 pub const MAX_SOURCES: usize = 16;
@@ -109,6 +127,12 @@ pub struct Config {
     /// Full dates (leap seconds) resolve to within 68 years of this
     /// ([`wire::DEFAULT_ERA_PIVOT_UNIX_SECS`]).
     pub era_pivot_unix_secs: i64,
+    /// The last known good time (Unix seconds): a reply whose transmit
+    /// time is before it is refused ([`Refusal::BeforeFloor`]), so no
+    /// server can set the clock back past it (field notes item 13: the
+    /// Oxide servers that served 1986). The service gives the later of its
+    /// build floor and the time its state file was last saved.
+    pub time_floor_unix_secs: Option<i64>,
     /// Measure and publish, never ask for a clock change.
     pub observe: bool,
 }
@@ -127,6 +151,7 @@ impl Default for Config {
             stepout_secs: 900,
             drift_save_secs: 3600,
             era_pivot_unix_secs: wire::DEFAULT_ERA_PIVOT_UNIX_SECS,
+            time_floor_unix_secs: None,
             observe: false,
         }
     }
@@ -159,6 +184,15 @@ impl Config {
     /// stepout. The host may have been suspended and its clock moved.
     pub fn gap_ms(&self) -> u64 {
         (3000u64 << self.max_poll).max(u64::from(self.stepout_secs) * 1000)
+    }
+
+    /// Whether the servers mix leap-smearing ones ([`smears`]) with others:
+    /// around a leap the two groups disagree by up to 0.5 s and one looks
+    /// like falsetickers (Google and GCP advise against it; field notes
+    /// item 1). The service warns at start.
+    pub fn mixes_smearing(&self) -> bool {
+        let smearing = self.servers.iter().filter(|s| smears(s.ip())).count();
+        smearing > 0 && smearing < self.servers.len()
     }
 
     /// Truechimers needed for an estimate among `usable` sources: the
@@ -214,6 +248,11 @@ pub enum Event {
     DhcpServers(Vec<IpAddr>),
     /// Nothing happened; due timers run.
     Tick,
+    /// An operator accepted the held step (the actuator holds the
+    /// acceptance and checks the step against it): when held, poll every
+    /// source now and ask for the step at the next estimate instead of
+    /// after the stepout. Otherwise nothing.
+    StepAccepted,
 }
 
 /// What the kernel's clock status should say (adjtimex `status`,
@@ -291,6 +330,8 @@ pub enum Refusal {
     NoTransmitTime,
     /// Root distance over [`Config::max_distance_ns`].
     RootDistance,
+    /// Transmit time before [`Config::time_floor_unix_secs`].
+    BeforeFloor,
     /// A [`Event::Sent`] for no request of ours.
     UnknownTransmit,
     /// [`Event::DhcpServers`] while [`Config::use_dhcp_servers`] is off.
@@ -316,6 +357,7 @@ impl Refusal {
             Refusal::BadTimestamps => "bad-timestamps",
             Refusal::NoTransmitTime => "no-transmit-time",
             Refusal::RootDistance => "root-distance",
+            Refusal::BeforeFloor => "before-floor",
             Refusal::UnknownTransmit => "unknown-transmit",
             Refusal::DhcpServersNotUsed => "dhcp-servers-not-used",
         }
@@ -394,6 +436,9 @@ pub struct SourceStatus {
     /// log2 s.
     pub poll: u8,
     pub requests: u64,
+    /// A leap-smearing server ([`smears`]): its leap announcements are
+    /// never armed.
+    pub smearing: bool,
 }
 
 /// Running totals since start.
@@ -428,4 +473,28 @@ pub struct Status {
     pub quorum: u8,
     pub sources: Vec<SourceStatus>,
     pub counters: Counters,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smearing_servers_are_tagged_and_a_mix_is_told() {
+        let at = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        assert!(smears(at("169.254.169.123:123").ip()));
+        assert!(smears(at("[fd00:ec2::123]:123").ip()));
+        assert!(smears(at("169.254.169.254:123").ip()));
+        assert!(!smears(at("192.0.2.1:123").ip()));
+        let config = |servers: &[&str]| Config {
+            servers: servers.iter().map(|s| at(s)).collect(),
+            ..Config::default()
+        };
+        // AWS's link-local server with a pool server: mixed.
+        assert!(config(&["169.254.169.123:123", "192.0.2.1:123"]).mixes_smearing());
+        // Both AWS addresses, or none smearing: consistent.
+        assert!(!config(&["169.254.169.123:123", "[fd00:ec2::123]:123"]).mixes_smearing());
+        assert!(!config(&["192.0.2.1:123", "192.0.2.2:123"]).mixes_smearing());
+        assert!(!config(&[]).mixes_smearing());
+    }
 }

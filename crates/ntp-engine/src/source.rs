@@ -464,6 +464,11 @@ impl Source {
         if repr.receive.is_zero() || repr.transmit.is_zero() {
             return Err(Refusal::ZeroTimestamp);
         }
+        if let Some(floor) = config.time_floor_unix_secs
+            && repr.transmit.to_unix_nanos(config.era_pivot_unix_secs) < i128::from(floor) * 1_000_000_000
+        {
+            return Err(Refusal::BeforeFloor);
+        }
         let t1 = request.sent.ok_or(Refusal::NoTransmitTime)?;
         let mut sample = Sample::from_exchange(t1, repr.receive, repr.transmit, t4, repr.precision, now)
             .ok_or(Refusal::BadTimestamps)?;
@@ -782,6 +787,36 @@ mod tests {
             ),
             Err(Refusal::NoTransmitTime)
         );
+    }
+
+    #[test]
+    fn a_reply_from_before_the_time_floor_is_refused() {
+        // ts(0) is 2019-02-02 (NTP second 0xE0000000).
+        let t0 = ts(0).to_unix_nanos(crate::wire::DEFAULT_ERA_PIVOT_UNIX_SECS) / 1_000_000_000;
+        let t0 = i64::try_from(t0).unwrap();
+        for (floor, ok) in [
+            (t0 + 86_400, false),
+            (t0 + 1, false),
+            (t0 - 86_400, true),
+            (t0, true),
+        ] {
+            let c = Config {
+                time_floor_unix_secs: Some(floor),
+                ..config()
+            };
+            let (mut s, cookie) = polled();
+            let got = s.receive(
+                &reply(cookie, ts(5), ts(6)),
+                ts(10),
+                Projection::none(Instant(10)),
+                &c,
+            );
+            assert_eq!(got.is_ok(), ok, "floor {floor}: {got:?}");
+            if !ok {
+                assert_eq!(got, Err(Refusal::BeforeFloor));
+                assert!(s.filter.is_empty());
+            }
+        }
     }
 
     #[test]

@@ -399,6 +399,31 @@ fn a_refused_step_holds_and_measuring_goes_on() {
 }
 
 #[test]
+fn an_accepted_held_step_is_asked_for_at_once_not_after_the_stepout() {
+    let mut s = sim(noisy(5000.0, 0.0), lan_servers(4), 17);
+    s.world.refuse_steps = true;
+    s.run_until(Instant(10 * 60_000));
+    assert_eq!(s.last_status().state, SyncState::Held);
+    let asked = s.steps_asked().len();
+    // Not held: the event changes nothing (no poll, no step).
+    let mut quiet = sim(noisy(0.01, 0.0), lan_servers(1), 5);
+    quiet.run_until(Instant(60_000));
+    quiet.handle(Event::StepAccepted).unwrap();
+    quiet.run_until(Instant(70_000));
+    assert!(quiet.steps_asked().is_empty());
+    // Held for 10 minutes, under the 15-minute stepout: the operator
+    // accepts and the actuator lets the step through.
+    s.world.refuse_steps = false;
+    let accepted_at = s.now;
+    s.handle(Event::StepAccepted).unwrap();
+    s.run_until(Instant(accepted_at.0 + 10_000));
+    assert_eq!(s.steps_asked().len(), asked + 1, "asked again at once");
+    assert_eq!(s.world.steps.len(), 1);
+    assert!(s.world.error_at(s.now).abs() < 0.001);
+    assert_eq!(s.last_status().state, SyncState::Synchronized);
+}
+
+#[test]
 fn unsynchronised_servers_are_never_used() {
     let mut servers = lan_servers(2);
     servers[0].behaviour = Behaviour::Unsynchronised;
@@ -428,6 +453,10 @@ fn dhcp_servers_join_and_leave() {
     s.run_until(Instant(3 * HOUR));
     assert_eq!(s.world.servers[2].requests.len(), asked);
     assert_eq!(s.last_status().sources.len(), 2);
+    // The lease goes: no source, and it says so.
+    s.handle(Event::DhcpServers(Vec::new())).unwrap();
+    assert_eq!(s.last_status().state, SyncState::NoSources);
+    assert!(s.last_status().sources.is_empty());
     let mut off = sim_with(
         noisy(0.0, 0.0),
         lan_servers(1),
@@ -495,4 +524,127 @@ fn a_leap_is_armed_on_the_last_day_of_the_month_only() {
         !after.is_empty() && after.iter().all(|l| *l == Leap::None),
         "{after:?}"
     );
+}
+
+#[test]
+fn a_refused_reply_that_answered_our_request_shows_in_status_at_once() {
+    // One server, unsynchronised: no reply is ever taken, yet status must
+    // say it answers and why it is not used (not "unreachable" forever).
+    let mut servers = lan_servers(1);
+    servers[0].behaviour = Behaviour::Unsynchronised;
+    let addr = servers[0].addr;
+    let mut s = sim_with(noisy(0.0, 0.0), servers, 31, |_| {}, None);
+    s.run_until(Instant(1_000));
+    assert_eq!(
+        s.source_states(addr).last(),
+        Some(&SourceState::Unsynchronised),
+        "as published"
+    );
+}
+
+#[test]
+fn a_smear_window_between_two_groups_neither_steps_nor_flaps() {
+    // Mid-smear, two servers are 0.4 s off (a 24 h linear smear is 0.5 s
+    // at its middle), two are not: neither group is a majority of four.
+    let mut servers = lan_servers(4);
+    servers[0].offset = 0.4;
+    servers[1].offset = 0.4;
+    let mut s = sim(noisy(0.0, 0.0), servers, 33);
+    s.run_until(Instant(6 * HOUR));
+    assert!(s.steps_asked().is_empty(), "{:?}", s.steps_asked());
+    assert!(s.clock_intents().is_empty(), "{:?}", s.clock_intents());
+    for (_, st) in s.statuses() {
+        assert!(
+            st.sources.iter().all(|x| x.state != SourceState::Selected),
+            "a selected source: {:?}",
+            st.sources
+        );
+    }
+    assert_eq!(s.last_status().state, SyncState::NotEnoughSources);
+}
+
+#[test]
+fn a_leap_announced_by_smearing_servers_is_never_armed() {
+    // The leap test's set-up (every server announces an insertion, run
+    // across 31 March), with the servers at the cloud smearing addresses.
+    let mut servers = lan_servers(3);
+    for (x, ip) in servers.iter_mut().zip(ntp_engine::SMEARING_SERVERS) {
+        x.leap = Leap::Insert;
+        x.addr = std::net::SocketAddr::new(ip, 123);
+    }
+    let mut s = sim(noisy(0.0, 0.0), servers, 34);
+    s.run_until(Instant(31 * 24 * HOUR + 2 * HOUR));
+    let statuses: Vec<_> = s
+        .since(Instant(0))
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::SetStatus(k) => Some(k.leap),
+            _ => None,
+        })
+        .collect();
+    assert!(statuses.len() > 100, "{}", statuses.len());
+    assert!(statuses.iter().all(|l| *l == Leap::None));
+    let st = s.last_status();
+    assert_eq!(st.state, SyncState::Synchronized);
+    assert!(st.sources.iter().all(|x| x.smearing));
+}
+
+#[test]
+fn a_server_answering_from_before_the_time_floor_is_refused() {
+    // The simulation's world starts 2027-03-01; the floor is a day before
+    // (a state file saved yesterday). A lone server serving its local
+    // clock from 1986 (the Oxide boundary servers) is never used.
+    let floor = i64::try_from(support::EPOCH_UNIX_SECS).unwrap() - 86_400;
+    let forty_years = 40.0 * 365.25 * 86_400.0;
+    let mut servers = lan_servers(1);
+    servers[0].offset = -forty_years;
+    let mut s = sim_with(
+        noisy(0.0, 0.0),
+        servers.clone(),
+        35,
+        |c| c.time_floor_unix_secs = Some(floor),
+        None,
+    );
+    s.run_until(Instant(HOUR));
+    assert!(s.clock_intents().is_empty(), "{:?}", s.clock_intents());
+    assert!(!s.refusals.is_empty());
+    assert!(s.refusals.iter().all(|(_, r)| *r == Refusal::BeforeFloor));
+    assert_ne!(s.last_status().state, SyncState::Synchronized);
+    // Without the floor the same server would be stepped to.
+    let mut unfloored = sim(noisy(0.0, 0.0), servers, 35);
+    unfloored.run_until(Instant(HOUR));
+    assert_eq!(unfloored.steps_asked().len(), 1, "{:?}", unfloored.steps_asked());
+}
+
+#[test]
+fn an_applied_step_is_followed_by_a_synchronised_kernel_status() {
+    // Field notes item 7: a step alone leaves the kernel marking the clock
+    // unsynchronised; the engine follows each applied step with a status
+    // that clears it, with fresh error bounds under a second.
+    let mut s = sim(noisy(-3.0, 0.0), lan_servers(4), 36);
+    s.run_until(Instant(10_000));
+    let log = s.since(Instant(0));
+    let step = log
+        .iter()
+        .position(|(_, a)| matches!(a, Action::Step { .. }))
+        .expect("a step");
+    assert!(
+        !log[..step]
+            .iter()
+            .any(|(_, a)| matches!(a, Action::SetStatus(k) if k.synchronized)),
+        "synchronised before the clock was set"
+    );
+    let status = log[step..]
+        .iter()
+        .find_map(|(_, a)| match a {
+            Action::SetStatus(k) => Some(*k),
+            _ => None,
+        })
+        .expect("a status after the step");
+    assert!(status.synchronized, "{status:?}");
+    assert!(
+        (0..1_000_000_000).contains(&status.max_error_ns) && status.est_error_ns < status.max_error_ns.max(1),
+        "{status:?}"
+    );
+    assert_eq!(status.leap, Leap::None);
 }

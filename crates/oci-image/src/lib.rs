@@ -41,27 +41,89 @@ pub enum LayerCompression {
     None,
 }
 
-/// The uid and gid the service runs as inside its container: an id of its
-/// own (the actuator's default on a host, so the state and runtime
-/// directories have one owner in every layout), never `nobody` (65534),
-/// which unrelated software shares. Numeric, because a static binary in a
-/// scratch image has no name lookup. See docs/security.md ("Running in a
-/// container") for why not root.
-pub const SERVICE_ID: u32 = 65522;
+/// One service the writer builds an image of: everything that differs
+/// between them. The layer, the config, the labels and the layout are
+/// written by the same code for every service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// The binary's name, its path in the image (`/NAME`) and the image's title.
+    pub name: &'static str,
+    /// `org.opencontainers.image.description`.
+    pub description: &'static str,
+    /// The uid and gid the service runs as inside its container: an id of
+    /// its own (its actuator's default on a host, so the state and runtime
+    /// directories have one owner in every layout), never `nobody`
+    /// (65534), which unrelated software shares. Numeric, because a static
+    /// binary in a scratch image has no name lookup. See docs/security.md
+    /// ("Running in a container") for why not root.
+    pub id: u32,
+    /// Capabilities the container is given, ambient for the non-root user.
+    /// Sorted, as LinuxKit and podman list them.
+    pub capabilities: &'static [&'static str],
+    /// Bind mounts of the convention, `host:container[:options]`.
+    pub binds: &'static [&'static str],
+}
 
-/// Where the binary lives in the image.
-pub const BINARY_PATH: &str = "/mirage-dhcp";
+/// The DHCPv4 client: raw frames (`CAP_NET_RAW`), addresses and routes
+/// (`CAP_NET_ADMIN`), and resolv.conf.
+pub const MIRAGE_DHCP: Service = Service {
+    name: "mirage-dhcp",
+    description: "Privilege-separated DHCPv4 client: sandboxed engine, checked actuator, one static binary",
+    id: 65522,
+    capabilities: &["CAP_NET_ADMIN", "CAP_NET_RAW"],
+    binds: &[
+        "/etc/mirage/dhcp:/etc/mirage/dhcp:ro",
+        "/var/lib/mirage/dhcp:/var/lib/mirage/dhcp",
+        "/run/mirage/dhcp:/run/mirage/dhcp",
+        "/etc/resolv.conf:/etc/resolv.conf",
+    ],
+};
 
-/// Capabilities the container is given, ambient for the non-root user.
-pub const CAPABILITIES: [&str; 2] = ["CAP_NET_ADMIN", "CAP_NET_RAW"];
+/// The NTP client: ordinary UDP sockets, and the clock (`CAP_SYS_TIME`,
+/// held by its actuator alone; none with `--observe`). Its id is its
+/// actuator's (crates/mirage-ntp `plan::ACTUATOR_ID`).
+pub const MIRAGE_NTP: Service = Service {
+    name: "mirage-ntp",
+    description: "Privilege-separated NTP client: sandboxed engine, CAP_SYS_TIME actuator with a step policy, one static binary",
+    id: 65528,
+    capabilities: &["CAP_SYS_TIME"],
+    binds: &[
+        "/etc/mirage/ntp:/etc/mirage/ntp:ro",
+        "/var/lib/mirage/ntp:/var/lib/mirage/ntp",
+        "/run/mirage/ntp:/run/mirage/ntp",
+    ],
+};
 
-/// Bind mounts of the convention, `host:container[:options]`.
-pub const BINDS: [&str; 4] = [
-    "/etc/mirage/dhcp:/etc/mirage/dhcp:ro",
-    "/var/lib/mirage/dhcp:/var/lib/mirage/dhcp",
-    "/run/mirage/dhcp:/run/mirage/dhcp",
-    "/etc/resolv.conf:/etc/resolv.conf",
-];
+/// Every service the writer knows, for `oci-image --service NAME`.
+pub const SERVICES: [Service; 2] = [MIRAGE_DHCP, MIRAGE_NTP];
+
+impl Service {
+    /// The service named `name` ("mirage-ntp"), if the writer knows it.
+    pub fn named(name: &str) -> Option<Service> {
+        SERVICES.into_iter().find(|s| s.name == name)
+    }
+
+    /// Where the binary lives in the image.
+    pub fn binary_path(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    /// LinuxKit's per-image defaults (its `org.mobyproject.config` label):
+    /// the same capabilities, ids and binds as the service's LinuxKit
+    /// example (examples/NAME.yml).
+    pub fn linuxkit_config(&self) -> Value {
+        json!({
+            "net": "host",
+            "uid": self.id,
+            "gid": self.id,
+            "capabilities": self.capabilities,
+            "ambient": self.capabilities,
+            "noNewPrivileges": true,
+            "readonly": true,
+            "binds": self.binds,
+        })
+    }
+}
 
 /// Provenance written into the image's labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,13 +219,13 @@ fn dir(path: &str, mode: u32, id: u32) -> tar::Entry {
     }
 }
 
-/// The mirage-dhcp image around `binary` (the static executable's bytes),
-/// the same image the Containerfile describes.
+/// The image of `service` around `binary` (the static executable's bytes),
+/// the same image its Containerfile describes.
 ///
 /// The layer holds the binary only. The `org.mobyproject.config` label carries the LinuxKit defaults
 /// (capabilities, ambient set, uid, binds, host network), so that a LinuxKit
 /// YAML entry needs only the `image:` line.
-pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
+pub fn image(service: &Service, binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
     for (name, value) in [
         ("version", &meta.version),
         ("source", &meta.source),
@@ -186,11 +248,12 @@ pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
             meta.version
         )));
     }
-    let id = SERVICE_ID;
+    let id = service.id;
+    let binary_path = service.binary_path();
     // Read and execute for everyone, writable by nobody: the service runs
-    // as SERVICE_ID and must not be able to change its own code.
+    // as its own id and must not be able to change its own code.
     let entries = vec![tar::Entry {
-        path: BINARY_PATH.trim_start_matches('/').into(),
+        path: binary_path.trim_start_matches('/').into(),
         mode: 0o555,
         uid: 0,
         gid: 0,
@@ -201,11 +264,8 @@ pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
     let mut label = |k: &str, v: &str| {
         labels.insert(k.to_owned(), v.to_owned());
     };
-    label("org.opencontainers.image.title", "mirage-dhcp");
-    label(
-        "org.opencontainers.image.description",
-        "Privilege-separated DHCPv4 client: sandboxed engine, checked actuator, one static binary",
-    );
+    label("org.opencontainers.image.title", service.name);
+    label("org.opencontainers.image.description", service.description);
     label("org.opencontainers.image.licenses", "Apache-2.0");
     label("org.opencontainers.image.version", &meta.version);
     label("org.opencontainers.image.source", &meta.source);
@@ -213,30 +273,15 @@ pub fn mirage_dhcp(binary: Vec<u8>, meta: &Meta) -> Result<Image, Error> {
     if let Some(c) = &created {
         label("org.opencontainers.image.created", c);
     }
-    label("org.mobyproject.config", &linuxkit_config().to_string());
+    label("org.mobyproject.config", &service.linuxkit_config().to_string());
     Ok(Image {
         entries,
         user: format!("{id}:{id}"),
-        entrypoint: vec![BINARY_PATH.into()],
+        entrypoint: vec![binary_path],
         cmd: vec!["run".into()],
         labels,
         tag: meta.version.clone(),
         created,
-    })
-}
-
-/// LinuxKit's per-image defaults (its `org.mobyproject.config` label):
-/// the same capabilities, ids and binds as examples/mirage-dhcp.yml.
-pub fn linuxkit_config() -> Value {
-    json!({
-        "net": "host",
-        "uid": SERVICE_ID,
-        "gid": SERVICE_ID,
-        "capabilities": CAPABILITIES,
-        "ambient": CAPABILITIES,
-        "noNewPrivileges": true,
-        "readonly": true,
-        "binds": BINDS,
     })
 }
 
@@ -441,20 +486,20 @@ mod tests {
     #[test]
     fn same_inputs_same_digest_and_any_change_shows() {
         let a = blobs(
-            &mirage_dhcp(b"binary".to_vec(), &meta()).unwrap(),
+            &image(&MIRAGE_DHCP, b"binary".to_vec(), &meta()).unwrap(),
             LayerCompression::Gzip,
         )
         .unwrap()
         .2;
         let b = blobs(
-            &mirage_dhcp(b"binary".to_vec(), &meta()).unwrap(),
+            &image(&MIRAGE_DHCP, b"binary".to_vec(), &meta()).unwrap(),
             LayerCompression::Gzip,
         )
         .unwrap()
         .2;
         assert_eq!(a, b);
         let other_bin = blobs(
-            &mirage_dhcp(b"binarY".to_vec(), &meta()).unwrap(),
+            &image(&MIRAGE_DHCP, b"binarY".to_vec(), &meta()).unwrap(),
             LayerCompression::Gzip,
         )
         .unwrap()
@@ -463,7 +508,7 @@ mod tests {
         let mut m = meta();
         m.revision = "fedcba9876543210".into();
         let other_rev = blobs(
-            &mirage_dhcp(b"binary".to_vec(), &m).unwrap(),
+            &image(&MIRAGE_DHCP, b"binary".to_vec(), &m).unwrap(),
             LayerCompression::Gzip,
         )
         .unwrap()
@@ -475,7 +520,7 @@ mod tests {
 
     #[test]
     fn config_has_labels_user_and_diff_id() {
-        let image = mirage_dhcp(b"bin".to_vec(), &meta()).unwrap();
+        let image = image(&MIRAGE_DHCP, b"bin".to_vec(), &meta()).unwrap();
         let (blobs, index, written) = blobs(&image, LayerCompression::Gzip).unwrap();
         let config: Value = serde_json::from_slice(&blobs[1].bytes).unwrap();
         let labels = &config["config"]["Labels"];
@@ -507,8 +552,55 @@ mod tests {
     }
 
     #[test]
+    fn each_service_gets_its_own_user_entrypoint_and_linuxkit_defaults() {
+        let ntp = image(&MIRAGE_NTP, b"bin".to_vec(), &meta()).unwrap();
+        let (blobs_ntp, _, written_ntp) = blobs(&ntp, LayerCompression::Gzip).unwrap();
+        let config: Value = serde_json::from_slice(&blobs_ntp[1].bytes).unwrap();
+        assert_eq!(config["config"]["User"], "65528:65528");
+        assert_eq!(config["config"]["Entrypoint"], json!(["/mirage-ntp"]));
+        assert_eq!(config["config"]["Cmd"], json!(["run"]));
+        let labels = &config["config"]["Labels"];
+        assert_eq!(labels["org.opencontainers.image.title"], "mirage-ntp");
+        let moby: Value = serde_json::from_str(labels["org.mobyproject.config"].as_str().unwrap()).unwrap();
+        assert_eq!(moby, MIRAGE_NTP.linuxkit_config());
+        assert_eq!(moby["capabilities"], json!(["CAP_SYS_TIME"]));
+        assert_eq!(moby["ambient"], json!(["CAP_SYS_TIME"]));
+        assert_eq!(
+            (moby["uid"].as_u64(), moby["gid"].as_u64()),
+            (Some(65528), Some(65528))
+        );
+        assert_eq!(
+            moby["binds"],
+            json!([
+                "/etc/mirage/ntp:/etc/mirage/ntp:ro",
+                "/var/lib/mirage/ntp:/var/lib/mirage/ntp",
+                "/run/mirage/ntp:/run/mirage/ntp",
+            ])
+        );
+        // The layer holds /mirage-ntp, read and execute only, root's.
+        let mut d = flate2::read::GzDecoder::new(&blobs_ntp[0].bytes[..]);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut raw).unwrap();
+        assert_eq!(&raw[..11], b"mirage-ntp\0");
+        assert_eq!(&raw[100..107], b"0000555");
+        // Same binary, other service: another image.
+        let dhcp = blobs(
+            &image(&MIRAGE_DHCP, b"bin".to_vec(), &meta()).unwrap(),
+            LayerCompression::Gzip,
+        )
+        .unwrap()
+        .2;
+        assert_ne!(dhcp.manifest_digest, written_ntp.manifest_digest);
+        assert_eq!(Service::named("mirage-ntp"), Some(MIRAGE_NTP));
+        assert_eq!(Service::named("mirage-dns"), None);
+        // No service shares another's id, and none is nobody's or root's.
+        let ids: Vec<u32> = SERVICES.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [65522, 65528]);
+    }
+
+    #[test]
     fn plain_layer_is_the_diff_id_itself() {
-        let image = mirage_dhcp(b"bin".to_vec(), &meta()).unwrap();
+        let image = image(&MIRAGE_DHCP, b"bin".to_vec(), &meta()).unwrap();
         let (blobs, _, written) = blobs(&image, LayerCompression::None).unwrap();
         let config: Value = serde_json::from_slice(&blobs[1].bytes).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][0], blobs[0].digest.as_str());
@@ -537,7 +629,7 @@ mod tests {
                 _ => m.revision = value.into(),
             }
             assert!(
-                matches!(mirage_dhcp(Vec::new(), &m), Err(Error::BadMeta(_))),
+                matches!(image(&MIRAGE_DHCP, Vec::new(), &m), Err(Error::BadMeta(_))),
                 "{field}={value:?}"
             );
         }
@@ -547,7 +639,7 @@ mod tests {
     fn layout_on_disk_matches_and_refuses_a_used_directory() {
         let dir = std::env::temp_dir().join(format!("oci-image-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let image = mirage_dhcp(b"bin".to_vec(), &meta()).unwrap();
+        let image = image(&MIRAGE_DHCP, b"bin".to_vec(), &meta()).unwrap();
         let written = write_layout(&image, &dir, LayerCompression::Gzip).unwrap();
         let blob = dir
             .join("blobs/sha256")

@@ -1,6 +1,7 @@
-//! `oci-image`: write the mirage-dhcp container image as an OCI image layout
-//! (and optionally an oci-archive) from a built static binary, without a
-//! container engine. Same inputs, same digest; see deploy/build-image.sh.
+//! `oci-image`: write a MirageSDK service's container image (mirage-dhcp,
+//! mirage-ntp) as an OCI image layout (and optionally an oci-archive) from
+//! a built static binary, without a container engine. Same inputs, same
+//! digest; see deploy/build-image.sh.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,9 +9,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "oci-image", version, about = "Reproducible OCI image of mirage-dhcp")]
+#[command(
+    name = "oci-image",
+    version,
+    about = "Reproducible OCI image of a MirageSDK service (mirage-dhcp, mirage-ntp)"
+)]
 struct Args {
-    /// The static mirage-dhcp executable to put in the image.
+    /// The service: mirage-dhcp or mirage-ntp (its user, capabilities,
+    /// binds and labels).
+    #[arg(long, value_parser = parse_service)]
+    service: oci_image::Service,
+    /// The service's static executable to put in the image.
     #[arg(long)]
     binary: PathBuf,
     /// Output directory for the OCI image layout (absent or empty).
@@ -34,6 +43,13 @@ struct Args {
     /// Seconds since the epoch for `created` (reads SOURCE_DATE_EPOCH when unset).
     #[arg(long, env = "SOURCE_DATE_EPOCH")]
     source_date_epoch: Option<u64>,
+}
+
+fn parse_service(name: &str) -> Result<oci_image::Service, String> {
+    oci_image::Service::named(name).ok_or_else(|| {
+        let known: Vec<&str> = oci_image::SERVICES.iter().map(|s| s.name).collect();
+        format!("unknown service {name:?}: one of {}", known.join(", "))
+    })
 }
 
 fn main() -> ExitCode {
@@ -61,7 +77,7 @@ fn run(args: &Args) -> Result<(), String> {
         revision: args.revision.clone(),
         created: args.source_date_epoch,
     };
-    let image = oci_image::mirage_dhcp(binary, &meta).map_err(|e| e.to_string())?;
+    let image = oci_image::image(&args.service, binary, &meta).map_err(|e| e.to_string())?;
     let compression = if args.uncompressed {
         oci_image::LayerCompression::None
     } else {
@@ -90,9 +106,16 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Args::command().debug_assert();
-        let a =
-            Args::try_parse_from(["oci-image", "--binary", "b", "--out", "o", "--revision", "r"]).unwrap();
+        let base = ["oci-image", "--binary", "b", "--out", "o"];
+        let with = |extra: &[&'static str]| Args::try_parse_from(base.iter().chain(extra));
+        let a = with(&["--service", "mirage-ntp", "--revision", "r"]).unwrap();
         assert_eq!(a.revision, "r");
-        assert!(Args::try_parse_from(["oci-image", "--binary", "b", "--out", "o"]).is_err());
+        assert_eq!(a.service, oci_image::MIRAGE_NTP);
+        assert!(with(&["--service", "mirage-dhcp"]).is_err(), "no --revision");
+        assert!(with(&["--revision", "r"]).is_err(), "no --service");
+        let e = with(&["--service", "chrony", "--revision", "r"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one of mirage-dhcp, mirage-ntp"), "{e}");
     }
 }

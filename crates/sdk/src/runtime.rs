@@ -15,7 +15,8 @@
 //!   stops reading is at fault: a restartable one (the engine) is killed and
 //!   started again with back-off, after what it left in its channel was
 //!   handled (nothing it sent before dying is lost); any other ends the
-//!   service;
+//!   service; a service may also start any role again on purpose
+//!   ([`Ctx::restart`]: new descriptors for it), which is no fault;
 //! - SIGTERM/SIGINT/SIGHUP start the service's orderly stop, which ends
 //!   within the stop grace whatever the roles do;
 //! - a restarted role gets its descriptors again from the service
@@ -313,6 +314,7 @@ struct Slot {
 pub struct Ctx<'a> {
     slots: &'a mut [Slot],
     faults: &'a mut Vec<(RoleId, String)>,
+    planned: &'a mut Vec<RoleId>,
 }
 
 impl Ctx<'_> {
@@ -358,6 +360,19 @@ impl Ctx<'_> {
         self.faults.push((role, why.into()));
     }
 
+    /// Start `role` again on purpose, once the current handler returns:
+    /// it is stopped (what it left in its channel handled first) and
+    /// started at once from [`Service::restart`], whatever its
+    /// [`Restart`], with no back-off and logged as the service's choice,
+    /// not a fault. For a role whose descriptors must change (a network
+    /// role given sockets to new servers).
+    pub fn restart(&mut self, role: RoleId, why: impl Into<String>) {
+        if !self.planned.contains(&role) {
+            self.planned.push(role);
+        }
+        self.faults.push((role, why.into()));
+    }
+
     /// Whether `role` runs (and is not already at fault).
     pub fn is_up(&self, role: RoleId) -> bool {
         self.slots[role].role.is_some() && !self.faults.iter().any(|(r, _)| *r == role)
@@ -385,6 +400,8 @@ pub struct Runtime<S: Service> {
     pub service: S,
     slots: Vec<Slot>,
     faults: Vec<(RoleId, String)>,
+    /// Roles among `faults` the service restarts on purpose.
+    planned: Vec<RoleId>,
     /// Why the service must end (a role that may not be restarted failed).
     fatal: Option<String>,
     /// Receive buffer, kept between rounds (a round that ends early with an
@@ -412,6 +429,7 @@ impl<S: Service> Runtime<S> {
             service,
             slots,
             faults: Vec::new(),
+            planned: Vec::new(),
             fatal: None,
             buf: Vec::new(),
         }
@@ -501,6 +519,7 @@ impl<S: Service> Runtime<S> {
         let mut ctx = Ctx {
             slots: &mut self.slots,
             faults: &mut self.faults,
+            planned: &mut self.planned,
         };
         let out = f(&mut self.service, &mut ctx);
         self.act_on_faults();
@@ -509,7 +528,14 @@ impl<S: Service> Runtime<S> {
 
     fn act_on_faults(&mut self) {
         while let Some((id, why)) = self.faults.pop() {
+            let planned = self.planned.contains(&id);
+            self.planned.retain(|&r| r != id);
             let Some(mut role) = self.slots[id].role.take() else {
+                // Down already: a restart on purpose does not wait for
+                // the back-off of the one scheduled.
+                if planned && self.slots[id].restart_at.is_some() {
+                    self.slots[id].restart_at = Some(Instant::now());
+                }
                 continue;
             };
             role.kill_and_drain();
@@ -528,6 +554,10 @@ impl<S: Service> Runtime<S> {
             }
             let slot = &mut self.slots[id];
             match slot.restart {
+                _ if planned => {
+                    log::info!("{} stopped to start again ({why})", slot.name);
+                    slot.restart_at = Some(Instant::now());
+                }
                 Restart::Never => {
                     self.fatal
                         .get_or_insert_with(|| format!("the {} role stopped ({why})", slot.name));
@@ -548,6 +578,7 @@ impl<S: Service> Runtime<S> {
             let mut ctx = Ctx {
                 slots: &mut self.slots,
                 faults: &mut self.faults,
+                planned: &mut self.planned,
             };
             self.service.on_role_down(&mut ctx, id);
         }
@@ -1077,6 +1108,56 @@ mod tests {
         let mut rt = Runtime::new(Recorder::default(), vec![network]);
         let signals = SignalPipe::for_test().unwrap();
         assert_eq!(rt.run(&signals), ExitCode::FAILURE);
+    }
+
+    /// Restarts the role it is told to, on its first message.
+    struct Replanner {
+        ups: u32,
+    }
+
+    impl Service for Replanner {
+        fn on_message(&mut self, ctx: &mut Ctx<'_>, from: RoleId, _: &[u8]) -> Result<(), String> {
+            ctx.restart(from, "new descriptors");
+            Ok(())
+        }
+        fn restart(&mut self, _: RoleId) -> Result<RoleStart, String> {
+            Ok(RoleStart {
+                exe: Some("/bin/sh".into()),
+                args: vec!["-c".into(), "exec sleep 60".into()],
+                first: Vec::new(),
+                fds: Vec::new(),
+            })
+        }
+        fn on_role_up(&mut self, _: &mut Ctx<'_>, _: RoleId) {
+            self.ups += 1;
+        }
+    }
+
+    #[test]
+    fn a_role_restarted_on_purpose_starts_again_at_once_even_a_fixed_one() {
+        // A fixed role (Restart::Never) that says something: the service
+        // starts it again; the service goes on, with no back-off (the
+        // delay an hour: a restart after it would not happen in the test).
+        let (network, far) = stand_in("network", "exec sleep 60");
+        far.send(&1u32).unwrap();
+        let mut rt = Runtime::new(Replanner { ups: 0 }, vec![network]);
+        rt.set_restart_delay(Duration::from_secs(3600));
+        let signals = SignalPipe::for_test().unwrap();
+        let mut raise = signals.raiser().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let code = rt.run(&signals);
+            let _ = tx.send((code, rt));
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = raise.write_all(b"T");
+        let (code, rt) = rx
+            .recv_timeout(STOP_GRACE + Duration::from_secs(10))
+            .expect("the runtime did not honour the signal");
+        assert_eq!(code, ExitCode::SUCCESS, "a planned restart is no fault");
+        assert_eq!(rt.service.ups, 1);
+        assert!(rt.planned.is_empty());
+        drop(far);
     }
 
     /// Records the raw messages of linked stand-in roles; restarts each

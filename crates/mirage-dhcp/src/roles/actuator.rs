@@ -17,6 +17,7 @@ use mirage_sdk::actuator_role::{self, HeldWrites, Outcome};
 use mirage_sdk::clock::{boottime, realtime_ms};
 use mirage_sdk::files::{self, StoredLease};
 use mirage_sdk::netlink::{LinkEvent, LinkMonitor, MAIN_TABLE, Rtnl};
+use mirage_sdk::service::learned::{self, LearnedServers};
 use mirage_sdk::service::publish::{self, Publication};
 use mirage_sdk::service::state;
 
@@ -305,7 +306,22 @@ impl Actuator<'_> {
                 return Outcome::Failed(format!("writing {name}: {e}"));
             }
         }
-        Outcome::Done
+        self.publish_servers(&lease.ntp_servers, &lease.dns_servers)
+    }
+
+    /// servers.json for the services that use what DHCP learned (NTP,
+    /// DNS): replaced atomically, with empty lists once no lease is in
+    /// force (`mirage_sdk::service::learned`).
+    fn publish_servers(
+        &mut self,
+        ntp: &[std::net::Ipv4Addr],
+        dns: &[std::net::Ipv4Addr],
+    ) -> Outcome<Refusal> {
+        let servers = LearnedServers::new(&self.args.interface, ntp, dns);
+        match learned::write(dir(FD_RUN_DIR), &servers) {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(format!("writing {}: {e}", learned::SERVERS_FILE)),
+        }
     }
 
     /// Remove the lease in force (the policy checked it is the one asked for).
@@ -316,7 +332,7 @@ impl Actuator<'_> {
         match self.unconfigure(&applied) {
             Ok(()) => {
                 self.applied = None;
-                Outcome::Done
+                self.publish_servers(&[], &[])
             }
             Err(e) => Outcome::Failed(e.to_string()),
         }

@@ -164,7 +164,8 @@ pub mod sys {
         getsockopt => SYS_getsockopt, accept4 => SYS_accept4, open_tree => SYS_open_tree, ioctl => SYS_ioctl,
         clock_adjtime => SYS_clock_adjtime, clock_settime => SYS_clock_settime, adjtimex => SYS_adjtimex,
         // In no SDK table: see the module docs.
-        socket => SYS_socket, bind => SYS_bind, connect => SYS_connect,
+        socket => SYS_socket, bind => SYS_bind, connect => SYS_connect, setsockopt => SYS_setsockopt,
+        getpeername => SYS_getpeername,
     );
     #[cfg(target_arch = "x86_64")]
     nrs!(poll => SYS_poll, renameat => SYS_renameat, dup2 => SYS_dup2, arch_prctl => SYS_arch_prctl,

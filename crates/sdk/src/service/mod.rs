@@ -27,6 +27,8 @@
 //! - [`escape`]: strings made safe for a terminal.
 //! - [`ids`]: the ids each role runs as (config syntax, no root, fitting a
 //!   supervisor that is not root, warnings).
+//! - [`learned`]: `servers.json`, the servers a DHCP client learned, for
+//!   the services that use them (NTP, DNS).
 //! - [`launch`]: a supervisor's start: roles side by side, then its own
 //!   sandbox.
 //! - [`metrics`]: the Prometheus textfile writer (`mirage_<svc>_...`).
@@ -39,6 +41,7 @@ pub mod dirs;
 pub mod escape;
 pub mod ids;
 pub mod launch;
+pub mod learned;
 pub mod metrics;
 pub mod publish;
 pub mod state;
