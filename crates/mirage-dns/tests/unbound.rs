@@ -259,3 +259,100 @@ fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners() {
         assert_eq!(ProcStatus::read(role_pid(pid, role)).seccomp(), 2, "{role}");
     }
 }
+
+/// A hostile upstream on 127.0.0.1:5301 in namespace `ns`: each query is
+/// answered three times, first with another id, then with the question in
+/// lower case (the 0x20 check), then rightly with 192.0.2.99. Serves until
+/// `stop` is set.
+fn forging_upstream(
+    ns: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    use dns_wire::{Class, Name, RData, Record};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        mirage_testkit::netns::enter(&ns).unwrap();
+        let s = std::net::UdpSocket::bind("127.0.0.1:5301").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut served = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(q) = Message::parse(&buf[..n]) else {
+                continue;
+            };
+            let mut r = q.clone();
+            r.header.response = true;
+            r.header.recursion_available = true;
+            r.answers = vec![Record {
+                name: q.questions[0].name.clone(),
+                class: Class::IN,
+                ttl: 60,
+                data: RData::A(std::net::Ipv4Addr::new(192, 0, 2, 99)),
+            }];
+            let mut wrong_id = r.clone();
+            wrong_id.header.id ^= 0x5a5a;
+            let mut lower = r.clone();
+            let labels: Vec<Vec<u8>> = q.questions[0]
+                .name
+                .labels()
+                .map(|l| l.to_ascii_lowercase())
+                .collect();
+            lower.questions[0].name = Name::from_labels(labels.iter().map(Vec::as_slice)).unwrap();
+            for m in [wrong_id, lower, r] {
+                s.send_to(&m.to_bytes().unwrap(), from).unwrap();
+            }
+            served += 1;
+        }
+        served
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the forging upstream is up");
+    t
+}
+
+#[test]
+fn forged_replies_before_the_real_one_are_refused_and_the_real_one_answers() {
+    let mut f = with_unbound("dnsf");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upstream = forging_upstream(f.ns.name().to_owned(), stop.clone());
+    f.start_dns(&["--upstream", "127.0.0.1:5301"]);
+    let ns = f.ns.name().to_owned();
+    let got = in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        // Twenty letters: all drawn lower case by 0x20 one time in 2^20.
+        ask_udp(ours, &query(0x77, "abcdefghijklmnopqrst.test", Type::A, false))
+    })
+    .expect("an answer");
+    assert_eq!(
+        (got.header.id, got.rcode(), got.answers.len()),
+        (0x77, Rcode::NOERROR, 1)
+    );
+    assert_eq!(
+        got.answers[0].data,
+        dns_wire::RData::A(std::net::Ipv4Addr::new(192, 0, 2, 99))
+    );
+    let v = wait_some(
+        Duration::from_secs(10),
+        "both forgeries counted",
+        || {
+            f.status().filter(|v| {
+                v["refused"]["mismatched-reply"].as_u64() >= Some(2)
+                    && v["engine"]["answered"].as_u64() >= Some(1)
+            })
+        },
+        || format!("{:?}\n{}", f.status(), f.log()),
+    );
+    assert_eq!(v["refused"]["mismatched-reply"], 2, "{v}");
+    assert_eq!(v["engine"]["answered"], 1, "{v}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        upstream.join().unwrap(),
+        1,
+        "one upstream query for one client query"
+    );
+}
