@@ -86,7 +86,11 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
             udp: vec![listen_udp],
             tcp: vec![listen_tcp],
             upstreams: vec![upstream.local_addr().unwrap()],
-            limits: NetworkLimits::default(),
+            limits: NetworkLimits {
+                tcp_clients: 2,
+                tcp_idle_ms: 500,
+                ..NetworkLimits::default()
+            },
         };
         let (engine, engine_far) = Channel::pair().unwrap();
         let plan = plan::network(&RoleIds::DEFAULT, 2, &settings.limits);
@@ -251,6 +255,26 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
             "one answered, one more read"
         );
 
+        // Two connections at most: the pipelined one and one more; a third
+        // is closed at once, the idle second after tcp_idle_ms.
+        let idle = TcpStream::connect(listen_tcp).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let over = TcpStream::connect(listen_tcp).unwrap();
+        for (mut s, what) in [
+            (over, "the connection over the limit"),
+            (idle, "the idle connection"),
+        ] {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 16];
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("{what} was not closed: {other:?}"),
+            }
+        }
+        assert!(alive(&mut role));
+        let _ = &conn; // still open: it has queries outstanding
+
         // Every refusal counted by reason.
         let want = [
             (OutboundRefusal::NotAnUpstream, 1),
@@ -267,6 +291,7 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
             if let Some(FromNetwork::Stats(s)) = recv_within::<FromNetwork>(&chan, 2000)
                 && s.refused.len() == want.len()
                 && s.tcp_queries > pipeline as u64
+                && s.tcp_closed_idle >= 1
             {
                 break s;
             }
@@ -275,6 +300,8 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
             assert_eq!(stats.refused.get(&why), Some(&n), "{why:?}: {stats:?}");
         }
         assert_eq!((stats.answers, stats.upstream_queries), (2, 2), "{stats:?}");
+        assert_eq!((stats.tcp_accepted, stats.tcp_over_limit), (2, 1), "{stats:?}");
+        assert_eq!(stats.tcp_closed_idle, 1, "{stats:?}");
 
         let st = ProcStatus::read(role.id());
         assert_eq!(st.uids(), [RoleIds::DEFAULT.network.uid; 4]);
