@@ -122,7 +122,7 @@ pub fn connected_socket(peer: std::net::SocketAddr) -> io::Result<std::net::UdpS
 }
 
 /// `addr` as the kernel's socket address.
-fn sockaddr_of(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn sockaddr_of(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
