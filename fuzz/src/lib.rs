@@ -1118,7 +1118,7 @@ pub fn check_dns_action(action: &dns_engine::Action, upstreams: usize) {
     assert!(!items.is_empty(), "an empty batch");
     for item in items {
         match item {
-            Outbound::Query { upstream, data, .. } => {
+            Outbound::Query { upstream, data, .. } | Outbound::TcpQuery { upstream, data, .. } => {
                 assert!(
                     usize::from(*upstream) < upstreams,
                     "upstream {upstream} of {upstreams}"

@@ -59,11 +59,20 @@ struct InFlight {
     /// The question as sent (0x20 case), which the reply must echo.
     question: Question,
     id: u16,
-    upstream: u8,
-    /// Attempts made so far, this one included.
-    attempt: u8,
+    attempt: Attempt,
     deadline: Instant,
     waiters: Vec<Waiter>,
+}
+
+/// Where and how a question is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attempt {
+    upstream: u8,
+    /// Attempts made so far, this one included (a TCP retry after a
+    /// truncated answer is not counted: it is the same attempt, completed).
+    number: u8,
+    /// Over TCP (RFC 7766 section 5: after a truncated UDP answer).
+    tcp: bool,
 }
 
 /// A cached answer: the upstream's reply as accepted, the question it was
@@ -153,7 +162,9 @@ impl Batches {
     fn push(&mut self, item: Outbound) {
         let size = ITEM_OVERHEAD
             + match &item {
-                Outbound::Answer { data, .. } | Outbound::Query { data, .. } => data.len(),
+                Outbound::Answer { data, .. }
+                | Outbound::Query { data, .. }
+                | Outbound::TcpQuery { data, .. } => data.len(),
                 Outbound::Drop { .. } | Outbound::Close { .. } => 0,
             };
         if self.bytes + size > BATCH_BYTES && !self.current.is_empty() {
@@ -388,18 +399,21 @@ impl Forwarder {
             return;
         }
         let question = waiter.question.clone();
-        self.send_attempt(now, key, question, 0, 1, vec![waiter], out);
+        let first = Attempt {
+            upstream: 0,
+            number: 1,
+            tcp: false,
+        };
+        self.send_attempt(now, key, question, first, vec![waiter], out);
     }
 
-    /// Send attempt number `attempt` of a question to `upstream`.
-    #[allow(clippy::too_many_arguments)]
+    /// Send `attempt` of a question.
     fn send_attempt(
         &mut self,
         now: Instant,
         key: Key,
         question: Question,
-        upstream: u8,
-        attempt: u8,
+        attempt: Attempt,
         waiters: Vec<Waiter>,
         out: &mut Batches,
     ) {
@@ -441,10 +455,20 @@ impl Forwarder {
             }
         };
         self.counters.upstream_queries += 1;
-        out.push(Outbound::Query {
-            query,
-            upstream,
-            data,
+        let upstream = attempt.upstream;
+        out.push(if attempt.tcp {
+            self.counters.tcp_retries += 1;
+            Outbound::TcpQuery {
+                query,
+                upstream,
+                data,
+            }
+        } else {
+            Outbound::Query {
+                query,
+                upstream,
+                data,
+            }
         });
         self.by_key.insert(key.clone(), query);
         self.in_flight.insert(
@@ -453,7 +477,6 @@ impl Forwarder {
                 key,
                 question: sent,
                 id,
-                upstream,
                 attempt,
                 deadline: now.add_millis(u64::from(clamp(self.start.attempt_ms, 100, 10_000))),
                 waiters,
@@ -471,10 +494,14 @@ impl Forwarder {
         out.push(Outbound::Close { query });
         let attempts = self.start.attempts.clamp(1, 4);
         let n = self.start.upstreams.len().clamp(1, 256);
-        if f.attempt < attempts {
-            let next = ((usize::from(f.upstream) + 1) % n) as u8;
+        if f.attempt.number < attempts {
+            let next = Attempt {
+                upstream: ((usize::from(f.attempt.upstream) + 1) % n) as u8,
+                number: f.attempt.number + 1,
+                tcp: false,
+            };
             let question = f.waiters[0].question.clone();
-            self.send_attempt(now, f.key, question, next, f.attempt + 1, f.waiters, out);
+            self.send_attempt(now, f.key, question, next, f.waiters, out);
             return;
         }
         for w in &f.waiters {
@@ -512,6 +539,17 @@ impl Forwarder {
         self.by_key.remove(&f.key);
         out.push(Outbound::Close { query });
         self.counters.upstream_replies += 1;
+        // RFC 7766 section 5 (RFC 1035 4.2.2): a truncated UDP answer is
+        // asked again over TCP, of the same upstream, in the same attempt.
+        if reply.header.truncated && !f.attempt.tcp {
+            let tcp = Attempt {
+                tcp: true,
+                ..f.attempt
+            };
+            let question = f.waiters[0].question.clone();
+            self.send_attempt(now, f.key, question, tcp, f.waiters, out);
+            return;
+        }
         self.accept_reply(&reply, &f.question, &f.waiters, out);
         self.keep_answer(now, f.key, reply, f.question, data.len());
     }

@@ -17,7 +17,8 @@
 //! connected socket), with that id and the very question asked (RFC 5452
 //! section 9.1); it is re-encoded for the client with the client's id and
 //! question, its EDNS and its size limit (TC set and records dropped when
-//! the answer does not fit, RFC 2181 section 9). Identical questions in
+//! the answer does not fit, RFC 2181 section 9). A truncated upstream
+//! answer is asked again over TCP (RFC 7766 section 5). Identical questions in
 //! flight share one upstream query, and positive answers are cached for
 //! their smallest TTL ([`Forwarder`]'s cache: by question, bounded in
 //! octets, TTLs counted down when served).
@@ -50,6 +51,9 @@ pub const MAX_DATAGRAM: usize = 4096;
 /// (8 KiB) with its framing. A larger upstream answer could only come over
 /// TCP, which the engine does not use yet.
 pub const MAX_TCP_ANSWER: usize = 7168;
+/// The largest answer taken from an upstream over TCP: what one batch
+/// item carries. A larger one is reported [`Inbound::Failed`].
+pub const MAX_TCP_REPLY: usize = MAX_TCP_ANSWER;
 /// Payload bytes packed into one batch message: with the per-item framing
 /// a batch stays under the channel's 8 KiB message cap
 /// (`mirage_engine::codec::MAX_MESSAGE_LEN`), so a full batch never fails
@@ -154,6 +158,11 @@ pub enum Outbound {
     /// Send `data` to upstream `upstream` (an index into
     /// [`Start::upstreams`]) from a fresh socket, named `query` from now on.
     Query { query: u32, upstream: u8, data: Vec<u8> },
+    /// Send `data` to upstream `upstream` over a fresh TCP connection
+    /// (framed with its two-octet length, RFC 7766 section 8), named
+    /// `query`; its answer comes back as [`Inbound::Reply`], at most
+    /// [`MAX_TCP_REPLY`] octets, and the connection is closed after it.
+    TcpQuery { query: u32, upstream: u8, data: Vec<u8> },
     /// Upstream query `query` is over: close its socket.
     Close { query: u32 },
 }
@@ -218,6 +227,8 @@ pub struct Counters {
     /// Client queries answered from the cache.
     pub cache_hits: u64,
     pub upstream_queries: u64,
+    /// Upstream queries asked again over TCP after a truncated answer.
+    pub tcp_retries: u64,
     pub upstream_timeouts: u64,
     pub upstream_failures: u64,
     /// Replies accepted from upstreams.

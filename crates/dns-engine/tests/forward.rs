@@ -447,3 +447,62 @@ fn errors_and_zero_ttls_are_not_cached_and_a_zero_budget_caches_nothing() {
         upstream_query(&out);
     }
 }
+
+#[test]
+fn a_truncated_answer_is_asked_again_over_tcp_of_the_same_upstream() {
+    let (mut f, _) = start(2);
+    let (out, _) = step(
+        &mut f,
+        1000,
+        vec![Inbound::Query {
+            client: 1,
+            transport: Transport::Tcp,
+            data: query(1, "big.test", Type::A, None),
+        }],
+    );
+    let (udp, _, sent) = upstream_query(&out);
+    let mut truncated = Message::parse(&reply(&sent, 0)).unwrap();
+    truncated.header.truncated = true;
+    let (out, refused) = step(
+        &mut f,
+        1010,
+        vec![Inbound::Reply {
+            query: udp,
+            data: truncated.to_bytes().unwrap(),
+        }],
+    );
+    assert!(refused.is_empty());
+    assert!(out.contains(&Outbound::Close { query: udp }));
+    assert!(
+        !out.iter().any(|o| matches!(o, Outbound::Answer { .. })),
+        "no answer yet: {out:?}"
+    );
+    let (tcp, upstream, over_tcp) = out
+        .iter()
+        .find_map(|o| match o {
+            Outbound::TcpQuery {
+                query,
+                upstream,
+                data,
+            } => Some((*query, *upstream, Message::parse(data).unwrap())),
+            _ => None,
+        })
+        .expect("a TCP query");
+    assert_eq!(upstream, 0, "the same upstream");
+    assert_ne!(over_tcp.header.id, sent.header.id, "a fresh id");
+    // 200 records: 3.2 KB, more than UDP carries.
+    let (out, _) = step(
+        &mut f,
+        1020,
+        vec![Inbound::Reply {
+            query: tcp,
+            data: reply(&over_tcp, 200),
+        }],
+    );
+    assert!(out.contains(&Outbound::Close { query: tcp }));
+    let a = answer_of(&out, 1);
+    assert_eq!(
+        (a.header.id, a.header.truncated, a.answers.len()),
+        (1, false, 200)
+    );
+}

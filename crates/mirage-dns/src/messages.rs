@@ -45,6 +45,8 @@ pub struct NetworkStats {
     /// clients retry).
     pub engine_busy: u64,
     pub upstream_queries: u64,
+    /// Of which over TCP (a truncated answer's retry).
+    pub tcp_upstream_queries: u64,
     pub upstream_replies: u64,
     /// Upstream sockets that could not be opened or sent on.
     pub upstream_errors: u64,

@@ -1,6 +1,7 @@
 //! The network role (docs/dns.md, "The network role"): the listeners the
-//! supervisor bound, one fresh connected UDP socket per upstream query, and
-//! the TCP client connections; datagrams go to the engine and come back in
+//! supervisor bound, one fresh connected UDP socket per upstream query (a
+//! TCP connection for a truncated answer's retry), and the TCP client
+//! connections; datagrams go to the engine and come back in
 //! batches over the direct channel, and every answer and upstream query
 //! passes `mirage_dns::policy` first.
 
@@ -9,7 +10,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use dns_engine::{BATCH_BYTES, Event, Forwarder, ITEM_OVERHEAD, Inbound, MAX_DATAGRAM, Outbound, Transport};
+use dns_engine::{
+    BATCH_BYTES, Event, Forwarder, ITEM_OVERHEAD, Inbound, MAX_DATAGRAM, MAX_TCP_REPLY, Outbound, Transport,
+};
 use mirage_dns::messages::{FromNetwork, NetworkStats, ToNetwork};
 use mirage_dns::plan::{FD_FIRST_LISTENER, NetworkLimits, NetworkSettings};
 use mirage_dns::policy::{Admission, Clients, Origin, OutboundRefusal, TokenBucket, check_query};
@@ -62,6 +65,16 @@ struct Upstream {
     expires_ms: u64,
 }
 
+/// One upstream query over TCP (a truncated answer's retry): its own
+/// connection, closed after the answer.
+struct TcpUpstream {
+    stream: TcpStream,
+    /// The framed query, until written.
+    output: Vec<u8>,
+    input: Vec<u8>,
+    expires_ms: u64,
+}
+
 /// One TCP client connection (RFC 7766): two-octet length-prefixed
 /// messages both ways.
 struct Conn {
@@ -80,6 +93,7 @@ struct Network<'a> {
     limits: NetworkLimits,
     clients: Clients,
     in_flight: HashMap<u32, Upstream>,
+    tcp_in_flight: HashMap<u32, TcpUpstream>,
     /// When each upstream socket expires, in the order they were opened
     /// (all live equally long); entries of sockets closed since are
     /// skipped.
@@ -102,6 +116,7 @@ enum Slot {
     Udp(usize),
     Tcp(usize),
     Upstream(u32),
+    TcpUpstream(u32),
     Conn(u64),
 }
 
@@ -119,6 +134,7 @@ impl<'a> Network<'a> {
                 u64::from(limits.query_timeout_ms),
             ),
             in_flight: HashMap::new(),
+            tcp_in_flight: HashMap::new(),
             expiries: VecDeque::new(),
             conns: BTreeMap::new(),
             next_conn: 0,
@@ -150,6 +166,10 @@ impl<'a> Network<'a> {
                     slots.push(Slot::Upstream(q));
                     fds.push((u.socket.as_fd(), false));
                 }
+                for (&q, u) in &self.tcp_in_flight {
+                    slots.push(Slot::TcpUpstream(q));
+                    fds.push((u.stream.as_fd(), !u.output.is_empty()));
+                }
                 let pipeline = self.limits.tcp_pipeline as usize;
                 for (&id, c) in &self.conns {
                     // A client at its pipeline limit is not read: its
@@ -178,6 +198,7 @@ impl<'a> Network<'a> {
                     Slot::Udp(i) => self.read_udp(i, &mut buf, peer),
                     Slot::Tcp(i) => self.accept(i),
                     Slot::Upstream(q) => self.read_upstream(q, &mut buf, peer),
+                    Slot::TcpUpstream(q) => self.serve_tcp_upstream(q, r.readable, r.writable, peer),
                     Slot::Conn(id) => self.serve_conn(id, r.readable, r.writable, peer),
                 }
             }
@@ -434,6 +455,59 @@ impl<'a> Network<'a> {
         }
     }
 
+    /// Write the query, read the framed answer (RFC 7766 section 8), pass
+    /// it on and close; any error or an answer over [`MAX_TCP_REPLY`] is a
+    /// failed query.
+    fn serve_tcp_upstream(&mut self, q: u32, readable: bool, writable: bool, peer: &Channel) {
+        let Some(u) = self.tcp_in_flight.get_mut(&q) else {
+            return;
+        };
+        let mut failed = false;
+        if writable && !u.output.is_empty() {
+            match u.stream.write(&u.output) {
+                Ok(n) => {
+                    u.output.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::debug!("TCP upstream query {q}: {e}");
+                    failed = true;
+                }
+            }
+        }
+        if readable && !failed {
+            let mut chunk = [0u8; 4096];
+            let room = (2 + MAX_TCP_REPLY).saturating_sub(u.input.len()).min(chunk.len());
+            match u.stream.read(&mut chunk[..room]) {
+                Ok(0) => failed = true,
+                Ok(n) => u.input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::debug!("TCP upstream query {q}: {e}");
+                    failed = true;
+                }
+            }
+        }
+        let mut answer = None;
+        if !failed && u.input.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([u.input[0], u.input[1]]));
+            if !(12..=MAX_TCP_REPLY).contains(&len) {
+                failed = true;
+            } else if u.input.len() >= 2 + len {
+                answer = Some(u.input[2..2 + len].to_vec());
+            }
+        }
+        if failed {
+            self.tcp_in_flight.remove(&q);
+            self.stats.upstream_errors += 1;
+            self.push(Inbound::Failed { query: q }, peer);
+        } else if let Some(data) = answer {
+            self.tcp_in_flight.remove(&q);
+            self.stats.upstream_replies += 1;
+            self.push(Inbound::Reply { query: q, data }, peer);
+        }
+    }
+
     fn read_engine(&mut self, peer: &Channel) -> Result<(), String> {
         for i in 0..ENGINE_MESSAGES_PER_ROUND {
             if i > 0 {
@@ -510,22 +584,82 @@ impl<'a> Network<'a> {
                     }
                 }
             }
+            Outbound::TcpQuery {
+                query,
+                upstream,
+                data,
+            } => match self.send_tcp_upstream(query, upstream, &data) {
+                Ok(true) => {}
+                Ok(false) => self.push(Inbound::Failed { query }, peer),
+                Err(why) => {
+                    self.refused(why);
+                    if why != OutboundRefusal::QueryInFlight {
+                        self.push(Inbound::Failed { query }, peer);
+                    }
+                }
+            },
             Outbound::Close { query } => {
                 self.in_flight.remove(&query);
+                self.tcp_in_flight.remove(&query);
+            }
+        }
+    }
+
+    /// The policy for upstream query `query` of `data` to `upstream`
+    /// (UDP or TCP alike): its address, or why not.
+    fn admit_upstream(
+        &mut self,
+        query: u32,
+        upstream: u8,
+        data: &[u8],
+        now: u64,
+    ) -> Result<SocketAddr, OutboundRefusal> {
+        let to = check_query(&self.upstreams, upstream, data)?;
+        if self.in_flight.contains_key(&query) || self.tcp_in_flight.contains_key(&query) {
+            return Err(OutboundRefusal::QueryInFlight);
+        }
+        let open = self.in_flight.len() + self.tcp_in_flight.len();
+        if open >= self.limits.upstream_sockets as usize || !self.bucket.take(now) {
+            return Err(OutboundRefusal::UpstreamCapped);
+        }
+        Ok(to)
+    }
+
+    /// Start TCP upstream query `query`; `Ok(false)`: the connection failed.
+    fn send_tcp_upstream(&mut self, query: u32, upstream: u8, data: &[u8]) -> Result<bool, OutboundRefusal> {
+        let now = boottime().millis();
+        let to = self.admit_upstream(query, upstream, data, now)?;
+        match mirage_sdk::tcp::connect_nonblocking(to) {
+            Ok(stream) => {
+                self.stats.upstream_queries += 1;
+                self.stats.tcp_upstream_queries += 1;
+                let mut output = (data.len() as u16).to_be_bytes().to_vec();
+                output.extend_from_slice(data);
+                let expires_ms = now + u64::from(self.limits.query_timeout_ms);
+                self.tcp_in_flight.insert(
+                    query,
+                    TcpUpstream {
+                        stream,
+                        output,
+                        input: Vec::new(),
+                        expires_ms,
+                    },
+                );
+                self.expiries.push_back((expires_ms, query));
+                Ok(true)
+            }
+            Err(e) => {
+                log::debug!("TCP upstream {to}: {e}");
+                self.stats.upstream_errors += 1;
+                Ok(false)
             }
         }
     }
 
     /// Send upstream query `query`; `Ok(false)`: the socket failed.
     fn send_upstream(&mut self, query: u32, upstream: u8, data: &[u8]) -> Result<bool, OutboundRefusal> {
-        let to = check_query(&self.upstreams, upstream, data)?;
-        if self.in_flight.contains_key(&query) {
-            return Err(OutboundRefusal::QueryInFlight);
-        }
         let now = boottime().millis();
-        if self.in_flight.len() >= self.limits.upstream_sockets as usize || !self.bucket.take(now) {
-            return Err(OutboundRefusal::UpstreamCapped);
-        }
+        let to = self.admit_upstream(query, upstream, data, now)?;
         let sent = mirage_sdk::udp::connected_socket(to).and_then(|s| s.send(data).map(|_| s));
         match sent {
             Ok(socket) => {
@@ -552,6 +686,9 @@ impl<'a> Network<'a> {
             self.expiries.pop_front();
             if self.in_flight.get(&q).is_some_and(|u| u.expires_ms == e) {
                 self.in_flight.remove(&q);
+            }
+            if self.tcp_in_flight.get(&q).is_some_and(|u| u.expires_ms == e) {
+                self.tcp_in_flight.remove(&q);
             }
         }
         let idle = u64::from(self.limits.tcp_idle_ms);

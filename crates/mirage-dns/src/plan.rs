@@ -6,7 +6,7 @@
 //! | role | uid | capabilities | descriptors | seccomp |
 //! | --- | --- | --- | --- | --- |
 //! | engine | 65529 | none | its channel, the direct channel to the network role (4) | `BASE` |
-//! | network | 65530 | none | the listeners (UDP, then TCP, from 4), the direct channel after them | `BASE`, [`NETWORK`] |
+//! | network | 65530 | none | the listeners (UDP, then TCP, from 4), the direct channel after them; TCP connect to the upstreams' ports only (Landlock) | `BASE`, [`NETWORK`] |
 //!
 //! The engine and the network role talk over a direct channel
 //! ([`mirage_sdk::runtime::Runtime::link`]), so both are restartable and
@@ -44,10 +44,12 @@ pub const FD_FIRST_LISTENER: RawFd = 4;
 /// - `socket` for `AF_INET` and `AF_INET6` only, and `connect`: a fresh
 ///   connected UDP socket per upstream query
 ///   ([`mirage_sdk::udp::connected_socket`], no `bind`: the kernel picks a
-///   random source port), to an address the role checked is a configured
-///   upstream. Without capabilities these families give only UDP, TCP and
-///   (where `ping_group_range` allows the gid) ICMP echo sockets; Landlock
-///   forbids every TCP connect and bind;
+///   random source port), or a TCP connection for a truncated answer's
+///   retry ([`mirage_sdk::tcp::connect_nonblocking`]), to an address the
+///   role checked is a configured upstream. Without capabilities these
+///   families give only UDP, TCP and (where `ping_group_range` allows the
+///   gid) ICMP echo sockets; Landlock forbids TCP bind, and TCP connect to
+///   any port but the upstreams' ([`network`]);
 /// - `accept4` on the TCP listeners, and the `ioctl` `FIONBIO` that makes
 ///   an accepted connection non-blocking (std's `set_nonblocking`).
 pub const NETWORK: &[Allow] = &[
@@ -65,10 +67,20 @@ pub fn engine(ids: &RoleIds) -> RolePlan {
 }
 
 /// The network role: its listeners, one socket per upstream query in
-/// flight and one per TCP client, within `limits`.
-pub fn network(ids: &RoleIds, listeners: usize, limits: &NetworkLimits) -> RolePlan {
+/// flight and one per TCP client, within `limits`; TCP connect only to the
+/// upstreams' ports (Landlock), for the retries of truncated answers.
+pub fn network(
+    ids: &RoleIds,
+    listeners: usize,
+    limits: &NetworkLimits,
+    upstreams: &[SocketAddr],
+) -> RolePlan {
     let mut plan = RolePlan::strict("network", ids.network.uid, ids.network.gid, &[BASE, NETWORK]);
     plan.nofile = 16 + listeners as u64 + u64::from(limits.upstream_sockets) + u64::from(limits.tcp_clients);
+    let mut ports: Vec<u16> = upstreams.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    plan.tcp_connect_ports = ports;
     plan
 }
 
@@ -162,7 +174,14 @@ mod tests {
         assert_eq!((e.uid, e.gid, e.keep_caps.len()), (65529, 65529, 0));
         assert_eq!(e.seccomp, [BASE]);
         let limits = NetworkLimits::default();
-        let n = network(&ids, 2, &limits);
+        let ups: Vec<SocketAddr> = vec![
+            "192.0.2.1:53".parse().unwrap(),
+            "192.0.2.2:5353".parse().unwrap(),
+            "[2001:db8::1]:53".parse().unwrap(),
+        ];
+        let n = network(&ids, 2, &limits, &ups);
+        assert_eq!(n.tcp_connect_ports, [53, 5353]);
+        assert!(engine(&ids).tcp_connect_ports.is_empty());
         assert_eq!((n.uid, n.keep_caps.len()), (65530, 0));
         assert_eq!(n.seccomp, [BASE, NETWORK]);
         assert_eq!(n.nofile, 16 + 2 + 1024 + 64);
@@ -192,7 +211,7 @@ mod tests {
         for nr in [sys::socket, sys::connect, sys::bind, sys::accept4] {
             assert!(!e.iter().any(|&(n, _)| n == nr), "the engine may call {nr}");
         }
-        let n = calls(&network(&ids, 1, &NetworkLimits::default()));
+        let n = calls(&network(&ids, 1, &NetworkLimits::default(), &[]));
         assert!(!n.iter().any(|&(nr, _)| nr == sys::bind));
         let sockets: Vec<When> = n
             .iter()

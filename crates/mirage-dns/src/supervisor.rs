@@ -195,7 +195,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     let (engine, network) = (
         plan::engine(&sup.ids),
-        plan::network(&sup.ids, sup.listeners.len(), &sup.settings.limits),
+        plan::network(
+            &sup.ids,
+            sup.listeners.len(),
+            &sup.settings.limits,
+            &sup.settings.upstreams,
+        ),
     );
     let (engine_end, network_end) = link_pair()?;
     let mut network_fds: Vec<_> = sup.listeners.iter().map(|l| l.as_fd()).collect();
@@ -303,11 +308,13 @@ impl Service for Supervisor {
         if role == ENGINE {
             return plan::engine(&self.ids).start(self.options, &(), Some(self.engine_first()?));
         }
-        let mut start = plan::network(&self.ids, self.listeners.len(), &self.settings.limits).start(
-            self.options,
-            &self.settings,
-            None,
-        )?;
+        let mut start = plan::network(
+            &self.ids,
+            self.listeners.len(),
+            &self.settings.limits,
+            &self.settings.upstreams,
+        )
+        .start(self.options, &self.settings, None)?;
         start.fds = self
             .listeners
             .iter()
@@ -392,6 +399,7 @@ impl View {
                 "cache_entries": self.status.as_ref().map_or(0, |s| s.cache_entries),
                 "cache_bytes": self.status.as_ref().map_or(0, |s| s.cache_bytes),
                 "upstream_queries": c.upstream_queries,
+                "tcp_retries": c.tcp_retries,
                 "upstream_replies": c.upstream_replies,
                 "upstream_timeouts": c.upstream_timeouts,
                 "upstream_failures": c.upstream_failures,
@@ -409,6 +417,7 @@ impl View {
                 "expired": n.expired,
                 "engine_busy": n.engine_busy,
                 "upstream_queries": n.upstream_queries,
+                "tcp_upstream_queries": n.tcp_upstream_queries,
                 "upstream_replies": n.upstream_replies,
                 "upstream_errors": n.upstream_errors,
                 "refused": outbound,
@@ -471,6 +480,12 @@ impl View {
             "Queries sent upstream.",
             &[],
             c.upstream_queries,
+        );
+        m.counter(
+            "tcp_retries_total",
+            "Upstream queries asked again over TCP after a truncated answer.",
+            &[],
+            c.tcp_retries,
         );
         m.counter(
             "upstream_replies_total",

@@ -93,7 +93,7 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
             },
         };
         let (engine, engine_far) = Channel::pair().unwrap();
-        let plan = plan::network(&RoleIds::DEFAULT, 2, &settings.limits);
+        let plan = plan::network(&RoleIds::DEFAULT, 2, &settings.limits, &settings.upstreams);
         let (chan, mut role) = start_planned(
             &support::bin(),
             &plan,
@@ -170,6 +170,44 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
         send(
             &engine,
             vec![Outbound::Close { query: 3 }, Outbound::Close { query: 4 }],
+        );
+
+        // Over TCP (a truncated answer's retry): the same rules; the query
+        // arrives framed, and the framed answer comes back as a reply.
+        let upstream_tcp = TcpListener::bind(upstream.local_addr().unwrap()).unwrap();
+        send(
+            &engine,
+            vec![
+                Outbound::TcpQuery {
+                    query: 5,
+                    upstream: 1,
+                    data: good.clone(),
+                },
+                Outbound::TcpQuery {
+                    query: 6,
+                    upstream: 0,
+                    data: good.clone(),
+                },
+            ],
+        );
+        assert_eq!(items(&engine, 1, ANSWER_MS), [Inbound::Failed { query: 5 }]);
+        let (mut from_role, _) = upstream_tcp.accept().unwrap();
+        from_role.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut framed = vec![0u8; 2 + good.len()];
+        std::io::Read::read_exact(&mut from_role, &mut framed).unwrap();
+        assert_eq!(
+            (&framed[..2], &framed[2..]),
+            (&(good.len() as u16).to_be_bytes()[..], &good[..])
+        );
+        let mut reply = (answer.len() as u16).to_be_bytes().to_vec();
+        reply.extend_from_slice(&answer);
+        from_role.write_all(&reply).unwrap();
+        assert_eq!(
+            items(&engine, 1, ANSWER_MS),
+            [Inbound::Reply {
+                query: 6,
+                data: answer.clone()
+            }]
         );
 
         // Answers: only to a client that asked, once, with its id.
@@ -277,7 +315,7 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
 
         // Every refusal counted by reason.
         let want = [
-            (OutboundRefusal::NotAnUpstream, 1),
+            (OutboundRefusal::NotAnUpstream, 2),
             (OutboundRefusal::NotAQuery, 1),
             (OutboundRefusal::QueryInFlight, 1),
             (OutboundRefusal::NeverAsked, 2),
@@ -299,7 +337,8 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
         for (why, n) in want {
             assert_eq!(stats.refused.get(&why), Some(&n), "{why:?}: {stats:?}");
         }
-        assert_eq!((stats.answers, stats.upstream_queries), (2, 2), "{stats:?}");
+        assert_eq!((stats.answers, stats.upstream_queries), (2, 3), "{stats:?}");
+        assert_eq!(stats.tcp_upstream_queries, 1, "{stats:?}");
         assert_eq!((stats.tcp_accepted, stats.tcp_over_limit), (2, 1), "{stats:?}");
         assert_eq!(stats.tcp_closed_idle, 1, "{stats:?}");
 

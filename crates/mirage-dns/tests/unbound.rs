@@ -356,3 +356,40 @@ fn forged_replies_before_the_real_one_are_refused_and_the_real_one_answers() {
         "one upstream query for one client query"
     );
 }
+
+#[test]
+fn a_truncated_upstream_answer_is_fetched_again_over_tcp() {
+    let mut f = with_unbound("dnst");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    f.start_dns(&["--upstream", &upstream]);
+    let ns = f.ns.name().to_owned();
+    let (over_udp, over_tcp) = in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        // unbound truncates 100 A records at our 1232 octets; we ask again
+        // over TCP and answer a TCP client in full...
+        let tcp = ask_tcp(ours, &[query(1, "many.test", Type::A, false)]).remove(0);
+        // ...and a UDP client with EDNS 1232 gets TC (it is too large for
+        // it), from the cache this time.
+        let udp = ask_udp(ours, &query(2, "many.test", Type::A, true)).expect("an answer");
+        (udp, tcp)
+    });
+    assert_eq!((over_tcp.header.id, over_tcp.header.truncated), (1, false));
+    assert_eq!(over_tcp.answers.len(), 100);
+    assert_eq!((over_udp.header.id, over_udp.header.truncated), (2, true));
+    assert!(over_udp.answers.is_empty());
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the TCP retry counted",
+        || {
+            f.status().filter(|v| {
+                v["engine"]["tcp_retries"].as_u64() >= Some(1)
+                    && v["network"]["tcp_upstream_queries"].as_u64() >= Some(1)
+            })
+        },
+        || format!("{:?}\n{}", f.status(), f.log()),
+    );
+    assert_eq!(v["engine"]["tcp_retries"], 1, "{v}");
+    assert_eq!(v["engine"]["cache_hits"], 1, "{v}");
+    assert_eq!(v["network"]["upstream_errors"], 0, "{v}");
+    assert_eq!(v["network"]["refused"], serde_json::json!({}), "{v}");
+}

@@ -29,7 +29,8 @@ pub struct Fixture {
 }
 
 /// The zone unbound serves: `a.test` has an A and an AAAA record,
-/// `alias.test` is a CNAME to it, anything else in `test.` is NXDOMAIN.
+/// `alias.test` is a CNAME to it, `many.test` 100 A records (see
+/// [`with_unbound`]), anything else in `test.` is NXDOMAIN.
 const ZONE: &str = r#"
     local-zone: "test." static
     local-data: "a.test. 300 IN A 192.0.2.10"
@@ -46,6 +47,10 @@ pub fn with_unbound(tag: &str) -> Fixture {
     let dir = TestDir::new("mirage-dns", &id);
     let conf = dir.join("unbound.conf");
     let d = dir.path().display();
+    // `many.test`: 100 A records, about 1.7 KB: truncated over UDP at 1232.
+    let many: String = (1..=100)
+        .map(|i| format!("    local-data: \"many.test. 300 IN A 198.51.100.{i}\"\n"))
+        .collect();
     std::fs::write(
         &conf,
         format!(
@@ -53,7 +58,7 @@ pub fn with_unbound(tag: &str) -> Fixture {
              do-daemonize: no\n    username: \"\"\n    chroot: \"\"\n    directory: \"{d}\"\n    \
              pidfile: \"{d}/unbound.pid\"\n    use-syslog: no\n    logfile: \"\"\n    \
              access-control: 127.0.0.0/8 allow\n    access-control: ::1 allow\n    \
-             module-config: \"iterator\"\n{ZONE}\nremote-control:\n    control-enable: no\n"
+             module-config: \"iterator\"\n{ZONE}{many}\nremote-control:\n    control-enable: no\n"
         ),
     )
     .unwrap();
