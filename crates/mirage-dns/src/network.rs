@@ -378,6 +378,14 @@ impl<'a> Network<'a> {
                 }
             }
         }
+        // A client that closed its side stays readable (end of file) for
+        // good: one that does not take its answers either would keep the
+        // loop awake, so it is closed.
+        if c.read_closed && !c.output.is_empty() && !writable {
+            self.stats.tcp_closed_bad += 1;
+            self.close_conn(id);
+            return;
+        }
         let mut chunk = [0u8; 4096];
         // At most one query's worth beyond what is buffered, so a client
         // cannot make the role hold more than one message per connection.
