@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
-for crate in mirage-engine dhcp-engine ntp-engine dns-wire mirage-ipc heartbeat-engine; do
+for crate in mirage-engine dhcp-engine ntp-engine dns-wire dns-engine mirage-ipc heartbeat-engine; do
     found=$(cargo tree -p "$crate" -e normal,features --prefix none --locked 2>/dev/null \
         | grep -E 'feature "std"' | sort -u || true)
     if [ -n "$found" ]; then
@@ -14,5 +14,5 @@ for crate in mirage-engine dhcp-engine ntp-engine dns-wire mirage-ipc heartbeat-
         status=1
     fi
 done
-[ "$status" = 0 ] && echo "check-no-std: mirage-engine, dhcp-engine, ntp-engine, dns-wire, mirage-ipc and heartbeat-engine pull in no std feature"
+[ "$status" = 0 ] && echo "check-no-std: mirage-engine, dhcp-engine, ntp-engine, dns-wire, dns-engine, mirage-ipc and heartbeat-engine pull in no std feature"
 exit "$status"

@@ -15,13 +15,16 @@ apt-get update -qq
 # dnsmasq-base: the dnsmasq binary without its system service. Kea, ISC dhcpd
 # and dhcrelay, busybox udhcpd and nftables serve the interop and fault
 # suites; chrony is the NTP server of mirage-ntp's end-to-end suite (run by
-# the tests with -x, so it never adjusts the clock). podman + runc run the image in tests/container.rs (runc named so
+# the tests with -x, so it never adjusts the clock); unbound and nsd are the
+# upstream servers of mirage-dns's end-to-end suite (started by the tests in
+# namespaces; their system services are refused like the others), dnsperf
+# and bind9-dnsutils (dig) its load and query clients. podman + runc run the image in tests/container.rs (runc named so
 # apt does not pick crun); file is used by the image build; musl-tools
 # compiles the C of dev-dependencies (criterion) for the musl target.
 apt-get install -y -qq --no-install-recommends \
     dnsmasq-base iproute2 ethtool procps kmod \
     kea-dhcp4-server isc-dhcp-server isc-dhcp-relay busybox nftables \
-    chrony podman runc file musl-tools >/dev/null
+    chrony unbound nsd dnsperf bind9-dnsutils podman runc file musl-tools >/dev/null
 # The product is built for musl (see .cargo/config.toml); its standard
 # library comes from rustup, which every Rust toolchain here is managed by.
 # The shipped binary (scripts/build-release.sh) rebuilds std from source

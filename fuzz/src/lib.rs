@@ -1043,6 +1043,150 @@ pub fn dns_wire(data: &[u8]) {
     }
 }
 
+// ---- dns_engine ------------------------------------------------------------------
+
+/// Length of the header [`DnsStart::from_bytes`] reads.
+pub const DNS_HEADER_LEN: usize = 34;
+
+/// The start of a `dns_engine` input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsStart {
+    pub seed: [u8; 32],
+    /// 0x20 case randomisation (bit 0), the cache on (bit 1), a one-second
+    /// attempt instead of the default (bit 2).
+    pub flags: u8,
+    /// 1 + this modulo 4 upstreams.
+    pub upstreams: u8,
+}
+
+impl DnsStart {
+    /// Decode `seed[32] flags upstreams` and return the rest, the steps for
+    /// [`mirage_engine::fuzz::drive`]. Total: short input is zero-filled.
+    pub fn from_bytes(data: &[u8]) -> (DnsStart, &[u8]) {
+        let mut r = Reader { data };
+        let seed = r.array();
+        let flags = r.u8();
+        let upstreams = r.u8();
+        (
+            DnsStart {
+                seed,
+                flags,
+                upstreams,
+            },
+            r.data,
+        )
+    }
+
+    /// The exact inverse of [`DnsStart::from_bytes`]'s header.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.seed.to_vec();
+        out.push(self.flags);
+        out.push(self.upstreams);
+        out
+    }
+
+    pub fn upstream_count(&self) -> usize {
+        1 + usize::from(self.upstreams % 4)
+    }
+
+    pub fn engine_start(&self) -> dns_engine::Start {
+        dns_engine::Start {
+            upstreams: (0..self.upstream_count())
+                .map(|i| std::net::SocketAddr::from(([192, 0, 2, 1 + i as u8], 53)))
+                .collect(),
+            randomize_case: self.flags & 1 != 0,
+            cache_bytes: if self.flags & 2 != 0 { 1 << 16 } else { 0 },
+            attempt_ms: if self.flags & 4 != 0 { 1000 } else { 1500 },
+            ..dns_engine::Start::default()
+        }
+    }
+}
+
+/// The DNS engine under `mirage_engine::fuzz::drive`: a start from the
+/// header, then timed postcard-encoded `dns_engine::Event` batches (client
+/// queries, replies for any query number, failures). Invariants: the
+/// contract's, plus every action checked by [`check_dns_action`]. Returns
+/// the number of actions.
+pub fn run_dns_engine(data: &[u8]) -> usize {
+    let (start, steps) = DnsStart::from_bytes(data);
+    let upstreams = start.upstream_count();
+    struct Checked(dns_engine::Forwarder, usize);
+    impl mirage_engine::Engine for Checked {
+        type Start = (dns_engine::Start, usize);
+        type Event = dns_engine::Event;
+        type Action = dns_engine::Action;
+        type Refusal = dns_engine::Refusal;
+        fn start(
+            (start, n): Self::Start,
+            now: Instant,
+            seed: [u8; 32],
+            out: &mut Vec<dns_engine::Action>,
+        ) -> Self {
+            let e = <dns_engine::Forwarder as mirage_engine::Engine>::start(start, now, seed, out);
+            out.iter().for_each(|a| check_dns_action(a, n));
+            Checked(e, n)
+        }
+        fn handle(
+            &mut self,
+            now: Instant,
+            event: dns_engine::Event,
+            out: &mut Vec<dns_engine::Action>,
+        ) -> Result<(), dns_engine::Refusal> {
+            let r = self.0.handle(now, event, out);
+            out.iter().for_each(|a| check_dns_action(a, self.1));
+            r
+        }
+        fn on_timer(&mut self, now: Instant, out: &mut Vec<dns_engine::Action>) {
+            self.0.on_timer(now, out);
+            out.iter().for_each(|a| check_dns_action(a, self.1));
+        }
+        fn poll_at(&self) -> Instant {
+            self.0.poll_at()
+        }
+        fn route(action: &dns_engine::Action) -> mirage_engine::Route {
+            <dns_engine::Forwarder as mirage_engine::Engine>::route(action)
+        }
+    }
+    mirage_engine::fuzz::drive::<Checked>((start.engine_start(), upstreams), start.seed, steps)
+}
+
+/// What the DNS engine may ask of its network role, whatever it was fed:
+/// upstream queries to a configured upstream that pass the role's shape
+/// check and parse as one question with EDNS 1232; answers that are
+/// responses within the TCP bound (the role refuses more per transport).
+pub fn check_dns_action(action: &dns_engine::Action, upstreams: usize) {
+    use dns_engine::{Action, Outbound};
+    let Action::Batch(items) = action else { return };
+    assert!(!items.is_empty(), "an empty batch");
+    for item in items {
+        match item {
+            Outbound::Query { upstream, data, .. } | Outbound::TcpQuery { upstream, data, .. } => {
+                assert!(
+                    usize::from(*upstream) < upstreams,
+                    "upstream {upstream} of {upstreams}"
+                );
+                assert!(
+                    (12..=512).contains(&data.len()),
+                    "a query of {} octets",
+                    data.len()
+                );
+                let m = dns_wire::Message::parse(data).expect("the engine's query parses");
+                assert!(!m.header.response && m.questions.len() == 1);
+                assert_eq!(m.edns.map(|e| e.udp_payload_size), Some(1232));
+            }
+            Outbound::Answer { data, .. } => {
+                assert!(data.len() >= 12 && data.len() <= dns_engine::MAX_TCP_ANSWER);
+                assert!(data[2] & 0x80 != 0, "an answer is a response");
+            }
+            Outbound::Drop { .. } | Outbound::Close { .. } => {}
+        }
+    }
+}
+
+pub fn dns_engine(data: &[u8]) {
+    run_dns_engine(data);
+}
+
 // ---- kvm_hypercall -------------------------------------------------------------
 
 /// One hypercall of a KVM guest as the tender handles it

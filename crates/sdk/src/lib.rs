@@ -18,7 +18,9 @@
 //!   discipline (`clock_adjtime`) for a time service's actuator.
 //! - [`packet`]: AF_PACKET sockets with classic BPF filters and checksum
 //!   offload flags; outbound frame policy.
-//! - [`udp`]: UDP datagrams with the kernel's receive timestamp.
+//! - [`udp`]: UDP datagrams with the kernel's receive timestamp; fresh
+//!   connected sockets whose source port the kernel draws.
+//! - [`tcp`]: TCP connections a role opens without waiting.
 //! - [`netlink`]: rtnetlink: links, addresses, routes, MTU, carrier events.
 //! - [`fd`]: fixed fd numbers handed to roles.
 //! - [`files`]: atomic state files, resolv.conf, status.json, metrics.prom.
@@ -43,4 +45,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod spawn;
+pub mod tcp;
 pub mod udp;

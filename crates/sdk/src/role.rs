@@ -59,6 +59,9 @@ pub struct RolePlan {
     /// Directory descriptors replaced by ones nothing outside the
     /// directory can be reached from (step 0 of [`crate::sandbox::apply`]).
     pub contain_dirs: Vec<RawFd>,
+    /// TCP ports Landlock lets the role connect to (empty: none; TCP bind
+    /// is never allowed).
+    pub tcp_connect_ports: Vec<u16>,
     /// `RLIMIT_NOFILE`.
     pub nofile: u64,
     /// `RLIMIT_NPROC` 0: no fork.
@@ -85,6 +88,7 @@ impl RolePlan {
             seccomp: seccomp.to_vec(),
             landlock_dirs: Vec::new(),
             contain_dirs: Vec::new(),
+            tcp_connect_ports: Vec::new(),
             nofile: strict.nofile,
             nproc_zero: strict.nproc_zero,
             fsize_zero: strict.fsize_zero,
@@ -104,6 +108,7 @@ impl RolePlan {
                 .collect(),
             landlock_dirs: self.landlock_dirs.clone(),
             contain_dirs: self.contain_dirs.clone(),
+            tcp_connect_ports: self.tcp_connect_ports.clone(),
             nofile: self.nofile,
             nproc_zero: self.nproc_zero,
             fsize_zero: self.fsize_zero,
@@ -198,6 +203,7 @@ pub struct PlanData {
     pub seccomp: Vec<Rule>,
     pub landlock_dirs: Vec<(RawFd, DirAccess)>,
     pub contain_dirs: Vec<RawFd>,
+    pub tcp_connect_ports: Vec<u16>,
     pub nofile: u64,
     pub nproc_zero: bool,
     pub fsize_zero: bool,
@@ -299,6 +305,7 @@ impl Starting {
             private_mount_ns: p.private_mount_ns && filtered,
             landlock_dirs,
             contain_dirs: p.contain_dirs.clone(),
+            tcp_connect_ports: p.tcp_connect_ports.clone(),
         };
         let mut report = crate::sandbox::apply(&plan).map_err(|e| e.to_string())?;
         if let Some(why) = &report.mount_namespace_error {

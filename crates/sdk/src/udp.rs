@@ -1,4 +1,6 @@
-//! UDP datagrams stamped with the kernel's receive time.
+//! UDP datagrams stamped with the kernel's receive time, and fresh
+//! connected sockets for a role that opens one per request
+//! ([`connected_socket`]).
 //!
 //! A time client measures how long its request took to come back; the
 //! moment a reply arrived is best taken by the kernel when it queued the
@@ -64,6 +66,96 @@ pub fn enable_receive_timestamps(socket: impl AsFd) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// A fresh UDP socket connected to `peer`, non-blocking and close-on-exec,
+/// made with `socket` and `connect` only: no `bind`, so the kernel picks
+/// the source port when it connects, at random from the ephemeral range
+/// (the source-port randomisation of RFC 5452 section 9.2, which a
+/// resolver needs a fresh port per query for). A role that opens these
+/// after its filter needs `socket` (for the peer's family) and `connect` in
+/// its allow-list, never `bind`; the kernel delivers it only `peer`'s
+/// datagrams, and `send` (`sendto` without an address) reaches only `peer`.
+///
+/// ```
+/// use std::net::UdpSocket;
+/// let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+/// let s = mirage_sdk::udp::connected_socket(server.local_addr().unwrap()).unwrap();
+/// assert_eq!(s.peer_addr().unwrap(), server.local_addr().unwrap());
+/// assert_ne!(s.local_addr().unwrap().port(), 0);
+/// ```
+pub fn connected_socket(peer: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let family = if peer.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket takes no pointers; a non-negative result is a new
+    // descriptor nobody else owns.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket and is owned by no one else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (storage, len) = sockaddr_of(peer);
+    // SAFETY: `storage` is a live sockaddr_storage holding a sockaddr_in or
+    // sockaddr_in6 of exactly `len` bytes; the fd is open (owned above).
+    let rc = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::UdpSocket::from(owned))
+}
+
+/// `addr` as the kernel's socket address.
+pub(crate) fn sockaddr_of(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in; the write is within it.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }
 
 /// One datagram as [`recv_timestamped`] read it.
@@ -205,6 +297,30 @@ fn timestamp_of(msg: &libc::msghdr) -> Option<RealTime> {
 mod tests {
     use super::*;
     use std::net::UdpSocket;
+
+    #[test]
+    fn a_connected_socket_talks_only_with_its_peer_from_a_fresh_port() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let peer = UdpSocket::bind(local).unwrap();
+            let other = UdpSocket::bind(local).unwrap();
+            let a = connected_socket(peer.local_addr().unwrap()).unwrap();
+            let b = connected_socket(peer.local_addr().unwrap()).unwrap();
+            let (pa, pb) = (a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
+            assert!(pa != 0 && pb != 0 && pa != pb, "{pa} {pb}");
+            a.send(b"q").unwrap();
+            let mut buf = [0u8; 8];
+            let (n, from) = peer.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&b"q"[..], a.local_addr().unwrap()));
+            // Another sender is not delivered: the socket is connected.
+            other.send_to(b"spoof", a.local_addr().unwrap()).unwrap();
+            peer.send_to(b"r", from).unwrap();
+            a.set_nonblocking(false).unwrap();
+            let n = a.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"r");
+            a.set_nonblocking(true).unwrap();
+            assert_eq!(a.recv(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        }
+    }
 
     #[test]
     fn without_the_option_there_is_no_timestamp_and_truncation_is_reported() {

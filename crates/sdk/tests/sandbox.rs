@@ -1194,6 +1194,52 @@ fn directory_fds_do_not_lead_out_without_landlock() {
     assert!(written);
 }
 
+/// Needs root (the drop) and Landlock ABI 4 for the network rights.
+#[test]
+fn landlock_allows_tcp_connect_only_to_the_plans_ports() {
+    let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, o) = (allowed.local_addr().unwrap(), other.local_addr().unwrap());
+    let (rx, tx) = pipe();
+    let ended = in_child(|| {
+        let plan = DropPlan {
+            uid: 0,
+            gid: 0,
+            nofile: 64,
+            nproc_zero: false,
+            private_mount_ns: false,
+            tcp_connect_ports: vec![a.port()],
+            ..DropPlan::strict()
+        };
+        if let Err(e) = sandbox::apply(&plan) {
+            let _ = write_all(tx.as_raw_fd(), format!("ERROR {e}").as_bytes());
+            return 11;
+        }
+        let errno =
+            |r: std::io::Result<std::net::TcpStream>| r.err().and_then(|e| e.raw_os_error()).unwrap_or(0);
+        let to_allowed = errno(std::net::TcpStream::connect(a));
+        let to_other = errno(std::net::TcpStream::connect(o));
+        let bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .err()
+            .and_then(|e| e.raw_os_error())
+            .unwrap_or(0);
+        let text = format!("allowed={to_allowed} other={to_other} bind={bind}");
+        if !write_all(tx.as_raw_fd(), text.as_bytes()) {
+            return 12;
+        }
+        0
+    });
+    drop(tx);
+    let out = String::from_utf8(read_to_end_bounded(rx)).unwrap();
+    assert_eq!(ended, Ended::Exited(0), "child said: {out}");
+    if landlock_abi() >= 4 {
+        let eacces = libc::EACCES;
+        assert_eq!(out, format!("allowed=0 other={eacces} bind={eacces}"));
+    } else {
+        assert!(out.starts_with("allowed=0 "), "{out}");
+    }
+}
+
 #[test]
 fn landlock_limits_files_to_the_given_directories() {
     let rw = temp_dir("landlock-rw");

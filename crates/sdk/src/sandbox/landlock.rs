@@ -1,6 +1,7 @@
 //! Landlock: file-system access limited to the role's own directories, no
-//! TCP bind/connect, no signals to or abstract-socket connections with
-//! processes outside the role.
+//! TCP bind, TCP connect only to the ports a plan names (none by default),
+//! no signals to or abstract-socket connections with processes outside the
+//! role.
 //!
 //! We ask for the rights of Landlock ABI 6 (Linux 6.12: file system,
 //! TCP, signal and abstract-socket scoping) in the crate's best-effort mode,
@@ -10,8 +11,8 @@
 //! as a non-root uid cannot give each role its own).
 
 use ::landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use super::{DirAccess, DirRef, LandlockDir, LandlockState, SandboxError};
@@ -40,7 +41,10 @@ fn ll_err(e: impl std::fmt::Display) -> SandboxError {
 }
 
 /// Build the ruleset while paths still resolve and new fds are allowed.
-pub(super) fn prepare(dirs: &[LandlockDir<'_>]) -> Result<RulesetCreated, SandboxError> {
+pub(super) fn prepare(
+    dirs: &[LandlockDir<'_>],
+    tcp_connect_ports: &[u16],
+) -> Result<RulesetCreated, SandboxError> {
     let mut created = Ruleset::default()
         .handle_access(AccessFs::from_all(TARGET_ABI))
         .map_err(ll_err)?
@@ -59,6 +63,11 @@ pub(super) fn prepare(dirs: &[LandlockDir<'_>]) -> Result<RulesetCreated, Sandbo
             }
         }
         .map_err(ll_err)?;
+    }
+    for &port in tcp_connect_ports {
+        created = created
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+            .map_err(ll_err)?;
     }
     Ok(created)
 }

@@ -100,6 +100,10 @@ pub struct DropPlan<'a> {
     /// same numbers, by descriptors nothing outside the directory can be
     /// reached from (step 0 of [`apply`]).
     pub contain_dirs: Vec<RawFd>,
+    /// TCP ports Landlock lets the role connect to (ABI 4 and later; any
+    /// address, this port); empty: no TCP connect at all. TCP bind is never
+    /// allowed.
+    pub tcp_connect_ports: Vec<u16>,
 }
 
 impl DropPlan<'_> {
@@ -118,6 +122,7 @@ impl DropPlan<'_> {
             private_mount_ns: true,
             landlock_dirs: Vec::new(),
             contain_dirs: Vec::new(),
+            tcp_connect_ports: Vec::new(),
         }
     }
 }
@@ -326,7 +331,7 @@ pub fn apply(plan: &DropPlan<'_>) -> Result<SandboxReport, SandboxError> {
         }
     }
     let dirs_contained = (!plan.contain_dirs.is_empty()).then_some(dirs_contained_error.is_none());
-    let ruleset = landlock::prepare(&plan.landlock_dirs)?;
+    let ruleset = landlock::prepare(&plan.landlock_dirs, &plan.tcp_connect_ports)?;
 
     let (mount_namespace, mount_namespace_error) = if plan.private_mount_ns {
         match mount::enter_empty_root() {

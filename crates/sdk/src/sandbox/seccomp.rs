@@ -162,7 +162,7 @@ pub mod sys {
         set_robust_list => SYS_set_robust_list, rseq => SYS_rseq, nanosleep => SYS_nanosleep,
         clock_nanosleep => SYS_clock_nanosleep, sched_yield => SYS_sched_yield,
         sched_getaffinity => SYS_sched_getaffinity, uname => SYS_uname, readlinkat => SYS_readlinkat,
-        getsockopt => SYS_getsockopt, open_tree => SYS_open_tree, ioctl => SYS_ioctl,
+        getsockopt => SYS_getsockopt, accept4 => SYS_accept4, open_tree => SYS_open_tree, ioctl => SYS_ioctl,
         clock_adjtime => SYS_clock_adjtime, clock_settime => SYS_clock_settime, adjtimex => SYS_adjtimex,
         // In no SDK table: see the module docs.
         socket => SYS_socket, bind => SYS_bind, connect => SYS_connect, setsockopt => SYS_setsockopt,

@@ -1,0 +1,840 @@
+//! The forwarding core: client queries in, one upstream query per distinct
+//! question, replies matched strictly and re-encoded for each client.
+//!
+//! Shaped for what comes next: an upstream answer reaches clients only
+//! through [`Forwarder::accept_reply`], where a cache (with negative
+//! entries, RFC 2308), bailiwick filtering and serve-stale (RFC 8767) slot
+//! in; a client query reaches upstream only through
+//! [`Forwarder::ask_upstream`], where a cache lookup goes first; and an
+//! attempt is a value of its own ([`InFlight`]), so a TCP retry after a
+//! truncated answer is one more kind of attempt.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use dns_wire::{Edns, Header, Message, Opcode, Question, Rcode, Type};
+use mirage_engine::{Engine, Instant, Route};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::{
+    Action, BATCH_BYTES, CLASSIC_UDP_PAYLOAD, Counters, EDNS_PAYLOAD, Event, ITEM_OVERHEAD, Inbound,
+    MAX_TCP_ANSWER, Outbound, Reason, Refusal, Start, Status, Transport,
+};
+
+/// Zone transfers are not forwarded over this path (RFC 5936, RFC 1995).
+const AXFR: Type = Type(252);
+const IXFR: Type = Type(251);
+
+/// A client waiting for an answer.
+#[derive(Clone, Debug)]
+struct Waiter {
+    client: u64,
+    transport: Transport,
+    id: u16,
+    /// The question as the client wrote it (its case is echoed).
+    question: Question,
+    recursion_desired: bool,
+    checking_disabled: bool,
+    /// The client's EDNS: its payload size and DO bit (RFC 3225).
+    edns: Option<(u16, bool)>,
+}
+
+/// What makes two client questions the same upstream question.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    /// The name in wire form, lower case.
+    name: Vec<u8>,
+    qtype: u16,
+    qclass: u16,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+}
+
+/// One upstream attempt and the clients waiting for it.
+#[derive(Debug)]
+struct InFlight {
+    key: Key,
+    /// The question as sent (0x20 case), which the reply must echo.
+    question: Question,
+    id: u16,
+    attempt: Attempt,
+    deadline: Instant,
+    waiters: Vec<Waiter>,
+}
+
+/// Where and how a question is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attempt {
+    upstream: u8,
+    /// Attempts made so far, this one included (a TCP retry after a
+    /// truncated answer is not counted: it is the same attempt, completed).
+    number: u8,
+    /// Over TCP (RFC 7766 section 5: after a truncated UDP answer).
+    tcp: bool,
+}
+
+/// A cached answer: the upstream's reply as accepted, the question it was
+/// asked with (its 0x20 spelling), when it was stored and until when it
+/// may be served.
+#[derive(Debug)]
+struct Cached {
+    reply: Message,
+    asked: Question,
+    stored: Instant,
+    expires: Instant,
+    size: usize,
+}
+
+/// Positive answers by question (the merging [`Key`]). Only what was asked
+/// is stored under its own question: records an answer carries for other
+/// names (a CNAME's target) are never served for those names, so an
+/// upstream answer cannot fill the cache for questions nobody asked.
+/// Negative answers (RFC 2308) and serve-stale (RFC 8767) are later steps
+/// and fit here: an entry with its SOA-derived TTL, an expired entry kept
+/// for a grace period.
+#[derive(Default)]
+struct Cache {
+    entries: BTreeMap<Key, Cached>,
+    by_expiry: BTreeSet<(Instant, Key)>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn remove(&mut self, key: &Key) {
+        if let Some(c) = self.entries.remove(key) {
+            self.by_expiry.remove(&(c.expires, key.clone()));
+            self.bytes -= c.size;
+        }
+    }
+
+    /// Store, evicting what expires first until it fits in `max_bytes`.
+    fn store(&mut self, key: Key, c: Cached, max_bytes: usize) {
+        self.remove(&key);
+        if c.size > max_bytes {
+            return;
+        }
+        while self.bytes + c.size > max_bytes {
+            let Some((_, first)) = self.by_expiry.iter().next().cloned() else {
+                break;
+            };
+            self.remove(&first);
+        }
+        self.bytes += c.size;
+        self.by_expiry.insert((c.expires, key.clone()));
+        self.entries.insert(key, c);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, key)) = self.by_expiry.iter().next().cloned() {
+            if at > now {
+                break;
+            }
+            self.remove(&key);
+        }
+    }
+}
+
+/// The forwarder (see the crate docs).
+pub struct Forwarder {
+    start: Start,
+    rng: ChaCha8Rng,
+    in_flight: BTreeMap<u32, InFlight>,
+    by_key: BTreeMap<Key, u32>,
+    cache: Cache,
+    next_query: u32,
+    counters: Counters,
+    /// The status last sent, and when the next may go.
+    sent: Option<Status>,
+    next_status: Instant,
+}
+
+/// Outbound items of one call, packed into batches under the cap.
+#[derive(Default)]
+struct Batches {
+    done: Vec<Vec<Outbound>>,
+    current: Vec<Outbound>,
+    bytes: usize,
+}
+
+impl Batches {
+    fn push(&mut self, item: Outbound) {
+        let size = ITEM_OVERHEAD
+            + match &item {
+                Outbound::Answer { data, .. }
+                | Outbound::Query { data, .. }
+                | Outbound::TcpQuery { data, .. } => data.len(),
+                Outbound::Drop { .. } | Outbound::Close { .. } => 0,
+            };
+        if self.bytes + size > BATCH_BYTES && !self.current.is_empty() {
+            self.done.push(core::mem::take(&mut self.current));
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.current.push(item);
+    }
+
+    fn finish(mut self, out: &mut Vec<Action>) {
+        if !self.current.is_empty() {
+            self.done.push(self.current);
+        }
+        out.extend(self.done.into_iter().map(Action::Batch));
+    }
+}
+
+/// Refusals of one call, counted by reason.
+#[derive(Default)]
+struct Refusals(Vec<(Reason, u32)>);
+
+impl Refusals {
+    fn add(&mut self, reason: Reason) {
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((reason, 1)),
+        }
+    }
+}
+
+fn clamp(v: u32, lo: u32, hi: u32) -> u32 {
+    v.clamp(lo, hi)
+}
+
+impl Forwarder {
+    fn key_of(question: &Question, dnssec_ok: bool, checking_disabled: bool) -> Key {
+        Key {
+            name: question.name.as_wire().to_ascii_lowercase(),
+            qtype: question.qtype.0,
+            qclass: question.qclass.0,
+            dnssec_ok,
+            checking_disabled,
+        }
+    }
+
+    /// A query number not in flight.
+    fn fresh_query(&mut self) -> u32 {
+        loop {
+            let q = self.next_query;
+            self.next_query = self.next_query.wrapping_add(1);
+            if !self.in_flight.contains_key(&q) {
+                return q;
+            }
+        }
+    }
+
+    fn pending(&self) -> u32 {
+        self.in_flight.values().map(|f| f.waiters.len() as u32).sum()
+    }
+
+    /// A reply to `w` with only a header (and its question, if any),
+    /// with `rcode`.
+    fn error_answer(
+        w_id: u16,
+        opcode: u8,
+        question: Option<&Question>,
+        rd: bool,
+        edns: bool,
+        rcode: Rcode,
+    ) -> Vec<u8> {
+        let mut m = Message {
+            header: Header {
+                id: w_id,
+                response: true,
+                opcode,
+                recursion_desired: rd,
+                recursion_available: true,
+                rcode: (rcode.0 & 0xf) as u8,
+                ..Header::default()
+            },
+            questions: question.cloned().into_iter().collect(),
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            edns: None,
+        };
+        if edns || rcode.0 > 0xf {
+            let mut e = Edns::new(EDNS_PAYLOAD);
+            e.extended_rcode = (rcode.0 >> 4) as u8;
+            m.edns = Some(e);
+        }
+        // A header and one question always encode.
+        m.to_bytes().unwrap_or_default()
+    }
+
+    fn servfail(w: &Waiter) -> Vec<u8> {
+        Self::error_answer(
+            w.id,
+            0,
+            Some(&w.question),
+            w.recursion_desired,
+            w.edns.is_some(),
+            Rcode::SERVFAIL,
+        )
+    }
+
+    /// One client query.
+    fn on_query(
+        &mut self,
+        now: Instant,
+        client: u64,
+        transport: Transport,
+        data: &[u8],
+        out: &mut Batches,
+        refused: &mut Refusals,
+    ) {
+        self.counters.queries += 1;
+        let Ok((header, _)) = Header::parse(data) else {
+            refused.add(Reason::NotAQuery);
+            out.push(Outbound::Drop { client });
+            return;
+        };
+        if header.response {
+            refused.add(Reason::NotAQuery);
+            out.push(Outbound::Drop { client });
+            return;
+        }
+        let answer = |rcode: Rcode, question: Option<&Question>, edns: bool| {
+            Self::error_answer(
+                header.id,
+                header.opcode,
+                question,
+                header.recursion_desired,
+                edns,
+                rcode,
+            )
+        };
+        // RFC 1035 4.1.1: only standard queries are implemented here.
+        if Opcode(header.opcode) != Opcode::QUERY {
+            self.counters.notimp += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::NOTIMP, None, false),
+            });
+            return;
+        }
+        let Ok(query) = Message::parse(data) else {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::FORMERR, None, false),
+            });
+            return;
+        };
+        let has_edns = query.edns.is_some();
+        // Exactly one question, and nothing in the answer and authority
+        // sections of a query (RFC 1035 4.1.2; RFC 9619 for QDCOUNT).
+        if query.questions.len() != 1 || !query.answers.is_empty() || !query.authorities.is_empty() {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::FORMERR, None, has_edns),
+            });
+            return;
+        }
+        let question = query.questions[0].clone();
+        if question.qtype == Type::OPT {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::FORMERR, Some(&question), has_edns),
+            });
+            return;
+        }
+        // RFC 6891 6.1.3: a version we do not speak.
+        if let Some(e) = &query.edns
+            && e.version > 0
+        {
+            self.counters.formerr += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::BADVERS, Some(&question), true),
+            });
+            return;
+        }
+        if question.qtype == AXFR || question.qtype == IXFR {
+            self.counters.notimp += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: answer(Rcode::NOTIMP, Some(&question), has_edns),
+            });
+            return;
+        }
+        let waiter = Waiter {
+            client,
+            transport,
+            id: header.id,
+            question,
+            recursion_desired: header.recursion_desired,
+            checking_disabled: header.checking_disabled,
+            edns: query.edns.as_ref().map(|e| (e.udp_payload_size, e.dnssec_ok)),
+        };
+        if self.pending() >= clamp(self.start.max_pending, 1, 65_536) {
+            self.counters.servfail += 1;
+            out.push(Outbound::Answer {
+                client,
+                data: Self::servfail(&waiter),
+            });
+            return;
+        }
+        self.ask_upstream(now, waiter, out);
+    }
+
+    /// Join an identical question in flight, or ask the first upstream.
+    fn ask_upstream(&mut self, now: Instant, waiter: Waiter, out: &mut Batches) {
+        let dnssec_ok = waiter.edns.is_some_and(|(_, d)| d);
+        let key = Self::key_of(&waiter.question, dnssec_ok, waiter.checking_disabled);
+        if let Some(data) = self.cached_answer(now, &key, &waiter) {
+            self.counters.cache_hits += 1;
+            out.push(Outbound::Answer {
+                client: waiter.client,
+                data,
+            });
+            return;
+        }
+        if let Some(q) = self.by_key.get(&key)
+            && let Some(f) = self.in_flight.get_mut(q)
+        {
+            self.counters.merged += 1;
+            f.waiters.push(waiter);
+            return;
+        }
+        let question = waiter.question.clone();
+        let first = Attempt {
+            upstream: 0,
+            number: 1,
+            tcp: false,
+        };
+        self.send_attempt(now, key, question, first, vec![waiter], out);
+    }
+
+    /// Send `attempt` of a question.
+    fn send_attempt(
+        &mut self,
+        now: Instant,
+        key: Key,
+        question: Question,
+        attempt: Attempt,
+        waiters: Vec<Waiter>,
+        out: &mut Batches,
+    ) {
+        let query = self.fresh_query();
+        let id = (self.rng.next_u32() & 0xffff) as u16;
+        let mut sent = question.clone();
+        if self.start.randomize_case {
+            let mut bits = self.rng.next_u64();
+            let mut left = 64;
+            sent.name = question.name.with_random_case(|| {
+                if left == 0 {
+                    bits = self.rng.next_u64();
+                    left = 64;
+                }
+                left -= 1;
+                let b = bits & 1 == 1;
+                bits >>= 1;
+                b
+            });
+        }
+        let mut m = Message::query(id, sent.name.clone(), sent.qtype);
+        m.questions[0].qclass = sent.qclass;
+        m.header.checking_disabled = key.checking_disabled;
+        let mut edns = Edns::new(EDNS_PAYLOAD);
+        edns.dnssec_ok = key.dnssec_ok;
+        m.edns = Some(edns);
+        let data = match m.to_bytes() {
+            Ok(d) => d,
+            Err(_) => {
+                // A parsed question always encodes; answer SERVFAIL if not.
+                for w in &waiters {
+                    self.counters.servfail += 1;
+                    out.push(Outbound::Answer {
+                        client: w.client,
+                        data: Self::servfail(w),
+                    });
+                }
+                return;
+            }
+        };
+        self.counters.upstream_queries += 1;
+        let upstream = attempt.upstream;
+        out.push(if attempt.tcp {
+            self.counters.tcp_retries += 1;
+            Outbound::TcpQuery {
+                query,
+                upstream,
+                data,
+            }
+        } else {
+            Outbound::Query {
+                query,
+                upstream,
+                data,
+            }
+        });
+        self.by_key.insert(key.clone(), query);
+        self.in_flight.insert(
+            query,
+            InFlight {
+                key,
+                question: sent,
+                id,
+                attempt,
+                deadline: now.add_millis(u64::from(clamp(self.start.attempt_ms, 100, 10_000))),
+                waiters,
+            },
+        );
+    }
+
+    /// Attempt `query` failed (timeout, ICMP error): the next upstream, or
+    /// SERVFAIL for everyone waiting.
+    fn attempt_failed(&mut self, now: Instant, query: u32, out: &mut Batches) {
+        let Some(f) = self.in_flight.remove(&query) else {
+            return;
+        };
+        self.by_key.remove(&f.key);
+        out.push(Outbound::Close { query });
+        let attempts = self.start.attempts.clamp(1, 4);
+        let n = self.start.upstreams.len().clamp(1, 256);
+        if f.attempt.number < attempts {
+            let next = Attempt {
+                upstream: ((usize::from(f.attempt.upstream) + 1) % n) as u8,
+                number: f.attempt.number + 1,
+                tcp: false,
+            };
+            let question = f.waiters[0].question.clone();
+            self.send_attempt(now, f.key, question, next, f.waiters, out);
+            return;
+        }
+        for w in &f.waiters {
+            self.counters.servfail += 1;
+            out.push(Outbound::Answer {
+                client: w.client,
+                data: Self::servfail(w),
+            });
+        }
+    }
+
+    /// A datagram for upstream query `query`.
+    fn on_reply(&mut self, now: Instant, query: u32, data: &[u8], out: &mut Batches, refused: &mut Refusals) {
+        let Some(f) = self.in_flight.get(&query) else {
+            refused.add(Reason::UnknownQuery);
+            return;
+        };
+        let Ok(reply) = Message::parse(data) else {
+            // Garbage does not end the attempt: the real answer may follow.
+            refused.add(Reason::MalformedReply);
+            return;
+        };
+        // RFC 5452 9.1: the id, the question (and its 0x20 case) and the
+        // source (the network role's connected socket) must all match.
+        let ok = reply.header.response
+            && reply.header.id == f.id
+            && Opcode(reply.header.opcode) == Opcode::QUERY
+            && reply.questions.len() == 1
+            && reply.questions[0].eq_exact(&f.question);
+        if !ok {
+            refused.add(Reason::MismatchedReply);
+            return;
+        }
+        let f = self.in_flight.remove(&query).expect("looked up above");
+        self.by_key.remove(&f.key);
+        out.push(Outbound::Close { query });
+        self.counters.upstream_replies += 1;
+        // RFC 7766 section 5 (RFC 1035 4.2.2): a truncated UDP answer is
+        // asked again over TCP, of the same upstream, in the same attempt.
+        if reply.header.truncated && !f.attempt.tcp {
+            let tcp = Attempt {
+                tcp: true,
+                ..f.attempt
+            };
+            let question = f.waiters[0].question.clone();
+            self.send_attempt(now, f.key, question, tcp, f.waiters, out);
+            return;
+        }
+        self.accept_reply(&reply, &f.question, &f.waiters, out);
+        self.keep_answer(now, f.key, reply, f.question, data.len());
+    }
+
+    /// An upstream answer accepted: one answer per waiting client.
+    fn accept_reply(&mut self, reply: &Message, sent: &Question, waiters: &[Waiter], out: &mut Batches) {
+        for w in waiters {
+            let data = self.answer_for(reply, sent, w);
+            self.counters.answered += 1;
+            out.push(Outbound::Answer {
+                client: w.client,
+                data,
+            });
+        }
+    }
+
+    /// `reply` re-encoded for `w`: its id, its question, its EDNS, its size;
+    /// records owned by the question's name carry the client's spelling,
+    /// not the 0x20 one `sent` upstream.
+    fn answer_for(&mut self, reply: &Message, sent: &Question, w: &Waiter) -> Vec<u8> {
+        let rcode = reply.rcode();
+        // An extended rcode cannot be told to a client without EDNS.
+        if w.edns.is_none() && rcode.0 > 0xf {
+            return Self::servfail(w);
+        }
+        let mut m = Message {
+            header: Header {
+                id: w.id,
+                response: true,
+                opcode: 0,
+                authoritative: reply.header.authoritative,
+                truncated: reply.header.truncated,
+                recursion_desired: w.recursion_desired,
+                recursion_available: reply.header.recursion_available,
+                z: false,
+                authentic_data: reply.header.authentic_data,
+                checking_disabled: w.checking_disabled,
+                rcode: (rcode.0 & 0xf) as u8,
+            },
+            questions: vec![w.question.clone()],
+            answers: reply.answers.clone(),
+            authorities: reply.authorities.clone(),
+            additionals: reply.additionals.clone(),
+            edns: w.edns.map(|(_, dnssec_ok)| {
+                let mut e = Edns::new(EDNS_PAYLOAD);
+                e.extended_rcode = (rcode.0 >> 4) as u8;
+                e.dnssec_ok = dnssec_ok && reply.edns.as_ref().is_some_and(|e| e.dnssec_ok);
+                e
+            }),
+        };
+        for r in m
+            .answers
+            .iter_mut()
+            .chain(&mut m.authorities)
+            .chain(&mut m.additionals)
+        {
+            if r.name.eq_exact(&sent.name) {
+                r.name = w.question.name.clone();
+            }
+        }
+        let limit = match w.transport {
+            // RFC 6891 6.2.3: at least 512, at most what we advertise.
+            Transport::Udp => usize::from(w.edns.map_or(CLASSIC_UDP_PAYLOAD, |(size, _)| {
+                size.clamp(CLASSIC_UDP_PAYLOAD, EDNS_PAYLOAD)
+            })),
+            Transport::Tcp => MAX_TCP_ANSWER,
+        };
+        if let Ok(data) = m.to_bytes()
+            && data.len() <= limit
+        {
+            return data;
+        }
+        // Too large: the additional section goes first (no TC needed,
+        // RFC 2181 9), then everything, with TC set so the client retries
+        // over TCP.
+        m.additionals.clear();
+        if let Ok(data) = m.to_bytes()
+            && data.len() <= limit
+        {
+            return data;
+        }
+        self.counters.truncated += 1;
+        m.answers.clear();
+        m.authorities.clear();
+        m.header.truncated = true;
+        m.to_bytes().unwrap_or_else(|_| Self::servfail(w))
+    }
+
+    /// Keep a positive answer for its smallest TTL (RFC 2181 5.2: the
+    /// records of a set share one), at most `max_ttl_secs`. Truncated
+    /// answers, errors and answers without records are not kept.
+    fn keep_answer(&mut self, now: Instant, key: Key, reply: Message, asked: Question, size: usize) {
+        let max_bytes = (self.start.cache_bytes as usize).min(64 << 20);
+        if max_bytes == 0
+            || reply.header.truncated
+            || reply.rcode() != Rcode::NOERROR
+            || reply.answers.is_empty()
+        {
+            return;
+        }
+        let ttl = reply
+            .answers
+            .iter()
+            .chain(&reply.authorities)
+            .chain(&reply.additionals)
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(0)
+            .min(self.start.max_ttl_secs.clamp(1, 604_800));
+        if ttl == 0 {
+            return;
+        }
+        let cached = Cached {
+            reply,
+            asked,
+            stored: now,
+            expires: now.add_secs(u64::from(ttl)),
+            size,
+        };
+        self.cache.store(key, cached, max_bytes);
+    }
+
+    /// A cached answer for `w`, its TTLs counted down by the time it spent
+    /// in the cache, not authoritative (RFC 1035 6.1: it was not read from
+    /// a zone).
+    fn cached_answer(&mut self, now: Instant, key: &Key, w: &Waiter) -> Option<Vec<u8>> {
+        let c = self.cache.entries.get(key)?;
+        if c.expires <= now {
+            self.cache.remove(key);
+            return None;
+        }
+        let elapsed = u32::try_from(now.since(c.stored) / 1000).unwrap_or(u32::MAX);
+        let mut reply = c.reply.clone();
+        let asked = c.asked.clone();
+        reply.header.authoritative = false;
+        for r in reply
+            .answers
+            .iter_mut()
+            .chain(&mut reply.authorities)
+            .chain(&mut reply.additionals)
+        {
+            r.ttl = r.ttl.saturating_sub(elapsed);
+        }
+        Some(self.answer_for(&reply, &asked, w))
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            pending: self.pending(),
+            cache_entries: self.cache.entries.len() as u32,
+            cache_bytes: self.cache.bytes as u32,
+            counters: self.counters,
+        }
+    }
+
+    fn status_due(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let status = self.status();
+        if self.sent.as_ref() != Some(&status) && now >= self.next_status {
+            self.sent = Some(status.clone());
+            self.next_status = now.add_millis(u64::from(clamp(self.start.status_every_ms, 100, 60_000)));
+            out.push(Action::Status(status));
+        }
+    }
+
+    fn expire(&mut self, now: Instant, out: &mut Batches) {
+        self.cache.expire(now);
+        let due: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(q, _)| *q)
+            .collect();
+        for q in due {
+            self.counters.upstream_timeouts += 1;
+            self.attempt_failed(now, q, out);
+        }
+    }
+}
+
+impl Engine for Forwarder {
+    type Start = Start;
+    type Event = Event;
+    type Action = Action;
+    type Refusal = Refusal;
+
+    fn start(start: Start, now: Instant, seed: [u8; 32], out: &mut Vec<Action>) -> Self {
+        let mut f = Forwarder {
+            start,
+            rng: ChaCha8Rng::from_seed(seed),
+            in_flight: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            cache: Cache::default(),
+            next_query: 0,
+            counters: Counters::default(),
+            sent: None,
+            next_status: now,
+        };
+        // Query numbers start at a random point: nothing to guess there,
+        // but two generations of the engine never reuse each other's.
+        f.next_query = f.rng.next_u32();
+        f.status_due(now, out);
+        f
+    }
+
+    fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let Event::Batch(items) = event;
+        let mut batches = Batches::default();
+        let mut refused = Refusals::default();
+        self.expire(now, &mut batches);
+        for item in items {
+            match item {
+                Inbound::Query {
+                    client,
+                    transport,
+                    data,
+                } => self.on_query(now, client, transport, &data, &mut batches, &mut refused),
+                Inbound::Reply { query, data } => {
+                    self.on_reply(now, query, &data, &mut batches, &mut refused)
+                }
+                Inbound::Failed { query } => {
+                    if self.in_flight.contains_key(&query) {
+                        self.counters.upstream_failures += 1;
+                        self.attempt_failed(now, query, &mut batches);
+                    }
+                }
+            }
+        }
+        batches.finish(out);
+        self.status_due(now, out);
+        if refused.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal { counts: refused.0 })
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let mut batches = Batches::default();
+        self.expire(now, &mut batches);
+        batches.finish(out);
+        self.status_due(now, out);
+    }
+
+    fn poll_at(&self) -> Instant {
+        let mut at = self
+            .in_flight
+            .values()
+            .map(|f| f.deadline)
+            .min()
+            .unwrap_or(Instant::NEVER);
+        if self.sent.as_ref() != Some(&self.status()) {
+            at = at.min(self.next_status);
+        }
+        at
+    }
+
+    fn route(action: &Action) -> Route {
+        match action {
+            Action::Batch(_) => Route::Peer,
+            Action::Status(_) => Route::Supervisor,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_under_the_cap() {
+        let mut b = Batches::default();
+        for client in 0..20 {
+            b.push(Outbound::Answer {
+                client,
+                data: vec![0; 1232],
+            });
+        }
+        let mut out = Vec::new();
+        b.finish(&mut out);
+        assert!(out.len() >= 4);
+        for a in &out {
+            let bytes = mirage_engine::codec::encode(&mirage_engine::FromEngine::<Action, Refusal>::Action(
+                a.clone(),
+            ));
+            assert!(bytes.is_ok(), "a batch over the message cap");
+        }
+    }
+}

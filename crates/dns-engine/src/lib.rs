@@ -1,0 +1,236 @@
+//! The DNS forwarder's engine (docs/dns.md): a sans-IO state machine that
+//! reads every untrusted byte of the service (client queries, upstream
+//! replies) and decides everything, implementing [`mirage_engine::Engine`].
+//!
+//! Its traffic comes and goes in batches over the direct channel to the
+//! network role ([`Event::Batch`], [`Action::Batch`]; docs/architecture.md
+//! says why): the network role names each client query by a token it
+//! chose and each upstream query by the number the engine chose, and never
+//! an address the engine could pick. What the engine says about itself
+//! ([`Action::Status`]) and its refusals go to the supervisor.
+//!
+//! The forwarding core ([`Forwarder`]): a client query is checked strictly
+//! (one question, opcode QUERY: RFC 1035 section 4.1.2; else FORMERR or
+//! NOTIMP), sent upstream with a fresh random id and EDNS0 with a
+//! 1232-octet payload (RFC 6891, the DNS flag day 2020 size), and a reply
+//! is accepted only from the upstream it was sent to (the network role's
+//! connected socket), with that id and the very question asked (RFC 5452
+//! section 9.1); it is re-encoded for the client with the client's id and
+//! question, its EDNS and its size limit (TC set and records dropped when
+//! the answer does not fit, RFC 2181 section 9). A truncated upstream
+//! answer is asked again over TCP (RFC 7766 section 5). Identical questions in
+//! flight share one upstream query, and positive answers are cached for
+//! their smallest TTL ([`Forwarder`]'s cache: by question, bounded in
+//! octets, TTLs counted down when served).
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod forward;
+
+use alloc::vec::Vec;
+use core::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use forward::Forwarder;
+
+/// The port upstream servers are asked on unless configured otherwise.
+pub const DNS_PORT: u16 = 53;
+/// The UDP payload size we advertise upstream and to clients, and the
+/// largest UDP answer we send (RFC 6891 section 6.2.5; the DNS flag day
+/// 2020 value, which avoids IP fragmentation on common paths).
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// A UDP answer to a client without EDNS (RFC 1035 section 4.2.1).
+pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
+/// The largest datagram either side passes in a batch: a query or a reply
+/// over UDP. Larger ones are dropped by the network role.
+pub const MAX_DATAGRAM: usize = 4096;
+/// The largest answer sent to a TCP client: what fits one channel message
+/// (8 KiB) with its framing. A larger upstream answer could only come over
+/// TCP, which the engine does not use yet.
+pub const MAX_TCP_ANSWER: usize = 7168;
+/// The largest answer taken from an upstream over TCP: what one batch
+/// item carries. A larger one is reported [`Inbound::Failed`].
+pub const MAX_TCP_REPLY: usize = MAX_TCP_ANSWER;
+/// Payload bytes packed into one batch message: with the per-item framing
+/// a batch stays under the channel's 8 KiB message cap
+/// (`mirage_engine::codec::MAX_MESSAGE_LEN`), so a full batch never fails
+/// to encode (which would end the engine).
+pub const BATCH_BYTES: usize = 7168;
+/// Framing allowance per batch item (enum tag, token, length prefix).
+pub const ITEM_OVERHEAD: usize = 24;
+
+/// How a client asked: its answer's size limit depends on it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The engine's configuration, from the supervisor.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The upstream servers, in order of preference; a query names one by
+    /// its index here.
+    pub upstreams: Vec<SocketAddr>,
+    /// How long one upstream attempt may take before the next upstream is
+    /// asked (milliseconds; clamped to 100..=10000).
+    pub attempt_ms: u32,
+    /// Upstream attempts per client query (clamped to 1..=4); when all
+    /// fail the client gets SERVFAIL.
+    pub attempts: u8,
+    /// Client queries waiting for an upstream at once (clamped to
+    /// 1..=65536); more are answered SERVFAIL at once.
+    pub max_pending: u32,
+    /// How often a changed status goes to the supervisor (milliseconds;
+    /// clamped to 100..=60000).
+    pub status_every_ms: u32,
+    /// Randomize the case of each upstream question's letters and require
+    /// it echoed exactly (draft-vixie-dnsext-dns0x20): more bits an
+    /// off-path forger must guess. Off for an upstream that does not
+    /// preserve case.
+    pub randomize_case: bool,
+    /// Octets of upstream answers the cache may hold (their wire size;
+    /// 0: no cache; at most 64 MiB).
+    pub cache_bytes: u32,
+    /// The longest a cached answer is served, whatever its TTLs say
+    /// (seconds; clamped to 1..=604800).
+    pub max_ttl_secs: u32,
+}
+
+impl Default for Start {
+    fn default() -> Start {
+        Start {
+            upstreams: Vec::new(),
+            attempt_ms: 1500,
+            attempts: 2,
+            max_pending: 4096,
+            status_every_ms: 1000,
+            randomize_case: true,
+            cache_bytes: 4 << 20,
+            max_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// Network role -> engine (over the direct channel).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// What the network role read since its last batch, in arrival order.
+    Batch(Vec<Inbound>),
+}
+
+/// One item of an inbound batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A client's query; `client` is the network role's token for it, the
+    /// only way to answer it.
+    Query {
+        client: u64,
+        transport: Transport,
+        data: Vec<u8>,
+    },
+    /// A datagram on the socket of upstream query `query` (connected to
+    /// that query's upstream, so from its address and port).
+    Reply { query: u32, data: Vec<u8> },
+    /// Upstream query `query` could not be sent or its upstream refused it
+    /// (ICMP port unreachable); its socket is closed.
+    Failed { query: u32 },
+}
+
+/// Engine -> network role (a batch) or supervisor (its status).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Batch(Vec<Outbound>),
+    Status(Status),
+}
+
+/// One item of an outbound batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// The answer to client query `client`.
+    Answer { client: u64, data: Vec<u8> },
+    /// Client query `client` gets no answer (a query too broken to answer:
+    /// no header to echo); the network role forgets it.
+    Drop { client: u64 },
+    /// Send `data` to upstream `upstream` (an index into
+    /// [`Start::upstreams`]) from a fresh socket, named `query` from now on.
+    Query { query: u32, upstream: u8, data: Vec<u8> },
+    /// Send `data` to upstream `upstream` over a fresh TCP connection
+    /// (framed with its two-octet length, RFC 7766 section 8), named
+    /// `query`; its answer comes back as [`Inbound::Reply`], at most
+    /// [`MAX_TCP_REPLY`] octets, and the connection is closed after it.
+    TcpQuery { query: u32, upstream: u8, data: Vec<u8> },
+    /// Upstream query `query` is over: close its socket.
+    Close { query: u32 },
+}
+
+/// Why inbound items were refused, with how many of each in one batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub counts: Vec<(Reason, u32)>,
+}
+
+/// Why one inbound item was refused.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// A client datagram that is not a DNS message (no header, or a
+    /// response).
+    NotAQuery,
+    /// A reply for an upstream query that is not outstanding.
+    UnknownQuery,
+    /// A reply that does not parse.
+    MalformedReply,
+    /// A reply whose id, flags or question is not the query's (RFC 5452
+    /// section 9.1): spoofed, or a confused upstream.
+    MismatchedReply,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotAQuery => "not-a-query",
+            Reason::UnknownQuery => "unknown-query",
+            Reason::MalformedReply => "malformed-reply",
+            Reason::MismatchedReply => "mismatched-reply",
+        }
+    }
+}
+
+/// What the engine publishes about itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Client queries waiting for an upstream now.
+    pub pending: u32,
+    /// Answers in the cache now, and their wire size.
+    pub cache_entries: u32,
+    pub cache_bytes: u32,
+    pub counters: Counters,
+}
+
+/// Counters since the engine started.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub queries: u64,
+    /// Answers relayed from an upstream.
+    pub answered: u64,
+    /// Answers truncated to fit the client's size (TC set).
+    pub truncated: u64,
+    pub formerr: u64,
+    pub notimp: u64,
+    /// SERVFAIL: every attempt failed, or too many queries pending.
+    pub servfail: u64,
+    /// Client queries joined to an identical one already upstream.
+    pub merged: u64,
+    /// Client queries answered from the cache.
+    pub cache_hits: u64,
+    pub upstream_queries: u64,
+    /// Upstream queries asked again over TCP after a truncated answer.
+    pub tcp_retries: u64,
+    pub upstream_timeouts: u64,
+    pub upstream_failures: u64,
+    /// Replies accepted from upstreams.
+    pub upstream_replies: u64,
+}

@@ -1,0 +1,236 @@
+//! The two sandboxed roles as data (docs/dns.md, "The roles"): the plans
+//! the SDK applies in each role ([`mirage_sdk::role`]) and what each role is
+//! told in its hello. There is no actuator: the forwarder changes nothing
+//! on the host (the supervisor publishes its own status files).
+//!
+//! | role | uid | capabilities | descriptors | seccomp |
+//! | --- | --- | --- | --- | --- |
+//! | engine | 65529 | none | its channel, the direct channel to the network role (4) | `BASE` |
+//! | network | 65530 | none | the listeners (UDP, then TCP, from 4), the direct channel after them; TCP connect to the upstreams' ports only (Landlock) | `BASE`, [`NETWORK`] |
+//!
+//! The engine and the network role talk over a direct channel
+//! ([`mirage_sdk::runtime::Runtime::link`]), so both are restartable and
+//! restart together; the listeners stay with the supervisor, which hands a
+//! duplicate to each network role it starts.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use mirage_sdk::role::RolePlan;
+use mirage_sdk::sandbox::seccomp::{Allow, BASE, When};
+use serde::{Deserialize, Serialize};
+
+mirage_sdk::role_ids! {
+    /// `[ids]`: who each role runs as.
+    pub struct IdsConfig =>
+    /// The ids each role runs as.
+    pub struct RoleIds {
+        engine: 65529,
+        network: 65530,
+    }
+}
+
+/// The engine's end of the direct channel.
+pub const FD_ENGINE_PEER: RawFd = 4;
+/// The network role's first listener; UDP listeners come first, then TCP
+/// ones, then the direct channel ([`NetworkSettings::peer_fd`]).
+pub const FD_FIRST_LISTENER: RawFd = 4;
+
+/// The network role's own calls, beyond [`BASE`] (reviewed in
+/// docs/security.md, "mirage-dns"):
+/// - `sendto` with an address: answers to UDP clients on the unconnected
+///   listeners; the address is the one the query came from, which the role
+///   keeps (the engine never names an address);
+/// - `socket` for `AF_INET` and `AF_INET6` only, and `connect`: a fresh
+///   connected UDP socket per upstream query
+///   ([`mirage_sdk::udp::connected_socket`], no `bind`: the kernel picks a
+///   random source port), or a TCP connection for a truncated answer's
+///   retry ([`mirage_sdk::tcp::connect_nonblocking`]), to an address the
+///   role checked is a configured upstream. Without capabilities these
+///   families give only UDP, TCP and (where `ping_group_range` allows the
+///   gid) ICMP echo sockets; Landlock forbids TCP bind, and TCP connect to
+///   any port but the upstreams' ([`network`]);
+/// - `accept4` on the TCP listeners, and the `ioctl` `FIONBIO` that makes
+///   an accepted connection non-blocking (std's `set_nonblocking`).
+pub const NETWORK: &[Allow] = &[
+    mirage_sdk::allow!(sendto),
+    mirage_sdk::allow!(socket, When::ArgEq(0, libc::AF_INET as u64)),
+    mirage_sdk::allow!(socket, When::ArgEq(0, libc::AF_INET6 as u64)),
+    mirage_sdk::allow!(connect),
+    mirage_sdk::allow!(accept4),
+    mirage_sdk::allow!(ioctl, When::Ioctl(libc::FIONBIO as u32)),
+];
+
+/// The engine: nothing but its two channels.
+pub fn engine(ids: &RoleIds) -> RolePlan {
+    RolePlan::strict("engine", ids.engine.uid, ids.engine.gid, &[BASE])
+}
+
+/// The network role: its listeners, one socket per upstream query in
+/// flight and one per TCP client, within `limits`; TCP connect only to the
+/// upstreams' ports (Landlock), for the retries of truncated answers.
+pub fn network(
+    ids: &RoleIds,
+    listeners: usize,
+    limits: &NetworkLimits,
+    upstreams: &[SocketAddr],
+) -> RolePlan {
+    let mut plan = RolePlan::strict("network", ids.network.uid, ids.network.gid, &[BASE, NETWORK]);
+    plan.nofile = 16 + listeners as u64 + u64::from(limits.upstream_sockets) + u64::from(limits.tcp_clients);
+    let mut ports: Vec<u16> = upstreams.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    plan.tcp_connect_ports = ports;
+    plan
+}
+
+/// The network role's limits (`[limits]` in the config file).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkLimits {
+    /// Client queries waiting for their answer at once; more are dropped.
+    pub pending_queries: u32,
+    /// How long a client query waits for its answer (ms).
+    pub query_timeout_ms: u32,
+    /// Upstream sockets open at once (one per query in flight).
+    pub upstream_sockets: u32,
+    /// Upstream queries per second, and at once in a burst.
+    pub upstream_per_second: u32,
+    pub upstream_burst: u32,
+    /// TCP client connections at once; more are closed at once.
+    pub tcp_clients: u32,
+    /// A TCP connection with nothing outstanding is closed after this
+    /// long (ms; RFC 7766 section 6.2.3).
+    pub tcp_idle_ms: u32,
+    /// Queries one TCP connection may have outstanding (pipelined, RFC
+    /// 7766 section 6.2.1.1); its further queries wait in its socket.
+    pub tcp_pipeline: u32,
+}
+
+impl Default for NetworkLimits {
+    fn default() -> NetworkLimits {
+        NetworkLimits {
+            pending_queries: 4096,
+            query_timeout_ms: 10_000,
+            upstream_sockets: 1024,
+            upstream_per_second: 5000,
+            upstream_burst: 1000,
+            tcp_clients: 64,
+            tcp_idle_ms: 10_000,
+            tcp_pipeline: 16,
+        }
+    }
+}
+
+impl NetworkLimits {
+    /// Every limit within what the role can hold.
+    pub fn check(&self) -> Result<(), String> {
+        let within = |key: &str, v: u32, lo: u32, hi: u32| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("limits.{key} = {v} is not within {lo}..={hi}"))
+            }
+        };
+        within("pending_queries", self.pending_queries, 1, 65_536)?;
+        within("query_timeout_ms", self.query_timeout_ms, 500, 60_000)?;
+        within("upstream_sockets", self.upstream_sockets, 1, 16_384)?;
+        within("upstream_per_second", self.upstream_per_second, 1, 1_000_000)?;
+        within("upstream_burst", self.upstream_burst, 1, 1_000_000)?;
+        within("tcp_clients", self.tcp_clients, 0, 4096)?;
+        within("tcp_idle_ms", self.tcp_idle_ms, 100, 300_000)?;
+        within("tcp_pipeline", self.tcp_pipeline, 1, 1024)
+    }
+}
+
+/// The network role's hello.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// Where each UDP listener is bound, in the order of its descriptors.
+    pub udp: Vec<SocketAddr>,
+    /// Where each TCP listener is bound, after the UDP ones.
+    pub tcp: Vec<SocketAddr>,
+    /// The upstream servers, as the engine's `Start` numbers them.
+    pub upstreams: Vec<SocketAddr>,
+    pub limits: NetworkLimits,
+}
+
+impl NetworkSettings {
+    /// The network role's end of the direct channel: after its listeners.
+    pub fn peer_fd(&self) -> RawFd {
+        FD_FIRST_LISTENER + (self.udp.len() + self.tcp.len()) as RawFd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirage_sdk::sandbox::seccomp::{self, sys};
+
+    #[test]
+    fn the_plans_are_the_table_above() {
+        let ids = RoleIds::DEFAULT;
+        let e = engine(&ids);
+        assert_eq!((e.uid, e.gid, e.keep_caps.len()), (65529, 65529, 0));
+        assert_eq!(e.seccomp, [BASE]);
+        let limits = NetworkLimits::default();
+        let ups: Vec<SocketAddr> = vec![
+            "192.0.2.1:53".parse().unwrap(),
+            "192.0.2.2:5353".parse().unwrap(),
+            "[2001:db8::1]:53".parse().unwrap(),
+        ];
+        let n = network(&ids, 2, &limits, &ups);
+        assert_eq!(n.tcp_connect_ports, [53, 5353]);
+        assert!(engine(&ids).tcp_connect_ports.is_empty());
+        assert_eq!((n.uid, n.keep_caps.len()), (65530, 0));
+        assert_eq!(n.seccomp, [BASE, NETWORK]);
+        assert_eq!(n.nofile, 16 + 2 + 1024 + 64);
+        for plan in [e, n] {
+            assert!(seccomp::filter(&plan.seccomp).is_ok(), "{}", plan.name);
+            assert!(plan.landlock_dirs.is_empty() && plan.private_mount_ns);
+        }
+        assert!(limits.check().is_ok());
+        let bad = NetworkLimits {
+            tcp_pipeline: 0,
+            ..limits
+        };
+        assert!(bad.check().unwrap_err().contains("limits.tcp_pipeline"));
+    }
+
+    #[test]
+    fn only_the_network_role_opens_sockets_and_never_binds() {
+        let calls = |p: &RolePlan| -> Vec<(i64, When)> {
+            p.seccomp
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|a| (a.nr, a.when))
+                .collect()
+        };
+        let ids = RoleIds::DEFAULT;
+        let e = calls(&engine(&ids));
+        for nr in [sys::socket, sys::connect, sys::bind, sys::accept4] {
+            assert!(!e.iter().any(|&(n, _)| n == nr), "the engine may call {nr}");
+        }
+        let n = calls(&network(&ids, 1, &NetworkLimits::default(), &[]));
+        assert!(!n.iter().any(|&(nr, _)| nr == sys::bind));
+        let sockets: Vec<When> = n
+            .iter()
+            .filter(|&&(nr, _)| nr == sys::socket)
+            .map(|&(_, w)| w)
+            .collect();
+        assert_eq!(
+            sockets,
+            [
+                When::ArgEq(0, libc::AF_INET as u64),
+                When::ArgEq(0, libc::AF_INET6 as u64)
+            ]
+        );
+        let settings = NetworkSettings {
+            udp: vec!["127.0.0.53:53".parse().unwrap()],
+            tcp: vec!["127.0.0.53:53".parse().unwrap()],
+            upstreams: vec![],
+            limits: NetworkLimits::default(),
+        };
+        assert_eq!(settings.peer_fd(), 6);
+    }
+}

@@ -1,0 +1,392 @@
+//! The network role's rules (docs/dns.md, "The network role's policy"),
+//! as plain data structures its loop and the tests share. Whatever a
+//! compromised engine asks:
+//! - an upstream query goes only to a configured upstream, on its port
+//!   ([`check_query`]), from a fresh socket, within a rate
+//!   ([`TokenBucket`]) and a bound on sockets open;
+//! - an answer goes only to a client that has a query outstanding, once,
+//!   with that query's id, as a response, within a size bound
+//!   ([`Clients::answer`]): the engine names a client by the role's token,
+//!   never by an address, so the host cannot be made a reflector.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A DNS header (RFC 1035 section 4.1.1).
+pub const HEADER_LEN: usize = 12;
+/// The largest upstream query let out: one question (a name of at most
+/// 255 octets) and an OPT record fit with room to spare.
+pub const MAX_UPSTREAM_QUERY: usize = 512;
+/// The largest UDP answer: the engine advertises and honours 1232
+/// (`dns_engine::EDNS_PAYLOAD`).
+pub const MAX_UDP_ANSWER: usize = dns_engine::EDNS_PAYLOAD as usize;
+/// The largest TCP answer ([`dns_engine::MAX_TCP_ANSWER`]).
+pub const MAX_TCP_ANSWER: usize = dns_engine::MAX_TCP_ANSWER;
+/// The QR bit: set in responses (byte 2 of the header).
+const QR: u8 = 0x80;
+
+/// Why the role did not do what the engine asked.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OutboundRefusal {
+    /// An upstream index that is not a configured upstream.
+    NotAnUpstream,
+    /// Not a query: shorter than a header, longer than any query, or with
+    /// the QR bit set.
+    NotAQuery,
+    /// A query number already in flight.
+    QueryInFlight,
+    /// Over `limits.upstream_sockets` or the upstream rate.
+    UpstreamCapped,
+    /// An answer for a client token the role never gave out: the engine
+    /// invented a client.
+    NeverAsked,
+    /// An answer for a query already answered, dropped, or expired (or
+    /// whose TCP connection closed): late, not hostile by itself.
+    NoLongerOutstanding,
+    /// Not a response to that query: too short, QR clear, or another id.
+    NotTheAnswer,
+    /// Longer than the transport's bound.
+    TooLarge,
+}
+
+impl OutboundRefusal {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OutboundRefusal::NotAnUpstream => "not-an-upstream",
+            OutboundRefusal::NotAQuery => "not-a-query",
+            OutboundRefusal::QueryInFlight => "query-in-flight",
+            OutboundRefusal::UpstreamCapped => "upstream-capped",
+            OutboundRefusal::NeverAsked => "never-asked",
+            OutboundRefusal::NoLongerOutstanding => "no-longer-outstanding",
+            OutboundRefusal::NotTheAnswer => "not-the-answer",
+            OutboundRefusal::TooLarge => "too-large",
+        }
+    }
+}
+
+/// The upstream query `data` to upstream number `upstream`: its address
+/// if that is a configured upstream and `data` looks like a query.
+pub fn check_query(
+    upstreams: &[SocketAddr],
+    upstream: u8,
+    data: &[u8],
+) -> Result<SocketAddr, OutboundRefusal> {
+    let to = *upstreams
+        .get(usize::from(upstream))
+        .ok_or(OutboundRefusal::NotAnUpstream)?;
+    if data.len() < HEADER_LEN || data.len() > MAX_UPSTREAM_QUERY || data[2] & QR != 0 {
+        return Err(OutboundRefusal::NotAQuery);
+    }
+    Ok(to)
+}
+
+/// Where a client query came from: where its answer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// UDP listener number `listener`, from `client`.
+    Udp { listener: usize, client: SocketAddr },
+    /// TCP connection number `conn`.
+    Tcp { conn: u64 },
+}
+
+/// One client query waiting for its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub origin: Origin,
+    /// The query's id: the answer must carry it.
+    pub id: u16,
+    /// Boot-clock milliseconds after which it is forgotten.
+    pub expires_ms: u64,
+}
+
+/// Why a client datagram was not passed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Shorter than a header, or a response (never answered: two servers
+    /// must not be made to answer each other forever).
+    NotAQuery,
+    /// The table is full.
+    Full,
+}
+
+/// Client queries outstanding, by the token the engine answers with.
+/// Tokens count up from 1 and are never reused, so a token the role never
+/// gave out is told from one that expired; every query waits the same
+/// time, so the lowest token is the first to expire.
+pub struct Clients {
+    pending: BTreeMap<u64, Pending>,
+    /// Queries outstanding per TCP connection (no entry: none).
+    per_conn: HashMap<u64, usize>,
+    next: u64,
+    max: usize,
+    timeout_ms: u64,
+}
+
+impl Clients {
+    pub fn new(max: usize, timeout_ms: u64) -> Clients {
+        Clients {
+            pending: BTreeMap::new(),
+            per_conn: HashMap::new(),
+            next: 1,
+            max,
+            timeout_ms,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// A query `data` from `origin` at `now_ms`: its token.
+    pub fn admit(&mut self, origin: Origin, data: &[u8], now_ms: u64) -> Result<u64, Admission> {
+        if data.len() < HEADER_LEN || data[2] & QR != 0 {
+            return Err(Admission::NotAQuery);
+        }
+        if self.pending.len() >= self.max {
+            return Err(Admission::Full);
+        }
+        let token = self.next;
+        self.next += 1;
+        if let Origin::Tcp { conn } = origin {
+            *self.per_conn.entry(conn).or_default() += 1;
+        }
+        self.pending.insert(
+            token,
+            Pending {
+                origin,
+                id: u16::from_be_bytes([data[0], data[1]]),
+                expires_ms: now_ms.saturating_add(self.timeout_ms),
+            },
+        );
+        Ok(token)
+    }
+
+    /// The engine's answer `data` to `token`: where it goes, if the
+    /// policy lets it. The query is no longer outstanding afterwards
+    /// (answered once), unless the answer was refused for its content.
+    pub fn answer(&mut self, token: u64, data: &[u8]) -> Result<Pending, OutboundRefusal> {
+        let Some(p) = self.pending.get(&token).copied() else {
+            return Err(if token == 0 || token >= self.next {
+                OutboundRefusal::NeverAsked
+            } else {
+                OutboundRefusal::NoLongerOutstanding
+            });
+        };
+        let max = match p.origin {
+            Origin::Udp { .. } => MAX_UDP_ANSWER,
+            Origin::Tcp { .. } => MAX_TCP_ANSWER,
+        };
+        if data.len() > max {
+            return Err(OutboundRefusal::TooLarge);
+        }
+        if data.len() < HEADER_LEN || data[2] & QR == 0 || u16::from_be_bytes([data[0], data[1]]) != p.id {
+            return Err(OutboundRefusal::NotTheAnswer);
+        }
+        self.remove(token);
+        Ok(p)
+    }
+
+    /// Forget `token`, keeping the per-connection counts.
+    fn remove(&mut self, token: u64) -> Option<Pending> {
+        let p = self.pending.remove(&token)?;
+        if let Origin::Tcp { conn } = p.origin
+            && let Some(n) = self.per_conn.get_mut(&conn)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_conn.remove(&conn);
+            }
+        }
+        Some(p)
+    }
+
+    /// The engine gives up on `token`: forget it.
+    pub fn drop_query(&mut self, token: u64) -> Result<(), OutboundRefusal> {
+        match self.remove(token) {
+            Some(_) => Ok(()),
+            None if token == 0 || token >= self.next => Err(OutboundRefusal::NeverAsked),
+            None => Err(OutboundRefusal::NoLongerOutstanding),
+        }
+    }
+
+    /// Forget what expired by `now_ms`; how many.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let mut n = 0;
+        while let Some((&t, p)) = self.pending.first_key_value()
+            && p.expires_ms <= now_ms
+        {
+            self.remove(t);
+            n += 1;
+        }
+        n
+    }
+
+    /// TCP connection `conn` closed: forget its queries.
+    pub fn forget_conn(&mut self, conn: u64) {
+        self.pending.retain(|_, p| p.origin != Origin::Tcp { conn });
+    }
+
+    /// Queries outstanding on TCP connection `conn`.
+    pub fn on_conn(&self, conn: u64) -> usize {
+        self.pending
+            .values()
+            .filter(|p| p.origin == Origin::Tcp { conn })
+            .count()
+    }
+
+    /// The earliest expiry, if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.pending.first_key_value().map(|(_, p)| p.expires_ms)
+    }
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst` saved.
+pub struct TokenBucket {
+    per_second: u64,
+    burst: u64,
+    /// Tokens, in thousandths (one token a second is one a millisecond of
+    /// thousandths).
+    milli_tokens: u64,
+    at_ms: u64,
+}
+
+impl TokenBucket {
+    pub fn new(per_second: u32, burst: u32, now_ms: u64) -> TokenBucket {
+        TokenBucket {
+            per_second: u64::from(per_second),
+            burst: u64::from(burst.max(1)),
+            milli_tokens: u64::from(burst.max(1)) * 1000,
+            at_ms: now_ms,
+        }
+    }
+
+    pub fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        self.at_ms = self.at_ms.max(now_ms);
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(elapsed.saturating_mul(self.per_second))
+            .min(self.burst * 1000);
+        if self.milli_tokens < 1000 {
+            return false;
+        }
+        self.milli_tokens -= 1000;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(id: u16) -> Vec<u8> {
+        let mut q = vec![0u8; HEADER_LEN];
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        q
+    }
+
+    fn response(id: u16) -> Vec<u8> {
+        let mut r = query(id);
+        r[2] |= QR;
+        r
+    }
+
+    #[test]
+    fn queries_go_only_to_configured_upstreams_and_only_as_queries() {
+        let ups: Vec<SocketAddr> = vec![
+            "192.0.2.1:53".parse().unwrap(),
+            "[2001:db8::1]:5353".parse().unwrap(),
+        ];
+        assert_eq!(check_query(&ups, 1, &query(1)), Ok(ups[1]));
+        assert_eq!(
+            check_query(&ups, 2, &query(1)),
+            Err(OutboundRefusal::NotAnUpstream)
+        );
+        assert_eq!(
+            check_query(&ups, 0, &response(1)),
+            Err(OutboundRefusal::NotAQuery)
+        );
+        assert_eq!(check_query(&ups, 0, &[0; 11]), Err(OutboundRefusal::NotAQuery));
+        assert_eq!(check_query(&ups, 0, &[0; 513]), Err(OutboundRefusal::NotAQuery));
+    }
+
+    #[test]
+    fn an_answer_goes_once_to_a_client_that_asked_with_its_id() {
+        let mut c = Clients::new(2, 1000);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let udp = Origin::Udp {
+            listener: 0,
+            client: from,
+        };
+        assert_eq!(c.admit(udp, &response(7), 0), Err(Admission::NotAQuery));
+        assert_eq!(c.admit(udp, &[0; 11], 0), Err(Admission::NotAQuery));
+        let t = c.admit(udp, &query(7), 0).unwrap();
+        assert_eq!(c.answer(t + 1, &response(7)), Err(OutboundRefusal::NeverAsked));
+        assert_eq!(c.answer(0, &response(7)), Err(OutboundRefusal::NeverAsked));
+        assert_eq!(c.answer(t, &response(8)), Err(OutboundRefusal::NotTheAnswer));
+        assert_eq!(c.answer(t, &query(7)), Err(OutboundRefusal::NotTheAnswer));
+        let mut big = response(7);
+        big.resize(MAX_UDP_ANSWER + 1, 0);
+        assert_eq!(c.answer(t, &big), Err(OutboundRefusal::TooLarge));
+        assert_eq!(c.answer(t, &response(7)).unwrap().origin, udp);
+        assert_eq!(
+            c.answer(t, &response(7)),
+            Err(OutboundRefusal::NoLongerOutstanding)
+        );
+        // TCP answers may be larger.
+        let tcp = Origin::Tcp { conn: 3 };
+        let t = c.admit(tcp, &query(9), 0).unwrap();
+        big[..2].copy_from_slice(&9u16.to_be_bytes());
+        assert!(c.answer(t, &big).is_ok());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_forgets_expired_and_closed() {
+        let mut c = Clients::new(2, 1000);
+        let udp = Origin::Udp {
+            listener: 0,
+            client: "127.0.0.1:4000".parse().unwrap(),
+        };
+        let a = c.admit(udp, &query(1), 0).unwrap();
+        let b = c.admit(Origin::Tcp { conn: 1 }, &query(2), 500).unwrap();
+        assert_eq!(c.admit(udp, &query(3), 0), Err(Admission::Full));
+        assert_eq!(c.next_expiry(), Some(1000));
+        assert_eq!(c.expire(1000), 1);
+        assert_eq!(
+            c.answer(a, &response(1)),
+            Err(OutboundRefusal::NoLongerOutstanding)
+        );
+        assert_eq!(c.on_conn(1), 1);
+        c.forget_conn(1);
+        assert!(c.is_empty());
+        assert_eq!(c.drop_query(b), Err(OutboundRefusal::NoLongerOutstanding));
+        let d = c.admit(udp, &query(4), 0).unwrap();
+        assert_eq!(c.drop_query(d), Ok(()));
+        assert_eq!(c.drop_query(99), Err(OutboundRefusal::NeverAsked));
+        // A connection's count follows answers and expiries.
+        let tcp = Origin::Tcp { conn: 2 };
+        let e = c.admit(tcp, &query(5), 2000).unwrap();
+        c.admit(tcp, &query(6), 2500).unwrap();
+        assert_eq!(c.on_conn(2), 2);
+        assert!(c.answer(e, &response(5)).is_ok());
+        assert_eq!(c.on_conn(2), 1);
+        assert_eq!(c.expire(3500), 1);
+        assert_eq!((c.on_conn(2), c.len()), (0, 0));
+    }
+
+    #[test]
+    fn the_bucket_allows_its_burst_then_its_rate() {
+        let mut b = TokenBucket::new(10, 5, 0);
+        assert_eq!((0..100).filter(|_| b.take(0)).count(), 5);
+        assert!(!b.take(99));
+        assert!(b.take(100));
+        assert!(!b.take(100));
+        assert_eq!((0..100).filter(|_| b.take(10_000)).count(), 5);
+    }
+}

@@ -1,0 +1,538 @@
+//! The supervisor: settings, the listeners bound with its privilege, the
+//! two roles linked by a direct channel, then the SDK's runtime with the
+//! routing below. It parses no byte from the network: queries and answers
+//! never pass through it.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant as StdInstant};
+
+use dns_engine::{Action, Forwarder, Start, Status};
+use mirage_dns::Dns as Svc;
+use mirage_dns::messages::{FromNetwork, NetworkStats};
+use mirage_dns::plan::{self, FD_ENGINE_PEER, IdsConfig, NetworkLimits, NetworkSettings, RoleIds};
+use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
+use mirage_sdk::role::{RoleOptions, Starting};
+use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe, link_pair};
+use mirage_sdk::service::metrics::{Kind, Metrics};
+use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
+use mirage_sdk::service::{Common, CommonLayer, SandboxKind, launch};
+use serde::Deserialize;
+
+use crate::RunArgs;
+
+/// The roles, by their index in the runtime.
+const ENGINE: RoleId = 0;
+const NETWORK: RoleId = 1;
+/// status.json and metrics.prom are written at most this often.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+/// Upstreams a query can name (an index of one octet; a handful is plenty).
+const MAX_UPSTREAMS: usize = 8;
+/// Addresses to listen on.
+const MAX_LISTEN: usize = 16;
+
+/// The engine role: its plan in force, then the SDK's engine runner with
+/// the direct channel to the network role. The channel is taken before the
+/// sandbox (its checks need calls the filter does not hold).
+pub fn engine_role(role: Starting) -> Result<(), String> {
+    let peer = mirage_sdk::channel::Channel::from_raw_fd(FD_ENGINE_PEER)
+        .map_err(|e| format!("the network role's channel: {e}"))?;
+    mirage_sdk::engine_role::run_with_peer::<Forwarder>(role.enter()?.channel, peer)
+}
+
+/// The config file (`/etc/mirage/dns/config.toml`): unknown keys are errors.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    /// As on the command line: "ADDR" or "ADDR:PORT".
+    listen: Vec<String>,
+    upstreams: Vec<String>,
+    /// One upstream attempt (ms) and attempts per query.
+    attempt_ms: Option<u32>,
+    attempts: Option<u8>,
+    /// The cache's size in octets of answers (0: no cache), and the
+    /// longest an answer is kept whatever its TTL.
+    cache_bytes: Option<u32>,
+    max_ttl_secs: Option<u32>,
+    state_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    sandbox: Option<SandboxKind>,
+    limits: NetworkLimits,
+    ids: IdsConfig,
+}
+
+fn addrs(
+    flags: &[SocketAddr],
+    file: &[String],
+    key: &str,
+    path: &std::path::Path,
+    parse: fn(&str) -> Result<SocketAddr, String>,
+) -> Result<Vec<SocketAddr>, String> {
+    let list = if flags.is_empty() {
+        file.iter()
+            .map(|s| parse(s).map_err(|e| format!("{}: {key}: {e}", path.display())))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        flags.to_vec()
+    };
+    let mut unique = Vec::new();
+    for a in list {
+        if !unique.contains(&a) {
+            unique.push(a);
+        }
+    }
+    Ok(unique)
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let (path, file) = args
+        .common
+        .load_config::<FileConfig>()
+        .map_err(|e| e.to_string())?;
+    let common = Common::resolve::<Svc>(
+        args.common.layer(),
+        CommonLayer {
+            state_dir: file.state_dir,
+            run_dir: file.run_dir,
+            sandbox: file.sandbox,
+        },
+    );
+    let mut listen = addrs(&args.listen, &file.listen, "listen", &path, crate::parse_addr)?;
+    if listen.is_empty() {
+        listen.push("127.0.0.53:53".parse().expect("a literal address"));
+    }
+    if listen.len() > MAX_LISTEN {
+        return Err(format!("{} listen addresses: at most {MAX_LISTEN}", listen.len()));
+    }
+    let upstreams = addrs(
+        &args.upstreams,
+        &file.upstreams,
+        "upstreams",
+        &path,
+        crate::parse_upstream,
+    )?;
+    if upstreams.is_empty() {
+        return Err(format!(
+            "no upstream: give --upstream ADDR[:PORT] or `upstreams` in {}",
+            path.display()
+        ));
+    }
+    if upstreams.len() > MAX_UPSTREAMS {
+        return Err(format!("{} upstreams: at most {MAX_UPSTREAMS}", upstreams.len()));
+    }
+    file.limits
+        .check()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ids =
+        RoleIds::resolve(&file.ids).map_err(|(key, why)| format!("{}: {key}: {why}", path.display()))?;
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
+    ids.fit_to_process::<Svc>(&file.ids, euid, egid)?;
+    for w in ids.warnings(euid == 0) {
+        log::warn!("{w}");
+    }
+    if common.sandbox == SandboxKind::None {
+        log::warn!("SANDBOX DISABLED (--sandbox none)");
+    }
+    // No guest image for the DNS engine yet: auto resolves to seccomp, and
+    // --sandbox kvm is an error that says so.
+    let device = std::path::Path::new(mirage_sdk::kvm::DEFAULT_DEVICE);
+    let sandbox = mirage_sdk::kvm::choose(common.sandbox, None, device)?;
+    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox.reason);
+    let signals = SignalPipe::new()?;
+
+    // The privileged opens: the run directory, then the listeners (port 53
+    // needs CAP_NET_BIND_SERVICE, which the drop below takes away).
+    let (run_dir, _) = mirage_sdk::files::open_dir_root_links_only(
+        &common.run_dir,
+        Some(mirage_sdk::service::dirs::RUN_DIR_MODE),
+    )
+    .map_err(|e| format!("runtime directory {}: {e}", common.run_dir.display()))?;
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for &a in &listen {
+        let u = UdpSocket::bind(a).map_err(|e| format!("UDP listener on {a}: {e}"))?;
+        u.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let t = TcpListener::bind(a).map_err(|e| format!("TCP listener on {a}: {e}"))?;
+        t.set_nonblocking(true).map_err(|e| e.to_string())?;
+        udp.push((u.local_addr().map_err(|e| e.to_string())?, OwnedFd::from(u)));
+        tcp.push((t.local_addr().map_err(|e| e.to_string())?, OwnedFd::from(t)));
+    }
+    let settings = NetworkSettings {
+        udp: udp.iter().map(|(a, _)| *a).collect(),
+        tcp: tcp.iter().map(|(a, _)| *a).collect(),
+        upstreams: upstreams.clone(),
+        limits: file.limits,
+    };
+    let listeners: Vec<OwnedFd> = udp.into_iter().chain(tcp).map(|(_, fd)| fd).collect();
+    let options = RoleOptions {
+        sandbox: sandbox.kind,
+        log_level: args.common.log_level,
+    };
+    let defaults = Start::default();
+    let start = Start {
+        upstreams: upstreams.clone(),
+        attempt_ms: file.attempt_ms.unwrap_or(defaults.attempt_ms),
+        attempts: file.attempts.unwrap_or(defaults.attempts),
+        cache_bytes: file.cache_bytes.unwrap_or(defaults.cache_bytes),
+        max_ttl_secs: file.max_ttl_secs.unwrap_or(defaults.max_ttl_secs),
+        ..defaults
+    };
+    let mut sup = Supervisor {
+        options,
+        ids,
+        start,
+        settings,
+        listeners,
+        publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
+        status: None,
+        network: None,
+        refused: BTreeMap::new(),
+        engine_restarts: 0,
+    };
+    let (engine, network) = (
+        plan::engine(&sup.ids),
+        plan::network(
+            &sup.ids,
+            sup.listeners.len(),
+            &sup.settings.limits,
+            &sup.settings.upstreams,
+        ),
+    );
+    let (engine_end, network_end) = link_pair()?;
+    let mut network_fds: Vec<_> = sup.listeners.iter().map(|l| l.as_fd()).collect();
+    network_fds.push(network_end.as_fd());
+    let specs = [
+        engine.spec(
+            options,
+            &(),
+            Some(sup.engine_first()?),
+            vec![engine_end.as_fd()],
+            Restart::WithBackoff,
+        )?,
+        network.spec(options, &sup.settings, None, network_fds, Restart::WithBackoff)?,
+    ];
+    let starting = launch::start_all(&specs)?;
+    drop(specs);
+    // Each role holds the only copy of its end of the direct channel.
+    drop((engine_end, network_end));
+    let roles = launch::confine(starting, sandbox.kind, &[&engine, &network])?;
+    log::info!(
+        "listening on {}, upstreams {}, sandbox {}",
+        join(&listen),
+        join(&upstreams),
+        sandbox.kind.as_str()
+    );
+    sup.publisher.mark_dirty();
+    let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
+    Ok(runtime.run(&signals))
+}
+
+fn join(list: &[SocketAddr]) -> String {
+    list.iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The routing the runtime runs.
+struct Supervisor {
+    options: RoleOptions,
+    ids: RoleIds,
+    start: Start,
+    settings: NetworkSettings,
+    /// The listeners, kept for the network roles started later.
+    listeners: Vec<OwnedFd>,
+    publisher: Publisher,
+    status: Option<Status>,
+    network: Option<NetworkStats>,
+    /// Items the engine refused, by reason.
+    refused: BTreeMap<&'static str, u64>,
+    engine_restarts: u32,
+}
+
+impl Supervisor {
+    fn engine_first(&self) -> Result<Vec<u8>, String> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
+        let start: ToEngineOf<Forwarder> = ToEngine::Start {
+            start: self.start.clone(),
+            seed,
+        };
+        codec::encode(&start).map_err(|e| e.to_string())
+    }
+
+    fn on_engine(&mut self, msg: &[u8]) -> Result<(), String> {
+        match codec::decode::<FromEngineOf<Forwarder>>(msg).map_err(|e| e.to_string())? {
+            FromEngine::Action(Action::Status(s)) => self.status = Some(s),
+            FromEngine::Action(Action::Batch(_)) => {
+                return Err("a batch sent to the supervisor, not the network role".into());
+            }
+            FromEngine::Refused(r) => {
+                for (reason, count) in r.counts {
+                    let n = self.refused.entry(reason.as_str()).or_default();
+                    let before = *n;
+                    *n += u64::from(count);
+                    // Logged when the count passes a power of two.
+                    if before.checked_ilog2() != n.checked_ilog2() {
+                        log::warn!("refused {} ({}); {n} so far", reason.as_str(), count);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Service for Supervisor {
+    fn on_message(&mut self, _ctx: &mut Ctx<'_>, from: RoleId, msg: &[u8]) -> Result<(), String> {
+        self.publisher.mark_dirty();
+        match from {
+            ENGINE => self.on_engine(msg),
+            _ => match codec::decode::<FromNetwork>(msg).map_err(|e| e.to_string())? {
+                FromNetwork::Stats(s) => {
+                    self.network = Some(s);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The pair restarts together: a fresh engine with a fresh seed, and a
+    /// network role with duplicates of the listeners (the runtime adds the
+    /// fresh direct channel after them).
+    fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
+        if role == ENGINE {
+            return plan::engine(&self.ids).start(self.options, &(), Some(self.engine_first()?));
+        }
+        let mut start = plan::network(
+            &self.ids,
+            self.listeners.len(),
+            &self.settings.limits,
+            &self.settings.upstreams,
+        )
+        .start(self.options, &self.settings, None)?;
+        start.fds = self
+            .listeners
+            .iter()
+            .map(|l| l.try_clone().map_err(|e| format!("a listener: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(start)
+    }
+
+    fn on_role_down(&mut self, _ctx: &mut Ctx<'_>, role: RoleId) {
+        // A new pair starts from zero: its counters are its own.
+        if role == NETWORK {
+            self.network = None;
+        } else {
+            self.status = None;
+        }
+    }
+
+    fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
+        self.engine_restarts = ctx.restarts(ENGINE);
+        self.publisher.mark_dirty();
+    }
+
+    fn on_round(&mut self, _ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
+        let view = self.view();
+        self.publisher
+            .on_round(StdInstant::now(), || view.publication())
+            .map_err(|e| e.to_string())
+    }
+
+    fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {
+        let view = self.view();
+        if let Err(e) = self.publisher.flush(|| view.publication()) {
+            log::warn!("{e}");
+        }
+    }
+}
+
+impl Supervisor {
+    fn view(&self) -> View {
+        View {
+            listen: self.settings.udp.clone(),
+            upstreams: self.settings.upstreams.clone(),
+            sandbox: self.options.sandbox,
+            status: self.status.clone(),
+            network: self.network.clone(),
+            refused: self.refused.clone(),
+            engine_restarts: self.engine_restarts,
+        }
+    }
+}
+
+/// What is published.
+struct View {
+    listen: Vec<SocketAddr>,
+    upstreams: Vec<SocketAddr>,
+    sandbox: SandboxKind,
+    status: Option<Status>,
+    network: Option<NetworkStats>,
+    refused: BTreeMap<&'static str, u64>,
+    engine_restarts: u32,
+}
+
+impl View {
+    fn publication(&self) -> Publication {
+        let c = self.status.as_ref().map(|s| s.counters).unwrap_or_default();
+        let n = self.network.clone().unwrap_or_default();
+        let outbound: BTreeMap<&str, u64> = n.refused.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let status = serde_json::json!({
+            "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "upstreams": self.upstreams.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "sandbox": self.sandbox.as_str(),
+            "engine": {
+                "pending": self.status.as_ref().map_or(0, |s| s.pending),
+                "queries": c.queries,
+                "answered": c.answered,
+                "truncated": c.truncated,
+                "formerr": c.formerr,
+                "notimp": c.notimp,
+                "servfail": c.servfail,
+                "merged": c.merged,
+                "cache_hits": c.cache_hits,
+                "cache_entries": self.status.as_ref().map_or(0, |s| s.cache_entries),
+                "cache_bytes": self.status.as_ref().map_or(0, |s| s.cache_bytes),
+                "upstream_queries": c.upstream_queries,
+                "tcp_retries": c.tcp_retries,
+                "upstream_replies": c.upstream_replies,
+                "upstream_timeouts": c.upstream_timeouts,
+                "upstream_failures": c.upstream_failures,
+            },
+            "network": {
+                "udp_queries": n.udp_queries,
+                "tcp_queries": n.tcp_queries,
+                "tcp_accepted": n.tcp_accepted,
+                "tcp_over_limit": n.tcp_over_limit,
+                "tcp_closed_idle": n.tcp_closed_idle,
+                "tcp_closed_bad": n.tcp_closed_bad,
+                "answers": n.answers,
+                "not_queries": n.not_queries,
+                "pending_full": n.pending_full,
+                "expired": n.expired,
+                "engine_busy": n.engine_busy,
+                "upstream_queries": n.upstream_queries,
+                "tcp_upstream_queries": n.tcp_upstream_queries,
+                "upstream_replies": n.upstream_replies,
+                "upstream_errors": n.upstream_errors,
+                "refused": outbound,
+            },
+            "refused": self.refused,
+            "engine_restarts": self.engine_restarts,
+        });
+        Publication {
+            status: status.to_string(),
+            metrics: self.metrics(&c, &n, &outbound),
+        }
+    }
+
+    fn metrics(&self, c: &dns_engine::Counters, n: &NetworkStats, outbound: &BTreeMap<&str, u64>) -> String {
+        let mut m = Metrics::of::<Svc>();
+        let mut f = m.family(
+            Kind::Counter,
+            "queries_total",
+            "Client queries received, by transport.",
+        );
+        f.sample(&[("transport", "udp")], n.udp_queries);
+        f.sample(&[("transport", "tcp")], n.tcp_queries);
+        let mut f = m.family(Kind::Counter, "responses_total", "Answers by kind.");
+        f.sample(&[("kind", "answered")], c.answered);
+        f.sample(&[("kind", "servfail")], c.servfail);
+        f.sample(&[("kind", "formerr")], c.formerr);
+        f.sample(&[("kind", "notimp")], c.notimp);
+        m.counter(
+            "truncated_total",
+            "Answers truncated to the client's size.",
+            &[],
+            c.truncated,
+        );
+        m.counter(
+            "merged_total",
+            "Queries joined to an identical one in flight.",
+            &[],
+            c.merged,
+        );
+        m.counter(
+            "cache_hits_total",
+            "Queries answered from the cache.",
+            &[],
+            c.cache_hits,
+        );
+        m.gauge(
+            "cache_entries",
+            "Answers in the cache.",
+            &[],
+            self.status.as_ref().map_or(0, |s| s.cache_entries),
+        );
+        m.gauge(
+            "pending",
+            "Client queries waiting for an upstream.",
+            &[],
+            self.status.as_ref().map_or(0, |s| s.pending),
+        );
+        m.counter(
+            "upstream_queries_total",
+            "Queries sent upstream.",
+            &[],
+            c.upstream_queries,
+        );
+        m.counter(
+            "tcp_retries_total",
+            "Upstream queries asked again over TCP after a truncated answer.",
+            &[],
+            c.tcp_retries,
+        );
+        m.counter(
+            "upstream_replies_total",
+            "Upstream replies accepted.",
+            &[],
+            c.upstream_replies,
+        );
+        m.counter(
+            "upstream_timeouts_total",
+            "Upstream attempts timed out.",
+            &[],
+            c.upstream_timeouts,
+        );
+        m.counter(
+            "upstream_errors_total",
+            "Upstream sockets that failed.",
+            &[],
+            n.upstream_errors,
+        );
+        let mut f = m.family(
+            Kind::Counter,
+            "refused_total",
+            "Inbound items the engine refused, by reason.",
+        );
+        for (k, v) in &self.refused {
+            f.sample(&[("reason", k)], *v);
+        }
+        let mut f = m.family(
+            Kind::Counter,
+            "outbound_refused_total",
+            "What the engine asked that the network role refused, by reason.",
+        );
+        for (k, v) in outbound {
+            f.sample(&[("reason", k)], *v);
+        }
+        m.counter(
+            "dropped_total",
+            "Client queries dropped before the engine (table full, engine busy).",
+            &[],
+            n.pending_full + n.engine_busy,
+        );
+        m.counter(
+            "engine_restarts_total",
+            "Times the engine and network role were restarted.",
+            &[],
+            self.engine_restarts,
+        );
+        m.finish()
+    }
+}

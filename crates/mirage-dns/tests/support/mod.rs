@@ -1,0 +1,149 @@
+//! What mirage-dns's suites share: unbound as the upstream, in a network
+//! namespace the test creates, and a small DNS client (UDP and TCP) on
+//! dns-wire. Needs root and unbound (scripts/install-deps.sh).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dns_wire::{Edns, Message, Name, Type};
+use mirage_testkit::netns::{Netns, unique_id};
+use mirage_testkit::process::{Procs, Proto, wait_listening};
+use mirage_testkit::tempdir::TestDir;
+
+pub fn bin() -> PathBuf {
+    mirage_testkit::service_bin("MIRAGE_DNS_BIN", env!("CARGO_BIN_EXE_mirage-dns"))
+}
+
+/// The port unbound answers on, on 127.0.0.1 and ::1.
+pub const UPSTREAM_PORT: u16 = 5300;
+
+/// Dropped in field order: the processes, the namespace, the directory.
+pub struct Fixture {
+    pub procs: Procs,
+    pub ns: Netns,
+    pub dir: TestDir,
+}
+
+/// The zone unbound serves: `a.test` has an A and an AAAA record,
+/// `alias.test` is a CNAME to it, `many.test` 100 A records (see
+/// [`with_unbound`]), anything else in `test.` is NXDOMAIN.
+const ZONE: &str = r#"
+    local-zone: "test." static
+    local-data: "a.test. 300 IN A 192.0.2.10"
+    local-data: "a.test. 300 IN AAAA 2001:db8::10"
+    local-data: "alias.test. 300 IN CNAME a.test."
+    local-data: "test. 300 IN SOA ns.test. admin.test. 1 3600 600 86400 60"
+"#;
+
+/// unbound answering from local data only (no recursion, no network) in
+/// a fresh namespace.
+pub fn with_unbound(tag: &str) -> Fixture {
+    let (id, _) = unique_id();
+    let ns = Netns::add_unique(tag);
+    let dir = TestDir::new("mirage-dns", &id);
+    let conf = dir.join("unbound.conf");
+    let d = dir.path().display();
+    // `many.test`: 100 A records, about 1.7 KB: truncated over UDP at 1232.
+    let many: String = (1..=100)
+        .map(|i| format!("    local-data: \"many.test. 300 IN A 198.51.100.{i}\"\n"))
+        .collect();
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n    interface: 127.0.0.1@{UPSTREAM_PORT}\n    interface: ::1@{UPSTREAM_PORT}\n    \
+             do-daemonize: no\n    username: \"\"\n    chroot: \"\"\n    directory: \"{d}\"\n    \
+             pidfile: \"{d}/unbound.pid\"\n    use-syslog: no\n    logfile: \"\"\n    \
+             access-control: 127.0.0.0/8 allow\n    access-control: ::1 allow\n    \
+             module-config: \"iterator\"\n{ZONE}{many}\nremote-control:\n    control-enable: no\n"
+        ),
+    )
+    .unwrap();
+    let mut procs = Procs::new();
+    let mut cmd = ns.command("unbound");
+    cmd.args(["-d", "-c"]).arg(&conf);
+    procs.spawn_logged(cmd, &dir.join("unbound.log"));
+    wait_listening(&ns, Proto::Udp, UPSTREAM_PORT, Duration::from_secs(20));
+    Fixture { procs, ns, dir }
+}
+
+impl Fixture {
+    /// mirage-dns in the namespace with `args` after `run`, its run
+    /// directory and log in the test's directory.
+    pub fn start_dns(&mut self, args: &[&str]) -> usize {
+        let mut cmd = self.ns.command(bin().to_str().unwrap());
+        cmd.arg("run")
+            .args(args)
+            .args(["--config", "/dev/null", "--log-level", "debug", "--run-dir"])
+            .arg(self.dir.join("run"));
+        let daemon = self.procs.spawn_logged(cmd, &self.dir.join("dns.log"));
+        wait_listening(&self.ns, Proto::Udp, 53, Duration::from_secs(20));
+        wait_listening(&self.ns, Proto::Tcp, 53, Duration::from_secs(20));
+        daemon
+    }
+
+    pub fn log(&self) -> String {
+        mirage_testkit::cmd::read_lossy(&self.dir.join("dns.log"))
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(self.dir.join("run/status.json")).ok()?).ok()
+    }
+}
+
+/// A query for `name` and `qtype`, EDNS with 1232 if `edns`.
+pub fn query(id: u16, name: &str, qtype: Type, edns: bool) -> Vec<u8> {
+    let mut m = Message::query(id, Name::from_ascii(name).unwrap(), qtype);
+    m.edns = edns.then(|| Edns::new(1232));
+    m.to_bytes().unwrap()
+}
+
+/// Ask `server` over UDP, up to 5 tries of 2 s: the parsed answer (with
+/// the query's id), or `None` when nothing answered.
+pub fn ask_udp(server: SocketAddr, data: &[u8]) -> Option<Message> {
+    let local = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let s = UdpSocket::bind(local).unwrap();
+    s.connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let id = u16::from_be_bytes([data[0], data[1]]);
+    let mut buf = [0u8; 65535];
+    for _ in 0..5 {
+        s.send(data).unwrap();
+        while let Ok(n) = s.recv(&mut buf) {
+            let m = Message::parse(&buf[..n]).expect("a well-formed answer");
+            if m.header.id == id {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
+/// Ask `server` over one TCP connection, `queries` pipelined: the answers
+/// in the order they came.
+pub fn ask_tcp(server: SocketAddr, queries: &[Vec<u8>]) -> Vec<Message> {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    for q in queries {
+        out.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        out.extend_from_slice(q);
+    }
+    s.write_all(&out).unwrap();
+    let mut answers = Vec::new();
+    for _ in queries {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut m).unwrap();
+        answers.push(Message::parse(&m).expect("a well-formed answer"));
+    }
+    answers
+}

@@ -1,0 +1,395 @@
+//! mirage-dns end to end against unbound: unbound serves a local zone on
+//! 127.0.0.1 and ::1 port 5300 in a network namespace the test creates,
+//! mirage-dns listens on 127.0.0.53:53 and [::1]:53 there, and the test's
+//! own client asks both and compares. Needs root (namespaces, port 53, the
+//! roles' privilege drop) and unbound (scripts/install-deps.sh); CI runs
+//! as root.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dns_wire::{Message, Rcode, Type};
+use mirage_dns::plan::RoleIds;
+use mirage_testkit::netns::in_netns;
+use mirage_testkit::procfs::{ProcStatus, role_pid, roles_of};
+use mirage_testkit::wait::wait_some;
+use support::{UPSTREAM_PORT, ask_tcp, ask_udp, query, with_unbound};
+
+/// What must agree between unbound's answer and ours: the rcode and the
+/// records, without their TTLs (ours count down while cached) and without
+/// the AA bit (a cached answer is not authoritative); the id is each
+/// query's own.
+fn comparable(m: &Message) -> (Rcode, Vec<String>, Vec<String>) {
+    let records = |rs: &[dns_wire::Record]| {
+        let mut v: Vec<String> = rs
+            .iter()
+            .map(|r| format!("{:?} {:?}", r.name, r.data).to_ascii_lowercase())
+            .collect();
+        v.sort();
+        v
+    };
+    (m.rcode(), records(&m.answers), records(&m.authorities))
+}
+
+/// The CAP_NET_BIND_SERVICE bit in /proc's capability masks.
+const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+
+#[test]
+fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
+    let mut f = with_unbound("dnsu");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let daemon = f.start_dns(&[
+        "--listen",
+        "127.0.0.53",
+        "--listen",
+        "::1",
+        "--upstream",
+        &upstream,
+    ]);
+    let ns = f.ns.name().to_owned();
+    let log = f.log();
+    let asked = in_netns(&ns, move || {
+        let unbound: SocketAddr = format!("127.0.0.1:{UPSTREAM_PORT}").parse().unwrap();
+        let ours: [SocketAddr; 2] = ["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
+        let cases = [
+            ("a.test", Type::A, Rcode::NOERROR, 1),
+            ("A.Test", Type::AAAA, Rcode::NOERROR, 1),
+            // unbound answers local data as it is: the CNAME alone.
+            ("alias.test", Type::A, Rcode::NOERROR, 1),
+            ("nx.test", Type::A, Rcode::NXDOMAIN, 0),
+        ];
+        let mut asked = 0;
+        for (i, (name, qtype, rcode, answers)) in cases.into_iter().enumerate() {
+            for edns in [false, true] {
+                let id = 0x100 + i as u16 * 2 + u16::from(edns);
+                let q = query(id, name, qtype, edns);
+                let want = ask_udp(unbound, &q).expect("unbound answers");
+                assert_eq!(
+                    (want.rcode(), want.answers.len()),
+                    (rcode, answers),
+                    "unbound: {name}"
+                );
+                for server in ours {
+                    let got =
+                        ask_udp(server, &q).unwrap_or_else(|| panic!("no answer from {server} for {name}"));
+                    asked += 1;
+                    assert_eq!(got.header.id, id);
+                    assert!(got.header.response && got.header.recursion_available);
+                    assert!(
+                        got.questions[0].eq_exact(&want.questions[0]),
+                        "the question as asked"
+                    );
+                    assert_eq!(
+                        comparable(&got),
+                        comparable(&want),
+                        "{name} {qtype:?} via {server}"
+                    );
+                    assert_eq!(got.edns.is_some(), edns, "EDNS only to a client that sent it");
+                    if let Some(e) = &got.edns {
+                        assert_eq!(e.udp_payload_size, 1232);
+                    }
+                }
+            }
+        }
+        // TCP, three queries pipelined on one connection.
+        let qs = vec![
+            query(7, "a.test", Type::A, false),
+            query(8, "a.test", Type::AAAA, false),
+            query(9, "nx.test", Type::A, false),
+        ];
+        let mut answers = ask_tcp(ours[0], &qs);
+        answers.sort_by_key(|m| m.header.id);
+        let ids: Vec<u16> = answers.iter().map(|m| m.header.id).collect();
+        assert_eq!(ids, [7, 8, 9]);
+        for (q, got) in qs.iter().zip(&answers) {
+            let want = ask_udp(unbound, q).unwrap();
+            assert_eq!(comparable(got), comparable(&want), "over TCP");
+        }
+        asked + 3
+    });
+
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the counters of every query published",
+        || {
+            f.status().filter(|v| {
+                let served = v["engine"]["answered"].as_u64().unwrap_or(0)
+                    + v["engine"]["cache_hits"].as_u64().unwrap_or(0);
+                served >= asked && v["network"]["answers"].as_u64() >= Some(asked)
+            })
+        },
+        || format!("{:?}\n{}", f.status(), f.log()),
+    );
+    assert_eq!(v["refused"], serde_json::json!({}), "{v}");
+    assert_eq!(v["network"]["refused"], serde_json::json!({}), "{v}");
+    assert_eq!(v["engine"]["servfail"], 0, "{v}");
+    // Each question was asked of both listeners (and over TCP again):
+    // after the first, the cache answers (unbound's TTL is 300 s).
+    let (hits, relayed) = (
+        v["engine"]["cache_hits"].as_u64().unwrap(),
+        v["engine"]["answered"].as_u64().unwrap(),
+    );
+    assert!(hits > 0, "{v}");
+    assert_eq!(hits + relayed, asked, "{v}");
+    assert_eq!(v["network"]["tcp_queries"], 3, "{v}");
+    assert_eq!(v["sandbox"], "seccomp");
+    let metrics = std::fs::read_to_string(f.dir.join("run/metrics.prom")).unwrap();
+    assert!(
+        metrics.contains("mirage_dns_queries_total{transport=\"tcp\"} 3"),
+        "{metrics}"
+    );
+
+    // The roles: their own ids, no capability at all, their filters.
+    let pid = f.procs.pid(daemon);
+    let names: Vec<String> = roles_of(pid).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["engine", "network"]);
+    let ids = RoleIds::DEFAULT;
+    for (role, id) in [("engine", ids.engine.uid), ("network", ids.network.uid)] {
+        let st = ProcStatus::read(role_pid(pid, role));
+        assert_eq!(st.uids(), [id; 4], "{role}");
+        assert_eq!(st.gids(), [id; 4], "{role}");
+        assert_eq!(st.seccomp(), 2, "{role} runs under its filter");
+        assert!(st.no_new_privs(), "{role}");
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+            assert_eq!(st.caps(set), 0, "{role} {set}");
+        }
+    }
+    // The supervisor bound port 53 and kept nothing that binds it again.
+    let sup = ProcStatus::read(pid);
+    assert_eq!(sup.seccomp(), 2, "the supervisor runs under its filter");
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(sup.caps(set) & CAP_NET_BIND_SERVICE, 0, "supervisor {set}");
+    }
+
+    // `status --json` reads what was published; SIGTERM ends it cleanly.
+    let out = std::process::Command::new(support::bin())
+        .args(["status", "--json", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["upstreams"], serde_json::json!([upstream]));
+    f.procs.signal(daemon, "TERM");
+    let exit = f
+        .procs
+        .wait_exit(daemon, Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    assert!(exit.success(), "{exit:?}: {log}");
+}
+
+#[test]
+fn a_dead_upstream_is_skipped_for_the_next_over_ipv6() {
+    let mut f = with_unbound("dnsd");
+    // 127.0.0.2 is on lo but nothing listens there: ICMP port unreachable,
+    // so the next upstream is asked at once, over IPv6 (an AF_INET6
+    // socket under the network role's filter).
+    let good = format!("[::1]:{UPSTREAM_PORT}");
+    f.start_dns(&[
+        "--listen",
+        "127.0.0.53",
+        "--upstream",
+        "127.0.0.2:5300",
+        "--upstream",
+        &good,
+    ]);
+    let ns = f.ns.name().to_owned();
+    in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let got = ask_udp(ours, &query(1, "a.test", Type::A, true)).expect("an answer");
+        assert_eq!((got.rcode(), got.answers.len()), (Rcode::NOERROR, 1));
+    });
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the failed attempt counted",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["upstream_failures"].as_u64() >= Some(1))
+        },
+        || f.log(),
+    );
+    assert_eq!(v["engine"]["answered"], 1, "{v}");
+    assert_eq!(v["engine"]["servfail"], 0, "{v}");
+}
+
+#[test]
+fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners() {
+    let mut f = with_unbound("dnsr");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    // No --listen: the default, 127.0.0.53:53.
+    let daemon = f.start_dns(&["--upstream", &upstream]);
+    let ns = f.ns.name().to_owned();
+    let ask = move |id: u16| {
+        in_netns(&ns, move || {
+            let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+            ask_udp(ours, &query(id, "a.test", Type::A, false))
+        })
+    };
+    assert_eq!(ask(1).expect("an answer").answers.len(), 1);
+    let pid = f.procs.pid(daemon);
+    let (engine, network) = (role_pid(pid, "engine"), role_pid(pid, "network"));
+    std::process::Command::new("kill")
+        .args(["-KILL", &engine.to_string()])
+        .status()
+        .unwrap();
+    // Both roles of the linked pair are new processes; the listeners are
+    // the same sockets (the supervisor kept them), so the same address
+    // answers, and the status says the pair restarted.
+    wait_some(
+        Duration::from_secs(20),
+        "a new engine and network role",
+        || {
+            let roles = roles_of(pid);
+            (roles.len() == 2 && roles.iter().all(|&(_, p)| p != engine && p != network)).then_some(())
+        },
+        || f.log(),
+    );
+    let a = ask(2).expect("an answer after the restart");
+    assert_eq!((a.header.id, a.answers.len()), (2, 1));
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the restart published",
+        || f.status().filter(|v| v["engine_restarts"].as_u64() >= Some(1)),
+        || f.log(),
+    );
+    assert_eq!(v["engine_restarts"], 1, "{v}");
+    for role in ["engine", "network"] {
+        assert_eq!(ProcStatus::read(role_pid(pid, role)).seccomp(), 2, "{role}");
+    }
+}
+
+/// A hostile upstream on 127.0.0.1:5301 in namespace `ns`: each query is
+/// answered three times, first with another id, then with the question in
+/// lower case (the 0x20 check), then rightly with 192.0.2.99. Serves until
+/// `stop` is set.
+fn forging_upstream(
+    ns: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    use dns_wire::{Class, Name, RData, Record};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        mirage_testkit::netns::enter(&ns).unwrap();
+        let s = std::net::UdpSocket::bind("127.0.0.1:5301").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut served = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(q) = Message::parse(&buf[..n]) else {
+                continue;
+            };
+            let mut r = q.clone();
+            r.header.response = true;
+            r.header.recursion_available = true;
+            r.answers = vec![Record {
+                name: q.questions[0].name.clone(),
+                class: Class::IN,
+                ttl: 60,
+                data: RData::A(std::net::Ipv4Addr::new(192, 0, 2, 99)),
+            }];
+            let mut wrong_id = r.clone();
+            wrong_id.header.id ^= 0x5a5a;
+            let mut lower = r.clone();
+            let labels: Vec<Vec<u8>> = q.questions[0]
+                .name
+                .labels()
+                .map(|l| l.to_ascii_lowercase())
+                .collect();
+            lower.questions[0].name = Name::from_labels(labels.iter().map(Vec::as_slice)).unwrap();
+            for m in [wrong_id, lower, r] {
+                s.send_to(&m.to_bytes().unwrap(), from).unwrap();
+            }
+            served += 1;
+        }
+        served
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the forging upstream is up");
+    t
+}
+
+#[test]
+fn forged_replies_before_the_real_one_are_refused_and_the_real_one_answers() {
+    let mut f = with_unbound("dnsf");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upstream = forging_upstream(f.ns.name().to_owned(), stop.clone());
+    f.start_dns(&["--upstream", "127.0.0.1:5301"]);
+    let ns = f.ns.name().to_owned();
+    let got = in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        // Twenty letters: all drawn lower case by 0x20 one time in 2^20.
+        ask_udp(ours, &query(0x77, "abcdefghijklmnopqrst.test", Type::A, false))
+    })
+    .expect("an answer");
+    assert_eq!(
+        (got.header.id, got.rcode(), got.answers.len()),
+        (0x77, Rcode::NOERROR, 1)
+    );
+    assert_eq!(
+        got.answers[0].data,
+        dns_wire::RData::A(std::net::Ipv4Addr::new(192, 0, 2, 99))
+    );
+    let v = wait_some(
+        Duration::from_secs(10),
+        "both forgeries counted",
+        || {
+            f.status().filter(|v| {
+                v["refused"]["mismatched-reply"].as_u64() >= Some(2)
+                    && v["engine"]["answered"].as_u64() >= Some(1)
+            })
+        },
+        || format!("{:?}\n{}", f.status(), f.log()),
+    );
+    assert_eq!(v["refused"]["mismatched-reply"], 2, "{v}");
+    assert_eq!(v["engine"]["answered"], 1, "{v}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        upstream.join().unwrap(),
+        1,
+        "one upstream query for one client query"
+    );
+}
+
+#[test]
+fn a_truncated_upstream_answer_is_fetched_again_over_tcp() {
+    let mut f = with_unbound("dnst");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    f.start_dns(&["--upstream", &upstream]);
+    let ns = f.ns.name().to_owned();
+    let (over_udp, over_tcp) = in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        // unbound truncates 100 A records at our 1232 octets; we ask again
+        // over TCP and answer a TCP client in full...
+        let tcp = ask_tcp(ours, &[query(1, "many.test", Type::A, false)]).remove(0);
+        // ...and a UDP client with EDNS 1232 gets TC (it is too large for
+        // it), from the cache this time.
+        let udp = ask_udp(ours, &query(2, "many.test", Type::A, true)).expect("an answer");
+        (udp, tcp)
+    });
+    assert_eq!((over_tcp.header.id, over_tcp.header.truncated), (1, false));
+    assert_eq!(over_tcp.answers.len(), 100);
+    assert_eq!((over_udp.header.id, over_udp.header.truncated), (2, true));
+    assert!(over_udp.answers.is_empty());
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the TCP retry counted",
+        || {
+            f.status().filter(|v| {
+                v["engine"]["tcp_retries"].as_u64() >= Some(1)
+                    && v["network"]["tcp_upstream_queries"].as_u64() >= Some(1)
+            })
+        },
+        || format!("{:?}\n{}", f.status(), f.log()),
+    );
+    assert_eq!(v["engine"]["tcp_retries"], 1, "{v}");
+    assert_eq!(v["engine"]["cache_hits"], 1, "{v}");
+    assert_eq!(v["network"]["upstream_errors"], 0, "{v}");
+    assert_eq!(v["network"]["refused"], serde_json::json!({}), "{v}");
+}
