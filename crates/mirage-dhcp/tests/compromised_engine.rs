@@ -1057,7 +1057,12 @@ fn actuator_enforces_ignored_121_and_installs_routes_in_their_table() {
         let monitor = LinkMonitor::open(link.index).unwrap();
         for d in ["state", "run"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
-            std::os::unix::fs::chown(dir.join(d), Some(support::ACTUATOR_ID), Some(support::ACTUATOR_ID)).unwrap();
+            std::os::unix::fs::chown(
+                dir.join(d),
+                Some(support::ACTUATOR_ID),
+                Some(support::ACTUATOR_ID),
+            )
+            .unwrap();
         }
         let state = mirage_sdk::files::open_dir(&dir.join("state")).unwrap();
         let run = mirage_sdk::files::open_dir(&dir.join("run")).unwrap();
