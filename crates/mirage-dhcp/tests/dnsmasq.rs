@@ -86,6 +86,7 @@ fn lease_is_applied_with_routes_mtu_dns_and_files(sandbox: &'static str) {
         serde_json::json!({
             "version": 1, "interface": CLIENT_IF,
             "ntp": ["10.9.9.9"], "dns": [net.server_ip.as_str()],
+            "search": ["corp.example", "example.org"],
         })
     );
     let stored: serde_json::Value =
@@ -128,6 +129,34 @@ fn lease_is_applied_with_routes_mtu_dns_and_files(sandbox: &'static str) {
     );
     // Default: the address stays after a stop (kernel lifetime still runs).
     assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+}
+
+/// `--resolv-conf-nameserver`: resolv.conf names the local stub only (the
+/// lease's search domains kept), while servers.json still carries the
+/// lease's DNS servers for the stub to forward to (docs/operators.md).
+#[test]
+fn resolv_conf_names_the_stub_and_servers_json_the_learned_servers() {
+    let mut net = Net::new();
+    net.sandbox = Some("seccomp");
+    net.start_dnsmasq(
+        "120",
+        &["--dhcp-option=option:domain-search,corp.example,example.org"],
+    );
+    net.start_client(&["--resolv-conf-nameserver", "127.0.0.53"]);
+    net.wait_state("bound", BOUND_WITHIN);
+    let resolv = read(&net.path("resolv.conf"));
+    let body: Vec<&str> = resolv.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        body,
+        ["search corp.example example.org", "nameserver 127.0.0.53"],
+        "{resolv}"
+    );
+    let servers: serde_json::Value = serde_json::from_str(&read(&net.path("run/servers.json"))).unwrap();
+    assert_eq!(servers["dns"], serde_json::json!([net.server_ip.as_str()]));
+    assert_eq!(
+        servers["search"],
+        serde_json::json!(["corp.example", "example.org"])
+    );
 }
 
 fn oneshot_exits_zero_once_applied(sandbox: &'static str) {
