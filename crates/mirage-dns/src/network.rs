@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use dns_engine::{
@@ -15,7 +15,9 @@ use dns_engine::{
 };
 use mirage_dns::messages::{FromNetwork, NetworkStats, ToNetwork};
 use mirage_dns::plan::{FD_FIRST_LISTENER, NetworkLimits, NetworkSettings};
-use mirage_dns::policy::{Admission, Clients, Origin, OutboundRefusal, TokenBucket, check_query};
+use mirage_dns::policy::{
+    Admission, Cidr, ClientLimiter, Clients, Origin, OutboundRefusal, TokenBucket, allowed, check_query,
+};
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
 use mirage_sdk::channel::{Channel, wait};
 use mirage_sdk::clock::boottime;
@@ -79,6 +81,8 @@ struct TcpUpstream {
 /// messages both ways.
 struct Conn {
     stream: TcpStream,
+    /// The client's address: its rate is its address's.
+    peer: IpAddr,
     input: Vec<u8>,
     output: Vec<u8>,
     last_active_ms: u64,
@@ -91,6 +95,9 @@ struct Network<'a> {
     tcp: &'a [TcpListener],
     upstreams: Vec<SocketAddr>,
     limits: NetworkLimits,
+    /// Who may ask (`allow`), and each address's rate.
+    allow: Vec<Cidr>,
+    limiter: ClientLimiter,
     clients: Clients,
     in_flight: HashMap<u32, Upstream>,
     tcp_in_flight: HashMap<u32, TcpUpstream>,
@@ -129,6 +136,12 @@ impl<'a> Network<'a> {
             tcp,
             upstreams: settings.upstreams.clone(),
             limits,
+            allow: settings.allow.clone(),
+            limiter: ClientLimiter::new(
+                limits.client_per_second,
+                limits.client_burst,
+                limits.client_table as usize,
+            ),
             clients: Clients::new(
                 limits.pending_queries as usize,
                 u64::from(limits.query_timeout_ms),
@@ -289,6 +302,10 @@ impl<'a> Network<'a> {
                         self.stats.not_queries += 1;
                         continue;
                     }
+                    // Dropped, not answered: no REFUSED to reflect.
+                    if !self.client_may_ask(from.ip()) {
+                        continue;
+                    }
                     let origin = Origin::Udp {
                         listener: i,
                         client: from,
@@ -302,6 +319,20 @@ impl<'a> Network<'a> {
                 }
             }
         }
+    }
+
+    /// Whether `ip` is in the access list and within its rate; counted
+    /// when it is not.
+    fn client_may_ask(&mut self, ip: IpAddr) -> bool {
+        if !allowed(&self.allow, ip) {
+            self.stats.not_allowed += 1;
+            return false;
+        }
+        if !self.limiter.take(ip, boottime().millis()) {
+            self.stats.rate_limited += 1;
+            return false;
+        }
+        true
     }
 
     fn admit(&mut self, origin: Origin, transport: Transport, data: &[u8], peer: &Channel) {
@@ -326,7 +357,11 @@ impl<'a> Network<'a> {
     fn accept(&mut self, i: usize) {
         for _ in 0..READS_PER_ROUND {
             match self.tcp[i].accept() {
-                Ok((stream, _)) => {
+                Ok((stream, from)) => {
+                    if !allowed(&self.allow, from.ip()) {
+                        self.stats.not_allowed += 1;
+                        continue; // dropped: closed at once, nothing read
+                    }
                     if self.conns.len() >= self.limits.tcp_clients as usize {
                         self.stats.tcp_over_limit += 1;
                         continue; // dropped: closed at once
@@ -341,6 +376,7 @@ impl<'a> Network<'a> {
                         self.next_conn,
                         Conn {
                             stream,
+                            peer: from.ip(),
                             input: Vec::new(),
                             output: Vec::new(),
                             last_active_ms: boottime().millis(),
@@ -428,6 +464,10 @@ impl<'a> Network<'a> {
                 break;
             }
             let message: Vec<u8> = c.input.drain(..2 + len).skip(2).collect();
+            let ip = c.peer;
+            if !self.client_may_ask(ip) {
+                continue;
+            }
             self.admit(Origin::Tcp { conn: id }, Transport::Tcp, &message, peer);
         }
         let done = self

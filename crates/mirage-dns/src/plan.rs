@@ -105,6 +105,12 @@ pub struct NetworkLimits {
     /// Queries one TCP connection may have outstanding (pipelined, RFC
     /// 7766 section 6.2.1.1); its further queries wait in its socket.
     pub tcp_pipeline: u32,
+    /// Queries one client address may send a second, and at once in a
+    /// burst; more are dropped (0: no limit).
+    pub client_per_second: u32,
+    pub client_burst: u32,
+    /// Client addresses whose rate is kept at once (the table's bound).
+    pub client_table: u32,
 }
 
 impl Default for NetworkLimits {
@@ -118,6 +124,9 @@ impl Default for NetworkLimits {
             tcp_clients: 64,
             tcp_idle_ms: 10_000,
             tcp_pipeline: 16,
+            client_per_second: 2000,
+            client_burst: 4000,
+            client_table: 4096,
         }
     }
 }
@@ -139,7 +148,10 @@ impl NetworkLimits {
         within("upstream_burst", self.upstream_burst, 1, 1_000_000)?;
         within("tcp_clients", self.tcp_clients, 0, 4096)?;
         within("tcp_idle_ms", self.tcp_idle_ms, 100, 300_000)?;
-        within("tcp_pipeline", self.tcp_pipeline, 1, 1024)
+        within("tcp_pipeline", self.tcp_pipeline, 1, 1024)?;
+        within("client_per_second", self.client_per_second, 0, 1_000_000)?;
+        within("client_burst", self.client_burst, 1, 1_000_000)?;
+        within("client_table", self.client_table, 1, 1_000_000)
     }
 }
 
@@ -152,6 +164,9 @@ pub struct NetworkSettings {
     pub tcp: Vec<SocketAddr>,
     /// The upstream servers, as the engine's `Start` numbers them.
     pub upstreams: Vec<SocketAddr>,
+    /// The clients read: a query from anyone else is dropped unread
+    /// (`allow`; by default loopback and the listen addresses).
+    pub allow: Vec<crate::policy::Cidr>,
     pub limits: NetworkLimits,
 }
 
@@ -229,6 +244,7 @@ mod tests {
             udp: vec!["127.0.0.53:53".parse().unwrap()],
             tcp: vec!["127.0.0.53:53".parse().unwrap()],
             upstreams: vec![],
+            allow: vec![],
             limits: NetworkLimits::default(),
         };
         assert_eq!(settings.peer_fd(), 6);
