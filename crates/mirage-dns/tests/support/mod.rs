@@ -74,10 +74,19 @@ impl Fixture {
     /// mirage-dns in the namespace with `args` after `run`, its run
     /// directory and log in the test's directory.
     pub fn start_dns(&mut self, args: &[&str]) -> usize {
+        self.start_dns_with("", args)
+    }
+
+    /// [`Fixture::start_dns`] with `config` as its config file.
+    pub fn start_dns_with(&mut self, config: &str, args: &[&str]) -> usize {
+        let path = self.dir.join("dns.toml");
+        std::fs::write(&path, config).unwrap();
         let mut cmd = self.ns.command(bin().to_str().unwrap());
         cmd.arg("run")
             .args(args)
-            .args(["--config", "/dev/null", "--log-level", "debug", "--run-dir"])
+            .arg("--config")
+            .arg(&path)
+            .args(["--log-level", "debug", "--run-dir"])
             .arg(self.dir.join("run"));
         let daemon = self.procs.spawn_logged(cmd, &self.dir.join("dns.log"));
         wait_listening(&self.ns, Proto::Udp, 53, Duration::from_secs(20));
