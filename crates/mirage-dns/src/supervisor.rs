@@ -829,3 +829,73 @@ impl View {
         m.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn our_own_listen_addresses_are_no_upstream() {
+        let stub = [a("127.0.0.53:53")];
+        assert!(is_ours(&stub, a("127.0.0.53:53")));
+        assert!(!is_ours(&stub, a("127.0.0.53:5353")));
+        assert!(!is_ours(&stub, a("127.0.0.1:53")));
+        let any = [a("0.0.0.0:53")];
+        assert!(is_ours(&any, a("127.0.0.1:53")));
+        assert!(!is_ours(&any, a("192.0.2.1:53")));
+        assert!(is_ours(&[a("[::ffff:10.0.0.1]:53")], a("10.0.0.1:53")));
+    }
+
+    #[test]
+    fn the_default_access_list_is_loopback_and_the_listen_addresses() {
+        let list = |l: &[SocketAddr]| default_allow(l).iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(list(&[a("127.0.0.53:53")]), ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(
+            list(&[a("127.0.0.53:53"), a("10.0.0.1:53"), a("0.0.0.0:5353")]),
+            ["127.0.0.0/8", "::1/128", "10.0.0.1/32"]
+        );
+    }
+
+    #[test]
+    fn learned_servers_follow_the_configured_ones_without_repeats_or_loops() {
+        let dir = std::env::temp_dir().join(format!("mirage-dns-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(learned::SERVERS_FILE);
+        let mut d = DhcpFollow {
+            path: path.clone(),
+            servers: Vec::new(),
+            search: Vec::new(),
+            error: None,
+            changes: 0,
+            self_loops: Vec::new(),
+        };
+        let listen = [a("127.0.0.53:53")];
+        assert!(!d.poll(&listen), "no file: nothing learned, no change");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"interface":"eth0","ntp":[],"dns":["192.0.2.1","127.0.0.53","0.0.0.0","224.0.0.1","192.0.2.2","192.0.2.1"]}"#,
+        )
+        .unwrap();
+        assert!(d.poll(&listen));
+        assert_eq!(d.servers, [a("192.0.2.1:53"), a("192.0.2.2:53")]);
+        assert_eq!(d.self_loops, [a("127.0.0.53:53")]);
+        assert!(d.search.is_empty(), "a file without search: none");
+        assert!(!d.poll(&listen), "the same file: no change");
+        let configured = [a("192.0.2.2:53"), a("198.51.100.1:5353")];
+        assert_eq!(
+            merged(&configured, Some(&d)),
+            [a("192.0.2.2:53"), a("198.51.100.1:5353"), a("192.0.2.1:53")]
+        );
+        std::fs::write(&path, "not json").unwrap();
+        assert!(!d.poll(&listen));
+        assert!(d.error.is_some());
+        assert_eq!(d.servers.len(), 2, "an unreadable file keeps the last list");
+        assert_eq!(d.changes, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
