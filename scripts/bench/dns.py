@@ -61,6 +61,11 @@ FORWARDERS = {
 }
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def log(msg):
     print(f"bench-dns: {msg}", file=sys.stderr, flush=True)
 
@@ -80,7 +85,7 @@ def descendants(pid):
         p = todo.pop()
         out.append(p)
         try:
-            kids = open(f"/proc/{p}/task/{p}/children").read().split()
+            kids = read(f"/proc/{p}/task/{p}/children").split()
         except OSError:
             kids = []
         todo.extend(int(k) for k in kids)
@@ -93,7 +98,7 @@ def cpu_seconds(pid):
     total = 0
     for p in descendants(pid):
         try:
-            stat = open(f"/proc/{p}/stat").read()
+            stat = read(f"/proc/{p}/stat")
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
@@ -107,9 +112,9 @@ def rss_each(pid):
     out = {}
     for p in descendants(pid):
         try:
-            argv = open(f"/proc/{p}/cmdline").read().split("\0")
+            argv = read(f"/proc/{p}/cmdline").split("\0")
             name = argv[2] if len(argv) > 2 and argv[1] == "role" else "main"
-            for line in open(f"/proc/{p}/status"):
+            for line in read(f"/proc/{p}/status").splitlines():
                 if line.startswith("VmRSS:"):
                     out[name] = out.get(name, 0) + int(line.split()[1])
         except (OSError, IndexError):
@@ -209,7 +214,7 @@ class Bench:
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
-        tail = open(os.path.join(self.tmp, f"{what}.log")).read()[-2000:]
+        tail = read(os.path.join(self.tmp, f"{what}.log"))[-2000:]
         raise RuntimeError(f"{what} does not listen on {addr}:{port}:\n{tail}")
 
     def setup(self):
@@ -228,13 +233,15 @@ class Bench:
 }
 """
         path = os.path.join(self.tmp, "counters.nft")
-        open(path, "w").write(nft)
+        with open(path, "w") as f:
+            f.write(nft)
         ns_exec(self.ns, "nft", "-f", path)
 
         zone = os.path.join(self.tmp, "bench.zone")
         write_zone(zone)
         t = self.tmp
-        open(os.path.join(t, "nsd.conf"), "w").write(
+        with open(os.path.join(t, "nsd.conf"), "w") as f:
+            f.write(
             f"""server:
     ip-address: {UPSTREAM[0]}@{UPSTREAM[1]}
     username: ""
@@ -271,7 +278,8 @@ zone:
                         "--cache-size=10000", f"--pid-file={t}/dnsmasq.pid"]
             else:
                 conf = os.path.join(t, "unbound.conf")
-                open(conf, "w").write(
+                with open(conf, "w") as f:
+                    f.write(
                     f"""server:
     interface: {addr}
     port: 53
@@ -345,6 +353,9 @@ forward-zone:
         # Fill every cache with the hit names (one query each, paced).
         for n in a.forwarders:
             parse_dnsperf(self.dnsperf(n, hit, "-n", "1", "-Q", str(a.miss_rate)))
+        time.sleep(1)
+        for n in a.forwarders:
+            res[n]["rss_filled_each"] = rss_each(self.pid(n))
         order = list(a.forwarders)
         for run in range(a.runs):
             for n in order:
@@ -364,6 +375,8 @@ forward-zone:
                     f"{res[n]['q_per_cpu_s'][-1] or 0:.0f} q/CPU-s, p99 {res[n]['p99_ms'][-1] or 0:.3f} ms "
                     f"at {a.rate} q/s, lost {s['lost']}+{s2['lost']}")
             order = order[1:] + order[:1]
+        for n in a.forwarders:
+            res[n]["rss_loaded_each"] = rss_each(self.pid(n))
         # Cache misses: every name new to every cache.
         for n in a.forwarders:
             u0, t0 = self.counters()
@@ -378,7 +391,7 @@ forward-zone:
             res[n]["rss_cached_each"] = rss_each(self.pid(n))
         if "mirage-dns" in a.forwarders:
             try:
-                st = json.load(open(os.path.join(t, "dns-run", "status.json")))
+                st = json.loads(read(os.path.join(t, "dns-run", "status.json")))
                 res["mirage-dns"]["status"] = {k: st["engine"].get(k) for k in
                                                ("queries", "cache_hits", "cache_entries", "cache_bytes",
                                                 "upstream_queries", "servfail")}
@@ -431,7 +444,7 @@ def report(a, res):
     base = "mirage-dns" if "mirage-dns" in names else names[0]
     med = {n: {k: median(res[n][k]) for k in ("qps", "q_per_cpu_s", "p99_ms", "p50_ms")} for n in names}
     sizes = {n: binary(n, a.mirage) for n in names}
-    load = open("/proc/loadavg").read().split()[:3]
+    load = read("/proc/loadavg").split()[:3]
     lines = []
     lines.append(f"Command: `{a.command}` ({a.runs} runs; {a.duration} s at full speed and "
                  f"{a.latency_duration} s at {a.rate:,} queries/s per forwarder and run; "
@@ -485,9 +498,11 @@ def report(a, res):
     if "mirage-dns" in names:
         r = res["mirage-dns"]
         lines.append("")
-        lines.append("mirage-dns's processes, VmRSS KiB idle and with the names cached: " + ", ".join(
-            f"{k} {fmt(r['rss_idle_each'].get(k))} and {fmt(r['rss_cached_each'].get(k))}"
-            for k in sorted(r["rss_cached_each"])) + ".")
+        lines.append(f"mirage-dns's processes, VmRSS KiB idle / {HIT_NAMES:,} names cached / after the "
+                     f"cache-hit runs / {HIT_NAMES + MISS_NAMES:,} names cached: " + ", ".join(
+                         f"{k} " + " / ".join(fmt(r[f"rss_{w}_each"].get(k))
+                                              for w in ("idle", "filled", "loaded", "cached"))
+                         for k in sorted(r["rss_cached_each"])) + ".")
     if "status" in res.get("mirage-dns", {}):
         lines.append("")
         lines.append(f"mirage-dns's own status.json at the end: `{json.dumps(res['mirage-dns']['status'])}`.")
@@ -536,7 +551,7 @@ def main():
         if f not in FORWARDERS:
             log(f"unknown forwarder {f}: one of {', '.join(FORWARDERS)}")
             return 2
-    a.load_before = " ".join(open("/proc/loadavg").read().split()[:3])
+    a.load_before = " ".join(read("/proc/loadavg").split()[:3])
     b = Bench(a)
     try:
         res = b.run()
@@ -549,7 +564,7 @@ def main():
     text = report(a, res)
     print(text)
     if a.write_docs:
-        doc = open(a.write_docs).read()
+        doc = read(a.write_docs)
         begin, end = "<!-- bench-dns:begin -->", "<!-- bench-dns:end -->"
         if begin not in doc or end not in doc:
             log(f"{a.write_docs} has no {begin} ... {end} markers")
