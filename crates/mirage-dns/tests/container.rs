@@ -99,9 +99,16 @@ fn meta() -> Meta {
 }
 
 /// The image layout of this build's binary in `dir`, and its oci-archive.
-fn build_layout(dir: &Path) -> (oci_image::Written, Vec<u8>) {
+/// Each test gives its own `revision`: the same binary and labels would
+/// make the same image id, and one test's `rmi --force` would remove the
+/// other's running container with it.
+fn build_layout(dir: &Path, revision: &str) -> (oci_image::Written, Vec<u8>) {
     let binary = std::fs::read(support::bin()).unwrap();
-    let image = oci_image::image(&MIRAGE_DNS, binary, &meta()).unwrap();
+    let meta = Meta {
+        revision: revision.to_owned(),
+        ..meta()
+    };
+    let image = oci_image::image(&MIRAGE_DNS, binary, &meta).unwrap();
     // Unoptimized test builds of the compressor take half a minute on the
     // debug binary; the plain layer is built by the same code path.
     let written = oci_image::write_layout(&image, dir, LayerCompression::None).unwrap();
@@ -123,8 +130,8 @@ fn image_answers_through_unbound_with_net_bind_service_dropped_everywhere() {
     let mut pm = Podman::default();
 
     // The reproducible build: same inputs, same bytes, twice in one run.
-    let (first, first_archive) = build_layout(&f.dir.join("layout-a"));
-    let (second, second_archive) = build_layout(&f.dir.join("layout-b"));
+    let (first, first_archive) = build_layout(&f.dir.join("layout-a"), "container-test");
+    let (second, second_archive) = build_layout(&f.dir.join("layout-b"), "container-test");
     assert_eq!(first, second, "two builds of the same binary differ");
     assert!(first_archive == second_archive, "the two oci-archives differ");
     assert!(first.manifest_digest.starts_with("sha256:"));
@@ -320,7 +327,7 @@ fn without_the_capability_it_stops_at_the_bind_and_says_why() {
         let run = ctx.join("run");
         std::fs::create_dir_all(&run).unwrap();
         chown_service(&run);
-        let (_, _) = build_layout(&ctx.join("layout"));
+        build_layout(&ctx.join("layout"), "container-test-no-capability");
         let id = podman_ok(&[
             "pull",
             "--quiet",
