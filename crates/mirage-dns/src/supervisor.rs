@@ -199,6 +199,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let euid = rustix::process::geteuid().as_raw();
     let egid = rustix::process::getegid().as_raw();
     ids.fit_to_process::<Svc>(&file.ids, euid, egid)?;
+    if euid != 0 {
+        // A container or a systemd unit: port 53 needs CAP_NET_BIND_SERVICE,
+        // ambient, which the drop below takes from every set.
+        log::info!("not root: every role runs as {euid}:{egid}");
+    }
     for w in ids.warnings(euid == 0) {
         log::warn!("{w}");
     }
