@@ -141,6 +141,7 @@ impl<'a> Network<'a> {
                 limits.client_per_second,
                 limits.client_burst,
                 limits.client_table as usize,
+                limits.client_rate_loopback,
             ),
             clients: Clients::new(
                 limits.pending_queries as usize,

@@ -109,6 +109,11 @@ pub struct NetworkLimits {
     /// burst; more are dropped (0: no limit).
     pub client_per_second: u32,
     pub client_burst: u32,
+    /// Whether loopback clients are rate-limited too. Off by default:
+    /// every process of the host asks from 127.0.0.1 (or ::1), so a limit
+    /// per address there would throttle the whole host at once; the
+    /// limit is for clients reached on other addresses (containers).
+    pub client_rate_loopback: bool,
     /// Client addresses whose rate is kept at once (the table's bound).
     pub client_table: u32,
 }
@@ -126,6 +131,7 @@ impl Default for NetworkLimits {
             tcp_pipeline: 16,
             client_per_second: 2000,
             client_burst: 4000,
+            client_rate_loopback: false,
             client_table: 4096,
         }
     }

@@ -369,15 +369,17 @@ pub fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
 /// constant time; a client forgotten starts again with a full bucket.
 pub struct ClientLimiter {
     per_second: u32,
+    loopback_too: bool,
     burst: u32,
     max: usize,
     buckets: HashMap<IpAddr, TokenBucket>,
 }
 
 impl ClientLimiter {
-    pub fn new(per_second: u32, burst: u32, max: usize) -> ClientLimiter {
+    pub fn new(per_second: u32, burst: u32, max: usize, loopback_too: bool) -> ClientLimiter {
         ClientLimiter {
             per_second,
+            loopback_too,
             burst,
             max: max.max(1),
             buckets: HashMap::new(),
@@ -386,10 +388,10 @@ impl ClientLimiter {
 
     /// Whether a query from `ip` at `now_ms` is within its client's rate.
     pub fn take(&mut self, ip: IpAddr, now_ms: u64) -> bool {
-        if self.per_second == 0 {
+        let ip = ip.to_canonical();
+        if self.per_second == 0 || (ip.is_loopback() && !self.loopback_too) {
             return true;
         }
-        let ip = ip.to_canonical();
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max {
             self.buckets.retain(|_, b| !b.is_full(now_ms));
             let room = self.max / 4 + 1;
@@ -456,7 +458,7 @@ mod tests {
 
     #[test]
     fn each_client_has_its_own_rate_in_a_bounded_table() {
-        let mut l = ClientLimiter::new(10, 5, 8);
+        let mut l = ClientLimiter::new(10, 5, 8, true);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let taken = (0..20).filter(|_| l.take(a, 0)).count();
         assert_eq!(taken, 5, "the burst, then nothing at the same instant");
@@ -469,7 +471,21 @@ mod tests {
             l.take(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i)), 100);
             assert!(l.len() <= 8);
         }
-        assert!(ClientLimiter::new(0, 0, 1).take(a, 0), "0: no limit");
+        assert!(ClientLimiter::new(0, 0, 1, true).take(a, 0), "0: no limit");
+    }
+
+    #[test]
+    fn loopback_clients_are_not_limited_unless_asked() {
+        let mut host = ClientLimiter::new(10, 5, 8, false);
+        for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!((0..100).filter(|_| host.take(ip, 0)).count(), 100, "{ip}");
+        }
+        let other: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!((0..100).filter(|_| host.take(other, 0)).count(), 5);
+        let mut strict = ClientLimiter::new(10, 5, 8, true);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!((0..100).filter(|_| strict.take(lo, 0)).count(), 5);
     }
 
     fn query(id: u16) -> Vec<u8> {

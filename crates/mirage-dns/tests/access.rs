@@ -54,7 +54,7 @@ fn clients_outside_the_access_list_are_dropped_and_a_flooding_client_is_rate_lim
     add_addresses(&f);
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
     f.start_dns_with(
-        "[limits]\nclient_per_second = 5\nclient_burst = 10\n",
+        "[limits]\nclient_per_second = 5\nclient_burst = 10\nclient_rate_loopback = true\n",
         &[
             "--listen",
             "127.0.0.53",
