@@ -513,6 +513,15 @@ impl Forwarder {
             refused.add(Reason::MismatchedReply);
             return;
         }
+        // REFUSED says nothing about the name: the next upstream is asked,
+        // and a client never gets it from us (musl's resolver waits out
+        // its timeout on REFUSED instead of trying again).
+        if reply.rcode() == Rcode::REFUSED {
+            self.counters.upstream_replies += 1;
+            self.counters.upstream_failures += 1;
+            self.attempt_failed(now, query, out);
+            return;
+        }
         let f = self.in_flight.remove(&query).expect("looked up above");
         self.by_key.remove(&f.key);
         out.push(Outbound::Close { query });
@@ -543,17 +552,9 @@ impl Forwarder {
                 return;
             }
         };
-        if clean.kind == Kind::Error
-            && (clean.message.rcode() == Rcode::SERVFAIL || clean.message.rcode() == Rcode::REFUSED)
-            && self.start.serve_stale
-        {
+        if clean.message.rcode() == Rcode::SERVFAIL && self.has_stale(now, &f.key) {
             // RFC 8767 section 4: an upstream's failure is a failure too.
-            let (stale, fresh): (Vec<Waiter>, Vec<Waiter>) = f
-                .waiters
-                .into_iter()
-                .partition(|w| self.has_stale(now, &f.key, w));
-            self.fail_waiters(now, &f.key, &stale, out);
-            self.accept_reply(&clean.message, &f.question, &fresh, out);
+            self.fail_waiters(now, &f.key, &f.waiters, out);
             return;
         }
         // No answer is relayed for longer than it would be cached.
@@ -570,8 +571,8 @@ impl Forwarder {
         self.keep_answer(now, f.key, &clean);
     }
 
-    /// Whether a stale answer for `key` would be served to `w`.
-    fn has_stale(&mut self, now: Instant, key: &Key, _w: &Waiter) -> bool {
+    /// Whether a stale answer for `key` would be served.
+    fn has_stale(&mut self, now: Instant, key: &Key) -> bool {
         if !self.start.serve_stale {
             return false;
         }

@@ -579,3 +579,34 @@ fn the_cache_stays_within_its_memory_bound_evicting_the_least_recently_used() {
     answered(e.ask(100_000, 4, "host-1999.test", Type::A));
     upstream(e.ask(100_000, 5, "host-1.test", Type::A));
 }
+
+#[test]
+fn refused_upstream_is_asked_again_and_the_client_never_gets_refused() {
+    let mut e = Eng::new(Start::default());
+    let (num, sent) = upstream(e.ask(0, 1, "r.test", Type::A));
+    let out = e.step(
+        5,
+        vec![Inbound::Reply {
+            query: num,
+            data: response(&sent, Rcode::REFUSED, vec![], vec![])
+                .to_bytes()
+                .unwrap(),
+        }],
+    );
+    // The next attempt, not an answer.
+    assert!(
+        !out.iter().any(|o| matches!(o, Outbound::Answer { .. })),
+        "{out:?}"
+    );
+    let (num, sent) = out
+        .iter()
+        .find_map(|o| match o {
+            Outbound::Query { query, data, .. } => Some((*query, Message::parse(data).unwrap())),
+            _ => None,
+        })
+        .expect("asked again");
+    let got = e.reply(10, num, &response(&sent, Rcode::REFUSED, vec![], vec![]));
+    assert_eq!(got.rcode(), Rcode::SERVFAIL);
+    let st = e.status(5000);
+    assert_eq!((st.counters.upstream_failures, st.counters.servfail), (2, 1));
+}
