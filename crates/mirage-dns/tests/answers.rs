@@ -288,3 +288,44 @@ fn large_answers_go_tc_over_udp_and_whole_over_tcp() {
     assert_eq!(huge.rcode(), Rcode::SERVFAIL);
     assert!(huge.answers.is_empty());
 }
+
+#[test]
+fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30() {
+    let mut f = with_nsd("dnsx");
+    let upstream = nsd_addr().to_string();
+    f.start_dns_with_config(
+        &["--upstream", &upstream],
+        "[cache]\nserve_stale = true\nstale_max_age = 3600\n",
+    );
+    let ours: SocketAddr = OURS.parse().unwrap();
+    let fresh = ask(&f, ours, query(1, "short.test", Type::A, true));
+    assert!(fresh.answers[0].ttl <= 4);
+    // nsd gone: its port answers ICMP unreachable, every attempt fails.
+    f.procs.stop(0, Duration::from_secs(5));
+    let nsd_gone = ask(&f, ours, query(2, "a.test", Type::A, true));
+    assert_eq!(nsd_gone.rcode(), Rcode::SERVFAIL, "nothing cached for a.test");
+    // Once short.test's 4 s have run out, the stale answer with TTL 30
+    // (RFC 8767), the same record.
+    let stale = wait_some(
+        Duration::from_secs(30),
+        "a stale answer",
+        || {
+            let got = ask(&f, ours, query(3, "short.test", Type::A, true));
+            assert_eq!(got.rcode(), Rcode::NOERROR, "{got:?}");
+            std::thread::sleep(Duration::from_millis(300));
+            (got.answers[0].ttl == 30).then_some(got)
+        },
+        || f.log(),
+    );
+    assert_eq!(stale.answers[0].data, fresh.answers[0].data);
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the stale answer counted",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["stale_answers"].as_u64() >= Some(1))
+        },
+        || f.log(),
+    );
+    assert!(v["engine"]["upstream_failures"].as_u64() >= Some(2), "{v}");
+}
