@@ -196,7 +196,7 @@ pub fn nsd_zone() -> String {
          huge IN TXT {}\n",
         txt(700),
         txt(2000),
-        txt(8000),
+        txt(20000),
     )
 }
 
