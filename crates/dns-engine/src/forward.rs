@@ -516,7 +516,6 @@ impl Forwarder {
         }
     }
 
-    /// A datagram for upstream query `query`.
     /// A part of a TCP reply: kept until the last part (a
     /// [`Inbound::Reply`]) completes it.
     fn on_reply_part(&mut self, query: u32, total: u16, data: &[u8], refused: &mut Refusals) {
@@ -541,6 +540,8 @@ impl Forwarder {
         f.parts.extend_from_slice(data);
     }
 
+    /// A datagram for upstream query `query` (or the last part of a TCP
+    /// reply).
     fn on_reply(&mut self, now: Instant, query: u32, data: &[u8], out: &mut Batches, refused: &mut Refusals) {
         let Some(f) = self.in_flight.get_mut(&query) else {
             refused.add(Reason::UnknownQuery);
