@@ -19,15 +19,23 @@
 //! question, its EDNS and its size limit (TC set and records dropped when
 //! the answer does not fit, RFC 2181 section 9). A truncated upstream
 //! answer is asked again over TCP (RFC 7766 section 5). Identical questions in
-//! flight share one upstream query, and positive answers are cached for
-//! their smallest TTL ([`Forwarder`]'s cache: by question, bounded in
-//! octets, TTLs counted down when served).
+//! flight share one upstream query. Every upstream answer is cut down to
+//! the question's CNAME chain before it reaches a client or the cache
+//! (`sanitize`: no record for a name nobody asked); answers are cached,
+//! positive for their smallest TTL and negative from their SOA (RFC
+//! 2308), clamped, by question, bounded by their estimated memory with
+//! the least recently used evicted first, TTLs counted down when served,
+//! and optionally served stale when the upstreams fail (RFC 8767).
+//! `localhost`, `invalid` and `onion` are answered here (RFC 6761, RFC
+//! 7686). AD is never set in an answer: nothing is validated.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+mod cache;
 mod forward;
+mod sanitize;
 
 use alloc::vec::Vec;
 use core::net::SocketAddr;
@@ -35,6 +43,7 @@ use core::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use forward::Forwarder;
+pub use sanitize::MAX_CHAIN;
 
 /// The port upstream servers are asked on unless configured otherwise.
 pub const DNS_PORT: u16 = 53;
@@ -47,13 +56,20 @@ pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
 /// The largest datagram either side passes in a batch: a query or a reply
 /// over UDP. Larger ones are dropped by the network role.
 pub const MAX_DATAGRAM: usize = 4096;
-/// The largest answer sent to a TCP client: what fits one channel message
-/// (8 KiB) with its framing. A larger upstream answer could only come over
-/// TCP, which the engine does not use yet.
-pub const MAX_TCP_ANSWER: usize = 7168;
-/// The largest answer taken from an upstream over TCP: what one batch
-/// item carries. A larger one is reported [`Inbound::Failed`].
+/// The largest answer sent to a TCP client: what a DNS message's two-octet
+/// TCP length can say (RFC 1035 section 4.2.2). One over [`PART_BYTES`]
+/// crosses the channel in parts ([`Outbound::AnswerPart`]).
+pub const MAX_TCP_ANSWER: usize = 65_535;
+/// The largest answer taken from an upstream over TCP (the same); one
+/// over [`PART_BYTES`] comes in parts ([`Inbound::ReplyPart`]).
 pub const MAX_TCP_REPLY: usize = MAX_TCP_ANSWER;
+/// The most of one message a batch item carries: a larger message is
+/// split into parts of this size, so every item fits a batch (and a batch
+/// the 8 KiB channel message).
+pub const PART_BYTES: usize = 4096;
+/// What the engine holds at once of replies still arriving in parts; more
+/// is refused (a network role cannot make it hoard memory).
+pub const MAX_PARTS_HELD: usize = 1 << 20;
 /// Payload bytes packed into one batch message: with the per-item framing
 /// a batch stays under the channel's 8 KiB message cap
 /// (`mirage_engine::codec::MAX_MESSAGE_LEN`), so a full batch never fails
@@ -92,12 +108,24 @@ pub struct Start {
     /// off-path forger must guess. Off for an upstream that does not
     /// preserve case.
     pub randomize_case: bool,
-    /// Octets of upstream answers the cache may hold (their wire size;
-    /// 0: no cache; at most 64 MiB).
+    /// Memory the cache may take, in octets, estimated per entry (its
+    /// answer, its key and index overhead; 0: no cache; at most 64 MiB).
     pub cache_bytes: u32,
-    /// The longest a cached answer is served, whatever its TTLs say
-    /// (seconds; clamped to 1..=604800).
+    /// The longest an answer is cached or relayed with, whatever its TTLs
+    /// say (seconds; clamped to 1..=604800).
     pub max_ttl_secs: u32,
+    /// The shortest time an answer is cached (seconds, at most 86400;
+    /// the TTLs served are never raised by it).
+    pub min_ttl_secs: u32,
+    /// The longest a negative answer (NXDOMAIN, NODATA) is cached
+    /// (seconds, at most 86400).
+    pub negative_max_ttl_secs: u32,
+    /// Serve expired answers when every upstream attempt fails (RFC 8767),
+    /// with a TTL of 30 s.
+    pub serve_stale: bool,
+    /// How long after its expiry an answer may still be served stale
+    /// (seconds; clamped to 1..=604800).
+    pub stale_max_age_secs: u32,
 }
 
 impl Default for Start {
@@ -111,6 +139,10 @@ impl Default for Start {
             randomize_case: true,
             cache_bytes: 4 << 20,
             max_ttl_secs: 86_400,
+            min_ttl_secs: 0,
+            negative_max_ttl_secs: 3600,
+            serve_stale: false,
+            stale_max_age_secs: 86_400,
         }
     }
 }
@@ -138,6 +170,9 @@ pub enum Inbound {
     /// Upstream query `query` could not be sent or its upstream refused it
     /// (ICMP port unreachable); its socket is closed.
     Failed { query: u32 },
+    /// The next [`PART_BYTES`] of a TCP reply of `total` octets to upstream
+    /// query `query`, in order; its last part comes as [`Inbound::Reply`].
+    ReplyPart { query: u32, total: u16, data: Vec<u8> },
 }
 
 /// Engine -> network role (a batch) or supervisor (its status).
@@ -165,6 +200,10 @@ pub enum Outbound {
     TcpQuery { query: u32, upstream: u8, data: Vec<u8> },
     /// Upstream query `query` is over: close its socket.
     Close { query: u32 },
+    /// The next [`PART_BYTES`] of an answer of `total` octets to TCP client
+    /// query `client`, in order; its last part comes as
+    /// [`Outbound::Answer`], and the network role checks the whole.
+    AnswerPart { client: u64, total: u16, data: Vec<u8> },
 }
 
 /// Why inbound items were refused, with how many of each in one batch.
@@ -204,7 +243,7 @@ impl Reason {
 pub struct Status {
     /// Client queries waiting for an upstream now.
     pub pending: u32,
-    /// Answers in the cache now, and their wire size.
+    /// Answers in the cache now, and their estimated memory.
     pub cache_entries: u32,
     pub cache_bytes: u32,
     pub counters: Counters,
@@ -224,8 +263,19 @@ pub struct Counters {
     pub servfail: u64,
     /// Client queries joined to an identical one already upstream.
     pub merged: u64,
-    /// Client queries answered from the cache.
+    /// Client queries answered from the cache (negative answers too).
     pub cache_hits: u64,
+    /// Of those, negative answers (NXDOMAIN, NODATA).
+    pub negative_hits: u64,
+    /// Client queries the cache could not answer.
+    pub cache_misses: u64,
+    /// Expired answers served because the upstreams failed (RFC 8767).
+    pub stale_answers: u64,
+    /// Special-use names answered without an upstream (RFC 6761, 7686).
+    pub local_answers: u64,
+    /// Upstream answers refused for their CNAME chain (a loop, two CNAMEs
+    /// for one name, over 16 hops): SERVFAIL.
+    pub unusable: u64,
     pub upstream_queries: u64,
     /// Upstream queries asked again over TCP after a truncated answer.
     pub tcp_retries: u64,
