@@ -16,7 +16,7 @@ use ntp_engine::wire::Repr;
 use ntp_engine::{Leap, Ntp, NtpTimestamp};
 
 /// The engine as a KVM guest (guest/images/ntp, built by build.rs).
-pub const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-ntp.elf"));
+pub const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-ntp.elf"));
 
 /// The engine role: its plan in force, then the SDK's engine runner, or
 /// with `--sandbox kvm` the tender of [`GUEST`].
