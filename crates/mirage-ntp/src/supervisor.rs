@@ -322,6 +322,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         unrouted,
         no_route,
         next_route_at: StdInstant::now() + ROUTE_RETRY,
+        routed_on_restart: Vec::new(),
         synchronized: false,
     };
     let (engine, network, actuator) = (
@@ -768,6 +769,9 @@ struct Supervisor {
     no_route: BTreeSet<SocketAddr>,
     /// When [`Supervisor::retry_routes`] runs next.
     next_route_at: StdInstant,
+    /// Servers without a route that the network role's new sockets (a
+    /// restart for new DHCP servers) reach: the engine is told once it runs.
+    routed_on_restart: Vec<SocketAddr>,
     /// What was last published as `synchronized` (its changes are logged).
     synchronized: bool,
 }
@@ -886,6 +890,20 @@ impl Supervisor {
                 );
             }
         }
+        // Peers without a route before whose new socket is connected: routed
+        // now (their sources get a new burst once the role runs); peers no
+        // longer asked (a DHCP server gone) are no longer reported.
+        for peer in &self.no_route {
+            if !unrouted.iter().any(|u| u.peer == *peer)
+                && (all.contains(peer) || self.resolvers.contains(peer))
+            {
+                log::info!("a route to {peer} appeared: its new socket is connected");
+                if all.contains(peer) {
+                    self.routed_on_restart.push(*peer);
+                }
+            }
+        }
+        self.no_route.retain(|p| unrouted.iter().any(|u| u.peer == *p));
         self.unrouted = unrouted;
         let plan = plan::network(self.ids.network, settings.sockets(), !self.names.is_empty());
         let mut start = plan.start(self.options, &settings, None)?;
@@ -1087,11 +1105,18 @@ impl Service for Supervisor {
         Ok(start)
     }
 
-    fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
+    fn on_role_up(&mut self, ctx: &mut Ctx<'_>, role: RoleId) {
         self.stats.engine_restarts = ctx.restarts(ENGINE);
         // A new engine, or a network role with the current DHCP servers'
-        // sockets: the engine gets the list.
+        // sockets: the engine gets the list, then the servers those sockets
+        // reach that had no route before.
         self.tell_engine_dhcp(ctx);
+        if role == NETWORK {
+            for peer in std::mem::take(&mut self.routed_on_restart) {
+                let event: ToEngineOf<Ntp> = ToEngine::Event(Event::RouteUp(peer));
+                ctx.send(ENGINE, &event);
+            }
+        }
         self.publisher.mark_dirty();
     }
 
