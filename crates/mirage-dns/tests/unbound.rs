@@ -177,7 +177,16 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
         .procs
         .wait_exit(daemon, Duration::from_secs(10))
         .expect("stops on SIGTERM");
+    // An orderly stop: exit status 0, and no role calls it an error (the
+    // network role once logged the engine's channel closing).
+    let log = f.log();
     assert!(exit.success(), "{exit:?}: {log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a SIGTERM stop: {errors:?}\n{log}"
+    );
+    assert!(log.contains("stopping"), "{log}");
 }
 
 #[test]

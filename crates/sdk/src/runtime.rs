@@ -806,8 +806,15 @@ impl<S: Service> Runtime<S> {
         }
     }
 
-    /// Kill every role and relay what they logged last.
+    /// Kill every role and relay what they logged last. Every role is
+    /// signalled before any is reaped: a role that outlived its direct
+    /// peer by a reap would see the peer's channel close and say so.
     pub fn shutdown(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(r) = &mut slot.role {
+                let _ = r.child.kill();
+            }
+        }
         for slot in &mut self.slots {
             if let Some(r) = &mut slot.role {
                 r.kill();
