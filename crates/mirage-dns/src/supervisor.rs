@@ -226,14 +226,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // Each role holds the only copy of its end of the direct channel.
     drop((engine_end, network_end));
     let roles = launch::confine(starting, sandbox.kind, &[&engine, &network])?;
+    sup.publisher.mark_dirty();
+    let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
+    // The first status now, with the privileges it will always have (no
+    // CAP_DAC_OVERRIDE): a runtime directory it cannot write is an error
+    // at start, not a service that runs without status files.
+    let view = runtime.service.view();
+    if let Err(e) = runtime.service.publisher.flush(|| view.publication()) {
+        runtime.shutdown();
+        return Err(format!(
+            "runtime directory {}: {e}: it must be writable by uid {euid} (chown {euid}:{egid} {})",
+            common.run_dir.display(),
+            common.run_dir.display()
+        ));
+    }
     log::info!(
         "listening on {}, upstreams {}, sandbox {}",
         join(&listen),
         join(&upstreams),
         sandbox.kind.as_str()
     );
-    sup.publisher.mark_dirty();
-    let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
     Ok(runtime.run(&signals))
 }
 
