@@ -495,3 +495,23 @@ fn an_unwritable_runtime_directory_stops_the_service_at_start() {
     assert!(log.contains(&want), "{log}");
     assert!(!log.contains("listening on"), "{log}");
 }
+
+#[test]
+fn a_role_that_fails_before_its_sandbox_exits_with_the_setup_status() {
+    // The status the runtime reads to stop restarting a role that fails
+    // at setup the same way twice in a row.
+    let out = std::process::Command::new(support::bin())
+        .args(["role", "no-such-role"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(mirage_sdk::role::EXIT_SETUP_FAILED),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no role named"),
+        "{out:?}"
+    );
+}
