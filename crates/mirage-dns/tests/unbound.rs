@@ -50,7 +50,6 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
         &upstream,
     ]);
     let ns = f.ns.name().to_owned();
-    let log = f.log();
     let asked = in_netns(&ns, move || {
         let unbound: SocketAddr = format!("127.0.0.1:{UPSTREAM_PORT}").parse().unwrap();
         let ours: [SocketAddr; 2] = ["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
