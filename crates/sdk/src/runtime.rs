@@ -17,6 +17,10 @@
 //!   handled (nothing it sent before dying is lost); any other ends the
 //!   service; a service may also start any role again on purpose
 //!   ([`Ctx::restart`]: new descriptors for it), which is no fault;
+//! - a restart cannot mend a role's setup: a restartable role that failed
+//!   before its sandbox was in force ([`crate::role::EXIT_SETUP_FAILED`])
+//!   twice in a row with the same last ERROR line, or that said it cannot
+//!   run ([`crate::role::EXIT_CANNOT_RUN`]), ends the service instead;
 //! - SIGTERM/SIGINT/SIGHUP start the service's orderly stop, which ends
 //!   within the stop grace whatever the roles do;
 //! - a restarted role gets its descriptors again from the service
