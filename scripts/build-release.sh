@@ -7,7 +7,7 @@
 # size. The shipped build therefore rebuilds the standard library for size
 # (nightly's -Z build-std with std's `optimize_for_size` feature, which also
 # leaves out std's backtrace symbolizer; panic messages still print). The
-# stable toolchain builds the same code (`cargo build --release`, about 40%
+# stable toolchain builds the same code (`cargo build --release`, about 30%
 # larger); docs/benchmarks.md compares the two.
 #
 # usage: scripts/build-release.sh [--stable | --best] [BINARY...]

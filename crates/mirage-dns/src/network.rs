@@ -213,7 +213,15 @@ impl<'a> Network<'a> {
                         Ok(Some(never)) => match never {},
                         Err(e) => return Err(format!("bad message from the supervisor: {e}")),
                     },
-                    Slot::Engine => self.read_engine(peer)?,
+                    Slot::Engine => {
+                        if !self.read_engine(peer)? {
+                            // The pair stops together: on an orderly stop,
+                            // or when the engine failed, which the
+                            // supervisor reports; nothing to add here.
+                            log::debug!("the engine's channel closed: stopping");
+                            return Ok(());
+                        }
+                    }
                     Slot::Udp(i) => self.read_udp(i, &mut buf, peer),
                     Slot::Tcp(i) => self.accept(i),
                     Slot::Upstream(q) => self.read_upstream(q, &mut buf, peer),
@@ -579,7 +587,8 @@ impl<'a> Network<'a> {
         }
     }
 
-    fn read_engine(&mut self, peer: &Channel) -> Result<(), String> {
+    /// Read what the engine sent; `false` once its channel closed.
+    fn read_engine(&mut self, peer: &Channel) -> Result<bool, String> {
         for i in 0..ENGINE_MESSAGES_PER_ROUND {
             if i > 0 {
                 let more = wait(&[(peer.as_fd(), false)], Some(0)).map_err(|e| format!("poll: {e}"))?;
@@ -597,11 +606,11 @@ impl<'a> Network<'a> {
                 // channel they mean nothing.
                 Ok(Some(FromEngine::Action(dns_engine::Action::Status(_))))
                 | Ok(Some(FromEngine::Refused(_))) => {}
-                Ok(None) => return Err("the engine's channel closed".into()),
+                Ok(None) => return Ok(false),
                 Err(e) => return Err(format!("bad message from the engine: {e}")),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// One thing the engine asks, through the policy.

@@ -235,12 +235,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         udp.push((u.local_addr().map_err(|e| e.to_string())?, OwnedFd::from(u)));
         tcp.push((t.local_addr().map_err(|e| e.to_string())?, OwnedFd::from(t)));
     }
+    let limits = fit_limits(file.limits, udp.len() + tcp.len())?;
     let settings = NetworkSettings {
         udp: udp.iter().map(|(a, _)| *a).collect(),
         tcp: tcp.iter().map(|(a, _)| *a).collect(),
         upstreams: upstreams.clone(),
         allow,
-        limits: file.limits,
+        limits,
     };
     let listeners: Vec<OwnedFd> = udp.into_iter().chain(tcp).map(|(_, fd)| fd).collect();
     let options = RoleOptions {
@@ -302,16 +303,52 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // Each role holds the only copy of its end of the direct channel.
     drop((engine_end, network_end));
     let roles = launch::confine(starting, sandbox.kind, &[&engine, &network])?;
+    sup.write_uplink();
+    sup.publisher.mark_dirty();
+    let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
+    // The first status now, with the privileges it will always have (no
+    // CAP_DAC_OVERRIDE): a runtime directory it cannot write is an error
+    // at start, not a service that runs without status files.
+    let view = runtime.service.view();
+    if let Err(e) = runtime.service.publisher.flush(|| view.publication()) {
+        runtime.shutdown();
+        return Err(format!(
+            "runtime directory {}: {e}: it must be writable by uid {euid} (chown {euid}:{egid} {})",
+            common.run_dir.display(),
+            common.run_dir.display()
+        ));
+    }
     log::info!(
         "listening on {}, upstreams {}, sandbox {}",
         join(&listen),
         join(&upstreams),
         sandbox.kind.as_str()
     );
-    sup.write_uplink();
-    sup.publisher.mark_dirty();
-    let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
     Ok(runtime.run(&signals))
+}
+
+/// `[limits]` fitted to the descriptor limit the roles inherit (many
+/// container runtimes give 1024): one warning with the numbers when they
+/// are lowered, an error at start when not even the minimum fits (a
+/// network role that cannot set its limit would fail at every restart).
+fn fit_limits(limits: NetworkLimits, listeners: usize) -> Result<NetworkLimits, String> {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let (fitted, lowered) = limits.fit(listeners, hard)?;
+    if let Some(was) = lowered {
+        log::warn!(
+            "the descriptor limit (RLIMIT_NOFILE, hard) is {hard}, below the {} [limits] need: \
+             limits.upstream_sockets lowered from {} to {}, limits.tcp_clients from {} to {} \
+             (raise the limit to keep them: podman --ulimit nofile=4096:4096, systemd LimitNOFILE=4096)",
+            was.wanted,
+            was.upstream_sockets,
+            fitted.upstream_sockets,
+            was.tcp_clients,
+            fitted.tcp_clients
+        );
+    }
+    Ok(fitted)
 }
 
 /// Whether `upstream` is one of our listen addresses (one that listens on

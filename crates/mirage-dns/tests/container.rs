@@ -43,6 +43,11 @@ const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 /// and explicit rlimits (podman otherwise copies the host's, which a host
 /// without CAP_SYS_RESOURCE cannot grant).
 fn podman(args: &[&str]) -> Output {
+    // One at a time within this file: an image inspected while another
+    // test's image is removed once failed with "locating item named
+    // manifest" (podman's store).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     Command::new("timeout")
         .arg(PODMAN_TIMEOUT_SECS)
         .arg("podman")
@@ -321,13 +326,66 @@ fn image_answers_through_unbound_with_net_bind_service_dropped_everywhere() {
 /// says so, instead of running half-started.
 #[test]
 fn without_the_capability_it_stops_at_the_bind_and_says_why() {
-    let out = {
-        let f = with_unbound("dnsn");
-        let ctx = TestDir::new("mirage-dns-nocap", &unique_id().0);
+    let out = run_to_its_end(
+        "dnsn",
+        "container-test-no-capability",
+        "nofile=4096:4096",
+        true,
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("UDP listener on 127.0.0.53:53") && err.contains("Permission denied"),
+        "{err}"
+    );
+}
+
+/// A runtime's 1024 descriptors: the limits are fitted and said so, not a
+/// network role restarted without end; a runtime directory uid 65531 cannot
+/// write, and a limit below the minimum, each stop the container at start.
+#[test]
+fn a_low_descriptor_limit_is_fitted_and_start_up_errors_stop_the_container() {
+    let caps = ["--cap-drop=all", "--cap-add=NET_BIND_SERVICE"];
+    // 1024, and the runtime directory left to root.
+    let out = run_to_its_end("dnsf", "container-test-fitted", "nofile=1024:1024", false, &caps);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("limits.upstream_sockets lowered from 1024 to 946, limits.tcp_clients from 64 to 60"),
+        "{err}"
+    );
+    assert!(
+        err.contains("runtime directory /run/mirage/dns: writing metrics.prom: Permission denied")
+            && err.contains("chown 65531:65531 /run/mirage/dns"),
+        "{err}"
+    );
+    assert!(!err.contains("restarting"), "{err}");
+    // Too few for even the minimal network role.
+    let out = run_to_its_end("dnsg", "container-test-too-few", "nofile=30:30", true, &caps);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the descriptor limit (RLIMIT_NOFILE, hard) is 30"),
+        "{err}"
+    );
+    assert!(!err.contains("restarting") && !err.contains("[network]"), "{err}");
+}
+
+/// The image run in the foreground in a namespace with unbound, with
+/// `nofile` as its descriptor limit, its runtime directory given to the
+/// service if `chown_run`, the capability options `caps` (none: every
+/// capability dropped), until it ends (bounded by `PODMAN_TIMEOUT_SECS`).
+fn run_to_its_end(tag: &str, revision: &str, nofile: &str, chown_run: bool, caps: &[&str]) -> Output {
+    {
+        let f = with_unbound(tag);
+        let ctx = TestDir::new(&format!("mirage-dns-{tag}"), &unique_id().0);
         let run = ctx.join("run");
         std::fs::create_dir_all(&run).unwrap();
-        chown_service(&run);
-        build_layout(&ctx.join("layout"), "container-test-no-capability");
+        if chown_run {
+            chown_service(&run);
+        }
+        build_layout(&ctx.join("layout"), revision);
         let id = podman_ok(&[
             "pull",
             "--quiet",
@@ -346,13 +404,13 @@ fn without_the_capability_it_stops_at_the_bind_and_says_why() {
         let _rmi = Rmi(id.clone());
         let mut cmd = Command::new("timeout");
         cmd.args([PODMAN_TIMEOUT_SECS, "podman", "run", "--rm", "--runtime", "runc"])
-            .args(["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"])
-            .args([
-                "--cap-drop=all",
-                "--security-opt",
-                "no-new-privileges",
-                "--read-only",
-            ])
+            .args(["--ulimit", nofile, "--ulimit", "nproc=1024:1024"])
+            .args(if caps.is_empty() {
+                &["--cap-drop=all"][..]
+            } else {
+                caps
+            })
+            .args(["--security-opt", "no-new-privileges", "--read-only"])
             .arg("--user")
             .arg(format!("{SERVICE_ID}:{SERVICE_ID}"))
             .arg("--network")
@@ -368,13 +426,7 @@ fn without_the_capability_it_stops_at_the_bind_and_says_why() {
                 &format!("127.0.0.1:{UPSTREAM_PORT}"),
             ]);
         cmd.output().unwrap()
-    };
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("UDP listener on 127.0.0.53:53") && err.contains("Permission denied"),
-        "{err}"
-    );
+    }
 }
 
 /// deploy/mirage-dns.Containerfile describes the same image as the
