@@ -852,7 +852,7 @@ impl Forwarder {
             if (e.expires <= now) != stale {
                 continue;
             }
-            let Ok(mut reply) = Message::parse(&e.data) else {
+            let Ok(mut reply) = Message::parse(e.data) else {
                 continue;
             };
             let life = u32::try_from(e.expires.since(e.stored) / 1000).unwrap_or(u32::MAX);
@@ -919,12 +919,17 @@ impl Engine for Forwarder {
     type Refusal = Refusal;
 
     fn start(start: Start, now: Instant, seed: [u8; 32], out: &mut Vec<Action>) -> Self {
+        // The cache's hash key from another stream of the same seed: the
+        // query numbers and 0x20 spellings stay as they were.
+        let mut keys = ChaCha8Rng::from_seed(seed);
+        keys.set_stream(1);
+        let hash_key = (keys.next_u64(), keys.next_u64());
         let mut f = Forwarder {
             start,
             rng: ChaCha8Rng::from_seed(seed),
             in_flight: BTreeMap::new(),
             by_key: BTreeMap::new(),
-            cache: Cache::default(),
+            cache: Cache::new(hash_key),
             next_query: 0,
             counters: Counters::default(),
             sent: None,
