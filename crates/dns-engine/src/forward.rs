@@ -896,7 +896,11 @@ impl Forwarder {
                     r.ttl.min(life).saturating_sub(elapsed)
                 };
             }
-            let asked = reply.questions.first()?.clone();
+            if reply.questions.is_empty() {
+                return None;
+            }
+            // Moved out: the reply is built with the client's question.
+            let asked = reply.questions.swap_remove(0);
             return Some(self.answer_owned(reply, &asked, w));
         }
         None
