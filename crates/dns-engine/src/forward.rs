@@ -299,6 +299,7 @@ impl Forwarder {
             });
             return;
         };
+        let mut query = query;
         let has_edns = query.edns.is_some();
         // Exactly one question, and nothing in the answer and authority
         // sections of a query (RFC 1035 4.1.2; RFC 9619 for QDCOUNT).
@@ -310,7 +311,7 @@ impl Forwarder {
             });
             return;
         }
-        let question = query.questions[0].clone();
+        let question = query.questions.swap_remove(0);
         if question.qtype == Type::OPT {
             self.counters.formerr += 1;
             out.push(Outbound::Answer {
@@ -705,6 +706,20 @@ impl Forwarder {
     /// records owned by the question's name carry the client's spelling,
     /// not the 0x20 one `sent` upstream.
     fn answer_for(&mut self, reply: &Message, sent: &Question, w: &Waiter) -> Vec<u8> {
+        let sections = Message {
+            header: reply.header,
+            questions: Vec::new(),
+            answers: reply.answers.clone(),
+            authorities: reply.authorities.clone(),
+            additionals: reply.additionals.clone(),
+            edns: reply.edns.clone(),
+        };
+        self.answer_owned(sections, sent, w)
+    }
+
+    /// [`Self::answer_for`] with `reply`'s sections moved, not copied (a
+    /// cache hit's freshly parsed answer).
+    fn answer_owned(&mut self, reply: Message, sent: &Question, w: &Waiter) -> Vec<u8> {
         let rcode = reply.rcode();
         // An extended rcode cannot be told to a client without EDNS.
         if w.edns.is_none() && rcode.0 > 0xf {
@@ -727,9 +742,9 @@ impl Forwarder {
                 rcode: (rcode.0 & 0xf) as u8,
             },
             questions: vec![w.question.clone()],
-            answers: reply.answers.clone(),
-            authorities: reply.authorities.clone(),
-            additionals: reply.additionals.clone(),
+            answers: reply.answers,
+            authorities: reply.authorities,
+            additionals: reply.additionals,
             edns: w.edns.map(|(_, dnssec_ok)| {
                 let mut e = Edns::new(EDNS_PAYLOAD);
                 e.extended_rcode = (rcode.0 >> 4) as u8;
@@ -754,9 +769,10 @@ impl Forwarder {
             })),
             Transport::Tcp => MAX_TCP_ANSWER,
         };
-        if let Ok(data) = m.to_bytes()
-            && data.len() <= limit
-        {
+        // Sized for most answers: one allocation, not a few growing ones
+        // (it lives only until it is sent).
+        let mut data = Vec::with_capacity(512);
+        if m.emit(&mut data).is_ok() && data.len() <= limit {
             return data;
         }
         // Too large: the additional section goes first (no TC needed,
@@ -845,14 +861,21 @@ impl Forwarder {
         if stale && !self.start.serve_stale {
             return None;
         }
-        for k in [key.clone(), Self::name_key(key)] {
-            let Some(e) = self.cache.get(&k, now) else {
+        // The name-wide key is made only when the question's own misses.
+        let mut name_key = None;
+        for first in [true, false] {
+            let k = if first {
+                key
+            } else {
+                name_key.insert(Self::name_key(key))
+            };
+            let Some(e) = self.cache.get(k, now) else {
                 continue;
             };
             if (e.expires <= now) != stale {
                 continue;
             }
-            let Ok(mut reply) = Message::parse(&e.data) else {
+            let Ok(mut reply) = Message::parse(e.data) else {
                 continue;
             };
             let life = u32::try_from(e.expires.since(e.stored) / 1000).unwrap_or(u32::MAX);
@@ -873,8 +896,12 @@ impl Forwarder {
                     r.ttl.min(life).saturating_sub(elapsed)
                 };
             }
-            let asked = reply.questions.first()?.clone();
-            return Some(self.answer_for(&reply, &asked, w));
+            if reply.questions.is_empty() {
+                return None;
+            }
+            // Moved out: the reply is built with the client's question.
+            let asked = reply.questions.swap_remove(0);
+            return Some(self.answer_owned(reply, &asked, w));
         }
         None
     }
@@ -919,12 +946,17 @@ impl Engine for Forwarder {
     type Refusal = Refusal;
 
     fn start(start: Start, now: Instant, seed: [u8; 32], out: &mut Vec<Action>) -> Self {
+        // The cache's hash key from another stream of the same seed: the
+        // query numbers and 0x20 spellings stay as they were.
+        let mut keys = ChaCha8Rng::from_seed(seed);
+        keys.set_stream(1);
+        let hash_key = (keys.next_u64(), keys.next_u64());
         let mut f = Forwarder {
             start,
             rng: ChaCha8Rng::from_seed(seed),
             in_flight: BTreeMap::new(),
             by_key: BTreeMap::new(),
-            cache: Cache::default(),
+            cache: Cache::new(hash_key),
             next_query: 0,
             counters: Counters::default(),
             sent: None,

@@ -33,7 +33,9 @@
 
 extern crate alloc;
 
-mod cache;
+/// Public for the memory test (`tests/cache_memory.rs`), not an API.
+#[doc(hidden)]
+pub mod cache;
 mod forward;
 mod sanitize;
 
@@ -108,8 +110,9 @@ pub struct Start {
     /// off-path forger must guess. Off for an upstream that does not
     /// preserve case.
     pub randomize_case: bool,
-    /// Memory the cache may take, in octets, estimated per entry (its
-    /// answer, its key and index overhead; 0: no cache; at most 64 MiB).
+    /// Memory the cache may take, in octets: its entries' blocks (key and
+    /// answer) and its tables' whole capacity, with the allocator's
+    /// overhead per block (0: no cache; at most 64 MiB).
     pub cache_bytes: u32,
     /// The longest an answer is cached or relayed with, whatever its TTLs
     /// say (seconds; clamped to 1..=604800).

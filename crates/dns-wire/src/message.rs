@@ -648,20 +648,22 @@ impl Message {
 /// Writes names with compression: every suffix written in a compressible
 /// place is remembered with its offset (exact case, so that compression
 /// never changes a name's case).
-struct Writer<'a> {
+struct Writer<'a, 'm> {
     out: &'a mut Vec<u8>,
     start: usize,
-    suffixes: Vec<(u16, Vec<u8>)>,
+    /// Borrowed from the names written (the message outlives the
+    /// writer): no copy per suffix.
+    suffixes: Vec<(u16, &'m [u8])>,
 }
 
-impl Writer<'_> {
-    fn name(&mut self, name: &Name, compress: bool) {
+impl<'m> Writer<'_, 'm> {
+    fn name(&mut self, name: &'m Name, compress: bool) {
         let wire = name.as_wire();
         let mut offset = 0;
         while wire[offset] != 0 {
             let suffix = &wire[offset..];
             if compress {
-                if let Some((at, _)) = self.suffixes.iter().find(|(_, s)| s == suffix) {
+                if let Some((at, _)) = self.suffixes.iter().find(|(_, s)| *s == suffix) {
                     self.out.extend_from_slice(&(0xc000 | at).to_be_bytes());
                     return;
                 }
@@ -669,7 +671,7 @@ impl Writer<'_> {
                 if let Ok(at) = u16::try_from(self.out.len() - self.start)
                     && at < 0x4000
                 {
-                    self.suffixes.push((at, suffix.to_vec()));
+                    self.suffixes.push((at, suffix));
                 }
             }
             let len = usize::from(wire[offset]);
@@ -685,7 +687,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn record(&mut self, record: &Record) -> Result<(), Error> {
+    fn record(&mut self, record: &'m Record) -> Result<(), Error> {
         let rtype = record.rtype();
         if rtype == Type::OPT {
             return Err(Error::BadOpt);

@@ -148,7 +148,10 @@ impl Name {
     /// labels it ends and at or after the header, which rules out loops and
     /// forward references; each one costs a unit of `budget`.
     pub(crate) fn parse(message: &[u8], start: usize, budget: &mut Budget) -> Result<(Name, usize), Error> {
-        let mut wire = Vec::new();
+        // Decoded on the stack, then one allocation of the exact size (a
+        // growing Vec reallocates a few times per name).
+        let mut wire = [0u8; MAX_NAME_LEN];
+        let mut n = 0;
         let mut pos = start;
         // Where the run of labels being read began: a pointer must go below.
         let mut run_start = start;
@@ -159,18 +162,22 @@ impl Name {
                 0 => {
                     let len = usize::from(len);
                     if len == 0 {
-                        wire.push(0);
-                        budget.spend_decoded(wire.len())?;
+                        // Room for it is kept below.
+                        wire[n] = 0;
+                        n += 1;
+                        budget.spend_decoded(n)?;
+                        let wire = wire[..n].to_vec();
                         return Ok((Name { wire }, end.unwrap_or(pos + 1)));
                     }
                     // Six bits: at most MAX_LABEL_LEN by construction.
                     let label = message.get(pos + 1..pos + 1 + len).ok_or(Error::Truncated)?;
                     // Room must remain for the root's zero octet.
-                    if wire.len() + 1 + len + 1 > MAX_NAME_LEN {
+                    if n + 1 + len + 1 > MAX_NAME_LEN {
                         return Err(Error::NameTooLong);
                     }
-                    wire.push(len as u8);
-                    wire.extend_from_slice(label);
+                    wire[n] = len as u8;
+                    wire[n + 1..n + 1 + len].copy_from_slice(label);
+                    n += 1 + len;
                     pos += 1 + len;
                 }
                 POINTER => {
