@@ -3,37 +3,23 @@
 //! live allocations), plus no more than the allocator overhead it assumes
 //! per block.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::alloc::System;
 
 use dns_engine::cache::{Cache, Key};
 use mirage_engine::Instant;
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static BLOCKS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call goes to the system allocator with the caller's own
-// arguments; the counters only add up the sizes requested and freed.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        BLOCKS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract for `alloc` is System's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        BLOCKS.fetch_sub(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` above (System) with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+// Counts every allocation of this test binary (stats_alloc: the system
+// allocator with counters, so no unsafe code of ours).
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Octets allocated and not yet freed, and blocks live, in this process.
+fn in_use() -> (usize, usize) {
+    let s = GLOBAL.stats();
+    let bytes = s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated;
+    (bytes as usize, s.allocations - s.deallocations)
+}
 
 /// A typical one-address answer for `n<i>.w.test` (A, with EDNS): its
 /// question and answer record as the engine keeps them.
@@ -82,7 +68,7 @@ fn the_reported_bytes_are_what_the_cache_allocates() {
         + items.capacity() * std::mem::size_of::<(Key, Vec<u8>)>();
     let given_blocks = 2 * items.len() + 1;
     let mut cache = Cache::new((7, 9));
-    let before = (LIVE.load(Ordering::SeqCst), BLOCKS.load(Ordering::SeqCst));
+    let before = in_use();
     for (key, data) in items {
         // The store frees `data` and `key`: their counts leave with them.
         cache.store(
@@ -95,8 +81,9 @@ fn the_reported_bytes_are_what_the_cache_allocates() {
             64 << 20,
         );
     }
-    let live = LIVE.load(Ordering::SeqCst) + given - before.0;
-    let blocks = BLOCKS.load(Ordering::SeqCst) + given_blocks - before.1;
+    let (now_bytes, now_blocks) = in_use();
+    let live = now_bytes + given - before.0;
+    let blocks = now_blocks + given_blocks - before.1;
     assert_eq!(cache.len(), 10_000);
     let reported = cache.bytes();
     // Every octet allocated is reported; beyond that, only the allocator
@@ -110,11 +97,11 @@ fn the_reported_bytes_are_what_the_cache_allocates() {
     let each = reported / cache.len();
     assert!(each < 200, "{each} octets an answer");
     // Every entry is found, and a hit allocates nothing.
-    let at = LIVE.load(Ordering::SeqCst);
+    let at = in_use().0;
     for k in &lookups {
         assert!(cache.get(k, Instant(1)).is_some());
     }
-    assert_eq!(LIVE.load(Ordering::SeqCst), at);
+    assert_eq!(in_use().0, at);
     eprintln!(
         "10,000 answers: {reported} octets reported, {live} allocated in {blocks} blocks, {each} an answer"
     );
