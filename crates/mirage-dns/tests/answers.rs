@@ -6,6 +6,7 @@
 //! special-use names answered without upstream traffic, large answers
 //! over UDP and TCP. Needs root and nsd (scripts/install-deps.sh).
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -15,6 +16,14 @@ use dns_wire::{Message, Rcode, Record, Type};
 use mirage_testkit::netns::in_netns;
 use mirage_testkit::wait::wait_some;
 use support::{Fixture, NSD_PORT, ask_tcp, ask_udp, query, with_nsd};
+
+in_each_sandbox!("answers":
+    it_answers_as_nsd_does_with_only_the_chain_and_caches_negatives,
+    special_use_names_are_answered_without_upstream_traffic,
+    a_short_ttl_is_served_counted_down_then_asked_again,
+    large_answers_go_tc_over_udp_and_whole_over_tcp,
+    with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30,
+);
 
 const OURS: &str = "127.0.0.53:53";
 
@@ -89,9 +98,8 @@ fn same_as_nsd(ours: &Message, nsd: &Message, what: &str) {
     );
 }
 
-#[test]
-fn it_answers_as_nsd_does_with_only_the_chain_and_caches_negatives() {
-    let mut f = with_nsd("dnsa");
+fn it_answers_as_nsd_does_with_only_the_chain_and_caches_negatives(sandbox: &'static str) {
+    let mut f = with_nsd("dnsa").in_sandbox(sandbox);
     let upstream = nsd_addr().to_string();
     f.start_dns(&["--upstream", &upstream]);
     let ours: SocketAddr = OURS.parse().unwrap();
@@ -170,11 +178,11 @@ fn it_answers_as_nsd_does_with_only_the_chain_and_caches_negatives() {
     assert_eq!(e["cache_hits"], cases.len() + 1, "{v}");
     assert_eq!(e["negative_hits"], 4, "{v}");
     assert_eq!(v["refused"], serde_json::json!({}), "{v}");
+    f.assert_sandbox(&v, sandbox);
 }
 
-#[test]
-fn special_use_names_are_answered_without_upstream_traffic() {
-    let mut f = with_nsd("dnsl");
+fn special_use_names_are_answered_without_upstream_traffic(sandbox: &'static str) {
+    let mut f = with_nsd("dnsl").in_sandbox(sandbox);
     let upstream = nsd_addr().to_string();
     f.start_dns(&["--upstream", &upstream]);
     let ours: SocketAddr = OURS.parse().unwrap();
@@ -218,9 +226,8 @@ fn special_use_names_are_answered_without_upstream_traffic() {
     assert_eq!(v["network"]["upstream_queries"], 0, "{v}");
 }
 
-#[test]
-fn a_short_ttl_is_served_counted_down_then_asked_again() {
-    let mut f = with_nsd("dnss");
+fn a_short_ttl_is_served_counted_down_then_asked_again(sandbox: &'static str) {
+    let mut f = with_nsd("dnss").in_sandbox(sandbox);
     let upstream = nsd_addr().to_string();
     f.start_dns(&["--upstream", &upstream]);
     let ours: SocketAddr = OURS.parse().unwrap();
@@ -251,9 +258,8 @@ fn a_short_ttl_is_served_counted_down_then_asked_again() {
     assert_eq!(queries_seen[0], 1, "the first repeat came from the cache");
 }
 
-#[test]
-fn large_answers_go_tc_over_udp_and_whole_over_tcp() {
-    let mut f = with_nsd("dnsb");
+fn large_answers_go_tc_over_udp_and_whole_over_tcp(sandbox: &'static str) {
+    let mut f = with_nsd("dnsb").in_sandbox(sandbox);
     let upstream = nsd_addr().to_string();
     f.start_dns(&["--upstream", &upstream]);
     let ours: SocketAddr = OURS.parse().unwrap();
@@ -304,9 +310,8 @@ fn large_answers_go_tc_over_udp_and_whole_over_tcp() {
     assert_eq!(v["engine"]["servfail"], 0, "{v}");
 }
 
-#[test]
-fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30() {
-    let mut f = with_nsd("dnsx");
+fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30(sandbox: &'static str) {
+    let mut f = with_nsd("dnsx").in_sandbox(sandbox);
     let upstream = nsd_addr().to_string();
     f.start_dns_with_config(
         &["--upstream", &upstream],

@@ -5,6 +5,7 @@
 //! roles' privilege drop) and unbound (scripts/install-deps.sh); CI runs
 //! as root.
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -16,6 +17,14 @@ use mirage_testkit::netns::in_netns;
 use mirage_testkit::procfs::{ProcStatus, role_pid, roles_of};
 use mirage_testkit::wait::wait_some;
 use support::{UPSTREAM_PORT, ask_tcp, ask_udp, query, with_unbound};
+
+in_each_sandbox!("unbound":
+    it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed,
+    a_dead_upstream_is_skipped_for_the_next_over_ipv6,
+    after_a_killed_engine_the_pair_restarts_on_the_same_listeners,
+    forged_replies_before_the_real_one_are_refused_and_the_real_one_answers,
+    a_truncated_upstream_answer_is_fetched_again_over_tcp,
+);
 
 /// What must agree between unbound's answer and ours: the rcode and the
 /// records, without their TTLs (ours count down while cached) and without
@@ -36,9 +45,8 @@ fn comparable(m: &Message) -> (Rcode, Vec<String>, Vec<String>) {
 /// The CAP_NET_BIND_SERVICE bit in /proc's capability masks.
 const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 
-#[test]
-fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
-    let mut f = with_unbound("dnsu");
+fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed(sandbox: &'static str) {
+    let mut f = with_unbound("dnsu").in_sandbox(sandbox);
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
     let daemon = f.start_dns(&[
         "--listen",
@@ -134,7 +142,7 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
     assert!(hits > 0, "{v}");
     assert_eq!(hits + relayed, asked, "{v}");
     assert_eq!(v["network"]["tcp_queries"], 3, "{v}");
-    assert_eq!(v["sandbox"], "seccomp");
+    f.assert_sandbox(&v, sandbox);
     let metrics = std::fs::read_to_string(f.dir.join("run/metrics.prom")).unwrap();
     assert!(
         metrics.contains("mirage_dns_queries_total{transport=\"tcp\"} 3"),
@@ -155,7 +163,16 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
         for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
             assert_eq!(st.caps(set), 0, "{role} {set}");
         }
+        // A tender holds its VM and vCPU, no other role any KVM descriptor.
+        assert_eq!(
+            support::kvm_fds(role_pid(pid, role)),
+            support::want_kvm_fds(role, sandbox),
+            "{role}"
+        );
     }
+    // The supervisor keeps the device for the engines it starts.
+    let want: &[&str] = if sandbox == "kvm" { &["/dev/kvm"] } else { &[] };
+    assert_eq!(support::kvm_fds(pid), want, "the supervisor");
     // The supervisor bound port 53 and kept nothing that binds it again.
     let sup = ProcStatus::read(pid);
     assert_eq!(sup.seccomp(), 2, "the supervisor runs under its filter");
@@ -180,9 +197,8 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
     assert!(exit.success(), "{exit:?}: {log}");
 }
 
-#[test]
-fn a_dead_upstream_is_skipped_for_the_next_over_ipv6() {
-    let mut f = with_unbound("dnsd");
+fn a_dead_upstream_is_skipped_for_the_next_over_ipv6(sandbox: &'static str) {
+    let mut f = with_unbound("dnsd").in_sandbox(sandbox);
     // 127.0.0.2 is on lo but nothing listens there: ICMP port unreachable,
     // so the next upstream is asked at once, over IPv6 (an AF_INET6
     // socket under the network role's filter).
@@ -214,9 +230,8 @@ fn a_dead_upstream_is_skipped_for_the_next_over_ipv6() {
     assert_eq!(v["engine"]["servfail"], 0, "{v}");
 }
 
-#[test]
-fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners() {
-    let mut f = with_unbound("dnsr");
+fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners(sandbox: &'static str) {
+    let mut f = with_unbound("dnsr").in_sandbox(sandbox);
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
     // No --listen: the default, 127.0.0.53:53.
     let daemon = f.start_dns(&["--upstream", &upstream]);
@@ -255,8 +270,16 @@ fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners() {
         || f.log(),
     );
     assert_eq!(v["engine_restarts"], 1, "{v}");
+    assert_eq!(v["sandbox"], sandbox, "{v}");
+    // Started again in the same sandbox: a guest again under kvm.
     for role in ["engine", "network"] {
-        assert_eq!(ProcStatus::read(role_pid(pid, role)).seccomp(), 2, "{role}");
+        let p = role_pid(pid, role);
+        assert_eq!(ProcStatus::read(p).seccomp(), 2, "{role}");
+        assert_eq!(
+            support::kvm_fds(p),
+            support::want_kvm_fds(role, sandbox),
+            "{role}"
+        );
     }
 }
 
@@ -315,9 +338,8 @@ fn forging_upstream(
     t
 }
 
-#[test]
-fn forged_replies_before_the_real_one_are_refused_and_the_real_one_answers() {
-    let mut f = with_unbound("dnsf");
+fn forged_replies_before_the_real_one_are_refused_and_the_real_one_answers(sandbox: &'static str) {
+    let mut f = with_unbound("dnsf").in_sandbox(sandbox);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let upstream = forging_upstream(f.ns.name().to_owned(), stop.clone());
     f.start_dns(&["--upstream", "127.0.0.1:5301"]);
@@ -357,9 +379,8 @@ fn forged_replies_before_the_real_one_are_refused_and_the_real_one_answers() {
     );
 }
 
-#[test]
-fn a_truncated_upstream_answer_is_fetched_again_over_tcp() {
-    let mut f = with_unbound("dnst");
+fn a_truncated_upstream_answer_is_fetched_again_over_tcp(sandbox: &'static str) {
+    let mut f = with_unbound("dnst").in_sandbox(sandbox);
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
     f.start_dns(&["--upstream", &upstream]);
     let ns = f.ns.name().to_owned();
