@@ -414,3 +414,137 @@ fn a_truncated_upstream_answer_is_fetched_again_over_tcp(sandbox: &'static str) 
     assert_eq!(v["network"]["upstream_errors"], 0, "{v}");
     assert_eq!(v["network"]["refused"], serde_json::json!({}), "{v}");
 }
+
+/// `auto` (the default) where the configured KVM device does not exist:
+/// the engine runs under seccomp and status.json says why; `--sandbox
+/// kvm` with the same device fails at start, naming it, and so does a
+/// guest memory too small for the cache, naming the key. Needs root and
+/// unbound, not KVM.
+#[test]
+fn auto_falls_back_to_seccomp_where_kvm_is_unusable() {
+    let mut f = with_unbound("dnsa");
+    let missing = f.dir.join("no-such-kvm");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let refused = |f: &mut support::Fixture, config: &str, sandbox: &str, log: &str| {
+        let path = f.dir.join(&format!("{log}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = f.ns.command(support::bin().to_str().unwrap());
+        cmd.args([
+            "run",
+            "--listen",
+            "127.0.0.53",
+            "--upstream",
+            &upstream,
+            "--sandbox",
+            sandbox,
+        ])
+        .arg("--config")
+        .arg(&path)
+        .arg("--run-dir")
+        .arg(f.dir.join("run"));
+        let log = f.dir.join(log);
+        let daemon = f.procs.spawn_logged(cmd, &log);
+        let exit = f
+            .procs
+            .wait_exit(daemon, Duration::from_secs(10))
+            .expect("a refused start did not exit");
+        assert!(!exit.success());
+        assert!(f.status().is_none(), "a refused start published a status");
+        mirage_testkit::cmd::read_lossy(&log)
+    };
+    let device = format!("kvm_device = \"{}\"\n", missing.display());
+    let log = refused(&mut f, &device, "kvm", "refused.log");
+    assert!(
+        log.contains("--sandbox kvm: KVM is unusable here") && log.contains(&missing.display().to_string()),
+        "{log}"
+    );
+    // 8 MiB of cache needs at least 12 MiB of guest memory, whatever the
+    // sandbox turns out to be.
+    let small = "kvm_memory_mib = 11\n[cache]\nbytes = 8388608\n";
+    let log = refused(&mut f, small, "seccomp", "small.log");
+    assert!(
+        log.contains("kvm_memory_mib: 11 MiB of guest memory is too little")
+            && log.contains("at least 12 MiB"),
+        "{log}"
+    );
+
+    f.start_dns_with(&device, &["--listen", "127.0.0.53", "--upstream", &upstream]);
+    let ns = f.ns.name().to_owned();
+    in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let got = ask_udp(ours, &query(1, "a.test", Type::A, false)).expect("an answer");
+        assert_eq!((got.rcode(), got.answers.len()), (Rcode::NOERROR, 1));
+    });
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the answer counted",
+        || f.status().filter(|v| v["engine"]["answered"].as_u64() >= Some(1)),
+        || f.log(),
+    );
+    assert_eq!(v["sandbox"], "seccomp", "{v}");
+    let reason = v["sandbox_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("--sandbox auto: kvm unusable") && reason.contains(&missing.display().to_string()),
+        "{reason}"
+    );
+    assert!(
+        f.log().contains("sandbox seccomp: --sandbox auto: kvm unusable"),
+        "{}",
+        f.log()
+    );
+    let out = std::process::Command::new(support::bin())
+        .args(["status", "--run-dir"])
+        .arg(f.dir.join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sandbox") && l.contains("seccomp (--sandbox auto: kvm unusable")),
+        "{text}"
+    );
+}
+
+/// `auto` with a usable device: the engine is a guest, and its memory is
+/// sized for the configured cache (32 MiB of cache: 68 MiB, twice the
+/// cache and the default 4 MiB), which the tender maps whole. Needs root,
+/// unbound and /dev/kvm (`mirage_testkit::kvm`).
+#[test]
+fn auto_runs_the_engine_as_a_guest_sized_for_its_cache_where_kvm_works() {
+    if !mirage_testkit::kvm::usable(
+        "unbound::auto_runs_the_engine_as_a_guest_sized_for_its_cache_where_kvm_works",
+    ) {
+        return;
+    }
+    let mut f = with_unbound("dnsk");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let daemon = f.start_dns_with(
+        "[cache]\nbytes = 33554432\n",
+        &["--listen", "127.0.0.53", "--upstream", &upstream],
+    );
+    let ns = f.ns.name().to_owned();
+    in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let got = ask_udp(ours, &query(1, "a.test", Type::A, false)).expect("an answer");
+        assert_eq!((got.rcode(), got.answers.len()), (Rcode::NOERROR, 1));
+    });
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the answer counted",
+        || f.status().filter(|v| v["engine"]["answered"].as_u64() >= Some(1)),
+        || f.log(),
+    );
+    assert_eq!(v["sandbox"], "kvm", "{v}");
+    let reason = v["sandbox_reason"].as_str().unwrap();
+    assert!(reason.starts_with("--sandbox auto: /dev/kvm opens"), "{reason}");
+    assert_eq!(v["guest_memory_mib"], 68, "{v}");
+    let engine = role_pid(f.procs.pid(daemon), "engine");
+    let maps = std::fs::read_to_string(format!("/proc/{engine}/maps")).unwrap();
+    let sized = maps.lines().any(|l| {
+        let range = l.split_whitespace().next().unwrap();
+        let (lo, hi) = range.split_once('-').unwrap();
+        let len = u64::from_str_radix(hi, 16).unwrap() - u64::from_str_radix(lo, 16).unwrap();
+        len == 68 << 20
+    });
+    assert!(sized, "no 68 MiB mapping in the tender:\n{maps}");
+}
