@@ -349,3 +349,78 @@ fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30(sandbox:
     );
     assert!(v["engine"]["upstream_failures"].as_u64() >= Some(2), "{v}");
 }
+
+/// The guest's memory follows the cache: with `[cache] bytes` 16 MiB the
+/// guest gets 36 MiB (twice the cache and the default 4 MiB), and 11,000
+/// distinct answers (nsd's wildcard, about 6 MB of cache by the engine's
+/// estimate, more than the tender's default 4 MiB of guest memory holds)
+/// are all kept, by the same engine: it never ran out of heap and was
+/// never restarted. nsd's response rate limiting is off ([`with_nsd`]).
+/// Needs root, nsd and /dev/kvm (`mirage_testkit::kvm`).
+#[test]
+fn a_cache_larger_than_the_default_guest_memory_fits_in_the_guest() {
+    if !mirage_testkit::kvm::usable("answers::a_cache_larger_than_the_default_guest_memory_fits_in_the_guest")
+    {
+        return;
+    }
+    const NAMES: u32 = 11_000;
+    let mut f = with_nsd("dnsm").in_sandbox("kvm");
+    let upstream = format!("127.0.0.1:{NSD_PORT}");
+    let daemon = f.start_dns_with_config(&["--upstream", &upstream], "[cache]\nbytes = 16777216\n");
+    let engine = mirage_testkit::procfs::role_pid(f.procs.pid(daemon), "engine");
+    let ns = f.ns.name().to_owned();
+    let answered = in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.connect(ours).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut missing: Vec<u32> = (1..=NAMES).collect();
+        let mut buf = [0u8; 4096];
+        // Windows of 200 queries; what did not come back is asked again.
+        for _ in 0..5 {
+            let mut still = Vec::new();
+            for window in missing.chunks(200) {
+                for &i in window {
+                    let q = query((i % 65_536) as u16, &format!("n{i}.w.test"), Type::A, false);
+                    s.send(&q).unwrap();
+                }
+                let mut got = std::collections::BTreeSet::new();
+                while got.len() < window.len() {
+                    let Ok(n) = s.recv(&mut buf) else { break };
+                    let m = Message::parse(&buf[..n]).expect("a well-formed answer");
+                    if m.rcode() == Rcode::NOERROR && m.answers.len() == 1 {
+                        got.insert(m.header.id);
+                    }
+                }
+                still.extend(window.iter().filter(|&&i| !got.contains(&((i % 65_536) as u16))));
+            }
+            missing = still;
+            if missing.is_empty() {
+                break;
+            }
+        }
+        NAMES as usize - missing.len()
+    });
+    assert_eq!(answered, NAMES as usize, "every name answered");
+    let v = wait_some(
+        Duration::from_secs(10),
+        "every answer in the cache",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["cache_entries"].as_u64() >= Some(u64::from(NAMES)))
+        },
+        || format!("{:?}\n{}", f.status(), f.log()),
+    );
+    assert_eq!(v["sandbox"], "kvm", "{v}");
+    assert_eq!(v["guest_memory_mib"], 36, "{v}");
+    assert!(
+        v["engine"]["cache_bytes"].as_u64() > Some(4 << 20),
+        "more than the default guest's memory: {v}"
+    );
+    assert_eq!(v["engine_restarts"], 0, "{v}");
+    assert_eq!(
+        mirage_testkit::procfs::role_pid(f.procs.pid(daemon), "engine"),
+        engine,
+        "the same engine"
+    );
+}

@@ -303,7 +303,8 @@ pub fn with_nsd(tag: &str) -> Fixture {
             "server:\n    ip-address: 127.0.0.1@{NSD_PORT}\n    username: \"\"\n    chroot: \"\"\n    \
              zonesdir: \"{d}\"\n    database: \"\"\n    pidfile: \"{d}/nsd.pid\"\n    \
              xfrdfile: \"{d}/xfrd.state\"\n    zonelistfile: \"{d}/zone.list\"\n    \
-             logfile: \"{d}/nsd.log\"\n    server-count: 1\n    verbosity: 1\n\
+             logfile: \"{d}/nsd.log\"\n    server-count: 1\n    verbosity: 1\n    \
+             rrl-ratelimit: 0\n\
              remote-control:\n    control-enable: yes\n    control-interface: {d}/nsd.sock\n\
              zone:\n    name: \"test\"\n    zonefile: \"test.zone\"\n"
         ),
