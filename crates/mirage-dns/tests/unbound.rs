@@ -24,7 +24,32 @@ in_each_sandbox!("unbound":
     after_a_killed_engine_the_pair_restarts_on_the_same_listeners,
     forged_replies_before_the_real_one_are_refused_and_the_real_one_answers,
     a_truncated_upstream_answer_is_fetched_again_over_tcp,
+    each_process_has_resident_only_the_segments_it_uses,
 );
+
+/// The binary's layout by process (build.rs,
+/// `mirage_kvm_build::link_by_process`, as mirage-dhcp's and mirage-ntp's):
+/// once answering, no role has the supervisor's command-line and
+/// configuration code resident, only an engine that runs a guest has the
+/// KVM tender's code resident, and no process keeps the guest image's pages
+/// once its guest is built.
+fn each_process_has_resident_only_the_segments_it_uses(sandbox: &'static str) {
+    let mut f = with_unbound("dnsl").in_sandbox(sandbox);
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let daemon = f.start_dns(&["--listen", "127.0.0.53", "--upstream", &upstream]);
+    let ns = f.ns.name().to_owned();
+    in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let got = ask_udp(ours, &query(1, "a.test", Type::A, false)).expect("an answer");
+        assert_eq!(got.answers.len(), 1);
+    });
+    let pid = f.procs.pid(daemon);
+    let mut procs = roles_of(pid);
+    assert_eq!(procs.len(), 2, "{procs:?}");
+    procs.push(("supervisor".into(), pid));
+    let bin = std::fs::canonicalize(support::bin()).unwrap();
+    mirage_testkit::layout::assert_resident_only_where_used(&bin, &procs, sandbox);
+}
 
 /// What must agree between unbound's answer and ours: the rcode and the
 /// records, without their TTLs (ours count down while cached) and without

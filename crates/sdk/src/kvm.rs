@@ -288,7 +288,9 @@ fn guest_config(memory: usize) -> Config {
 /// out, plus the default guest's memory for everything else, in whole
 /// MiB, at most [`mirage_kvm::MAX_MEMORY`].
 pub fn guest_memory_mib_for(state: usize) -> u32 {
-    let bytes = state.saturating_mul(2).saturating_add(Config::default().memory);
+    // Constants only: the supervisor calls this, and mirage_kvm's code is
+    // the tender's (never resident in a supervisor under seccomp).
+    let bytes = state.saturating_mul(2).saturating_add(mirage_kvm::DEFAULT_MEMORY);
     (bytes.div_ceil(1 << 20).min(mirage_kvm::MAX_MEMORY >> 20)) as u32
 }
 
@@ -303,7 +305,7 @@ pub fn check_guest_memory_mib(mib: u32, state: usize) -> Result<usize, String> {
     if !(min..=max).contains(&(mib as usize)) {
         return Err(format!("{mib} MiB of guest memory is not within {min}..={max}"));
     }
-    let needed = state.saturating_add(Config::default().memory);
+    let needed = state.saturating_add(mirage_kvm::DEFAULT_MEMORY);
     if bytes < needed {
         return Err(format!(
             "{mib} MiB of guest memory is too little for {state} bytes of state: at least {} MiB",
