@@ -467,6 +467,12 @@ mod tests {
         );
         let got: Settings = mirage_ipc::decode(&hello.config).unwrap();
         assert_eq!(got, settings);
+        assert_eq!(hello.plan.guest_memory, 0, "the tender's default unless set");
+        // A tender's guest memory travels with its plan.
+        let mut tender = plan.clone();
+        tender.guest_memory = 36 << 20;
+        let hello: Hello = mirage_ipc::decode(&tender.hello(options, &settings).unwrap()).unwrap();
+        assert_eq!(hello.plan.guest_memory, 36 << 20);
         // Without seccomp the hello says so; the role then skips the filter
         // and the mount namespace.
         let off = RoleOptions {
