@@ -24,16 +24,22 @@ in_each_sandbox!("unbound":
     after_a_killed_engine_the_pair_restarts_on_the_same_listeners,
     forged_replies_before_the_real_one_are_refused_and_the_real_one_answers,
     a_truncated_upstream_answer_is_fetched_again_over_tcp,
-    each_process_has_resident_only_the_segments_it_uses,
 );
 
 /// The binary's layout by process (build.rs,
-/// `mirage_kvm_build::link_by_process`, as mirage-dhcp's and mirage-ntp's):
-/// once answering, no role has the supervisor's command-line and
-/// configuration code resident, only an engine that runs a guest has the
-/// KVM tender's code resident, and no process keeps the guest image's pages
-/// once its guest is built.
-fn each_process_has_resident_only_the_segments_it_uses(sandbox: &'static str) {
+/// `mirage_kvm_build::link_by_process`, as mirage-dhcp's and mirage-ntp's),
+/// with the engine as a guest: once answering, no role has the
+/// supervisor's command-line and configuration code resident, only the
+/// engine (the tender) has the KVM tender's code resident, and no process
+/// keeps the guest image's pages once its guest is built. Not under
+/// seccomp: there the release build's engine runs a function the supervisor
+/// segment holds (docs/dns.md, "Not yet"). Needs root, unbound and /dev/kvm.
+#[test]
+fn each_process_has_resident_only_the_segments_it_uses_with_kvm() {
+    if !mirage_testkit::kvm::usable("unbound::each_process_has_resident_only_the_segments_it_uses_with_kvm") {
+        return;
+    }
+    let sandbox = "kvm";
     let mut f = with_unbound("dnsl").in_sandbox(sandbox);
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
     let daemon = f.start_dns(&["--listen", "127.0.0.53", "--upstream", &upstream]);
