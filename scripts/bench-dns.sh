@@ -29,6 +29,7 @@ usage: scripts/bench-dns.sh [options]
       --short           a quick look: 2 runs of 3 s, latency runs of 2 s
   -f, --forwarders LIST comma-separated subset of mirage-dns,dnsmasq,unbound
       --bin PATH        mirage-dns binary (skips scripts/build-release.sh)
+      --sandbox S       mirage-dns's engine sandbox: seccomp (default), kvm or auto
       --json FILE       also write the raw results (JSON) to FILE
       --write-docs      put the report into docs/benchmarks.md between its
                         bench-dns markers
@@ -38,7 +39,7 @@ USAGE
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS=5 DURATION=10 LAT_DURATION=5 RATE=5000 MISS_RATE=2000
-FORWARDERS=mirage-dns,dnsmasq,unbound BIN="" JSON_OUT="" WRITE_DOCS=0
+FORWARDERS=mirage-dns,dnsmasq,unbound BIN="" JSON_OUT="" WRITE_DOCS=0 SANDBOX=seccomp
 RECORD=() # the command as the report records it (no local paths)
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     --short) RUNS=2 DURATION=3 LAT_DURATION=2; RECORD+=("$1"); shift ;;
     -f | --forwarders) FORWARDERS="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
     --bin) BIN="${2:?}"; RECORD+=("$1" BIN); shift 2 ;;
+    --sandbox) SANDBOX="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
     --json) JSON_OUT="${2:?}"; shift 2 ;;
     --write-docs) WRITE_DOCS=1; RECORD+=("$1"); shift ;;
     -h | --help) usage; exit 0 ;;
@@ -87,7 +89,7 @@ if [ -z "$BIN" ]; then
 fi
 
 args=(--runs "$RUNS" --duration "$DURATION" --latency-duration "$LAT_DURATION" --rate "$RATE"
-    --miss-rate "$MISS_RATE" --forwarders "$FORWARDERS" --mirage "$BIN"
+    --miss-rate "$MISS_RATE" --forwarders "$FORWARDERS" --mirage "$BIN" --sandbox "$SANDBOX"
     --command "scripts/bench-dns.sh ${RECORD[*]}" --tmp "$TMP" --ns "dbench-$(($$ % 100000))")
 [ -z "$JSON_OUT" ] || args+=(--json "$JSON_OUT")
 [ "$WRITE_DOCS" = 0 ] || args+=(--write-docs "$ROOT/docs/benchmarks.md")

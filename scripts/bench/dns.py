@@ -269,7 +269,7 @@ zone:
             addr = FORWARDERS[name]
             if name == "mirage-dns":
                 argv = [self.a.mirage, "run", "--config", "/dev/null", "--listen", addr,
-                        "--upstream", f"{UPSTREAM[0]}:{UPSTREAM[1]}",
+                        "--upstream", f"{UPSTREAM[0]}:{UPSTREAM[1]}", "--sandbox", self.a.sandbox,
                         "--state-dir", os.path.join(t, "dns-state"), "--run-dir", os.path.join(t, "dns-run")]
             elif name == "dnsmasq":
                 argv = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
@@ -540,6 +540,7 @@ def main():
     p.add_argument("--miss-rate", type=int, required=True)
     p.add_argument("--forwarders", required=True)
     p.add_argument("--mirage", required=True)
+    p.add_argument("--sandbox", default="seccomp", choices=["seccomp", "kvm", "auto"])
     p.add_argument("--command", required=True)
     p.add_argument("--tmp", required=True)
     p.add_argument("--ns", default=f"dbench-{os.getpid() % 100000}")

@@ -59,10 +59,16 @@ pub struct Config {
     pub watchdog: Duration,
 }
 
+/// [`Config::memory`] by default: enough for an engine whose state does
+/// not grow with its configuration. A constant, so that a supervisor sizes
+/// a guest without running this crate's code (its pages are the tender's,
+/// `mirage_kvm_build::link_by_process`).
+pub const DEFAULT_MEMORY: usize = 4 << 20;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            memory: 4 << 20,
+            memory: DEFAULT_MEMORY,
             stack: 256 << 10,
             watchdog: Duration::from_secs(1),
         }

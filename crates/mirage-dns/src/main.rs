@@ -113,7 +113,10 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     };
     out.line("listen", &list("listen"));
     out.line("upstreams", &list("upstreams"));
-    out.line("sandbox", &text_of(&v["sandbox"]));
+    match v["sandbox_reason"].as_str() {
+        Some(why) if !why.is_empty() => out.line("sandbox", &format!("{} ({why})", text_of(&v["sandbox"]))),
+        _ => out.line("sandbox", &text_of(&v["sandbox"])),
+    }
     let e = &v["engine"];
     out.line(
         "queries",

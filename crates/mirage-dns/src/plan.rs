@@ -5,7 +5,7 @@
 //!
 //! | role | uid | capabilities | descriptors | seccomp |
 //! | --- | --- | --- | --- | --- |
-//! | engine | 65529 | none | its channel, the direct channel to the network role (4) | `BASE` |
+//! | engine | 65529 | none | its channel, the direct channel to the network role (4; a KVM guest's tender: the KVM device at 4, the direct channel at 5) | `BASE` (a tender: `BASE`, `TENDER`, `mirage_sdk::kvm::tender_plan`) |
 //! | network | 65530 | none | the listeners (UDP, then TCP, from 4), the direct channel after them; TCP connect to the upstreams' ports only (Landlock) | `BASE`, [`NETWORK`] |
 //!
 //! The engine and the network role talk over a direct channel
@@ -32,6 +32,10 @@ mirage_sdk::role_ids! {
 
 /// The engine's end of the direct channel.
 pub const FD_ENGINE_PEER: RawFd = 4;
+/// The same for a KVM guest's tender, whose KVM device comes first
+/// (`mirage_sdk::kvm::FD_KVM`); the tender moves it above the VM's
+/// descriptors (`mirage_sdk::kvm::peer_above_the_vm`).
+pub const FD_ENGINE_PEER_KVM: RawFd = mirage_sdk::kvm::FD_KVM + 1;
 /// The network role's first listener; UDP listeners come first, then TCP
 /// ones, then the direct channel ([`NetworkSettings::peer_fd`]).
 pub const FD_FIRST_LISTENER: RawFd = 4;

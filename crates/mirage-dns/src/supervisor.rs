@@ -14,10 +14,12 @@ use dns_engine::{Action, Forwarder, Start, Status};
 use mirage_dns::Dns as Svc;
 use mirage_dns::config::CacheConfig;
 use mirage_dns::messages::{FromNetwork, NetworkStats};
-use mirage_dns::plan::{self, FD_ENGINE_PEER, IdsConfig, NetworkLimits, NetworkSettings, RoleIds};
+use mirage_dns::plan::{
+    self, FD_ENGINE_PEER, FD_ENGINE_PEER_KVM, IdsConfig, NetworkLimits, NetworkSettings, RoleIds,
+};
 use mirage_dns::policy::Cidr;
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
-use mirage_sdk::role::{RoleOptions, Starting};
+use mirage_sdk::role::{RoleOptions, RolePlan, Starting};
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe, link_pair};
 use mirage_sdk::service::learned;
 use mirage_sdk::service::metrics::{Kind, Metrics};
@@ -53,13 +55,26 @@ fn default_dhcp_servers() -> PathBuf {
         .join(learned::SERVERS_FILE)
 }
 
+/// The engine as a KVM guest (guest/images/dns, built by build.rs).
+pub const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-dns.elf"));
+
+/// The published reason for the sandbox, in characters (a configured
+/// device path is in it).
+const MAX_SANDBOX_REASON: usize = 512;
+
 /// The engine role: its plan in force, then the SDK's engine runner with
-/// the direct channel to the network role. The channel is taken before the
-/// sandbox (its checks need calls the filter does not hold).
+/// the direct channel to the network role, or with `--sandbox kvm` the
+/// tender of [`GUEST`], which relays both channels. The channel is taken
+/// before the sandbox (its checks need calls the filter does not hold);
+/// a tender has its KVM device first, so the channel after it.
 pub fn engine_role(role: Starting) -> Result<(), String> {
-    let peer = mirage_sdk::channel::Channel::from_raw_fd(FD_ENGINE_PEER)
+    let fd = match role.sandbox() {
+        SandboxKind::Kvm => FD_ENGINE_PEER_KVM,
+        _ => FD_ENGINE_PEER,
+    };
+    let peer = mirage_sdk::channel::Channel::from_raw_fd(fd)
         .map_err(|e| format!("the network role's channel: {e}"))?;
-    mirage_sdk::engine_role::run_with_peer::<Forwarder>(role.enter()?.channel, peer)
+    mirage_sdk::engine_role::run_sandboxed_with_peer::<Forwarder>(role, Some(GUEST), peer)
 }
 
 /// The config file (`/etc/mirage/dns/config.toml`): unknown keys are errors.
@@ -81,6 +96,11 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     sandbox: Option<SandboxKind>,
+    /// The KVM device for `sandbox = "kvm"` or `"auto"`.
+    kvm_device: Option<PathBuf>,
+    /// The engine's guest memory (MiB) under kvm; default: sized for
+    /// `cache.bytes` (`mirage_sdk::kvm::guest_memory_mib_for`).
+    kvm_memory_mib: Option<u32>,
     limits: NetworkLimits,
     cache: CacheConfig,
     ids: IdsConfig,
@@ -211,11 +231,27 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if common.sandbox == SandboxKind::None {
         log::warn!("SANDBOX DISABLED (--sandbox none)");
     }
-    // No guest image for the DNS engine yet: auto resolves to seccomp, and
-    // --sandbox kvm is an error that says so.
-    let device = std::path::Path::new(mirage_sdk::kvm::DEFAULT_DEVICE);
-    let sandbox = mirage_sdk::kvm::choose(common.sandbox, None, device)?;
-    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox.reason);
+    // The guest's memory holds the cache: checked whatever the sandbox, so
+    // a config that is wrong under kvm is wrong everywhere.
+    let cache_bytes = file.cache.bytes as usize;
+    let guest_memory = match file.kvm_memory_mib {
+        Some(mib) => mirage_sdk::kvm::check_guest_memory_mib(mib, cache_bytes)
+            .map_err(|e| format!("{}: kvm_memory_mib: {e} (cache.bytes)", path.display()))?,
+        None => (mirage_sdk::kvm::guest_memory_mib_for(cache_bytes) as usize) << 20,
+    };
+    // With kvm or auto the KVM device is opened and the engine's guest
+    // booted once (mirage_sdk::kvm); auto falls back to seccomp and says why.
+    let device = (file.kvm_device.clone()).unwrap_or_else(|| mirage_sdk::kvm::DEFAULT_DEVICE.into());
+    let sandbox = mirage_sdk::kvm::choose(common.sandbox, Some(GUEST), &device)?;
+    let sandbox_reason: String = sandbox.reason.chars().take(MAX_SANDBOX_REASON).collect();
+    log::info!("sandbox {}: {}", sandbox.kind.as_str(), sandbox_reason);
+    if sandbox.kind == SandboxKind::Kvm {
+        log::info!("the engine's guest has {} MiB of memory", guest_memory >> 20);
+    }
+    let kvm_device = (sandbox.device_fd())
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .map_err(|e| format!("the KVM device: {e}"))?;
     let signals = SignalPipe::new()?;
 
     // The privileged opens: the run directory, then the listeners (port 53
@@ -261,6 +297,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     file.cache.apply(&mut start);
     let mut sup = Supervisor {
         options,
+        sandbox_reason,
+        kvm_device,
+        guest_memory,
         ids,
         start,
         settings,
@@ -277,7 +316,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         engine_restarts: 0,
     };
     let (engine, network) = (
-        plan::engine(&sup.ids),
+        sup.engine_plan(),
         plan::network(
             &sup.ids,
             sup.listeners.len(),
@@ -286,6 +325,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         ),
     );
     let (engine_end, network_end) = link_pair()?;
+    // A tender's KVM device first (mirage_sdk::kvm::FD_KVM), then the
+    // direct channel.
+    let mut engine_fds: Vec<_> = sandbox.device_fd().into_iter().collect();
+    engine_fds.push(engine_end.as_fd());
     let mut network_fds: Vec<_> = sup.listeners.iter().map(|l| l.as_fd()).collect();
     network_fds.push(network_end.as_fd());
     let specs = [
@@ -293,7 +336,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             options,
             &(),
             Some(sup.engine_first()?),
-            vec![engine_end.as_fd()],
+            engine_fds,
             Restart::WithBackoff,
         )?,
         network.spec(options, &sup.settings, None, network_fds, Restart::WithBackoff)?,
@@ -302,7 +345,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     drop(specs);
     // Each role holds the only copy of its end of the direct channel.
     drop((engine_end, network_end));
-    let roles = launch::confine(starting, sandbox.kind, &[&engine, &network])?;
+    // The supervisor keeps its duplicate of the device for restarts.
+    drop(sandbox);
+    let roles = launch::confine(starting, sup.options.sandbox, &[&engine, &network])?;
     sup.write_uplink();
     sup.publisher.mark_dirty();
     let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
@@ -322,7 +367,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         "listening on {}, upstreams {}, sandbox {}",
         join(&listen),
         join(&upstreams),
-        sandbox.kind.as_str()
+        runtime.service.options.sandbox.as_str()
     );
     Ok(runtime.run(&signals))
 }
@@ -462,6 +507,13 @@ fn join(list: &[SocketAddr]) -> String {
 /// The routing the runtime runs.
 struct Supervisor {
     options: RoleOptions,
+    /// Why the sandbox in force was chosen (status.json).
+    sandbox_reason: String,
+    /// The KVM device with `--sandbox kvm` (or `auto` resolved to it), for
+    /// every engine started.
+    kvm_device: Option<OwnedFd>,
+    /// The engine guest's memory in bytes (its plan's, under kvm).
+    guest_memory: usize,
     ids: RoleIds,
     start: Start,
     settings: NetworkSettings,
@@ -605,7 +657,17 @@ impl Service for Supervisor {
     /// fresh direct channel after them).
     fn restart(&mut self, role: RoleId) -> Result<RoleStart, String> {
         if role == ENGINE {
-            return plan::engine(&self.ids).start(self.options, &(), Some(self.engine_first()?));
+            let mut start = self
+                .engine_plan()
+                .start(self.options, &(), Some(self.engine_first()?))?;
+            // A tender gets the device again (the runtime adds the fresh
+            // direct channel after it).
+            if let Some(kvm) = &self.kvm_device {
+                start
+                    .fds
+                    .push(kvm.try_clone().map_err(|e| format!("the KVM device: {e}"))?);
+            }
+            return Ok(start);
         }
         let mut start = plan::network(
             &self.ids,
@@ -662,6 +724,19 @@ impl Service for Supervisor {
 }
 
 impl Supervisor {
+    /// The engine's plan for the sandbox in force: a tender's with kvm,
+    /// with the guest memory the cache needs.
+    fn engine_plan(&self) -> RolePlan {
+        match self.options.sandbox {
+            SandboxKind::Kvm => {
+                let mut plan = mirage_sdk::kvm::tender_plan(plan::engine(&self.ids));
+                plan.guest_memory = self.guest_memory;
+                plan
+            }
+            _ => plan::engine(&self.ids),
+        }
+    }
+
     fn view(&self) -> View {
         View {
             listen: self.settings.udp.clone(),
@@ -678,6 +753,8 @@ impl Supervisor {
                 })
             }),
             sandbox: self.options.sandbox,
+            sandbox_reason: self.sandbox_reason.clone(),
+            guest_memory: self.kvm_device.as_ref().map(|_| self.guest_memory),
             status: self.status.clone(),
             network: self.network.clone(),
             refused: self.refused.clone(),
@@ -693,6 +770,9 @@ struct View {
     allow: Vec<Cidr>,
     dhcp: Option<serde_json::Value>,
     sandbox: SandboxKind,
+    sandbox_reason: String,
+    /// The engine guest's memory (bytes), under kvm.
+    guest_memory: Option<usize>,
     status: Option<Status>,
     network: Option<NetworkStats>,
     refused: BTreeMap<&'static str, u64>,
@@ -710,6 +790,8 @@ impl View {
             "allow": self.allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "dhcp": self.dhcp,
             "sandbox": self.sandbox.as_str(),
+            "sandbox_reason": self.sandbox_reason,
+            "guest_memory_mib": self.guest_memory.map(|b| b >> 20),
             "engine": {
                 "pending": self.status.as_ref().map_or(0, |s| s.pending),
                 "queries": c.queries,

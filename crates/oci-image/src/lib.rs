@@ -128,9 +128,8 @@ pub const MIRAGE_DNS: Service = Service {
         "/run/mirage/dns:/run/mirage/dns",
     ],
     rlimits: &["nofile,4096,4096"],
-    // The DNS engine has no guest image yet (docs/dns.md): /dev/kvm would
-    // be a device it never opens.
-    kvm: false,
+    // The engine runs as a KVM guest where the machine has KVM.
+    kvm: true,
 };
 
 /// Every service the writer knows, for `oci-image --service NAME`.
@@ -759,8 +758,11 @@ mod tests {
                 "/run/mirage/dns:/run/mirage/dns",
             ])
         );
-        // No guest image for the DNS engine: no KVM device.
-        assert_eq!(moby["devices"], json!([]));
+        // The engine's guest: the KVM device, as for the other two.
+        assert_eq!(
+            moby["devices"],
+            json!([{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232, "mode": "0666"}])
+        );
         // Above the network role's 1106 descriptors with the default limits.
         assert_eq!(moby["rlimits"], json!(["nofile,4096,4096"]));
         assert_eq!(MIRAGE_DNS.ulimits(), ["nofile=4096:4096"]);

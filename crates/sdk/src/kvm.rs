@@ -273,6 +273,48 @@ fn probe(image: &[u8], device: &Path) -> Result<(Kvm, Duration), String> {
     Ok((kvm, took))
 }
 
+/// The tender's configuration for a plan's guest memory (0: the default).
+fn guest_config(memory: usize) -> Config {
+    let default = Config::default();
+    Config {
+        memory: if memory == 0 { default.memory } else { memory },
+        ..default
+    }
+}
+
+/// The guest memory in MiB a service's engine gets by default for
+/// `state` bytes of configured state on its heap (a cache): twice that,
+/// for the allocator's slack and what an estimate of the state leaves
+/// out, plus the default guest's memory for everything else, in whole
+/// MiB, at most [`mirage_kvm::MAX_MEMORY`].
+pub fn guest_memory_mib_for(state: usize) -> u32 {
+    // Constants only: the supervisor calls this, and mirage_kvm's code is
+    // the tender's (never resident in a supervisor under seccomp).
+    let bytes = state.saturating_mul(2).saturating_add(mirage_kvm::DEFAULT_MEMORY);
+    (bytes.div_ceil(1 << 20).min(mirage_kvm::MAX_MEMORY >> 20)) as u32
+}
+
+/// Check a configured guest memory of `mib` MiB for `state` bytes of
+/// configured state: within the tender's bounds
+/// ([`mirage_kvm::MIN_MEMORY`] to [`mirage_kvm::MAX_MEMORY`]) and at
+/// least the state plus the default guest's memory. Its size in bytes,
+/// for [`RolePlan::guest_memory`].
+pub fn check_guest_memory_mib(mib: u32, state: usize) -> Result<usize, String> {
+    let (min, max) = (mirage_kvm::MIN_MEMORY >> 20, mirage_kvm::MAX_MEMORY >> 20);
+    let bytes = (mib as usize) << 20;
+    if !(min..=max).contains(&(mib as usize)) {
+        return Err(format!("{mib} MiB of guest memory is not within {min}..={max}"));
+    }
+    let needed = state.saturating_add(mirage_kvm::DEFAULT_MEMORY);
+    if bytes < needed {
+        return Err(format!(
+            "{mib} MiB of guest memory is too little for {state} bytes of state: at least {} MiB",
+            needed.div_ceil(1 << 20)
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Where a tender's direct channel to a peer role goes before its VM is
 /// built: the runtime hands it over at the descriptor after the device (5),
 /// which is the VM's number ([`seccomp::FD_VCPU`] is the one after), so it
@@ -314,7 +356,8 @@ pub(crate) fn run_guest(role: Starting, image: &[u8], peer: Option<Channel>) -> 
     // SAFETY: FD_KVM is open (checked) and was given to this role for this
     // use alone; the Kvm owns and closes it.
     let kvm = unsafe { Kvm::from_raw_fd(FD_KVM) };
-    let vm = Vm::new(&kvm, image, &Config::default()).map_err(|e| format!("building the guest: {e}"))?;
+    let config = guest_config(role.guest_memory());
+    let vm = Vm::new(&kvm, image, &config).map_err(|e| format!("building the guest: {e}"))?;
     // The tender never makes another VM, and the guest runs from its own
     // copy of the image.
     drop(kvm);
@@ -456,6 +499,26 @@ mod tests {
 
     /// Several pages of its writable data.
     static WRITABLE_PAGES: Mutex<[u8; 3 * 4096]> = Mutex::new([1; 3 * 4096]);
+
+    #[test]
+    fn guest_memory_follows_the_state_and_is_checked() {
+        assert_eq!(guest_config(0).memory, Config::default().memory);
+        assert_eq!(guest_config(32 << 20).memory, 32 << 20);
+        // 4 MiB of state: 8 MiB doubled plus the default 4 MiB.
+        assert_eq!(guest_memory_mib_for(4 << 20), 12);
+        assert_eq!(guest_memory_mib_for(0), 4);
+        assert_eq!(guest_memory_mib_for(usize::MAX), 256);
+        assert_eq!(check_guest_memory_mib(12, 4 << 20), Ok(12 << 20));
+        assert_eq!(check_guest_memory_mib(8, 4 << 20), Ok(8 << 20));
+        let e = check_guest_memory_mib(7, 4 << 20).unwrap_err();
+        assert!(e.contains("at least 8 MiB"), "{e}");
+        assert!(
+            check_guest_memory_mib(1, 0)
+                .unwrap_err()
+                .contains("not within 2..=256")
+        );
+        assert!(check_guest_memory_mib(257, 0).is_err());
+    }
 
     #[test]
     fn an_image_in_read_only_data_is_released_and_reads_back_the_same() {

@@ -106,6 +106,11 @@ pub struct RolePlan {
     /// A private mount namespace with an empty read-only root (never with
     /// `--sandbox none`).
     pub private_mount_ns: bool,
+    /// An engine role run as a KVM guest: its memory in bytes (0: the
+    /// tender's default, `mirage_kvm::Config::default()`). Per service:
+    /// an engine whose state grows with its configuration (a cache) needs
+    /// more than the default ([`crate::kvm::guest_memory_for`]).
+    pub guest_memory: usize,
 }
 
 impl RolePlan {
@@ -128,6 +133,7 @@ impl RolePlan {
             nproc_zero: strict.nproc_zero,
             fsize_zero: strict.fsize_zero,
             private_mount_ns: strict.private_mount_ns,
+            guest_memory: 0,
         }
     }
 
@@ -148,6 +154,7 @@ impl RolePlan {
             nproc_zero: self.nproc_zero,
             fsize_zero: self.fsize_zero,
             private_mount_ns: self.private_mount_ns,
+            guest_memory: self.guest_memory,
         }
     }
 
@@ -243,6 +250,8 @@ pub struct PlanData {
     pub nproc_zero: bool,
     pub fsize_zero: bool,
     pub private_mount_ns: bool,
+    /// [`RolePlan::guest_memory`].
+    pub guest_memory: usize,
 }
 
 /// A role's first message (see the module docs).
@@ -278,6 +287,12 @@ impl Starting {
     /// The sandbox in force, as the supervisor resolved it.
     pub fn sandbox(&self) -> SandboxKind {
         self.hello.sandbox
+    }
+
+    /// The guest memory its plan names ([`RolePlan::guest_memory`]; 0:
+    /// the tender's default).
+    pub fn guest_memory(&self) -> usize {
+        self.hello.plan.guest_memory
     }
 
     /// The service's configuration for this role, from the hello.
@@ -488,6 +503,12 @@ mod tests {
         );
         let got: Settings = mirage_ipc::decode(&hello.config).unwrap();
         assert_eq!(got, settings);
+        assert_eq!(hello.plan.guest_memory, 0, "the tender's default unless set");
+        // A tender's guest memory travels with its plan.
+        let mut tender = plan.clone();
+        tender.guest_memory = 36 << 20;
+        let hello: Hello = mirage_ipc::decode(&tender.hello(options, &settings).unwrap()).unwrap();
+        assert_eq!(hello.plan.guest_memory, 36 << 20);
         // Without seccomp the hello says so; the role then skips the filter
         // and the mount namespace.
         let off = RoleOptions {

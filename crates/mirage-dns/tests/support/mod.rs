@@ -21,11 +21,33 @@ pub fn bin() -> PathBuf {
 /// The port unbound answers on, on 127.0.0.1 and ::1.
 pub const UPSTREAM_PORT: u16 = 5300;
 
+/// One test per sandbox for each case: `CASE::seccomp` and `CASE::kvm`
+/// (the engine as a KVM guest; needs /dev/kvm, see `mirage_testkit::kvm`).
+#[macro_export]
+macro_rules! in_each_sandbox {
+    ($suite:literal: $($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn seccomp() {
+                super::$case("seccomp")
+            }
+            #[test]
+            fn kvm() {
+                if mirage_testkit::kvm::usable(concat!($suite, "::", stringify!($case))) {
+                    super::$case("kvm")
+                }
+            }
+        }
+    )*};
+}
+
 /// Dropped in field order: the processes, the namespace, the directory.
 pub struct Fixture {
     pub procs: Procs,
     pub ns: Netns,
     pub dir: TestDir,
+    /// `--sandbox` for mirage-dns when set ([`Fixture::in_sandbox`]).
+    pub sandbox: Option<&'static str>,
 }
 
 /// The zone unbound serves: `a.test` has an A and an AAAA record,
@@ -67,10 +89,21 @@ pub fn with_unbound(tag: &str) -> Fixture {
     cmd.args(["-d", "-c"]).arg(&conf);
     procs.spawn_logged(cmd, &dir.join("unbound.log"));
     wait_listening(&ns, Proto::Udp, UPSTREAM_PORT, Duration::from_secs(20));
-    Fixture { procs, ns, dir }
+    Fixture {
+        procs,
+        ns,
+        dir,
+        sandbox: None,
+    }
 }
 
 impl Fixture {
+    /// mirage-dns runs with `--sandbox sandbox`.
+    pub fn in_sandbox(mut self, sandbox: &'static str) -> Fixture {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
     /// mirage-dns in the namespace with `args` after `run`, its run
     /// directory and log in the test's directory.
     pub fn start_dns(&mut self, args: &[&str]) -> usize {
@@ -103,6 +136,7 @@ impl Fixture {
         cmd.args(&line[1..])
             .arg("run")
             .args(args)
+            .args(self.sandbox.map(|s| ["--sandbox", s]).into_iter().flatten())
             .arg("--config")
             .arg(&path)
             .args(["--log-level", "debug", "--run-dir"])
@@ -116,6 +150,47 @@ impl Fixture {
 
     pub fn status(&self) -> Option<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(self.dir.join("run/status.json")).ok()?).ok()
+    }
+
+    /// status.json's `sandbox` is the one asked for, with its reason; a
+    /// guest's tender logged that it runs one, and its memory is
+    /// published.
+    pub fn assert_sandbox(&self, v: &serde_json::Value, sandbox: &str) {
+        let log = self.log();
+        assert_eq!(v["sandbox"], sandbox, "{v}");
+        let reason = v["sandbox_reason"].as_str().unwrap();
+        assert!(reason.starts_with(&format!("--sandbox {sandbox}")), "{reason}");
+        let guest = log
+            .lines()
+            .any(|l| l.contains("[engine]") && l.contains("engine runs as a KVM guest"));
+        assert_eq!(guest, sandbox == "kvm", "{log}");
+        if sandbox == "kvm" {
+            assert!(reason.contains("the guest booted and answered"), "{reason}");
+            assert!(v["guest_memory_mib"].as_u64() >= Some(8), "{v}");
+        } else {
+            assert!(v["guest_memory_mib"].is_null(), "{v}");
+        }
+    }
+}
+
+/// The KVM descriptors `pid` holds, sorted: a tender holds its VM and vCPU
+/// (the device was closed once the VM was built), every other role none.
+pub fn kvm_fds(pid: u32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.contains("kvm"))
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// What [`kvm_fds`] must be for `role` under `sandbox`.
+pub fn want_kvm_fds(role: &str, sandbox: &str) -> &'static [&'static str] {
+    match (role, sandbox) {
+        ("engine", "kvm") => &["anon_inode:kvm-vcpu:0", "anon_inode:kvm-vm"],
+        _ => &[],
     }
 }
 
@@ -226,7 +301,8 @@ pub fn with_nsd(tag: &str) -> Fixture {
             "server:\n    ip-address: 127.0.0.1@{NSD_PORT}\n    username: \"\"\n    chroot: \"\"\n    \
              zonesdir: \"{d}\"\n    database: \"\"\n    pidfile: \"{d}/nsd.pid\"\n    \
              xfrdfile: \"{d}/xfrd.state\"\n    zonelistfile: \"{d}/zone.list\"\n    \
-             logfile: \"{d}/nsd.log\"\n    server-count: 1\n    verbosity: 1\n\
+             logfile: \"{d}/nsd.log\"\n    server-count: 1\n    verbosity: 1\n    \
+             rrl-ratelimit: 0\n\
              remote-control:\n    control-enable: yes\n    control-interface: {d}/nsd.sock\n\
              zone:\n    name: \"test\"\n    zonefile: \"test.zone\"\n"
         ),
@@ -237,7 +313,12 @@ pub fn with_nsd(tag: &str) -> Fixture {
     cmd.args(["-d", "-c"]).arg(dir.join("nsd.conf"));
     procs.spawn_logged(cmd, &dir.join("nsd.out"));
     wait_listening(&ns, Proto::Udp, NSD_PORT, Duration::from_secs(20));
-    Fixture { procs, ns, dir }
+    Fixture {
+        procs,
+        ns,
+        dir,
+        sandbox: None,
+    }
 }
 
 impl Fixture {
