@@ -767,20 +767,18 @@ fn unrelated_answer_record_is_not_cached(ctx: &Ctx) {
 }
 
 /// The poisoning attempt: the client's answer holds the question's own
-/// record and nothing for other names.
+/// record and nothing for the victim's name.
 fn poison_not_relayed(ctx: &Ctx, in_answer: bool) {
     let victim = ctx.name("victim");
-    ctx.script(move |q| vec![Reply::message(&poisoned(q, &victim, in_answer))]);
+    let v2 = victim.clone();
+    ctx.script(move |q| vec![Reply::message(&poisoned(q, &v2, in_answer))]);
     let www = ctx.name("www");
     let m = ctx.ask(&www, Type::A);
     assert_good(&m, &www);
-    for r in records(&m) {
-        assert_eq!(
-            r.name.to_string().to_ascii_lowercase(),
-            www,
-            "a record for another name relayed: {m:?}"
-        );
-    }
+    assert!(
+        records(&m).all(|r| r.name != n(&victim)),
+        "a record for another name relayed: {m:?}"
+    );
 }
 
 fn out_of_bailiwick_records_are_not_relayed(ctx: &Ctx) {
