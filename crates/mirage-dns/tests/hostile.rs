@@ -942,6 +942,77 @@ fn truncated_udp_answer_and_tcp_refused(ctx: &Ctx) {
     ctx.expect("engine.cache_hits", 0);
 }
 
+fn tcp_answer_over_7168_octets(ctx: &Ctx) {
+    // TC over UDP, then a TCP answer longer than one batch item carries:
+    // the network role fails the query; both attempts alike: SERVFAIL.
+    ctx.script(|q| match q.transport {
+        Transport::Udp => {
+            let mut m = q.response();
+            m.header.truncated = true;
+            vec![Reply::message(&m)]
+        }
+        Transport::Tcp => {
+            let big = vec![b'x'; 250];
+            vec![Reply::message(&q.answer(300, RData::Txt(vec![big; 32])))]
+        }
+    });
+    assert_rcode(&ctx.ask(&ctx.name("www"), Type::TXT), Rcode::SERVFAIL);
+    assert_eq!(ctx.upstream().len(), 4, "UDP then TCP, two attempts");
+    ctx.expect("engine.tcp_retries", 2);
+    ctx.expect("engine.upstream_failures", 2);
+    ctx.expect("network.upstream_errors", 2);
+    ctx.expect("engine.servfail", 1);
+}
+
+fn forged_id_over_tcp(ctx: &Ctx) {
+    // TC over UDP, then over TCP an answer with another id (the network
+    // role takes one answer per connection): refused, the attempt times
+    // out, and the second attempt is answered over UDP.
+    let mut udp = 0;
+    ctx.script(move |q| match q.transport {
+        Transport::Udp => {
+            udp += 1;
+            if udp == 1 {
+                let mut m = q.response();
+                m.header.truncated = true;
+                vec![Reply::message(&m)]
+            } else {
+                vec![Reply::raw(good(q))]
+            }
+        }
+        Transport::Tcp => {
+            let mut m = q.answer_a(300, EVIL);
+            m.header.id ^= 0x8000;
+            vec![Reply::message(&m)]
+        }
+    });
+    let name = ctx.name("www");
+    assert_good(&ctx.ask(&name, Type::A), &name);
+    let transports: Vec<Transport> = ctx.upstream().iter().map(|q| q.transport).collect();
+    assert_eq!(transports, [Transport::Udp, Transport::Tcp, Transport::Udp]);
+    ctx.expect("refused.mismatched-reply", 1);
+    ctx.expect("engine.tcp_retries", 1);
+    ctx.expect("engine.upstream_timeouts", 1);
+}
+
+fn late_flood_to_a_closed_port(ctx: &Ctx) {
+    // 100 copies of a forgery held until the client has its answer: the
+    // engine closed the query's socket in the same batch as the answer, so
+    // the kernel drops them all (nothing reaches the engine).
+    ctx.script(|q| {
+        let forged = Reply::message(&q.answer_a(86_400, EVIL)).held();
+        let mut out = vec![Reply::raw(good(q))];
+        out.extend(std::iter::repeat_n(forged, 100));
+        out
+    });
+    let name = ctx.name("www");
+    assert_good(&ctx.ask(&name, Type::A), &name);
+    assert_eq!(ctx.lane.server.release(), 100);
+    // The cache still holds the honest answer.
+    assert_good(&ctx.ask(&name, Type::A), &name);
+    ctx.expect("engine.cache_hits", 1);
+}
+
 fn slow_upstream_is_asked_again(ctx: &Ctx) {
     // The first attempt's reply is held past its deadline; the second is
     // answered at once. The held one goes at the end, to a closed socket.
@@ -1278,6 +1349,9 @@ fn cases() -> Vec<Case> {
         ttl_zero_is_relayed_and_not_cached,
         truncated_udp_answer_is_fetched_over_tcp,
         truncated_udp_answer_and_tcp_refused,
+        tcp_answer_over_7168_octets,
+        forged_id_over_tcp,
+        late_flood_to_a_closed_port,
         slow_upstream_is_asked_again,
         silent_upstream_means_servfail,
         upstream_servfail_is_relayed_and_not_cached,
