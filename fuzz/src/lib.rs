@@ -1053,7 +1053,7 @@ pub const DNS_HEADER_LEN: usize = 34;
 pub struct DnsStart {
     pub seed: [u8; 32],
     /// 0x20 case randomisation (bit 0), the cache on (bit 1), a one-second
-    /// attempt instead of the default (bit 2).
+    /// attempt instead of the default (bit 2), serve-stale (bit 3).
     pub flags: u8,
     /// 1 + this modulo 4 upstreams.
     pub upstreams: u8,
@@ -1097,6 +1097,7 @@ impl DnsStart {
             randomize_case: self.flags & 1 != 0,
             cache_bytes: if self.flags & 2 != 0 { 1 << 16 } else { 0 },
             attempt_ms: if self.flags & 4 != 0 { 1000 } else { 1500 },
+            serve_stale: self.flags & 8 != 0,
             ..dns_engine::Start::default()
         }
     }
@@ -1153,7 +1154,8 @@ pub fn run_dns_engine(data: &[u8]) -> usize {
 /// What the DNS engine may ask of its network role, whatever it was fed:
 /// upstream queries to a configured upstream that pass the role's shape
 /// check and parse as one question with EDNS 1232; answers that are
-/// responses within the TCP bound (the role refuses more per transport).
+/// responses within the TCP bound (the role refuses more per transport),
+/// never with AD set (the engine validates nothing).
 pub fn check_dns_action(action: &dns_engine::Action, upstreams: usize) {
     use dns_engine::{Action, Outbound};
     let Action::Batch(items) = action else { return };
@@ -1177,6 +1179,7 @@ pub fn check_dns_action(action: &dns_engine::Action, upstreams: usize) {
             Outbound::Answer { data, .. } => {
                 assert!(data.len() >= 12 && data.len() <= dns_engine::MAX_TCP_ANSWER);
                 assert!(data[2] & 0x80 != 0, "an answer is a response");
+                assert!(data[3] & 0x20 == 0, "AD set in an answer");
             }
             Outbound::Drop { .. } | Outbound::Close { .. } => {}
         }

@@ -1180,7 +1180,8 @@ fn dns_wire_seeds() -> Vec<(String, Vec<u8>)> {
 
 /// DNS engine scenarios: a query answered, merged and cached; a forged
 /// reply then the real one; a silent upstream then the next; malformed
-/// client queries; and junk.
+/// client queries; special-use names and a CNAME loop with serve-stale on;
+/// and junk.
 fn dns_engine_seeds() -> Vec<(String, Vec<u8>)> {
     use dns_engine::{Event, Inbound, Transport};
     use dns_wire::{Edns, Message, Name, Type};
@@ -1273,6 +1274,41 @@ fn dns_engine_seeds() -> Vec<(String, Vec<u8>)> {
                         }),
                     ]),
                 )],
+            ),
+        ),
+        (
+            "local-loop-stale".into(),
+            with(
+                // The cache and serve-stale on.
+                start(10, 0),
+                vec![
+                    ContractStep::Event(
+                        1,
+                        batch(vec![
+                            q(1, query(1, "localhost", true)),
+                            q(2, query(2, "x.onion", false)),
+                            q(3, query(3, "loop.test", true)),
+                        ]),
+                    ),
+                    ContractStep::Event(
+                        2,
+                        batch(vec![Inbound::Reply {
+                            query: 0,
+                            data: {
+                                let mut r = Message::parse(&reply(query(9, "loop.test", true))).unwrap();
+                                r.header.authentic_data = true;
+                                r.answers.push(dns_wire::Record {
+                                    name: Name::from_ascii("loop.test").unwrap(),
+                                    class: dns_wire::Class::IN,
+                                    ttl: 60,
+                                    data: dns_wire::RData::Cname(Name::from_ascii("loop.test").unwrap()),
+                                });
+                                r.to_bytes().unwrap()
+                            },
+                        }]),
+                    ),
+                    ContractStep::Timer(0),
+                ],
             ),
         ),
         ("junk".into(), {

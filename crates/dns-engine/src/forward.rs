@@ -1,23 +1,25 @@
 //! The forwarding core: client queries in, one upstream query per distinct
 //! question, replies matched strictly and re-encoded for each client.
 //!
-//! Shaped for what comes next: an upstream answer reaches clients only
-//! through [`Forwarder::accept_reply`], where a cache (with negative
-//! entries, RFC 2308), bailiwick filtering and serve-stale (RFC 8767) slot
-//! in; a client query reaches upstream only through
-//! [`Forwarder::ask_upstream`], where a cache lookup goes first; and an
-//! attempt is a value of its own ([`InFlight`]), so a TCP retry after a
-//! truncated answer is one more kind of attempt.
+//! An upstream answer reaches clients and the cache only cut down to the
+//! question's CNAME chain (`sanitize`); a client query reaches upstream
+//! only through [`Forwarder::ask_upstream`], after the special-use names
+//! (answered here) and the cache; and an attempt is a value of its own
+//! ([`InFlight`]), so a TCP retry after a truncated answer is one more
+//! kind of attempt.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::net::{Ipv4Addr, Ipv6Addr};
 
-use dns_wire::{Edns, Header, Message, Opcode, Question, Rcode, Type};
+use dns_wire::{Class, Edns, Header, Message, Opcode, Question, RData, Rcode, Record, Type};
 use mirage_engine::{Engine, Instant, Route};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use crate::cache::{ANY_TYPE, Cache, Key};
+use crate::sanitize::{Kind, sanitize, ttl_of};
 use crate::{
     Action, BATCH_BYTES, CLASSIC_UDP_PAYLOAD, Counters, EDNS_PAYLOAD, Event, ITEM_OVERHEAD, Inbound,
     MAX_TCP_ANSWER, Outbound, Reason, Refusal, Start, Status, Transport,
@@ -26,6 +28,32 @@ use crate::{
 /// Zone transfers are not forwarded over this path (RFC 5936, RFC 1995).
 const AXFR: Type = Type(252);
 const IXFR: Type = Type(251);
+/// The TTL of a stale answer (RFC 8767 section 4: 30 s recommended).
+const STALE_TTL: u32 = 30;
+/// The TTL of a local answer for `localhost`.
+const LOCAL_TTL: u32 = 300;
+
+/// Special-use names answered here, never forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Special {
+    /// `localhost` and below (RFC 6761 section 6.3): the loopback
+    /// addresses, NODATA for other types.
+    Localhost,
+    /// `invalid` (RFC 6761 section 6.4) and `onion` (RFC 7686 section 2)
+    /// and below: NXDOMAIN.
+    NxDomain,
+}
+
+fn special(name: &dns_wire::Name) -> Option<Special> {
+    let tld = name.labels().last()?;
+    if tld.eq_ignore_ascii_case(b"localhost") {
+        Some(Special::Localhost)
+    } else if tld.eq_ignore_ascii_case(b"invalid") || tld.eq_ignore_ascii_case(b"onion") {
+        Some(Special::NxDomain)
+    } else {
+        None
+    }
+}
 
 /// A client waiting for an answer.
 #[derive(Clone, Debug)]
@@ -39,17 +67,6 @@ struct Waiter {
     checking_disabled: bool,
     /// The client's EDNS: its payload size and DO bit (RFC 3225).
     edns: Option<(u16, bool)>,
-}
-
-/// What makes two client questions the same upstream question.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    /// The name in wire form, lower case.
-    name: Vec<u8>,
-    qtype: u16,
-    qclass: u16,
-    dnssec_ok: bool,
-    checking_disabled: bool,
 }
 
 /// One upstream attempt and the clients waiting for it.
@@ -73,67 +90,6 @@ struct Attempt {
     number: u8,
     /// Over TCP (RFC 7766 section 5: after a truncated UDP answer).
     tcp: bool,
-}
-
-/// A cached answer: the upstream's reply as accepted, the question it was
-/// asked with (its 0x20 spelling), when it was stored and until when it
-/// may be served.
-#[derive(Debug)]
-struct Cached {
-    reply: Message,
-    asked: Question,
-    stored: Instant,
-    expires: Instant,
-    size: usize,
-}
-
-/// Positive answers by question (the merging [`Key`]). Only what was asked
-/// is stored under its own question: records an answer carries for other
-/// names (a CNAME's target) are never served for those names, so an
-/// upstream answer cannot fill the cache for questions nobody asked.
-/// Negative answers (RFC 2308) and serve-stale (RFC 8767) are later steps
-/// and fit here: an entry with its SOA-derived TTL, an expired entry kept
-/// for a grace period.
-#[derive(Default)]
-struct Cache {
-    entries: BTreeMap<Key, Cached>,
-    by_expiry: BTreeSet<(Instant, Key)>,
-    bytes: usize,
-}
-
-impl Cache {
-    fn remove(&mut self, key: &Key) {
-        if let Some(c) = self.entries.remove(key) {
-            self.by_expiry.remove(&(c.expires, key.clone()));
-            self.bytes -= c.size;
-        }
-    }
-
-    /// Store, evicting what expires first until it fits in `max_bytes`.
-    fn store(&mut self, key: Key, c: Cached, max_bytes: usize) {
-        self.remove(&key);
-        if c.size > max_bytes {
-            return;
-        }
-        while self.bytes + c.size > max_bytes {
-            let Some((_, first)) = self.by_expiry.iter().next().cloned() else {
-                break;
-            };
-            self.remove(&first);
-        }
-        self.bytes += c.size;
-        self.by_expiry.insert((c.expires, key.clone()));
-        self.entries.insert(key, c);
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some((at, key)) = self.by_expiry.iter().next().cloned() {
-            if at > now {
-                break;
-            }
-            self.remove(&key);
-        }
-    }
 }
 
 /// The forwarder (see the crate docs).
@@ -368,6 +324,12 @@ impl Forwarder {
             checking_disabled: header.checking_disabled,
             edns: query.edns.as_ref().map(|e| (e.udp_payload_size, e.dnssec_ok)),
         };
+        if let Some(kind) = special(&waiter.question.name) {
+            self.counters.local_answers += 1;
+            let data = self.local_answer(kind, &waiter);
+            out.push(Outbound::Answer { client, data });
+            return;
+        }
         if self.pending() >= clamp(self.start.max_pending, 1, 65_536) {
             self.counters.servfail += 1;
             out.push(Outbound::Answer {
@@ -383,7 +345,7 @@ impl Forwarder {
     fn ask_upstream(&mut self, now: Instant, waiter: Waiter, out: &mut Batches) {
         let dnssec_ok = waiter.edns.is_some_and(|(_, d)| d);
         let key = Self::key_of(&waiter.question, dnssec_ok, waiter.checking_disabled);
-        if let Some(data) = self.cached_answer(now, &key, &waiter) {
+        if let Some(data) = self.cached_answer(now, &key, &waiter, false) {
             self.counters.cache_hits += 1;
             out.push(Outbound::Answer {
                 client: waiter.client,
@@ -391,6 +353,7 @@ impl Forwarder {
             });
             return;
         }
+        self.counters.cache_misses += 1;
         if let Some(q) = self.by_key.get(&key)
             && let Some(f) = self.in_flight.get_mut(q)
         {
@@ -504,11 +467,26 @@ impl Forwarder {
             self.send_attempt(now, f.key, question, next, f.waiters, out);
             return;
         }
-        for w in &f.waiters {
-            self.counters.servfail += 1;
+        self.fail_waiters(now, &f.key, &f.waiters, out);
+    }
+
+    /// Every attempt failed: a stale answer (RFC 8767) if serve-stale is
+    /// on and the cache still holds one, else SERVFAIL.
+    fn fail_waiters(&mut self, now: Instant, key: &Key, waiters: &[Waiter], out: &mut Batches) {
+        for w in waiters {
+            let data = match self.cached_answer(now, key, w, true) {
+                Some(data) => {
+                    self.counters.stale_answers += 1;
+                    data
+                }
+                None => {
+                    self.counters.servfail += 1;
+                    Self::servfail(w)
+                }
+            };
             out.push(Outbound::Answer {
                 client: w.client,
-                data: Self::servfail(w),
+                data,
             });
         }
     }
@@ -535,6 +513,15 @@ impl Forwarder {
             refused.add(Reason::MismatchedReply);
             return;
         }
+        // REFUSED says nothing about the name: the next upstream is asked,
+        // and a client never gets it from us (musl's resolver waits out
+        // its timeout on REFUSED instead of trying again).
+        if reply.rcode() == Rcode::REFUSED {
+            self.counters.upstream_replies += 1;
+            self.counters.upstream_failures += 1;
+            self.attempt_failed(now, query, out);
+            return;
+        }
         let f = self.in_flight.remove(&query).expect("looked up above");
         self.by_key.remove(&f.key);
         out.push(Outbound::Close { query });
@@ -550,8 +537,76 @@ impl Forwarder {
             self.send_attempt(now, f.key, question, tcp, f.waiters, out);
             return;
         }
-        self.accept_reply(&reply, &f.question, &f.waiters, out);
-        self.keep_answer(now, f.key, reply, f.question, data.len());
+        // Only the question's chain goes on (see `sanitize`).
+        let mut clean = match sanitize(&reply, &f.question, f.key.dnssec_ok) {
+            Ok(clean) => clean,
+            Err(_) => {
+                self.counters.unusable += 1;
+                for w in &f.waiters {
+                    self.counters.servfail += 1;
+                    out.push(Outbound::Answer {
+                        client: w.client,
+                        data: Self::servfail(w),
+                    });
+                }
+                return;
+            }
+        };
+        if clean.message.rcode() == Rcode::SERVFAIL && self.has_stale(now, &f.key) {
+            // RFC 8767 section 4: an upstream's failure is a failure too.
+            self.fail_waiters(now, &f.key, &f.waiters, out);
+            return;
+        }
+        // No answer is relayed for longer than it would be cached.
+        let max_ttl = self.start.max_ttl_secs.clamp(1, 604_800);
+        for r in clean
+            .message
+            .answers
+            .iter_mut()
+            .chain(&mut clean.message.authorities)
+        {
+            r.ttl = r.ttl.min(max_ttl);
+        }
+        self.accept_reply(&clean.message, &f.question, &f.waiters, out);
+        self.keep_answer(now, f.key, &clean);
+    }
+
+    /// Whether a stale answer for `key` would be served.
+    fn has_stale(&mut self, now: Instant, key: &Key) -> bool {
+        if !self.start.serve_stale {
+            return false;
+        }
+        [key.clone(), Self::name_key(key)]
+            .iter()
+            .any(|k| self.cache.get(k, now).is_some_and(|e| e.expires <= now))
+    }
+
+    /// A `localhost`, `invalid` or `onion` question answered here.
+    fn local_answer(&mut self, kind: Special, w: &Waiter) -> Vec<u8> {
+        let q = &w.question;
+        let mut reply = Message::query(w.id, q.name.clone(), q.qtype);
+        reply.questions[0].qclass = q.qclass;
+        reply.header.response = true;
+        reply.header.recursion_available = true;
+        match kind {
+            Special::NxDomain => reply.header.rcode = Rcode::NXDOMAIN.0 as u8,
+            Special::Localhost if q.qclass == Class::IN || q.qclass == Class::ANY => {
+                let record = |data| Record {
+                    name: q.name.clone(),
+                    class: Class::IN,
+                    ttl: LOCAL_TTL,
+                    data,
+                };
+                if q.qtype == Type::A || q.qtype == Type::ANY {
+                    reply.answers.push(record(RData::A(Ipv4Addr::LOCALHOST)));
+                }
+                if q.qtype == Type::AAAA || q.qtype == Type::ANY {
+                    reply.answers.push(record(RData::Aaaa(Ipv6Addr::LOCALHOST)));
+                }
+            }
+            Special::Localhost => {}
+        }
+        self.answer_for(&reply, q, w)
     }
 
     /// An upstream answer accepted: one answer per waiting client.
@@ -585,7 +640,9 @@ impl Forwarder {
                 recursion_desired: w.recursion_desired,
                 recursion_available: reply.header.recursion_available,
                 z: false,
-                authentic_data: reply.header.authentic_data,
+                // We validate nothing: AD is never ours to claim, and a
+                // stub that trusts 127.0.0.53 (trust-ad) would believe it.
+                authentic_data: false,
                 checking_disabled: w.checking_disabled,
                 rcode: (rcode.0 & 0xf) as u8,
             },
@@ -638,69 +695,115 @@ impl Forwarder {
         m.to_bytes().unwrap_or_else(|_| Self::servfail(w))
     }
 
-    /// Keep a positive answer for its smallest TTL (RFC 2181 5.2: the
-    /// records of a set share one), at most `max_ttl_secs`. Truncated
-    /// answers, errors and answers without records are not kept.
-    fn keep_answer(&mut self, now: Instant, key: Key, reply: Message, asked: Question, size: usize) {
+    /// The key of a name-wide negative entry (NXDOMAIN) for `key`'s name.
+    fn name_key(key: &Key) -> Key {
+        Key {
+            qtype: ANY_TYPE,
+            ..key.clone()
+        }
+    }
+
+    /// Keep an answer: a positive one for its smallest TTL, a negative one
+    /// (NXDOMAIN, NODATA) for its SOA's negative TTL (RFC 2308 section 5;
+    /// none without an SOA), each clamped by the configuration. Truncated
+    /// answers (RFC 1035 section 7.4) and errors are not kept, nor
+    /// anything with a TTL of 0 after the clamps. An NXDOMAIN for the
+    /// question's own name answers every type of that name.
+    fn keep_answer(&mut self, now: Instant, key: Key, clean: &crate::sanitize::Clean) {
         let max_bytes = (self.start.cache_bytes as usize).min(64 << 20);
-        if max_bytes == 0
-            || reply.header.truncated
-            || reply.rcode() != Rcode::NOERROR
-            || reply.answers.is_empty()
-        {
+        if max_bytes == 0 || clean.message.header.truncated {
             return;
         }
-        let ttl = reply
-            .answers
-            .iter()
-            .chain(&reply.authorities)
-            .chain(&reply.additionals)
-            .map(|r| r.ttl)
-            .min()
-            .unwrap_or(0)
-            .min(self.start.max_ttl_secs.clamp(1, 604_800));
+        let min_ttl = self.start.min_ttl_secs.min(86_400);
+        let max_ttl = self.start.max_ttl_secs.clamp(1, 604_800);
+        let records = clean.message.answers.iter().map(|r| ttl_of(r.ttl)).min();
+        let ttl = match clean.kind {
+            Kind::Positive => records.unwrap_or(0).max(min_ttl).min(max_ttl),
+            Kind::NoData | Kind::NxDomain => {
+                let Some(negative) = clean.negative_ttl else {
+                    return;
+                };
+                let negative_max = self.start.negative_max_ttl_secs.min(86_400);
+                records
+                    .map_or(negative, |r| r.min(negative))
+                    .max(min_ttl)
+                    .min(negative_max)
+                    .min(max_ttl)
+            }
+            Kind::Error => return,
+        };
         if ttl == 0 {
             return;
         }
-        let cached = Cached {
-            reply,
-            asked,
-            stored: now,
-            expires: now.add_secs(u64::from(ttl)),
-            size,
+        let negative = clean.kind != Kind::Positive;
+        let key = if clean.kind == Kind::NxDomain && clean.message.answers.is_empty() {
+            self.cache.remove(&key);
+            Self::name_key(&key)
+        } else {
+            key
         };
-        self.cache.store(key, cached, max_bytes);
+        let Ok(data) = clean.message.to_bytes() else {
+            return;
+        };
+        let expires = now.add_secs(u64::from(ttl));
+        let drop_at = if self.start.serve_stale {
+            expires.add_secs(u64::from(self.start.stale_max_age_secs.clamp(1, 604_800)))
+        } else {
+            expires
+        };
+        self.cache
+            .store(key, data, now, expires, drop_at, negative, max_bytes);
     }
 
-    /// A cached answer for `w`, its TTLs counted down by the time it spent
-    /// in the cache, not authoritative (RFC 1035 6.1: it was not read from
-    /// a zone).
-    fn cached_answer(&mut self, now: Instant, key: &Key, w: &Waiter) -> Option<Vec<u8>> {
-        let c = self.cache.entries.get(key)?;
-        if c.expires <= now {
-            self.cache.remove(key);
+    /// A cached answer for `w`: a fresh one (`stale` false) with its TTLs
+    /// counted down by the time it spent in the cache, or an expired one
+    /// still in its stale window (`stale` true) with every TTL 30 s
+    /// (RFC 8767 section 4). Never authoritative (RFC 1035 section 6.1:
+    /// it was not read from a zone). The question's own entry first, then
+    /// an NXDOMAIN for its name.
+    fn cached_answer(&mut self, now: Instant, key: &Key, w: &Waiter, stale: bool) -> Option<Vec<u8>> {
+        if stale && !self.start.serve_stale {
             return None;
         }
-        let elapsed = u32::try_from(now.since(c.stored) / 1000).unwrap_or(u32::MAX);
-        let mut reply = c.reply.clone();
-        let asked = c.asked.clone();
-        reply.header.authoritative = false;
-        for r in reply
-            .answers
-            .iter_mut()
-            .chain(&mut reply.authorities)
-            .chain(&mut reply.additionals)
-        {
-            r.ttl = r.ttl.saturating_sub(elapsed);
+        for k in [key.clone(), Self::name_key(key)] {
+            let Some(e) = self.cache.get(&k, now) else {
+                continue;
+            };
+            if (e.expires <= now) != stale {
+                continue;
+            }
+            let Ok(mut reply) = Message::parse(&e.data) else {
+                continue;
+            };
+            let life = u32::try_from(e.expires.since(e.stored) / 1000).unwrap_or(u32::MAX);
+            let elapsed = u32::try_from(now.since(e.stored) / 1000).unwrap_or(u32::MAX);
+            if e.negative && !stale {
+                self.counters.negative_hits += 1;
+            }
+            reply.header.authoritative = false;
+            for r in reply
+                .answers
+                .iter_mut()
+                .chain(&mut reply.authorities)
+                .chain(&mut reply.additionals)
+            {
+                r.ttl = if stale {
+                    STALE_TTL
+                } else {
+                    r.ttl.min(life).saturating_sub(elapsed)
+                };
+            }
+            let asked = reply.questions.first()?.clone();
+            return Some(self.answer_for(&reply, &asked, w));
         }
-        Some(self.answer_for(&reply, &asked, w))
+        None
     }
 
     fn status(&self) -> Status {
         Status {
             pending: self.pending(),
-            cache_entries: self.cache.entries.len() as u32,
-            cache_bytes: self.cache.bytes as u32,
+            cache_entries: self.cache.len() as u32,
+            cache_bytes: self.cache.bytes() as u32,
             counters: self.counters,
         }
     }

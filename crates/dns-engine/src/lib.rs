@@ -19,15 +19,23 @@
 //! question, its EDNS and its size limit (TC set and records dropped when
 //! the answer does not fit, RFC 2181 section 9). A truncated upstream
 //! answer is asked again over TCP (RFC 7766 section 5). Identical questions in
-//! flight share one upstream query, and positive answers are cached for
-//! their smallest TTL ([`Forwarder`]'s cache: by question, bounded in
-//! octets, TTLs counted down when served).
+//! flight share one upstream query. Every upstream answer is cut down to
+//! the question's CNAME chain before it reaches a client or the cache
+//! (`sanitize`: no record for a name nobody asked); answers are cached,
+//! positive for their smallest TTL and negative from their SOA (RFC
+//! 2308), clamped, by question, bounded by their estimated memory with
+//! the least recently used evicted first, TTLs counted down when served,
+//! and optionally served stale when the upstreams fail (RFC 8767).
+//! `localhost`, `invalid` and `onion` are answered here (RFC 6761, RFC
+//! 7686). AD is never set in an answer: nothing is validated.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+mod cache;
 mod forward;
+mod sanitize;
 
 use alloc::vec::Vec;
 use core::net::SocketAddr;
@@ -35,6 +43,7 @@ use core::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use forward::Forwarder;
+pub use sanitize::MAX_CHAIN;
 
 /// The port upstream servers are asked on unless configured otherwise.
 pub const DNS_PORT: u16 = 53;
@@ -92,12 +101,24 @@ pub struct Start {
     /// off-path forger must guess. Off for an upstream that does not
     /// preserve case.
     pub randomize_case: bool,
-    /// Octets of upstream answers the cache may hold (their wire size;
-    /// 0: no cache; at most 64 MiB).
+    /// Memory the cache may take, in octets, estimated per entry (its
+    /// answer, its key and index overhead; 0: no cache; at most 64 MiB).
     pub cache_bytes: u32,
-    /// The longest a cached answer is served, whatever its TTLs say
-    /// (seconds; clamped to 1..=604800).
+    /// The longest an answer is cached or relayed with, whatever its TTLs
+    /// say (seconds; clamped to 1..=604800).
     pub max_ttl_secs: u32,
+    /// The shortest time an answer is cached (seconds, at most 86400;
+    /// the TTLs served are never raised by it).
+    pub min_ttl_secs: u32,
+    /// The longest a negative answer (NXDOMAIN, NODATA) is cached
+    /// (seconds, at most 86400).
+    pub negative_max_ttl_secs: u32,
+    /// Serve expired answers when every upstream attempt fails (RFC 8767),
+    /// with a TTL of 30 s.
+    pub serve_stale: bool,
+    /// How long after its expiry an answer may still be served stale
+    /// (seconds; clamped to 1..=604800).
+    pub stale_max_age_secs: u32,
 }
 
 impl Default for Start {
@@ -111,6 +132,10 @@ impl Default for Start {
             randomize_case: true,
             cache_bytes: 4 << 20,
             max_ttl_secs: 86_400,
+            min_ttl_secs: 0,
+            negative_max_ttl_secs: 3600,
+            serve_stale: false,
+            stale_max_age_secs: 86_400,
         }
     }
 }
@@ -204,7 +229,7 @@ impl Reason {
 pub struct Status {
     /// Client queries waiting for an upstream now.
     pub pending: u32,
-    /// Answers in the cache now, and their wire size.
+    /// Answers in the cache now, and their estimated memory.
     pub cache_entries: u32,
     pub cache_bytes: u32,
     pub counters: Counters,
@@ -224,8 +249,19 @@ pub struct Counters {
     pub servfail: u64,
     /// Client queries joined to an identical one already upstream.
     pub merged: u64,
-    /// Client queries answered from the cache.
+    /// Client queries answered from the cache (negative answers too).
     pub cache_hits: u64,
+    /// Of those, negative answers (NXDOMAIN, NODATA).
+    pub negative_hits: u64,
+    /// Client queries the cache could not answer.
+    pub cache_misses: u64,
+    /// Expired answers served because the upstreams failed (RFC 8767).
+    pub stale_answers: u64,
+    /// Special-use names answered without an upstream (RFC 6761, 7686).
+    pub local_answers: u64,
+    /// Upstream answers refused for their CNAME chain (a loop, two CNAMEs
+    /// for one name, over 16 hops): SERVFAIL.
+    pub unusable: u64,
     pub upstream_queries: u64,
     /// Upstream queries asked again over TCP after a truncated answer.
     pub tcp_retries: u64,

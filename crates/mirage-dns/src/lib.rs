@@ -1,6 +1,7 @@
 //! mirage-dns's library: what the binary and its tests share, so a test
 //! starts a role from the very plan and settings the supervisor uses.
 //!
+//! - [`config`]: the `[cache]` table of the config file, checked;
 //! - [`plan`]: the two roles as data (ids, descriptors, seccomp tables)
 //!   and the settings in their hello;
 //! - [`messages`]: what the network role tells the supervisor;
@@ -9,6 +10,7 @@
 //!   query outstanding, bounded in size.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod messages;
 pub mod plan;
 pub mod policy;

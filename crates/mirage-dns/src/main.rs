@@ -141,9 +141,14 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     out.line(
         "cache",
         &format!(
-            "{} answers, {} octets",
+            "{} answers, {} octets; misses {} negative hits {} stale {} local {} unusable {}",
             text_of(&e["cache_entries"]),
-            text_of(&e["cache_bytes"])
+            text_of(&e["cache_bytes"]),
+            text_of(&e["cache_misses"]),
+            text_of(&e["negative_hits"]),
+            text_of(&e["stale_answers"]),
+            text_of(&e["local_answers"]),
+            text_of(&e["unusable"]),
         ),
     );
     out.line("refused", &format!("{}", v["refused"]));

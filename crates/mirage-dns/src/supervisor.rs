@@ -12,6 +12,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use dns_engine::{Action, Forwarder, Start, Status};
 use mirage_dns::Dns as Svc;
+use mirage_dns::config::CacheConfig;
 use mirage_dns::messages::{FromNetwork, NetworkStats};
 use mirage_dns::plan::{self, FD_ENGINE_PEER, IdsConfig, NetworkLimits, NetworkSettings, RoleIds};
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
@@ -53,14 +54,11 @@ struct FileConfig {
     /// One upstream attempt (ms) and attempts per query.
     attempt_ms: Option<u32>,
     attempts: Option<u8>,
-    /// The cache's size in octets of answers (0: no cache), and the
-    /// longest an answer is kept whatever its TTL.
-    cache_bytes: Option<u32>,
-    max_ttl_secs: Option<u32>,
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     sandbox: Option<SandboxKind>,
     limits: NetworkLimits,
+    cache: CacheConfig,
     ids: IdsConfig,
 }
 
@@ -126,6 +124,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     file.limits
         .check()
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.cache
+        .check()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut ids =
         RoleIds::resolve(&file.ids).map_err(|(key, why)| format!("{}: {key}: {why}", path.display()))?;
     let euid = rustix::process::geteuid().as_raw();
@@ -173,14 +174,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         log_level: args.common.log_level,
     };
     let defaults = Start::default();
-    let start = Start {
+    let mut start = Start {
         upstreams: upstreams.clone(),
         attempt_ms: file.attempt_ms.unwrap_or(defaults.attempt_ms),
         attempts: file.attempts.unwrap_or(defaults.attempts),
-        cache_bytes: file.cache_bytes.unwrap_or(defaults.cache_bytes),
-        max_ttl_secs: file.max_ttl_secs.unwrap_or(defaults.max_ttl_secs),
         ..defaults
     };
+    file.cache.apply(&mut start);
     let mut sup = Supervisor {
         options,
         ids,
@@ -396,6 +396,11 @@ impl View {
                 "servfail": c.servfail,
                 "merged": c.merged,
                 "cache_hits": c.cache_hits,
+                "negative_hits": c.negative_hits,
+                "cache_misses": c.cache_misses,
+                "stale_answers": c.stale_answers,
+                "local_answers": c.local_answers,
+                "unusable": c.unusable,
                 "cache_entries": self.status.as_ref().map_or(0, |s| s.cache_entries),
                 "cache_bytes": self.status.as_ref().map_or(0, |s| s.cache_bytes),
                 "upstream_queries": c.upstream_queries,
@@ -462,6 +467,42 @@ impl View {
             "Queries answered from the cache.",
             &[],
             c.cache_hits,
+        );
+        m.counter(
+            "cache_negative_hits_total",
+            "Queries answered from the cache with NXDOMAIN or NODATA.",
+            &[],
+            c.negative_hits,
+        );
+        m.counter(
+            "cache_misses_total",
+            "Queries the cache could not answer.",
+            &[],
+            c.cache_misses,
+        );
+        m.counter(
+            "stale_answers_total",
+            "Expired answers served because the upstreams failed (RFC 8767).",
+            &[],
+            c.stale_answers,
+        );
+        m.counter(
+            "local_answers_total",
+            "Special-use names answered without an upstream (localhost, invalid, onion).",
+            &[],
+            c.local_answers,
+        );
+        m.counter(
+            "unusable_answers_total",
+            "Upstream answers refused for their CNAME chain (loop, ambiguous, over 16 hops).",
+            &[],
+            c.unusable,
+        );
+        m.gauge(
+            "cache_bytes",
+            "The cache's estimated memory.",
+            &[],
+            self.status.as_ref().map_or(0, |s| s.cache_bytes),
         );
         m.gauge(
             "cache_entries",

@@ -147,3 +147,83 @@ pub fn ask_tcp(server: SocketAddr, queries: &[Vec<u8>]) -> Vec<Message> {
     }
     answers
 }
+
+/// The zone nsd serves in [`with_nsd`] (`test.`): SOA TTL 300 and MINIMUM
+/// 60, so negative answers are cached 60 s (RFC 2308 section 5).
+pub fn nsd_zone() -> String {
+    // TXT records of `n` octets of text, in strings of at most 250.
+    let txt = |n: usize| -> String {
+        let text: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+        text.chunks(250)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "$ORIGIN test.\n$TTL 300\n\
+         @ IN SOA ns.test. admin.test. 1 3600 600 86400 60\n\
+         @ IN NS ns.test.\n\
+         ns IN A 127.0.0.1\n\
+         a IN A 192.0.2.10\n\
+         a IN AAAA 2001:db8::10\n\
+         alias IN CNAME b.test.\n\
+         b IN CNAME a.test.\n\
+         out IN CNAME www.example.\n\
+         loop IN CNAME loop.test.\n\
+         mx IN MX 10 a.test.\n\
+         mx IN MX 20 b.test.\n\
+         *.w IN A 192.0.2.20\n\
+         short 4 IN A 192.0.2.30\n\
+         big IN TXT {}\n\
+         bigger IN TXT {}\n\
+         huge IN TXT {}\n",
+        txt(700),
+        txt(2000),
+        txt(8000),
+    )
+}
+
+/// The port nsd answers on, on 127.0.0.1 (the same as unbound's).
+pub const NSD_PORT: u16 = UPSTREAM_PORT;
+
+/// nsd serving [`nsd_zone`] in a fresh namespace, its statistics on a
+/// control socket in the test's directory ([`Fixture::nsd_stat`]).
+pub fn with_nsd(tag: &str) -> Fixture {
+    let (id, _) = unique_id();
+    let ns = Netns::add_unique(tag);
+    let dir = TestDir::new("mirage-dns", &id);
+    let d = dir.path().display();
+    std::fs::write(dir.join("test.zone"), nsd_zone()).unwrap();
+    std::fs::write(
+        dir.join("nsd.conf"),
+        format!(
+            "server:\n    ip-address: 127.0.0.1@{NSD_PORT}\n    username: \"\"\n    chroot: \"\"\n    \
+             zonesdir: \"{d}\"\n    database: \"\"\n    pidfile: \"{d}/nsd.pid\"\n    \
+             xfrdfile: \"{d}/xfrd.state\"\n    zonelistfile: \"{d}/zone.list\"\n    \
+             logfile: \"{d}/nsd.log\"\n    server-count: 1\n    verbosity: 1\n\
+             remote-control:\n    control-enable: yes\n    control-interface: {d}/nsd.sock\n\
+             zone:\n    name: \"test\"\n    zonefile: \"test.zone\"\n"
+        ),
+    )
+    .unwrap();
+    let mut procs = Procs::new();
+    let mut cmd = ns.command("nsd");
+    cmd.args(["-d", "-c"]).arg(dir.join("nsd.conf"));
+    procs.spawn_logged(cmd, &dir.join("nsd.out"));
+    wait_listening(&ns, Proto::Udp, NSD_PORT, Duration::from_secs(20));
+    Fixture { procs, ns, dir }
+}
+
+impl Fixture {
+    /// One of nsd's statistics (`nsd-control stats_noreset`), e.g.
+    /// `num.queries`.
+    pub fn nsd_stat(&self, key: &str) -> u64 {
+        let conf = self.dir.join("nsd.conf");
+        let out = self
+            .ns
+            .output(&["nsd-control", "-c", conf.to_str().unwrap(), "stats_noreset"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in nsd's statistics: {out}"))
+    }
+}

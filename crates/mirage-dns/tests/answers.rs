@@ -1,0 +1,290 @@
+//! mirage-dns's answers end to end against nsd, an authoritative server
+//! for the test zone (`support::nsd_zone`), in a network namespace the
+//! test creates: the same rcode and RRsets as nsd gives, TTLs never
+//! larger, only the question's CNAME chain, negative caching (nsd's own
+//! query counter shows the second question never reached it), expiry,
+//! special-use names answered without upstream traffic, large answers
+//! over UDP and TCP. Needs root and nsd (scripts/install-deps.sh).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dns_wire::{Message, Rcode, Record, Type};
+use mirage_testkit::netns::in_netns;
+use mirage_testkit::wait::wait_some;
+use support::{Fixture, NSD_PORT, ask_tcp, ask_udp, query, with_nsd};
+
+const OURS: &str = "127.0.0.53:53";
+
+fn nsd_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], NSD_PORT))
+}
+
+/// Ask `server` over UDP in the fixture's namespace.
+fn ask(f: &Fixture, server: SocketAddr, q: Vec<u8>) -> Message {
+    let ns = f.ns.name().to_owned();
+    in_netns(&ns, move || ask_udp(server, &q)).unwrap_or_else(|| panic!("no answer from {server}"))
+}
+
+fn ask_ours_tcp(f: &Fixture, q: Vec<u8>) -> Message {
+    let ns = f.ns.name().to_owned();
+    in_netns(&ns, move || ask_tcp(OURS.parse().unwrap(), &[q]).remove(0))
+}
+
+/// A section as sorted lower-case "name type data" lines, TTLs left out.
+fn rrsets(rs: &[Record]) -> Vec<String> {
+    let mut v: Vec<String> = rs
+        .iter()
+        .map(|r| format!("{} {} {:?}", r.name, r.rtype().0, r.data).to_ascii_lowercase())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Ours agrees with nsd's: rcode, the answer section's RRsets, for a
+/// negative answer the SOA; each TTL at most nsd's; nothing else.
+fn same_as_nsd(ours: &Message, nsd: &Message, what: &str) {
+    assert_eq!(ours.rcode(), nsd.rcode(), "{what}");
+    assert_eq!(rrsets(&ours.answers), rrsets(&nsd.answers), "{what}");
+    for r in ours.answers.iter().chain(&ours.authorities) {
+        let theirs = nsd
+            .answers
+            .iter()
+            .chain(&nsd.authorities)
+            .find(|n| n.name == r.name && n.data == r.data)
+            .unwrap_or_else(|| panic!("{what}: {r:?} is not nsd's"));
+        assert!(
+            r.ttl <= theirs.ttl,
+            "{what}: TTL {} over nsd's {}",
+            r.ttl,
+            theirs.ttl
+        );
+    }
+    let negative = ours.rcode() == Rcode::NXDOMAIN || ours.answers.is_empty();
+    if negative {
+        let soa: Vec<_> = nsd
+            .authorities
+            .iter()
+            .filter(|r| r.rtype() == Type::SOA)
+            .collect();
+        assert_eq!(
+            rrsets(&ours.authorities),
+            rrsets(&soa.into_iter().cloned().collect::<Vec<_>>()),
+            "{what}"
+        );
+        assert!(
+            ours.authorities[0].ttl <= 60,
+            "{what}: the negative TTL is the SOA's MINIMUM"
+        );
+    } else {
+        assert!(ours.authorities.is_empty(), "{what}: {:?}", ours.authorities);
+    }
+    assert!(ours.additionals.is_empty(), "{what}: {:?}", ours.additionals);
+    assert!(!ours.header.authentic_data, "{what}");
+    assert!(
+        ours.questions[0].eq_exact(&nsd.questions[0]),
+        "{what}: the question as asked"
+    );
+}
+
+#[test]
+fn it_answers_as_nsd_does_with_only_the_chain_and_caches_negatives() {
+    let mut f = with_nsd("dnsa");
+    let upstream = nsd_addr().to_string();
+    f.start_dns(&["--upstream", &upstream]);
+    let ours: SocketAddr = OURS.parse().unwrap();
+    let cases: [(&str, Type); 10] = [
+        ("a.test", Type::A),
+        ("A.TeSt", Type::AAAA),
+        // alias -> b -> a, all in the zone: nsd follows the chain.
+        ("alias.test", Type::A),
+        // Out of the zone: the CNAME alone.
+        ("out.test", Type::A),
+        ("mx.test", Type::MX),
+        ("x.W.test", Type::A),
+        ("nx.test", Type::A),
+        ("deeper.nx.test", Type::AAAA),
+        // NODATA: the name exists, not the type.
+        ("a.test", Type::MX),
+        ("big.test", Type::TXT),
+    ];
+    let before = f.nsd_stat("num.queries");
+    let mut first = Vec::new();
+    for (i, (name, qtype)) in cases.iter().enumerate() {
+        first.push(ask(&f, ours, query(i as u16, name, *qtype, true)));
+    }
+    assert_eq!(
+        f.nsd_stat("num.queries") - before,
+        cases.len() as u64,
+        "one upstream query per question"
+    );
+    // Asked again, another id: every answer from the cache, negative ones
+    // too, and NXDOMAIN for every type of a name that does not exist.
+    for (i, (name, qtype)) in cases.iter().enumerate() {
+        let again = ask(&f, ours, query(100 + i as u16, name, *qtype, true));
+        assert_eq!(again.header.id, 100 + i as u16);
+        assert_eq!(rrsets(&again.answers), rrsets(&first[i].answers), "{name}");
+        assert_eq!(again.rcode(), first[i].rcode(), "{name}");
+    }
+    let nx_txt = ask(&f, ours, query(200, "nx.test", Type::TXT, true));
+    assert_eq!(nx_txt.rcode(), Rcode::NXDOMAIN);
+    assert_eq!(
+        f.nsd_stat("num.queries") - before,
+        cases.len() as u64,
+        "all from the cache"
+    );
+
+    // The same as nsd's own answers.
+    let mut nsd_answers = Vec::new();
+    for (i, (name, qtype)) in cases.iter().enumerate() {
+        let nsd = ask(&f, nsd_addr(), query(i as u16, name, *qtype, true));
+        same_as_nsd(&first[i], &nsd, name);
+        nsd_answers.push(nsd);
+    }
+    // nsd adds the MX targets' addresses: records for names not asked.
+    assert!(!nsd_answers[4].additionals.is_empty(), "{:?}", nsd_answers[4]);
+    // nsd's answers carry NS and glue; ours only the chain.
+    let alias = &first[2];
+    assert_eq!(alias.answers.len(), 3, "{alias:?}");
+    let mx = &first[4];
+    assert!(mx.additionals.is_empty() && mx.answers.len() == 2, "{mx:?}");
+
+    // A CNAME loop: SERVFAIL, and not cached.
+    let before = f.nsd_stat("num.queries");
+    for id in [300, 301] {
+        let got = ask(&f, ours, query(id, "loop.test", Type::A, true));
+        assert_eq!(got.rcode(), Rcode::SERVFAIL);
+    }
+    assert_eq!(f.nsd_stat("num.queries") - before, 2);
+
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the counters published",
+        || f.status().filter(|v| v["engine"]["unusable"].as_u64() >= Some(2)),
+        || f.log(),
+    );
+    let e = &v["engine"];
+    assert_eq!(e["cache_misses"], cases.len() + 2, "{v}");
+    assert_eq!(e["cache_hits"], cases.len() + 1, "{v}");
+    assert_eq!(e["negative_hits"], 4, "{v}");
+    assert_eq!(v["refused"], serde_json::json!({}), "{v}");
+}
+
+#[test]
+fn special_use_names_are_answered_without_upstream_traffic() {
+    let mut f = with_nsd("dnsl");
+    let upstream = nsd_addr().to_string();
+    f.start_dns(&["--upstream", &upstream]);
+    let ours: SocketAddr = OURS.parse().unwrap();
+    let before = f.nsd_stat("num.queries");
+    let a = ask(&f, ours, query(1, "localhost", Type::A, false));
+    assert_eq!(
+        a.answers[0].data,
+        dns_wire::RData::A(std::net::Ipv4Addr::LOCALHOST)
+    );
+    let aaaa = ask(&f, ours, query(2, "db.LOCALHOST", Type::AAAA, true));
+    assert_eq!(
+        aaaa.answers[0].data,
+        dns_wire::RData::Aaaa(std::net::Ipv6Addr::LOCALHOST)
+    );
+    assert!(
+        aaaa.answers[0]
+            .name
+            .eq_exact(&dns_wire::Name::from_ascii("db.LOCALHOST").unwrap())
+    );
+    let mx = ask(&f, ours, query(3, "localhost", Type::MX, false));
+    assert_eq!((mx.rcode(), mx.answers.len()), (Rcode::NOERROR, 0));
+    for (id, name) in [
+        (4, "printer.invalid"),
+        (5, "abcdefghijklmnop.onion"),
+        (6, "invalid"),
+    ] {
+        let got = ask(&f, ours, query(id, name, Type::A, true));
+        assert_eq!((got.header.id, got.rcode()), (id, Rcode::NXDOMAIN), "{name}");
+    }
+    assert_eq!(f.nsd_stat("num.queries"), before, "nothing reached the upstream");
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the local answers counted",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["local_answers"].as_u64() >= Some(6))
+        },
+        || f.log(),
+    );
+    assert_eq!(v["engine"]["upstream_queries"], 0, "{v}");
+    assert_eq!(v["network"]["upstream_queries"], 0, "{v}");
+}
+
+#[test]
+fn a_short_ttl_is_served_counted_down_then_asked_again() {
+    let mut f = with_nsd("dnss");
+    let upstream = nsd_addr().to_string();
+    f.start_dns(&["--upstream", &upstream]);
+    let ours: SocketAddr = OURS.parse().unwrap();
+    let before = f.nsd_stat("num.queries");
+    let first = ask(&f, ours, query(1, "short.test", Type::A, true));
+    assert!(first.answers[0].ttl <= 4, "{first:?}");
+    // Within its TTL (4 s) a second answer comes from the cache with the
+    // TTL counted down; after it, nsd is asked again. Polled: the second
+    // upstream query is what proves the expiry, whenever it comes.
+    let mut queries_seen = Vec::new();
+    wait_some(
+        Duration::from_secs(30),
+        "short.test asked upstream again after its TTL",
+        || {
+            let got = ask(&f, ours, query(2, "short.test", Type::A, true));
+            assert!(got.answers[0].ttl <= 4, "{got:?}");
+            let n = f.nsd_stat("num.queries") - before;
+            queries_seen.push(n);
+            std::thread::sleep(Duration::from_millis(500));
+            (n >= 2).then_some(())
+        },
+        || f.log(),
+    );
+    assert!(
+        queries_seen.len() >= 2,
+        "some answers came from the cache: {queries_seen:?}"
+    );
+    assert_eq!(queries_seen[0], 1, "the first repeat came from the cache");
+}
+
+#[test]
+fn large_answers_go_tc_over_udp_and_whole_over_tcp() {
+    let mut f = with_nsd("dnsb");
+    let upstream = nsd_addr().to_string();
+    f.start_dns(&["--upstream", &upstream]);
+    let ours: SocketAddr = OURS.parse().unwrap();
+    // 700 octets of text: TC for a client without EDNS (512), whole with
+    // EDNS 1232 and over TCP.
+    let plain = ask(&f, ours, query(1, "big.test", Type::TXT, false));
+    assert!(plain.header.truncated && plain.answers.is_empty(), "{plain:?}");
+    let edns = ask(&f, ours, query(2, "big.test", Type::TXT, true));
+    assert!(!edns.header.truncated && edns.answers.len() == 1);
+    let tcp = ask_ours_tcp(&f, query(3, "big.test", Type::TXT, false));
+    assert_eq!(tcp.answers, edns.answers);
+
+    // 2000 octets: nsd truncates at our 1232, we ask again over TCP; a TCP
+    // client gets it whole, a UDP one TC.
+    let tcp_before = f.nsd_stat("num.tcp");
+    let whole = ask_ours_tcp(&f, query(4, "bigger.test", Type::TXT, false));
+    let nsd_whole = {
+        let ns = f.ns.name().to_owned();
+        in_netns(&ns, move || {
+            ask_tcp(nsd_addr(), &[query(4, "bigger.test", Type::TXT, false)]).remove(0)
+        })
+    };
+    same_as_nsd(&whole, &nsd_whole, "bigger.test over TCP");
+    assert!(f.nsd_stat("num.tcp") > tcp_before, "asked over TCP upstream");
+    let udp = ask(&f, ours, query(5, "bigger.test", Type::TXT, true));
+    assert!(udp.header.truncated && udp.answers.is_empty());
+
+    // 8000 octets: more than one message of the engine's channel carries
+    // (7168): the attempt fails and the client gets SERVFAIL, never a
+    // partial answer (docs/dns.md, "Not yet").
+    let huge = ask_ours_tcp(&f, query(6, "huge.test", Type::TXT, false));
+    assert_eq!(huge.rcode(), Rcode::SERVFAIL);
+    assert!(huge.answers.is_empty());
+}
