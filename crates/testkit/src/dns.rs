@@ -145,7 +145,8 @@ pub enum Via {
 pub enum When {
     Now,
     After(Duration),
-    /// When the test calls [`DnsServer::release`] (UDP only).
+    /// When the test calls [`DnsServer::release`] (UDP only: over TCP it
+    /// goes at once).
     Held,
 }
 
@@ -562,5 +563,26 @@ mod tests {
         assert_eq!(server.release(), 1);
         assert_eq!(server.release(), 0);
         assert_eq!(server.send_errors(), Vec::<String>::new());
+        // A flood and an injection reach a client's port.
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn({
+            let ns = ns.name().to_owned();
+            move || {
+                crate::netns::enter(&ns).unwrap();
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                tx.send(s.local_addr().unwrap()).unwrap();
+                let mut buf = [0u8; 16];
+                (0..11)
+                    .map(|_| s.recv(&mut buf).map(|n| buf[..n].to_vec()).unwrap())
+                    .collect::<Vec<_>>()
+            }
+        });
+        let client = rx.recv().unwrap();
+        assert_eq!(server.flood(Via::Extra(0), client, 10, |i| vec![i as u8]), 10);
+        server.inject(&Reply::raw(vec![0xee]), client);
+        let got = reader.join().unwrap();
+        assert_eq!(got[..10], (0..10u8).map(|i| vec![i]).collect::<Vec<_>>()[..]);
+        assert_eq!(got[10], [0xee]);
     }
 }
