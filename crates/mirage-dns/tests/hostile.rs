@@ -230,9 +230,16 @@ struct Ctx<'a> {
     /// Expected changes, as inclusive ranges, beyond the defaults.
     expect: RefCell<BTreeMap<String, (u64, u64)>>,
     next_id: Cell<u16>,
+    /// The counters when the case began.
+    before: BTreeMap<String, u64>,
 }
 
 impl Ctx<'_> {
+    /// A counter's value when the case began.
+    fn base(&self, key: &str) -> u64 {
+        self.before.get(key).copied().unwrap_or(0)
+    }
+
     fn name(&self, first: &str) -> String {
         format!("{first}.{}.test", self.label)
     }
@@ -1407,18 +1414,6 @@ fn tcp_slow_reader(ctx: &Ctx) {
     ctx.expect_range("network.refused.no-longer-outstanding", 0, 1500);
 }
 
-impl Ctx<'_> {
-    /// A counter's value when the case began.
-    fn base(&self, key: &str) -> u64 {
-        BASES.with(|b| b.borrow().get(key).copied().unwrap_or(0))
-    }
-}
-
-thread_local! {
-    /// The counters when the running case (of this lane's thread) began.
-    static BASES: RefCell<BTreeMap<String, u64>> = const { RefCell::new(BTreeMap::new()) };
-}
-
 /// Every case.
 fn cases() -> Vec<Case> {
     cases![
@@ -1494,7 +1489,6 @@ fn run_case(lane: &Lane, c: &Case, id_base: u16) {
         || lane.status().map(|v| flatten(&v)),
         || lane.log(),
     );
-    BASES.with(|b| *b.borrow_mut() = before.clone());
     let ctx = Ctx {
         lane,
         label: c.name.replace('_', "-"),
@@ -1502,6 +1496,7 @@ fn run_case(lane: &Lane, c: &Case, id_base: u16) {
         tcp_sent: Cell::new(0),
         expect: RefCell::new(BTreeMap::new()),
         next_id: Cell::new(id_base),
+        before: before.clone(),
     };
     (c.body)(&ctx);
     // The defaults: the client queries sent reached the engine, and what
