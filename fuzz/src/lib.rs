@@ -1155,7 +1155,8 @@ pub fn run_dns_engine(data: &[u8]) -> usize {
 /// upstream queries to a configured upstream that pass the role's shape
 /// check and parse as one question with EDNS 1232; answers that are
 /// responses within the TCP bound (the role refuses more per transport),
-/// never with AD set (the engine validates nothing).
+/// never with AD set (the engine validates nothing); answer parts only
+/// for answers over one part's size, each at most a part.
 pub fn check_dns_action(action: &dns_engine::Action, upstreams: usize) {
     use dns_engine::{Action, Outbound};
     let Action::Batch(items) = action else { return };
@@ -1180,6 +1181,13 @@ pub fn check_dns_action(action: &dns_engine::Action, upstreams: usize) {
                 assert!(data.len() >= 12 && data.len() <= dns_engine::MAX_TCP_ANSWER);
                 assert!(data[2] & 0x80 != 0, "an answer is a response");
                 assert!(data[3] & 0x20 == 0, "AD set in an answer");
+            }
+            Outbound::AnswerPart { total, data, .. } => {
+                assert!(!data.is_empty() && data.len() <= dns_engine::PART_BYTES);
+                assert!(
+                    usize::from(*total) > dns_engine::PART_BYTES,
+                    "parts of a small answer"
+                );
             }
             Outbound::Drop { .. } | Outbound::Close { .. } => {}
         }

@@ -22,7 +22,7 @@ use crate::cache::{ANY_TYPE, Cache, Key};
 use crate::sanitize::{Kind, sanitize, ttl_of};
 use crate::{
     Action, BATCH_BYTES, CLASSIC_UDP_PAYLOAD, Counters, EDNS_PAYLOAD, Event, ITEM_OVERHEAD, Inbound,
-    MAX_TCP_ANSWER, Outbound, Reason, Refusal, Start, Status, Transport,
+    MAX_PARTS_HELD, MAX_TCP_ANSWER, Outbound, PART_BYTES, Reason, Refusal, Start, Status, Transport,
 };
 
 /// Zone transfers are not forwarded over this path (RFC 5936, RFC 1995).
@@ -79,6 +79,9 @@ struct InFlight {
     attempt: Attempt,
     deadline: Instant,
     waiters: Vec<Waiter>,
+    /// The parts of a TCP reply received so far, and its announced size.
+    parts: Vec<u8>,
+    parts_total: usize,
 }
 
 /// Where and how a question is asked.
@@ -116,9 +119,29 @@ struct Batches {
 
 impl Batches {
     fn push(&mut self, item: Outbound) {
+        // An answer over one part's size (only a TCP client's can be) goes
+        // in parts, the last one as the answer itself.
+        if let Outbound::Answer { client, data } = &item
+            && data.len() > PART_BYTES
+            && let Ok(total) = u16::try_from(data.len())
+        {
+            let (client, mut data) = (*client, data.clone());
+            while data.len() > PART_BYTES {
+                let rest = data.split_off(PART_BYTES);
+                self.push_one(Outbound::AnswerPart { client, total, data });
+                data = rest;
+            }
+            self.push_one(Outbound::Answer { client, data });
+            return;
+        }
+        self.push_one(item);
+    }
+
+    fn push_one(&mut self, item: Outbound) {
         let size = ITEM_OVERHEAD
             + match &item {
                 Outbound::Answer { data, .. }
+                | Outbound::AnswerPart { data, .. }
                 | Outbound::Query { data, .. }
                 | Outbound::TcpQuery { data, .. } => data.len(),
                 Outbound::Drop { .. } | Outbound::Close { .. } => 0,
@@ -443,6 +466,8 @@ impl Forwarder {
                 attempt,
                 deadline: now.add_millis(u64::from(clamp(self.start.attempt_ms, 100, 10_000))),
                 waiters,
+                parts: Vec::new(),
+                parts_total: 0,
             },
         );
     }
@@ -491,17 +516,62 @@ impl Forwarder {
         }
     }
 
-    /// A datagram for upstream query `query`.
-    fn on_reply(&mut self, now: Instant, query: u32, data: &[u8], out: &mut Batches, refused: &mut Refusals) {
-        let Some(f) = self.in_flight.get(&query) else {
+    /// A part of a TCP reply: kept until the last part (a
+    /// [`Inbound::Reply`]) completes it.
+    fn on_reply_part(&mut self, query: u32, total: u16, data: &[u8], refused: &mut Refusals) {
+        let held: usize = self.in_flight.values().map(|f| f.parts.len()).sum();
+        let Some(f) = self.in_flight.get_mut(&query) else {
             refused.add(Reason::UnknownQuery);
             return;
         };
-        let Ok(reply) = Message::parse(data) else {
-            // Garbage does not end the attempt: the real answer may follow.
+        let total = usize::from(total);
+        // Parts only for TCP, all announcing the same size, the last one
+        // still to come, within what the engine holds at once.
+        if !f.attempt.tcp
+            || (!f.parts.is_empty() && f.parts_total != total)
+            || f.parts.len() + data.len() >= total
+            || held + data.len() > MAX_PARTS_HELD
+        {
+            f.parts = Vec::new();
             refused.add(Reason::MalformedReply);
             return;
+        }
+        f.parts_total = total;
+        f.parts.extend_from_slice(data);
+    }
+
+    /// A datagram for upstream query `query` (or the last part of a TCP
+    /// reply).
+    fn on_reply(&mut self, now: Instant, query: u32, data: &[u8], out: &mut Batches, refused: &mut Refusals) {
+        let Some(f) = self.in_flight.get_mut(&query) else {
+            refused.add(Reason::UnknownQuery);
+            return;
         };
+        let whole;
+        let data = if f.parts.is_empty() {
+            data
+        } else {
+            let mut all = core::mem::take(&mut f.parts);
+            all.extend_from_slice(data);
+            whole = all;
+            &whole[..]
+        };
+        let tcp = f.attempt.tcp;
+        let parsed = if tcp && f.parts_total != 0 && data.len() != f.parts_total {
+            None
+        } else {
+            Message::parse(data).ok()
+        };
+        let Some(reply) = parsed else {
+            refused.add(Reason::MalformedReply);
+            // Garbage does not end a UDP attempt: the real answer may
+            // follow. A TCP connection carries one answer, now spent.
+            if tcp {
+                self.attempt_failed(now, query, out);
+            }
+            return;
+        };
+        let f = &self.in_flight[&query];
         // RFC 5452 9.1: the id, the question (and its 0x20 case) and the
         // source (the network role's connected socket) must all match.
         let ok = reply.header.response
@@ -871,6 +941,9 @@ impl Engine for Forwarder {
                 } => self.on_query(now, client, transport, &data, &mut batches, &mut refused),
                 Inbound::Reply { query, data } => {
                     self.on_reply(now, query, &data, &mut batches, &mut refused)
+                }
+                Inbound::ReplyPart { query, total, data } => {
+                    self.on_reply_part(query, total, &data, &mut refused)
                 }
                 Inbound::Failed { query } => {
                     if self.in_flight.contains_key(&query) {

@@ -56,13 +56,20 @@ pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
 /// The largest datagram either side passes in a batch: a query or a reply
 /// over UDP. Larger ones are dropped by the network role.
 pub const MAX_DATAGRAM: usize = 4096;
-/// The largest answer sent to a TCP client: what fits one channel message
-/// (8 KiB) with its framing. A larger upstream answer could only come over
-/// TCP, which the engine does not use yet.
-pub const MAX_TCP_ANSWER: usize = 7168;
-/// The largest answer taken from an upstream over TCP: what one batch
-/// item carries. A larger one is reported [`Inbound::Failed`].
+/// The largest answer sent to a TCP client: what a DNS message's two-octet
+/// TCP length can say (RFC 1035 section 4.2.2). One over [`PART_BYTES`]
+/// crosses the channel in parts ([`Outbound::AnswerPart`]).
+pub const MAX_TCP_ANSWER: usize = 65_535;
+/// The largest answer taken from an upstream over TCP (the same); one
+/// over [`PART_BYTES`] comes in parts ([`Inbound::ReplyPart`]).
 pub const MAX_TCP_REPLY: usize = MAX_TCP_ANSWER;
+/// The most of one message a batch item carries: a larger message is
+/// split into parts of this size, so every item fits a batch (and a batch
+/// the 8 KiB channel message).
+pub const PART_BYTES: usize = 4096;
+/// What the engine holds at once of replies still arriving in parts; more
+/// is refused (a network role cannot make it hoard memory).
+pub const MAX_PARTS_HELD: usize = 1 << 20;
 /// Payload bytes packed into one batch message: with the per-item framing
 /// a batch stays under the channel's 8 KiB message cap
 /// (`mirage_engine::codec::MAX_MESSAGE_LEN`), so a full batch never fails
@@ -163,6 +170,9 @@ pub enum Inbound {
     /// Upstream query `query` could not be sent or its upstream refused it
     /// (ICMP port unreachable); its socket is closed.
     Failed { query: u32 },
+    /// The next [`PART_BYTES`] of a TCP reply of `total` octets to upstream
+    /// query `query`, in order; its last part comes as [`Inbound::Reply`].
+    ReplyPart { query: u32, total: u16, data: Vec<u8> },
 }
 
 /// Engine -> network role (a batch) or supervisor (its status).
@@ -190,6 +200,10 @@ pub enum Outbound {
     TcpQuery { query: u32, upstream: u8, data: Vec<u8> },
     /// Upstream query `query` is over: close its socket.
     Close { query: u32 },
+    /// The next [`PART_BYTES`] of an answer of `total` octets to TCP client
+    /// query `client`, in order; its last part comes as
+    /// [`Outbound::Answer`], and the network role checks the whole.
+    AnswerPart { client: u64, total: u16, data: Vec<u8> },
 }
 
 /// Why inbound items were refused, with how many of each in one batch.

@@ -610,3 +610,158 @@ fn refused_upstream_is_asked_again_and_the_client_never_gets_refused() {
     let st = e.status(5000);
     assert_eq!((st.counters.upstream_failures, st.counters.servfail), (2, 1));
 }
+
+/// The TCP retry of `name`: its query number and message, after a UDP
+/// attempt answered with TC.
+fn to_tcp(e: &mut Eng, now: u64, client: u64, name: &str) -> (u32, Message) {
+    let mut m = Message::query(client as u16, Name::from_ascii(name).unwrap(), Type::TXT);
+    m.edns = Some(Edns::new(1232));
+    let out = e.step(
+        now,
+        vec![Inbound::Query {
+            client,
+            transport: Transport::Tcp,
+            data: m.to_bytes().unwrap(),
+        }],
+    );
+    let (num, sent) = out
+        .iter()
+        .find_map(|o| match o {
+            Outbound::Query { query, data, .. } => Some((*query, Message::parse(data).unwrap())),
+            _ => None,
+        })
+        .unwrap();
+    let mut tc = response(&sent, Rcode::NOERROR, vec![], vec![]);
+    tc.header.truncated = true;
+    let out = e.step(
+        now,
+        vec![Inbound::Reply {
+            query: num,
+            data: tc.to_bytes().unwrap(),
+        }],
+    );
+    out.iter()
+        .find_map(|o| match o {
+            Outbound::TcpQuery { query, data, .. } => Some((*query, Message::parse(data).unwrap())),
+            _ => None,
+        })
+        .expect("a TCP retry")
+}
+
+#[test]
+fn a_large_tcp_reply_arrives_in_parts_and_leaves_in_parts() {
+    let mut e = Eng::new(Start::default());
+    let (num, sent) = to_tcp(&mut e, 0, 5, "huge.test");
+    // 40 TXT records of 500 octets: about 21 KB.
+    let records: Vec<Record> = (0..40)
+        .map(|i| {
+            rec(
+                "huge.test",
+                300,
+                RData::Txt(vec![vec![b'a' + i as u8; 250], vec![b'z'; 250]]),
+            )
+        })
+        .collect();
+    let data = response(&sent, Rcode::NOERROR, records, vec![])
+        .to_bytes()
+        .unwrap();
+    assert!(data.len() > 20_000);
+    let total = data.len() as u16;
+    let mut items: Vec<Inbound> = data
+        .chunks(dns_engine::PART_BYTES)
+        .map(|c| Inbound::ReplyPart {
+            query: num,
+            total,
+            data: c.to_vec(),
+        })
+        .collect();
+    let Some(Inbound::ReplyPart { data: last, .. }) = items.pop() else {
+        unreachable!()
+    };
+    items.push(Inbound::Reply {
+        query: num,
+        data: last,
+    });
+    // Parts may straddle batches.
+    let tail = items.split_off(2);
+    assert!(e.step(10, items).is_empty());
+    let mut actions = Vec::new();
+    let _ = e.f.handle(Instant(11), Event::Batch(tail), &mut actions);
+    // Every batch still fits one channel message.
+    for a in &actions {
+        let msg = mirage_engine::FromEngine::<Action, dns_engine::Refusal>::Action(a.clone());
+        assert!(
+            mirage_engine::codec::encode(&msg).is_ok(),
+            "a batch over the channel's cap"
+        );
+    }
+    let out = e.take(actions);
+    // The answer: parts of at most PART_BYTES, then the last as the answer.
+    let mut whole = Vec::new();
+    let mut parts = 0;
+    for o in &out {
+        match o {
+            Outbound::AnswerPart {
+                client: 5,
+                total,
+                data,
+            } => {
+                assert!(data.len() <= dns_engine::PART_BYTES);
+                whole.extend_from_slice(data);
+                parts += 1;
+                assert!(usize::from(*total) > 20_000);
+            }
+            Outbound::Answer { client: 5, data } => whole.extend_from_slice(data),
+            _ => {}
+        }
+    }
+    assert!(parts >= 5, "{parts} parts");
+    let got = Message::parse(&whole).unwrap();
+    assert_eq!(
+        (got.header.id, got.answers.len(), got.header.truncated),
+        (5, 40, false)
+    );
+}
+
+#[test]
+fn parts_that_do_not_add_up_fail_the_tcp_attempt_and_udp_gets_none() {
+    let mut e = Eng::new(Start::default());
+    let (num, sent) = to_tcp(&mut e, 0, 6, "bad.test");
+    let data = response(&sent, Rcode::NOERROR, vec![a("bad.test", 300, 1)], vec![])
+        .to_bytes()
+        .unwrap();
+    // Announced 9000 octets, delivered far fewer: the TCP attempt is spent,
+    // the next attempt asked (over UDP again).
+    let out = e.step(
+        5,
+        vec![
+            Inbound::ReplyPart {
+                query: num,
+                total: 9000,
+                data: vec![0; 100],
+            },
+            Inbound::Reply { query: num, data },
+        ],
+    );
+    assert!(out.iter().any(|o| matches!(o, Outbound::Query { .. })), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, Outbound::Answer { .. })),
+        "{out:?}"
+    );
+    // A part for a UDP attempt: refused, the attempt goes on.
+    let (num, _) = upstream(e.ask(100, 7, "udp.test", Type::A));
+    let mut out = Vec::new();
+    let refused = e.f.handle(
+        Instant(101),
+        Event::Batch(vec![Inbound::ReplyPart {
+            query: num,
+            total: 9000,
+            data: vec![0; 100],
+        }]),
+        &mut out,
+    );
+    assert_eq!(
+        refused.unwrap_err().counts,
+        vec![(dns_engine::Reason::MalformedReply, 1)]
+    );
+}

@@ -11,11 +11,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use dns_engine::{
-    BATCH_BYTES, Event, Forwarder, ITEM_OVERHEAD, Inbound, MAX_DATAGRAM, MAX_TCP_REPLY, Outbound, Transport,
+    BATCH_BYTES, Event, Forwarder, ITEM_OVERHEAD, Inbound, MAX_DATAGRAM, MAX_TCP_REPLY, Outbound, PART_BYTES,
+    Transport,
 };
 use mirage_dns::messages::{FromNetwork, NetworkStats, ToNetwork};
 use mirage_dns::plan::{FD_FIRST_LISTENER, NetworkLimits, NetworkSettings};
-use mirage_dns::policy::{Admission, Clients, Origin, OutboundRefusal, TokenBucket, check_query};
+use mirage_dns::policy::{
+    Admission, AnswerParts, Clients, Origin, OutboundRefusal, TokenBucket, check_query,
+};
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
 use mirage_sdk::channel::{Channel, wait};
 use mirage_sdk::clock::boottime;
@@ -92,6 +95,8 @@ struct Network<'a> {
     upstreams: Vec<SocketAddr>,
     limits: NetworkLimits,
     clients: Clients,
+    /// TCP answers arriving from the engine in parts.
+    parts: AnswerParts,
     in_flight: HashMap<u32, Upstream>,
     tcp_in_flight: HashMap<u32, TcpUpstream>,
     /// When each upstream socket expires, in the order they were opened
@@ -133,6 +138,7 @@ impl<'a> Network<'a> {
                 limits.pending_queries as usize,
                 u64::from(limits.query_timeout_ms),
             ),
+            parts: AnswerParts::default(),
             in_flight: HashMap::new(),
             tcp_in_flight: HashMap::new(),
             expiries: VecDeque::new(),
@@ -253,7 +259,9 @@ impl<'a> Network<'a> {
     fn push(&mut self, item: Inbound, peer: &Channel) {
         let size = ITEM_OVERHEAD
             + match &item {
-                Inbound::Query { data, .. } | Inbound::Reply { data, .. } => data.len(),
+                Inbound::Query { data, .. }
+                | Inbound::Reply { data, .. }
+                | Inbound::ReplyPart { data, .. } => data.len(),
                 Inbound::Failed { .. } => 0,
             };
         if self.batch_bytes + size > BATCH_BYTES {
@@ -512,6 +520,21 @@ impl<'a> Network<'a> {
         } else if let Some(data) = answer {
             self.tcp_in_flight.remove(&q);
             self.stats.upstream_replies += 1;
+            // Over one part's size: in parts, the last one as the reply.
+            let total = u16::try_from(data.len()).unwrap_or(u16::MAX);
+            let mut data = data;
+            while data.len() > PART_BYTES {
+                let rest = data.split_off(PART_BYTES);
+                self.push(
+                    Inbound::ReplyPart {
+                        query: q,
+                        total,
+                        data,
+                    },
+                    peer,
+                );
+                data = rest;
+            }
             self.push(Inbound::Reply { query: q, data }, peer);
         }
     }
@@ -544,8 +567,17 @@ impl<'a> Network<'a> {
     /// One thing the engine asks, through the policy.
     fn outbound(&mut self, item: Outbound, peer: &Channel) {
         match item {
-            Outbound::Answer { client, data } => match self.clients.answer(client, &data) {
-                Ok(p) => {
+            Outbound::AnswerPart { client, total, data } => {
+                if let Err(why) = self.parts.part(&self.clients, client, total, &data) {
+                    self.refused(why);
+                }
+            }
+            Outbound::Answer { client, data } => match self
+                .parts
+                .finish(client, data)
+                .and_then(|data| self.clients.answer(client, &data).map(|p| (p, data)))
+            {
+                Ok((p, data)) => {
                     self.stats.answers += 1;
                     match p.origin {
                         Origin::Udp { listener, client } => {
@@ -688,6 +720,7 @@ impl<'a> Network<'a> {
 
     fn timers(&mut self, now: u64, chan: &Channel) {
         self.stats.expired += self.clients.expire(now) as u64;
+        self.parts.retain(&self.clients);
         while let Some(&(e, q)) = self.expiries.front()
             && e <= now
         {

@@ -206,6 +206,20 @@ impl Clients {
         Some(p)
     }
 
+    /// Whether `token` is a TCP client's query still outstanding: the only
+    /// kind an answer may come to in parts.
+    pub fn tcp_outstanding(&self, token: u64) -> Result<(), OutboundRefusal> {
+        match self.pending.get(&token) {
+            Some(Pending {
+                origin: Origin::Tcp { .. },
+                ..
+            }) => Ok(()),
+            Some(_) => Err(OutboundRefusal::TooLarge),
+            None if token == 0 || token >= self.next => Err(OutboundRefusal::NeverAsked),
+            None => Err(OutboundRefusal::NoLongerOutstanding),
+        }
+    }
+
     /// The engine gives up on `token`: forget it.
     pub fn drop_query(&mut self, token: u64) -> Result<(), OutboundRefusal> {
         match self.remove(token) {
@@ -278,6 +292,89 @@ impl TokenBucket {
         }
         self.milli_tokens -= 1000;
         true
+    }
+}
+
+/// What the role holds at once of TCP answers still arriving in parts;
+/// more is refused (`too-large`), so an engine cannot make it hoard.
+pub const MAX_PARTS_HELD: usize = 1 << 20;
+
+/// The parts of TCP answers the engine sends ahead of their last part
+/// (`dns_engine::Outbound::AnswerPart`), by client token.
+#[derive(Default, Debug)]
+pub struct AnswerParts {
+    held: BTreeMap<u64, (u16, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl AnswerParts {
+    /// Keep a part of the answer to `token`: a TCP query outstanding, the
+    /// same announced size as its earlier parts, room left for a last part,
+    /// within [`MAX_PARTS_HELD`]. Any refusal drops what was held for it.
+    pub fn part(
+        &mut self,
+        clients: &Clients,
+        token: u64,
+        total: u16,
+        data: &[u8],
+    ) -> Result<(), OutboundRefusal> {
+        let checked = clients.tcp_outstanding(token).and_then(|()| {
+            let (t, held) = self.held.get(&token).map_or((total, 0), |(t, h)| (*t, h.len()));
+            if t != total
+                || held + data.len() >= usize::from(total)
+                || self.bytes + data.len() > MAX_PARTS_HELD
+            {
+                Err(OutboundRefusal::TooLarge)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(why) = checked {
+            self.forget(token);
+            return Err(why);
+        }
+        let entry = self.held.entry(token).or_insert_with(|| (total, Vec::new()));
+        entry.1.extend_from_slice(data);
+        self.bytes += data.len();
+        Ok(())
+    }
+
+    /// The whole answer to `token` given its last part: the parts held
+    /// before it, which must add up to the size they announced.
+    pub fn finish(&mut self, token: u64, last: Vec<u8>) -> Result<Vec<u8>, OutboundRefusal> {
+        let Some((total, mut whole)) = self.held.remove(&token) else {
+            return Ok(last);
+        };
+        self.bytes -= whole.len();
+        whole.extend_from_slice(&last);
+        if whole.len() != usize::from(total) {
+            return Err(OutboundRefusal::NotTheAnswer);
+        }
+        Ok(whole)
+    }
+
+    fn forget(&mut self, token: u64) {
+        if let Some((_, h)) = self.held.remove(&token) {
+            self.bytes -= h.len();
+        }
+    }
+
+    /// Forget the parts of queries no longer outstanding.
+    pub fn retain(&mut self, clients: &Clients) {
+        let gone: Vec<u64> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|t| clients.tcp_outstanding(*t).is_err())
+            .collect();
+        for t in gone {
+            self.forget(t);
+        }
+    }
+
+    /// Octets held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -388,5 +485,43 @@ mod tests {
         assert!(b.take(100));
         assert!(!b.take(100));
         assert_eq!((0..100).filter(|_| b.take(10_000)).count(), 5);
+    }
+
+    #[test]
+    fn answers_in_parts_only_for_tcp_queries_add_up_and_are_bounded() {
+        let mut c = Clients::new(16, 10_000);
+        let udp = Origin::Udp {
+            listener: 0,
+            client: "127.0.0.1:5000".parse().unwrap(),
+        };
+        let tcp = Origin::Tcp { conn: 1 };
+        let tu = c.admit(udp, &query(1), 0).unwrap();
+        let tt = c.admit(tcp, &query(2), 0).unwrap();
+        let mut p = AnswerParts::default();
+        assert_eq!(p.part(&c, tu, 9000, &[0; 4096]), Err(OutboundRefusal::TooLarge));
+        assert_eq!(p.part(&c, 99, 9000, &[0; 4096]), Err(OutboundRefusal::NeverAsked));
+        let mut whole = response(2);
+        whole.resize(9000, 7);
+        p.part(&c, tt, 9000, &whole[..4096]).unwrap();
+        p.part(&c, tt, 9000, &whole[4096..8192]).unwrap();
+        assert_eq!(p.bytes(), 8192);
+        let done = p.finish(tt, whole[8192..].to_vec()).unwrap();
+        assert_eq!(done, whole);
+        assert_eq!(p.bytes(), 0);
+        assert_eq!(c.answer(tt, &done).unwrap().origin, tcp);
+        // Parts that do not add up, another size announced, or no room
+        // left for a last part: refused, nothing held.
+        let t = c.admit(tcp, &query(3), 0).unwrap();
+        p.part(&c, t, 9000, &[0; 4096]).unwrap();
+        assert_eq!(p.finish(t, vec![0; 10]), Err(OutboundRefusal::NotTheAnswer));
+        p.part(&c, t, 9000, &[0; 4096]).unwrap();
+        assert_eq!(p.part(&c, t, 8000, &[0; 10]), Err(OutboundRefusal::TooLarge));
+        assert_eq!(p.bytes(), 0);
+        assert_eq!(p.part(&c, t, 4096, &[0; 4096]), Err(OutboundRefusal::TooLarge));
+        // Held parts of a query gone are forgotten.
+        p.part(&c, t, 9000, &[0; 4096]).unwrap();
+        c.drop_query(t).unwrap();
+        p.retain(&c);
+        assert_eq!(p.bytes(), 0);
     }
 }

@@ -281,10 +281,66 @@ fn large_answers_go_tc_over_udp_and_whole_over_tcp() {
     let udp = ask(&f, ours, query(5, "bigger.test", Type::TXT, true));
     assert!(udp.header.truncated && udp.answers.is_empty());
 
-    // 8000 octets: more than one message of the engine's channel carries
-    // (7168): the attempt fails and the client gets SERVFAIL, never a
-    // partial answer (docs/dns.md, "Not yet").
+    // 20,000 octets: more than one channel message carries (8 KiB), so
+    // the reply crosses to the engine in parts and the answer back to the
+    // network role in parts; a TCP client gets it whole, as nsd gives it.
     let huge = ask_ours_tcp(&f, query(6, "huge.test", Type::TXT, false));
-    assert_eq!(huge.rcode(), Rcode::SERVFAIL);
-    assert!(huge.answers.is_empty());
+    let nsd_huge = {
+        let ns = f.ns.name().to_owned();
+        in_netns(&ns, move || {
+            ask_tcp(nsd_addr(), &[query(6, "huge.test", Type::TXT, false)]).remove(0)
+        })
+    };
+    same_as_nsd(&huge, &nsd_huge, "huge.test over TCP");
+    assert!(huge.to_bytes().unwrap().len() > 20_000);
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the answers counted",
+        || f.status().filter(|v| v["network"]["answers"].as_u64() >= Some(6)),
+        || f.log(),
+    );
+    assert_eq!(v["network"]["refused"], serde_json::json!({}), "{v}");
+    assert_eq!(v["refused"], serde_json::json!({}), "{v}");
+    assert_eq!(v["engine"]["servfail"], 0, "{v}");
+}
+
+#[test]
+fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30() {
+    let mut f = with_nsd("dnsx");
+    let upstream = nsd_addr().to_string();
+    f.start_dns_with_config(
+        &["--upstream", &upstream],
+        "[cache]\nserve_stale = true\nstale_max_age = 3600\n",
+    );
+    let ours: SocketAddr = OURS.parse().unwrap();
+    let fresh = ask(&f, ours, query(1, "short.test", Type::A, true));
+    assert!(fresh.answers[0].ttl <= 4);
+    // nsd gone: its port answers ICMP unreachable, every attempt fails.
+    f.procs.stop(0, Duration::from_secs(5));
+    let nsd_gone = ask(&f, ours, query(2, "a.test", Type::A, true));
+    assert_eq!(nsd_gone.rcode(), Rcode::SERVFAIL, "nothing cached for a.test");
+    // Once short.test's 4 s have run out, the stale answer with TTL 30
+    // (RFC 8767), the same record.
+    let stale = wait_some(
+        Duration::from_secs(30),
+        "a stale answer",
+        || {
+            let got = ask(&f, ours, query(3, "short.test", Type::A, true));
+            assert_eq!(got.rcode(), Rcode::NOERROR, "{got:?}");
+            std::thread::sleep(Duration::from_millis(300));
+            (got.answers[0].ttl == 30).then_some(got)
+        },
+        || f.log(),
+    );
+    assert_eq!(stale.answers[0].data, fresh.answers[0].data);
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the stale answer counted",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["stale_answers"].as_u64() >= Some(1))
+        },
+        || f.log(),
+    );
+    assert!(v["engine"]["upstream_failures"].as_u64() >= Some(2), "{v}");
 }

@@ -209,6 +209,44 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
                 data: answer.clone()
             }]
         );
+        // A TCP answer of 10,000 octets comes to the engine in parts of
+        // 4096, each naming the whole's size, the last as the reply.
+        send(
+            &engine,
+            vec![Outbound::TcpQuery {
+                query: 7,
+                upstream: 0,
+                data: good.clone(),
+            }],
+        );
+        let (mut from_role, _) = upstream_tcp.accept().unwrap();
+        from_role.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Read::read_exact(&mut from_role, &mut framed).unwrap();
+        let mut large = response(&good);
+        large.resize(10_000, 0x5a);
+        let mut reply = 10_000u16.to_be_bytes().to_vec();
+        reply.extend_from_slice(&large);
+        from_role.write_all(&reply).unwrap();
+        let got = items(&engine, 3, ANSWER_MS);
+        assert_eq!(
+            got,
+            [
+                Inbound::ReplyPart {
+                    query: 7,
+                    total: 10_000,
+                    data: large[..4096].to_vec()
+                },
+                Inbound::ReplyPart {
+                    query: 7,
+                    total: 10_000,
+                    data: large[4096..8192].to_vec()
+                },
+                Inbound::Reply {
+                    query: 7,
+                    data: large[8192..].to_vec()
+                },
+            ]
+        );
 
         // Answers: only to a client that asked, once, with its id.
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -246,6 +284,12 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
                 Outbound::Answer {
                     client: token,
                     data: too_large,
+                },
+                // Parts are for TCP clients only.
+                Outbound::AnswerPart {
+                    client: token,
+                    total: 5000,
+                    data: response(&asked),
                 },
                 Outbound::Answer {
                     client: token,
@@ -287,11 +331,70 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
                 data: response(data),
             }],
         );
-        assert_eq!(
-            items(&engine, 1, ANSWER_MS).len(),
-            1,
-            "one answered, one more read"
+        let more = items(&engine, 1, ANSWER_MS);
+        assert_eq!(more.len(), 1, "one answered, one more read");
+        // The second in parts: first parts that do not add up to what they
+        // announce (refused, nothing sent), then right ones, sent whole.
+        let Inbound::Query {
+            client: second,
+            data: second_q,
+            ..
+        } = &got[1]
+        else {
+            panic!("{got:?}")
+        };
+        let mut whole = response(second_q);
+        whole.resize(9000, 0x33);
+        send(
+            &engine,
+            vec![
+                Outbound::AnswerPart {
+                    client: *second,
+                    total: 9000,
+                    data: whole[..4096].to_vec(),
+                },
+                Outbound::Answer {
+                    client: *second,
+                    data: whole[8192..].to_vec(),
+                },
+            ],
         );
+        // (A batch holds at most 7168 octets: one part per batch here.)
+        send(
+            &engine,
+            vec![Outbound::AnswerPart {
+                client: *second,
+                total: 9000,
+                data: whole[..4096].to_vec(),
+            }],
+        );
+        send(
+            &engine,
+            vec![
+                Outbound::AnswerPart {
+                    client: *second,
+                    total: 9000,
+                    data: whole[4096..8192].to_vec(),
+                },
+                Outbound::Answer {
+                    client: *second,
+                    data: whole[8192..].to_vec(),
+                },
+            ],
+        );
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut framed_answers = Vec::new();
+        for _ in 0..2 {
+            let mut len = [0u8; 2];
+            std::io::Read::read_exact(&mut conn, &mut len).unwrap();
+            let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            std::io::Read::read_exact(&mut conn, &mut m).unwrap();
+            framed_answers.push(m);
+        }
+        let Inbound::Query { data: first_q, .. } = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(framed_answers, [response(first_q), whole]);
 
         // Two connections at most: the pipelined one and one more; a third
         // is closed at once, the idle second after tcp_idle_ms.
@@ -319,8 +422,8 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
             (OutboundRefusal::NotAQuery, 1),
             (OutboundRefusal::QueryInFlight, 1),
             (OutboundRefusal::NeverAsked, 2),
-            (OutboundRefusal::NotTheAnswer, 2),
-            (OutboundRefusal::TooLarge, 1),
+            (OutboundRefusal::NotTheAnswer, 3),
+            (OutboundRefusal::TooLarge, 2),
             (OutboundRefusal::NoLongerOutstanding, 1),
         ];
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -337,8 +440,8 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
         for (why, n) in want {
             assert_eq!(stats.refused.get(&why), Some(&n), "{why:?}: {stats:?}");
         }
-        assert_eq!((stats.answers, stats.upstream_queries), (2, 3), "{stats:?}");
-        assert_eq!(stats.tcp_upstream_queries, 1, "{stats:?}");
+        assert_eq!((stats.answers, stats.upstream_queries), (3, 4), "{stats:?}");
+        assert_eq!(stats.tcp_upstream_queries, 2, "{stats:?}");
         assert_eq!((stats.tcp_accepted, stats.tcp_over_limit), (2, 1), "{stats:?}");
         assert_eq!(stats.tcp_closed_idle, 1, "{stats:?}");
 

@@ -85,6 +85,23 @@ impl Fixture {
         daemon
     }
 
+    /// As [`Fixture::start_dns`], with `config` as the config file.
+    pub fn start_dns_with_config(&mut self, args: &[&str], config: &str) -> usize {
+        let path = self.dir.join("dns.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = self.ns.command(bin().to_str().unwrap());
+        cmd.arg("run")
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .args(["--log-level", "debug", "--run-dir"])
+            .arg(self.dir.join("run"));
+        let daemon = self.procs.spawn_logged(cmd, &self.dir.join("dns.log"));
+        wait_listening(&self.ns, Proto::Udp, 53, Duration::from_secs(20));
+        wait_listening(&self.ns, Proto::Tcp, 53, Duration::from_secs(20));
+        daemon
+    }
+
     pub fn log(&self) -> String {
         mirage_testkit::cmd::read_lossy(&self.dir.join("dns.log"))
     }
@@ -179,7 +196,7 @@ pub fn nsd_zone() -> String {
          huge IN TXT {}\n",
         txt(700),
         txt(2000),
-        txt(8000),
+        txt(20000),
     )
 }
 
