@@ -1044,26 +1044,54 @@ fn truncated_udp_answer_and_tcp_refused(ctx: &Ctx) {
     ctx.expect("engine.cache_hits", 0);
 }
 
-fn tcp_answer_over_7168_octets(ctx: &Ctx) {
-    // TC over UDP, then a TCP answer longer than one batch item carries:
-    // the network role fails the query; both attempts alike: SERVFAIL.
-    ctx.script(|q| match q.transport {
+/// TC over UDP, and over TCP what `tcp` makes of the query.
+fn truncated_then_over_tcp(ctx: &Ctx, tcp: impl Fn(&Query) -> Vec<Reply> + Send + 'static) {
+    ctx.script(move |q| match q.transport {
         Transport::Udp => {
             let mut m = q.response();
             m.header.truncated = true;
             vec![Reply::message(&m)]
         }
-        Transport::Tcp => {
-            let big = vec![b'x'; 250];
-            vec![Reply::message(&q.answer(300, RData::Txt(vec![big; 32])))]
-        }
+        Transport::Tcp => tcp(q),
     });
-    assert_rcode(&ctx.ask(&ctx.name("www"), Type::TXT), Rcode::SERVFAIL);
+}
+
+fn tcp_answer_cut_short(ctx: &Ctx) {
+    // Over TCP a length of 65535, 100 octets, and the connection closed:
+    // the network role fails the query, each attempt: SERVFAIL.
+    truncated_then_over_tcp(ctx, |q| {
+        let mut b = vec![0xff, 0xff];
+        b.extend_from_slice(&good(q));
+        b.resize(102, 0);
+        vec![Reply::raw(b).unframed(), Reply::close()]
+    });
+    assert_rcode(&ctx.ask(&ctx.name("www"), Type::A), Rcode::SERVFAIL);
     assert_eq!(ctx.upstream().len(), 4, "UDP then TCP, two attempts");
     ctx.expect("engine.tcp_retries", 2);
     ctx.expect("engine.upstream_failures", 2);
     ctx.expect("network.upstream_errors", 2);
     ctx.expect("engine.servfail", 1);
+}
+
+fn tcp_answer_of_20000_octets(ctx: &Ctx) {
+    // 80 TXT strings of 250 octets over TCP: a UDP client gets TC and no
+    // record, a TCP client (from the cache) all of it.
+    truncated_then_over_tcp(ctx, |q| {
+        vec![Reply::message(
+            &q.answer(300, RData::Txt(vec![vec![b'x'; 250]; 80])),
+        )]
+    });
+    let name = ctx.name("big");
+    let udp = ctx.ask(&name, Type::TXT);
+    assert!(udp.header.truncated && udp.answers.is_empty(), "{:?}", udp.header);
+    let tcp = ctx.ask_tcp(&name, Type::TXT);
+    assert_eq!(tcp.rcode(), Rcode::NOERROR);
+    assert!(!tcp.header.truncated);
+    assert_eq!(tcp.answers.len(), 1);
+    assert_eq!(tcp.answers[0].data, RData::Txt(vec![vec![b'x'; 250]; 80]));
+    ctx.expect("engine.tcp_retries", 1);
+    ctx.expect("engine.truncated", 1);
+    ctx.expect("engine.cache_hits", 1);
 }
 
 fn forged_id_over_tcp(ctx: &Ctx) {
@@ -1456,7 +1484,8 @@ fn cases() -> Vec<Case> {
         nxdomain_with_a_foreign_soa_is_not_cached,
         truncated_udp_answer_is_fetched_over_tcp,
         truncated_udp_answer_and_tcp_refused,
-        tcp_answer_over_7168_octets,
+        tcp_answer_cut_short,
+        tcp_answer_of_20000_octets,
         forged_id_over_tcp,
         late_flood_to_a_closed_port,
         slow_upstream_is_asked_again,

@@ -161,6 +161,9 @@ pub struct Reply {
     pub when: When,
     /// Over TCP: close the connection instead of sending `data`.
     pub close: bool,
+    /// Over TCP: `data` as it is, without the length prefix (a length
+    /// that lies, a message cut short).
+    pub unframed: bool,
 }
 
 impl Reply {
@@ -172,6 +175,7 @@ impl Reply {
             to: None,
             when: When::Now,
             close: false,
+            unframed: false,
         }
     }
     /// `m` encoded.
@@ -185,6 +189,11 @@ impl Reply {
             close: true,
             ..Reply::raw(Vec::new())
         }
+    }
+    /// Over TCP: send `data` without its length prefix.
+    pub fn unframed(mut self) -> Reply {
+        self.unframed = true;
+        self
     }
     pub fn via(mut self, via: Via) -> Reply {
         self.via = via;
@@ -456,7 +465,10 @@ fn serve_conn(mut stream: TcpStream, from: SocketAddr, shared: &Shared, stop: &A
                 if r.close {
                     return;
                 }
-                let mut framed = (r.data.len() as u16).to_be_bytes().to_vec();
+                let mut framed = Vec::new();
+                if !r.unframed {
+                    framed.extend_from_slice(&(r.data.len() as u16).to_be_bytes());
+                }
                 framed.extend_from_slice(&r.data);
                 if let Err(e) = stream.write_all(&framed) {
                     shared
@@ -505,7 +517,12 @@ mod tests {
                         Reply::raw(vec![q.nth as u8]).held(),
                     ],
                     Transport::Tcp if q.name().starts_with("close") => vec![Reply::close()],
-                    Transport::Tcp => vec![Reply::raw(vec![0xde, 0xad]), Reply::message(&good)],
+                    Transport::Tcp => vec![
+                        Reply::raw(vec![0xde, 0xad]),
+                        Reply::raw(vec![0, 1]).unframed(),
+                        Reply::raw(vec![0xbe]).unframed(),
+                        Reply::message(&good),
+                    ],
                 }
             }),
         );
@@ -525,9 +542,9 @@ mod tests {
             let mut framed = (q.len() as u16).to_be_bytes().to_vec();
             framed.extend_from_slice(&q);
             t.write_all(&framed).unwrap();
-            let mut tcp = vec![0u8; 4 + 2];
+            let mut tcp = vec![0u8; 4 + 3 + 2];
             t.read_exact(&mut tcp).unwrap();
-            let len = usize::from(u16::from_be_bytes([tcp[4], tcp[5]]));
+            let len = usize::from(u16::from_be_bytes([tcp[7], tcp[8]]));
             let mut m = vec![0u8; len];
             t.read_exact(&mut m).unwrap();
             let mut c = TcpStream::connect(addr).unwrap();
@@ -538,7 +555,7 @@ mod tests {
             c.write_all(&framed).unwrap();
             let mut rest = Vec::new();
             let closed = c.read_to_end(&mut rest).map(|n| n == 0).unwrap_or(true);
-            (got, (tcp[..4].to_vec(), m), closed)
+            (got, (tcp[..7].to_vec(), m), closed)
         });
         let good = Message::parse(&udp[0].0).unwrap();
         assert_eq!(udp[0].1, addr);
@@ -552,7 +569,11 @@ mod tests {
             (other, 6),
             "late, from the extra socket"
         );
-        assert_eq!(tcp.0, [0, 2, 0xde, 0xad], "the raw reply framed");
+        assert_eq!(
+            tcp.0,
+            [0, 2, 0xde, 0xad, 0, 1, 0xbe],
+            "the raw reply framed, the unframed ones as they are"
+        );
         assert_eq!(Message::parse(&tcp.1).unwrap().header.id, 8);
         assert!(closed, "the connection closed unanswered");
         assert_eq!(server.seen().len(), 3);
