@@ -1143,6 +1143,18 @@ fn late_flood_to_a_closed_port(ctx: &Ctx) {
     ctx.expect("engine.cache_hits", 1);
 }
 
+fn truncated_udp_answer_and_tcp_reset(ctx: &Ctx) {
+    // TC over UDP, and the TCP connection reset (an RST) on the query:
+    // each attempt fails, SERVFAIL, nothing cached.
+    truncated_then_over_tcp(ctx, |_| vec![Reply::reset()]);
+    assert_rcode(&ctx.ask(&ctx.name("www"), Type::A), Rcode::SERVFAIL);
+    assert_eq!(ctx.upstream().len(), 4, "UDP then TCP, two attempts");
+    ctx.expect("engine.tcp_retries", 2);
+    ctx.expect("engine.upstream_failures", 2);
+    ctx.expect("network.upstream_errors", 2);
+    ctx.expect("engine.servfail", 1);
+}
+
 fn slow_upstream_is_asked_again(ctx: &Ctx) {
     // The first attempt's reply is held past its deadline; the second is
     // answered at once. The held one goes at the end, to a closed socket.
@@ -1484,6 +1496,7 @@ fn cases() -> Vec<Case> {
         nxdomain_with_a_foreign_soa_is_not_cached,
         truncated_udp_answer_is_fetched_over_tcp,
         truncated_udp_answer_and_tcp_refused,
+        truncated_udp_answer_and_tcp_reset,
         tcp_answer_cut_short,
         tcp_answer_of_20000_octets,
         forged_id_over_tcp,

@@ -161,6 +161,9 @@ pub struct Reply {
     pub when: When,
     /// Over TCP: close the connection instead of sending `data`.
     pub close: bool,
+    /// Over TCP: with `close`, reset it (SO_LINGER 0: an RST, as a
+    /// server that refuses the connection's traffic).
+    pub reset: bool,
     /// Over TCP: `data` as it is, without the length prefix (a length
     /// that lies, a message cut short).
     pub unframed: bool,
@@ -175,6 +178,7 @@ impl Reply {
             to: None,
             when: When::Now,
             close: false,
+            reset: false,
             unframed: false,
         }
     }
@@ -188,6 +192,13 @@ impl Reply {
         Reply {
             close: true,
             ..Reply::raw(Vec::new())
+        }
+    }
+    /// Over TCP: reset the connection (an RST) unanswered.
+    pub fn reset() -> Reply {
+        Reply {
+            reset: true,
+            ..Reply::close()
         }
     }
     /// Over TCP: send `data` without its length prefix.
@@ -463,6 +474,9 @@ fn serve_conn(mut stream: TcpStream, from: SocketAddr, shared: &Shared, stop: &A
                     std::thread::sleep(d);
                 }
                 if r.close {
+                    if r.reset {
+                        let _ = rustix::net::sockopt::set_socket_linger(&stream, Some(Duration::ZERO));
+                    }
                     return;
                 }
                 let mut framed = Vec::new();
@@ -517,6 +531,7 @@ mod tests {
                         Reply::raw(vec![q.nth as u8]).held(),
                     ],
                     Transport::Tcp if q.name().starts_with("close") => vec![Reply::close()],
+                    Transport::Tcp if q.name().starts_with("reset") => vec![Reply::reset()],
                     Transport::Tcp => vec![
                         Reply::raw(vec![0xde, 0xad]),
                         Reply::raw(vec![0, 1]).unframed(),
@@ -555,6 +570,14 @@ mod tests {
             c.write_all(&framed).unwrap();
             let mut rest = Vec::new();
             let closed = c.read_to_end(&mut rest).map(|n| n == 0).unwrap_or(true);
+            let mut r = TcpStream::connect(addr).unwrap();
+            r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let q = query(10, "reset.example");
+            let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&q);
+            r.write_all(&framed).unwrap();
+            let reset = r.read_to_end(&mut rest).map_err(|e| e.kind());
+            assert_eq!(reset, Err(io::ErrorKind::ConnectionReset));
             (got, (tcp[..7].to_vec(), m), closed)
         });
         let good = Message::parse(&udp[0].0).unwrap();
@@ -576,10 +599,10 @@ mod tests {
         );
         assert_eq!(Message::parse(&tcp.1).unwrap().header.id, 8);
         assert!(closed, "the connection closed unanswered");
-        assert_eq!(server.seen().len(), 3);
-        assert_eq!(server.queries(|q| q.transport == Transport::Tcp).len(), 2);
+        assert_eq!(server.seen().len(), 4);
+        assert_eq!(server.queries(|q| q.transport == Transport::Tcp).len(), 3);
         assert_eq!(server.seen()[0].name(), "a.example");
-        assert_eq!(server.tcp_connections(), 2);
+        assert_eq!(server.tcp_connections(), 3);
         // The held reply goes when released (to a socket now closed).
         assert_eq!(server.release(), 1);
         assert_eq!(server.release(), 0);
