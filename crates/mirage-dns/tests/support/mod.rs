@@ -191,6 +191,7 @@ pub fn nsd_zone() -> String {
          mx IN MX 20 b.test.\n\
          *.w IN A 192.0.2.20\n\
          short 4 IN A 192.0.2.30\n\
+         ten 10 IN A 192.0.2.31\n\
          big IN TXT {}\n\
          bigger IN TXT {}\n\
          huge IN TXT {}\n",
