@@ -57,6 +57,9 @@ const ATTEMPTS: u64 = 2;
 /// long, so idle closes are counted only where expected.
 const TCP_CLIENTS: u64 = 8;
 const TCP_IDLE_MS: u64 = 10_000;
+/// Client queries outstanding at once (the network role's table): more
+/// than any case but the one that fills it sends at once.
+const PENDING_QUERIES: u64 = 64;
 /// The honest answer, and what a forger wants clients to get.
 const GOOD: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const EVIL: Ipv4Addr = Ipv4Addr::new(6, 6, 6, 6);
@@ -152,7 +155,7 @@ impl Lane {
             &config,
             format!(
                 "attempt_ms = {ATTEMPT_MS}\nattempts = {ATTEMPTS}\n[limits]\ntcp_clients = {TCP_CLIENTS}\n\
-                 tcp_idle_ms = {TCP_IDLE_MS}\n"
+                 tcp_idle_ms = {TCP_IDLE_MS}\npending_queries = {PENDING_QUERIES}\n"
             ),
         )
         .unwrap();
@@ -620,6 +623,12 @@ fn compression_pointer_forward(ctx: &Ctx) {
     ctx.expect("refused.malformed-reply", 1);
 }
 
+fn compression_pointer_into_the_header(ctx: &Ctx) {
+    bad_then_good(ctx, |q| vec![Reply::raw(raw_answer(q, |_| vec![0xc0, 2]))]);
+    assert_good(&ctx.ask(&ctx.name("www"), Type::A), &ctx.name("www"));
+    ctx.expect("refused.malformed-reply", 1);
+}
+
 fn label_of_64_octets(ctx: &Ctx) {
     bad_then_good(ctx, |q| {
         vec![Reply::raw(raw_answer(q, |_| {
@@ -1073,6 +1082,26 @@ fn tcp_answer_cut_short(ctx: &Ctx) {
     ctx.expect("engine.servfail", 1);
 }
 
+fn tcp_answer_of_300_records(ctx: &Ctx) {
+    // More records than a parse allows (256): refused, and the attempt
+    // over (a TCP connection carries one answer); both attempts alike:
+    // SERVFAIL.
+    truncated_then_over_tcp(ctx, |q| {
+        let mut m = q.response();
+        let name = q.question().unwrap().name.clone();
+        for i in 0..300u32 {
+            let a = Ipv4Addr::from(0xc633_6400 + i);
+            m.answers.push(record(name.clone(), 300, RData::A(a)));
+        }
+        vec![Reply::message(&m)]
+    });
+    assert_rcode(&ctx.ask(&ctx.name("www"), Type::A), Rcode::SERVFAIL);
+    assert_eq!(ctx.upstream().len(), 4, "UDP then TCP, two attempts");
+    ctx.expect("refused.malformed-reply", 2);
+    ctx.expect("engine.tcp_retries", 2);
+    ctx.expect("engine.servfail", 1);
+}
+
 fn tcp_answer_of_20000_octets(ctx: &Ctx) {
     // 80 TXT strings of 250 octets over TCP: a UDP client gets TC and no
     // record, a TCP client (from the cache) all of it.
@@ -1251,6 +1280,32 @@ fn flood_of_responses_to_the_listener(ctx: &Ctx) {
         .collect();
     junk_then_query(ctx, &junk);
     ctx.expect("network.not_queries", 100);
+}
+
+fn more_queries_than_the_pending_table(ctx: &Ctx) {
+    // 70 distinct questions while the upstream holds every reply: the
+    // network role takes 64 (`pending_queries`) and drops the rest; once
+    // the upstream answers, the 64 get their answers.
+    ctx.script(|q| vec![Reply::raw(good(q)).held()]);
+    let sent: Vec<(UdpSocket, u16, String)> = (0..PENDING_QUERIES + 6)
+        .map(|i| {
+            let s = client_socket();
+            let name = ctx.name(&format!("q{i}"));
+            let q = bytes(&ctx.query(&name, Type::A));
+            s.send(&q).unwrap();
+            (s, id_of(&q), name)
+        })
+        .collect();
+    mirage_testkit::wait::wait_for(SETTLE_WITHIN, "64 upstream queries", || {
+        ctx.upstream().len() as u64 == PENDING_QUERIES
+    });
+    assert_eq!(ctx.lane.server.release() as u64, PENDING_QUERIES);
+    // The first 64 (in arrival order) were taken.
+    for (s, id, name) in sent.iter().take(PENDING_QUERIES as usize) {
+        assert_good(&recv_answer(s, *id).expect("an answer"), name);
+    }
+    ctx.udp_sent.set(PENDING_QUERIES);
+    ctx.expect("network.pending_full", 6);
 }
 
 /// Send `raw` as one client query: the answer (FORMERR, NOTIMP...).
@@ -1470,6 +1525,7 @@ fn cases() -> Vec<Case> {
         compression_loop,
         compression_pointer_past_the_end,
         compression_pointer_forward,
+        compression_pointer_into_the_header,
         label_of_64_octets,
         name_over_255_octets,
         truncated_inside_a_record,
@@ -1499,6 +1555,7 @@ fn cases() -> Vec<Case> {
         truncated_udp_answer_and_tcp_reset,
         tcp_answer_cut_short,
         tcp_answer_of_20000_octets,
+        tcp_answer_of_300_records,
         forged_id_over_tcp,
         late_flood_to_a_closed_port,
         slow_upstream_is_asked_again,
@@ -1508,6 +1565,7 @@ fn cases() -> Vec<Case> {
         client_sends_a_response,
         client_sends_short_and_oversized_datagrams,
         flood_of_responses_to_the_listener,
+        more_queries_than_the_pending_table,
         client_query_with_a_compression_loop,
         client_query_with_two_questions,
         client_query_with_200_questions,
