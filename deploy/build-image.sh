@@ -4,7 +4,7 @@
 # Same source, same toolchain, same SOURCE_DATE_EPOCH => same digest.
 #
 #   deploy/build-image.sh [--out DIR] [SERVICE...]
-#     SERVICE   mirage-dhcp, mirage-ntp (default: both)
+#     SERVICE   mirage-dhcp, mirage-ntp, mirage-dns (default: all three)
 #     --out     where the layouts go (default: target/oci)
 #
 # Then, with podman (no registry involved; pull -q prints the image id, and
@@ -19,12 +19,12 @@ services=()
 while [ $# -gt 0 ]; do
     case "$1" in
     --out) out="$2"; shift 2 ;;
-    mirage-dhcp | mirage-ntp) services+=("$1"); shift ;;
+    mirage-dhcp | mirage-ntp | mirage-dns) services+=("$1"); shift ;;
     -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-image.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-[ "${#services[@]}" -gt 0 ] || services=(mirage-dhcp mirage-ntp)
+[ "${#services[@]}" -gt 0 ] || services=(mirage-dhcp mirage-ntp mirage-dns)
 
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 # The commit time, not the build time: rebuilding later gives the same image.

@@ -7,20 +7,21 @@
 # size. The shipped build therefore rebuilds the standard library for size
 # (nightly's -Z build-std with std's `optimize_for_size` feature, which also
 # leaves out std's backtrace symbolizer; panic messages still print). The
-# stable toolchain builds the same code (`cargo build --release`, about 40%
+# stable toolchain builds the same code (`cargo build --release`, about 30%
 # larger); docs/benchmarks.md compares the two.
 #
 # usage: scripts/build-release.sh [--stable | --best] [BINARY...]
 #   --stable   build with the default toolchain and the prebuilt std instead
 #   --best     the nightly build where it can run here, else --stable (warns)
-#   BINARY     mirage-dhcp, mirage-ntp (default: both); each is built by a
-#              cargo run of its own, so features never unify across them
+#   BINARY     mirage-dhcp, mirage-ntp, mirage-dns (default: all three); each
+#              is built by a cargo run of its own, so features never unify
+#              across them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET=x86_64-unknown-linux-musl
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-SHIPPED=(mirage-dhcp mirage-ntp)
+SHIPPED=(mirage-dhcp mirage-ntp mirage-dns)
 
 nightly_ready() {
     local sysroot
@@ -35,10 +36,10 @@ for arg in "$@"; do
     case "$arg" in
     --stable | --best) MODE="$arg" ;;
     -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
-    mirage-dhcp | mirage-ntp) BINARIES+=("$arg") ;;
+    mirage-dhcp | mirage-ntp | mirage-dns) BINARIES+=("$arg") ;;
     *)
         echo "build-release: unknown argument: $arg (see --help)" >&2
         exit 2

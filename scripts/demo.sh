@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Both clients end to end in a throwaway pair of network namespaces:
-# dnsmasq serves DHCP on one end of a veth pair, mirage-dhcp gets a lease on
-# the other, then this prints what it applied. Then chronyd -x serves NTP on
-# the server end, and mirage-ntp --observe, in the client namespace with the
+# The three services end to end in a throwaway pair of network namespaces:
+# dnsmasq serves DHCP and DNS (a small local zone, demo.example) on one end
+# of a veth pair, mirage-dhcp gets a lease on the other, then this prints
+# what it applied. mirage-dns, in the client namespace, forwards to the DNS
+# server the lease named (option 6) and answers dig on its stub address
+# 127.0.0.53, the repeat from its cache. Then chronyd -x serves NTP on the
+# server end, and mirage-ntp --observe, in the client namespace with the
 # server the lease named (option 42), gets its first estimate and shows its
 # status. Neither chronyd -x nor an observing mirage-ntp can touch the host
 # clock (CLOCK_REALTIME is not namespaced, so that matters). Needs root;
@@ -12,10 +15,12 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root" >&2; exit 1; }
 command -v dnsmasq >/dev/null || { echo "demo.sh: apt-get install dnsmasq-base" >&2; exit 1; }
 command -v chronyd >/dev/null || { echo "demo.sh: apt-get install chrony" >&2; exit 1; }
+command -v dig >/dev/null || { echo "demo.sh: apt-get install bind9-dnsutils" >&2; exit 1; }
 
 ./scripts/build-release.sh --best >/dev/null
 BIN="${CARGO_TARGET_DIR:-$PWD/target}/dist/mirage-dhcp"
 NTP="${CARGO_TARGET_DIR:-$PWD/target}/dist/mirage-ntp"
+DNS="${CARGO_TARGET_DIR:-$PWD/target}/dist/mirage-dns"
 ID=$$
 SRV="mirage-demo-srv-$ID"
 CLI="mirage-demo-cli-$ID"
@@ -31,10 +36,17 @@ trap cleanup EXIT
 
 ip netns add "$SRV"
 ip netns add "$CLI"
+# The stub address 127.0.0.53 is on the client's loopback.
+ip -n "$CLI" link set lo up
 ip -n "$SRV" link add veth-s type veth peer name veth-c netns "$CLI"
 ip -n "$SRV" addr add 192.0.2.1/24 dev veth-s
 ip -n "$SRV" link set veth-s up
-ip netns exec "$SRV" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 \
+# DNS on 192.0.2.1:53 too: demo.example answered locally with a TTL of
+# 300 s (dnsmasq's default 0 would not be cached), NXDOMAIN for names it
+# does not know, nothing forwarded anywhere.
+ip netns exec "$SRV" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=53 \
+    --no-resolv --no-hosts --local=/demo.example/ --local-ttl=300 \
+    --host-record=ntp.demo.example,192.0.2.1 --host-record=www.demo.example,192.0.2.80 \
     --bind-interfaces --interface=veth-s --except-interface=lo --no-ping \
     --dhcp-range=192.0.2.50,192.0.2.150,255.255.255.0,1h \
     --dhcp-leasefile="$TMP/dnsmasq.leases" \
@@ -44,6 +56,7 @@ ip netns exec "$SRV" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0
     2>"$TMP/dnsmasq.log" &
 disown
 for _ in $(seq 100); do ip netns exec "$SRV" ss -lun | grep -q ':67 ' && break; sleep 0.05; done
+for _ in $(seq 100); do ip netns exec "$SRV" ss -lun | grep -q '192.0.2.1:53 ' && break; sleep 0.05; done
 
 echo "== mirage-dhcp run --oneshot (log follows)"
 ip netns exec "$CLI" "$BIN" run --interface veth-c --oneshot --timeout 20 \
@@ -54,6 +67,48 @@ echo "== routes";      ip -n "$CLI" -4 route show
 echo "== mtu";         ip -n "$CLI" link show veth-c | head -1
 echo "== resolv.conf"; cat "$TMP/resolv.conf"
 echo "== status";      "$BIN" status --run-dir "$TMP/run"
+
+# --- DNS --------------------------------------------------------------------
+# The DNS server the lease named (DHCP option 6) is mirage-dns's upstream;
+# it answers on its stub address 127.0.0.53 (UDP and TCP).
+UPSTREAM="$("$BIN" status --run-dir "$TMP/run" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["lease"]["dns_servers"][0])')"
+echo
+echo "== mirage-dns run --upstream $UPSTREAM (the server from the lease; log follows)"
+ip netns exec "$CLI" "$DNS" run --upstream "$UPSTREAM" --config /dev/null \
+    --state-dir "$TMP/dns-state" --run-dir "$TMP/dns-run" &
+DNS_PID=$!
+for _ in $(seq 200); do
+    ip netns exec "$CLI" ss -lun | grep -q '127.0.0.53:53 ' && break
+    kill -0 "$DNS_PID" 2>/dev/null || { echo "demo.sh: mirage-dns stopped" >&2; exit 1; }
+    sleep 0.05
+done
+ask() { ip netns exec "$CLI" dig +time=2 +tries=2 @127.0.0.53 "$@"; }
+echo
+echo "== dig @127.0.0.53 www.demo.example (asked of $UPSTREAM)"
+ANSWER="$(ask +short www.demo.example A)"
+echo "$ANSWER"
+[ "$ANSWER" = 192.0.2.80 ] || { echo "demo.sh: mirage-dns answered '$ANSWER', not 192.0.2.80" >&2; exit 1; }
+echo "== again, over TCP (from the cache: the TTL counts down)"
+ask +tcp +noall +answer www.demo.example A
+echo "== dig @127.0.0.53 nx.demo.example (the upstream's NXDOMAIN, relayed)"
+ask nx.demo.example A | grep -E 'status:' || true
+# status.json is written at most every 500 ms.
+for _ in $(seq 100); do
+    grep -q '"cache_hits": *[1-9]' "$TMP/dns-run/status.json" 2>/dev/null && break
+    sleep 0.05
+done
+grep -q '"cache_hits": *[1-9]' "$TMP/dns-run/status.json" ||
+    { echo "demo.sh: the repeat was not answered from mirage-dns's cache" >&2; exit 1; }
+echo "== status"; "$DNS" status --run-dir "$TMP/dns-run"
+echo "== roles (root started them: each its own uid, no capability, under its filter)"
+for pid in $(pgrep -P "$DNS_PID"); do
+    printf '%-9s uid %-6s CapEff %s  Seccomp %s\n' \
+        "$(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -d' ' -f3)" \
+        "$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")" \
+        "$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")" \
+        "$(awk '/^Seccomp:/ {print $2}' "/proc/$pid/status")"
+done
 
 # --- NTP --------------------------------------------------------------------
 # chronyd serving its (this host's) clock at stratum 8 on the server end:
@@ -94,5 +149,9 @@ for pid in $(pgrep -P "$NTP_PID"); do
         "$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")" \
         "$(awk '/^Seccomp:/ {print $2}' "/proc/$pid/status")"
 done
+echo
+echo "== stopping mirage-ntp, then mirage-dns"
 kill -TERM "$NTP_PID"
 wait "$NTP_PID"
+kill -TERM "$DNS_PID"
+wait "$DNS_PID"

@@ -15,10 +15,12 @@ apt-get update -qq
 # dnsmasq-base: the dnsmasq binary without its system service. Kea, ISC dhcpd
 # and dhcrelay, busybox udhcpd and nftables serve the interop and fault
 # suites; chrony is the NTP server of mirage-ntp's end-to-end suite (run by
-# the tests with -x, so it never adjusts the clock); unbound and nsd are the
-# upstream servers of mirage-dns's end-to-end suite (started by the tests in
-# namespaces; their system services are refused like the others), dnsperf
-# and bind9-dnsutils (dig) its load and query clients. podman + runc run the image in tests/container.rs (runc named so
+# the tests with -x, so it never adjusts the clock); unbound is the
+# upstream of mirage-dns's end-to-end suites, nsd the upstream of
+# scripts/bench-dns.sh, which also runs unbound and dnsmasq as forwarders
+# beside mirage-dns (all started in namespaces; their system services are
+# refused like the others); dnsperf is the bench's load client, and
+# bind9-dnsutils (dig) the demo's query client. podman + runc run the image in tests/container.rs (runc named so
 # apt does not pick crun); file is used by the image build; musl-tools
 # compiles the C of dev-dependencies (criterion) for the musl target.
 apt-get install -y -qq --no-install-recommends \

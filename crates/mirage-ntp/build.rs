@@ -1,5 +1,9 @@
 //! The NTP engine as a KVM guest (`--sandbox kvm`, and `auto` where KVM
-//! works), embedded in the binary.
+//! works), embedded in the binary (`mirage_sdk::guest_image!`), and the
+//! binary's layout by process (`mirage_kvm_build::link_by_process`: the
+//! supervisor's code, the tender's and the guest image in segments of
+//! their own).
 fn main() {
     mirage_kvm_build::build_image("guest-ntp", &[]);
+    mirage_kvm_build::link_by_process();
 }

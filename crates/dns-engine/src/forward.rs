@@ -384,6 +384,16 @@ impl Forwarder {
             f.waiters.push(waiter);
             return;
         }
+        // No upstream (a service following DHCP before any lease): an
+        // answer at once rather than a query nobody would send.
+        if self.start.upstreams.is_empty() {
+            self.counters.servfail += 1;
+            out.push(Outbound::Answer {
+                client: waiter.client,
+                data: Self::servfail(&waiter),
+            });
+            return;
+        }
         let question = waiter.question.clone();
         let first = Attempt {
             upstream: 0,

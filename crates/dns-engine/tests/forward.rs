@@ -274,6 +274,19 @@ fn a_silent_upstream_is_followed_by_the_next_then_servfail() {
 }
 
 #[test]
+fn without_an_upstream_a_query_gets_servfail_at_once() {
+    let (mut f, _) = start(0);
+    let (out, refused) = step(&mut f, 1000, vec![q(1, query(0x42, "a.test", Type::A, None))]);
+    assert!(refused.is_empty());
+    assert!(
+        !out.iter().any(|o| matches!(o, Outbound::Query { .. })),
+        "{out:?}"
+    );
+    let a = answer_of(&out, 1);
+    assert_eq!((a.header.id, a.rcode()), (0x42, Rcode::SERVFAIL));
+}
+
+#[test]
 fn identical_questions_in_flight_share_one_upstream_query() {
     let (mut f, _) = start(1);
     let (out, _) = step(

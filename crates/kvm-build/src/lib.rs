@@ -17,7 +17,15 @@
 //! outer build's (`CARGO`, `RUSTC`), so a nightly `-Z build-std` release
 //! build builds its guest with nightly's prebuilt host library, and a
 //! stable build with stable's.
+//!
+//! [`link_by_process`] lays the service's binary out by process (the
+//! supervisor's code, the tender's and the guest image in segments of
+//! their own), so that each process has resident only what it uses.
 #![forbid(unsafe_code)]
+
+mod layout;
+
+pub use layout::{OWN_SEGMENTS, SUPERVISOR_ONLY, TENDER_ONLY, link_by_process, linker_script};
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! convention (`mirage_sdk::service`), every key optional, the common ones
 //! and some others also reachable from the command line.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use mirage_ipc::{AcdConfig, EngineConfig, Limits, is_valid_domain_name};
@@ -54,6 +55,10 @@ pub struct FileConfig {
     pub run_dir: Option<PathBuf>,
     /// Where resolv.conf is written; `""` disables it.
     pub resolv_conf: Option<PathBuf>,
+    /// The one nameserver resolv.conf names (a local stub such as
+    /// mirage-dns on 127.0.0.53) instead of the lease's DNS servers, which
+    /// then reach the stub through servers.json only.
+    pub resolv_conf_nameserver: Option<String>,
     pub sandbox: Option<SandboxKind>,
     /// The KVM device for `sandbox = "kvm"` or `"auto"`.
     pub kvm_device: Option<PathBuf>,
@@ -117,6 +122,7 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub run_dir: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
+    pub resolv_conf_nameserver: Option<String>,
     pub sandbox: Option<SandboxKind>,
     pub no_acd: bool,
     pub release_on_stop: bool,
@@ -131,6 +137,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub resolv_conf: Option<PathBuf>,
+    /// [`FileConfig::resolv_conf_nameserver`], checked.
+    pub resolv_conf_nameserver: Option<IpAddr>,
     /// As asked for: `auto` is resolved at start (`mirage_sdk::kvm`).
     pub sandbox: SandboxKind,
     pub kvm_device: PathBuf,
@@ -253,6 +261,16 @@ impl Config {
         } else {
             Some(resolv_conf)
         };
+        let resolv_conf_nameserver = match o.resolv_conf_nameserver.or(f.resolv_conf_nameserver) {
+            None => None,
+            Some(s) => Some(parse_stub(&s).map_err(|why| bad("resolv_conf_nameserver", &why))?),
+        };
+        if resolv_conf_nameserver.is_some() && resolv_conf.is_none() {
+            return Err(bad(
+                "resolv_conf_nameserver",
+                "names what resolv.conf lists, but resolv_conf is off",
+            ));
+        }
         let common = Common::resolve::<Dhcp>(
             CommonLayer {
                 state_dir: o.state_dir,
@@ -270,6 +288,7 @@ impl Config {
             state_dir: common.state_dir,
             run_dir: common.run_dir,
             resolv_conf,
+            resolv_conf_nameserver,
             sandbox: common.sandbox,
             kvm_device: f
                 .kvm_device
@@ -287,6 +306,18 @@ impl Config {
             limits,
         })
     }
+}
+
+/// A nameserver for resolv.conf: an IP address (resolv.conf has no port),
+/// one a query can be sent to.
+fn parse_stub(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address (resolv.conf names no port nor host name)"))?;
+    if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        return Err(format!("{ip} is not an address a resolver can ask"));
+    }
+    Ok(ip)
 }
 
 impl Config {
@@ -416,6 +447,46 @@ mod tests {
         assert_eq!(c.interface, "b");
         assert_eq!(c.resolv_conf, None);
         assert!(!c.acd.enabled);
+    }
+
+    #[test]
+    fn resolv_conf_nameserver_is_one_checked_address() {
+        let c = parse("interface = \"eth0\"\nresolv_conf_nameserver = \"127.0.0.53\"\n").unwrap();
+        assert_eq!(c.resolv_conf_nameserver, Some("127.0.0.53".parse().unwrap()));
+        assert_eq!(
+            parse("interface = \"eth0\"\n").unwrap().resolv_conf_nameserver,
+            None
+        );
+        let c = parse("interface = \"eth0\"\nresolv_conf_nameserver = \"::1\"\n").unwrap();
+        assert_eq!(c.resolv_conf_nameserver, Some("::1".parse().unwrap()));
+        for bad in [
+            "127.0.0.53:53",
+            "dns.example",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "",
+        ] {
+            let e = parse(&format!(
+                "interface = \"eth0\"\nresolv_conf_nameserver = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains("resolv_conf_nameserver"), "{bad}: {e}");
+        }
+        let e = parse("interface = \"eth0\"\nresolv_conf = \"\"\nresolv_conf_nameserver = \"127.0.0.53\"\n")
+            .unwrap_err();
+        assert!(e.contains("resolv_conf is off"), "{e}");
+        // The command line's wins over the file's.
+        let p = Path::new("c.toml");
+        let f: FileConfig =
+            mirage_sdk::config::parse(p, "interface = \"a\"\nresolv_conf_nameserver = \"127.0.0.53\"\n")
+                .unwrap();
+        let o = Overrides {
+            resolv_conf_nameserver: Some("127.0.0.54".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(p, f, o).unwrap();
+        assert_eq!(c.resolv_conf_nameserver, Some("127.0.0.54".parse().unwrap()));
     }
 
     #[test]

@@ -45,6 +45,11 @@ struct RunArgs {
     // OsString: clap's PathBuf parser refuses the empty value that means "off".
     #[arg(long, value_parser = clap::builder::OsStringValueParser::new())]
     resolv_conf: Option<std::ffi::OsString>,
+    /// The one nameserver resolv.conf names (a local stub, e.g. mirage-dns
+    /// on 127.0.0.53) instead of the lease's DNS servers, which then go to
+    /// the stub through servers.json only (docs/operators.md).
+    #[arg(long, value_name = "ADDR")]
+    resolv_conf_nameserver: Option<String>,
     /// Exit 0 once the lease is applied (the address stays), non-zero on timeout.
     #[arg(long)]
     oneshot: bool,
@@ -75,6 +80,7 @@ impl RunArgs {
             state_dir: self.common.state_dir.clone(),
             run_dir: self.common.run_dir.clone(),
             resolv_conf: self.resolv_conf.clone().map(PathBuf::from),
+            resolv_conf_nameserver: self.resolv_conf_nameserver.clone(),
             sandbox: self.common.sandbox,
             no_acd: self.no_acd,
             release_on_stop: self.release_on_stop,
@@ -187,6 +193,39 @@ mod tests {
         };
         let c = Config::resolve(std::path::Path::new("none"), Default::default(), o).unwrap();
         assert_eq!(c.resolv_conf, None);
+    }
+
+    #[test]
+    fn the_resolv_conf_nameserver_flag_reaches_the_config() {
+        let cli = Cli::try_parse_from([
+            "mirage-dhcp",
+            "run",
+            "-i",
+            "eth0",
+            "--resolv-conf-nameserver",
+            "127.0.0.53",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let c = Config::resolve(std::path::Path::new("none"), Default::default(), args.overrides()).unwrap();
+        assert_eq!(c.resolv_conf_nameserver, Some("127.0.0.53".parse().unwrap()));
+        let cli = Cli::try_parse_from([
+            "mirage-dhcp",
+            "run",
+            "-i",
+            "eth0",
+            "--resolv-conf-nameserver",
+            "x",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let e =
+            Config::resolve(std::path::Path::new("none"), Default::default(), args.overrides()).unwrap_err();
+        assert!(e.contains("resolv_conf_nameserver"), "{e}");
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct RoleSettings {
     pub with_arp: bool,
     /// Actuator: resolv.conf's file name inside [`FD_RESOLV_DIR`].
     pub resolv_name: Option<String>,
+    /// Actuator: the one nameserver resolv.conf names instead of the
+    /// lease's DNS servers (`resolv_conf_nameserver`).
+    pub resolv_nameserver: Option<std::net::IpAddr>,
     /// Actuator: a first start's DUID (hex) to store in the state
     /// directory, off the path to the first lease.
     pub store_duid: Option<String>,
@@ -93,6 +96,7 @@ impl RoleSettings {
             client_id: None,
             with_arp: false,
             resolv_name: None,
+            resolv_nameserver: None,
             store_duid: None,
             route_table: None,
         }

@@ -154,6 +154,7 @@ pub fn run(config: Config, level: log::LevelFilter, oneshot: Option<Duration>) -
     network_settings.with_arp = config.acd.enabled;
     let mut actuator_settings = dhcp.settings();
     actuator_settings.resolv_name = resolv.as_ref().map(|r| r.name.clone());
+    actuator_settings.resolv_nameserver = config.resolv_conf_nameserver;
     actuator_settings.route_table = config.route_table;
     // A first start's DUID is stored durably (atomic replace, fsyncs) by the
     // actuator once the lease is applied, off the path to it: the engine has

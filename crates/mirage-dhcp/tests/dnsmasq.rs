@@ -86,6 +86,7 @@ fn lease_is_applied_with_routes_mtu_dns_and_files(sandbox: &'static str) {
         serde_json::json!({
             "version": 1, "interface": CLIENT_IF,
             "ntp": ["10.9.9.9"], "dns": [net.server_ip.as_str()],
+            "search": ["corp.example", "example.org"],
         })
     );
     let stored: serde_json::Value =
@@ -128,6 +129,34 @@ fn lease_is_applied_with_routes_mtu_dns_and_files(sandbox: &'static str) {
     );
     // Default: the address stays after a stop (kernel lifetime still runs).
     assert_eq!(net.client_addrs(), vec![format!("{addr}/24")]);
+}
+
+/// `--resolv-conf-nameserver`: resolv.conf names the local stub only (the
+/// lease's search domains kept), while servers.json still carries the
+/// lease's DNS servers for the stub to forward to (docs/operators.md).
+#[test]
+fn resolv_conf_names_the_stub_and_servers_json_the_learned_servers() {
+    let mut net = Net::new();
+    net.sandbox = Some("seccomp");
+    net.start_dnsmasq(
+        "120",
+        &["--dhcp-option=option:domain-search,corp.example,example.org"],
+    );
+    net.start_client(&["--resolv-conf-nameserver", "127.0.0.53"]);
+    net.wait_state("bound", BOUND_WITHIN);
+    let resolv = read(&net.path("resolv.conf"));
+    let body: Vec<&str> = resolv.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        body,
+        ["search corp.example example.org", "nameserver 127.0.0.53"],
+        "{resolv}"
+    );
+    let servers: serde_json::Value = serde_json::from_str(&read(&net.path("run/servers.json"))).unwrap();
+    assert_eq!(servers["dns"], serde_json::json!([net.server_ip.as_str()]));
+    assert_eq!(
+        servers["search"],
+        serde_json::json!(["corp.example", "example.org"])
+    );
 }
 
 fn oneshot_exits_zero_once_applied(sandbox: &'static str) {
@@ -275,8 +304,9 @@ fn roles_run_with_the_privileges_the_design_says(sandbox: &'static str) {
     }
 }
 
-/// The binary's layout by process (build.rs): once bound, no role has
-/// the supervisor's command-line and configuration code resident, only an
+/// The binary's layout by process (build.rs,
+/// `mirage_kvm_build::link_by_process`): once bound, no role has the
+/// supervisor's command-line and configuration code resident, only an
 /// engine that runs a guest has the KVM tender's code resident, and no
 /// process keeps the guest image's pages once its guest is built (the
 /// supervisor's probe, the engine's VM). The supervisor's own code and the
@@ -288,30 +318,10 @@ fn each_process_has_resident_only_the_segments_it_uses(sandbox: &'static str) {
     let daemon = net.start_client(&[]);
     net.wait_state("bound", BOUND_WITHIN);
     let bin = std::fs::canonicalize(support::bin()).unwrap();
-    let segments = support::layout::own_segments(&bin);
     let mut procs = net.role_pids(daemon);
     assert_eq!(procs.len(), 3, "{procs:?}");
     procs.push(("supervisor".into(), net.child_pid(daemon)));
-    for (process, pid) in procs {
-        for (section, offset) in &segments {
-            let kib = support::layout::resident_kib(pid, &bin, *offset);
-            let runs_it = match (*section, process.as_str()) {
-                (".text.mirage.supervisor", "supervisor") => true,
-                (".text.mirage.tender", "engine") => sandbox == "kvm",
-                _ => false,
-            };
-            let what = format!("{process} ({sandbox}): {section} has {kib} KiB resident");
-            // The supervisor's probe runs the tender's code too (`kvm`).
-            if (*section, process.as_str(), sandbox) == (".text.mirage.tender", "supervisor", "kvm") {
-                continue;
-            }
-            if runs_it {
-                assert!(kib > 0, "{what}");
-            } else {
-                assert_eq!(kib, 0, "{what}");
-            }
-        }
-    }
+    mirage_testkit::layout::assert_resident_only_where_used(&bin, &procs, sandbox);
 }
 
 /// The slow one (dnsmasq will not lease for less than 120 s): the server

@@ -1992,9 +1992,13 @@ fn flood_during_renewal(mode: Mode) {
         cores,
         st["counters"]["renewals"]
     );
+    // The flood's own precondition: at least half the rate went out. The
+    // sender shares the machine with the client (two cores here, and under
+    // kvm the tender's exits), so its pace varies with the load; what is
+    // tested is the client under thousands of junk frames a second.
     assert!(
-        rate > RATE as f64 * 0.8,
-        "the flood did not reach its rate: {rate:.0}/s"
+        rate > RATE as f64 * 0.5,
+        "the flood did not reach half its rate: {rate:.0}/s"
     );
     assert!(
         st["counters"]["renewals"].as_u64() >= Some(1),

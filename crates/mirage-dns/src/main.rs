@@ -151,6 +151,29 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
             text_of(&e["unusable"]),
         ),
     );
+    let d = &v["network"]["dropped"];
+    out.line(
+        "dropped",
+        &format!(
+            "{} not allowed, {} rate-limited",
+            text_of(&d["not-allowed"]),
+            text_of(&d["rate-limited"])
+        ),
+    );
+    if !v["dhcp"].is_null() {
+        out.line(
+            "dhcp",
+            &format!(
+                "{} ({} changes){}",
+                text_of(&v["dhcp"]["file"]),
+                text_of(&v["dhcp"]["changes"]),
+                v["dhcp"]["error"]
+                    .as_str()
+                    .map(|e| format!(", {e}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
     out.line("refused", &format!("{}", v["refused"]));
     out.line("outbound_refused", &format!("{}", v["network"]["refused"]));
     out.line("restarts", &text_of(&v["engine_restarts"]));

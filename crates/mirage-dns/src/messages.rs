@@ -39,6 +39,12 @@ pub struct NetworkStats {
     pub not_queries: u64,
     /// Client queries not passed on: `limits.pending_queries` waiting.
     pub pending_full: u64,
+    /// Client queries (and TCP connections) from outside `allow`: dropped
+    /// unanswered.
+    pub not_allowed: u64,
+    /// Client queries over their address's `limits.client_per_second`:
+    /// dropped unanswered.
+    pub rate_limited: u64,
     /// Client queries that got no answer within `limits.query_timeout_ms`.
     pub expired: u64,
     /// Batches the engine's channel would not take at once (dropped: DNS

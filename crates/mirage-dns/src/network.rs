@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use dns_engine::{
@@ -17,7 +17,8 @@ use dns_engine::{
 use mirage_dns::messages::{FromNetwork, NetworkStats, ToNetwork};
 use mirage_dns::plan::{FD_FIRST_LISTENER, NetworkLimits, NetworkSettings};
 use mirage_dns::policy::{
-    Admission, AnswerParts, Clients, Origin, OutboundRefusal, TokenBucket, check_query,
+    Admission, AnswerParts, Cidr, ClientLimiter, Clients, Origin, OutboundRefusal, TokenBucket, allowed,
+    check_query,
 };
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
 use mirage_sdk::channel::{Channel, wait};
@@ -82,6 +83,8 @@ struct TcpUpstream {
 /// messages both ways.
 struct Conn {
     stream: TcpStream,
+    /// The client's address: its rate is its address's.
+    peer: IpAddr,
     input: Vec<u8>,
     output: Vec<u8>,
     last_active_ms: u64,
@@ -94,6 +97,9 @@ struct Network<'a> {
     tcp: &'a [TcpListener],
     upstreams: Vec<SocketAddr>,
     limits: NetworkLimits,
+    /// Who may ask (`allow`), and each address's rate.
+    allow: Vec<Cidr>,
+    limiter: ClientLimiter,
     clients: Clients,
     /// TCP answers arriving from the engine in parts.
     parts: AnswerParts,
@@ -134,6 +140,13 @@ impl<'a> Network<'a> {
             tcp,
             upstreams: settings.upstreams.clone(),
             limits,
+            allow: settings.allow.clone(),
+            limiter: ClientLimiter::new(
+                limits.client_per_second,
+                limits.client_burst,
+                limits.client_table as usize,
+                limits.client_rate_loopback,
+            ),
             clients: Clients::new(
                 limits.pending_queries as usize,
                 u64::from(limits.query_timeout_ms),
@@ -200,7 +213,15 @@ impl<'a> Network<'a> {
                         Ok(Some(never)) => match never {},
                         Err(e) => return Err(format!("bad message from the supervisor: {e}")),
                     },
-                    Slot::Engine => self.read_engine(peer)?,
+                    Slot::Engine => {
+                        if !self.read_engine(peer)? {
+                            // The pair stops together: on an orderly stop,
+                            // or when the engine failed, which the
+                            // supervisor reports; nothing to add here.
+                            log::debug!("the engine's channel closed: stopping");
+                            return Ok(());
+                        }
+                    }
                     Slot::Udp(i) => self.read_udp(i, &mut buf, peer),
                     Slot::Tcp(i) => self.accept(i),
                     Slot::Upstream(q) => self.read_upstream(q, &mut buf, peer),
@@ -297,6 +318,10 @@ impl<'a> Network<'a> {
                         self.stats.not_queries += 1;
                         continue;
                     }
+                    // Dropped, not answered: no REFUSED to reflect.
+                    if !self.client_may_ask(from.ip()) {
+                        continue;
+                    }
                     let origin = Origin::Udp {
                         listener: i,
                         client: from,
@@ -310,6 +335,20 @@ impl<'a> Network<'a> {
                 }
             }
         }
+    }
+
+    /// Whether `ip` is in the access list and within its rate; counted
+    /// when it is not.
+    fn client_may_ask(&mut self, ip: IpAddr) -> bool {
+        if !allowed(&self.allow, ip) {
+            self.stats.not_allowed += 1;
+            return false;
+        }
+        if !self.limiter.take(ip, boottime().millis()) {
+            self.stats.rate_limited += 1;
+            return false;
+        }
+        true
     }
 
     fn admit(&mut self, origin: Origin, transport: Transport, data: &[u8], peer: &Channel) {
@@ -334,7 +373,11 @@ impl<'a> Network<'a> {
     fn accept(&mut self, i: usize) {
         for _ in 0..READS_PER_ROUND {
             match self.tcp[i].accept() {
-                Ok((stream, _)) => {
+                Ok((stream, from)) => {
+                    if !allowed(&self.allow, from.ip()) {
+                        self.stats.not_allowed += 1;
+                        continue; // dropped: closed at once, nothing read
+                    }
                     if self.conns.len() >= self.limits.tcp_clients as usize {
                         self.stats.tcp_over_limit += 1;
                         continue; // dropped: closed at once
@@ -349,6 +392,7 @@ impl<'a> Network<'a> {
                         self.next_conn,
                         Conn {
                             stream,
+                            peer: from.ip(),
                             input: Vec::new(),
                             output: Vec::new(),
                             last_active_ms: boottime().millis(),
@@ -436,6 +480,10 @@ impl<'a> Network<'a> {
                 break;
             }
             let message: Vec<u8> = c.input.drain(..2 + len).skip(2).collect();
+            let ip = c.peer;
+            if !self.client_may_ask(ip) {
+                continue;
+            }
             self.admit(Origin::Tcp { conn: id }, Transport::Tcp, &message, peer);
         }
         let done = self
@@ -539,7 +587,8 @@ impl<'a> Network<'a> {
         }
     }
 
-    fn read_engine(&mut self, peer: &Channel) -> Result<(), String> {
+    /// Read what the engine sent; `false` once its channel closed.
+    fn read_engine(&mut self, peer: &Channel) -> Result<bool, String> {
         for i in 0..ENGINE_MESSAGES_PER_ROUND {
             if i > 0 {
                 let more = wait(&[(peer.as_fd(), false)], Some(0)).map_err(|e| format!("poll: {e}"))?;
@@ -557,11 +606,11 @@ impl<'a> Network<'a> {
                 // channel they mean nothing.
                 Ok(Some(FromEngine::Action(dns_engine::Action::Status(_))))
                 | Ok(Some(FromEngine::Refused(_))) => {}
-                Ok(None) => return Err("the engine's channel closed".into()),
+                Ok(None) => return Ok(false),
                 Err(e) => return Err(format!("bad message from the engine: {e}")),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// One thing the engine asks, through the policy.

@@ -76,7 +76,7 @@ pub fn network(
     upstreams: &[SocketAddr],
 ) -> RolePlan {
     let mut plan = RolePlan::strict("network", ids.network.uid, ids.network.gid, &[BASE, NETWORK]);
-    plan.nofile = 16 + listeners as u64 + u64::from(limits.upstream_sockets) + u64::from(limits.tcp_clients);
+    plan.nofile = limits.nofile(listeners);
     let mut ports: Vec<u16> = upstreams.iter().map(SocketAddr::port).collect();
     ports.sort_unstable();
     ports.dedup();
@@ -105,6 +105,17 @@ pub struct NetworkLimits {
     /// Queries one TCP connection may have outstanding (pipelined, RFC
     /// 7766 section 6.2.1.1); its further queries wait in its socket.
     pub tcp_pipeline: u32,
+    /// Queries one client address may send a second, and at once in a
+    /// burst; more are dropped (0: no limit).
+    pub client_per_second: u32,
+    pub client_burst: u32,
+    /// Whether loopback clients are rate-limited too. Off by default:
+    /// every process of the host asks from 127.0.0.1 (or ::1), so a limit
+    /// per address there would throttle the whole host at once; the
+    /// limit is for clients reached on other addresses (containers).
+    pub client_rate_loopback: bool,
+    /// Client addresses whose rate is kept at once (the table's bound).
+    pub client_table: u32,
 }
 
 impl Default for NetworkLimits {
@@ -118,11 +129,87 @@ impl Default for NetworkLimits {
             tcp_clients: 64,
             tcp_idle_ms: 10_000,
             tcp_pipeline: 16,
+            client_per_second: 2000,
+            client_burst: 4000,
+            client_rate_loopback: false,
+            client_table: 4096,
         }
     }
 }
 
+/// Descriptors of the network role beyond its sockets: its channels, std's
+/// and the allocator's, with room to spare.
+const BASE_FDS: u64 = 16;
+/// The least a network role is started with when the descriptor limit
+/// makes [`NetworkLimits::fit`] lower the configured limits.
+pub const MIN_UPSTREAM_SOCKETS: u32 = 16;
+pub const MIN_TCP_CLIENTS: u32 = 4;
+
+/// What [`NetworkLimits::fit`] changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lowered {
+    /// The configured limits, and the descriptors they need.
+    pub upstream_sockets: u32,
+    pub tcp_clients: u32,
+    pub wanted: u64,
+}
+
 impl NetworkLimits {
+    /// The network role's `RLIMIT_NOFILE` with `listeners` listening
+    /// sockets: one descriptor per upstream socket and per TCP client.
+    pub fn nofile(&self, listeners: usize) -> u64 {
+        BASE_FDS + listeners as u64 + u64::from(self.upstream_sockets) + u64::from(self.tcp_clients)
+    }
+
+    /// The limits fitted to a descriptor limit of `max` (the hard
+    /// `RLIMIT_NOFILE` the roles inherit: a role without
+    /// `CAP_SYS_RESOURCE`, which they all drop first, cannot raise it).
+    /// Within it, they are kept; above it, `upstream_sockets` and
+    /// `tcp_clients` are lowered in proportion, to no less than
+    /// [`MIN_UPSTREAM_SOCKETS`] and [`MIN_TCP_CLIENTS`] (or what was
+    /// configured, if less); an error if even that does not fit.
+    pub fn fit(self, listeners: usize, max: u64) -> Result<(NetworkLimits, Option<Lowered>), String> {
+        let wanted = self.nofile(listeners);
+        if wanted <= max {
+            return Ok((self, None));
+        }
+        let min_up = self.upstream_sockets.min(MIN_UPSTREAM_SOCKETS);
+        let min_tcp = self.tcp_clients.min(MIN_TCP_CLIENTS);
+        let minimal = NetworkLimits {
+            upstream_sockets: min_up,
+            tcp_clients: min_tcp,
+            ..self
+        };
+        if minimal.nofile(listeners) > max {
+            return Err(format!(
+                "the descriptor limit (RLIMIT_NOFILE, hard) is {max}: the network role needs at least {} \
+                 ({BASE_FDS} + {listeners} listeners + {min_up} upstream sockets + {min_tcp} TCP clients) \
+                 and {wanted} with [limits] as configured; raise it (podman --ulimit nofile=4096:4096, \
+                 systemd LimitNOFILE=4096)",
+                minimal.nofile(listeners)
+            ));
+        }
+        let room = max - BASE_FDS - listeners as u64;
+        let sockets = u64::from(self.upstream_sockets) + u64::from(self.tcp_clients);
+        let up = (u64::from(self.upstream_sockets) * room / sockets)
+            .max(u64::from(min_up))
+            .min(room - u64::from(min_tcp));
+        let tcp = (room - up).min(u64::from(self.tcp_clients));
+        let fitted = NetworkLimits {
+            upstream_sockets: up as u32,
+            tcp_clients: tcp as u32,
+            ..self
+        };
+        Ok((
+            fitted,
+            Some(Lowered {
+                upstream_sockets: self.upstream_sockets,
+                tcp_clients: self.tcp_clients,
+                wanted,
+            }),
+        ))
+    }
+
     /// Every limit within what the role can hold.
     pub fn check(&self) -> Result<(), String> {
         let within = |key: &str, v: u32, lo: u32, hi: u32| {
@@ -139,7 +226,10 @@ impl NetworkLimits {
         within("upstream_burst", self.upstream_burst, 1, 1_000_000)?;
         within("tcp_clients", self.tcp_clients, 0, 4096)?;
         within("tcp_idle_ms", self.tcp_idle_ms, 100, 300_000)?;
-        within("tcp_pipeline", self.tcp_pipeline, 1, 1024)
+        within("tcp_pipeline", self.tcp_pipeline, 1, 1024)?;
+        within("client_per_second", self.client_per_second, 0, 1_000_000)?;
+        within("client_burst", self.client_burst, 1, 1_000_000)?;
+        within("client_table", self.client_table, 1, 1_000_000)
     }
 }
 
@@ -152,6 +242,9 @@ pub struct NetworkSettings {
     pub tcp: Vec<SocketAddr>,
     /// The upstream servers, as the engine's `Start` numbers them.
     pub upstreams: Vec<SocketAddr>,
+    /// The clients read: a query from anyone else is dropped unread
+    /// (`allow`; by default loopback and the listen addresses).
+    pub allow: Vec<crate::policy::Cidr>,
     pub limits: NetworkLimits,
 }
 
@@ -198,6 +291,48 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_fit_the_descriptor_limit_or_say_it_is_too_low() {
+        let limits = NetworkLimits::default();
+        // Within the limit: as configured.
+        assert_eq!(limits.fit(2, 4096), Ok((limits, None)));
+        assert_eq!(limits.fit(2, 1106), Ok((limits, None)));
+        // A runtime's 1024: both lowered in proportion, every descriptor
+        // within the limit, and what was configured reported.
+        let (fitted, lowered) = limits.fit(2, 1024).unwrap();
+        assert_eq!((fitted.upstream_sockets, fitted.tcp_clients), (946, 60));
+        assert_eq!(fitted.nofile(2), 1024);
+        assert_eq!(
+            lowered,
+            Some(Lowered {
+                upstream_sockets: 1024,
+                tcp_clients: 64,
+                wanted: 1106
+            })
+        );
+        assert_eq!(fitted.pending_queries, limits.pending_queries);
+        // Near the floor: the minimum, never below it.
+        let (fitted, _) = limits.fit(2, 16 + 2 + 16 + 4).unwrap();
+        assert_eq!((fitted.upstream_sockets, fitted.tcp_clients), (16, 4));
+        for max in [40, 64, 100, 300, 1000, 1105] {
+            let (f, _) = limits.fit(2, max).unwrap();
+            assert!(f.nofile(2) <= max, "{max}: {f:?}");
+            assert!(f.upstream_sockets >= 16 && f.tcp_clients >= 4, "{max}: {f:?}");
+            assert!(f.check().is_ok());
+        }
+        // Below it: an error that names the limit and the fix.
+        let err = limits.fit(2, 37).unwrap_err();
+        assert!(err.contains("is 37") && err.contains("at least 38"), "{err}");
+        assert!(err.contains("nofile=4096"), "{err}");
+        // No TCP clients configured: none made up.
+        let no_tcp = NetworkLimits {
+            tcp_clients: 0,
+            ..limits
+        };
+        let (f, _) = no_tcp.fit(1, 100).unwrap();
+        assert_eq!((f.upstream_sockets, f.tcp_clients), (83, 0));
+    }
+
+    #[test]
     fn only_the_network_role_opens_sockets_and_never_binds() {
         let calls = |p: &RolePlan| -> Vec<(i64, When)> {
             p.seccomp
@@ -229,6 +364,7 @@ mod tests {
             udp: vec!["127.0.0.53:53".parse().unwrap()],
             tcp: vec!["127.0.0.53:53".parse().unwrap()],
             upstreams: vec![],
+            allow: vec![],
             limits: NetworkLimits::default(),
         };
         assert_eq!(settings.peer_fd(), 6);

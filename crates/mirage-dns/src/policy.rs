@@ -8,9 +8,13 @@
 //!   with that query's id, as a response, within a size bound
 //!   ([`Clients::answer`]): the engine names a client by the role's token,
 //!   never by an address, so the host cannot be made a reflector.
+//!
+//! And whoever a client is: only a client within the access list is read
+//! ([`Cidr`]), and each client address within its own rate
+//! ([`ClientLimiter`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -295,6 +299,144 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Whether the bucket would be full at `now_ms`: a client that stopped
+    /// asking, whose entry can go.
+    pub fn is_full(&self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        self.milli_tokens
+            .saturating_add(elapsed.saturating_mul(self.per_second))
+            >= self.burst * 1000
+    }
+}
+
+/// An address block of the access list (`allow`): `ADDR/LEN`, or an
+/// address alone (the host: /32 or /128).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn host(addr: IpAddr) -> Cidr {
+        let addr = addr.to_canonical();
+        Cidr {
+            addr,
+            len: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address block (ADDR/LEN or ADDR)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { addr, len })
+    }
+
+    /// Whether `ip` (an IPv4-mapped IPv6 address counting as its IPv4
+    /// address) is within the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Whether `ip` is within one of `allow`'s blocks.
+pub fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
+    allow.iter().any(|c| c.contains(ip))
+}
+
+/// A token bucket per client address, in a table of at most `max`
+/// entries: `per_second` queries a second, `burst` at once (0: no limit).
+/// A full table first forgets the clients whose buckets are full again
+/// (they stopped asking), then, if that freed less than a quarter, others,
+/// so a flood of spoofed addresses costs a bounded table and amortised
+/// constant time; a client forgotten starts again with a full bucket.
+pub struct ClientLimiter {
+    per_second: u32,
+    loopback_too: bool,
+    burst: u32,
+    max: usize,
+    buckets: HashMap<IpAddr, TokenBucket>,
+}
+
+impl ClientLimiter {
+    pub fn new(per_second: u32, burst: u32, max: usize, loopback_too: bool) -> ClientLimiter {
+        ClientLimiter {
+            per_second,
+            loopback_too,
+            burst,
+            max: max.max(1),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether a query from `ip` at `now_ms` is within its client's rate.
+    pub fn take(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+        let ip = ip.to_canonical();
+        if self.per_second == 0 || (ip.is_loopback() && !self.loopback_too) {
+            return true;
+        }
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max {
+            self.buckets.retain(|_, b| !b.is_full(now_ms));
+            let room = self.max / 4 + 1;
+            if self.max - self.buckets.len().min(self.max) < room {
+                let excess: Vec<IpAddr> = self
+                    .buckets
+                    .keys()
+                    .take(self.buckets.len() + room - self.max)
+                    .copied()
+                    .collect();
+                for k in excess {
+                    self.buckets.remove(&k);
+                }
+            }
+        }
+        let (per_second, burst) = (self.per_second, self.burst);
+        self.buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(per_second, burst, now_ms))
+            .take(now_ms)
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
 /// What the role holds at once of TCP answers still arriving in parts;
 /// more is refused (`too-large`), so an engine cannot make it hoard.
 pub const MAX_PARTS_HELD: usize = 1 << 20;
@@ -381,6 +523,67 @@ impl AnswerParts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_blocks_parse_and_match() {
+        let lo = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(lo.contains("127.1.2.3".parse().unwrap()));
+        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("::1".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert_eq!(one.len, 128);
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains("2001:db8:1::9".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "::/129", "x/8", "10.0.0.0/", "10.0.0.0/-1", ""] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Cidr::host("::ffff:10.0.0.1".parse().unwrap()).to_string(),
+            "10.0.0.1/32"
+        );
+        assert!(allowed(&[lo, one], "127.0.0.53".parse().unwrap()));
+        assert!(!allowed(&[], "127.0.0.53".parse().unwrap()));
+    }
+
+    #[test]
+    fn each_client_has_its_own_rate_in_a_bounded_table() {
+        let mut l = ClientLimiter::new(10, 5, 8, true);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let taken = (0..20).filter(|_| l.take(a, 0)).count();
+        assert_eq!(taken, 5, "the burst, then nothing at the same instant");
+        assert!(l.take(b, 0), "another client has its own bucket");
+        assert!(!l.take(a, 50), "half a token");
+        assert!(l.take(a, 100), "one token after 100 ms at 10/s");
+        // Spoofed sources: the table never grows past its bound, and
+        // the flooder still finds its bucket empty while it is kept.
+        for i in 0..1000u32 {
+            l.take(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i)), 100);
+            assert!(l.len() <= 8);
+        }
+        assert!(ClientLimiter::new(0, 0, 1, true).take(a, 0), "0: no limit");
+    }
+
+    #[test]
+    fn loopback_clients_are_not_limited_unless_asked() {
+        let mut host = ClientLimiter::new(10, 5, 8, false);
+        for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!((0..100).filter(|_| host.take(ip, 0)).count(), 100, "{ip}");
+        }
+        let other: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!((0..100).filter(|_| host.take(other, 0)).count(), 5);
+        let mut strict = ClientLimiter::new(10, 5, 8, true);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!((0..100).filter(|_| strict.take(lo, 0)).count(), 5);
+    }
 
     fn query(id: u16) -> Vec<u8> {
         let mut q = vec![0u8; HEADER_LEN];

@@ -4,7 +4,7 @@
 //! never pass through it.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,9 +15,11 @@ use mirage_dns::Dns as Svc;
 use mirage_dns::config::CacheConfig;
 use mirage_dns::messages::{FromNetwork, NetworkStats};
 use mirage_dns::plan::{self, FD_ENGINE_PEER, IdsConfig, NetworkLimits, NetworkSettings, RoleIds};
+use mirage_dns::policy::Cidr;
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
 use mirage_sdk::role::{RoleOptions, Starting};
 use mirage_sdk::runtime::{Ctx, Restart, RoleId, RoleStart, Runtime, Service, SignalPipe, link_pair};
+use mirage_sdk::service::learned;
 use mirage_sdk::service::metrics::{Kind, Metrics};
 use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::{Common, CommonLayer, SandboxKind, launch};
@@ -34,6 +36,22 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 const MAX_UPSTREAMS: usize = 8;
 /// Addresses to listen on.
 const MAX_LISTEN: usize = 16;
+/// Blocks in the access list.
+const MAX_ALLOW: usize = 64;
+/// How often the DHCP client's servers.json is read.
+const DHCP_EVERY: Duration = Duration::from_secs(1);
+/// The resolv.conf for container runtimes, in the run directory: the
+/// upstreams themselves, since a container cannot reach the host's
+/// loopback stub (docs/dns.md, "resolv.conf for containers").
+pub const UPLINK_RESOLV_CONF: &str = "resolv.conf";
+
+/// The DHCP client's servers file, by the SDK's convention
+/// (`/run/mirage/dhcp/servers.json`).
+fn default_dhcp_servers() -> PathBuf {
+    mirage_sdk::service::Paths::of("dhcp")
+        .run_dir
+        .join(learned::SERVERS_FILE)
+}
 
 /// The engine role: its plan in force, then the SDK's engine runner with
 /// the direct channel to the network role. The channel is taken before the
@@ -54,6 +72,12 @@ struct FileConfig {
     /// One upstream attempt (ms) and attempts per query.
     attempt_ms: Option<u32>,
     attempts: Option<u8>,
+    /// The DHCP client's servers.json, whose `dns` list is followed;
+    /// `""`: off. Default: on when no upstream is configured.
+    dhcp_servers: Option<PathBuf>,
+    /// The clients answered, as address blocks; default: loopback and
+    /// the listen addresses.
+    allow: Option<Vec<String>>,
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     sandbox: Option<SandboxKind>,
@@ -112,15 +136,59 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         &path,
         crate::parse_upstream,
     )?;
-    if upstreams.is_empty() {
+    let dhcp_path = match file.dhcp_servers.clone() {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p),
+        None if upstreams.is_empty() => Some(default_dhcp_servers()),
+        None => None,
+    };
+    if upstreams.is_empty() && dhcp_path.is_none() {
         return Err(format!(
-            "no upstream: give --upstream ADDR[:PORT] or `upstreams` in {}",
+            "no upstream: give --upstream ADDR[:PORT], `upstreams` or `dhcp_servers` in {}",
             path.display()
         ));
     }
     if upstreams.len() > MAX_UPSTREAMS {
         return Err(format!("{} upstreams: at most {MAX_UPSTREAMS}", upstreams.len()));
     }
+    // Forwarding to ourselves would loop each query until it times out.
+    if let Some(a) = upstreams.iter().find(|u| is_ours(&listen, **u)) {
+        return Err(format!(
+            "upstream {a} is one of our own listen addresses: a forwarding loop"
+        ));
+    }
+    let allow = match &file.allow {
+        Some(list) => list
+            .iter()
+            .map(|s| Cidr::parse(s).map_err(|e| format!("{}: allow: {e}", path.display())))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => default_allow(&listen),
+    };
+    if allow.len() > MAX_ALLOW {
+        return Err(format!("{} allow blocks: at most {MAX_ALLOW}", allow.len()));
+    }
+    let mut dhcp = dhcp_path.map(|path| DhcpFollow {
+        path,
+        servers: Vec::new(),
+        search: Vec::new(),
+        error: None,
+        changes: 0,
+        self_loops: Vec::new(),
+    });
+    if let Some(d) = dhcp.as_mut() {
+        d.poll(&listen);
+        log::info!(
+            "following the DNS servers in {} ({})",
+            d.path.display(),
+            if d.servers.is_empty() {
+                "none yet".to_string()
+            } else {
+                join(&d.servers)
+            }
+        );
+    }
+    let configured = upstreams.clone();
+    let upstreams = merged(&configured, dhcp.as_ref());
     file.limits
         .check()
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -132,6 +200,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let euid = rustix::process::geteuid().as_raw();
     let egid = rustix::process::getegid().as_raw();
     ids.fit_to_process::<Svc>(&file.ids, euid, egid)?;
+    if euid != 0 {
+        // A container or a systemd unit: port 53 needs CAP_NET_BIND_SERVICE,
+        // ambient, which the drop below takes from every set.
+        log::info!("not root: every role runs as {euid}:{egid}");
+    }
     for w in ids.warnings(euid == 0) {
         log::warn!("{w}");
     }
@@ -162,11 +235,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         udp.push((u.local_addr().map_err(|e| e.to_string())?, OwnedFd::from(u)));
         tcp.push((t.local_addr().map_err(|e| e.to_string())?, OwnedFd::from(t)));
     }
+    let limits = fit_limits(file.limits, udp.len() + tcp.len())?;
     let settings = NetworkSettings {
         udp: udp.iter().map(|(a, _)| *a).collect(),
         tcp: tcp.iter().map(|(a, _)| *a).collect(),
         upstreams: upstreams.clone(),
-        limits: file.limits,
+        allow,
+        limits,
     };
     let listeners: Vec<OwnedFd> = udp.into_iter().chain(tcp).map(|(_, fd)| fd).collect();
     let options = RoleOptions {
@@ -180,6 +255,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         attempts: file.attempts.unwrap_or(defaults.attempts),
         ..defaults
     };
+    let uplink_dir = run_dir
+        .try_clone()
+        .map_err(|e| format!("runtime directory: {e}"))?;
     file.cache.apply(&mut start);
     let mut sup = Supervisor {
         options,
@@ -187,6 +265,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         start,
         settings,
         listeners,
+        configured,
+        dhcp,
+        next_poll: StdInstant::now() + DHCP_EVERY,
+        planned_restarts: 0,
+        uplink_dir,
         publisher: Publisher::new(run_dir, Pacing::every(PUBLISH_EVERY)),
         status: None,
         network: None,
@@ -220,15 +303,153 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // Each role holds the only copy of its end of the direct channel.
     drop((engine_end, network_end));
     let roles = launch::confine(starting, sandbox.kind, &[&engine, &network])?;
+    sup.write_uplink();
+    sup.publisher.mark_dirty();
+    let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
+    // The first status now, with the privileges it will always have (no
+    // CAP_DAC_OVERRIDE): a runtime directory it cannot write is an error
+    // at start, not a service that runs without status files.
+    let view = runtime.service.view();
+    if let Err(e) = runtime.service.publisher.flush(|| view.publication()) {
+        runtime.shutdown();
+        return Err(format!(
+            "runtime directory {}: {e}: it must be writable by uid {euid} (chown {euid}:{egid} {})",
+            common.run_dir.display(),
+            common.run_dir.display()
+        ));
+    }
     log::info!(
         "listening on {}, upstreams {}, sandbox {}",
         join(&listen),
         join(&upstreams),
         sandbox.kind.as_str()
     );
-    sup.publisher.mark_dirty();
-    let mut runtime = Runtime::new(sup, roles).link(ENGINE, NETWORK)?;
     Ok(runtime.run(&signals))
+}
+
+/// `[limits]` fitted to the descriptor limit the roles inherit (many
+/// container runtimes give 1024): one warning with the numbers when they
+/// are lowered, an error at start when not even the minimum fits (a
+/// network role that cannot set its limit would fail at every restart).
+fn fit_limits(limits: NetworkLimits, listeners: usize) -> Result<NetworkLimits, String> {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let (fitted, lowered) = limits.fit(listeners, hard)?;
+    if let Some(was) = lowered {
+        log::warn!(
+            "the descriptor limit (RLIMIT_NOFILE, hard) is {hard}, below the {} [limits] need: \
+             limits.upstream_sockets lowered from {} to {}, limits.tcp_clients from {} to {} \
+             (raise the limit to keep them: podman --ulimit nofile=4096:4096, systemd LimitNOFILE=4096)",
+            was.wanted,
+            was.upstream_sockets,
+            fitted.upstream_sockets,
+            was.tcp_clients,
+            fitted.tcp_clients
+        );
+    }
+    Ok(fitted)
+}
+
+/// Whether `upstream` is one of our listen addresses (one that listens on
+/// every address covers loopback and the host's on its port).
+fn is_ours(listen: &[SocketAddr], upstream: SocketAddr) -> bool {
+    listen.iter().any(|l| {
+        let up = upstream.ip().to_canonical();
+        l.port() == upstream.port()
+            && (l.ip().to_canonical() == up || (l.ip().is_unspecified() && up.is_loopback()))
+    })
+}
+
+/// The access list by default: loopback and the listen addresses (the
+/// host's own, where it listens on more than loopback).
+fn default_allow(listen: &[SocketAddr]) -> Vec<Cidr> {
+    let mut allow = vec![
+        Cidr::parse("127.0.0.0/8").expect("a literal block"),
+        Cidr::parse("::1/128").expect("a literal block"),
+    ];
+    for l in listen {
+        let c = Cidr::host(l.ip());
+        if !l.ip().is_unspecified() && !allow.iter().any(|a| a.contains(l.ip())) && !allow.contains(&c) {
+            allow.push(c);
+        }
+    }
+    allow
+}
+
+/// The configured upstreams first, then the learned ones, without
+/// repeats, at most [`MAX_UPSTREAMS`].
+fn merged(configured: &[SocketAddr], dhcp: Option<&DhcpFollow>) -> Vec<SocketAddr> {
+    let mut all = configured.to_vec();
+    for s in dhcp.map(|d| d.servers.as_slice()).unwrap_or_default() {
+        if !all.contains(s) {
+            all.push(*s);
+        }
+    }
+    all.truncate(MAX_UPSTREAMS);
+    all
+}
+
+/// Following the DNS servers mirage-dhcp learned (`servers.json`).
+struct DhcpFollow {
+    path: PathBuf,
+    /// The learned servers in use (port 53), self-loops left out.
+    servers: Vec<SocketAddr>,
+    /// The lease's search domains, for the uplink resolv.conf.
+    search: Vec<String>,
+    /// Why the file could not be read last time (the last list is kept).
+    error: Option<String>,
+    /// Times the list or the search domains changed.
+    changes: u64,
+    /// Learned servers refused: our own listen addresses.
+    self_loops: Vec<SocketAddr>,
+}
+
+impl DhcpFollow {
+    /// Read the file; whether what is in use changed.
+    fn poll(&mut self, listen: &[SocketAddr]) -> bool {
+        let (dns, search) = match learned::read(&self.path) {
+            Ok(None) => (Vec::new(), Vec::new()),
+            Ok(Some(s)) => (s.dns, s.search),
+            Err(e) => {
+                if self.error.as_ref() != Some(&e) {
+                    log::warn!("{e} (the DNS servers learned before are kept)");
+                }
+                self.error = Some(e);
+                return false;
+            }
+        };
+        self.error = None;
+        let mut servers = Vec::new();
+        let mut self_loops = Vec::new();
+        for ip in dns {
+            let a = SocketAddr::new(ip.to_canonical(), dns_engine::DNS_PORT);
+            if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+                continue;
+            }
+            if is_ours(listen, a) {
+                self_loops.push(a);
+            } else if !servers.contains(&a) {
+                servers.push(a);
+            }
+        }
+        if self_loops != self.self_loops {
+            for a in self_loops.iter().filter(|a| !self.self_loops.contains(a)) {
+                log::warn!(
+                    "{}: refused the learned DNS server {a}: it is one of our own listen addresses (a forwarding loop)",
+                    self.path.display()
+                );
+            }
+            self.self_loops = self_loops;
+        }
+        if servers == self.servers && search == self.search {
+            return false;
+        }
+        self.servers = servers;
+        self.search = search;
+        self.changes += 1;
+        true
+    }
 }
 
 fn join(list: &[SocketAddr]) -> String {
@@ -246,6 +467,15 @@ struct Supervisor {
     settings: NetworkSettings,
     /// The listeners, kept for the network roles started later.
     listeners: Vec<OwnedFd>,
+    /// The upstreams configured (`upstreams`, `--upstream`), asked before
+    /// the learned ones.
+    configured: Vec<SocketAddr>,
+    dhcp: Option<DhcpFollow>,
+    next_poll: StdInstant,
+    /// Restarts of the pair on purpose (new upstreams), not faults.
+    planned_restarts: u32,
+    /// The run directory, for the uplink resolv.conf.
+    uplink_dir: OwnedFd,
     publisher: Publisher,
     status: Option<Status>,
     network: Option<NetworkStats>,
@@ -255,6 +485,75 @@ struct Supervisor {
 }
 
 impl Supervisor {
+    /// Read servers.json when due; a new upstream list starts the pair
+    /// again with it (the engine numbers the upstreams, the network role
+    /// checks them and Landlock names their ports, so both take it from
+    /// their start).
+    fn follow_dhcp(&mut self, ctx: &mut Ctx<'_>, now: StdInstant) {
+        if now < self.next_poll {
+            return;
+        }
+        self.next_poll = now + DHCP_EVERY;
+        let Some(d) = self.dhcp.as_mut() else { return };
+        if !d.poll(&self.settings.udp) {
+            return;
+        }
+        self.publisher.mark_dirty();
+        let upstreams = merged(&self.configured, self.dhcp.as_ref());
+        if upstreams != self.settings.upstreams {
+            log::info!(
+                "the DHCP-learned DNS servers changed: upstreams {}",
+                if upstreams.is_empty() {
+                    "none".to_string()
+                } else {
+                    join(&upstreams)
+                }
+            );
+            self.settings.upstreams = upstreams.clone();
+            self.start.upstreams = upstreams;
+            self.planned_restarts += 1;
+            ctx.restart(ENGINE, "the upstreams changed");
+            ctx.restart(NETWORK, "the upstreams changed");
+        }
+        self.write_uplink();
+    }
+
+    /// The uplink resolv.conf: the upstreams in use on port 53 (resolv.conf
+    /// has no port), and the lease's search domains when following DHCP.
+    fn write_uplink(&self) {
+        let servers: Vec<IpAddr> = self
+            .settings
+            .upstreams
+            .iter()
+            .filter(|a| a.port() == dns_engine::DNS_PORT)
+            .map(|a| a.ip())
+            .collect();
+        let search: Vec<&str> = self
+            .dhcp
+            .as_ref()
+            .map(|d| d.search.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let text = mirage_sdk::files::resolv_conf_text(
+            "Generated by mirage-dns: its upstreams, for container runtimes; changes are overwritten.",
+            &search,
+            &servers,
+        );
+        if !text.dropped.is_empty() {
+            log::warn!(
+                "{UPLINK_RESOLV_CONF}: left out search domains: {}",
+                text.dropped.join(" ")
+            );
+        }
+        if let Err(e) = mirage_sdk::files::write_atomic_runtime(
+            &self.uplink_dir,
+            UPLINK_RESOLV_CONF,
+            text.text.as_bytes(),
+            0o644,
+        ) {
+            log::warn!("writing {UPLINK_RESOLV_CONF}: {e}");
+        }
+    }
+
     fn engine_first(&self) -> Result<Vec<u8>, String> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
@@ -333,15 +632,25 @@ impl Service for Supervisor {
     }
 
     fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
-        self.engine_restarts = ctx.restarts(ENGINE);
+        self.engine_restarts = ctx.restarts(ENGINE).saturating_sub(self.planned_restarts);
         self.publisher.mark_dirty();
     }
 
-    fn on_round(&mut self, _ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
+    fn on_round(&mut self, ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
+        let now = StdInstant::now();
+        if self.dhcp.is_some() {
+            self.follow_dhcp(ctx, now);
+        }
         let view = self.view();
-        self.publisher
-            .on_round(StdInstant::now(), || view.publication())
-            .map_err(|e| e.to_string())
+        let next = self
+            .publisher
+            .on_round(now, || view.publication())
+            .map_err(|e| e.to_string())?;
+        Ok(match (&self.dhcp, next) {
+            (Some(_), Some(at)) => Some(at.min(self.next_poll)),
+            (Some(_), None) => Some(self.next_poll),
+            (None, next) => next,
+        })
     }
 
     fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {
@@ -357,6 +666,17 @@ impl Supervisor {
         View {
             listen: self.settings.udp.clone(),
             upstreams: self.settings.upstreams.clone(),
+            allow: self.settings.allow.clone(),
+            dhcp: self.dhcp.as_ref().map(|d| {
+                serde_json::json!({
+                    "file": d.path.display().to_string(),
+                    "servers": d.servers.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>(),
+                    "search": d.search,
+                    "error": d.error,
+                    "changes": d.changes,
+                    "self_loops": d.self_loops.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>(),
+                })
+            }),
             sandbox: self.options.sandbox,
             status: self.status.clone(),
             network: self.network.clone(),
@@ -370,6 +690,8 @@ impl Supervisor {
 struct View {
     listen: Vec<SocketAddr>,
     upstreams: Vec<SocketAddr>,
+    allow: Vec<Cidr>,
+    dhcp: Option<serde_json::Value>,
     sandbox: SandboxKind,
     status: Option<Status>,
     network: Option<NetworkStats>,
@@ -385,6 +707,8 @@ impl View {
         let status = serde_json::json!({
             "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "upstreams": self.upstreams.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "allow": self.allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "dhcp": self.dhcp,
             "sandbox": self.sandbox.as_str(),
             "engine": {
                 "pending": self.status.as_ref().map_or(0, |s| s.pending),
@@ -419,6 +743,10 @@ impl View {
                 "answers": n.answers,
                 "not_queries": n.not_queries,
                 "pending_full": n.pending_full,
+                "dropped": {
+                    "not-allowed": n.not_allowed,
+                    "rate-limited": n.rate_limited,
+                },
                 "expired": n.expired,
                 "engine_busy": n.engine_busy,
                 "upstream_queries": n.upstream_queries,
@@ -568,6 +896,13 @@ impl View {
             &[],
             n.pending_full + n.engine_busy,
         );
+        let mut f = m.family(
+            Kind::Counter,
+            "clients_dropped_total",
+            "Client queries dropped unanswered, by reason (not in the access list, over the client's rate).",
+        );
+        f.sample(&[("reason", "not-allowed")], n.not_allowed);
+        f.sample(&[("reason", "rate-limited")], n.rate_limited);
         m.counter(
             "engine_restarts_total",
             "Times the engine and network role were restarted.",
@@ -575,5 +910,75 @@ impl View {
             self.engine_restarts,
         );
         m.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn our_own_listen_addresses_are_no_upstream() {
+        let stub = [a("127.0.0.53:53")];
+        assert!(is_ours(&stub, a("127.0.0.53:53")));
+        assert!(!is_ours(&stub, a("127.0.0.53:5353")));
+        assert!(!is_ours(&stub, a("127.0.0.1:53")));
+        let any = [a("0.0.0.0:53")];
+        assert!(is_ours(&any, a("127.0.0.1:53")));
+        assert!(!is_ours(&any, a("192.0.2.1:53")));
+        assert!(is_ours(&[a("[::ffff:10.0.0.1]:53")], a("10.0.0.1:53")));
+    }
+
+    #[test]
+    fn the_default_access_list_is_loopback_and_the_listen_addresses() {
+        let list = |l: &[SocketAddr]| default_allow(l).iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(list(&[a("127.0.0.53:53")]), ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(
+            list(&[a("127.0.0.53:53"), a("10.0.0.1:53"), a("0.0.0.0:5353")]),
+            ["127.0.0.0/8", "::1/128", "10.0.0.1/32"]
+        );
+    }
+
+    #[test]
+    fn learned_servers_follow_the_configured_ones_without_repeats_or_loops() {
+        let dir = std::env::temp_dir().join(format!("mirage-dns-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(learned::SERVERS_FILE);
+        let mut d = DhcpFollow {
+            path: path.clone(),
+            servers: Vec::new(),
+            search: Vec::new(),
+            error: None,
+            changes: 0,
+            self_loops: Vec::new(),
+        };
+        let listen = [a("127.0.0.53:53")];
+        assert!(!d.poll(&listen), "no file: nothing learned, no change");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"interface":"eth0","ntp":[],"dns":["192.0.2.1","127.0.0.53","0.0.0.0","224.0.0.1","192.0.2.2","192.0.2.1"]}"#,
+        )
+        .unwrap();
+        assert!(d.poll(&listen));
+        assert_eq!(d.servers, [a("192.0.2.1:53"), a("192.0.2.2:53")]);
+        assert_eq!(d.self_loops, [a("127.0.0.53:53")]);
+        assert!(d.search.is_empty(), "a file without search: none");
+        assert!(!d.poll(&listen), "the same file: no change");
+        let configured = [a("192.0.2.2:53"), a("198.51.100.1:5353")];
+        assert_eq!(
+            merged(&configured, Some(&d)),
+            [a("192.0.2.2:53"), a("198.51.100.1:5353"), a("192.0.2.1:53")]
+        );
+        std::fs::write(&path, "not json").unwrap();
+        assert!(!d.poll(&listen));
+        assert!(d.error.is_some());
+        assert_eq!(d.servers.len(), 2, "an unreadable file keeps the last list");
+        assert_eq!(d.changes, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

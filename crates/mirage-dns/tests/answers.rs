@@ -308,9 +308,9 @@ fn large_answers_go_tc_over_udp_and_whole_over_tcp() {
 fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30() {
     let mut f = with_nsd("dnsx");
     let upstream = nsd_addr().to_string();
-    f.start_dns_with_config(
-        &["--upstream", &upstream],
+    f.start_dns_with(
         "[cache]\nserve_stale = true\nstale_max_age = 3600\n",
+        &["--upstream", &upstream],
     );
     let ours: SocketAddr = OURS.parse().unwrap();
     let fresh = ask(&f, ours, query(1, "short.test", Type::A, true));

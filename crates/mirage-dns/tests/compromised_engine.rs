@@ -86,6 +86,7 @@ fn the_network_role_sends_only_to_upstreams_and_answers_only_clients_that_asked(
             udp: vec![listen_udp],
             tcp: vec![listen_tcp],
             upstreams: vec![upstream.local_addr().unwrap()],
+            allow: vec![mirage_dns::policy::Cidr::parse("127.0.0.0/8").unwrap()],
             limits: NetworkLimits {
                 tcp_clients: 2,
                 tcp_idle_ms: 500,

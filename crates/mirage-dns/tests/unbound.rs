@@ -13,6 +13,7 @@ use std::time::Duration;
 use dns_wire::{Message, Rcode, Type};
 use mirage_dns::plan::RoleIds;
 use mirage_testkit::netns::in_netns;
+use mirage_testkit::process::{Proto, wait_listening};
 use mirage_testkit::procfs::{ProcStatus, role_pid, roles_of};
 use mirage_testkit::wait::wait_some;
 use support::{UPSTREAM_PORT, ask_tcp, ask_udp, query, with_unbound};
@@ -49,7 +50,6 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
         &upstream,
     ]);
     let ns = f.ns.name().to_owned();
-    let log = f.log();
     let asked = in_netns(&ns, move || {
         let unbound: SocketAddr = format!("127.0.0.1:{UPSTREAM_PORT}").parse().unwrap();
         let ours: [SocketAddr; 2] = ["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
@@ -177,7 +177,16 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed() {
         .procs
         .wait_exit(daemon, Duration::from_secs(10))
         .expect("stops on SIGTERM");
+    // An orderly stop: exit status 0, and no role calls it an error (the
+    // network role once logged the engine's channel closing).
+    let log = f.log();
     assert!(exit.success(), "{exit:?}: {log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a SIGTERM stop: {errors:?}\n{log}"
+    );
+    assert!(log.contains("stopping"), "{log}");
 }
 
 #[test]
@@ -392,4 +401,116 @@ fn a_truncated_upstream_answer_is_fetched_again_over_tcp() {
     assert_eq!(v["engine"]["cache_hits"], 1, "{v}");
     assert_eq!(v["network"]["upstream_errors"], 0, "{v}");
     assert_eq!(v["network"]["refused"], serde_json::json!({}), "{v}");
+}
+
+/// A SIGTERM stop of `daemon`: exit status 0 and no ERROR line.
+fn stop_cleanly(f: &mut support::Fixture, daemon: usize) {
+    f.procs.signal(daemon, "TERM");
+    let exit = f
+        .procs
+        .wait_exit(daemon, Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    let log = f.log();
+    assert!(exit.success(), "{exit:?}: {log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+}
+
+#[test]
+fn under_a_hard_descriptor_limit_of_1024_the_network_role_fits_its_limits() {
+    let mut f = with_unbound("dnsl");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    // What many container runtimes give: the defaults want 1106.
+    let daemon = f.spawn_dns(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        &["--listen", "127.0.0.53", "--upstream", &upstream],
+    );
+    let ns = f.ns.name().to_owned();
+    wait_listening(&f.ns, Proto::Udp, 53, Duration::from_secs(20));
+    let got = in_netns(&ns, || {
+        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        ask_udp(ours, &query(1, "a.test", Type::A, false))
+    });
+    assert_eq!(got.expect("an answer").answers.len(), 1, "{}", f.log());
+    let log = f.log();
+    assert!(
+        log.contains("limits.upstream_sockets lowered from 1024 to 946, limits.tcp_clients from 64 to 60"),
+        "{log}"
+    );
+    // The network role runs with the whole limit, once: no restart.
+    let pid = f.procs.pid(daemon);
+    let network = role_pid(pid, "network");
+    let limits = std::fs::read_to_string(format!("/proc/{network}/limits")).unwrap();
+    let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(
+        nofile.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["1024", "1024"],
+        "{nofile}"
+    );
+    assert!(!log.contains("restarting"), "{log}");
+    stop_cleanly(&mut f, daemon);
+}
+
+#[test]
+fn a_descriptor_limit_below_the_minimum_stops_the_service_at_start() {
+    let mut f = with_unbound("dnsm");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let daemon = f.spawn_dns(
+        &["prlimit", "--nofile=30:30", "--"],
+        &["--listen", "127.0.0.53", "--upstream", &upstream],
+    );
+    let exit = f
+        .procs
+        .wait_exit(daemon, Duration::from_secs(20))
+        .expect("stops at start");
+    let log = f.log();
+    assert!(!exit.success(), "{log}");
+    assert!(
+        log.contains("the descriptor limit (RLIMIT_NOFILE, hard) is 30: the network role needs at least 38"),
+        "{log}"
+    );
+    assert!(!log.contains("restarting") && !log.contains("[network]"), "{log}");
+}
+
+#[test]
+fn an_unwritable_runtime_directory_stops_the_service_at_start() {
+    let mut f = with_unbound("dnsw");
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    // Someone else's directory: the supervisor, which keeps no
+    // CAP_DAC_OVERRIDE, cannot write it even as root.
+    let run = f.dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+    let daemon = f.spawn_dns(&[], &["--listen", "127.0.0.53", "--upstream", &upstream]);
+    let exit = f
+        .procs
+        .wait_exit(daemon, Duration::from_secs(20))
+        .expect("stops at start");
+    let log = f.log();
+    assert!(!exit.success(), "{log}");
+    let want = format!(
+        "runtime directory {}: writing metrics.prom: Permission denied",
+        run.display()
+    );
+    assert!(log.contains(&want), "{log}");
+    assert!(!log.contains("listening on"), "{log}");
+}
+
+#[test]
+fn a_role_that_fails_before_its_sandbox_exits_with_the_setup_status() {
+    // The status the runtime reads to stop restarting a role that fails
+    // at setup the same way twice in a row.
+    let out = std::process::Command::new(support::bin())
+        .args(["role", "no-such-role"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(mirage_sdk::role::EXIT_SETUP_FAILED),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no role named"),
+        "{out:?}"
+    );
 }

@@ -50,6 +50,10 @@ pub enum FromNetwork {
     },
     /// A request the role would not send.
     Refused { to: SocketAddr, why: OutboundRefusal },
+    /// A request that could not leave: no route to `to` (ENETUNREACH,
+    /// EHOSTUNREACH), or its socket is not connected yet because there was
+    /// none at start (the supervisor connects it once there is).
+    NoRoute { to: SocketAddr },
     /// A datagram from resolver `from` on the socket that carried DNS
     /// query `query` (the socket is connected to the resolver).
     Resolved {

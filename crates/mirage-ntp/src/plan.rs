@@ -5,8 +5,8 @@
 //! | role | uid (default, `[ids]`) | capabilities | descriptors | seccomp |
 //! | --- | --- | --- | --- | --- |
 //! | engine | 65526 | none | its channel (a KVM guest's tender: the KVM device) | `BASE` (a tender: `BASE`, `TENDER`, `mirage_sdk::kvm::tender_plan`) |
-//! | network | 65527 | none | one UDP socket per server, connected; with names, [`DNS_SOCKETS_PER_RESOLVER`] per resolver, connected, and one unconnected per family | `BASE`, `PACKET_IN`; with names also [`ADDRESSED_SEND`] |
-//! | actuator | 65528 | `CAP_SYS_TIME` (none with `--observe`) | state directory (drift file) | `BASE`, [`CLOCK`], `STATE_FILES` (`BASE` only with `--observe`) |
+//! | network | 65527 | none | one UDP socket per server, connected (or, with no route to it at start, bound and connected later by the supervisor); with names, [`DNS_SOCKETS_PER_RESOLVER`] per resolver, the same, and one unconnected per family | `BASE`, `PACKET_IN`; with names also [`ADDRESSED_SEND`] |
+//! | actuator | 65528 | `CAP_SYS_TIME` (none with `--observe`, nor when the supervisor does not hold it) | state directory (drift file) | `BASE`, [`CLOCK`], `STATE_FILES` (`BASE` only with `--observe`) |
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -67,8 +67,11 @@ pub const CLOCK: &[Allow] = &[mirage_sdk::allow!(clock_adjtime, When::ArgEq(0, 0
 /// kernel receive timestamps on (with names, also the resolvers' sockets and
 /// the unconnected ones, whose port it reads back: `getsockname`); the network role is then started again
 /// with them, and checks each socket's peer (`getpeername`) under this
-/// filter before its own. In the supervisor's filter only when
-/// `dhcp_servers` is in use ([`udp_setup`]); no role's list ever holds it.
+/// filter before its own. The supervisor also `connect`s, at its 2 s
+/// retry, a socket it handed over unconnected because there was no route
+/// to its server or resolver at start. In the supervisor's filter only when
+/// `dhcp_servers` is in use or a socket waits for a route ([`udp_setup`]);
+/// no role's list ever holds it.
 pub const UDP_SETUP: &[Allow] = &[
     mirage_sdk::allow!(socket, When::ArgEq(0, AF_INET)),
     mirage_sdk::allow!(socket, When::ArgEq(0, AF_INET6)),

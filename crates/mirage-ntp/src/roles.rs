@@ -16,7 +16,7 @@ use ntp_engine::wire::Repr;
 use ntp_engine::{Leap, Ntp, NtpTimestamp};
 
 /// The engine as a KVM guest (guest/images/ntp, built by build.rs).
-pub const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-ntp.elf"));
+pub const GUEST: &[u8] = mirage_sdk::guest_image!(concat!(env!("OUT_DIR"), "/guest-ntp.elf"));
 
 /// The engine role: its plan in force, then the SDK's engine runner, or
 /// with `--sandbox kvm` the tender of [`GUEST`].
@@ -104,10 +104,20 @@ pub fn network_role(role: Starting) -> Result<(), String> {
         })
         .collect();
     let connected = settings.servers.iter().chain(&settings.resolvers);
+    let mut unrouted = Vec::new();
     for (s, peer_wanted) in sockets.iter().zip(connected) {
-        // Connected by the supervisor to exactly this server or resolver.
+        // Connected by the supervisor to exactly this server or resolver;
+        // or, when there was no route to it at start, not connected yet
+        // (the supervisor connects it once there is one): bound, of the
+        // peer's family.
         match s.peer_addr() {
-            Ok(peer) if peer == *peer_wanted => {}
+            Ok(peer) if peer == *peer_wanted => unrouted.push(false),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotConnected
+                    && s.local_addr().map(|a| a.is_ipv4()).ok() == Some(peer_wanted.is_ipv4()) =>
+            {
+                unrouted.push(true)
+            }
             other => return Err(format!("socket for {peer_wanted} is connected to {other:?}")),
         }
     }
@@ -120,7 +130,7 @@ pub fn network_role(role: Starting) -> Result<(), String> {
         }
     }
     let started = role.enter()?;
-    Network::new(settings, sockets).serve(&started.channel)
+    Network::new(settings, sockets, unrouted).serve(&started.channel)
 }
 
 struct Network {
@@ -133,10 +143,15 @@ struct Network {
     last_slot: Vec<usize>,
     queries: Bucket,
     dynamic: Vec<Dynamic>,
+    /// Per server and DNS socket: not connected at start (no route then).
+    /// Until the supervisor connects it, anyone may send to it, so what it
+    /// reads is taken only from its peer (`getpeername` is not in the
+    /// role's filter: it does not learn when that happens).
+    unrouted: Vec<bool>,
 }
 
 impl Network {
-    fn new(settings: NetworkSettings, sockets: Vec<UdpSocket>) -> Network {
+    fn new(settings: NetworkSettings, sockets: Vec<UdpSocket>, unrouted: Vec<bool>) -> Network {
         let now = boottime().millis();
         let bucket = || Bucket {
             tokens: REQUEST_BURST,
@@ -153,6 +168,7 @@ impl Network {
             dynamic: Vec::new(),
             settings,
             sockets,
+            unrouted,
         }
     }
 
@@ -197,7 +213,8 @@ impl Network {
     fn read_socket(&mut self, chan: &Channel, i: usize, buf: &mut [u8]) -> Result<(), String> {
         let send = |m: &FromNetwork| chan.send(m).map_err(|e| format!("send: {e}"));
         for _ in 0..READS_PER_ROUND {
-            let got = if i >= self.named_base() {
+            let unrouted = self.unrouted.get(i).copied().unwrap_or(false);
+            let got = if i >= self.named_base() || unrouted {
                 mirage_sdk::udp::recv_timestamped_from(&self.sockets[i], buf, true)
             } else {
                 mirage_sdk::udp::recv_timestamped(&self.sockets[i], buf, true).map(|g| (g, None))
@@ -212,6 +229,17 @@ impl Network {
                     break;
                 }
             };
+            if unrouted {
+                let peer = if i < self.dns_base() {
+                    self.settings.servers[i]
+                } else {
+                    self.settings.resolvers[i - self.dns_base()]
+                };
+                if sender.map(canonical) != Some(peer) {
+                    log::debug!("a datagram from {sender:?} on the socket for {peer} dropped");
+                    continue;
+                }
+            }
             if got.truncated {
                 let from = if i < self.dns_base() {
                     Some(self.settings.servers[i])
@@ -302,6 +330,11 @@ impl Network {
                     Ok(_) => chan
                         .send(&FromNetwork::Sent { to, transmit, at })
                         .map_err(|e| format!("send: {e}")),
+                    Err(e) if no_route(&e) => {
+                        log::debug!("send to {to}: {e}");
+                        chan.send(&FromNetwork::NoRoute { to })
+                            .map_err(|e| format!("send: {e}"))
+                    }
                     Err(e) => {
                         log::debug!("send to {to}: {e}");
                         Ok(())
@@ -406,6 +439,21 @@ impl Network {
                 .map_err(|e| format!("send: {e}")),
         }
     }
+}
+
+/// A send that failed for want of a route: none to the peer, or the
+/// socket not connected yet because there was none at start.
+fn no_route(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let code = e.raw_os_error();
+    [
+        Errno::NETUNREACH,
+        Errno::HOSTUNREACH,
+        Errno::DESTADDRREQ,
+        Errno::NOTCONN,
+    ]
+    .iter()
+    .any(|n| code == Some(n.raw_os_error()))
 }
 
 /// An IPv4-mapped IPv6 sender as the IPv4 address it is.

@@ -3,7 +3,7 @@
 //! below. It parses no byte from the network: datagrams pass through it
 //! inside typed messages.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -53,6 +53,9 @@ fn default_dhcp_servers() -> PathBuf {
         .run_dir
         .join(learned::SERVERS_FILE)
 }
+/// How often a socket left unconnected for want of a route is connected
+/// again.
+const ROUTE_RETRY: Duration = Duration::from_secs(2);
 /// The published reason for the sandbox, in characters (a configured
 /// device path and an OS error could make it long).
 const MAX_SANDBOX_REASON: usize = 256;
@@ -247,7 +250,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         d.refresh();
     }
     let all = network_servers(&servers, dhcp.as_ref());
-    let (network_settings, sockets) = network_sockets(&all, &names, &resolvers)?;
+    let (network_settings, sockets, unrouted) = network_sockets(&all, &names, &resolvers)?;
+    let no_route: BTreeSet<SocketAddr> = unrouted.iter().map(|u| u.peer).collect();
+    for peer in &no_route {
+        log::warn!(
+            "no route to {peer}: starting without it, trying again every {} s",
+            ROUTE_RETRY.as_secs()
+        );
+    }
     let sandbox = choosing
         .join()
         .map_err(|_| "choosing the sandbox panicked".to_owned())??;
@@ -309,11 +319,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         pending: HashMap::new(),
         actuator: None,
         pending_steps: HashMap::new(),
+        unrouted,
+        no_route,
+        next_route_at: StdInstant::now() + ROUTE_RETRY,
+        routed_on_restart: Vec::new(),
+        synchronized: false,
     };
     let (engine, network, actuator) = (
         sandbox.engine_plan(plan::engine(ids.engine)),
         plan::network(ids.network, network_settings.sockets(), !names.is_empty()),
-        plan::actuator(ids.actuator, observe),
+        actuator_plan(ids.actuator, observe),
     );
     let actuator_fds = if observe { vec![] } else { vec![state_dir.as_fd()] };
     let specs = [
@@ -352,7 +367,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     drop(sandbox);
     let udp_setup = plan::udp_setup();
     let mut plans = vec![&engine, &network, &actuator];
-    if sup.dhcp.is_some() {
+    // New sockets for new DHCP servers, or a connect once a route appears.
+    if sup.dhcp.is_some() || !sup.unrouted.is_empty() {
         plans.push(&udp_setup);
     }
     let roles = launch::confine(starting, common.sandbox, &plans)?;
@@ -387,6 +403,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     Ok(runtime.run(&signals))
 }
 
+/// The actuator's plan: with `CAP_SYS_TIME` only when this process holds
+/// it to give. Started without it (a container without the capability)
+/// the service still starts, measures and publishes: the actuator's probe
+/// finds the clock not steerable and status says `not-steerable`.
+fn actuator_plan(id: mirage_sdk::service::ids::RoleId, observe: bool) -> mirage_sdk::role::RolePlan {
+    let mut plan = plan::actuator(id, observe);
+    if !observe && !mirage_sdk::sandbox::holds(mirage_sdk::sandbox::Capability::CAP_SYS_TIME) {
+        log::error!(
+            "CAP_SYS_TIME is not held (not in this process's effective or bounding set: a container \
+             started without it?): the clock cannot be steered; measuring and publishing only"
+        );
+        plan.keep_caps.clear();
+    }
+    plan
+}
+
 /// The servers the network role gets sockets for: the configured ones,
 /// then DHCP's (port 123) not configured already, at most
 /// [`MAX_SOURCES`] in all (the engine's own bound).
@@ -409,23 +441,42 @@ fn network_sockets(
     servers: &[SocketAddr],
     names: &[NameConfig],
     resolvers: &[SocketAddr],
-) -> Result<(NetworkSettings, Vec<OwnedFd>), String> {
-    let mut sockets = servers
-        .iter()
-        .map(|&s| open_socket(s))
-        .collect::<Result<Vec<OwnedFd>, String>>()?;
+) -> Result<(NetworkSettings, Vec<OwnedFd>, Vec<Unrouted>), String> {
+    let mut sockets = Vec::new();
+    let mut unrouted = Vec::new();
+    let mut take = |opened: Opened, peer: SocketAddr, server: bool| -> Result<(), String> {
+        let socket = match opened {
+            Opened::Connected(s) => s,
+            Opened::Unrouted(s) => {
+                let socket = s.try_clone().map_err(|e| format!("socket for {peer}: {e}"))?;
+                unrouted.push(Unrouted {
+                    peer,
+                    server,
+                    socket: socket.into(),
+                });
+                s
+            }
+        };
+        sockets.push(OwnedFd::from(socket));
+        Ok(())
+    };
+    for &server in servers {
+        take(open_socket(server)?, server, true)?;
+    }
     let mut settings = NetworkSettings {
         servers: servers.to_vec(),
         ..NetworkSettings::default()
     };
-    if names.is_empty() {
-        return Ok((settings, sockets));
-    }
-    for &resolver in resolvers {
-        for _ in 0..plan::DNS_SOCKETS_PER_RESOLVER {
-            sockets.push(open_dns_socket(resolver)?);
-            settings.resolvers.push(resolver);
+    if !names.is_empty() {
+        for &resolver in resolvers {
+            for _ in 0..plan::DNS_SOCKETS_PER_RESOLVER {
+                take(open_dns_socket(resolver)?, resolver, false)?;
+                settings.resolvers.push(resolver);
+            }
         }
+    }
+    if names.is_empty() {
+        return Ok((settings, sockets, unrouted));
     }
     settings.names = names.iter().map(|n| n.name.clone()).collect();
     settings.named_ports = names.iter().map(|n| n.port).collect();
@@ -439,7 +490,7 @@ fn network_sockets(
             Err(e) => log::warn!("{e}: sources resolved from names on that family are unreachable"),
         }
     }
-    Ok((settings, sockets))
+    Ok((settings, sockets, unrouted))
 }
 
 /// The DHCP client's servers file, followed by polling.
@@ -491,28 +542,68 @@ impl DhcpFollow {
 }
 
 /// A UDP socket on an ephemeral port (RFC 9109), connected to `server`,
-/// with kernel receive timestamps.
-fn open_socket(server: SocketAddr) -> Result<OwnedFd, String> {
-    let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .expect("a literal address");
-    let socket = UdpSocket::bind(local)
-        .and_then(|s| s.connect(server).map(|()| s))
-        .map_err(|e| format!("UDP socket to {server}: {e}"))?;
-    mirage_sdk::udp::enable_receive_timestamps(&socket).map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
-    Ok(socket.into())
+/// with kernel receive timestamps; `Unrouted` when there is no route to it
+/// yet (see [`open_connected`]).
+fn open_socket(server: SocketAddr) -> Result<Opened, String> {
+    let opened = open_connected(server).map_err(|e| format!("UDP socket to {server}: {e}"))?;
+    mirage_sdk::udp::enable_receive_timestamps(opened.socket())
+        .map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
+    Ok(opened)
 }
 
 /// A UDP socket on an ephemeral port connected to a resolver (no
 /// timestamps: DNS needs none).
-fn open_dns_socket(resolver: SocketAddr) -> Result<OwnedFd, String> {
-    let local: SocketAddr = if resolver.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+fn open_dns_socket(resolver: SocketAddr) -> Result<Opened, String> {
+    open_connected(resolver).map_err(|e| format!("UDP socket to resolver {resolver}: {e}"))
+}
+
+/// A socket [`open_connected`] opened.
+enum Opened {
+    Connected(UdpSocket),
+    /// Bound, not connected: there was no route to the peer.
+    Unrouted(UdpSocket),
+}
+
+impl Opened {
+    fn socket(&self) -> &UdpSocket {
+        match self {
+            Opened::Connected(s) | Opened::Unrouted(s) => s,
+        }
+    }
+}
+
+/// A UDP socket on an ephemeral port of `peer`'s family, connected to it.
+/// No route to it (a host at boot, before DHCP gave it an address): the
+/// socket is returned bound and unconnected, and the supervisor connects it
+/// once a route appears ([`Supervisor::retry_routes`]); the service starts
+/// either way.
+fn open_connected(peer: SocketAddr) -> std::io::Result<Opened> {
+    let local: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
         .parse()
         .expect("a literal address");
-    let socket = UdpSocket::bind(local)
-        .and_then(|s| s.connect(resolver).map(|()| s))
-        .map_err(|e| format!("UDP socket to resolver {resolver}: {e}"))?;
-    Ok(socket.into())
+    let socket = UdpSocket::bind(local)?;
+    match socket.connect(peer) {
+        Ok(()) => Ok(Opened::Connected(socket)),
+        Err(e) if is_no_route(e.raw_os_error()) => Ok(Opened::Unrouted(socket)),
+        Err(e) => Err(e),
+    }
+}
+
+/// ENETUNREACH or EHOSTUNREACH: the peer cannot be reached for want of a
+/// route (or of any address), as at boot before DHCP.
+fn is_no_route(code: Option<i32>) -> bool {
+    use rustix::io::Errno;
+    code == Some(Errno::NETUNREACH.raw_os_error()) || code == Some(Errno::HOSTUNREACH.raw_os_error())
+}
+
+/// A socket handed to the network role unconnected, for want of a route
+/// at start: the supervisor keeps a duplicate and connects it when it can.
+#[derive(Debug)]
+struct Unrouted {
+    peer: SocketAddr,
+    /// A server's (else a resolver's).
+    server: bool,
+    socket: OwnedFd,
 }
 
 /// An unconnected UDP socket on an ephemeral port of `any`'s family, with
@@ -620,6 +711,23 @@ fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) -> u64 {
     *n
 }
 
+/// The published view of a [`Supervisor`], borrowing its fields one by one
+/// (the publisher beside it stays free to borrow).
+macro_rules! view {
+    ($sup:expr) => {
+        View {
+            observe: $sup.observe,
+            sandbox: $sup.options.sandbox,
+            sandbox_reason: &$sup.sandbox_reason,
+            status: $sup.status.as_ref(),
+            stats: &$sup.stats,
+            actuator: $sup.actuator,
+            dhcp: $sup.dhcp.as_ref(),
+            no_route: &$sup.no_route,
+        }
+    };
+}
+
 /// The routing the runtime runs.
 struct Supervisor {
     options: RoleOptions,
@@ -654,6 +762,18 @@ struct Supervisor {
     actuator: Option<(bool, bool)>,
     /// Steps sent to the actuator and not answered: their size.
     pending_steps: HashMap<u64, i64>,
+    /// The network role's sockets left unconnected for want of a route.
+    unrouted: Vec<Unrouted>,
+    /// Servers and resolvers with no route: from start, or since a request
+    /// to them could not leave (until one does).
+    no_route: BTreeSet<SocketAddr>,
+    /// When [`Supervisor::retry_routes`] runs next.
+    next_route_at: StdInstant,
+    /// Servers without a route that the network role's new sockets (a
+    /// restart for new DHCP servers) reach: the engine is told once it runs.
+    routed_on_restart: Vec<SocketAddr>,
+    /// What was last published as `synchronized` (its changes are logged).
+    synchronized: bool,
 }
 
 impl Supervisor {
@@ -679,6 +799,44 @@ impl Supervisor {
     /// Every [`FILES_EVERY`]: a new DHCP server list starts the network
     /// role again with sockets for it; an operator's acceptance goes to the
     /// actuator.
+    /// Every [`ROUTE_RETRY`] while a socket is unconnected: connect it (the
+    /// network role's socket is the same); a server's source starts a new
+    /// burst at once.
+    fn retry_routes(&mut self, ctx: &mut Ctx<'_>) {
+        let now = StdInstant::now();
+        if self.unrouted.is_empty() || now < self.next_route_at {
+            return;
+        }
+        self.next_route_at = now + ROUTE_RETRY;
+        let mut up = Vec::new();
+        self.unrouted
+            .retain(|u| match rustix::net::connect(&u.socket, &u.peer) {
+                Ok(()) => {
+                    up.push((u.peer, u.server));
+                    false
+                }
+                Err(e) if is_no_route(Some(e.raw_os_error())) => true,
+                Err(e) => {
+                    // Not for want of a route: say so, and keep trying.
+                    log::debug!("connecting the socket for {}: {e}", u.peer);
+                    true
+                }
+            });
+        for (peer, server) in up {
+            // Other sockets to the same peer (a resolver's) may wait still.
+            if self.unrouted.iter().any(|u| u.peer == peer) {
+                continue;
+            }
+            log::info!("a route to {peer} appeared: its socket is connected");
+            self.no_route.remove(&peer);
+            self.publisher.mark_dirty();
+            if server {
+                let event: ToEngineOf<Ntp> = ToEngine::Event(Event::RouteUp(peer));
+                ctx.send(ENGINE, &event);
+            }
+        }
+    }
+
     fn check_files(&mut self, ctx: &mut Ctx<'_>) {
         let now = StdInstant::now();
         if now < self.next_files_at {
@@ -720,13 +878,46 @@ impl Supervisor {
 
     /// The network role's start: its settings and a socket per server,
     /// opened now (the first start's are opened before the sandbox).
-    fn network_start(&self) -> Result<RoleStart, String> {
+    fn network_start(&mut self) -> Result<RoleStart, String> {
         let all = network_servers(&self.configured, self.dhcp.as_ref());
-        let (settings, sockets) = network_sockets(&all, &self.names, &self.resolvers)?;
+        let (settings, sockets, unrouted) = network_sockets(&all, &self.names, &self.resolvers)?;
+        for u in &unrouted {
+            if self.no_route.insert(u.peer) {
+                log::warn!(
+                    "no route to {}: trying again every {} s",
+                    u.peer,
+                    ROUTE_RETRY.as_secs()
+                );
+            }
+        }
+        // Peers without a route before whose new socket is connected: routed
+        // now (their sources get a new burst once the role runs); peers no
+        // longer asked (a DHCP server gone) are no longer reported.
+        for peer in &self.no_route {
+            if !unrouted.iter().any(|u| u.peer == *peer)
+                && (all.contains(peer) || self.resolvers.contains(peer))
+            {
+                log::info!("a route to {peer} appeared: its new socket is connected");
+                if all.contains(peer) {
+                    self.routed_on_restart.push(*peer);
+                }
+            }
+        }
+        self.no_route.retain(|p| unrouted.iter().any(|u| u.peer == *p));
+        self.unrouted = unrouted;
         let plan = plan::network(self.ids.network, settings.sockets(), !self.names.is_empty());
         let mut start = plan.start(self.options, &settings, None)?;
         start.fds = sockets;
         Ok(start)
+    }
+
+    /// Log when synchronisation is gained or lost, once each change.
+    fn note_sync(&mut self) {
+        let (state, now) = view!(self).state();
+        if let Some(line) = sync_change(self.synchronized, now, state, self.status.as_ref()) {
+            log::info!("{line}");
+        }
+        self.synchronized = now;
     }
 
     fn on_engine(&mut self, ctx: &mut Ctx<'_>, msg: &[u8]) -> Result<(), String> {
@@ -791,7 +982,18 @@ impl Supervisor {
                 }
                 Event::Received { from, data, at }
             }
-            FromNetwork::Sent { to, transmit, at } => Event::Sent { to, transmit, at },
+            FromNetwork::Sent { to, transmit, at } => {
+                if !self.unrouted.iter().any(|u| u.peer == to) && self.no_route.remove(&to) {
+                    log::info!("a route to {to} is back: requests leave again");
+                }
+                Event::Sent { to, transmit, at }
+            }
+            FromNetwork::NoRoute { to } => {
+                if self.no_route.insert(to) {
+                    log::warn!("no route to {to}: its requests cannot leave");
+                }
+                return Ok(());
+            }
             FromNetwork::Resolved { query, from, data } => {
                 self.stats.dns_answers += 1;
                 Event::Resolved { query, from, data }
@@ -903,44 +1105,39 @@ impl Service for Supervisor {
         Ok(start)
     }
 
-    fn on_role_up(&mut self, ctx: &mut Ctx<'_>, _role: RoleId) {
+    fn on_role_up(&mut self, ctx: &mut Ctx<'_>, role: RoleId) {
         self.stats.engine_restarts = ctx.restarts(ENGINE);
         // A new engine, or a network role with the current DHCP servers'
-        // sockets: the engine gets the list.
+        // sockets: the engine gets the list, then the servers those sockets
+        // reach that had no route before.
         self.tell_engine_dhcp(ctx);
+        if role == NETWORK {
+            for peer in std::mem::take(&mut self.routed_on_restart) {
+                let event: ToEngineOf<Ntp> = ToEngine::Event(Event::RouteUp(peer));
+                ctx.send(ENGINE, &event);
+            }
+        }
         self.publisher.mark_dirty();
     }
 
     fn on_round(&mut self, ctx: &mut Ctx<'_>) -> Result<Option<StdInstant>, String> {
         self.check_files(ctx);
-        let view = View {
-            observe: self.observe,
-            sandbox: self.options.sandbox,
-            sandbox_reason: &self.sandbox_reason,
-            status: self.status.as_ref(),
-            stats: &self.stats,
-            actuator: self.actuator,
-            dhcp: self.dhcp.as_ref(),
-        };
+        self.retry_routes(ctx);
+        self.note_sync();
+        let view = view!(self);
         let next = self
             .publisher
             .on_round(StdInstant::now(), || view.publication())
             .map_err(|e| e.to_string())?;
-        Ok(Some(
-            next.map_or(self.next_files_at, |n| n.min(self.next_files_at)),
-        ))
+        let mut wake = self.next_files_at;
+        if !self.unrouted.is_empty() {
+            wake = wake.min(self.next_route_at);
+        }
+        Ok(Some(next.map_or(wake, |n| n.min(wake))))
     }
 
     fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {
-        let view = View {
-            observe: self.observe,
-            sandbox: self.options.sandbox,
-            sandbox_reason: &self.sandbox_reason,
-            status: self.status.as_ref(),
-            stats: &self.stats,
-            actuator: self.actuator,
-            dhcp: self.dhcp.as_ref(),
-        };
+        let view = view!(self);
         if let Err(e) = self.publisher.flush(|| view.publication()) {
             log::warn!("{e}");
         }
@@ -976,6 +1173,23 @@ fn state_str(s: ntp_engine::SyncState) -> &'static str {
     }
 }
 
+/// The line logged when `synchronized` changes from `was` to `now`, if it
+/// changed.
+fn sync_change(was: bool, now: bool, state: &str, status: Option<&Status>) -> Option<String> {
+    match (was, now, status) {
+        (false, true, Some(s)) => Some(format!(
+            "synchronised: offset {:.3} ms, stratum {}, {} of {} sources agree",
+            ms(s.offset_ns),
+            s.stratum,
+            s.agreeing,
+            s.sources.len()
+        )),
+        (false, true, None) => Some("synchronised".to_string()),
+        (true, false, _) => Some(format!("synchronisation lost: {state}")),
+        _ => None,
+    }
+}
+
 /// What is published, borrowed from the supervisor.
 struct View<'a> {
     observe: bool,
@@ -985,9 +1199,34 @@ struct View<'a> {
     stats: &'a Stats,
     actuator: Option<(bool, bool)>,
     dhcp: Option<&'a DhcpFollow>,
+    no_route: &'a BTreeSet<SocketAddr>,
 }
 
 impl View<'_> {
+    /// The published state and `synchronized`: the engine's, but for a
+    /// clock this process cannot steer (`not-steerable`), and synchronised
+    /// only when the actuator steers the clock (not observing, steerable):
+    /// an estimate alone is no synchronised clock.
+    fn state(&self) -> (&'static str, bool) {
+        let steering = self.actuator == Some((false, true)) && !self.observe;
+        if !self.observe && self.actuator == Some((false, false)) {
+            return ("not-steerable", false);
+        }
+        let s = self.status;
+        let state = s.map_or("starting", |s| state_str(s.state));
+        (state, steering && s.is_some_and(|s| s.synchronized))
+    }
+
+    /// A source's published state: `no_route` while its requests cannot
+    /// leave, else the engine's.
+    fn source_state(&self, src: &ntp_engine::SourceStatus) -> &'static str {
+        if self.no_route.contains(&src.address) {
+            "no_route"
+        } else {
+            src.state.as_str()
+        }
+    }
+
     fn publication(&self) -> Publication {
         let s = self.status;
         let sources: Vec<serde_json::Value> = s
@@ -1004,7 +1243,7 @@ impl View<'_> {
                                 ntp_engine::SourceOrigin::Pool(_) => "pool",
                             },
                             "name": src.origin.name(),
-                            "state": src.state.as_str(),
+                            "state": self.source_state(src),
                             "offset_ms": ms(src.offset_ns),
                             "delay_ms": ms(src.delay_ns),
                             "jitter_ms": ms(src.jitter_ns),
@@ -1035,11 +1274,12 @@ impl View<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let state = s.map_or("starting", |s| state_str(s.state));
+        let (state, synchronized) = self.state();
         let st = self.stats;
         let status = serde_json::json!({
             "state": state,
-            "synchronized": s.is_some_and(|s| s.synchronized),
+            "synchronized": synchronized,
+            "no_route": self.no_route.iter().map(SocketAddr::to_string).collect::<Vec<_>>(),
             "held": s.is_some_and(|s| s.state == ntp_engine::SyncState::Held),
             "observe": self.observe,
             "sandbox": self.sandbox.as_str(),
@@ -1082,19 +1322,19 @@ impl View<'_> {
         });
         Publication {
             status: status.to_string(),
-            metrics: self.metrics(state),
+            metrics: self.metrics(state, synchronized),
         }
     }
 
-    fn metrics(&self, state: &str) -> String {
+    fn metrics(&self, state: &str, synchronized: bool) -> String {
         let mut m = Metrics::of::<Svc>();
         let s = self.status;
         let st = self.stats;
         m.gauge(
             "synchronized",
-            "1 when the clock is disciplined by an estimate.",
+            "1 when this client steers the clock by an estimate.",
             &[],
-            u8::from(s.is_some_and(|s| s.synchronized)),
+            u8::from(synchronized),
         );
         m.gauge(
             "state",
@@ -1130,7 +1370,7 @@ impl View<'_> {
             for src in &s.sources {
                 let a = src.address.to_string();
                 f.sample(
-                    &[("address", &a), ("state", src.state.as_str())],
+                    &[("address", &a), ("state", self.source_state(src))],
                     src.offset_ns as f64 / 1e9,
                 );
             }
@@ -1265,6 +1505,111 @@ mod tests {
         assert!(d.refresh());
         assert!(d.servers.is_empty() && d.error.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A status with the engine's `state`, and one source.
+    fn engine_status(state: ntp_engine::SyncState) -> Status {
+        let ntp = Ntp::new(
+            Start {
+                config: Config {
+                    servers: vec!["192.0.2.1:123".parse().unwrap()],
+                    ..Config::default()
+                },
+                drift: None,
+            },
+            ntp_engine::Instant(0),
+            [7; 32],
+        );
+        let mut s = ntp.status();
+        s.state = state;
+        s.synchronized = state == ntp_engine::SyncState::Synchronized;
+        s
+    }
+
+    #[test]
+    fn synchronized_is_claimed_only_when_this_client_steers_the_clock() {
+        use ntp_engine::SyncState as S;
+        let stats = Stats::default();
+        let no_route = BTreeSet::new();
+        let synced = engine_status(S::Synchronized);
+        let observing = engine_status(S::Observing);
+        let published = |observe, actuator, status: &Status| {
+            let view = View {
+                observe,
+                sandbox: SandboxKind::Seccomp,
+                sandbox_reason: "",
+                status: Some(status),
+                stats: &stats,
+                actuator,
+                dhcp: None,
+                no_route: &no_route,
+            };
+            let (state, synchronized) = view.state();
+            let v: serde_json::Value = serde_json::from_str(&view.publication().status).unwrap();
+            assert_eq!(
+                (v["state"].as_str(), v["synchronized"].as_bool()),
+                (Some(state), Some(synchronized))
+            );
+            (state, synchronized)
+        };
+        assert_eq!(
+            published(false, Some((false, true)), &synced),
+            ("synchronized", true)
+        );
+        // Before the actuator said it can steer: not yet.
+        assert_eq!(published(false, None, &synced), ("synchronized", false));
+        // A clock it cannot steer: never synchronised, whatever the engine says.
+        assert_eq!(
+            published(false, Some((false, false)), &synced),
+            ("not-steerable", false)
+        );
+        assert_eq!(
+            published(false, Some((false, false)), &observing),
+            ("not-steerable", false)
+        );
+        // Observing: the estimate only.
+        assert_eq!(
+            published(true, Some((true, false)), &observing),
+            ("observing", false)
+        );
+    }
+
+    #[test]
+    fn a_source_without_a_route_is_published_as_no_route() {
+        let stats = Stats::default();
+        let status = engine_status(ntp_engine::SyncState::Starting);
+        let mut no_route = BTreeSet::new();
+        no_route.insert("192.0.2.1:123".parse::<SocketAddr>().unwrap());
+        let view = View {
+            observe: true,
+            sandbox: SandboxKind::Seccomp,
+            sandbox_reason: "",
+            status: Some(&status),
+            stats: &stats,
+            actuator: Some((true, false)),
+            dhcp: None,
+            no_route: &no_route,
+        };
+        let p = view.publication();
+        let v: serde_json::Value = serde_json::from_str(&p.status).unwrap();
+        assert_eq!(v["sources"][0]["state"], "no_route", "{v}");
+        assert_eq!(v["no_route"][0], "192.0.2.1:123", "{v}");
+        assert!(p.metrics.contains("state=\"no_route\""), "{}", p.metrics);
+    }
+
+    #[test]
+    fn gaining_and_losing_synchronisation_is_said_once_each() {
+        let status = engine_status(ntp_engine::SyncState::Synchronized);
+        let gained = sync_change(false, true, "synchronized", Some(&status)).unwrap();
+        assert!(gained.starts_with("synchronised: offset"), "{gained}");
+        assert!(gained.contains("of 1 sources"), "{gained}");
+        assert_eq!(
+            sync_change(true, false, "not-enough-sources", None).unwrap(),
+            "synchronisation lost: not-enough-sources"
+        );
+        // No change, no line: nothing at every poll.
+        assert_eq!(sync_change(true, true, "synchronized", Some(&status)), None);
+        assert_eq!(sync_change(false, false, "observing", Some(&status)), None);
     }
 
     #[test]

@@ -78,7 +78,40 @@ macro_rules! in_each_sandbox {
 in_each_sandbox!(
     observing_it_agrees_with_chrony_over_ipv4_and_ipv6_and_its_roles_run_sandboxed,
     a_server_that_does_not_answer_is_unreachable_and_the_other_one_is_still_used,
+    each_process_has_resident_only_the_segments_it_uses,
 );
+
+/// The binary's layout by process (build.rs,
+/// `mirage_kvm_build::link_by_process`, as mirage-dhcp's): once measuring,
+/// no role has the supervisor's command-line and configuration code
+/// resident, only an engine that runs a guest has the KVM tender's code
+/// resident, and no process keeps the guest image's pages once its guest is
+/// built; the supervisor's own code, and the tender's where it runs, are.
+fn each_process_has_resident_only_the_segments_it_uses(sandbox: &str) {
+    let mut f = with_chrony("ntpl");
+    let mut cmd = f.ns.command(bin().to_str().unwrap());
+    cmd.args(["run", "--server", "127.0.0.1", "--observe", "--sandbox", sandbox])
+        .args(["--config", "/dev/null", "--state-dir"])
+        .arg(f.dir.join("state"))
+        .arg("--run-dir")
+        .arg(f.dir.join("run"));
+    let daemon = f.procs.spawn_logged(cmd, &f.dir.join("ntp.log"));
+    wait_some(
+        Duration::from_secs(30),
+        "an estimate",
+        || {
+            status(f.dir.path())
+                .filter(|v| v["state"] == "observing" && v["sources"][0]["state"] == "selected")
+        },
+        || read_lossy(&f.dir.join("ntp.log")),
+    );
+    let pid = f.procs.pid(daemon);
+    let mut procs = roles_of(pid);
+    assert_eq!(procs.len(), 3, "{procs:?}");
+    procs.push(("supervisor".into(), pid));
+    let bin = std::fs::canonicalize(bin()).unwrap();
+    mirage_testkit::layout::assert_resident_only_where_used(&bin, &procs, sandbox);
+}
 
 /// The KVM descriptors `pid` holds, sorted: a tender holds its VM and vCPU
 /// (the device was closed once the VM was built), every other role none.

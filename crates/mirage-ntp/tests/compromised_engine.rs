@@ -406,6 +406,81 @@ fn the_network_role_sends_only_our_requests_to_its_server_at_a_capped_rate() {
     });
 }
 
+/// A server's socket handed over unconnected (no route to it at start):
+/// the role takes it, says `NoRoute` for a request that cannot leave, takes
+/// from it only the server's datagrams (anyone may send to an unconnected
+/// socket), and once the supervisor connects its duplicate the requests
+/// leave and replies pass as on any connected socket.
+#[test]
+fn the_network_role_takes_a_socket_without_a_route_and_only_its_servers_datagrams() {
+    mirage_testkit::netns::run_in_netns(Duration::from_secs(60), || {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let to = server.local_addr().unwrap();
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        mirage_sdk::udp::enable_receive_timestamps(&socket).unwrap();
+        let ours: SocketAddr = format!("127.0.0.1:{}", socket.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        let supervisors = socket.try_clone().unwrap();
+        let settings = NetworkSettings {
+            servers: vec![to],
+            ..NetworkSettings::default()
+        };
+        let (chan, mut role) = start_planned(
+            &bin(),
+            &plan::network(plan::RoleIds::DEFAULT.network, 1, false),
+            &settings,
+            None,
+            &[socket.as_fd()],
+        );
+        drop(socket);
+        let next = || recv_within::<FromNetwork>(&chan, ANSWER_MS).expect("an answer from the network role");
+        let cookie = |k: u64| NtpTimestamp(0x0123_4567_0000_0000 + k);
+        let request = |k: u64| Repr::client_request(cookie(k)).to_bytes().to_vec();
+        chan.send(&ToNetwork::Send {
+            to,
+            transmit: cookie(1),
+            data: request(1),
+        })
+        .unwrap();
+        assert_eq!(next(), FromNetwork::NoRoute { to });
+        // A stranger writes to the unconnected socket: dropped; the server's
+        // datagram passes.
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(b"forged", ours).unwrap();
+        assert_eq!(
+            recv_within::<FromNetwork>(&chan, 300),
+            None,
+            "a stranger's datagram"
+        );
+        server.send_to(b"early", ours).unwrap();
+        match next() {
+            FromNetwork::Received { from, data, .. } => {
+                assert_eq!((from, data.as_slice()), (to, &b"early"[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The route is there: the supervisor connects its duplicate.
+        supervisors.connect(to).unwrap();
+        chan.send(&ToNetwork::Send {
+            to,
+            transmit: cookie(2),
+            data: request(2),
+        })
+        .unwrap();
+        assert!(matches!(next(), FromNetwork::Sent { to: t, .. } if t == to));
+        let mut buf = [0u8; 128];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&request(2)[..], ours));
+        server.send_to(b"reply", ours).unwrap();
+        assert!(matches!(next(), FromNetwork::Received { from, .. } if from == to));
+        stranger.send_to(b"forged", ours).unwrap();
+        assert_eq!(recv_within::<FromNetwork>(&chan, 300), None, "connected now");
+        assert!(alive(&mut role));
+    });
+}
+
 /// With names configured: DNS queries go only to a resolver and only for a
 /// configured name, answers come back only on the query's socket and only
 /// while it is in flight; requests to resolved sources go only to a

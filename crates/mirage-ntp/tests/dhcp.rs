@@ -251,7 +251,7 @@ fn mirage_ntp_follows_the_ntp_servers_mirage_dhcp_learned() {
         published,
         serde_json::json!({
             "version": 1, "interface": CLIENT_IF,
-            "ntp": [format!("{s}.1")], "dns": [format!("{s}.1")],
+            "ntp": [format!("{s}.1")], "dns": [format!("{s}.1")], "search": [],
         })
     );
 

@@ -1017,7 +1017,8 @@ fn a_mix_of_smearing_and_other_servers_is_warned_about() {
 /// namespace of its own (uids 0-65535 mapped to the same ids outside, so
 /// its roles' ids exist): its actuator holds CAP_SYS_TIME there, the kernel
 /// still says no, and the service says so, keeps measuring, refuses each
-/// clock intent as `not-steerable` and restarts nothing. The host clock is
+/// clock intent as `not-steerable`, publishes that state (never
+/// `synchronized`) and restarts nothing. The host clock is
 /// safe either way: the one server runs on it, so an intent would be a
 /// slew of microseconds. Needs root.
 #[test]
@@ -1068,6 +1069,8 @@ fn in_a_user_namespace_the_clock_is_not_steerable_and_the_service_keeps_measurin
         || read_lossy(&dir.join("ntp.log")),
     );
     assert_eq!(st["clock"]["steerable"], false, "{st}");
+    assert_eq!(st["state"], "not-steerable", "{st}");
+    assert_eq!(st["synchronized"], false, "never claimed: {st}");
     assert_eq!(st["observe"], false, "{st}");
     assert_eq!(st["engine_restarts"], 0, "{st}");
     assert_eq!(
@@ -1080,6 +1083,7 @@ fn in_a_user_namespace_the_clock_is_not_steerable_and_the_service_keeps_measurin
     assert_eq!(roles_of(pid).len(), 3, "the roles run on");
     let log = read_lossy(&dir.join("ntp.log"));
     assert_eq!(log.matches("THE CLOCK IS NOT STEERABLE HERE").count(), 1, "{log}");
+    assert!(!log.contains("synchronised:"), "{log}");
     procs.signal(daemon, "TERM");
     let exit = procs.wait_exit(daemon, Duration::from_secs(10));
     assert!(exit.is_some_and(|e| e.success()), "{exit:?}");

@@ -306,6 +306,10 @@ fn the_actuator_slews_and_steps_the_host_clock_by_at_most_50_ms_and_it_is_put_ba
         log()
     );
     assert!((guard.stepped() - stepped).abs() < MS, "a second step: {}", log());
+    // Synchronisation gained is said once, not at every poll.
+    let text = read_lossy(&dir.join("ntp.log"));
+    assert_eq!(text.matches("synchronised: offset").count(), 1, "{text}");
+    assert!(!text.contains("synchronisation lost"), "{text}");
 
     // Put back, and check where it landed.
     let (undone_step, undone_slew) = guard.restore().expect("the clock put back");

@@ -144,6 +144,12 @@ impl Ntp {
             Event::DhcpServers(list) => self.dhcp_servers(now, &list, out),
             Event::Resolved { query, from, data } => self.resolved(now, query, from, &data, out),
             Event::Tick => Ok(()),
+            Event::RouteUp(addr) => {
+                for s in self.sources.iter_mut().filter(|s| s.addr == addr) {
+                    s.route_up(now, &self.config);
+                }
+                Ok(())
+            }
             Event::StepAccepted => {
                 if self.step == StepState::Held {
                     self.discipline.step_at_next_estimate();

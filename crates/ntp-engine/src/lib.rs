@@ -309,6 +309,11 @@ pub enum Event {
     /// source now and ask for the step at the next estimate instead of
     /// after the stepout. Otherwise nothing.
     StepAccepted,
+    /// The network reaches `addr` again: it had no route to it (a host at
+    /// boot before DHCP), so its requests went nowhere and its polls backed
+    /// off. A new start-up burst for that source, now; an unknown address
+    /// is ignored.
+    RouteUp(SocketAddr),
 }
 
 /// What the kernel's clock status should say (adjtimex `status`,

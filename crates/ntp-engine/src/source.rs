@@ -396,6 +396,18 @@ impl Source {
         self.next_poll = now.add_millis(interval_ms);
     }
 
+    /// The network reaches this source again after it had no route: its
+    /// silence was the route's, not the server's, so the backoff goes and
+    /// a new burst starts at `now`.
+    pub fn route_up(&mut self, now: Instant, config: &Config) {
+        if self.denied.is_none() {
+            self.unanswered = 0;
+            self.outstanding = None;
+            self.burst_left = config.burst;
+            self.next_poll = self.next_poll.min(now);
+        }
+    }
+
     /// Start a new burst at `now` (the clock was stepped: every estimate
     /// must be rebuilt, quickly).
     pub fn restart(&mut self, now: Instant, config: &Config) {
@@ -681,6 +693,31 @@ mod tests {
         s.transmit(Instant(0), cookie, c.min_poll, &c, 0);
         s.sent(cookie, ts(0)).unwrap();
         (s, cookie)
+    }
+
+    #[test]
+    fn a_route_that_comes_up_ends_the_backoff_with_a_new_burst() {
+        let c = config();
+        let mut s = Source::new(
+            "192.0.2.1:123".parse().unwrap(),
+            SourceOrigin::Configured,
+            Instant(0),
+            &c,
+        );
+        // Requests that never left (no route): the burst, then backoff.
+        let mut now = Instant(0);
+        for k in 0..12u64 {
+            s.transmit(now, NtpTimestamp(k + 1), c.min_poll, &c, 0);
+            now = s.next_poll;
+        }
+        assert!(s.poll > c.min_poll, "backed off: {}", s.poll);
+        let later = Instant(now.0 / 2);
+        assert!(!s.due(later));
+        s.route_up(later, &c);
+        assert!(s.due(later), "asked at once");
+        s.transmit(later, NtpTimestamp(99), c.min_poll, &c, 0);
+        assert_eq!(s.poll, c.min_poll, "no backoff left");
+        assert_eq!(s.next_poll, later.add_millis(BURST_INTERVAL_MS), "a burst again");
     }
 
     #[test]

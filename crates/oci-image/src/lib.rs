@@ -62,6 +62,15 @@ pub struct Service {
     pub capabilities: &'static [&'static str],
     /// Bind mounts of the convention, `host:container[:options]`.
     pub binds: &'static [&'static str],
+    /// Resource limits the container must be started with, as LinuxKit
+    /// writes them (`type,soft,hard`, e.g. `nofile,4096,4096`), when the
+    /// runtime's default is not enough: a role sets its own limit from its
+    /// plan, and a process without `CAP_SYS_RESOURCE` cannot go above the
+    /// hard limit it was started with. Empty: the runtime's default.
+    pub rlimits: &'static [&'static str],
+    /// Whether the engine can run as a KVM guest, and the container gets
+    /// [`KVM_DEVICE`]: no device for a service without a guest image.
+    pub kvm: bool,
 }
 
 /// The DHCPv4 client: raw frames (`CAP_NET_RAW`), addresses and routes
@@ -77,6 +86,8 @@ pub const MIRAGE_DHCP: Service = Service {
         "/run/mirage/dhcp:/run/mirage/dhcp",
         "/etc/resolv.conf:/etc/resolv.conf",
     ],
+    rlimits: &[],
+    kvm: true,
 };
 
 /// The NTP client: ordinary UDP sockets, and the clock (`CAP_SYS_TIME`,
@@ -92,10 +103,38 @@ pub const MIRAGE_NTP: Service = Service {
         "/var/lib/mirage/ntp:/var/lib/mirage/ntp",
         "/run/mirage/ntp:/run/mirage/ntp",
     ],
+    rlimits: &[],
+    kvm: true,
+};
+
+/// The DNS forwarder: its listeners on port 53 (`CAP_NET_BIND_SERVICE`,
+/// used by the supervisor to bind them and dropped from every set before
+/// any byte of DNS is read; no role holds it), ordinary UDP and TCP
+/// sockets to the upstreams. Its id is none of its roles' ids on a host
+/// (engine 65529, network 65530: crates/mirage-dns `plan::RoleIds`), so
+/// files a container made never look like a host role's. The network role
+/// sets its own RLIMIT_NOFILE from its limits (1106 with the defaults:
+/// one descriptor per upstream query in flight and per TCP client), above
+/// the 1024 many runtimes give, and it cannot raise the hard limit itself:
+/// the container gets 4096.
+pub const MIRAGE_DNS: Service = Service {
+    name: "mirage-dns",
+    description: "Privilege-separated caching DNS forwarder: sandboxed engine, a network role that answers only clients that asked, one static binary",
+    id: 65531,
+    capabilities: &["CAP_NET_BIND_SERVICE"],
+    binds: &[
+        "/etc/mirage/dns:/etc/mirage/dns:ro",
+        "/var/lib/mirage/dns:/var/lib/mirage/dns",
+        "/run/mirage/dns:/run/mirage/dns",
+    ],
+    rlimits: &["nofile,4096,4096"],
+    // The DNS engine has no guest image yet (docs/dns.md): /dev/kvm would
+    // be a device it never opens.
+    kvm: false,
 };
 
 /// Every service the writer knows, for `oci-image --service NAME`.
-pub const SERVICES: [Service; 2] = [MIRAGE_DHCP, MIRAGE_NTP];
+pub const SERVICES: [Service; 3] = [MIRAGE_DHCP, MIRAGE_NTP, MIRAGE_DNS];
 
 impl Service {
     /// The service named `name` ("mirage-ntp"), if the writer knows it.
@@ -109,11 +148,12 @@ impl Service {
     }
 
     /// LinuxKit's per-image defaults (its `org.mobyproject.config` label):
-    /// the same capabilities, ids, binds and KVM device ([`KVM_DEVICE`]) as
+    /// the same capabilities, ids, binds, limits and KVM device
+    /// ([`KVM_DEVICE`], for a service whose engine can be a guest) as
     /// the service's LinuxKit example (examples/NAME.yml).
     pub fn linuxkit_config(&self) -> Value {
         let (path, major, minor, mode) = KVM_DEVICE;
-        json!({
+        let mut config = json!({
             "net": "host",
             "uid": self.id,
             "gid": self.id,
@@ -122,8 +162,35 @@ impl Service {
             "noNewPrivileges": true,
             "readonly": true,
             "binds": self.binds,
-            "devices": [{"path": path, "type": "c", "major": major, "minor": minor, "mode": mode}],
-        })
+            "devices": if self.kvm {
+                json!([{"path": path, "type": "c", "major": major, "minor": minor, "mode": mode}])
+            } else {
+                json!([])
+            },
+        });
+        // Only where needed: the other services' labels (and digests) stay
+        // as they were.
+        if !self.rlimits.is_empty() {
+            config["rlimits"] = json!(self.rlimits);
+        }
+        config
+    }
+
+    /// The limits of [`Service::rlimits`] as podman's `--ulimit` values
+    /// (`nofile=4096:4096`).
+    pub fn ulimits(&self) -> Vec<String> {
+        self.rlimits
+            .iter()
+            .map(|r| {
+                let mut it = r.splitn(3, ',');
+                let (kind, soft, hard) = (
+                    it.next().unwrap_or_default(),
+                    it.next().unwrap_or_default(),
+                    it.next().unwrap_or_default(),
+                );
+                format!("{kind}={soft}:{hard}")
+            })
+            .collect()
     }
 }
 
@@ -607,10 +674,106 @@ mod tests {
         .2;
         assert_ne!(dhcp.manifest_digest, written_ntp.manifest_digest);
         assert_eq!(Service::named("mirage-ntp"), Some(MIRAGE_NTP));
-        assert_eq!(Service::named("mirage-dns"), None);
+        assert_eq!(Service::named("mirage-dns"), Some(MIRAGE_DNS));
+        assert_eq!(Service::named("mirage-resolved"), None);
         // No service shares another's id, and none is nobody's or root's.
         let ids: Vec<u32> = SERVICES.iter().map(|s| s.id).collect();
-        assert_eq!(ids, [65522, 65528]);
+        assert_eq!(ids, [65522, 65528, 65531]);
+        // Nor any role's default id on a host (dhcp 65520..=65522 with its
+        // actuator's being the service's own, ntp 65526..=65528 likewise,
+        // dns 65529 and 65530), so a file a container made never looks
+        // like another role's.
+        for role in [65520, 65521, 65526, 65527, 65529, 65530] {
+            assert!(!ids.contains(&role), "{role}");
+        }
+    }
+
+    #[test]
+    fn every_service_is_reproducible_and_differs_from_the_others() {
+        let mut digests = Vec::new();
+        for service in SERVICES {
+            let build = || {
+                let image = image(&service, b"same binary".to_vec(), &meta()).unwrap();
+                let (blobs, index, written) = blobs(&image, LayerCompression::Gzip).unwrap();
+                let bytes: Vec<Vec<u8>> = blobs.into_iter().map(|b| b.bytes).collect();
+                (bytes, index.to_string(), written)
+            };
+            let (a, b) = (build(), build());
+            assert!(a == b, "{}: two builds differ", service.name);
+            // And on disk, packed: the same archive bytes.
+            let dirs: Vec<_> = ["a", "b"]
+                .iter()
+                .map(|n| {
+                    std::env::temp_dir().join(format!(
+                        "oci-image-repro-{}-{}-{n}",
+                        service.name,
+                        std::process::id()
+                    ))
+                })
+                .collect();
+            let mut archives = Vec::new();
+            for d in &dirs {
+                let _ = std::fs::remove_dir_all(d);
+                let image = image(&service, b"same binary".to_vec(), &meta()).unwrap();
+                write_layout(&image, d, LayerCompression::Gzip).unwrap();
+                archives.push(archive_layout(d).unwrap());
+                std::fs::remove_dir_all(d).unwrap();
+            }
+            assert!(archives[0] == archives[1], "{}: archives differ", service.name);
+            digests.push(a.2.manifest_digest);
+        }
+        digests.sort();
+        digests.dedup();
+        assert_eq!(
+            digests.len(),
+            SERVICES.len(),
+            "one binary, three services, three images"
+        );
+    }
+
+    #[test]
+    fn dns_binds_port_53_only_and_asks_for_its_descriptors() {
+        let dns = image(&MIRAGE_DNS, b"bin".to_vec(), &meta()).unwrap();
+        let (blobs_dns, _, _) = blobs(&dns, LayerCompression::Gzip).unwrap();
+        let config: Value = serde_json::from_slice(&blobs_dns[1].bytes).unwrap();
+        assert_eq!(config["config"]["User"], "65531:65531");
+        assert_eq!(config["config"]["Entrypoint"], json!(["/mirage-dns"]));
+        assert_eq!(config["config"]["Cmd"], json!(["run"]));
+        let labels = &config["config"]["Labels"];
+        assert_eq!(labels["org.opencontainers.image.title"], "mirage-dns");
+        let moby: Value = serde_json::from_str(labels["org.mobyproject.config"].as_str().unwrap()).unwrap();
+        assert_eq!(moby, MIRAGE_DNS.linuxkit_config());
+        assert_eq!(moby["capabilities"], json!(["CAP_NET_BIND_SERVICE"]));
+        assert_eq!(moby["ambient"], json!(["CAP_NET_BIND_SERVICE"]));
+        assert_eq!(
+            (moby["uid"].as_u64(), moby["gid"].as_u64()),
+            (Some(65531), Some(65531))
+        );
+        assert_eq!(moby["readonly"], true);
+        assert_eq!(moby["noNewPrivileges"], true);
+        assert_eq!(
+            moby["binds"],
+            json!([
+                "/etc/mirage/dns:/etc/mirage/dns:ro",
+                "/var/lib/mirage/dns:/var/lib/mirage/dns",
+                "/run/mirage/dns:/run/mirage/dns",
+            ])
+        );
+        // No guest image for the DNS engine: no KVM device.
+        assert_eq!(moby["devices"], json!([]));
+        // Above the network role's 1106 descriptors with the default limits.
+        assert_eq!(moby["rlimits"], json!(["nofile,4096,4096"]));
+        assert_eq!(MIRAGE_DNS.ulimits(), ["nofile=4096:4096"]);
+        // The other services ask for none, and their labels have no key for it.
+        for s in [MIRAGE_DHCP, MIRAGE_NTP] {
+            assert!(s.linuxkit_config().get("rlimits").is_none(), "{}", s.name);
+            assert!(s.ulimits().is_empty());
+        }
+        let mut d = flate2::read::GzDecoder::new(&blobs_dns[0].bytes[..]);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut raw).unwrap();
+        assert_eq!(&raw[..11], b"mirage-dns\0");
+        assert_eq!(&raw[100..107], b"0000555");
     }
 
     #[test]

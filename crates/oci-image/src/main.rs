@@ -1,5 +1,5 @@
 //! `oci-image`: write a MirageSDK service's container image (mirage-dhcp,
-//! mirage-ntp) as an OCI image layout (and optionally an oci-archive) from
+//! mirage-ntp, mirage-dns) as an OCI image layout (and optionally an oci-archive) from
 //! a built static binary, without a container engine. Same inputs, same
 //! digest; see deploy/build-image.sh.
 
@@ -12,11 +12,11 @@ use clap::Parser;
 #[command(
     name = "oci-image",
     version,
-    about = "Reproducible OCI image of a MirageSDK service (mirage-dhcp, mirage-ntp)"
+    about = "Reproducible OCI image of a MirageSDK service (mirage-dhcp, mirage-ntp, mirage-dns)"
 )]
 struct Args {
-    /// The service: mirage-dhcp or mirage-ntp (its user, capabilities,
-    /// binds and labels).
+    /// The service: mirage-dhcp, mirage-ntp or mirage-dns (its user,
+    /// capabilities, binds, limits and labels).
     #[arg(long, value_parser = parse_service)]
     service: oci_image::Service,
     /// The service's static executable to put in the image.
@@ -111,11 +111,13 @@ mod tests {
         let a = with(&["--service", "mirage-ntp", "--revision", "r"]).unwrap();
         assert_eq!(a.revision, "r");
         assert_eq!(a.service, oci_image::MIRAGE_NTP);
+        let a = with(&["--service", "mirage-dns", "--revision", "r"]).unwrap();
+        assert_eq!(a.service, oci_image::MIRAGE_DNS);
         assert!(with(&["--service", "mirage-dhcp"]).is_err(), "no --revision");
         assert!(with(&["--revision", "r"]).is_err(), "no --service");
         let e = with(&["--service", "chrony", "--revision", "r"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("one of mirage-dhcp, mirage-ntp"), "{e}");
+        assert!(e.contains("one of mirage-dhcp, mirage-ntp, mirage-dns"), "{e}");
     }
 }

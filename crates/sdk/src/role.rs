@@ -25,6 +25,7 @@
 
 use std::os::fd::{BorrowedFd, RawFd};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,40 @@ use crate::service::SandboxKind;
 
 /// The role's channel to its supervisor.
 pub const FD_CHANNEL: RawFd = 3;
+
+/// Exit status of a role whose entry failed before its sandbox was in
+/// force ([`Starting::enter`]): at its setup. The runtime does not restart
+/// a role that fails at setup the same way twice in a row (a restart
+/// changes nothing its setup depends on: ids, limits, capabilities).
+pub const EXIT_SETUP_FAILED: i32 = 72;
+/// Exit status of a role that said no restart can help ([`cannot_run`]):
+/// the service stops.
+pub const EXIT_CANNOT_RUN: i32 = 78;
+
+/// Whether this process's sandbox is in force (set by [`Starting::enter`]).
+static ENTERED: AtomicBool = AtomicBool::new(false);
+/// Whether this role said it cannot run ([`cannot_run`]).
+static CANNOT_RUN: AtomicBool = AtomicBool::new(false);
+
+/// `why` as a role's error that no restart can help (its configuration
+/// cannot work here): returned from the role's entry, the role exits with
+/// [`EXIT_CANNOT_RUN`] and the runtime stops the service instead of
+/// restarting the role.
+pub fn cannot_run(why: impl Into<String>) -> String {
+    CANNOT_RUN.store(true, Ordering::Relaxed);
+    why.into()
+}
+
+/// The exit status of a role whose entry failed.
+fn failure_status() -> u8 {
+    if CANNOT_RUN.load(Ordering::Relaxed) {
+        EXIT_CANNOT_RUN as u8
+    } else if !ENTERED.load(Ordering::Relaxed) {
+        EXIT_SETUP_FAILED as u8
+    } else {
+        1
+    }
+}
 
 /// One role of a service, as data (see the module docs).
 #[derive(Clone, Debug)]
@@ -326,6 +361,7 @@ impl Starting {
             }
             None => log::warn!("sandbox: {report} seccomp=OFF"),
         }
+        ENTERED.store(true, Ordering::Relaxed);
         Ok((
             Started {
                 name: self.name,
@@ -370,7 +406,7 @@ pub fn main_if_role(entries: &[Entry]) -> Option<ExitCode> {
             if !log::log_enabled!(log::Level::Error) {
                 eprintln!("ERROR {e}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(failure_status())
         }
     })
 }

@@ -17,6 +17,10 @@
 //!   handled (nothing it sent before dying is lost); any other ends the
 //!   service; a service may also start any role again on purpose
 //!   ([`Ctx::restart`]: new descriptors for it), which is no fault;
+//! - a restart cannot mend a role's setup: a restartable role that failed
+//!   before its sandbox was in force ([`crate::role::EXIT_SETUP_FAILED`])
+//!   twice in a row with the same last ERROR line, or that said it cannot
+//!   run ([`crate::role::EXIT_CANNOT_RUN`]), ends the service instead;
 //! - SIGTERM/SIGINT/SIGHUP start the service's orderly stop, which ends
 //!   within the stop grace whatever the roles do;
 //! - a restarted role gets its descriptors again from the service
@@ -145,6 +149,8 @@ pub struct Role {
     log_buf: Vec<u8>,
     log_limit: LineLimiter,
     started: Instant,
+    /// The last line it logged at ERROR level (what it failed with).
+    last_error: Option<String>,
 }
 
 impl Role {
@@ -170,6 +176,7 @@ impl Role {
                 Instant::now(),
             ),
             started,
+            last_error: None,
         }
     }
 
@@ -219,6 +226,16 @@ impl Role {
 
     fn relay_line(&mut self, line: &[u8], out: &mut dyn FnMut(&str)) {
         let name = self.name;
+        if let Some(at) = line.windows(6).position(|w| w == b"ERROR ") {
+            // Kept whatever the rate limit drops, without the level.
+            let text = String::from_utf8_lossy(&line[at + 6..line.len().min(at + 6 + 240)]);
+            self.last_error = Some(
+                text.trim()
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect(),
+            );
+        }
         match self.log_limit.check(Instant::now()) {
             LineVerdict::Drop => {}
             LineVerdict::Relay => out(&crate::log::relay_line(name, line)),
@@ -308,6 +325,9 @@ struct Slot {
     restarts: u32,
     restart_delay: Duration,
     restart_at: Option<Instant>,
+    /// The last error line of its previous generation, if that one failed
+    /// at setup ([`crate::role::EXIT_SETUP_FAILED`]).
+    setup_failed: Option<String>,
 }
 
 /// A service's view of its roles while it handles something.
@@ -423,6 +443,7 @@ impl<S: Service> Runtime<S> {
                 restarts: 0,
                 restart_delay: RESTART_FIRST,
                 restart_at: None,
+                setup_failed: None,
             })
             .collect();
         Runtime {
@@ -553,6 +574,12 @@ impl<S: Service> Runtime<S> {
                 self.faults.push((peer, why));
             }
             let slot = &mut self.slots[id];
+            // What the role said of its end (its own setup error).
+            let code = role.child.exit_code();
+            let said = role.last_error.take().unwrap_or_default();
+            let setup_again = code == Some(crate::role::EXIT_SETUP_FAILED)
+                && slot.setup_failed.as_deref() == Some(said.as_str());
+            slot.setup_failed = (code == Some(crate::role::EXIT_SETUP_FAILED)).then(|| said.clone());
             match slot.restart {
                 _ if planned => {
                     log::info!("{} stopped to start again ({why})", slot.name);
@@ -561,6 +588,21 @@ impl<S: Service> Runtime<S> {
                 Restart::Never => {
                     self.fatal
                         .get_or_insert_with(|| format!("the {} role stopped ({why})", slot.name));
+                }
+                // A restart would fail the same way, forever: the service
+                // stops, and says why.
+                Restart::WithBackoff if code == Some(crate::role::EXIT_CANNOT_RUN) => {
+                    self.fatal.get_or_insert_with(|| {
+                        format!("the {} role cannot run ({said}): not restarting it", slot.name)
+                    });
+                }
+                Restart::WithBackoff if setup_again => {
+                    self.fatal.get_or_insert_with(|| {
+                        format!(
+                            "the {} role failed at its setup twice in a row ({said}): not restarting it",
+                            slot.name
+                        )
+                    });
                 }
                 Restart::WithBackoff => {
                     if role.started.elapsed() >= STABLE {
@@ -806,8 +848,15 @@ impl<S: Service> Runtime<S> {
         }
     }
 
-    /// Kill every role and relay what they logged last.
+    /// Kill every role and relay what they logged last. Every role is
+    /// signalled before any is reaped: a role that outlived its direct
+    /// peer by a reap would see the peer's channel close and say so.
     pub fn shutdown(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(r) = &mut slot.role {
+                let _ = r.child.kill();
+            }
+        }
         for slot in &mut self.slots {
             if let Some(r) = &mut slot.role {
                 r.kill();
@@ -1086,6 +1135,94 @@ mod tests {
             "down before its messages were read"
         );
         assert!(rt.restart_at(0).is_some());
+    }
+
+    /// Run `rt` on a thread until it ends by itself (bounded: a runtime
+    /// that goes on restarting fails the test instead of hanging it).
+    fn run_to_its_end(mut rt: Runtime<Recorder>) -> (ExitCode, Runtime<Recorder>) {
+        let signals = SignalPipe::for_test().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let code = rt.run(&signals);
+            let _ = tx.send((code, rt));
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the runtime went on restarting a role that cannot start")
+    }
+
+    fn fails_at_setup(error: &str) -> String {
+        format!(
+            "echo 'ERROR {error}' >&2; exit {}",
+            crate::role::EXIT_SETUP_FAILED
+        )
+    }
+
+    #[test]
+    fn a_role_that_fails_at_setup_the_same_way_twice_in_a_row_ends_the_service() {
+        let nofile = fails_at_setup("sandbox: RLIMIT_NOFILE: Operation not permitted (os error 1)");
+        let (engine, _e) = stand_in("engine", &nofile);
+        let (network, _n) = stand_in("network", "exec sleep 60");
+        let service = Recorder {
+            restart_script: nofile.clone(),
+            ..Recorder::default()
+        };
+        let mut rt = Runtime::new(service, vec![engine.restartable(), network]);
+        rt.set_restart_delay(Duration::from_millis(10));
+        let (code, rt) = run_to_its_end(rt);
+        assert_eq!(code, ExitCode::FAILURE);
+        assert_eq!(rt.service.ups, 1, "restarted once, then given up");
+        assert!(!rt.is_up(0) && rt.restart_at(0).is_none(), "no restart scheduled");
+
+        // Another error the second time: one more try, then the same one
+        // twice ends it.
+        let (engine, _e) = stand_in(
+            "engine",
+            &fails_at_setup("sandbox: setresuid: Operation not permitted"),
+        );
+        let (network, _n) = stand_in("network", "exec sleep 60");
+        let service = Recorder {
+            restart_script: nofile,
+            ..Recorder::default()
+        };
+        let mut rt = Runtime::new(service, vec![engine.restartable(), network]);
+        rt.set_restart_delay(Duration::from_millis(10));
+        let (code, rt) = run_to_its_end(rt);
+        assert_eq!(code, ExitCode::FAILURE);
+        assert_eq!(rt.service.ups, 2);
+    }
+
+    #[test]
+    fn a_role_that_cannot_run_ends_the_service_at_once_and_one_past_its_setup_is_restarted() {
+        let script = format!(
+            "echo 'ERROR no way to run here' >&2; exit {}",
+            crate::role::EXIT_CANNOT_RUN
+        );
+        let (engine, _e) = stand_in("engine", &script);
+        let (network, _n) = stand_in("network", "exec sleep 60");
+        let service = Recorder {
+            restart_script: "exec sleep 60".into(),
+            ..Recorder::default()
+        };
+        let mut rt = Runtime::new(service, vec![engine.restartable(), network]);
+        rt.set_restart_delay(Duration::from_millis(10));
+        let (code, rt) = run_to_its_end(rt);
+        assert_eq!(code, ExitCode::FAILURE);
+        assert_eq!(rt.service.ups, 0, "never restarted");
+
+        // The same error, but after its setup (exit status 1): restarted
+        // every time, as any fault of a role facing hostile input.
+        let after_setup = "echo 'ERROR bad input' >&2; exit 1";
+        let (engine, _e) = stand_in("engine", after_setup);
+        let (network, _n) = stand_in("network", "exec sleep 60");
+        let service = Recorder {
+            restart_script: after_setup.into(),
+            ..Recorder::default()
+        };
+        let mut rt = Runtime::new(service, vec![engine.restartable(), network]);
+        rt.set_restart_delay(Duration::from_millis(10));
+        let (code, rt) = run_for(rt, Duration::from_millis(500));
+        assert_eq!(code, ExitCode::SUCCESS, "ended by the signal, not by itself");
+        assert!(rt.service.ups >= 2, "restarted {} times", rt.service.ups);
     }
 
     #[test]

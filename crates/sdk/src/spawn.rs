@@ -81,6 +81,11 @@ impl RoleProcess {
         Ok(())
     }
 
+    /// Its exit code, once reaped, if it exited (not killed by a signal).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
     /// Reap the process if it has exited.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         self.reap(libc::WNOHANG)

@@ -28,6 +28,8 @@
 //!   releases it; unsolicited datagrams and floods.
 //! - [`kvm`]: whether the `--sandbox kvm` runs of a suite run: they fail
 //!   loudly without a usable `/dev/kvm` unless `MIRAGE_NO_KVM=1`.
+//! - [`layout`]: a service binary's segments by process and what of each a
+//!   running process has resident.
 //! - [`tempdir`]: a scratch directory per test, removed on drop.
 //! - [`cmd`] and [`wait`]: commands that must succeed, bounded waits that
 //!   panic with a clear message.
@@ -68,6 +70,7 @@
 pub mod cmd;
 pub mod dns;
 pub mod kvm;
+pub mod layout;
 pub mod monitor;
 pub mod netns;
 pub mod ntp;

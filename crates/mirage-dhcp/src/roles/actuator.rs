@@ -287,10 +287,16 @@ impl Actuator<'_> {
         if let Err(e) = result {
             return Outcome::Failed(e.to_string());
         }
+        // With a stub named (`resolv_conf_nameserver`), resolv.conf names
+        // it whatever the lease's DNS servers: they reach the stub through
+        // servers.json.
         if let Some(name) = &self.args.resolv_name
-            && !lease.dns_servers.is_empty()
+            && (self.args.resolv_nameserver.is_some() || !lease.dns_servers.is_empty())
         {
-            let resolv = files::resolv_conf(&self.args.interface, lease);
+            let resolv = match self.args.resolv_nameserver {
+                Some(stub) => files::resolv_conf_naming(&self.args.interface, lease, &[stub]),
+                None => files::resolv_conf(&self.args.interface, lease),
+            };
             if !resolv.dropped.is_empty() {
                 log::warn!(
                     "{name}: left out {} search domain(s) that are resolv.conf keywords or do not fit \
@@ -306,7 +312,12 @@ impl Actuator<'_> {
                 return Outcome::Failed(format!("writing {name}: {e}"));
             }
         }
-        self.publish_servers(&lease.ntp_servers, &lease.dns_servers)
+        let search = if lease.search.is_empty() {
+            lease.domain_name.iter().cloned().collect()
+        } else {
+            lease.search.clone()
+        };
+        self.publish_servers(&lease.ntp_servers, &lease.dns_servers, search)
     }
 
     /// servers.json for the services that use what DHCP learned (NTP,
@@ -316,8 +327,10 @@ impl Actuator<'_> {
         &mut self,
         ntp: &[std::net::Ipv4Addr],
         dns: &[std::net::Ipv4Addr],
+        search: Vec<String>,
     ) -> Outcome<Refusal> {
-        let servers = LearnedServers::new(&self.args.interface, ntp, dns);
+        let mut servers = LearnedServers::new(&self.args.interface, ntp, dns);
+        servers.search = search;
         match learned::write(dir(FD_RUN_DIR), &servers) {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(format!("writing {}: {e}", learned::SERVERS_FILE)),
@@ -332,7 +345,7 @@ impl Actuator<'_> {
         match self.unconfigure(&applied) {
             Ok(()) => {
                 self.applied = None;
-                self.publish_servers(&[], &[])
+                self.publish_servers(&[], &[], Vec::new())
             }
             Err(e) => Outcome::Failed(e.to_string()),
         }

@@ -74,32 +74,40 @@ impl Fixture {
     /// mirage-dns in the namespace with `args` after `run`, its run
     /// directory and log in the test's directory.
     pub fn start_dns(&mut self, args: &[&str]) -> usize {
-        let mut cmd = self.ns.command(bin().to_str().unwrap());
-        cmd.arg("run")
-            .args(args)
-            .args(["--config", "/dev/null", "--log-level", "debug", "--run-dir"])
-            .arg(self.dir.join("run"));
-        let daemon = self.procs.spawn_logged(cmd, &self.dir.join("dns.log"));
+        self.start_dns_with("", args)
+    }
+
+    /// [`Fixture::start_dns`] with `config` as its config file.
+    pub fn start_dns_with(&mut self, config: &str, args: &[&str]) -> usize {
+        let daemon = self.spawn_dns_with(&[], config, args);
         wait_listening(&self.ns, Proto::Udp, 53, Duration::from_secs(20));
         wait_listening(&self.ns, Proto::Tcp, 53, Duration::from_secs(20));
         daemon
     }
 
-    /// As [`Fixture::start_dns`], with `config` as the config file.
-    pub fn start_dns_with_config(&mut self, args: &[&str], config: &str) -> usize {
+    /// [`Fixture::start_dns`] without waiting for its listeners, run by
+    /// `wrapper` (a command line that ends where the binary goes, such as
+    /// `prlimit --nofile=1024:1024 --`) if not empty.
+    pub fn spawn_dns(&mut self, wrapper: &[&str], args: &[&str]) -> usize {
+        self.spawn_dns_with(wrapper, "", args)
+    }
+
+    /// [`Fixture::spawn_dns`] with `config` as its config file.
+    pub fn spawn_dns_with(&mut self, wrapper: &[&str], config: &str, args: &[&str]) -> usize {
         let path = self.dir.join("dns.toml");
         std::fs::write(&path, config).unwrap();
-        let mut cmd = self.ns.command(bin().to_str().unwrap());
-        cmd.arg("run")
+        let bin = bin();
+        let mut line: Vec<&str> = wrapper.to_vec();
+        line.push(bin.to_str().unwrap());
+        let mut cmd = self.ns.command(line[0]);
+        cmd.args(&line[1..])
+            .arg("run")
             .args(args)
             .arg("--config")
             .arg(&path)
             .args(["--log-level", "debug", "--run-dir"])
             .arg(self.dir.join("run"));
-        let daemon = self.procs.spawn_logged(cmd, &self.dir.join("dns.log"));
-        wait_listening(&self.ns, Proto::Udp, 53, Duration::from_secs(20));
-        wait_listening(&self.ns, Proto::Tcp, 53, Duration::from_secs(20));
-        daemon
+        self.procs.spawn_logged(cmd, &self.dir.join("dns.log"))
     }
 
     pub fn log(&self) -> String {

@@ -270,6 +270,21 @@ pub const SUPERVISOR_CAPS: [Capability; 5] = [
     Capability::CAP_KILL,
 ];
 
+/// Whether the calling thread holds `cap` in its effective set and its
+/// bounding set: what a supervisor needs to start a role that keeps `cap`
+/// (a role executed by root gets its permitted set from the bounding set,
+/// and asks for nothing it was not given). A container started without
+/// the capability (`--cap-drop`, or a runtime's default set) has it in
+/// neither. It says nothing of user namespaces: a capability held in one
+/// other than the initial one passes here and the kernel still refuses
+/// what needs the initial one (CAP_SYS_TIME's clock calls); only trying
+/// tells (`mirage_sdk::clock::probe_clock_control`).
+pub fn holds(cap: Capability) -> bool {
+    use caps::CapSet;
+    let has = |set| caps::has_cap(None, set, cap).unwrap_or(false);
+    has(CapSet::Effective) && has(CapSet::Bounding)
+}
+
 /// Reduce the supervisor to [`SUPERVISOR_CAPS`] in every set, bounding set
 /// included, so an engine started later inherits no more than that.
 ///
@@ -375,4 +390,58 @@ pub fn apply(plan: &DropPlan<'_>) -> Result<SandboxReport, SandboxError> {
         dirs_contained,
         dirs_contained_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bit `cap` of the hexadecimal `field` (CapEff, CapBnd) of this
+    /// thread's /proc status.
+    fn proc_bit(status: &str, field: &str, cap: Capability) -> bool {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:\t")))
+            .unwrap_or_else(|| panic!("{field} in {status}"));
+        u64::from_str_radix(line.trim(), 16).unwrap() & cap.bitmask() != 0
+    }
+
+    fn proc_holds(cap: Capability) -> bool {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        proc_bit(&status, "CapEff", cap) && proc_bit(&status, "CapBnd", cap)
+    }
+
+    #[test]
+    fn holds_is_the_effective_and_the_bounding_set() {
+        for cap in [
+            Capability::CAP_SYS_TIME,
+            Capability::CAP_NET_ADMIN,
+            Capability::CAP_SETPCAP,
+            Capability::CAP_CHOWN,
+        ] {
+            assert_eq!(holds(cap), proc_holds(cap), "{cap}");
+        }
+        // A thread that drops CAP_SYS_TIME from its bounding set (as a
+        // container runtime does before it runs the service) no longer
+        // holds it, though it is still in its effective set; the other
+        // threads are untouched (the bounding set is per thread).
+        if !(holds(Capability::CAP_SYS_TIME) && holds(Capability::CAP_SETPCAP)) {
+            assert!(
+                !rustix::process::geteuid().is_root(),
+                "root without CAP_SYS_TIME or CAP_SETPCAP: the drop cannot be tested"
+            );
+            eprintln!("not root: the bounding-set drop is not tested here");
+            return;
+        }
+        std::thread::spawn(|| {
+            caps::drop(None, caps::CapSet::Bounding, Capability::CAP_SYS_TIME).unwrap();
+            assert!(caps::has_cap(None, caps::CapSet::Effective, Capability::CAP_SYS_TIME).unwrap());
+            assert!(!holds(Capability::CAP_SYS_TIME));
+            assert!(!proc_holds(Capability::CAP_SYS_TIME));
+            assert!(holds(Capability::CAP_SETPCAP));
+        })
+        .join()
+        .unwrap();
+        assert!(holds(Capability::CAP_SYS_TIME));
+    }
 }

@@ -54,6 +54,12 @@ pub struct LearnedServers {
     pub ntp: Vec<IpAddr>,
     /// DNS servers (DHCP option 6), in the server's order.
     pub dns: Vec<IpAddr>,
+    /// The lease's search domains (option 119, else option 15's domain),
+    /// as the lease's policy accepted them; absent from files written
+    /// before it existed (then empty). A reader checks them again before
+    /// writing them anywhere (`crate::files::resolv_conf_text`).
+    #[serde(default)]
+    pub search: Vec<String>,
 }
 
 impl Versioned for LearnedServers {
@@ -68,6 +74,7 @@ impl LearnedServers {
             interface: interface.into(),
             ntp: ntp.iter().map(|&a| IpAddr::V4(a)).collect(),
             dns: dns.iter().map(|&a| IpAddr::V4(a)).collect(),
+            search: Vec::new(),
         }
     }
 }
