@@ -72,8 +72,9 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(20);
 
 /// Counters every case watches: their change over the case must be what
 /// the case expects, 0 unless it says otherwise. Every refusal reason (the
-/// engine's `refused.*`, the network role's `network.refused.*`) is watched
-/// too.
+/// engine's `refused.*`, the network role's `network.refused.*`) and every
+/// reason the network role drops a client query for (`network.dropped.*`:
+/// not allowed, rate-limited) is watched too.
 const WATCHED: &[&str] = &[
     "engine.servfail",
     "engine.formerr",
@@ -100,7 +101,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// status.json's counters as `section.name` (and `refused.REASON`,
-/// `network.refused.REASON`).
+/// `network.refused.REASON`, `network.dropped.REASON`).
 fn flatten(v: &Value) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for section in ["engine", "network"] {
@@ -115,6 +116,7 @@ fn flatten(v: &Value) -> BTreeMap<String, u64> {
     for (prefix, m) in [
         ("refused", &v["refused"]),
         ("network.refused", &v["network"]["refused"]),
+        ("network.dropped", &v["network"]["dropped"]),
     ] {
         if let Some(m) = m.as_object() {
             for (k, x) in m {
@@ -1638,7 +1640,9 @@ fn run_case(lane: &Lane, c: &Case, id_base: u16) {
     );
     let mut wrong = Vec::new();
     for key in now.keys().chain(before.keys()) {
-        let watched = key.starts_with("refused.") || key.starts_with("network.refused.");
+        let watched = ["refused.", "network.refused.", "network.dropped."]
+            .iter()
+            .any(|p| key.starts_with(p));
         if watched && !expect.contains_key(key) {
             expect.insert(key.clone(), (0, 0));
         }
