@@ -156,7 +156,7 @@ impl Lane {
         std::fs::write(
             &config,
             format!(
-                "attempt_ms = {ATTEMPT_MS}\nattempts = {ATTEMPTS}\n[limits]\ntcp_clients = {TCP_CLIENTS}\n\
+                "dhcp_servers = \"\"\nattempt_ms = {ATTEMPT_MS}\nattempts = {ATTEMPTS}\n[limits]\ntcp_clients = {TCP_CLIENTS}\n\
                  tcp_idle_ms = {TCP_IDLE_MS}\npending_queries = {PENDING_QUERIES}\n"
             ),
         )
