@@ -1,7 +1,7 @@
 //! The MirageSDK test kit: what every service's end-to-end suite needs to
 //! run real processes on real (but private) networks, shared by the DHCP
 //! suites now and the NTP and DNS suites next. A dev-dependency only
-//! (`publish = false`); nothing in it knows a protocol, but for [`ntp`].
+//! (`publish = false`); nothing in it knows a protocol, but for [`ntp`] and [`dns`].
 //!
 //! - [`netns`]: named network namespaces and veth pairs, removed on drop
 //!   (also on panic), commands and whole threads run inside one, unique
@@ -22,6 +22,10 @@
 //! - [`ntp`]: a programmable NTP server (UDP, in a namespace): a script
 //!   builds every answer from the request, from the server's address or
 //!   another one, now or late; unsolicited datagrams and floods.
+//! - [`dns`]: a scripted DNS upstream (UDP and TCP, in a namespace): a
+//!   script builds every reply from the query, honest, bent or raw bytes,
+//!   from the server's address or another one, now, late or when the test
+//!   releases it; unsolicited datagrams and floods.
 //! - [`kvm`]: whether the `--sandbox kvm` runs of a suite run: they fail
 //!   loudly without a usable `/dev/kvm` unless `MIRAGE_NO_KVM=1`.
 //! - [`layout`]: a service binary's segments by process and what of each a
@@ -64,6 +68,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmd;
+pub mod dns;
 pub mod kvm;
 pub mod layout;
 pub mod monitor;
