@@ -67,6 +67,10 @@ struct Waiter {
     checking_disabled: bool,
     /// The client's EDNS: its payload size and DO bit (RFC 3225).
     edns: Option<(u16, bool)>,
+    /// When it gets the stale answer if the upstream has not answered
+    /// (RFC 8767 section 5's client response timer); set only when the
+    /// cache held one as the client asked.
+    stale_at: Option<Instant>,
 }
 
 /// One upstream attempt and the clients waiting for it.
@@ -203,6 +207,15 @@ impl Forwarder {
 
     fn pending(&self) -> u32 {
         self.in_flight.values().map(|f| f.waiters.len() as u32).sum()
+    }
+
+    /// What `max_pending` bounds: the clients waiting, and a query whose
+    /// clients all got a stale answer still counts as one while it runs.
+    fn load(&self) -> u32 {
+        self.in_flight
+            .values()
+            .map(|f| f.waiters.len().max(1) as u32)
+            .sum()
     }
 
     /// A reply to `w` with only a header (and its question, if any),
@@ -347,6 +360,7 @@ impl Forwarder {
             recursion_desired: header.recursion_desired,
             checking_disabled: header.checking_disabled,
             edns: query.edns.as_ref().map(|e| (e.udp_payload_size, e.dnssec_ok)),
+            stale_at: None,
         };
         if let Some(kind) = special(&waiter.question.name) {
             self.counters.local_answers += 1;
@@ -354,7 +368,7 @@ impl Forwarder {
             out.push(Outbound::Answer { client, data });
             return;
         }
-        if self.pending() >= clamp(self.start.max_pending, 1, 65_536) {
+        if self.load() >= clamp(self.start.max_pending, 1, 65_536) {
             self.counters.servfail += 1;
             out.push(Outbound::Answer {
                 client,
@@ -366,7 +380,7 @@ impl Forwarder {
     }
 
     /// Join an identical question in flight, or ask the first upstream.
-    fn ask_upstream(&mut self, now: Instant, waiter: Waiter, out: &mut Batches) {
+    fn ask_upstream(&mut self, now: Instant, mut waiter: Waiter, out: &mut Batches) {
         let dnssec_ok = waiter.edns.is_some_and(|(_, d)| d);
         let key = Self::key_of(&waiter.question, dnssec_ok, waiter.checking_disabled);
         if let Some(data) = self.cached_answer(now, &key, &waiter, false) {
@@ -378,6 +392,10 @@ impl Forwarder {
             return;
         }
         self.counters.cache_misses += 1;
+        if self.has_stale(now, &key) {
+            let ms = clamp(self.start.stale_answer_ms, 100, 10_000);
+            waiter.stale_at = Some(now.add_millis(u64::from(ms)));
+        }
         if let Some(q) = self.by_key.get(&key)
             && let Some(f) = self.in_flight.get_mut(q)
         {
@@ -499,7 +517,7 @@ impl Forwarder {
                 number: f.attempt.number + 1,
                 tcp: false,
             };
-            let question = f.waiters[0].question.clone();
+            let question = f.question.clone();
             self.send_attempt(now, f.key, question, next, f.waiters, out);
             return;
         }
@@ -614,7 +632,7 @@ impl Forwarder {
                 tcp: true,
                 ..f.attempt
             };
-            let question = f.waiters[0].question.clone();
+            let question = f.question.clone();
             self.send_attempt(now, f.key, question, tcp, f.waiters, out);
             return;
         }
@@ -936,6 +954,51 @@ impl Forwarder {
             self.counters.upstream_timeouts += 1;
             self.attempt_failed(now, q, out);
         }
+        self.stale_due(now, out);
+    }
+
+    /// RFC 8767 section 5: the clients whose response timer ran out get
+    /// the stale answer now; their upstream query goes on, and its answer
+    /// refreshes the cache for the next client.
+    fn stale_due(&mut self, now: Instant, out: &mut Batches) {
+        let due: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.waiters.iter().any(|w| w.stale_at.is_some_and(|t| t <= now)))
+            .map(|(q, _)| *q)
+            .collect();
+        for q in due {
+            let Some(f) = self.in_flight.get_mut(&q) else {
+                continue;
+            };
+            let key = f.key.clone();
+            let waiters = core::mem::take(&mut f.waiters);
+            let mut kept = Vec::with_capacity(waiters.len());
+            for mut w in waiters {
+                if w.stale_at.is_none_or(|t| t > now) {
+                    kept.push(w);
+                    continue;
+                }
+                match self.cached_answer(now, &key, &w, true) {
+                    Some(data) => {
+                        self.counters.stale_answers += 1;
+                        out.push(Outbound::Answer {
+                            client: w.client,
+                            data,
+                        });
+                    }
+                    // Dropped from the cache meanwhile: the upstream's
+                    // answer, or SERVFAIL, as without the timer.
+                    None => {
+                        w.stale_at = None;
+                        kept.push(w);
+                    }
+                }
+            }
+            if let Some(f) = self.in_flight.get_mut(&q) {
+                f.waiters = kept;
+            }
+        }
     }
 }
 
@@ -1016,6 +1079,11 @@ impl Engine for Forwarder {
             .in_flight
             .values()
             .map(|f| f.deadline)
+            .chain(
+                self.in_flight
+                    .values()
+                    .flat_map(|f| f.waiters.iter().filter_map(|w| w.stale_at)),
+            )
             .min()
             .unwrap_or(Instant::NEVER);
         if self.sent.as_ref() != Some(&self.status()) {

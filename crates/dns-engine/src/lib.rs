@@ -129,6 +129,12 @@ pub struct Start {
     /// How long after its expiry an answer may still be served stale
     /// (seconds; clamped to 1..=604800).
     pub stale_max_age_secs: u32,
+    /// The client response timer of RFC 8767 section 5: with serve-stale
+    /// on, a client whose question has a stale answer and whose upstream
+    /// query is still unanswered this long gets the stale answer, while
+    /// the query goes on to refresh the cache (milliseconds; clamped to
+    /// 100..=10000).
+    pub stale_answer_ms: u32,
 }
 
 impl Default for Start {
@@ -146,6 +152,9 @@ impl Default for Start {
             negative_max_ttl_secs: 3600,
             serve_stale: false,
             stale_max_age_secs: 86_400,
+            // RFC 8767 section 5's suggestion: before a typical 2 s
+            // client timeout.
+            stale_answer_ms: 1800,
         }
     }
 }

@@ -53,6 +53,13 @@ impl Eng {
         items
     }
 
+    /// The engine's timer at `now_ms`: what it sent.
+    fn timer(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        self.f.on_timer(Instant(now_ms), &mut out);
+        self.take(out)
+    }
+
     /// The latest status, after a timer far enough on to send it.
     fn status(&mut self, now_ms: u64) -> Status {
         let mut out = Vec::new();
@@ -470,6 +477,110 @@ fn serve_stale_is_off_by_default_and_when_on_answers_with_ttl_30_up_to_its_cap()
         Rcode::SERVFAIL
     );
     assert_eq!(e.status(4_000_000).counters.stale_answers, 2);
+}
+
+/// The clients answered in `out`, by id, with their messages.
+fn answers_in(out: &[Outbound]) -> Vec<(u64, Message)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outbound::Answer { client, data } => Some((*client, Message::parse(data).unwrap())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stale_answer_goes_out_when_the_client_response_timer_ends_and_the_query_refreshes_the_cache() {
+    let positive =
+        |last| move |sent: &Message| response(sent, Rcode::NOERROR, vec![a("s.test", 60, last)], vec![]);
+    let mut e = Eng::new(Start {
+        serve_stale: true,
+        stale_max_age_secs: 3600,
+        // Longer than the 1.8 s timer: the upstream is slow, not failed.
+        attempt_ms: 2500,
+        ..Start::default()
+    });
+    e.fetch(0, "s.test", Type::A, positive(1));
+    // Expired: asked upstream, the client waits for the upstream first.
+    let (num, sent) = upstream(e.ask(61_000, 2, "s.test", Type::A));
+    assert_eq!(e.f.poll_at(), Instant(62_800), "1.8 s after the client asked");
+    // A second client joins the same upstream query 500 ms later.
+    let mut m = Message::query(3, name("s.test"), Type::A);
+    m.edns = Some(Edns::new(1232));
+    let joined = e.step(
+        61_500,
+        vec![Inbound::Query {
+            client: 3,
+            transport: Transport::Udp,
+            data: m.to_bytes().unwrap(),
+        }],
+    );
+    assert!(joined.is_empty(), "merged, nothing sent: {joined:?}");
+    assert!(answers_in(&e.timer(62_799)).is_empty());
+    // 1.8 s on: the first client gets the stale answer, TTL 30, and the
+    // upstream query goes on.
+    let out = e.timer(62_800);
+    let got = answers_in(&out);
+    assert_eq!(got.len(), 1, "{out:?}");
+    assert_eq!(
+        (
+            got[0].0,
+            got[0].1.rcode(),
+            got[0].1.answers[0].ttl,
+            &got[0].1.answers[0].data
+        ),
+        (2, Rcode::NOERROR, 30, &RData::A(Ipv4Addr::new(192, 0, 2, 1)))
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Outbound::Close { .. })),
+        "{out:?}"
+    );
+    assert_eq!(e.f.poll_at(), Instant(63_300), "the second client's timer");
+    let got = answers_in(&e.timer(63_300));
+    assert_eq!((got.len(), got[0].0, got[0].1.answers[0].ttl), (1, 3, 30));
+    assert_eq!(e.f.poll_at(), Instant(63_500), "the attempt still runs");
+    // The upstream answers after all: nobody left to answer, the cache
+    // takes the fresh data and the next client gets it without a query.
+    let out = e.step(
+        63_400,
+        vec![Inbound::Reply {
+            query: num,
+            data: positive(7)(&sent).to_bytes().unwrap(),
+        }],
+    );
+    assert!(answers_in(&out).is_empty(), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Outbound::Close { query } if *query == num))
+    );
+    let got = answered(e.ask(64_000, 4, "s.test", Type::A));
+    assert_eq!(
+        (got.answers[0].ttl, &got.answers[0].data),
+        (60, &RData::A(Ipv4Addr::new(192, 0, 2, 7)))
+    );
+    assert_eq!(e.status(70_000).counters.stale_answers, 2);
+    // A name with nothing stale waits for its attempts: no timer.
+    upstream(e.ask(71_000, 5, "never.test", Type::A));
+    assert_eq!(e.f.poll_at(), Instant(73_500));
+
+    // Its own length, from the config.
+    let mut e = Eng::new(Start {
+        serve_stale: true,
+        stale_answer_ms: 400,
+        ..Start::default()
+    });
+    e.fetch(0, "s.test", Type::A, positive(1));
+    upstream(e.ask(61_000, 2, "s.test", Type::A));
+    assert_eq!(e.f.poll_at(), Instant(61_400));
+    assert_eq!(answers_in(&e.timer(61_400))[0].1.answers[0].ttl, 30);
+    // Serve-stale off: no timer, whatever its length.
+    let mut off = Eng::new(Start {
+        stale_answer_ms: 400,
+        ..Start::default()
+    });
+    off.fetch(0, "s.test", Type::A, positive(1));
+    upstream(off.ask(61_000, 2, "s.test", Type::A));
+    assert_eq!(off.f.poll_at(), Instant(62_500));
 }
 
 #[test]

@@ -22,6 +22,10 @@ pub struct CacheConfig {
     pub serve_stale: bool,
     /// How long after expiry an answer may be served stale (seconds).
     pub stale_max_age: u32,
+    /// With serve-stale, how long a client whose question has a stale
+    /// answer waits for the upstream before it gets that answer
+    /// (milliseconds; RFC 8767 section 5's client response timer).
+    pub stale_answer_ms: u32,
 }
 
 impl Default for CacheConfig {
@@ -34,6 +38,7 @@ impl Default for CacheConfig {
             negative_max_ttl: s.negative_max_ttl_secs,
             serve_stale: s.serve_stale,
             stale_max_age: s.stale_max_age_secs,
+            stale_answer_ms: s.stale_answer_ms,
         }
     }
 }
@@ -56,6 +61,7 @@ impl CacheConfig {
         within("max_ttl", self.max_ttl, 1, 604_800)?;
         within("negative_max_ttl", self.negative_max_ttl, 0, 86_400)?;
         within("stale_max_age", self.stale_max_age, 1, 604_800)?;
+        within("stale_answer_ms", self.stale_answer_ms, 100, 10_000)?;
         if self.min_ttl > self.max_ttl {
             return Err(format!(
                 "cache.min_ttl = {} is more than cache.max_ttl = {}",
@@ -76,6 +82,7 @@ impl CacheConfig {
         start.negative_max_ttl_secs = self.negative_max_ttl;
         start.serve_stale = self.serve_stale;
         start.stale_max_age_secs = self.stale_max_age;
+        start.stale_answer_ms = self.stale_answer_ms;
     }
 }
 
@@ -86,7 +93,7 @@ mod tests {
     #[test]
     fn the_table_parses_checks_and_reaches_the_engine() {
         let c: CacheConfig = toml::from_str(
-            "bytes = 1048576\nmin_ttl = 10\nmax_ttl = 3600\nnegative_max_ttl = 300\nserve_stale = true\nstale_max_age = 7200\n",
+            "bytes = 1048576\nmin_ttl = 10\nmax_ttl = 3600\nnegative_max_ttl = 300\nserve_stale = true\nstale_max_age = 7200\nstale_answer_ms = 1200\n",
         )
         .unwrap();
         assert_eq!(c.check(), Ok(()));
@@ -99,9 +106,10 @@ mod tests {
                 s.max_ttl_secs,
                 s.negative_max_ttl_secs,
                 s.serve_stale,
-                s.stale_max_age_secs
+                s.stale_max_age_secs,
+                s.stale_answer_ms
             ),
-            (1 << 20, 10, 3600, 300, true, 7200)
+            (1 << 20, 10, 3600, 300, true, 7200, 1200)
         );
         // The defaults are the engine's, and valid.
         assert_eq!(CacheConfig::default().check(), Ok(()));
@@ -135,6 +143,15 @@ mod tests {
             })
             .contains("cache.stale_max_age")
         );
+        for ms in [0, 99, 10_001] {
+            assert!(
+                bad(CacheConfig {
+                    stale_answer_ms: ms,
+                    ..d
+                })
+                .contains(&format!("cache.stale_answer_ms = {ms} is not within 100..=10000"))
+            );
+        }
         assert!(
             bad(CacheConfig {
                 min_ttl: 600,

@@ -77,12 +77,100 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// An upstream: [`parse_addr`], and not port 0 nor an unspecified address.
+/// A link-local IPv6 address needs its interface (`fe80::1%eth0`,
+/// `[fe80::1%eth0]:53`, or the index, `fe80::1%2`): the name is resolved
+/// here, at start, to the scope id the upstream sockets connect with.
 pub fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
-    let a = parse_addr(s)?;
+    let a = match split_scope(s) {
+        Some((addr, port, scope)) => {
+            let ip: std::net::Ipv6Addr = addr
+                .parse()
+                .map_err(|_| format!("{s:?}: only an IPv6 address takes an interface (%{scope})"))?;
+            let port = match port {
+                Some(p) => p.parse().map_err(|_| format!("{s:?}: bad port {p:?}"))?,
+                None => dns_engine::DNS_PORT,
+            };
+            let index = scope_index(scope).map_err(|e| format!("{s:?}: {e}"))?;
+            SocketAddr::V6(std::net::SocketAddrV6::new(ip, port, 0, index))
+        }
+        None => parse_addr(s)?,
+    };
     if a.port() == 0 || a.ip().is_unspecified() {
         return Err(format!("{s:?} is not an address a query can be sent to"));
     }
+    if let SocketAddr::V6(v6) = a
+        && v6.ip().is_unicast_link_local()
+        && v6.scope_id() == 0
+    {
+        return Err(format!(
+            "{s:?} is a link-local address: give its interface too, e.g. {}%eth0",
+            v6.ip()
+        ));
+    }
     Ok(a)
+}
+
+/// `ADDR%SCOPE` or `[ADDR%SCOPE]:PORT`: the address, the port, the scope.
+fn split_scope(s: &str) -> Option<(&str, Option<&str>, &str)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let (addr, scope) = inside.split_once('%')?;
+        let port = after.strip_prefix(':');
+        return Some((addr, port, scope));
+    }
+    let (addr, scope) = s.split_once('%')?;
+    Some((addr, None, scope))
+}
+
+/// The interfaces named in upstreams, by index, for status and the
+/// uplink resolv.conf (which show `fe80::1%eth0`, not the index).
+static SCOPE_NAMES: std::sync::Mutex<std::collections::BTreeMap<u32, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// An interface's index: a number as it is, a name looked up (netlink).
+fn scope_index(scope: &str) -> Result<u32, String> {
+    if let Ok(index) = scope.parse::<u32>() {
+        if index == 0 {
+            return Err("scope id 0 names no interface".into());
+        }
+        return Ok(index);
+    }
+    let link = mirage_sdk::netlink::Rtnl::open()
+        .and_then(|mut r| r.link_by_name(scope))
+        .map_err(|e| format!("no interface {scope:?} ({e})"))?;
+    SCOPE_NAMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(link.index, link.name);
+    Ok(link.index)
+}
+
+/// An upstream as status, logs and resolv.conf show it: a scope by the
+/// interface's name when it was given by name.
+pub fn upstream_text(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V6(v6) if v6.scope_id() != 0 => {
+            let names = SCOPE_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+            let scope = names
+                .get(&v6.scope_id())
+                .cloned()
+                .unwrap_or_else(|| v6.scope_id().to_string());
+            format!("[{}%{scope}]:{}", v6.ip(), v6.port())
+        }
+        _ => a.to_string(),
+    }
+}
+
+/// The address alone, as a resolv.conf `nameserver` line takes it.
+pub fn nameserver_text(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V6(v6) if v6.scope_id() != 0 => {
+            let text = upstream_text(a);
+            // "[ip%scope]:port" without the brackets and port.
+            text[1..text.rfind(']').unwrap_or(text.len())].to_string()
+        }
+        _ => a.ip().to_string(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -196,6 +284,45 @@ mod tests {
         assert_eq!(parse_addr("::1").unwrap(), "[::1]:53".parse().unwrap());
         assert!(parse_addr("dns.example").unwrap_err().contains("not resolved"));
         assert!(parse_upstream("0.0.0.0").is_err());
+        // Link-local: with an interface (a name resolved, or an index).
+        let lo = parse_upstream("fe80::1%lo").unwrap();
+        assert_eq!(lo, "[fe80::1%1]:53".parse().unwrap());
+        match lo {
+            SocketAddr::V6(v6) => assert_eq!(v6.scope_id(), 1),
+            _ => panic!("{lo}"),
+        }
+        assert_eq!(upstream_text(&lo), "[fe80::1%lo]:53");
+        assert_eq!(nameserver_text(&lo), "fe80::1%lo");
+        let with_port = parse_upstream("[fe80::1%lo]:5353").unwrap();
+        assert_eq!((with_port.port(), with_port.ip()), (5353, lo.ip()));
+        assert_eq!(upstream_text(&with_port), "[fe80::1%lo]:5353");
+        assert_eq!(
+            parse_upstream("fe80::2%7").unwrap(),
+            "[fe80::2%7]:53".parse().unwrap()
+        );
+        assert_eq!(
+            nameserver_text(&parse_upstream("fe80::2%7").unwrap()),
+            "fe80::2%7"
+        );
+        assert_eq!(
+            nameserver_text(&"[2001:db8::1]:53".parse().unwrap()),
+            "2001:db8::1"
+        );
+        let no_scope = parse_upstream("fe80::1").unwrap_err();
+        assert!(
+            no_scope.contains("link-local") && no_scope.contains("fe80::1%eth0"),
+            "{no_scope}"
+        );
+        assert!(parse_upstream("[fe80::1]:53").unwrap_err().contains("link-local"));
+        let unknown = parse_upstream("fe80::1%nosuch0").unwrap_err();
+        assert!(unknown.contains("no interface \"nosuch0\""), "{unknown}");
+        assert!(
+            parse_upstream("192.0.2.1%lo")
+                .unwrap_err()
+                .contains("only an IPv6")
+        );
+        assert!(parse_upstream("fe80::1%0").is_err());
+        assert!(parse_upstream("[fe80::1%lo]:x").unwrap_err().contains("bad port"));
         assert!(parse_upstream("192.0.2.1:0").is_err());
     }
 

@@ -244,12 +244,32 @@ pub struct NetworkSettings {
     pub udp: Vec<SocketAddr>,
     /// Where each TCP listener is bound, after the UDP ones.
     pub tcp: Vec<SocketAddr>,
-    /// The upstream servers, as the engine's `Start` numbers them.
+    /// The upstream servers, as the engine's `Start` numbers them; as
+    /// text, which keeps a link-local address's scope id (postcard's
+    /// socket address does not).
+    #[serde(with = "scoped")]
     pub upstreams: Vec<SocketAddr>,
     /// The clients read: a query from anyone else is dropped unread
     /// (`allow`; by default loopback and the listen addresses).
     pub allow: Vec<crate::policy::Cidr>,
     pub limits: NetworkLimits,
+}
+
+/// Socket addresses as their text, `[fe80::1%2]:53` with its scope id.
+mod scoped {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(v: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(ToString::to_string).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|a| a.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 impl NetworkSettings {
@@ -263,6 +283,24 @@ impl NetworkSettings {
 mod tests {
     use super::*;
     use mirage_sdk::sandbox::seccomp::{self, sys};
+
+    #[test]
+    fn the_network_role_gets_the_upstreams_scope_ids() {
+        let settings = NetworkSettings {
+            udp: vec!["127.0.0.53:53".parse().unwrap()],
+            tcp: vec![],
+            upstreams: vec!["[fe80::1%7]:53".parse().unwrap(), "192.0.2.1:53".parse().unwrap()],
+            allow: vec![],
+            limits: NetworkLimits::default(),
+        };
+        let bytes = mirage_engine::codec::encode(&settings).unwrap();
+        let back: NetworkSettings = mirage_engine::codec::decode(&bytes).unwrap();
+        assert_eq!(back, settings);
+        match back.upstreams[0] {
+            SocketAddr::V6(v6) => assert_eq!(v6.scope_id(), 7),
+            a => panic!("{a}"),
+        }
+    }
 
     #[test]
     fn the_plans_are_the_table_above() {

@@ -614,6 +614,18 @@ mod tests {
         );
         assert_eq!(check_query(&ups, 0, &[0; 11]), Err(OutboundRefusal::NotAQuery));
         assert_eq!(check_query(&ups, 0, &[0; 513]), Err(OutboundRefusal::NotAQuery));
+        // A link-local upstream is sent to with its scope: the same
+        // address on another interface is another upstream.
+        let scoped: Vec<SocketAddr> = vec![
+            "[fe80::1%2]:53".parse().unwrap(),
+            "[fe80::1%3]:53".parse().unwrap(),
+        ];
+        assert_ne!(scoped[0], scoped[1]);
+        assert_eq!(check_query(&scoped, 1, &query(1)), Ok(scoped[1]));
+        match check_query(&scoped, 0, &query(1)) {
+            Ok(SocketAddr::V6(v6)) => assert_eq!(v6.scope_id(), 2),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -472,6 +472,13 @@ impl DhcpFollow {
             if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
                 continue;
             }
+            // servers.json carries no interface: a link-local server
+            // could not be reached (configure it as `fe80::1%eth0`).
+            if let IpAddr::V6(v6) = a.ip()
+                && v6.is_unicast_link_local()
+            {
+                continue;
+            }
             if is_ours(listen, a) {
                 self_loops.push(a);
             } else if !servers.contains(&a) {
@@ -499,7 +506,7 @@ impl DhcpFollow {
 
 fn join(list: &[SocketAddr]) -> String {
     list.iter()
-        .map(SocketAddr::to_string)
+        .map(crate::upstream_text)
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -573,12 +580,14 @@ impl Supervisor {
     /// The uplink resolv.conf: the upstreams in use on port 53 (resolv.conf
     /// has no port), and the lease's search domains when following DHCP.
     fn write_uplink(&self) {
-        let servers: Vec<IpAddr> = self
+        // A link-local one with its interface, `fe80::1%eth0` (glibc and
+        // musl take it; without it the address is useless).
+        let servers: Vec<String> = self
             .settings
             .upstreams
             .iter()
             .filter(|a| a.port() == dns_engine::DNS_PORT)
-            .map(|a| a.ip())
+            .map(crate::nameserver_text)
             .collect();
         let search: Vec<&str> = self
             .dhcp
@@ -786,7 +795,7 @@ impl View {
         let outbound: BTreeMap<&str, u64> = n.refused.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         let status = serde_json::json!({
             "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "upstreams": self.upstreams.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "upstreams": self.upstreams.iter().map(crate::upstream_text).collect::<Vec<_>>(),
             "allow": self.allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "dhcp": self.dhcp,
             "sandbox": self.sandbox.as_str(),

@@ -310,16 +310,116 @@ fn large_answers_go_tc_over_udp_and_whole_over_tcp(sandbox: &'static str) {
     assert_eq!(v["engine"]["servfail"], 0, "{v}");
 }
 
+/// nsd and the processes it forked, for SIGSTOP and SIGCONT.
+fn nsd_tree(f: &Fixture) -> Vec<String> {
+    let mut tree = vec![f.procs.pid(0)];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The parent is the second field after the command's ")".
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid.is_some_and(|p| tree.contains(&p)) && !tree.contains(&pid) {
+                tree.push(pid);
+                grew = true;
+            }
+        }
+    }
+    tree.iter().map(u32::to_string).collect()
+}
+
+fn signal_nsd(f: &Fixture, sig: &str) {
+    let mut args = vec!["-s".to_owned(), sig.to_owned()];
+    args.extend(nsd_tree(f));
+    let ok = std::process::Command::new("kill").args(&args).status().unwrap();
+    assert!(ok.success(), "kill {args:?}");
+}
+
 fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30(sandbox: &'static str) {
     let mut f = with_nsd("dnsx").in_sandbox(sandbox);
     let upstream = nsd_addr().to_string();
+    // Attempts of 10 s: a held upstream is slow, not failed, while the
+    // client response timer runs (500 ms: well inside the 2 s the test's
+    // client waits).
     f.start_dns_with(
-        "[cache]\nserve_stale = true\nstale_max_age = 3600\n",
+        "attempt_ms = 10000\n[cache]\nserve_stale = true\nstale_max_age = 3600\nstale_answer_ms = 500\n",
         &["--upstream", &upstream],
     );
     let ours: SocketAddr = OURS.parse().unwrap();
     let fresh = ask(&f, ours, query(1, "short.test", Type::A, true));
     assert!(fresh.answers[0].ttl <= 4);
+    // nsd held (SIGSTOP): queries reach its socket, nothing answers.
+    // Once the 4 s have run out, the client gets the stale answer when
+    // the client response timer ends, while the upstream query still runs.
+    signal_nsd(&f, "STOP");
+    let held = wait_some(
+        Duration::from_secs(30),
+        "a stale answer from a held upstream",
+        || {
+            let got = ask(&f, ours, query(4, "short.test", Type::A, true));
+            assert_eq!(got.rcode(), Rcode::NOERROR, "{got:?}");
+            std::thread::sleep(Duration::from_millis(300));
+            (got.answers[0].ttl == 30).then_some(got)
+        },
+        || f.log(),
+    );
+    assert_eq!(held.answers[0].data, fresh.answers[0].data);
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the stale answer counted",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["stale_answers"].as_u64() >= Some(1))
+        },
+        || f.log(),
+    );
+    // Not after failed attempts: the query was still waiting for nsd.
+    assert_eq!(
+        (
+            v["engine"]["upstream_timeouts"].as_u64(),
+            v["engine"]["upstream_failures"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    let replies = v["engine"]["upstream_replies"].as_u64().unwrap();
+    // nsd goes on and answers the query it held: the cache is fresh again,
+    // and the next client gets it from there without a new query.
+    signal_nsd(&f, "CONT");
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the held query answered",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["upstream_replies"].as_u64() > Some(replies))
+        },
+        || f.log(),
+    );
+    let (queries, hits) = (
+        v["engine"]["upstream_queries"].as_u64().unwrap(),
+        v["engine"]["cache_hits"].as_u64().unwrap(),
+    );
+    let refreshed = ask(&f, ours, query(5, "short.test", Type::A, true));
+    assert!(refreshed.answers[0].ttl <= 4, "{refreshed:?}");
+    let v = wait_some(
+        Duration::from_secs(10),
+        "the cache hit counted",
+        || {
+            f.status()
+                .filter(|v| v["engine"]["cache_hits"].as_u64() > Some(hits))
+        },
+        || f.log(),
+    );
+    assert_eq!(v["engine"]["upstream_queries"].as_u64(), Some(queries), "{v}");
     // nsd gone: its port answers ICMP unreachable, every attempt fails.
     f.procs.stop(0, Duration::from_secs(5));
     let nsd_gone = ask(&f, ours, query(2, "a.test", Type::A, true));
@@ -343,7 +443,7 @@ fn with_serve_stale_an_expired_answer_outlives_its_upstream_with_ttl_30(sandbox:
         "the stale answer counted",
         || {
             f.status()
-                .filter(|v| v["engine"]["stale_answers"].as_u64() >= Some(1))
+                .filter(|v| v["engine"]["stale_answers"].as_u64() >= Some(2))
         },
         || f.log(),
     );

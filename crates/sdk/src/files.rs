@@ -500,8 +500,14 @@ pub fn resolv_conf_naming(interface: &str, lease: &Lease, nameservers: &[IpAddr]
 
 /// resolv.conf text: a comment line (`comment`, one line of printable
 /// ASCII), `search` with what of `search` is safe to write (see
-/// [`resolv_conf`]), then one `nameserver` line each.
-pub fn resolv_conf_text(comment: &str, search: &[&str], nameservers: &[IpAddr]) -> ResolvConf {
+/// [`resolv_conf`]), then one `nameserver` line each (an address, or a
+/// link-local one with its interface, `fe80::1%eth0`, which glibc and
+/// musl read).
+pub fn resolv_conf_text<T: std::fmt::Display>(
+    comment: &str,
+    search: &[&str],
+    nameservers: &[T],
+) -> ResolvConf {
     let comment: String = comment
         .chars()
         .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
@@ -993,7 +999,11 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("10.0.0.1"), "{text}");
-        let t = resolv_conf_text("uplink\nnameserver 6.6.6.6", &["search", "ok.example"], &[]);
+        let t = resolv_conf_text(
+            "uplink\nnameserver 6.6.6.6",
+            &["search", "ok.example"],
+            &[] as &[IpAddr],
+        );
         assert_eq!(t.text, "# uplink?nameserver 6.6.6.6\nsearch ok.example\n");
         assert_eq!(t.dropped, ["search"]);
     }
