@@ -28,6 +28,9 @@ use mirage_sdk::role::Starting;
 /// Datagrams read from one socket per wake-up, so a flood on one cannot
 /// starve the others or the engine's answers.
 const READS_PER_ROUND: usize = 256;
+/// Client datagrams one `recvmmsg` reads (a listener is read until it is
+/// drained or [`READS_PER_ROUND`] is reached).
+const RECV_BATCH: usize = 32;
 /// Messages read from the engine per wake-up.
 const ENGINE_MESSAGES_PER_ROUND: usize = 64;
 /// Bytes waiting to be written to one TCP client; a client that does not
@@ -117,6 +120,11 @@ struct Network<'a> {
     stats_at_ms: u64,
     batch: Vec<Inbound>,
     batch_bytes: usize,
+    /// Client datagrams read at once from a UDP listener.
+    rx: Option<mirage_sdk::udp::RecvBatch>,
+    /// UDP answers of the engine's batch, per listener, sent together
+    /// (`sendmmsg`) once the batch is through the policy.
+    answers: Vec<Vec<(SocketAddr, Vec<u8>)>>,
 }
 
 /// What one descriptor in the poll set is.
@@ -163,6 +171,8 @@ impl<'a> Network<'a> {
             stats_at_ms: 0,
             batch: Vec::new(),
             batch_bytes: 0,
+            rx: Some(mirage_sdk::udp::RecvBatch::new(RECV_BATCH, MAX_DATAGRAM + 1)),
+            answers: udp.iter().map(|_| Vec::new()).collect(),
         }
     }
 
@@ -222,7 +232,7 @@ impl<'a> Network<'a> {
                             return Ok(());
                         }
                     }
-                    Slot::Udp(i) => self.read_udp(i, &mut buf, peer),
+                    Slot::Udp(i) => self.read_udp(i, peer),
                     Slot::Tcp(i) => self.accept(i),
                     Slot::Upstream(q) => self.read_upstream(q, &mut buf, peer),
                     Slot::TcpUpstream(q) => self.serve_tcp_upstream(q, r.readable, r.writable, peer),
@@ -310,29 +320,49 @@ impl<'a> Network<'a> {
         }
     }
 
-    fn read_udp(&mut self, i: usize, buf: &mut [u8], peer: &Channel) {
-        for _ in 0..READS_PER_ROUND {
-            match self.udp[i].recv_from(buf) {
-                Ok((n, from)) => {
-                    if n > MAX_DATAGRAM {
-                        self.stats.not_queries += 1;
-                        continue;
-                    }
-                    // Dropped, not answered: no REFUSED to reflect.
-                    if !self.client_may_ask(from.ip()) {
-                        continue;
-                    }
-                    let origin = Origin::Udp {
-                        listener: i,
-                        client: from,
-                    };
-                    self.admit(origin, Transport::Udp, &buf[..n], peer);
-                }
+    fn read_udp(&mut self, i: usize, peer: &Channel) {
+        // Moved out while its datagrams go through `admit` (which needs
+        // `self`), and put back.
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        self.read_udp_with(i, &mut rx, peer);
+        self.rx = Some(rx);
+    }
+
+    fn read_udp_with(&mut self, i: usize, rx: &mut mirage_sdk::udp::RecvBatch, peer: &Channel) {
+        let mut read = 0;
+        while read < READS_PER_ROUND {
+            let n = match rx.recv_from(&self.udp[i]) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log::debug!("receive on UDP listener {i}: {e}");
                     return;
                 }
+            };
+            read += n;
+            for k in 0..n {
+                let (data, truncated, from) = rx.get(k);
+                if truncated || data.len() > MAX_DATAGRAM {
+                    self.stats.not_queries += 1;
+                    continue;
+                }
+                let Some(from) = from else { continue };
+                // Dropped, not answered: no REFUSED to reflect.
+                if !self.client_may_ask(from.ip()) {
+                    continue;
+                }
+                let origin = Origin::Udp {
+                    listener: i,
+                    client: from,
+                };
+                self.admit(origin, Transport::Udp, data, peer);
+            }
+            if n < RECV_BATCH {
+                // Drained: the batch goes to the engine now (the loop's
+                // flush), never waiting for more.
+                return;
             }
         }
     }
@@ -589,6 +619,37 @@ impl<'a> Network<'a> {
 
     /// Read what the engine sent; `false` once its channel closed.
     fn read_engine(&mut self, peer: &Channel) -> Result<bool, String> {
+        let open = self.read_engine_messages(peer);
+        self.send_answers();
+        open
+    }
+
+    /// Send the UDP answers the policy passed, one `sendmmsg` per listener
+    /// (more if the kernel takes part of them); one the kernel refuses is
+    /// dropped, as a lost datagram (the client retries).
+    fn send_answers(&mut self) {
+        for (listener, answers) in self.answers.iter_mut().enumerate() {
+            if answers.is_empty() {
+                continue;
+            }
+            let out: Vec<(&[u8], SocketAddr)> = answers.iter().map(|(to, d)| (&d[..], *to)).collect();
+            let mut done = 0;
+            while done < out.len() {
+                match mirage_sdk::udp::send_many_to(&self.udp[listener], &out[done..]) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) => {
+                        log::debug!("answer to {}: {e}", out[done].1);
+                        done += 1;
+                    }
+                }
+            }
+            drop(out);
+            answers.clear();
+        }
+    }
+
+    fn read_engine_messages(&mut self, peer: &Channel) -> Result<bool, String> {
         for i in 0..ENGINE_MESSAGES_PER_ROUND {
             if i > 0 {
                 let more = wait(&[(peer.as_fd(), false)], Some(0)).map_err(|e| format!("poll: {e}"))?;
@@ -629,11 +690,7 @@ impl<'a> Network<'a> {
                 Ok((p, data)) => {
                     self.stats.answers += 1;
                     match p.origin {
-                        Origin::Udp { listener, client } => {
-                            if let Err(e) = self.udp[listener].send_to(&data, client) {
-                                log::debug!("answer to {client}: {e}");
-                            }
-                        }
+                        Origin::Udp { listener, client } => self.answers[listener].push((client, data)),
                         Origin::Tcp { conn } => {
                             let Some(c) = self.conns.get_mut(&conn) else {
                                 return;

@@ -42,9 +42,10 @@ pub const FD_FIRST_LISTENER: RawFd = 4;
 
 /// The network role's own calls, beyond [`BASE`] (reviewed in
 /// docs/security.md, "mirage-dns"):
-/// - `sendto` with an address: answers to UDP clients on the unconnected
-///   listeners; the address is the one the query came from, which the role
-///   keeps (the engine never names an address);
+/// - `sendto` with an address, and `sendmmsg` (several at once): answers
+///   to UDP clients on the unconnected listeners; the address is the one
+///   the query came from, which the role keeps (the engine never names an
+///   address); `recvmmsg`: several client queries per read;
 /// - `socket` for `AF_INET` and `AF_INET6` only, and `connect`: a fresh
 ///   connected UDP socket per upstream query
 ///   ([`mirage_sdk::udp::connected_socket`], no `bind`: the kernel picks a
@@ -58,6 +59,8 @@ pub const FD_FIRST_LISTENER: RawFd = 4;
 ///   an accepted connection non-blocking (std's `set_nonblocking`).
 pub const NETWORK: &[Allow] = &[
     mirage_sdk::allow!(sendto),
+    mirage_sdk::allow!(sendmmsg),
+    mirage_sdk::allow!(recvmmsg),
     mirage_sdk::allow!(socket, When::ArgEq(0, libc::AF_INET as u64)),
     mirage_sdk::allow!(socket, When::ArgEq(0, libc::AF_INET6 as u64)),
     mirage_sdk::allow!(connect),

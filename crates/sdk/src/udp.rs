@@ -293,6 +293,150 @@ fn timestamp_of(msg: &libc::msghdr) -> Option<RealTime> {
     None
 }
 
+/// Datagrams read at once by [`RecvBatch::recv_from`] (`recvmmsg`): one
+/// system call drains up to `slots` queued datagrams, where `recv_from`
+/// takes one each.
+pub struct RecvBatch {
+    storage: Vec<u8>,
+    slot: usize,
+    names: Vec<libc::sockaddr_storage>,
+    got: Vec<(usize, bool)>,
+}
+
+impl RecvBatch {
+    /// Room for `slots` datagrams of up to `slot_size` bytes each.
+    pub fn new(slots: usize, slot_size: usize) -> RecvBatch {
+        let slots = slots.max(1);
+        RecvBatch {
+            storage: vec![0; slots * slot_size.max(1)],
+            slot: slot_size.max(1),
+            // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+            names: vec![unsafe { std::mem::zeroed() }; slots],
+            got: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Read what is queued on the unconnected `socket`, up to the batch's
+    /// room, without waiting (`MSG_DONTWAIT`): `WouldBlock` when nothing
+    /// is. Returns how many datagrams were read ([`RecvBatch::get`]).
+    pub fn recv_from(&mut self, socket: impl AsFd) -> io::Result<usize> {
+        self.got.clear();
+        let slots = self.names.len();
+        let mut iovs: Vec<libc::iovec> = self
+            .storage
+            .chunks_exact_mut(self.slot)
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut hdrs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .zip(self.names.iter_mut())
+            .map(|(iov, name)| {
+                // SAFETY: mmsghdr is plain data; all-zero is a valid value
+                // (no name, no iovecs, no control); the fields used are set.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h
+            })
+            .collect();
+        // The system call itself, as for sendmmsg ([`send_many_to`]).
+        // SAFETY: `hdrs` holds `slots` headers, each pointing at its own
+        // iovec (covering its own slot of `storage`) and its own name
+        // storage (exact size given); all alive and exclusively borrowed
+        // for the call; a null timeout; the fd is borrowed open. The
+        // headers' padding (musl's 32-bit iovlen) is zero, so each length
+        // reads as the kernel's size_t.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_recvmmsg,
+                socket.as_fd().as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for h in &hdrs[..n as usize] {
+            let len = (h.msg_len as usize).min(self.slot);
+            self.got.push((len, h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0));
+        }
+        Ok(n as usize)
+    }
+
+    /// Datagram `i` of the last read: its bytes, whether it was longer than
+    /// a slot (the rest is lost), and its sender (`None` if not IPv4 or
+    /// IPv6). Panics if `i` is not below the count the read returned.
+    pub fn get(&self, i: usize) -> (&[u8], bool, Option<std::net::SocketAddr>) {
+        let (len, truncated) = self.got[i];
+        let start = i * self.slot;
+        (
+            &self.storage[start..start + len],
+            truncated,
+            socket_addr_of(&self.names[i]),
+        )
+    }
+}
+
+/// Send datagrams from the unconnected `socket`, each to its address, in
+/// one system call (`sendmmsg`) per call. Returns how many left, in
+/// order: the first that the kernel refused is `datagrams[n]`; an error
+/// means the first one failed (the caller skips it and goes on).
+pub fn send_many_to(socket: impl AsFd, datagrams: &[(&[u8], std::net::SocketAddr)]) -> io::Result<usize> {
+    if datagrams.is_empty() {
+        return Ok(0);
+    }
+    let mut names: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
+        datagrams.iter().map(|(_, to)| sockaddr_of(*to)).collect();
+    let mut iovs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|(data, _)| libc::iovec {
+            // The kernel only reads from a send's iovec.
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .zip(names.iter_mut())
+        .map(|(iov, (name, len))| {
+            // SAFETY: as in RecvBatch::recv_from.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = *len;
+            h
+        })
+        .collect();
+    // The system call itself: musl's 64-bit sendmmsg is a loop of sendmsg
+    // (no saving, and a call the allow-list does not name).
+    // SAFETY: each header points at its own iovec (over a live borrowed
+    // slice the kernel only reads) and its own address of the given
+    // length; all alive for the call; the padding is zero (as above); the
+    // fd is borrowed open.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sendmmsg,
+            socket.as_fd().as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +519,44 @@ mod tests {
             seen.push(after.nanos_since(at));
         }
         panic!("never stamped on arrival; read-to-stamp gaps (ns): {seen:?}");
+    }
+
+    #[test]
+    fn a_batch_reads_several_datagrams_and_sends_several_at_once() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let rx = UdpSocket::bind(local).unwrap();
+            let tx = UdpSocket::bind(local).unwrap();
+            let mut batch = RecvBatch::new(4, 8);
+            // Nothing queued: no wait.
+            assert_eq!(
+                batch.recv_from(&rx).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock
+            );
+            for d in [&b"one"[..], b"two", b"longer than eight", b"four", b"five"] {
+                tx.send_to(d, rx.local_addr().unwrap()).unwrap();
+            }
+            let n = batch.recv_from(&rx).unwrap();
+            assert_eq!(n, 4);
+            let from = Some(tx.local_addr().unwrap());
+            assert_eq!(batch.get(0), (&b"one"[..], false, from));
+            assert_eq!(batch.get(1), (&b"two"[..], false, from));
+            assert_eq!(batch.get(2), (&b"longer t"[..], true, from));
+            assert_eq!(batch.get(3), (&b"four"[..], false, from));
+            assert_eq!(batch.recv_from(&rx).unwrap(), 1);
+            assert_eq!(batch.get(0).0, b"five");
+            // The answers go back, each to its own address.
+            let other = UdpSocket::bind(local).unwrap();
+            let to = [
+                (&b"a"[..], tx.local_addr().unwrap()),
+                (&b"bb"[..], other.local_addr().unwrap()),
+            ];
+            assert_eq!(send_many_to(&rx, &to).unwrap(), 2);
+            assert_eq!(send_many_to(&rx, &[]).unwrap(), 0);
+            let mut buf = [0u8; 8];
+            let (n, f) = tx.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], f), (&b"a"[..], rx.local_addr().unwrap()));
+            let (n, f) = other.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], f), (&b"bb"[..], rx.local_addr().unwrap()));
+        }
     }
 }

@@ -147,7 +147,7 @@ pub mod sys {
         openat => SYS_openat, fsync => SYS_fsync, fdatasync => SYS_fdatasync, renameat2 => SYS_renameat2,
         unlinkat => SYS_unlinkat, fchmod => SYS_fchmod, fstat => SYS_fstat, newfstatat => SYS_newfstatat,
         statx => SYS_statx, lseek => SYS_lseek, getdents64 => SYS_getdents64, ftruncate => SYS_ftruncate,
-        pread64 => SYS_pread64,
+        pread64 => SYS_pread64, recvmmsg => SYS_recvmmsg, sendmmsg => SYS_sendmmsg,
         clone => SYS_clone, clone3 => SYS_clone3, execve => SYS_execve, wait4 => SYS_wait4, waitid => SYS_waitid,
         kill => SYS_kill, tkill => SYS_tkill, pipe2 => SYS_pipe2, dup => SYS_dup, dup3 => SYS_dup3,
         close_range => SYS_close_range, fcntl => SYS_fcntl, socketpair => SYS_socketpair, prctl => SYS_prctl,
