@@ -2000,11 +2000,18 @@ fn flood_during_renewal(mode: Mode) {
         rate > RATE as f64 * 0.5,
         "the flood did not reach half its rate: {rate:.0}/s"
     );
-    assert!(
-        st["counters"]["renewals"].as_u64() >= Some(1),
-        "no renewal during the flood: {st}"
-    );
-    assert_eq!(st["state"], "bound");
+    // The renewal: its REQUEST goes out during the flood, but the server's
+    // ACK may be one of the frames the kernel drops from the client's full
+    // socket buffer (that is the flood). The client then asks again at T2
+    // (RFC 2131 section 4.4.5: retransmissions in RENEWING wait at least
+    // 60 s, capped by T2 = 20 s here), as REBINDING. Either way the lease
+    // must be extended before it lapses (30 s), whenever the ACK gets in.
+    let renewed = run.wait_status("the lease extended", Duration::from_secs(25), |v| {
+        let extended =
+            v["counters"]["renewals"].as_u64() >= Some(1) || v["counters"]["rebinds"].as_u64() >= Some(1);
+        extended && v["state"] == "bound"
+    });
+    assert_eq!(renewed["counters"]["expiries"], 0, "{renewed}");
     // Bounded: the four processes together leave most of the machine to the
     // rest of the host (measured 0.3-0.8 of a core; the figure is printed
     // above). A spinning role would take a whole core on its own.
