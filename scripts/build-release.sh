@@ -71,6 +71,11 @@ for name in "${BINARIES[@]}"; do
     else
         # Its own target directory: std built from source must not mix with
         # the prebuilt one the stable builds use.
+        # No merging of identical functions: LLVM keeps one copy under one
+        # crate's name, and the layout by process (link_by_process) then
+        # files a function a role runs with another role's code (seen: an
+        # actuator faulting in 64-128 KiB of the supervisor's text).
+        RUSTFLAGS="${RUSTFLAGS:-} -Zmerge-functions=disabled" \
         cargo +nightly build --locked --release -p "$name" --target "$TARGET" \
             --target-dir "$TARGET_DIR/build-std" \
             -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
