@@ -30,6 +30,7 @@ usage: scripts/bench-dns.sh [options]
   -f, --forwarders LIST comma-separated subset of mirage-dns,dnsmasq,unbound
       --bin PATH        mirage-dns binary (skips scripts/build-release.sh)
       --sandbox S       mirage-dns's engine sandbox: seccomp (default), kvm or auto
+      --mirage-config F mirage-dns's config file (default none: its defaults)
       --json FILE       also write the raw results (JSON) to FILE
       --write-docs      put the report into docs/benchmarks.md between its
                         bench-dns markers
@@ -39,7 +40,7 @@ USAGE
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS=5 DURATION=10 LAT_DURATION=5 RATE=5000 MISS_RATE=2000
-FORWARDERS=mirage-dns,dnsmasq,unbound BIN="" JSON_OUT="" WRITE_DOCS=0 SANDBOX=seccomp
+FORWARDERS=mirage-dns,dnsmasq,unbound BIN="" JSON_OUT="" WRITE_DOCS=0 SANDBOX=seccomp MIRAGE_CONFIG=/dev/null
 RECORD=() # the command as the report records it (no local paths)
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -52,6 +53,7 @@ while [ $# -gt 0 ]; do
     -f | --forwarders) FORWARDERS="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
     --bin) BIN="${2:?}"; RECORD+=("$1" BIN); shift 2 ;;
     --sandbox) SANDBOX="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
+    --mirage-config) MIRAGE_CONFIG="$(realpath "${2:?}")"; RECORD+=("$1" "$(basename "$2")"); shift 2 ;;
     --json) JSON_OUT="${2:?}"; shift 2 ;;
     --write-docs) WRITE_DOCS=1; RECORD+=("$1"); shift ;;
     -h | --help) usage; exit 0 ;;
@@ -89,7 +91,7 @@ if [ -z "$BIN" ]; then
 fi
 
 args=(--runs "$RUNS" --duration "$DURATION" --latency-duration "$LAT_DURATION" --rate "$RATE"
-    --miss-rate "$MISS_RATE" --forwarders "$FORWARDERS" --mirage "$BIN" --sandbox "$SANDBOX"
+    --miss-rate "$MISS_RATE" --forwarders "$FORWARDERS" --mirage "$BIN" --sandbox "$SANDBOX" --mirage-config "$MIRAGE_CONFIG"
     --command "scripts/bench-dns.sh ${RECORD[*]}" --tmp "$TMP" --ns "dbench-$(($$ % 100000))")
 [ -z "$JSON_OUT" ] || args+=(--json "$JSON_OUT")
 [ "$WRITE_DOCS" = 0 ] || args+=(--write-docs "$ROOT/docs/benchmarks.md")

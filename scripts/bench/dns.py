@@ -268,7 +268,7 @@ zone:
         for name in self.a.forwarders:
             addr = FORWARDERS[name]
             if name == "mirage-dns":
-                argv = [self.a.mirage, "run", "--config", "/dev/null", "--listen", addr,
+                argv = [self.a.mirage, "run", "--config", self.a.mirage_config, "--listen", addr,
                         "--upstream", f"{UPSTREAM[0]}:{UPSTREAM[1]}", "--sandbox", self.a.sandbox,
                         "--state-dir", os.path.join(t, "dns-state"), "--run-dir", os.path.join(t, "dns-run")]
             elif name == "dnsmasq":
@@ -454,9 +454,9 @@ def report(a, res):
     cpus = os.cpu_count()
     lines.append(f"Date: {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}. Machine: {cpus} CPUs, kernel "
                  f"{uname.release}; load average {a.load_before} before, {' '.join(load)} after. "
-                 "**Other helpers were building on the same 2-core machine during the run**: the "
-                 "absolute figures move with their load; the forwarders took turns, so the ratios "
-                 "are fairer than the absolutes.")
+                 "The machine is a virtual machine on a shared host: a run can be slower for every "
+                 "forwarder alike (the per-run lines the script prints show it); the forwarders took "
+                 "turns, so the medians and ratios are fairer than any one run.")
     lines.append("")
     lines.append("Upstream: " + sh("nsd", "-v", check=False).stderr.splitlines()[0] +
                  f" on 127.0.0.1:5300, zone `bench.` (TTL 3600). Forwarders: " +
@@ -541,6 +541,7 @@ def main():
     p.add_argument("--forwarders", required=True)
     p.add_argument("--mirage", required=True)
     p.add_argument("--sandbox", default="seccomp", choices=["seccomp", "kvm", "auto"])
+    p.add_argument("--mirage-config", default="/dev/null")
     p.add_argument("--command", required=True)
     p.add_argument("--tmp", required=True)
     p.add_argument("--ns", default=f"dbench-{os.getpid() % 100000}")

@@ -20,6 +20,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::cache::{ANY_TYPE, Cache, Key};
 use crate::sanitize::{Kind, sanitize, ttl_of};
+use crate::upstreams::Upstreams;
 use crate::{
     Action, BATCH_BYTES, CLASSIC_UDP_PAYLOAD, Counters, EDNS_PAYLOAD, Event, ITEM_OVERHEAD, Inbound,
     MAX_PARTS_HELD, MAX_TCP_ANSWER, Outbound, PART_BYTES, Reason, Refusal, Start, Status, Transport,
@@ -81,6 +82,8 @@ struct InFlight {
     question: Question,
     id: u16,
     attempt: Attempt,
+    /// When it was sent: the answer's round-trip time ranks the upstream.
+    sent_at: Instant,
     deadline: Instant,
     waiters: Vec<Waiter>,
     /// The parts of a TCP reply received so far, and its announced size.
@@ -97,6 +100,9 @@ struct Attempt {
     number: u8,
     /// Over TCP (RFC 7766 section 5: after a truncated UDP answer).
     tcp: bool,
+    /// The upstreams this question went to so far, this one included
+    /// (bit `i` for upstream `i`).
+    tried: u64,
 }
 
 /// The forwarder (see the crate docs).
@@ -105,6 +111,8 @@ pub struct Forwarder {
     rng: ChaCha8Rng,
     in_flight: BTreeMap<u32, InFlight>,
     by_key: BTreeMap<Key, u32>,
+    /// Which upstream answers best (`crate::upstreams`).
+    upstreams: Upstreams,
     cache: Cache,
     next_query: u32,
     counters: Counters,
@@ -415,9 +423,10 @@ impl Forwarder {
         }
         let question = waiter.question.clone();
         let first = Attempt {
-            upstream: 0,
+            upstream: self.upstreams.first(now),
             number: 1,
             tcp: false,
+            tried: 0,
         };
         self.send_attempt(now, key, question, first, vec![waiter], out);
     }
@@ -471,6 +480,11 @@ impl Forwarder {
         };
         self.counters.upstream_queries += 1;
         let upstream = attempt.upstream;
+        self.upstreams.asked(upstream, now);
+        let mut attempt = attempt;
+        if upstream < 64 {
+            attempt.tried |= 1 << upstream;
+        }
         out.push(if attempt.tcp {
             self.counters.tcp_retries += 1;
             Outbound::TcpQuery {
@@ -493,6 +507,7 @@ impl Forwarder {
                 question: sent,
                 id,
                 attempt,
+                sent_at: now,
                 deadline: now.add_millis(u64::from(clamp(self.start.attempt_ms, 100, 10_000))),
                 waiters,
                 parts: Vec::new(),
@@ -501,21 +516,24 @@ impl Forwarder {
         );
     }
 
-    /// Attempt `query` failed (timeout, ICMP error): the next upstream, or
-    /// SERVFAIL for everyone waiting.
-    fn attempt_failed(&mut self, now: Instant, query: u32, out: &mut Batches) {
+    /// Attempt `query` failed (timeout, ICMP error, REFUSED; `penalize`:
+    /// the upstream loses its place, see `crate::upstreams`; not for a
+    /// SERVFAIL): the next upstream, or a stale answer or SERVFAIL for
+    /// everyone waiting.
+    fn attempt_failed(&mut self, now: Instant, query: u32, out: &mut Batches, penalize: bool) {
         let Some(f) = self.in_flight.remove(&query) else {
             return;
         };
         self.by_key.remove(&f.key);
         out.push(Outbound::Close { query });
+        self.upstreams.failed(f.attempt.upstream, penalize);
         let attempts = self.start.attempts.clamp(1, 4);
-        let n = self.start.upstreams.len().clamp(1, 256);
         if f.attempt.number < attempts {
             let next = Attempt {
-                upstream: ((usize::from(f.attempt.upstream) + 1) % n) as u8,
+                upstream: self.upstreams.next(f.attempt.tried),
                 number: f.attempt.number + 1,
                 tcp: false,
+                tried: f.attempt.tried,
             };
             let question = f.question.clone();
             self.send_attempt(now, f.key, question, next, f.waiters, out);
@@ -596,7 +614,7 @@ impl Forwarder {
             // Garbage does not end a UDP attempt: the real answer may
             // follow. A TCP connection carries one answer, now spent.
             if tcp {
-                self.attempt_failed(now, query, out);
+                self.attempt_failed(now, query, out, true);
             }
             return;
         };
@@ -618,13 +636,31 @@ impl Forwarder {
         if reply.rcode() == Rcode::REFUSED {
             self.counters.upstream_replies += 1;
             self.counters.upstream_failures += 1;
-            self.attempt_failed(now, query, out);
+            self.attempt_failed(now, query, out, true);
+            return;
+        }
+        // A SERVFAIL goes to another upstream while one is left untried
+        // within the attempts; from the last, it is relayed (or a stale
+        // answer served, below).
+        if reply.rcode() == Rcode::SERVFAIL
+            && f.attempt.number < self.start.attempts.clamp(1, 4)
+            && self.upstreams.any_untried(f.attempt.tried)
+        {
+            self.counters.upstream_replies += 1;
+            self.counters.upstream_failures += 1;
+            self.attempt_failed(now, query, out, false);
             return;
         }
         let f = self.in_flight.remove(&query).expect("looked up above");
         self.by_key.remove(&f.key);
         out.push(Outbound::Close { query });
         self.counters.upstream_replies += 1;
+        if reply.rcode() == Rcode::SERVFAIL {
+            self.upstreams.failed(f.attempt.upstream, false);
+        } else {
+            let rtt = (!f.attempt.tcp).then(|| now.since(f.sent_at));
+            self.upstreams.answered(f.attempt.upstream, rtt);
+        }
         // RFC 7766 section 5 (RFC 1035 4.2.2): a truncated UDP answer is
         // asked again over TCP, of the same upstream, in the same attempt.
         if reply.header.truncated && !f.attempt.tcp {
@@ -927,6 +963,7 @@ impl Forwarder {
     fn status(&self) -> Status {
         Status {
             pending: self.pending(),
+            upstreams: self.upstreams.status(),
             cache_entries: self.cache.len() as u32,
             cache_bytes: self.cache.bytes() as u32,
             counters: self.counters,
@@ -952,7 +989,7 @@ impl Forwarder {
             .collect();
         for q in due {
             self.counters.upstream_timeouts += 1;
-            self.attempt_failed(now, q, out);
+            self.attempt_failed(now, q, out, true);
         }
         self.stale_due(now, out);
     }
@@ -1014,11 +1051,13 @@ impl Engine for Forwarder {
         let mut keys = ChaCha8Rng::from_seed(seed);
         keys.set_stream(1);
         let hash_key = (keys.next_u64(), keys.next_u64());
+        let upstreams = Upstreams::new(start.upstreams.len());
         let mut f = Forwarder {
             start,
             rng: ChaCha8Rng::from_seed(seed),
             in_flight: BTreeMap::new(),
             by_key: BTreeMap::new(),
+            upstreams,
             cache: Cache::new(hash_key),
             next_query: 0,
             counters: Counters::default(),
@@ -1053,7 +1092,7 @@ impl Engine for Forwarder {
                 Inbound::Failed { query } => {
                     if self.in_flight.contains_key(&query) {
                         self.counters.upstream_failures += 1;
-                        self.attempt_failed(now, query, &mut batches);
+                        self.attempt_failed(now, query, &mut batches, true);
                     }
                 }
             }

@@ -38,6 +38,7 @@ extern crate alloc;
 pub mod cache;
 mod forward;
 mod sanitize;
+pub mod upstreams;
 
 use alloc::vec::Vec;
 use core::net::SocketAddr;
@@ -255,6 +256,9 @@ impl Reason {
 pub struct Status {
     /// Client queries waiting for an upstream now.
     pub pending: u32,
+    /// Each upstream's time and failures, in [`Start::upstreams`]' order
+    /// (docs/dns.md, "Upstream choice").
+    pub upstreams: Vec<upstreams::UpstreamStatus>,
     /// Answers in the cache now, and their estimated memory.
     pub cache_entries: u32,
     pub cache_bytes: u32,

@@ -81,11 +81,12 @@ pub fn run<E: Engine, H: Host>(host: &mut H) -> Result<(), RunError<H::Error>> {
         },
     };
     let mut actions: Vec<E::Action> = Vec::new();
+    let mut out = vec![0u8; MAX_MESSAGE_LEN];
     let now = host.now();
     let mut engine = E::start(start, now, seed, &mut actions);
     loop {
         for action in actions.drain(..) {
-            send_action::<E, H>(host, action)?;
+            send_action::<E, H>(host, action, &mut out)?;
         }
         let due = engine.poll_at();
         match host.recv(due, &mut buf).map_err(RunError::Host)? {
@@ -106,10 +107,11 @@ pub fn run<E: Engine, H: Host>(host: &mut H) -> Result<(), RunError<H::Error>> {
                 if let Err(refusal) = engine.handle(now, event, &mut actions) {
                     // What the engine asked for before refusing still goes out first.
                     for action in actions.drain(..) {
-                        send_action::<E, H>(host, action)?;
+                        send_action::<E, H>(host, action, &mut out)?;
                     }
                     send(
                         host,
+                        &mut out,
                         Route::Supervisor,
                         &FromEngine::<E::Action, E::Refusal>::Refused(refusal),
                     )?;
@@ -119,12 +121,27 @@ pub fn run<E: Engine, H: Host>(host: &mut H) -> Result<(), RunError<H::Error>> {
     }
 }
 
-fn send_action<E: Engine, H: Host>(host: &mut H, action: E::Action) -> Result<(), RunError<H::Error>> {
+fn send_action<E: Engine, H: Host>(
+    host: &mut H,
+    action: E::Action,
+    out: &mut [u8],
+) -> Result<(), RunError<H::Error>> {
     let to = E::route(&action);
-    send(host, to, &FromEngine::<E::Action, E::Refusal>::Action(action))
+    send(
+        host,
+        out,
+        to,
+        &FromEngine::<E::Action, E::Refusal>::Action(action),
+    )
 }
 
-fn send<H: Host, T: serde::Serialize>(host: &mut H, to: Route, msg: &T) -> Result<(), RunError<H::Error>> {
-    let bytes = codec::encode(msg).map_err(RunError::Codec)?;
-    host.send(to, &bytes).map_err(RunError::Host)
+/// Encode into `out` (the loop's one send buffer) and send.
+fn send<H: Host, T: serde::Serialize>(
+    host: &mut H,
+    out: &mut [u8],
+    to: Route,
+    msg: &T,
+) -> Result<(), RunError<H::Error>> {
+    let bytes = codec::encode_into(msg, out).map_err(RunError::Codec)?;
+    host.send(to, bytes).map_err(RunError::Host)
 }

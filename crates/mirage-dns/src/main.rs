@@ -15,6 +15,12 @@ mod network;
 mod supervisor;
 
 use std::net::{IpAddr, SocketAddr};
+
+/// dlmalloc keeps freed memory for reuse; musl's allocator gives an emptied
+/// group of slots back to the kernel at once, which on the query path
+/// cost an mmap and a munmap per batch in each role (docs/architecture.md).
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -201,6 +207,22 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     };
     out.line("listen", &list("listen"));
     out.line("upstreams", &list("upstreams"));
+    for u in v["upstream_state"].as_array().into_iter().flatten() {
+        let rtt = match u["rtt_ms"].as_f64() {
+            Some(ms) => format!("{ms:.1} ms"),
+            None => "not measured".into(),
+        };
+        let preferred = if u["preferred"] == true { ", preferred" } else { "" };
+        out.line(
+            &format!("  {}", text_of(&u["upstream"])),
+            &format!(
+                "{}, {rtt}{preferred}; {} answers, {} failures",
+                text_of(&u["state"]),
+                text_of(&u["answers"]),
+                text_of(&u["failures"]),
+            ),
+        );
+    }
     match v["sandbox_reason"].as_str() {
         Some(why) if !why.is_empty() => out.line("sandbox", &format!("{} ({why})", text_of(&v["sandbox"]))),
         _ => out.line("sandbox", &text_of(&v["sandbox"])),

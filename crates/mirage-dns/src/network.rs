@@ -21,7 +21,7 @@ use mirage_dns::policy::{
     check_query,
 };
 use mirage_engine::{FromEngine, FromEngineOf, ToEngine, ToEngineOf, codec};
-use mirage_sdk::channel::{Channel, wait};
+use mirage_sdk::channel::{Channel, TryRecv, wait};
 use mirage_sdk::clock::boottime;
 use mirage_sdk::role::Starting;
 
@@ -120,6 +120,9 @@ struct Network<'a> {
     stats_at_ms: u64,
     batch: Vec<Inbound>,
     batch_bytes: usize,
+    /// The encoded batch: one buffer for the role's life (no allocation
+    /// per batch).
+    encoded: Vec<u8>,
     /// Client datagrams read at once from a UDP listener.
     rx: Option<mirage_sdk::udp::RecvBatch>,
     /// UDP answers of the engine's batch, per listener, sent together
@@ -171,6 +174,7 @@ impl<'a> Network<'a> {
             stats_at_ms: 0,
             batch: Vec::new(),
             batch_bytes: 0,
+            encoded: vec![0u8; mirage_engine::codec::MAX_MESSAGE_LEN],
             rx: Some(mirage_sdk::udp::RecvBatch::new(RECV_BATCH, MAX_DATAGRAM + 1)),
             answers: udp.iter().map(|_| Vec::new()).collect(),
         }
@@ -310,8 +314,14 @@ impl<'a> Network<'a> {
         }
         let event: ToEngineOf<Forwarder> = ToEngine::Event(Event::Batch(std::mem::take(&mut self.batch)));
         self.batch_bytes = 0;
-        match codec::encode(&event) {
-            Ok(bytes) => match peer.try_send_raw(&bytes) {
+        let encoded = codec::encode_into(&event, &mut self.encoded);
+        // The batch's vector is kept for the next one.
+        if let ToEngine::Event(Event::Batch(mut items)) = event {
+            items.clear();
+            self.batch = items;
+        }
+        match encoded {
+            Ok(bytes) => match peer.try_send_raw(bytes) {
                 Ok(true) => {}
                 Ok(false) => self.stats.engine_busy += 1,
                 Err(e) => log::debug!("send to the engine: {e}"),
@@ -650,24 +660,21 @@ impl<'a> Network<'a> {
     }
 
     fn read_engine_messages(&mut self, peer: &Channel) -> Result<bool, String> {
-        for i in 0..ENGINE_MESSAGES_PER_ROUND {
-            if i > 0 {
-                let more = wait(&[(peer.as_fd(), false)], Some(0)).map_err(|e| format!("poll: {e}"))?;
-                if !more[0].readable {
-                    break;
-                }
-            }
-            match peer.recv::<FromEngineOf<Forwarder>>() {
-                Ok(Some(FromEngine::Action(dns_engine::Action::Batch(items)))) => {
+        // Drained without a poll per message: the first was ready, the
+        // rest are taken while they are queued.
+        for _ in 0..ENGINE_MESSAGES_PER_ROUND {
+            match peer.try_recv::<FromEngineOf<Forwarder>>() {
+                Ok(TryRecv::Message(FromEngine::Action(dns_engine::Action::Batch(items)))) => {
                     for item in items {
                         self.outbound(item, peer);
                     }
                 }
                 // The engine routes these to the supervisor; on this
                 // channel they mean nothing.
-                Ok(Some(FromEngine::Action(dns_engine::Action::Status(_))))
-                | Ok(Some(FromEngine::Refused(_))) => {}
-                Ok(None) => return Ok(false),
+                Ok(TryRecv::Message(FromEngine::Action(dns_engine::Action::Status(_))))
+                | Ok(TryRecv::Message(FromEngine::Refused(_))) => {}
+                Ok(TryRecv::Empty) => break,
+                Ok(TryRecv::Closed) => return Ok(false),
                 Err(e) => return Err(format!("bad message from the engine: {e}")),
             }
         }

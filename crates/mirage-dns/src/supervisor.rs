@@ -101,6 +101,11 @@ struct FileConfig {
     /// The engine's guest memory (MiB) under kvm; default: sized for
     /// `cache.bytes` (`mirage_sdk::kvm::guest_memory_mib_for`).
     kvm_memory_mib: Option<u32>,
+    /// All roles on one CPU, the one the service starts on (default
+    /// true): a query's hand-offs between the network role and the engine
+    /// are then context switches, not cross-CPU wake-ups
+    /// (`mirage_sdk::cpu`); false: wherever the kernel puts them.
+    one_cpu: Option<bool>,
     limits: NetworkLimits,
     cache: CacheConfig,
     ids: IdsConfig,
@@ -252,6 +257,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .map(|fd| fd.try_clone_to_owned())
         .transpose()
         .map_err(|e| format!("the KVM device: {e}"))?;
+    let file_one_cpu = file.one_cpu.unwrap_or(true);
     let signals = SignalPipe::new()?;
 
     // The privileged opens: the run directory, then the listeners (port 53
@@ -341,6 +347,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         )?,
         network.spec(options, &sup.settings, None, network_fds, Restart::WithBackoff)?,
     ];
+    if file_one_cpu {
+        match mirage_sdk::cpu::share_one() {
+            Ok(Some(cpu)) => log::info!("the roles run on CPU {cpu} (one_cpu = false: any)"),
+            Ok(None) => {}
+            // Only the speed of the hand-offs depends on it.
+            Err(e) => log::warn!("the roles could not be kept on one CPU: {e}"),
+        }
+    }
     let starting = launch::start_all(&specs)?;
     drop(specs);
     // Each role holds the only copy of its end of the direct channel.
@@ -789,6 +803,37 @@ struct View {
 }
 
 impl View {
+    /// Each upstream in use as the engine ranks it (docs/dns.md,
+    /// "Upstream choice"): `unknown` before its first answer or failure,
+    /// `up` when its last question was answered, `failing` after a
+    /// failure in a row; its smoothed round-trip time in milliseconds.
+    fn upstream_state(&self) -> Vec<serde_json::Value> {
+        let known = self.status.as_ref().map(|s| &s.upstreams[..]).unwrap_or_default();
+        self.upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let k = known.get(i).copied().unwrap_or_default();
+                let state = if k.failures_in_a_row > 0 {
+                    "failing"
+                } else if k.answers > 0 {
+                    "up"
+                } else {
+                    "unknown"
+                };
+                serde_json::json!({
+                    "upstream": crate::upstream_text(a),
+                    "state": state,
+                    "rtt_ms": k.rtt_eighths_ms.map(|e| f64::from(e) / 8.0),
+                    "preferred": k.preferred,
+                    "answers": k.answers,
+                    "failures": k.failures,
+                    "failures_in_a_row": k.failures_in_a_row,
+                })
+            })
+            .collect()
+    }
+
     fn publication(&self) -> Publication {
         let c = self.status.as_ref().map(|s| s.counters).unwrap_or_default();
         let n = self.network.clone().unwrap_or_default();
@@ -796,6 +841,7 @@ impl View {
         let status = serde_json::json!({
             "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "upstreams": self.upstreams.iter().map(crate::upstream_text).collect::<Vec<_>>(),
+            "upstream_state": self.upstream_state(),
             "allow": self.allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "dhcp": self.dhcp,
             "sandbox": self.sandbox.as_str(),
@@ -965,6 +1011,44 @@ impl View {
             &[],
             n.upstream_errors,
         );
+        // Per upstream (docs/dns.md, "Upstream choice").
+        let known = self.status.as_ref().map(|s| &s.upstreams[..]).unwrap_or_default();
+        let names: Vec<String> = self.upstreams.iter().map(crate::upstream_text).collect();
+        let per = |i: usize| known.get(i).copied().unwrap_or_default();
+        let mut f = m.family(
+            Kind::Gauge,
+            "upstream_rtt_seconds",
+            "Smoothed round-trip time of an upstream's UDP answers (absent before the first).",
+        );
+        for (i, name) in names.iter().enumerate() {
+            if let Some(e) = per(i).rtt_eighths_ms {
+                f.sample(&[("upstream", name)], f64::from(e) / 8000.0);
+            }
+        }
+        let mut f = m.family(
+            Kind::Gauge,
+            "upstream_preferred",
+            "1 for the upstream the next question goes to.",
+        );
+        for (i, name) in names.iter().enumerate() {
+            f.sample(&[("upstream", name)], per(i).preferred);
+        }
+        let mut f = m.family(
+            Kind::Counter,
+            "upstream_answers_total",
+            "Answers accepted, per upstream.",
+        );
+        for (i, name) in names.iter().enumerate() {
+            f.sample(&[("upstream", name)], per(i).answers);
+        }
+        let mut f = m.family(
+            Kind::Counter,
+            "upstream_failures_total",
+            "Timeouts, socket errors, REFUSED and SERVFAIL, per upstream.",
+        );
+        for (i, name) in names.iter().enumerate() {
+            f.sample(&[("upstream", name)], per(i).failures);
+        }
         let mut f = m.family(
             Kind::Counter,
             "refused_total",

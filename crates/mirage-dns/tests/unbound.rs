@@ -25,22 +25,18 @@ in_each_sandbox!("unbound":
     after_a_killed_engine_the_pair_restarts_on_the_same_listeners,
     forged_replies_before_the_real_one_are_refused_and_the_real_one_answers,
     a_truncated_upstream_answer_is_fetched_again_over_tcp,
+    each_process_has_resident_only_the_segments_it_uses,
+    the_faster_upstream_is_preferred_and_a_dead_one_left_behind,
 );
 
 /// The binary's layout by process (build.rs,
-/// `mirage_kvm_build::link_by_process`, as mirage-dhcp's and mirage-ntp's),
-/// with the engine as a guest: once answering, no role has the
-/// supervisor's command-line and configuration code resident, only the
-/// engine (the tender) has the KVM tender's code resident, and no process
-/// keeps the guest image's pages once its guest is built. Not under
-/// seccomp: there the release build's engine runs a function the supervisor
-/// segment holds (docs/dns.md, "Not yet"). Needs root, unbound and /dev/kvm.
-#[test]
-fn each_process_has_resident_only_the_segments_it_uses_with_kvm() {
-    if !mirage_testkit::kvm::usable("unbound::each_process_has_resident_only_the_segments_it_uses_with_kvm") {
-        return;
-    }
-    let sandbox = "kvm";
+/// `mirage_kvm_build::link_by_process`, as mirage-dhcp's and mirage-ntp's):
+/// once answering, no role has the supervisor's command-line and
+/// configuration code resident, only the engine under kvm (the tender) has
+/// the KVM tender's code resident, and no process keeps the guest image's
+/// pages once its guest is built. Needs root and unbound (and /dev/kvm for
+/// `kvm`).
+fn each_process_has_resident_only_the_segments_it_uses(sandbox: &'static str) {
     let mut f = with_unbound("dnsl").in_sandbox(sandbox);
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
     let daemon = f.start_dns(&["--listen", "127.0.0.53", "--upstream", &upstream]);
@@ -56,6 +52,92 @@ fn each_process_has_resident_only_the_segments_it_uses_with_kvm() {
     procs.push(("supervisor".into(), pid));
     let bin = std::fs::canonicalize(support::bin()).unwrap();
     mirage_testkit::layout::assert_resident_only_where_used(&bin, &procs, sandbox);
+}
+
+/// Upstream choice (docs/dns.md): first in the configuration a dead
+/// upstream (a closed port: ICMP port unreachable), then a slow one (a
+/// scripted server answering 192.0.2.99 after 600 ms), then unbound. The
+/// first question fails on the dead one and is answered by the slow one;
+/// from then on every question goes to unbound, which is never slower
+/// than the 375 ms an unmeasured upstream counts as, and the dead and
+/// slow ones get none. Needs root and unbound.
+fn the_faster_upstream_is_preferred_and_a_dead_one_left_behind(sandbox: &'static str) {
+    use mirage_testkit::dns::{DnsServer, Query, Reply};
+    let mut f = with_unbound("dnsp").in_sandbox(sandbox);
+    let slow: SocketAddr = "127.0.0.1:5302".parse().unwrap();
+    let slow_server = DnsServer::start(
+        f.ns.name(),
+        slow,
+        &[],
+        Box::new(|q: &Query| {
+            vec![
+                Reply::message(&q.answer_a(300, "192.0.2.99".parse().unwrap()))
+                    .after(Duration::from_millis(600)),
+            ]
+        }),
+    );
+    let unbound = format!("127.0.0.1:{UPSTREAM_PORT}");
+    let config = format!(
+        "upstreams = [\"127.0.0.1:5303\", \"{slow}\", \"{unbound}\"]\nattempt_ms = 2000\nattempts = 3\n"
+    );
+    f.start_dns_with(&config, &["--listen", "127.0.0.53"]);
+    let ns = f.ns.name().to_owned();
+    let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+    // One question at a time, in order: each answer ranks an upstream
+    // before the next question is asked.
+    let answers = in_netns(&ns, move || {
+        let mut names = vec!["first.test".to_string(), "a.test".to_string()];
+        names.extend((1..10).map(|i| format!("n{i}.test")));
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| ask_udp(ours, &query(1 + i as u16, name, Type::A, false)).expect("an answer"))
+            .collect::<Vec<_>>()
+    });
+    let data = |m: &Message| format!("{:?}", m.answers.first().map(|r| &r.data));
+    assert_eq!(
+        data(&answers[0]),
+        "Some(A(192.0.2.99))",
+        "the slow upstream answers the first: {answers:?}"
+    );
+    assert_eq!(
+        data(&answers[1]),
+        "Some(A(192.0.2.10))",
+        "then unbound: {answers:?}"
+    );
+    for m in &answers[2..] {
+        assert_eq!(m.rcode(), Rcode::NXDOMAIN, "unbound's answer: {m:?}");
+    }
+    assert_eq!(slow_server.seen().len(), 1, "the slow upstream was asked once");
+    let v = wait_some(
+        Duration::from_secs(5),
+        "unbound's 10 answers in status",
+        || f.status().filter(|v| v["upstream_state"][2]["answers"] == 10),
+        || format!("{:?}\n{}", f.status(), f.log()),
+    );
+    let u = &v["upstream_state"];
+    assert_eq!(u[0]["state"], "failing", "{u}");
+    assert_eq!(
+        (&u[0]["failures"], &u[0]["answers"]),
+        (&1.into(), &0.into()),
+        "{u}"
+    );
+    assert_eq!(u[1]["state"], "up", "{u}");
+    assert!(u[1]["rtt_ms"].as_f64().unwrap() >= 500.0, "{u}");
+    assert_eq!(u[2]["state"], "up", "{u}");
+    assert!(u[2]["rtt_ms"].as_f64().unwrap() < 375.0, "{u}");
+    assert_eq!(
+        (&u[0]["preferred"], &u[1]["preferred"], &u[2]["preferred"]),
+        (&false.into(), &false.into(), &true.into()),
+        "{u}"
+    );
+    let metrics = std::fs::read_to_string(f.dir.join("run/metrics.prom")).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "mirage_dns_upstream_preferred{{upstream=\"{unbound}\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 /// What must agree between unbound's answer and ours: the rcode and the
@@ -465,6 +547,57 @@ fn stop_cleanly(f: &mut support::Fixture, daemon: usize) {
     let log = f.log();
     assert!(exit.success(), "{exit:?}: {log}");
     assert!(!log.contains(" ERROR "), "{log}");
+}
+
+/// `one_cpu` (docs/architecture.md, "Roles on one CPU"): by default the
+/// supervisor and both roles may run on one CPU only, the same for all,
+/// and one the test's own process may use; with `one_cpu = false` they
+/// keep the whole set they were started with. Needs root and unbound, and
+/// a machine (or cgroup) with more than one CPU, which CI has.
+#[test]
+fn the_roles_share_one_cpu_unless_told_otherwise() {
+    let cpus = |pid: u32| -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list in /proc/PID/status");
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let ours = cpus(std::process::id());
+    assert!(
+        ours.contains('-') || ours.contains(','),
+        "this test needs more than one CPU; it may use {ours}"
+    );
+    let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
+    for (config, one) in [("", true), ("one_cpu = false\n", false)] {
+        let mut f = with_unbound("dnsc");
+        let daemon = f.start_dns_with(config, &["--listen", "127.0.0.53", "--upstream", &upstream]);
+        let pid = f.procs.pid(daemon);
+        let mut procs = roles_of(pid);
+        assert_eq!(procs.len(), 2, "{procs:?}");
+        procs.push(("supervisor".into(), pid));
+        let sets: Vec<String> = procs.iter().map(|(_, p)| cpus(*p)).collect();
+        if one {
+            assert!(sets.iter().all(|s| *s == sets[0]), "{procs:?}: {sets:?}");
+            let cpu: usize = sets[0]
+                .parse()
+                .unwrap_or_else(|_| panic!("one CPU, not {}", sets[0]));
+            let allowed = mirage_testkit::procfs::cpu_list(&ours);
+            assert!(allowed.contains(&cpu), "CPU {cpu} is not in {ours}");
+            assert!(
+                f.log().contains(&format!("the roles run on CPU {cpu}")),
+                "{}",
+                f.log()
+            );
+        } else {
+            assert!(
+                sets.iter().all(|s| *s == ours),
+                "{procs:?}: {sets:?}, ours {ours}"
+            );
+        }
+        stop_cleanly(&mut f, daemon);
+    }
 }
 
 #[test]

@@ -61,6 +61,16 @@ impl From<io::Error> for ChannelError {
     }
 }
 
+/// What [`Channel::try_recv`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TryRecv<T> {
+    Message(T),
+    /// Nothing queued now.
+    Empty,
+    /// The peer hung up.
+    Closed,
+}
+
 /// One end of a `SOCK_SEQPACKET` socket pair.
 #[derive(Debug)]
 pub struct Channel {
@@ -229,6 +239,30 @@ impl Channel {
     /// [`MAX_MESSAGE_LEN`] long) without decoding it: `Ok(None)` at
     /// end-of-file, an error for a datagram over the cap.
     pub fn recv_into(&self, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
+        // Without MSG_DONTWAIT "nothing queued" comes back as the error
+        // it is (a channel someone made non-blocking).
+        match self.recv_flags(buf, 0)? {
+            Some(n) => Ok(n),
+            None => Err(ChannelError::Io(io::ErrorKind::WouldBlock.into())),
+        }
+    }
+
+    /// Receive one message if one is queued, without waiting: a loop that
+    /// drains a channel this way needs no poll before each message.
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<TryRecv<T>, ChannelError> {
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        match self.recv_flags(&mut buf, libc::MSG_DONTWAIT)? {
+            None => Ok(TryRecv::Empty),
+            Some(None) => Ok(TryRecv::Closed),
+            Some(Some(n)) => mirage_ipc::decode(&buf[..n])
+                .map(TryRecv::Message)
+                .map_err(ChannelError::Codec),
+        }
+    }
+
+    /// `None`: nothing queued (only with `MSG_DONTWAIT`); `Some(None)`: the
+    /// peer hung up; `Some(Some(n))`: a message of `n` bytes.
+    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<Option<Option<usize>>, ChannelError> {
         let n = loop {
             // SAFETY: `buf` is valid for writes of its length; no address is
             // requested.
@@ -237,7 +271,7 @@ impl Channel {
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
-                    libc::MSG_TRUNC,
+                    libc::MSG_TRUNC | flags,
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                 )
@@ -246,8 +280,10 @@ impl Channel {
                 break n.unsigned_abs();
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(ChannelError::Io(e));
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock if flags & libc::MSG_DONTWAIT != 0 => return Ok(None),
+                _ => return Err(ChannelError::Io(e)),
             }
         };
         if n > MAX_MESSAGE_LEN.min(buf.len()) {
@@ -256,9 +292,9 @@ impl Channel {
         // SEQPACKET reports both end-of-file and an empty datagram as 0
         // bytes; only a hung-up socket is end-of-file.
         if n == 0 && self.peer_gone()? {
-            return Ok(None);
+            return Ok(Some(None));
         }
-        Ok(Some(n))
+        Ok(Some(Some(n)))
     }
 
     /// True when the peer has hung up (closed, died, or shut down its
@@ -546,6 +582,22 @@ fn monotonic_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_recv_takes_what_is_queued_and_never_waits() {
+        let (a, b) = Channel::pair().unwrap();
+        assert_eq!(b.try_recv::<u32>().unwrap(), TryRecv::Empty);
+        a.send(&7u32).unwrap();
+        a.send(&8u32).unwrap();
+        assert_eq!(b.try_recv::<u32>().unwrap(), TryRecv::Message(7));
+        assert_eq!(b.try_recv::<u32>().unwrap(), TryRecv::Message(8));
+        assert_eq!(b.try_recv::<u32>().unwrap(), TryRecv::Empty);
+        // An empty datagram from a live peer is a (bad) message, not the end.
+        a.send_raw(&[]).unwrap();
+        assert!(matches!(b.try_recv::<u32>(), Err(ChannelError::Codec(_))));
+        drop(a);
+        assert_eq!(b.try_recv::<u32>().unwrap(), TryRecv::Closed);
+    }
 
     #[test]
     fn empty_datagram_from_live_peer_is_not_eof() {

@@ -23,6 +23,7 @@
 //! - [`tcp`]: TCP connections a role opens without waiting.
 //! - [`netlink`]: rtnetlink: links, addresses, routes, MTU, carrier events.
 //! - [`fd`]: fixed fd numbers handed to roles.
+//! - [`cpu`]: one CPU for a service whose roles pass every message on.
 //! - [`files`]: atomic state files, resolv.conf, status.json, metrics.prom.
 //! - [`config`]: TOML configuration with errors that name file, line and key.
 //! - [`log`]: role-tagged logging to stderr.
@@ -32,6 +33,7 @@ pub mod actuator_role;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod cpu;
 pub mod engine_role;
 pub mod fd;
 pub mod files;

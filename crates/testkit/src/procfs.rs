@@ -78,6 +78,17 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
+/// The CPUs of a kernel CPU list (`Cpus_allowed_list`: `0-3,8`).
+pub fn cpu_list(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (usize, usize) = (lo.parse().unwrap(), hi.parse().unwrap());
+        out.extend(lo..=hi);
+    }
+    out
+}
+
 /// The parent pid of `pid`, if it runs.
 pub fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -120,6 +131,12 @@ pub fn role_pid(parent: u32, role: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_expand() {
+        assert_eq!(cpu_list("0-3,8\n"), vec![0, 1, 2, 3, 8]);
+        assert_eq!(cpu_list("1"), vec![1]);
+    }
 
     #[test]
     fn our_own_status_parses() {
