@@ -103,6 +103,9 @@ struct Attempt {
     /// The upstreams this question went to so far, this one included
     /// (bit `i` for upstream `i`).
     tried: u64,
+    /// An upstream answered it truncated (TC): if every attempt fails, a
+    /// UDP client gets TC too (field note 9), to ask over TCP itself.
+    truncated: bool,
 }
 
 /// The forwarder (see the crate docs).
@@ -236,6 +239,20 @@ impl Forwarder {
         edns: bool,
         rcode: Rcode,
     ) -> Vec<u8> {
+        Self::error_message(w_id, opcode, question, rd, edns, rcode)
+            .to_bytes()
+            // A header and one question always encode.
+            .unwrap_or_default()
+    }
+
+    fn error_message(
+        w_id: u16,
+        opcode: u8,
+        question: Option<&Question>,
+        rd: bool,
+        edns: bool,
+        rcode: Rcode,
+    ) -> Message {
         let mut m = Message {
             header: Header {
                 id: w_id,
@@ -257,7 +274,20 @@ impl Forwarder {
             e.extended_rcode = (rcode.0 >> 4) as u8;
             m.edns = Some(e);
         }
-        // A header and one question always encode.
+        m
+    }
+
+    /// NOERROR with TC and no records: "ask over TCP".
+    fn truncated_answer(w: &Waiter) -> Vec<u8> {
+        let mut m = Self::error_message(
+            w.id,
+            0,
+            Some(&w.question),
+            w.recursion_desired,
+            w.edns.is_some(),
+            Rcode::NOERROR,
+        );
+        m.header.truncated = true;
         m.to_bytes().unwrap_or_default()
     }
 
@@ -427,6 +457,7 @@ impl Forwarder {
             number: 1,
             tcp: false,
             tried: 0,
+            truncated: false,
         };
         self.send_attempt(now, key, question, first, vec![waiter], out);
     }
@@ -534,22 +565,37 @@ impl Forwarder {
                 number: f.attempt.number + 1,
                 tcp: false,
                 tried: f.attempt.tried,
+                truncated: f.attempt.truncated,
             };
             let question = f.question.clone();
             self.send_attempt(now, f.key, question, next, f.waiters, out);
             return;
         }
-        self.fail_waiters(now, &f.key, &f.waiters, out);
+        self.fail_waiters(now, &f.key, &f.waiters, f.attempt.truncated, out);
     }
 
     /// Every attempt failed: a stale answer (RFC 8767) if serve-stale is
-    /// on and the cache still holds one, else SERVFAIL.
-    fn fail_waiters(&mut self, now: Instant, key: &Key, waiters: &[Waiter], out: &mut Batches) {
+    /// on and the cache still holds one; else, when an upstream answered
+    /// truncated and only the TCP retry failed, TC without records to a
+    /// UDP client (it asks again over TCP; field note 9, as knot-resolver
+    /// and Tailscale's forwarder do); else SERVFAIL.
+    fn fail_waiters(
+        &mut self,
+        now: Instant,
+        key: &Key,
+        waiters: &[Waiter],
+        truncated: bool,
+        out: &mut Batches,
+    ) {
         for w in waiters {
             let data = match self.cached_answer(now, key, w, true) {
                 Some(data) => {
                     self.counters.stale_answers += 1;
                     data
+                }
+                None if truncated && w.transport == Transport::Udp => {
+                    self.counters.truncated += 1;
+                    Self::truncated_answer(w)
                 }
                 None => {
                     self.counters.servfail += 1;
@@ -628,6 +674,11 @@ impl Forwarder {
             && reply.questions[0].eq_exact(&f.question);
         if !ok {
             refused.add(Reason::MismatchedReply);
+            // A forgery does not end a UDP attempt (the real answer may
+            // follow); a TCP connection carries one answer, now spent.
+            if tcp {
+                self.attempt_failed(now, query, out, true);
+            }
             return;
         }
         // REFUSED says nothing about the name: the next upstream is asked,
@@ -666,6 +717,7 @@ impl Forwarder {
         if reply.header.truncated && !f.attempt.tcp {
             let tcp = Attempt {
                 tcp: true,
+                truncated: true,
                 ..f.attempt
             };
             let question = f.question.clone();
@@ -689,7 +741,7 @@ impl Forwarder {
         };
         if clean.message.rcode() == Rcode::SERVFAIL && self.has_stale(now, &f.key) {
             // RFC 8767 section 4: an upstream's failure is a failure too.
-            self.fail_waiters(now, &f.key, &f.waiters, out);
+            self.fail_waiters(now, &f.key, &f.waiters, false, out);
             return;
         }
         // No answer is relayed for longer than it would be cached.

@@ -1024,8 +1024,9 @@ fn truncated_udp_answer_is_fetched_over_tcp(ctx: &Ctx) {
 }
 
 fn truncated_udp_answer_and_tcp_refused(ctx: &Ctx) {
-    // TC over UDP, and the TCP connection closed unanswered, each attempt:
-    // SERVFAIL, and nothing cached (asked again: upstream again).
+    // TC over UDP (with a record), and the TCP connection closed
+    // unanswered, each attempt: the UDP client gets TC without the record
+    // (field note 9), and nothing is cached (asked again: upstream again).
     ctx.script(|q| match q.transport {
         Transport::Udp => {
             let mut m = q.answer_a(300, EVIL);
@@ -1036,7 +1037,7 @@ fn truncated_udp_answer_and_tcp_refused(ctx: &Ctx) {
     });
     let name = ctx.name("www");
     for _ in 0..2 {
-        assert_rcode(&ctx.ask(&name, Type::A), Rcode::SERVFAIL);
+        assert_tc_only(&ctx.ask(&name, Type::A));
     }
     let tcp = ctx
         .upstream()
@@ -1051,7 +1052,7 @@ fn truncated_udp_answer_and_tcp_refused(ctx: &Ctx) {
     ctx.expect("engine.tcp_retries", 4);
     ctx.expect("engine.upstream_failures", 4);
     ctx.expect("network.upstream_errors", 4);
-    ctx.expect("engine.servfail", 2);
+    ctx.expect("engine.truncated", 2);
     ctx.expect("engine.cache_hits", 0);
 }
 
@@ -1067,27 +1068,36 @@ fn truncated_then_over_tcp(ctx: &Ctx, tcp: impl Fn(&Query) -> Vec<Reply> + Send 
     });
 }
 
+/// What a UDP client gets when an upstream answered truncated and every
+/// TCP retry failed: TC, NOERROR, no record, so it asks over TCP itself
+/// (field note 9).
+fn assert_tc_only(m: &Message) {
+    assert!(m.header.truncated, "{m:?}");
+    assert_rcode(m, Rcode::NOERROR);
+}
+
 fn tcp_answer_cut_short(ctx: &Ctx) {
     // Over TCP a length of 65535, 100 octets, and the connection closed:
-    // the network role fails the query, each attempt: SERVFAIL.
+    // the network role fails the query, each attempt: TC to the UDP
+    // client.
     truncated_then_over_tcp(ctx, |q| {
         let mut b = vec![0xff, 0xff];
         b.extend_from_slice(&good(q));
         b.resize(102, 0);
         vec![Reply::raw(b).unframed(), Reply::close()]
     });
-    assert_rcode(&ctx.ask(&ctx.name("www"), Type::A), Rcode::SERVFAIL);
+    assert_tc_only(&ctx.ask(&ctx.name("www"), Type::A));
     assert_eq!(ctx.upstream().len(), 4, "UDP then TCP, two attempts");
     ctx.expect("engine.tcp_retries", 2);
     ctx.expect("engine.upstream_failures", 2);
     ctx.expect("network.upstream_errors", 2);
-    ctx.expect("engine.servfail", 1);
+    ctx.expect("engine.truncated", 1);
 }
 
 fn tcp_answer_of_300_records(ctx: &Ctx) {
     // More records than a parse allows (256): refused, and the attempt
-    // over (a TCP connection carries one answer); both attempts alike:
-    // SERVFAIL.
+    // over (a TCP connection carries one answer); both attempts alike: TC
+    // to the UDP client.
     truncated_then_over_tcp(ctx, |q| {
         let mut m = q.response();
         let name = q.question().unwrap().name.clone();
@@ -1097,11 +1107,11 @@ fn tcp_answer_of_300_records(ctx: &Ctx) {
         }
         vec![Reply::message(&m)]
     });
-    assert_rcode(&ctx.ask(&ctx.name("www"), Type::A), Rcode::SERVFAIL);
+    assert_tc_only(&ctx.ask(&ctx.name("www"), Type::A));
     assert_eq!(ctx.upstream().len(), 4, "UDP then TCP, two attempts");
     ctx.expect("refused.malformed-reply", 2);
     ctx.expect("engine.tcp_retries", 2);
-    ctx.expect("engine.servfail", 1);
+    ctx.expect("engine.truncated", 1);
 }
 
 fn tcp_answer_of_20000_octets(ctx: &Ctx) {
@@ -1127,8 +1137,9 @@ fn tcp_answer_of_20000_octets(ctx: &Ctx) {
 
 fn forged_id_over_tcp(ctx: &Ctx) {
     // TC over UDP, then over TCP an answer with another id (the network
-    // role takes one answer per connection): refused, the attempt times
-    // out, and the second attempt is answered over UDP.
+    // role takes one answer per connection): refused, the attempt fails at
+    // once, not at its deadline, and the second attempt is answered over
+    // UDP.
     let mut udp = 0;
     ctx.script(move |q| match q.transport {
         Transport::Udp => {
@@ -1153,7 +1164,7 @@ fn forged_id_over_tcp(ctx: &Ctx) {
     assert_eq!(transports, [Transport::Udp, Transport::Tcp, Transport::Udp]);
     ctx.expect("refused.mismatched-reply", 1);
     ctx.expect("engine.tcp_retries", 1);
-    ctx.expect("engine.upstream_timeouts", 1);
+    ctx.expect("engine.upstream_timeouts", 0);
 }
 
 fn late_flood_to_a_closed_port(ctx: &Ctx) {
@@ -1176,13 +1187,22 @@ fn late_flood_to_a_closed_port(ctx: &Ctx) {
 
 fn truncated_udp_answer_and_tcp_reset(ctx: &Ctx) {
     // TC over UDP, and the TCP connection reset (an RST) on the query:
-    // each attempt fails, SERVFAIL, nothing cached.
+    // each attempt fails; the UDP client gets TC (to ask over TCP), a TCP
+    // client SERVFAIL (field note 9); nothing cached.
     truncated_then_over_tcp(ctx, |_| vec![Reply::reset()]);
-    assert_rcode(&ctx.ask(&ctx.name("www"), Type::A), Rcode::SERVFAIL);
+    let name = ctx.name("www");
+    assert_tc_only(&ctx.ask(&name, Type::A));
     assert_eq!(ctx.upstream().len(), 4, "UDP then TCP, two attempts");
-    ctx.expect("engine.tcp_retries", 2);
-    ctx.expect("engine.upstream_failures", 2);
-    ctx.expect("network.upstream_errors", 2);
+    assert_rcode(&ctx.ask_tcp(&name, Type::A), Rcode::SERVFAIL);
+    assert_eq!(
+        ctx.upstream().len(),
+        8,
+        "the same again for the TCP client: nothing cached"
+    );
+    ctx.expect("engine.tcp_retries", 4);
+    ctx.expect("engine.upstream_failures", 4);
+    ctx.expect("network.upstream_errors", 4);
+    ctx.expect("engine.truncated", 1);
     ctx.expect("engine.servfail", 1);
 }
 
