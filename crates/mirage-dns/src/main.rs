@@ -254,9 +254,13 @@ fn status_summary(v: &serde_json::Value, out: &mut StatusText) {
     out.line(
         "cache",
         &format!(
-            "{} answers, {} octets; misses {} negative hits {} stale {} local {} unusable {}",
+            "{} answers, {} octets; hit rate {}; misses {} negative hits {} stale {} local {} unusable {}",
             text_of(&e["cache_entries"]),
             text_of(&e["cache_bytes"]),
+            match e["cache_hit_rate"].as_f64() {
+                Some(r) => format!("{:.1}%", r * 100.0),
+                None => "-".into(),
+            },
             text_of(&e["cache_misses"]),
             text_of(&e["negative_hits"]),
             text_of(&e["stale_answers"]),

@@ -802,6 +802,13 @@ struct View {
     engine_restarts: u32,
 }
 
+/// Of the questions the cache was asked, the share it answered (0 to 1,
+/// three decimals); null before the first.
+fn hit_rate(hits: u64, misses: u64) -> Option<f64> {
+    let asked = hits + misses;
+    (asked > 0).then(|| (hits as f64 * 1000.0 / asked as f64).round() / 1000.0)
+}
+
 impl View {
     /// Each upstream in use as the engine ranks it (docs/dns.md,
     /// "Upstream choice"): `unknown` before its first answer or failure,
@@ -859,6 +866,7 @@ impl View {
                 "cache_hits": c.cache_hits,
                 "negative_hits": c.negative_hits,
                 "cache_misses": c.cache_misses,
+                "cache_hit_rate": hit_rate(c.cache_hits, c.cache_misses),
                 "stale_answers": c.stale_answers,
                 "local_answers": c.local_answers,
                 "unusable": c.unusable,
@@ -1091,6 +1099,14 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hit_rate_is_a_share_or_null() {
+        assert_eq!(hit_rate(0, 0), None);
+        assert_eq!(hit_rate(3, 1), Some(0.75));
+        assert_eq!(hit_rate(2, 1), Some(0.667));
+        assert_eq!(hit_rate(5, 0), Some(1.0));
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -254,6 +254,9 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed(sandbox:
     );
     assert!(hits > 0, "{v}");
     assert_eq!(hits + relayed, asked, "{v}");
+    let misses = v["engine"]["cache_misses"].as_u64().unwrap();
+    let rate = v["engine"]["cache_hit_rate"].as_f64().unwrap();
+    assert!((rate - hits as f64 / (hits + misses) as f64).abs() < 0.001, "{v}");
     assert_eq!(v["network"]["tcp_queries"], 3, "{v}");
     f.assert_sandbox(&v, sandbox);
     let metrics = std::fs::read_to_string(f.dir.join("run/metrics.prom")).unwrap();
