@@ -427,6 +427,19 @@ impl Forwarder {
                 client: waiter.client,
                 data,
             });
+            if self.prefetch_due(now, &key) {
+                self.counters.prefetches += 1;
+                let question = waiter.question.clone();
+                let first = Attempt {
+                    upstream: self.upstreams.first(now),
+                    number: 1,
+                    tcp: false,
+                    tried: 0,
+                    truncated: false,
+                };
+                // Nobody waits: the answer only refreshes the cache.
+                self.send_attempt(now, key, question, first, Vec::new(), out);
+            }
             return;
         }
         self.counters.cache_misses += 1;
@@ -756,6 +769,20 @@ impl Forwarder {
         }
         self.accept_reply(&clean.message, &f.question, &f.waiters, out);
         self.keep_answer(now, f.key, &clean);
+    }
+
+    /// Whether the answer cached under `key` itself (not a name-wide
+    /// NXDOMAIN) is in the last tenth of a life of 10 s or more, with
+    /// prefetch on, upstreams known and no query for it in flight.
+    fn prefetch_due(&mut self, now: Instant, key: &Key) -> bool {
+        if !self.start.prefetch || self.start.upstreams.is_empty() || self.by_key.contains_key(key) {
+            return false;
+        }
+        let Some(e) = self.cache.get(key, now) else {
+            return false;
+        };
+        let life = e.expires.since(e.stored);
+        life >= 10_000 && e.expires > now && now.since(e.stored) >= life - life / 10
     }
 
     /// Whether a stale answer for `key` would be served.

@@ -136,6 +136,11 @@ pub struct Start {
     /// the query goes on to refresh the cache (milliseconds; clamped to
     /// 100..=10000).
     pub stale_answer_ms: u32,
+    /// Ask again for a cached answer that a client asks for in the last
+    /// tenth of its time (and that is kept 10 s or more), while the client
+    /// gets the cached answer at once: a name in use never expires from
+    /// the cache (unbound's `prefetch`).
+    pub prefetch: bool,
 }
 
 impl Default for Start {
@@ -156,6 +161,7 @@ impl Default for Start {
             // RFC 8767 section 5's suggestion: before a typical 2 s
             // client timeout.
             stale_answer_ms: 1800,
+            prefetch: false,
         }
     }
 }
@@ -289,6 +295,8 @@ pub struct Counters {
     pub stale_answers: u64,
     /// Special-use names answered without an upstream (RFC 6761, 7686).
     pub local_answers: u64,
+    /// Cached answers asked for again before they expire (`prefetch`).
+    pub prefetches: u64,
     /// Upstream answers refused for their CNAME chain (a loop, two CNAMEs
     /// for one name, over 16 hops): SERVFAIL.
     pub unusable: u64,

@@ -878,3 +878,94 @@ fn parts_that_do_not_add_up_fail_the_tcp_attempt_and_udp_gets_none() {
         vec![(dns_engine::Reason::MalformedReply, 1)]
     );
 }
+
+#[test]
+fn prefetch_refreshes_an_answer_asked_for_in_the_last_tenth_of_its_time() {
+    for prefetch in [false, true] {
+        let mut e = Eng::new(Start {
+            prefetch,
+            ..Start::default()
+        });
+        let got = e.fetch(0, "p.test", Type::A, |sent| {
+            let owner = sent.questions[0].name.to_string();
+            response(sent, Rcode::NOERROR, vec![a(&owner, 100, 1)], vec![])
+        });
+        assert_eq!(got.answers[0].ttl, 100);
+        // At 89 s, outside the last tenth: from the cache, nothing upstream.
+        let out = e.step(
+            89_000,
+            vec![Inbound::Query {
+                client: 2,
+                transport: Transport::Udp,
+                data: {
+                    let mut m = Message::query(2, name("p.test"), Type::A);
+                    m.edns = Some(Edns::new(1232));
+                    m.to_bytes().unwrap()
+                },
+            }],
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Outbound::Query { .. })),
+            "{out:?}"
+        );
+        assert_eq!(answer_in(&out).answers[0].ttl, 11);
+        // At 91 s: the client is answered from the cache at once, and with
+        // prefetch on the question goes upstream too, in the same batch.
+        let mut m = Message::query(3, name("p.test"), Type::A);
+        m.edns = Some(Edns::new(1232));
+        let out = e.step(
+            91_000,
+            vec![Inbound::Query {
+                client: 3,
+                transport: Transport::Udp,
+                data: m.to_bytes().unwrap(),
+            }],
+        );
+        assert_eq!(answer_in(&out).answers[0].ttl, 9, "the cached answer, at once");
+        let sent: Vec<(u32, Message)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Query { query, data, .. } => Some((*query, Message::parse(data).unwrap())),
+                _ => None,
+            })
+            .collect();
+        if !prefetch {
+            assert!(sent.is_empty(), "{out:?}");
+            // The answer expires and the next client waits for the upstream.
+            assert!(matches!(
+                e.ask(101_000, 4, "p.test", Type::A),
+                Outcome::Upstream(..)
+            ));
+            continue;
+        }
+        assert_eq!(sent.len(), 1, "one prefetch: {out:?}");
+        let (num, q) = &sent[0];
+        // A second hit meanwhile asks nothing more: one query in flight.
+        let Outcome::Answer(again) = e.ask(91_200, 5, "p.test", Type::A) else {
+            panic!("a hit while the prefetch is in flight is still a hit");
+        };
+        assert_eq!(again.answers[0].ttl, 9);
+        // The upstream's answer refreshes the cache; nobody gets it now.
+        let owner = q.questions[0].name.to_string();
+        let out = e.step(
+            91_500,
+            vec![Inbound::Reply {
+                query: *num,
+                data: response(q, Rcode::NOERROR, vec![a(&owner, 100, 2)], vec![])
+                    .to_bytes()
+                    .unwrap(),
+            }],
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Outbound::Answer { .. })),
+            "{out:?}"
+        );
+        // Past the first answer's expiry, the refreshed one is served.
+        let fresh = answered(e.ask(150_000, 6, "p.test", Type::A));
+        assert_eq!(fresh.answers[0].ttl, 42);
+        assert_eq!(fresh.answers[0].data, RData::A(Ipv4Addr::new(192, 0, 2, 2)));
+        let s = e.status(200_000);
+        assert_eq!(s.counters.prefetches, 1);
+        assert_eq!(s.counters.upstream_queries, 2);
+    }
+}

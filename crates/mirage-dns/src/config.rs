@@ -26,6 +26,9 @@ pub struct CacheConfig {
     /// answer waits for the upstream before it gets that answer
     /// (milliseconds; RFC 8767 section 5's client response timer).
     pub stale_answer_ms: u32,
+    /// Ask the upstream again for an answer asked for in the last tenth
+    /// of its time, so a name in use stays cached (unbound's `prefetch`).
+    pub prefetch: bool,
 }
 
 impl Default for CacheConfig {
@@ -39,6 +42,7 @@ impl Default for CacheConfig {
             serve_stale: s.serve_stale,
             stale_max_age: s.stale_max_age_secs,
             stale_answer_ms: s.stale_answer_ms,
+            prefetch: s.prefetch,
         }
     }
 }
@@ -83,6 +87,7 @@ impl CacheConfig {
         start.serve_stale = self.serve_stale;
         start.stale_max_age_secs = self.stale_max_age;
         start.stale_answer_ms = self.stale_answer_ms;
+        start.prefetch = self.prefetch;
     }
 }
 
@@ -93,7 +98,7 @@ mod tests {
     #[test]
     fn the_table_parses_checks_and_reaches_the_engine() {
         let c: CacheConfig = toml::from_str(
-            "bytes = 1048576\nmin_ttl = 10\nmax_ttl = 3600\nnegative_max_ttl = 300\nserve_stale = true\nstale_max_age = 7200\nstale_answer_ms = 1200\n",
+            "bytes = 1048576\nmin_ttl = 10\nmax_ttl = 3600\nnegative_max_ttl = 300\nserve_stale = true\nstale_max_age = 7200\nstale_answer_ms = 1200\nprefetch = true\n",
         )
         .unwrap();
         assert_eq!(c.check(), Ok(()));
@@ -107,9 +112,10 @@ mod tests {
                 s.negative_max_ttl_secs,
                 s.serve_stale,
                 s.stale_max_age_secs,
-                s.stale_answer_ms
+                s.stale_answer_ms,
+                s.prefetch
             ),
-            (1 << 20, 10, 3600, 300, true, 7200, 1200)
+            (1 << 20, 10, 3600, 300, true, 7200, 1200, true)
         );
         // The defaults are the engine's, and valid.
         assert_eq!(CacheConfig::default().check(), Ok(()));

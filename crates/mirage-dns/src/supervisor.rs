@@ -869,6 +869,7 @@ impl View {
                 "cache_hit_rate": hit_rate(c.cache_hits, c.cache_misses),
                 "stale_answers": c.stale_answers,
                 "local_answers": c.local_answers,
+                "prefetches": c.prefetches,
                 "unusable": c.unusable,
                 "cache_entries": self.status.as_ref().map_or(0, |s| s.cache_entries),
                 "cache_bytes": self.status.as_ref().map_or(0, |s| s.cache_bytes),
@@ -964,6 +965,12 @@ impl View {
             "Special-use names answered without an upstream (localhost, invalid, onion).",
             &[],
             c.local_answers,
+        );
+        m.counter(
+            "prefetches_total",
+            "Cached answers asked for again before they expired (cache.prefetch).",
+            &[],
+            c.prefetches,
         );
         m.counter(
             "unusable_answers_total",
