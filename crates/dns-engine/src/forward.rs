@@ -429,16 +429,8 @@ impl Forwarder {
             });
             if self.prefetch_due(now, &key) {
                 self.counters.prefetches += 1;
-                let question = waiter.question.clone();
-                let first = Attempt {
-                    upstream: self.upstreams.first(now),
-                    number: 1,
-                    tcp: false,
-                    tried: 0,
-                    truncated: false,
-                };
                 // Nobody waits: the answer only refreshes the cache.
-                self.send_attempt(now, key, question, first, Vec::new(), out);
+                self.ask_first(now, key, waiter.question.clone(), Vec::new(), out);
             }
             return;
         }
@@ -465,6 +457,18 @@ impl Forwarder {
             return;
         }
         let question = waiter.question.clone();
+        self.ask_first(now, key, question, vec![waiter], out);
+    }
+
+    /// A question's first attempt, to the best upstream.
+    fn ask_first(
+        &mut self,
+        now: Instant,
+        key: Key,
+        question: Question,
+        waiters: Vec<Waiter>,
+        out: &mut Batches,
+    ) {
         let first = Attempt {
             upstream: self.upstreams.first(now),
             number: 1,
@@ -472,7 +476,7 @@ impl Forwarder {
             tried: 0,
             truncated: false,
         };
-        self.send_attempt(now, key, question, first, vec![waiter], out);
+        self.send_attempt(now, key, question, first, waiters, out);
     }
 
     /// Send `attempt` of a question.
