@@ -5,8 +5,10 @@
 # the same run. Measures the time from start to the first synchronised
 # estimate and the requests per server sent until then, the estimate's
 # error, requests per server per hour in a steady window (scaled to an
-# hour), the summed RSS of every process of each client and the stripped
-# binary sizes; medians over N runs, ratios to mirage-ntp.
+# hour) with the poll each client reached, the summed RSS of every process
+# of each client and the stripped binary sizes; medians over N runs, ratios
+# to mirage-ntp. --poll MIN:MAX gives mirage-ntp and chronyd the same poll
+# bounds, so that their steady state is reached within a run.
 #
 # Needs root on Debian (chrony, nftables, musl-tools; busybox with its ntpd
 # applet is built from Debian's source package, since Debian's busybox has
@@ -25,6 +27,13 @@ usage: scripts/bench-ntp.sh [options]
                         (default 60) and lasts to the end of the run; its
                         requests are scaled to an hour
   -c, --clients LIST    comma-separated subset of mirage-ntp,chronyd,busybox-ntpd
+      --poll MIN:MAX    poll bounds, log2 s (4 <= MIN <= MAX <= 17): mirage-ntp's
+                        min_poll/max_poll (its config file) and chronyd's
+                        minpoll/maxpoll (its server lines); default: each
+                        client's own (6:10 for both). busybox ntpd cannot be
+                        configured so: it keeps its built-in bounds (at least
+                        2^5 s, and with -w it never lengthens its poll) and the
+                        report says so; leave it out (-c) for a steady-state run
       --bin PATH        mirage-ntp binary (skips scripts/build-release.sh)
       --busybox PATH    a busybox with the ntpd applet (skips building one)
       --json FILE       also write the per-run results (JSON lines) to FILE
@@ -36,7 +45,7 @@ USAGE
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS=5 SERVERS=3 DURATION=300 STEADY=60 CLIENTS=mirage-ntp,chronyd,busybox-ntpd
-BIN="" BUSYBOX="" JSON_OUT="" WRITE_DOCS=0
+BIN="" BUSYBOX="" JSON_OUT="" WRITE_DOCS=0 POLL=""
 RECORD=() # the command as the report records it (no local paths)
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,6 +54,7 @@ while [ $# -gt 0 ]; do
     -d | --duration) DURATION="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
     --steady-after) STEADY="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
     -c | --clients) CLIENTS="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
+    --poll) POLL="${2:?}"; RECORD+=("$1" "$2"); shift 2 ;;
     --bin) BIN="${2:?}"; RECORD+=("$1" BIN); shift 2 ;;
     --busybox) BUSYBOX="${2:?}"; RECORD+=("$1" BUSYBOX); shift 2 ;;
     --json) JSON_OUT="${2:?}"; shift 2 ;;
@@ -111,5 +121,6 @@ args=(--runs "$RUNS" --servers "$SERVERS" --duration "$DURATION" --steady-after 
     --mirage-what "$MIRAGE_WHAT" --busybox-what "$BUSYBOX_WHAT"
     --command "scripts/bench-ntp.sh ${RECORD[*]}" --tmp "$TMP")
 [ -z "$JSON_OUT" ] || args+=(--json "$JSON_OUT")
+[ -z "$POLL" ] || args+=(--poll "$POLL")
 [ "$WRITE_DOCS" = 0 ] || args+=(--write-docs "$ROOT/docs/benchmarks.md")
 python3 "$ROOT/scripts/bench/ntp.py" "${args[@]}"

@@ -26,7 +26,18 @@ Measured per client and run:
   req_h       requests per server per hour in the steady window (from
               --steady-after s after start to the end), scaled to an hour
   rss_kib     summed VmRSS of every process of the client at the end
+  poll_start, poll_end
+              the poll in seconds (median over the servers) at the start of
+              the steady window and at the end (mirage-ntp: status.json's
+              poll_s per source; chronyd: the local poll of its
+              measurements log; busybox: not measured)
 Binary sizes are measured once.
+
+--poll MIN:MAX sets the poll bounds (log2 s) of mirage-ntp (min_poll and
+max_poll in its config file) and chronyd (minpoll and maxpoll on each
+server line). busybox ntpd has no such option (its bounds are built in:
+2^5 s at least; with -w it stays there), so it runs as ever and the report
+says so.
 """
 
 import argparse
@@ -42,6 +53,20 @@ import threading
 import time
 
 CLIENTS = ["mirage-ntp", "chronyd", "busybox-ntpd"]
+# busybox ntpd's own bounds (networking/ntpd.c MINPOLL and MAXPOLL).
+BUSYBOX_POLL = (5, 12)
+
+
+def parse_poll(text):
+    """--poll MIN:MAX as (MIN, MAX), log2 s, within mirage-ntp's range
+    (4..=17) and ordered; ValueError otherwise."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--poll {text}: want MIN:MAX (log2 s), e.g. 4:7")
+    lo, hi = int(parts[0]), int(parts[1])
+    if not (4 <= lo <= hi <= 17):
+        raise ValueError(f"--poll {text}: want 4 <= MIN <= MAX <= 17")
+    return lo, hi
 
 
 def sh(*args, check=True, **kw):
@@ -218,16 +243,22 @@ class Run:
         d = os.path.join(self.tmp, client)
         os.makedirs(d)
         if client == "mirage-ntp":
-            argv = [self.args.mirage, "run", "--observe", "--config", "/dev/null"]
+            config = "/dev/null"
+            if self.args.poll:
+                config = os.path.join(d, "config.toml")
+                with open(config, "w") as f:
+                    f.write(f"min_poll = {self.args.poll[0]}\nmax_poll = {self.args.poll[1]}\n")
+            argv = [self.args.mirage, "run", "--observe", "--config", config]
             for s in self.servers:
                 argv += ["--server", s]
             argv += ["--state-dir", f"{d}/state", "--run-dir", f"{d}/run"]
         elif client == "chronyd":
             conf = os.path.join(d, "chrony.conf")
             with open(conf, "w") as f:
+                bounds = f" minpoll {self.args.poll[0]} maxpoll {self.args.poll[1]}" if self.args.poll else ""
                 for s in self.servers:
-                    f.write(f"server {s} iburst\n")
-                f.write(f"port 0\ncmdport 0\npidfile {d}/chronyd.pid\nlogdir {d}\nlog tracking\n")
+                    f.write(f"server {s} iburst{bounds}\n")
+                f.write(f"port 0\ncmdport 0\npidfile {d}/chronyd.pid\nlogdir {d}\nlog tracking measurements\n")
             argv = ["chronyd", "-x", "-d", "-u", "root", "-f", conf]
         else:
             argv = [self.args.busybox, "ntpd", "-w", "-d"]
@@ -265,6 +296,21 @@ class Run:
                 vals.append(float(m.group(1)) * 1e6)
         return vals
 
+    def polls_s(self, c):
+        """The client's current poll per server, in s (None: not known)."""
+        if c["client"] == "mirage-ntp":
+            st = read_json(os.path.join(c["dir"], "run", "status.json"))
+            if not st:
+                return None
+            polls = [s.get("poll_s") for s in st.get("sources", [])]
+            return [p for p in polls if p is not None] or None
+        if c["client"] == "chronyd":
+            path = os.path.join(c["dir"], "measurements.log")
+            text = open(path).read() if os.path.exists(path) else ""
+            last = chrony_local_polls(text)
+            return [2 ** last[s] for s in self.servers if s in last] or None
+        return None
+
     def measure(self):
         self.setup()
         clients = []
@@ -289,6 +335,7 @@ class Run:
                         c["first_req"] = self.counters(c["k"])
                 if c["steady_count"] is None and now >= steady_from[id(c)]:
                     c["steady_count"] = (now, self.counters(c["k"]))
+                    c["poll_start"] = self.polls_s(c)
                 if c["client"] == "mirage-ntp" and now >= steady_from[id(c)]:
                     # One sample a second.
                     last = c.get("last_sample", 0)
@@ -319,6 +366,9 @@ class Run:
             if offs:
                 r["error_us"] = statistics.median(abs(v) for v in offs)
                 r["error_samples"] = len(offs)
+            for key, polls in (("poll_start", c.get("poll_start")), ("poll_end", self.polls_s(c))):
+                if polls:
+                    r[key] = statistics.median(polls)
             if c.get("exited"):
                 r["exited"] = c["proc"].returncode
             results.append(r)
@@ -377,6 +427,17 @@ def chrony_tracking_offsets(text):
     return out
 
 
+def chrony_local_polls(text):
+    """Each server's latest local poll (log2 s) in a chronyd measurements
+    log (Date Time IP L St 123 567 ABCD LP RP Score Offset ...)."""
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) > 10 and re.match(r"\d{4}-\d\d-\d\d$", f[0]) and re.match(r"-?\d+$", f[8]):
+            out[f[2]] = int(f[8])
+    return out
+
+
 def parse_utc(text):
     import calendar
 
@@ -419,7 +480,7 @@ def report(args, results, sizes, meta):
     for c, rs in by.items():
         med[c] = {
             key: median(r.get(key) for r in rs)
-            for key in ("first_s", "first_req", "error_us", "req_h", "rss_kib")
+            for key in ("first_s", "first_req", "error_us", "req_h", "rss_kib", "poll_start", "poll_end")
         }
         med[c]["size_kib"] = sizes[c]["kib"]
         med[c]["runs"] = sum(1 for r in rs if "first_s" in r)
@@ -436,6 +497,8 @@ def report(args, results, sizes, meta):
     out.append(f"Command: `{meta['command']}` ({args.runs} runs, {args.servers} chronyd -x servers, "
                f"{args.duration} s a run, steady window from {args.steady_after} s to the end, "
                f"so {args.duration - args.steady_after} s scaled to an hour).")
+    out.append("")
+    out.append(poll_bounds_text(args))
     out.append("")
     out.append(f"Date: {meta['date']}. Machine: {meta['machine']}; load average {meta['load_before']} before, "
                f"{meta['load_after']} after.")
@@ -460,6 +523,11 @@ def report(args, results, sizes, meta):
         names = max((r.get("processes", []) for r in by[c]), key=len, default=[])
         procs.append(f"{c}: {len(names)} ({', '.join(sorted(set(names)))})")
     out.append("Processes in the summed RSS: " + "; ".join(procs) + ".")
+    polled = [c for c in args.clients if med[c]["poll_start"] is not None or med[c]["poll_end"] is not None]
+    if polled:
+        out.append("Poll in s (median over the servers, then over the runs) at the start of the steady window "
+                   "and at the end: " + "; ".join(
+                       f"{c} {fmt(med[c]['poll_start'], 0)} and {fmt(med[c]['poll_end'], 0)}" for c in polled) + ".")
     exited = [f"{r['client']} run {r['run']} exited {r['exited']}" for r in results if "exited" in r]
     if exited:
         out.append("Exited early: " + "; ".join(exited) + ".")
@@ -482,6 +550,23 @@ def report(args, results, sizes, meta):
     return "\n".join(out) + "\n"
 
 
+def poll_bounds_text(args):
+    """The poll bounds each client ran with, for the report."""
+    poll = getattr(args, "poll", None)
+    parts = []
+    for c in args.clients:
+        if c == "busybox-ntpd":
+            lo, hi = BUSYBOX_POLL
+            parts.append(f"busybox-ntpd its built-in {lo}:{hi} ({2 ** lo}..{2 ** hi} s; not configurable, "
+                         "and with -w it stays at the minimum)")
+        elif poll:
+            key = "min_poll/max_poll" if c == "mirage-ntp" else "minpoll/maxpoll"
+            parts.append(f"{c} {poll[0]}:{poll[1]} ({2 ** poll[0]}..{2 ** poll[1]} s, {key})")
+        else:
+            parts.append(f"{c} its default 6:10 (64..1024 s)")
+    return "Poll bounds (log2 s): " + "; ".join(parts) + "."
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -489,6 +574,7 @@ def main():
     ap.add_argument("--duration", type=int, default=300)
     ap.add_argument("--steady-after", type=int, default=60)
     ap.add_argument("--clients", default=",".join(CLIENTS))
+    ap.add_argument("--poll", default=None, help="MIN:MAX, log2 s")
     ap.add_argument("--mirage", required=True)
     ap.add_argument("--busybox", required=True)
     ap.add_argument("--busybox-what", default="")
@@ -502,6 +588,10 @@ def main():
     for c in args.clients:
         if c not in CLIENTS:
             ap.error(f"unknown client {c}: one of {', '.join(CLIENTS)}")
+    try:
+        args.poll = parse_poll(args.poll) if args.poll else None
+    except ValueError as e:
+        ap.error(str(e))
     if not 1 <= args.servers <= 16:
         ap.error("--servers: 1..16")
     if not 0 < args.steady_after < args.duration:

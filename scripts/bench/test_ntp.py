@@ -59,6 +59,40 @@ class Parsing(unittest.TestCase):
         self.assertIsNone(ntp.busybox_first(lines[:3]))
 
 
+MEASUREMENTS = """\
+========================================================================================================================================
+   Date (UTC) Time     IP Address   L St 123 567 ABCD  LP RP Score    Offset  Peer del. Peer disp.  Root del. Root disp. Refid     MTxRx
+========================================================================================================================================
+2026-12-03 07:40:01 198.19.0.1      N  8 111 111 1111   4  4 0.00 -2.1e-06  5.0e-05  1.9e-06  0.0e+00  1.1e-05 7F7F0101  4B K K
+2026-12-03 07:40:02 198.19.0.2      N  8 111 111 1111   4  4 0.00 -2.1e-06  5.0e-05  1.9e-06  0.0e+00  1.1e-05 7F7F0101  4B K K
+2026-12-03 07:52:10 198.19.0.1      N  8 111 111 1111   7  7 0.50 -2.1e-06  5.0e-05  1.9e-06  0.0e+00  1.1e-05 7F7F0101  4B K K
+"""
+
+
+class Poll(unittest.TestCase):
+    def test_poll_bounds_are_parsed_and_checked(self):
+        self.assertEqual(ntp.parse_poll("4:7"), (4, 7))
+        self.assertEqual(ntp.parse_poll("6:6"), (6, 6))
+        for bad in ("7:4", "3:7", "4:18", "4", "4:7:8", "a:7", "-4:7", ""):
+            with self.assertRaises(ValueError, msg=bad):
+                ntp.parse_poll(bad)
+
+    def test_chrony_measurements_give_each_servers_latest_local_poll(self):
+        self.assertEqual(ntp.chrony_local_polls(MEASUREMENTS), {"198.19.0.1": 7, "198.19.0.2": 4})
+        self.assertEqual(ntp.chrony_local_polls(""), {})
+
+    def test_the_report_says_which_bounds_each_client_ran_with(self):
+        class A:
+            clients = ["mirage-ntp", "chronyd", "busybox-ntpd"]
+            poll = (4, 7)
+        text = ntp.poll_bounds_text(A())
+        self.assertIn("mirage-ntp 4:7 (16..128 s, min_poll/max_poll)", text)
+        self.assertIn("chronyd 4:7 (16..128 s, minpoll/maxpoll)", text)
+        self.assertIn("busybox-ntpd its built-in 5:12 (32..4096 s; not configurable", text)
+        A.poll = None
+        self.assertIn("mirage-ntp its default 6:10 (64..1024 s)", ntp.poll_bounds_text(A()))
+
+
 class ProcessTree(unittest.TestCase):
     def test_rss_sums_a_process_and_its_children(self):
         p = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
@@ -108,6 +142,12 @@ class Report(unittest.TestCase):
         self.assertIn("- no more requests per server per hour than chrony: NOT met (60.0 vs chronyd 45.0)", text)
         self.assertIn("- summed RSS under 4 MiB: met (3,600)", text)
         self.assertIn("| mirage-ntp | 0.500 | 1.0 | 3.0 | 60.0 | 3,600 | 900 | 2/2 |", text)
+        self.assertNotIn("Poll in s", text, "no poll measured, none reported")
+        for r in results:
+            r["poll_start"], r["poll_end"] = (128, 128) if r["client"] == "chronyd" else (64, 128)
+        text = ntp.report(self.args(), results, sizes, meta)
+        self.assertIn("at the start of the steady window and at the end: mirage-ntp 64 and 128; chronyd 128 and 128.",
+                      text)
 
     def test_a_client_without_an_estimate_is_n_a_not_zero(self):
         results = [{"client": "mirage-ntp", "run": 0, "rss_kib": 3000, "processes": []},

@@ -25,7 +25,7 @@ use mirage_sdk::service::publish::{Pacing, Publication, Publisher};
 use mirage_sdk::service::{Common, CommonLayer, SandboxKind, launch, state};
 use ntp_engine::{
     Action, Config, Event, IntentKind, Leap, MAX_NAMES, MAX_RESOLVERS, MAX_SOURCES, NTP_PORT, NameConfig,
-    Ntp, Start, Status,
+    Ntp, POLL_RANGE, Start, Status,
 };
 use serde::Deserialize;
 
@@ -83,6 +83,11 @@ struct FileConfig {
     /// The engine's step threshold (RFC 5905 STEPT), ms: offsets above it
     /// are stepped, below slewed.
     step_threshold_ms: Option<u64>,
+    /// The poll bounds, log2 s (chrony's minpoll and maxpoll): each source
+    /// is asked at most every 2^min_poll s and the poll climbs to at most
+    /// 2^max_poll s while the estimates stay in the noise.
+    min_poll: Option<i64>,
+    max_poll: Option<i64>,
     /// The KVM device for `sandbox = "kvm"` or `"auto"`.
     kvm_device: Option<PathBuf>,
     policy: ClockPolicy,
@@ -91,6 +96,32 @@ struct FileConfig {
 
 /// Largest `step_threshold_ms`: the policy's slews stop at 0.5 s anyway.
 const MAX_STEP_THRESHOLD_MS: u64 = 10_000;
+
+/// The poll bounds from the config file's keys, the engine's defaults for
+/// those absent; a bad value is named by its key. The range is the
+/// engine's (RFC 5905 MINPOLL 4 to MAXPOLL 17: 16 s to 36 h), which would
+/// otherwise clamp silently.
+fn poll_bounds(min: Option<i64>, max: Option<i64>) -> Result<(u8, u8), (&'static str, String)> {
+    let default = Config::default();
+    let (lo, hi) = (*POLL_RANGE.start(), *POLL_RANGE.end());
+    let check = |key: &'static str, v: Option<i64>, default: u8| match v {
+        None => Ok(default),
+        Some(v) => u8::try_from(v)
+            .ok()
+            .filter(|v| POLL_RANGE.contains(v))
+            .ok_or((key, format!("{v} is out of range: must be {lo}..={hi} (log2 s)"))),
+    };
+    let min_poll = check("min_poll", min, default.min_poll)?;
+    let max_poll = check("max_poll", max, default.max_poll)?;
+    if min_poll > max_poll {
+        let key = if max.is_some() { "max_poll" } else { "min_poll" };
+        return Err((
+            key,
+            format!("min_poll {min_poll} is above max_poll {max_poll}: must be min_poll <= max_poll"),
+        ));
+    }
+    Ok((min_poll, max_poll))
+}
 
 /// Which servers.json to follow, if any: the key when given (`""` turns it
 /// off), else the convention's file when no server is configured.
@@ -133,6 +164,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if !(1..=MAX_STEP_THRESHOLD_MS).contains(&step_threshold_ms) {
         return Err(bad("step_threshold_ms", "must be 1..=10000"));
     }
+    let (min_poll, max_poll) =
+        poll_bounds(file.min_poll, file.max_poll).map_err(|(key, why)| bad(key, &why))?;
     let specs = if args.servers.is_empty() {
         file.servers
             .iter()
@@ -287,6 +320,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             observe,
             time_floor_unix_secs: Some(time_floor),
             step_threshold_ns: step_threshold_ms * 1_000_000,
+            min_poll,
+            max_poll,
             ..Config::default()
         },
         drift,
@@ -1463,6 +1498,39 @@ mod tests {
             dhcp_servers_file(Some("/srv/s.json".into()), true),
             Some(PathBuf::from("/srv/s.json"))
         );
+    }
+
+    #[test]
+    fn the_poll_bounds_are_checked_and_a_bad_one_is_named() {
+        let f = parse("min_poll = 4\nmax_poll = 7\n").unwrap();
+        assert_eq!(poll_bounds(f.min_poll, f.max_poll), Ok((4, 7)));
+        assert_eq!(poll_bounds(None, None), Ok((6, 10)), "chrony's defaults");
+        assert_eq!(
+            poll_bounds(Some(17), None),
+            Err((
+                "min_poll",
+                "min_poll 17 is above max_poll 10: must be min_poll <= max_poll".into()
+            ))
+        );
+        assert_eq!(poll_bounds(Some(4), Some(4)), Ok((4, 4)));
+        assert_eq!(poll_bounds(None, Some(17)), Ok((6, 17)));
+        for (min, max, key) in [
+            (Some(3), None, "min_poll"),
+            (Some(-1), None, "min_poll"),
+            (Some(256 + 6), None, "min_poll"),
+            (None, Some(18), "max_poll"),
+            (None, Some(0), "max_poll"),
+            (Some(8), Some(7), "max_poll"),
+            (None, Some(5), "max_poll"),
+        ] {
+            let (k, why) = poll_bounds(min, max).unwrap_err();
+            assert_eq!(k, key, "{min:?} {max:?}: {why}");
+            assert!(
+                why.contains("4..=17") || why.contains("min_poll <= max_poll"),
+                "{why}"
+            );
+        }
+        assert!(parse("min_poll = \"6\"\n").is_err(), "a number, not a string");
     }
 
     #[test]

@@ -575,3 +575,62 @@ fn a_pool_and_a_host_name_are_resolved_by_the_engine_through_dnsmasq() {
         .expect("stops on SIGTERM");
     assert!(exit.success(), "{exit:?}: {}", read_lossy(&f.dir.join("ntp.log")));
 }
+
+/// The config file's poll bounds reach the engine: with `min_poll = 4` a
+/// source is polled every 16 s from the start (status.json's `poll_s`),
+/// where the default would be 64 s; a bound out of range stops the start
+/// with an error that names the key. Needs root and chronyd.
+#[test]
+fn the_poll_bounds_of_the_config_file_are_used_and_checked() {
+    let mut f = with_chrony("ntpp");
+    let run = |config: &str, log: &str| {
+        let path = f.dir.join(&format!("{log}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = f.ns.command(bin().to_str().unwrap());
+        cmd.args([
+            "run",
+            "--server",
+            "127.0.0.1",
+            "--observe",
+            "--sandbox",
+            "seccomp",
+        ])
+        .arg("--config")
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(f.dir.join("state"))
+        .arg("--run-dir")
+        .arg(f.dir.join("run"));
+        (cmd, f.dir.join(log))
+    };
+
+    let (cmd, log) = run("min_poll = 3\n", "bad.log");
+    let bad = f.procs.spawn_logged(cmd, &log);
+    let exit = f
+        .procs
+        .wait_exit(bad, Duration::from_secs(10))
+        .expect("min_poll = 3 did not stop the start");
+    assert!(!exit.success());
+    let logged = read_lossy(&log);
+    assert!(
+        logged.contains("min_poll: 3 is out of range: must be 4..=17"),
+        "{logged}"
+    );
+    assert!(
+        status(f.dir.path()).is_none(),
+        "a refused start published a status"
+    );
+
+    let (cmd, log) = run("min_poll = 4\nmax_poll = 5\n", "ntp.log");
+    f.procs.spawn_logged(cmd, &log);
+    let v = wait_some(
+        Duration::from_secs(30),
+        "an estimate",
+        || status(f.dir.path()).filter(|v| v["state"] == "observing"),
+        || read_lossy(&log),
+    );
+    let sources = v["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{v}");
+    assert_eq!(sources[0]["poll_s"], 16, "{v}");
+    assert_eq!(v["poll_s"], 16, "{v}");
+}

@@ -30,6 +30,9 @@
 //! - **Poll.** The system poll climbs from the minimum to the maximum while
 //!   offsets stay within a few jitters, and falls back when they do not
 //!   (RFC 5905 section 11.3, the poll-adjust rule with its counter).
+//!   Observing (nothing moves the clock, [`Discipline::observe`]), the same
+//!   rule runs on how far the offset moved since the previous estimate, so
+//!   that an observer of a well-kept clock is as polite as a client.
 //!
 //! Frequencies are in the kernel's unit, ppm scaled by 2^16 (`struct
 //! timex.freq`), so the actuator passes them on unchanged.
@@ -126,6 +129,8 @@ pub struct Discipline {
     /// log2 s, between the configured bounds.
     pub poll: u8,
     poll_counter: i32,
+    /// Observing: the previous estimate's offset (see [`Discipline::observe`]).
+    observed: Option<i64>,
     step_threshold_ns: i64,
     stepout_ms: u64,
     drift_save_ms: u64,
@@ -158,6 +163,7 @@ impl Discipline {
             last_saved: None,
             poll: config.min_poll,
             poll_counter: 0,
+            observed: None,
             step_threshold_ns: i64::try_from(config.step_threshold_ns).unwrap_or(i64::MAX),
             stepout_ms: u64::from(config.stepout_secs) * 1000,
             drift_save_ms: u64::from(config.drift_save_secs) * 1000,
@@ -325,6 +331,21 @@ impl Discipline {
                 scaled_ppm: self.freq,
             });
         }
+    }
+
+    /// One new system estimate while observing: nothing is corrected, so
+    /// the offset itself never comes back into the noise on a clock that
+    /// is off. What it moved since the previous estimate is what a loop
+    /// would have had to slew out: the poll climbs while that stays in the
+    /// noise (a clock someone else keeps, or one with no frequency error)
+    /// and stays short while the clock runs away.
+    pub fn observe(&mut self, now: Instant, offset_ns: i64, jitter_ns: i64) {
+        if let Some(previous) = self.observed {
+            self.adjust_poll(now, offset_ns.saturating_sub(previous), jitter_ns);
+        }
+        self.observed = Some(offset_ns);
+        // Only the poll rule reads it while observing (update is never called).
+        self.last_update = Some(now);
     }
 
     /// RFC 5905 section 11.3 poll-adjust: in the noise, count up by the
@@ -524,5 +545,25 @@ mod tests {
             t = t.add_secs(1 << d.poll);
         }
         assert_eq!(d.poll, c.min_poll);
+    }
+
+    #[test]
+    fn observing_the_poll_follows_how_far_the_offset_moves_not_the_offset() {
+        let c = Config::default();
+        let mut d = Discipline::new(&c, None);
+        let mut t = Instant(0);
+        // 2 s off but steady: a loop would have nothing left to slew.
+        for k in 0..100 {
+            d.observe(t, 2_000 * MS + (k % 3) * 10_000, 100_000);
+            t = t.add_secs(1 << d.poll);
+        }
+        assert_eq!(d.poll, c.max_poll);
+        // Running away by 50 ms a poll: back to the minimum.
+        for k in 0..100 {
+            d.observe(t, 2_000 * MS + k * 50 * MS, 100_000);
+            t = t.add_secs(1 << d.poll);
+        }
+        assert_eq!(d.poll, c.min_poll);
+        assert!(!d.started(), "observing never starts the loop");
     }
 }

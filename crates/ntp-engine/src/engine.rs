@@ -455,6 +455,7 @@ impl Ntp {
     ) {
         if self.config.observe {
             self.state = SyncState::Observing;
+            self.discipline.observe(now, e.offset_ns, noise);
             return;
         }
         if matches!(self.step, StepState::Asked(_)) {

@@ -6,7 +6,7 @@
 mod support;
 
 use ntp_engine::wire::{Leap, NtpTimestamp};
-use ntp_engine::{Action, Event, Instant, Refusal, SourceState, SyncState};
+use ntp_engine::{Action, Config, Event, Instant, Refusal, SourceState, SyncState};
 use support::{Behaviour, Clock, HOUR, MINUTE, NtpSim, Server, sim, sim_with};
 
 fn lan_servers(n: u8) -> Vec<Server> {
@@ -489,6 +489,52 @@ fn observe_mode_measures_and_never_asks_for_a_clock_change() {
         "{} vs {real}",
         st.offset_ns
     );
+    // A clock that runs away (50 ppm: 3 ms a poll) is never in the noise:
+    // polled at the minimum.
+    assert_eq!(st.poll, Config::default().min_poll);
+}
+
+#[test]
+fn observing_a_kept_clock_lengthens_the_poll_like_a_client() {
+    // The clock someone else keeps (no phase, no drift): the offset moves
+    // only by noise, so the poll climbs to the maximum as a client's does
+    // (requests_per_server_per_hour_at_steady_state_are_bounded).
+    let mut s = sim_with(noisy(0.0, 0.0), lan_servers(4), 10, |c| c.observe = true, None);
+    s.run_until(Instant(8 * HOUR));
+    let per_hour: Vec<usize> = s
+        .world
+        .servers
+        .iter()
+        .map(|x| x.requests_between(Instant(6 * HOUR), Instant(8 * HOUR)) / 2)
+        .collect();
+    println!(
+        "observing: per hour at steady state {per_hour:?}, poll 2^{}",
+        s.last_status().poll
+    );
+    assert!(s.clock_intents().is_empty());
+    assert_eq!(s.last_status().poll, Config::default().max_poll);
+    assert!(per_hour.iter().all(|&n| n <= 4), "{per_hour:?}");
+    // Bounds of 4..7, as scripts/bench-ntp.sh --poll 4:7 gives: at 2^7
+    // within the quarter hour, 3600 / 128 = 28 an hour at most after.
+    let mut s = sim_with(
+        noisy(0.0, 0.0),
+        lan_servers(4),
+        10,
+        |c| {
+            c.observe = true;
+            c.min_poll = 4;
+            c.max_poll = 7;
+        },
+        None,
+    );
+    s.run_until(Instant(15 * MINUTE));
+    assert_eq!(s.last_status().poll, 7);
+    s.run_until(Instant(HOUR + 15 * MINUTE));
+    let per_hour: Vec<usize> = (s.world.servers.iter())
+        .map(|x| x.requests_between(Instant(15 * MINUTE), Instant(HOUR + 15 * MINUTE)))
+        .collect();
+    println!("observing, poll 4..7: per hour after 15 min {per_hour:?}");
+    assert!(per_hour.iter().all(|&n| n <= 29), "{per_hour:?}");
 }
 
 #[test]
