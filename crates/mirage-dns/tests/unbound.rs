@@ -40,12 +40,7 @@ fn each_process_has_resident_only_the_segments_it_uses(sandbox: &'static str) {
     let mut f = with_unbound("dnsl").in_sandbox(sandbox);
     let upstream = format!("127.0.0.1:{UPSTREAM_PORT}");
     let daemon = f.start_dns(&["--listen", "127.0.0.53", "--upstream", &upstream]);
-    let ns = f.ns.name().to_owned();
-    in_netns(&ns, || {
-        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
-        let got = ask_udp(ours, &query(1, "a.test", Type::A, false)).expect("an answer");
-        assert_eq!(got.answers.len(), 1);
-    });
+    f.answers_a_test();
     let pid = f.procs.pid(daemon);
     let mut procs = roles_of(pid);
     assert_eq!(procs.len(), 2, "{procs:?}");
@@ -757,18 +752,7 @@ fn auto_falls_back_to_seccomp_where_kvm_is_unusable() {
     );
 
     f.start_dns_with(&device, &["--listen", "127.0.0.53", "--upstream", &upstream]);
-    let ns = f.ns.name().to_owned();
-    in_netns(&ns, || {
-        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
-        let got = ask_udp(ours, &query(1, "a.test", Type::A, false)).expect("an answer");
-        assert_eq!((got.rcode(), got.answers.len()), (Rcode::NOERROR, 1));
-    });
-    let v = wait_some(
-        Duration::from_secs(10),
-        "the answer counted",
-        || f.status().filter(|v| v["engine"]["answered"].as_u64() >= Some(1)),
-        || f.log(),
-    );
+    let v = f.answers_a_test();
     assert_eq!(v["sandbox"], "seccomp", "{v}");
     let reason = v["sandbox_reason"].as_str().unwrap();
     assert!(
@@ -810,18 +794,7 @@ fn auto_runs_the_engine_as_a_guest_sized_for_its_cache_where_kvm_works() {
         "[cache]\nbytes = 33554432\n",
         &["--listen", "127.0.0.53", "--upstream", &upstream],
     );
-    let ns = f.ns.name().to_owned();
-    in_netns(&ns, || {
-        let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
-        let got = ask_udp(ours, &query(1, "a.test", Type::A, false)).expect("an answer");
-        assert_eq!((got.rcode(), got.answers.len()), (Rcode::NOERROR, 1));
-    });
-    let v = wait_some(
-        Duration::from_secs(10),
-        "the answer counted",
-        || f.status().filter(|v| v["engine"]["answered"].as_u64() >= Some(1)),
-        || f.log(),
-    );
+    let v = f.answers_a_test();
     assert_eq!(v["sandbox"], "kvm", "{v}");
     let reason = v["sandbox_reason"].as_str().unwrap();
     assert!(reason.starts_with("--sandbox auto: /dev/kvm opens"), "{reason}");

@@ -144,6 +144,30 @@ impl Fixture {
         self.procs.spawn_logged(cmd, &self.dir.join("dns.log"))
     }
 
+    /// `a.test` A asked of 127.0.0.53 (unbound's one address), and the
+    /// status once that answer is counted.
+    pub fn answers_a_test(&self) -> serde_json::Value {
+        let got = mirage_testkit::netns::in_netns(self.ns.name(), || {
+            let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
+            ask_udp(ours, &query(1, "a.test", Type::A, false))
+        })
+        .expect("an answer");
+        assert_eq!(
+            (got.rcode(), got.answers.len()),
+            (dns_wire::Rcode::NOERROR, 1),
+            "{got:?}"
+        );
+        mirage_testkit::wait::wait_some(
+            Duration::from_secs(10),
+            "the answer counted",
+            || {
+                self.status()
+                    .filter(|v| v["engine"]["answered"].as_u64() >= Some(1))
+            },
+            || self.log(),
+        )
+    }
+
     pub fn log(&self) -> String {
         mirage_testkit::cmd::read_lossy(&self.dir.join("dns.log"))
     }
