@@ -140,13 +140,19 @@ impl Batches {
             && data.len() > PART_BYTES
             && let Ok(total) = u16::try_from(data.len())
         {
-            let (client, mut data) = (*client, data.clone());
-            while data.len() > PART_BYTES {
-                let rest = data.split_off(PART_BYTES);
-                self.push_one(Outbound::AnswerPart { client, total, data });
-                data = rest;
+            let client = *client;
+            let (head, last) = crate::parts(data);
+            for part in head {
+                self.push_one(Outbound::AnswerPart {
+                    client,
+                    total,
+                    data: part.to_vec(),
+                });
             }
-            self.push_one(Outbound::Answer { client, data });
+            self.push_one(Outbound::Answer {
+                client,
+                data: last.to_vec(),
+            });
             return;
         }
         self.push_one(item);

@@ -70,6 +70,16 @@ pub const MAX_TCP_REPLY: usize = MAX_TCP_ANSWER;
 /// split into parts of this size, so every item fits a batch (and a batch
 /// the 8 KiB channel message).
 pub const PART_BYTES: usize = 4096;
+/// `data` as it crosses the channel: the parts of [`PART_BYTES`] before its
+/// last (none for a message of at most one part), and the last, which goes
+/// as the ordinary item ([`Outbound::Answer`], [`Inbound::Reply`]). Both
+/// sides cut the same way.
+pub fn parts(data: &[u8]) -> (core::slice::Chunks<'_, u8>, &[u8]) {
+    let split = data.len().saturating_sub(1) / PART_BYTES * PART_BYTES;
+    let (head, last) = data.split_at(split);
+    (head.chunks(PART_BYTES), last)
+}
+
 /// What the engine holds at once of replies still arriving in parts; more
 /// is refused (a network role cannot make it hoard memory).
 pub const MAX_PARTS_HELD: usize = 1 << 20;
@@ -307,4 +317,27 @@ pub struct Counters {
     pub upstream_failures: u64,
     /// Replies accepted from upstreams.
     pub upstream_replies: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_cut_into_whole_parts_and_a_last_one() {
+        for (len, head, last) in [
+            (0, 0, 0),
+            (1, 0, 1),
+            (4096, 0, 4096),
+            (4097, 1, 1),
+            (8192, 1, 4096),
+            (65_535, 15, 4095),
+        ] {
+            let data = alloc::vec![7u8; len];
+            let (parts, rest) = parts(&data);
+            let parts: alloc::vec::Vec<&[u8]> = parts.collect();
+            assert_eq!((parts.len(), rest.len()), (head, last), "{len}");
+            assert!(parts.iter().all(|p| p.len() == PART_BYTES));
+        }
+    }
 }

@@ -11,8 +11,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use dns_engine::{
-    BATCH_BYTES, Event, Forwarder, ITEM_OVERHEAD, Inbound, MAX_DATAGRAM, MAX_TCP_REPLY, Outbound, PART_BYTES,
-    Transport,
+    BATCH_BYTES, Event, Forwarder, ITEM_OVERHEAD, Inbound, MAX_DATAGRAM, MAX_TCP_REPLY, Outbound, Transport,
 };
 use mirage_dns::messages::{FromNetwork, NetworkStats, ToNetwork};
 use mirage_dns::plan::{FD_FIRST_LISTENER, NetworkLimits, NetworkSettings};
@@ -610,20 +609,22 @@ impl<'a> Network<'a> {
             self.stats.upstream_replies += 1;
             // Over one part's size: in parts, the last one as the reply.
             let total = u16::try_from(data.len()).unwrap_or(u16::MAX);
-            let mut data = data;
-            while data.len() > PART_BYTES {
-                let rest = data.split_off(PART_BYTES);
-                self.push(
-                    Inbound::ReplyPart {
-                        query: q,
-                        total,
-                        data,
-                    },
-                    peer,
-                );
-                data = rest;
+            let (head, last) = dns_engine::parts(&data);
+            for part in head {
+                let item = Inbound::ReplyPart {
+                    query: q,
+                    total,
+                    data: part.to_vec(),
+                };
+                self.push(item, peer);
             }
-            self.push(Inbound::Reply { query: q, data }, peer);
+            self.push(
+                Inbound::Reply {
+                    query: q,
+                    data: last.to_vec(),
+                },
+                peer,
+            );
         }
     }
 

@@ -297,9 +297,7 @@ impl TokenBucket {
         self.milli_tokens -= 1000;
         true
     }
-}
 
-impl TokenBucket {
     /// Whether the bucket would be full at `now_ms`: a client that stopped
     /// asking, whose entry can go.
     pub fn is_full(&self, now_ms: u64) -> bool {
