@@ -135,6 +135,10 @@ pub enum ClockRefusal {
     FrequencyOutOfRange,
     /// A drift to store beyond +-500 ppm.
     DriftOutOfRange,
+    /// A drift to store less than [`MIN_DRIFT_SAVE_MS`] after the last
+    /// one: each is a synced file write, which an engine must not be able
+    /// to repeat at will.
+    DriftSavedTooSoon,
     /// Error bounds negative or beyond 16 s.
     ErrorOutOfRange,
     /// "Synchronised" before any clock change was applied in this run.
@@ -153,7 +157,7 @@ pub enum ClockRefusal {
 
 impl ClockRefusal {
     /// Every reason, for metrics.
-    pub const ALL: [ClockRefusal; 13] = [
+    pub const ALL: [ClockRefusal; 14] = [
         ClockRefusal::SlewTooLarge,
         ClockRefusal::StartupStepForwardTooLarge,
         ClockRefusal::StartupStepBackTooLarge,
@@ -161,6 +165,7 @@ impl ClockRefusal {
         ClockRefusal::StepBudgetSpent,
         ClockRefusal::FrequencyOutOfRange,
         ClockRefusal::DriftOutOfRange,
+        ClockRefusal::DriftSavedTooSoon,
         ClockRefusal::ErrorOutOfRange,
         ClockRefusal::SynchronizedBeforeApplied,
         ClockRefusal::LeapNotLastDayOfMonth,
@@ -179,6 +184,7 @@ impl ClockRefusal {
             ClockRefusal::StepBudgetSpent => "step-budget-spent",
             ClockRefusal::FrequencyOutOfRange => "frequency-out-of-range",
             ClockRefusal::DriftOutOfRange => "drift-out-of-range",
+            ClockRefusal::DriftSavedTooSoon => "drift-saved-too-soon",
             ClockRefusal::ErrorOutOfRange => "error-out-of-range",
             ClockRefusal::SynchronizedBeforeApplied => "synchronized-before-applied",
             ClockRefusal::LeapNotLastDayOfMonth => "leap-not-last-day-of-month",
@@ -212,7 +218,13 @@ pub struct PolicyState {
     /// An operator's acceptance not used yet, and until when (boot clock,
     /// ms).
     accepted: Option<(StepAcceptance, u64)>,
+    /// When the drift file was last written (boot clock, ms).
+    drift_saved_at_ms: Option<u64>,
 }
+
+/// The shortest time between two drift saves the actuator carries out
+/// (the engine saves once an hour, `drift_save_secs`).
+pub const MIN_DRIFT_SAVE_MS: u64 = 60_000;
 
 impl PolicyState {
     pub fn new(policy: ClockPolicy, now_boot_ms: u64) -> PolicyState {
@@ -222,6 +234,7 @@ impl PolicyState {
             steps_left: policy.step_burst,
             refilled_at_ms: now_boot_ms,
             accepted: None,
+            drift_saved_at_ms: None,
         }
     }
 
@@ -301,6 +314,12 @@ impl PolicyState {
                 if scaled_ppm.unsigned_abs() > MAX_FREQ_SCALED.unsigned_abs() {
                     return Err(ClockRefusal::DriftOutOfRange);
                 }
+                if self
+                    .drift_saved_at_ms
+                    .is_some_and(|t| now_boot_ms.saturating_sub(t) < MIN_DRIFT_SAVE_MS)
+                {
+                    return Err(ClockRefusal::DriftSavedTooSoon);
+                }
             }
             ClockIntent::SetStatus(s) => check_status(&s, self.changed, unix_secs)?,
         }
@@ -360,6 +379,7 @@ impl PolicyState {
                 self.steps_left = self.steps_left.saturating_sub(1);
                 self.changed = true;
             }
+            ClockIntent::SaveDrift { .. } => self.drift_saved_at_ms = Some(now_boot_ms),
             _ => {}
         }
     }
@@ -389,6 +409,21 @@ pub fn is_last_day_of_month(unix_secs: i64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_drift_file_is_written_at_most_once_a_minute() {
+        let mut p = PolicyState::new(ClockPolicy::default(), 0);
+        let save = ClockIntent::SaveDrift { scaled_ppm: 1 << 16 };
+        assert_eq!(p.check(&save, 1000, 0), Ok(()));
+        p.applied(&save, 1000);
+        for t in [1000, 30_000, 1000 + MIN_DRIFT_SAVE_MS - 1] {
+            assert_eq!(p.check(&save, t, 0), Err(ClockRefusal::DriftSavedTooSoon));
+        }
+        assert_eq!(p.check(&save, 1000 + MIN_DRIFT_SAVE_MS, 0), Ok(()));
+        // A refused one does not move the minute on.
+        let far = ClockIntent::SaveDrift { scaled_ppm: i64::MAX };
+        assert_eq!(p.check(&far, 90_000, 0), Err(ClockRefusal::DriftOutOfRange));
+    }
+
     use super::*;
 
     const DAY: i64 = 86_400;

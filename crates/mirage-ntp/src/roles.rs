@@ -537,6 +537,10 @@ struct Actuator {
     /// The last status the kernel was given, re-applied with each step so
     /// a step leaves the clock marked synchronised with sane error bounds.
     status: ClockStatus,
+    /// Refusals so far: each is logged at the 1st, 2nd, 4th, 8th... of its
+    /// reason, so an engine asking in a loop cannot flood the log (the
+    /// supervisor's status counts them all).
+    refusals: [u64; ClockRefusal::ALL.len()],
 }
 
 impl Actuator {
@@ -563,6 +567,7 @@ impl Actuator {
                 est_error_us: 0,
                 leap: KernelLeap::None,
             },
+            refusals: [0; ClockRefusal::ALL.len()],
         }
     }
 
@@ -584,7 +589,14 @@ impl Actuator {
                         ""
                     };
                     match &outcome {
-                        Outcome::Refused(r) => log::warn!("REFUSED {intent:?}: {}", r.as_str()),
+                        Outcome::Refused(r) => {
+                            let i = ClockRefusal::ALL.iter().position(|x| x == r).unwrap_or(0);
+                            self.refusals[i] += 1;
+                            let n = self.refusals[i];
+                            if n.is_power_of_two() {
+                                log::warn!("REFUSED {intent:?}: {} ({n} so far)", r.as_str());
+                            }
+                        }
                         Outcome::Failed(e) => log::warn!("{intent:?} failed: {e}"),
                         Outcome::Applied => match intent {
                             ClockIntent::Step { delta_ns } => {

@@ -270,6 +270,14 @@ fn the_steering_actuator_holds_cap_sys_time_alone_and_writes_only_its_drift_file
         ),
         Outcome::Refused(ClockRefusal::DriftOutOfRange)
     );
+    // A flood of saves within the policy: the first was the last write for
+    // a minute (MIN_DRIFT_SAVE_MS), so the file keeps its value.
+    for k in 0..1000 {
+        assert_eq!(
+            ask(&chan, 3 + k, ClockIntent::SaveDrift { scaled_ppm: 13 << 16 }),
+            Outcome::Refused(ClockRefusal::DriftSavedTooSoon)
+        );
+    }
     let saved: DriftFile =
         serde_json::from_slice(&std::fs::read(state.join(plan::DRIFT_FILE)).unwrap()).unwrap();
     assert_eq!((saved.version, saved.scaled_ppm), (1, 12 << 16));
