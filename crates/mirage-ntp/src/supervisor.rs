@@ -913,6 +913,15 @@ impl Supervisor {
 
     /// The network role's start: its settings and a socket per server,
     /// opened now (the first start's are opened before the sandbox).
+    /// Whether `peer` is one we send to: a configured or learned server, a
+    /// resolver, or a source the engine last reported (resolved from a
+    /// name or pool).
+    fn asks(&self, peer: SocketAddr) -> bool {
+        network_servers(&self.configured, self.dhcp.as_ref()).contains(&peer)
+            || self.resolvers.contains(&peer)
+            || (self.status.as_ref()).is_some_and(|s| s.sources.iter().any(|x| x.address == peer))
+    }
+
     fn network_start(&mut self) -> Result<RoleStart, String> {
         let all = network_servers(&self.configured, self.dhcp.as_ref());
         let (settings, sockets, unrouted) = network_sockets(&all, &self.names, &self.resolvers)?;
@@ -1024,7 +1033,10 @@ impl Supervisor {
                 Event::Sent { to, transmit, at }
             }
             FromNetwork::NoRoute { to } => {
-                if self.no_route.insert(to) {
+                // Only a peer we ask: the set (and its log lines) stays
+                // within the servers, resolvers and sources, whatever a
+                // compromised network role names.
+                if self.asks(to) && self.no_route.insert(to) {
                     log::warn!("no route to {to}: its requests cannot leave");
                 }
                 return Ok(());
