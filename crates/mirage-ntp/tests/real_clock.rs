@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use mirage_sdk::clock::{self, ClockStatus, KernelClock, KernelLeap};
+use mirage_testkit::clock::{mono_minus_raw, nanos, real_minus_mono};
 use mirage_testkit::cmd::read_lossy;
 use mirage_testkit::netns::{Netns, in_netns};
 use mirage_testkit::process::Procs;
@@ -36,7 +37,7 @@ use mirage_testkit::tempdir::TestDir;
 use mirage_testkit::wait::wait_some;
 use ntp_engine::NtpTimestamp;
 use ntp_engine::wire::{Leap, Mode, NtpShort, Packet, Repr};
-use rustix::time::{ClockId, clock_gettime};
+use rustix::time::ClockId;
 
 const MS: i64 = 1_000_000;
 /// The most the test (and its guard) ever steps or slews the clock by.
@@ -47,36 +48,6 @@ const GUARD_LIMIT_NS: i64 = 60 * MS;
 
 fn bin() -> PathBuf {
     mirage_testkit::service_bin("MIRAGE_NTP_BIN", env!("CARGO_BIN_EXE_mirage-ntp"))
-}
-
-fn nanos(id: ClockId) -> i64 {
-    let t = clock_gettime(id);
-    t.tv_sec * 1_000_000_000 + t.tv_nsec
-}
-
-/// `a - b` for two clocks, read as close together as the machine allows
-/// (the pair with the shortest bracket of five).
-fn clock_diff(a: ClockId, b: ClockId) -> i64 {
-    (0..5)
-        .map(|_| {
-            let b0 = nanos(b);
-            let a1 = nanos(a);
-            let b2 = nanos(b);
-            (b2 - b0, a1 - (b0 + (b2 - b0) / 2))
-        })
-        .min_by_key(|&(bracket, _)| bracket)
-        .map(|(_, d)| d)
-        .unwrap()
-}
-
-/// What only steps change.
-fn real_minus_mono() -> i64 {
-    clock_diff(ClockId::Realtime, ClockId::Monotonic)
-}
-
-/// What slews and the frequency change (the raw clock is the hardware's).
-fn mono_minus_raw() -> i64 {
-    clock_diff(ClockId::Monotonic, ClockId::MonotonicRaw)
 }
 
 /// The host clock as found, and how to put it back.

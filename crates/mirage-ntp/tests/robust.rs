@@ -168,8 +168,20 @@ fn without_cap_sys_time_it_starts_measures_and_says_not_steerable() {
         .arg(dir.join("state"))
         .arg("--run-dir")
         .arg(dir.join("run"));
+    // The clock as found: nothing here may move it.
+    let clock_before = mirage_testkit::clock::real_minus_mono();
     let daemon = procs.spawn_logged(cmd, &dir.join("ntp.log"));
     let pid = procs.pid(daemon);
+    // Checked first, once the wrappers have become the daemon: with CAP_SYS_TIME
+    // still in the bounding set it would be steering the host clock while
+    // the test waits.
+    let daemon_status = wait_some(
+        Duration::from_secs(10),
+        "ip netns exec and setpriv to exec mirage-ntp",
+        || Some(ProcStatus::read(pid)).filter(|st| st.field("Name") == "mirage-ntp"),
+        || read_lossy(&dir.join("ntp.log")),
+    );
+    assert_eq!(daemon_status.caps("CapBnd") & CAP_SYS_TIME, 0);
     let log = || format!("status {:?}\n{}", status(dir), read_lossy(&dir.join("ntp.log")));
     let v = wait_some(
         Duration::from_secs(30),
@@ -196,7 +208,8 @@ fn without_cap_sys_time_it_starts_measures_and_says_not_steerable() {
     assert!(offset.abs() < OFFSET_BOUND_MS, "{v}");
     assert!(procs.try_wait(daemon).is_none(), "exited: {}", log());
     assert_eq!(roles_of(pid).len(), 3, "{}", log());
-    assert_eq!(ProcStatus::read(pid).caps("CapBnd") & CAP_SYS_TIME, 0);
+    let moved = mirage_testkit::clock::real_minus_mono() - clock_before;
+    assert!(moved.abs() < 5_000_000, "the clock moved by {moved} ns");
     let actuator = ProcStatus::read(role_pid(pid, "actuator"));
     assert_eq!(actuator.caps("CapEff"), 0, "the actuator holds nothing");
     let printed = bin_status(dir);

@@ -67,6 +67,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod cmd;
 pub mod dns;
 pub mod kvm;
