@@ -831,9 +831,6 @@ impl Supervisor {
         }
     }
 
-    /// Every [`FILES_EVERY`]: a new DHCP server list starts the network
-    /// role again with sockets for it; an operator's acceptance goes to the
-    /// actuator.
     /// Every [`ROUTE_RETRY`] while a socket is unconnected: connect it (the
     /// network role's socket is the same); a server's source starts a new
     /// burst at once.
@@ -872,6 +869,9 @@ impl Supervisor {
         }
     }
 
+    /// Every [`FILES_EVERY`]: a new DHCP server list starts the network
+    /// role again with sockets for it; an operator's acceptance goes to the
+    /// actuator.
     fn check_files(&mut self, ctx: &mut Ctx<'_>) {
         let now = StdInstant::now();
         if now < self.next_files_at {

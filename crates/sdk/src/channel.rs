@@ -239,8 +239,8 @@ impl Channel {
     /// [`MAX_MESSAGE_LEN`] long) without decoding it: `Ok(None)` at
     /// end-of-file, an error for a datagram over the cap.
     pub fn recv_into(&self, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
-        // Without MSG_DONTWAIT "nothing queued" comes back as the error
-        // it is (a channel someone made non-blocking).
+        // Nothing queued on a channel someone made non-blocking: the
+        // error it is.
         match self.recv_flags(buf, 0)? {
             Some(n) => Ok(n),
             None => Err(ChannelError::Io(io::ErrorKind::WouldBlock.into())),
@@ -260,7 +260,8 @@ impl Channel {
         }
     }
 
-    /// `None`: nothing queued (only with `MSG_DONTWAIT`); `Some(None)`: the
+    /// `None`: nothing queued (with `MSG_DONTWAIT`, or on a non-blocking
+    /// socket); `Some(None)`: the
     /// peer hung up; `Some(Some(n))`: a message of `n` bytes.
     fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<Option<Option<usize>>, ChannelError> {
         let n = loop {
@@ -282,7 +283,7 @@ impl Channel {
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock if flags & libc::MSG_DONTWAIT != 0 => return Ok(None),
+                io::ErrorKind::WouldBlock => return Ok(None),
                 _ => return Err(ChannelError::Io(e)),
             }
         };

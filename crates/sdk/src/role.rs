@@ -109,7 +109,7 @@ pub struct RolePlan {
     /// An engine role run as a KVM guest: its memory in bytes (0: the
     /// tender's default, `mirage_kvm::Config::default()`). Per service:
     /// an engine whose state grows with its configuration (a cache) needs
-    /// more than the default ([`crate::kvm::guest_memory_for`]).
+    /// more than the default ([`crate::kvm::guest_memory_mib_for`]).
     pub guest_memory: usize,
 }
 
