@@ -469,7 +469,7 @@ fn a_cache_larger_than_the_default_guest_memory_fits_in_the_guest() {
     let daemon = f.start_dns_with("[cache]\nbytes = 16777216\n", &["--upstream", &upstream]);
     let engine = mirage_testkit::procfs::role_pid(f.procs.pid(daemon), "engine");
     let ns = f.ns.name().to_owned();
-    let answered = in_netns(&ns, || {
+    let unanswered = in_netns(&ns, || {
         let ours: SocketAddr = "127.0.0.53:53".parse().unwrap();
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         s.connect(ours).unwrap();
@@ -499,9 +499,16 @@ fn a_cache_larger_than_the_default_guest_memory_fits_in_the_guest() {
                 break;
             }
         }
-        NAMES as usize - missing.len()
+        missing
     });
-    assert_eq!(answered, NAMES as usize, "every name answered");
+    // What is missing, and the counters, say why if a name never came back
+    // (seen once in CI: 10,999 of 11,000).
+    assert!(
+        unanswered.is_empty(),
+        "every name answered; missing {:?}\nstatus {:?}",
+        &unanswered[..unanswered.len().min(20)],
+        f.status()
+    );
     let v = wait_some(
         Duration::from_secs(10),
         "every answer in the cache",
