@@ -3,8 +3,9 @@
 # 10000) and unbound (a forwarding cache), all three in front of the same
 # upstream (nsd serving a zone on 127.0.0.1:5300), in one network namespace
 # (loopback only), in the same run, loaded by dnsperf one at a time in
-# rotating order. Measures cache-hit queries per second at full speed,
-# p99 (and p50) latency at a fixed offered load, queries per CPU-second of
+# rotating order. Measures cache-hit queries per second at full speed and
+# the p99 (and p50) latency of that run, the p99 (and p50) at a fixed
+# offered load, queries per CPU-second of
 # every process of each forwarder, upstream queries per client query over
 # 10,000 distinct cache misses, the summed RSS of every process at idle and
 # with 11,000 names cached, and the binary sizes; medians over N runs,

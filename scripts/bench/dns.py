@@ -22,10 +22,12 @@ Measured:
   qps          cache hits: dnsperf at full speed (-q 100 outstanding) over
                HIT_NAMES names queried once before (so in every cache), for
                --duration seconds; completed queries per second
+  full_p99_ms  the same run (dnsperf -v): the 99th percentile of the
+               per-query latencies it prints (and p50), the issue's p99
   p99_ms       cache hits at a fixed offered load (--rate queries per
                second, the same for every forwarder, below all their
                maxima), dnsperf -v: the 99th percentile of the per-query
-               latencies it prints (and p50)
+               latencies (and p50): the latency of a lightly loaded host
   q_per_cpu_s  completed queries of the full-speed run divided by the CPU
                seconds (user + system) every process of the forwarder
                used meanwhile (/proc/PID/stat; mirage-dns: supervisor and
@@ -345,7 +347,8 @@ forward-zone:
             f.writelines(f"m{i}.bench A\n" for i in range(1, MISS_NAMES + 1))
         self.setup()
         time.sleep(2)
-        res = {n: {"qps": [], "q_per_cpu_s": [], "p99_ms": [], "p50_ms": [], "lost": [], "lat_lost": []}
+        res = {n: {"qps": [], "q_per_cpu_s": [], "full_p99_ms": [], "full_p50_ms": [], "p99_ms": [], "p50_ms": [],
+                   "lost": [], "lat_lost": []}
                for n in a.forwarders}
         for n in a.forwarders:
             res[n]["rss_idle"], res[n]["procs"] = rss_kib(self.pid(n))
@@ -360,8 +363,16 @@ forward-zone:
         for run in range(a.runs):
             for n in order:
                 before = cpu_seconds(self.pid(n))
-                s = parse_dnsperf(self.dnsperf(n, hit, "-l", str(a.duration), "-c", "8"))
+                # -v (a line per query) costs dnsperf little: the
+                # throughput measured with and without it is the same
+                # within this machine's noise (docs/benchmarks.md).
+                full = self.dnsperf(n, hit, "-l", str(a.duration), "-c", "8", "-v")
                 used = cpu_seconds(self.pid(n)) - before
+                s = parse_dnsperf(full)
+                lat = parse_latencies(full)
+                del full
+                res[n]["full_p99_ms"].append(percentile(lat, 0.99) * 1000 if lat else None)
+                res[n]["full_p50_ms"].append(percentile(lat, 0.50) * 1000 if lat else None)
                 res[n]["qps"].append(s["qps"])
                 res[n]["lost"].append(s["lost"])
                 res[n]["q_per_cpu_s"].append(s["completed"] / used if used > 0 else None)
@@ -371,7 +382,7 @@ forward-zone:
                 res[n]["lat_lost"].append(s2["lost"])
                 res[n]["p99_ms"].append(percentile(lat, 0.99) * 1000 if lat else None)
                 res[n]["p50_ms"].append(percentile(lat, 0.50) * 1000 if lat else None)
-                log(f"run {run + 1}/{a.runs} {n}: {s['qps']:.0f} q/s, "
+                log(f"run {run + 1}/{a.runs} {n}: {s['qps']:.0f} q/s (p99 {res[n]['full_p99_ms'][-1] or 0:.3f} ms), "
                     f"{res[n]['q_per_cpu_s'][-1] or 0:.0f} q/CPU-s, p99 {res[n]['p99_ms'][-1] or 0:.3f} ms "
                     f"at {a.rate} q/s, lost {s['lost']}+{s2['lost']}")
             order = order[1:] + order[:1]
@@ -442,7 +453,7 @@ def binary(name, mirage):
 def report(a, res):
     names = a.forwarders
     base = "mirage-dns" if "mirage-dns" in names else names[0]
-    med = {n: {k: median(res[n][k]) for k in ("qps", "q_per_cpu_s", "p99_ms", "p50_ms")} for n in names}
+    med = {n: {k: median(res[n][k]) for k in ("qps", "q_per_cpu_s", "full_p99_ms", "full_p50_ms", "p99_ms", "p50_ms")} for n in names}
     sizes = {n: binary(n, a.mirage) for n in names}
     load = read("/proc/loadavg").split()[:3]
     lines = []
@@ -462,11 +473,11 @@ def report(a, res):
                  f" on 127.0.0.1:5300, zone `bench.` (TTL 3600). Forwarders: " +
                  ", ".join(f"{n} ({version_of(n, a.mirage)})" for n in names) + ".")
     lines.append("")
-    lines.append("| forwarder | cache hits, queries/s | p99 ms at "
+    lines.append("| forwarder | cache hits, queries/s | p99 ms at full speed (p50) | p99 ms at "
                  f"{a.rate:,}/s (p50) | queries per CPU-second | upstream queries per miss "
                  "| summed RSS KiB idle | with "
                  f"{HIT_NAMES + MISS_NAMES:,} names cached | binary KiB |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in names:
         m, r = med[n], res[n]
         miss = r["miss"]
@@ -476,6 +487,8 @@ def report(a, res):
         row = [
             n,
             fmt(m["qps"]) + ("" if n == base else ratio(m["qps"], b["qps"])),
+            (fmt(m["full_p99_ms"], 3) + ("" if n == base else ratio(m["full_p99_ms"], b["full_p99_ms"]))
+             + f" ({fmt(m['full_p50_ms'], 3)})"),
             (fmt(m["p99_ms"], 3) + ("" if n == base else ratio(m["p99_ms"], b["p99_ms"]))
              + f" ({fmt(m['p50_ms'], 3)})"),
             fmt(m["q_per_cpu_s"]) + ("" if n == base else ratio(m["q_per_cpu_s"], b["q_per_cpu_s"])),
@@ -519,8 +532,12 @@ def report(a, res):
         lines.append(f"- more cache-hit queries/s than dnsmasq and unbound: "
                      f"{verdict(m['qps'] > d['qps'] and m['qps'] > u['qps'])} "
                      f"({fmt(m['qps'])} vs {fmt(d['qps'])} and {fmt(u['qps'])})")
-        lines.append(f"- p99 latency no higher than theirs: "
-                     f"{verdict(m['p99_ms'] <= d['p99_ms'] and m['p99_ms'] <= u['p99_ms'])} "
+        lines.append(f"- p99 latency no higher than theirs, in the cache-hit run at full speed: "
+                     f"{verdict(m['full_p99_ms'] <= d['full_p99_ms'] and m['full_p99_ms'] <= u['full_p99_ms'])} "
+                     f"({fmt(m['full_p99_ms'], 3)} ms vs {fmt(d['full_p99_ms'], 3)} and "
+                     f"{fmt(u['full_p99_ms'], 3)})")
+        lines.append(f"- (not a goal of the issue; reported) p99 at {a.rate:,} queries/s no higher than "
+                     f"theirs: {verdict(m['p99_ms'] <= d['p99_ms'] and m['p99_ms'] <= u['p99_ms'])} "
                      f"({fmt(m['p99_ms'], 3)} ms vs {fmt(d['p99_ms'], 3)} and {fmt(u['p99_ms'], 3)})")
         lines.append(f"- summed RSS below dnsmasq's (about 6 MB): "
                      f"{verdict(r['rss_cached'] < res['dnsmasq']['rss_cached'] and r['rss_cached'] < 6 * 1024)} "

@@ -14,7 +14,7 @@
 //! ([`ClientLimiter`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -342,13 +342,26 @@ impl Cidr {
                 .filter(|&l| l <= max)
                 .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
         };
-        Ok(Cidr { addr, len })
+        // `::ffff:a.b.c.d/LEN` (LEN 96 or more) is the IPv4 block it maps,
+        // as clients' mapped addresses count as IPv4 ones.
+        Ok(match addr {
+            IpAddr::V6(v6) if len >= 96 && v6.to_ipv4_mapped().is_some() => Cidr {
+                addr: addr.to_canonical(),
+                len: len - 96,
+            },
+            _ => Cidr { addr, len },
+        })
     }
 
     /// Whether `ip` (an IPv4-mapped IPv6 address counting as its IPv4
     /// address) is within the block.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
+        let ip = match (self.addr, ip.to_canonical()) {
+            // A block wider than ::ffff:0:0/96 holds the mapped addresses.
+            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (_, ip) => ip,
+        };
+        match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
@@ -373,8 +386,9 @@ pub fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
     allow.iter().any(|c| c.contains(ip))
 }
 
-/// A token bucket per client address, in a table of at most `max`
+/// A token bucket per client, in a table of at most `max`
 /// entries: `per_second` queries a second, `burst` at once (0: no limit).
+/// A client is its IPv4 address, or its IPv6 /64 ([`client_key`]).
 /// A full table first forgets the clients whose buckets are full again
 /// (they stopped asking), then, if that freed less than a quarter, others,
 /// so a flood of spoofed addresses costs a bounded table and amortised
@@ -404,6 +418,7 @@ impl ClientLimiter {
         if self.per_second == 0 || (ip.is_loopback() && !self.loopback_too) {
             return true;
         }
+        let ip = client_key(ip);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max {
             self.buckets.retain(|_, b| !b.is_full(now_ms));
             let room = self.max / 4 + 1;
@@ -432,6 +447,20 @@ impl ClientLimiter {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
+    }
+}
+
+/// The client a rate is kept for: an IPv4 address, or the /64 of an
+/// IPv6 one. One IPv6 host owns a /64 (SLAAC and its temporary addresses,
+/// RFC 8981, rotate within it), so a bucket per address would let it
+/// multiply its rate by the addresses it picks. Link-local addresses
+/// (fe80::/10, one /64 shared by every host on every link) stay whole.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 && !v6.is_loopback() => {
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
+        }
+        other => other,
     }
 }
 
@@ -549,6 +578,20 @@ mod tests {
         );
         assert!(allowed(&[lo, one], "127.0.0.53".parse().unwrap()));
         assert!(!allowed(&[], "127.0.0.53".parse().unwrap()));
+        // An IPv4-mapped block is the IPv4 block it maps; a wider IPv6
+        // block holds mapped clients too.
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        assert!(mapped.contains("10.9.8.7".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.9.8.7".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        let wide = Cidr::parse("::/64").unwrap();
+        assert!(wide.contains("10.9.8.7".parse().unwrap()));
+        assert!(
+            !Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains("10.9.8.7".parse().unwrap())
+        );
     }
 
     #[test]
@@ -567,6 +610,30 @@ mod tests {
             assert!(l.len() <= 8);
         }
         assert!(ClientLimiter::new(0, 0, 1, true).take(a, 0), "0: no limit");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_link_local_one_its_address() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("fd00::5:6:7:8"), "fd00::");
+        assert_eq!(key("fe80::1:2"), "fe80::1:2");
+        assert_eq!(key("febf::1:2"), "febf::1:2");
+        assert_eq!(key("::1"), "::1");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        // Addresses of one /64 share a bucket; the next /64 has its own.
+        let mut l = ClientLimiter::new(10, 5, 8, true);
+        let taken = (0..20u128)
+            .filter(|i| {
+                let ip = Ipv6Addr::from(0x2001_0db8_0000_0001_0000_0000_0000_0000u128 + i);
+                l.take(IpAddr::V6(ip), 0)
+            })
+            .count();
+        assert_eq!(taken, 5, "20 addresses of one /64: one burst");
+        assert!(l.take("2001:db8:0:2::1".parse().unwrap(), 0));
+        let link: Vec<IpAddr> = (1..=20).map(|i| format!("fe80::{i}").parse().unwrap()).collect();
+        assert_eq!(link.iter().filter(|ip| l.take(**ip, 0)).count(), 20);
     }
 
     #[test]

@@ -433,6 +433,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     );
     sup.publisher.mark_dirty();
     let mut runtime = Runtime::new(sup, roles);
+    // The first status now, with the privileges it will always have (no
+    // CAP_DAC_OVERRIDE): a runtime directory it cannot write is an error
+    // at start, not a service that runs without status files.
+    if let Err(e) = runtime.service.publish_now() {
+        runtime.shutdown();
+        return Err(format!(
+            "runtime directory {}: {e}: it must be writable by uid {euid} (chown {euid}:{egid} {})",
+            common.run_dir.display(),
+            common.run_dir.display()
+        ));
+    }
     // The engine learns the DHCP servers read at start like any later list.
     runtime.with_ctx(|sup, ctx| sup.tell_engine_dhcp(ctx));
     Ok(runtime.run(&signals))
@@ -812,6 +823,12 @@ struct Supervisor {
 }
 
 impl Supervisor {
+    /// Publish the current state at once (at start and on stop).
+    fn publish_now(&mut self) -> std::io::Result<()> {
+        let view = view!(self);
+        self.publisher.flush(|| view.publication())
+    }
+
     fn engine_first(&self) -> Result<Vec<u8>, String> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
@@ -1184,8 +1201,7 @@ impl Service for Supervisor {
     }
 
     fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {
-        let view = view!(self);
-        if let Err(e) = self.publisher.flush(|| view.publication()) {
+        if let Err(e) = self.publish_now() {
             log::warn!("{e}");
         }
     }

@@ -634,3 +634,44 @@ fn the_poll_bounds_of_the_config_file_are_used_and_checked() {
     assert_eq!(sources[0]["poll_s"], 16, "{v}");
     assert_eq!(v["poll_s"], 16, "{v}");
 }
+
+/// A runtime directory the supervisor cannot write (someone else's: it
+/// keeps no CAP_DAC_OVERRIDE) stops the start with an error that names the
+/// directory, instead of a client that runs without its status files.
+/// Needs root.
+#[test]
+fn an_unwritable_runtime_directory_stops_the_service_at_start() {
+    let (id, _) = unique_id();
+    let ns = Netns::add_unique("ntpw");
+    let dir = TestDir::new("mirage-ntp", &id);
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+    let mut procs = Procs::new();
+    let mut cmd = ns.command(bin().to_str().unwrap());
+    cmd.args([
+        "run",
+        "--server",
+        "127.0.0.1",
+        "--observe",
+        "--sandbox",
+        "seccomp",
+    ])
+    .args(["--config", "/dev/null", "--state-dir"])
+    .arg(dir.join("state"))
+    .arg("--run-dir")
+    .arg(&run);
+    let log = dir.join("ntp.log");
+    let daemon = procs.spawn_logged(cmd, &log);
+    let exit = procs
+        .wait_exit(daemon, Duration::from_secs(20))
+        .expect("stops at start");
+    let logged = read_lossy(&log);
+    assert!(!exit.success(), "{logged}");
+    let want = format!(
+        "runtime directory {}: writing metrics.prom: Permission denied",
+        run.display()
+    );
+    assert!(logged.contains(&want), "{logged}");
+    assert!(status(dir.path()).is_none(), "{logged}");
+}

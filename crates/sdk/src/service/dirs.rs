@@ -76,6 +76,20 @@ pub fn open_role_dir<S: Service>(
     if st.st_mode & 0o002 != 0 {
         return Err(format!("{what} {p} is writable by everyone: chmod o-w {p}"));
     }
+    // Found now rather than at the role's first write, which would only
+    // log it and go on without its files.
+    if st.st_mode & 0o300 != 0o300 {
+        return Err(format!(
+            "{what} {p} is not writable by its owner, the {}: chmod u+wx {p}",
+            owner.role
+        ));
+    }
+    let vfs = rustix::fs::fstatvfs(&dir).map_err(|e| format!("{what} {p}: {e}"))?;
+    if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        return Err(format!(
+            "{what} {p} is on a read-only file system: mount a writable one there"
+        ));
+    }
     Ok(dir)
 }
 
@@ -206,7 +220,61 @@ mod tests {
                 .unwrap_err()
                 .contains("writable by everyone")
         );
+        // Its owner may not write it: refused at start, naming it.
+        std::fs::set_permissions(d.join("run"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        let e = prepare(&d, "state", None).unwrap_err();
+        assert!(
+            e.contains(&format!("runtime directory {}", d.join("run").display())),
+            "{e}"
+        );
+        assert!(
+            e.contains("not writable by its owner, the actuator: chmod u+wx"),
+            "{e}"
+        );
+        std::fs::set_permissions(d.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare(&d, "state", None).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_on_a_read_only_mount_is_refused_at_start() {
+        assert!(rustix::process::geteuid().is_root(), "needs root");
+        let d = test_dir("rdonly");
+        prepare(&d, "state", None).unwrap();
+        // A read-only bind mount of the runtime directory, in a mount
+        // namespace of this test's own (a child process: the test
+        // harness's other threads keep the host's).
+        let run = d.join("run");
+        let script = format!(
+            "mount --bind {r} {r} && mount -o remount,bind,ro {r} && exec \"$0\" --exact \
+             service::dirs::tests::prepare_in_child --nocapture --ignored",
+            r = run.display()
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(std::env::current_exe().unwrap())
+            .env("MIRAGE_DIRS_TEST", &d)
+            .output()
+            .expect("unshare (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "runtime directory {} is on a read-only file system",
+                run.display()
+            )),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Run by `a_directory_on_a_read_only_mount_is_refused_at_start` in
+    /// its mount namespace; prints what opening the directories said.
+    #[test]
+    #[ignore = "run by a_directory_on_a_read_only_mount_is_refused_at_start"]
+    fn prepare_in_child() {
+        let d = PathBuf::from(std::env::var_os("MIRAGE_DIRS_TEST").expect("MIRAGE_DIRS_TEST"));
+        println!("{}", prepare(&d, "state", None).unwrap_err());
     }
 
     #[test]
