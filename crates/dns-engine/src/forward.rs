@@ -122,6 +122,13 @@ pub struct Forwarder {
     /// The status last sent, and when the next may go.
     sent: Option<Status>,
     next_status: Instant,
+    /// [`Forwarder::load`] as of this batch: counted once, on its first
+    /// cache miss, then raised by each waiter or flight the batch adds (a
+    /// flight a reply of the same batch ended still counts: the bound
+    /// holds early, never late). Counting per miss would cost the whole
+    /// table per query, which a flood of queries for a silent upstream
+    /// fills.
+    batch_load: Option<u32>,
 }
 
 /// Outbound items of one call, packed into batches under the cap.
@@ -412,14 +419,6 @@ impl Forwarder {
             out.push(Outbound::Answer { client, data });
             return;
         }
-        if self.load() >= clamp(self.start.max_pending, 1, 65_536) {
-            self.counters.servfail += 1;
-            out.push(Outbound::Answer {
-                client,
-                data: Self::servfail(&waiter),
-            });
-            return;
-        }
         self.ask_upstream(now, waiter, out);
     }
 
@@ -435,12 +434,31 @@ impl Forwarder {
             });
             if self.prefetch_due(now, &key) {
                 self.counters.prefetches += 1;
+                if let Some(l) = self.batch_load.as_mut() {
+                    *l += 1;
+                }
                 // Nobody waits: the answer only refreshes the cache.
                 self.ask_first(now, key, waiter.question.clone(), Vec::new(), out);
             }
             return;
         }
         self.counters.cache_misses += 1;
+        // The bound on waiting clients; an answer from the cache above
+        // makes nobody wait, and goes out however many do.
+        let load = match self.batch_load {
+            Some(l) => l,
+            None => self.load(),
+        };
+        if load >= clamp(self.start.max_pending, 1, 65_536) {
+            self.batch_load = Some(load);
+            self.counters.servfail += 1;
+            out.push(Outbound::Answer {
+                client: waiter.client,
+                data: Self::servfail(&waiter),
+            });
+            return;
+        }
+        self.batch_load = Some(load + 1);
         if self.has_stale(now, &key) {
             let ms = clamp(self.start.stale_answer_ms, 100, 10_000);
             waiter.stale_at = Some(now.add_millis(u64::from(ms)));
@@ -1060,8 +1078,12 @@ impl Forwarder {
     }
 
     fn status_due(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // Built only when one may go: it counts every query in flight.
+        if now < self.next_status {
+            return;
+        }
         let status = self.status();
-        if self.sent.as_ref() != Some(&status) && now >= self.next_status {
+        if self.sent.as_ref() != Some(&status) {
             self.sent = Some(status.clone());
             self.next_status = now.add_millis(u64::from(clamp(self.start.status_every_ms, 100, 60_000)));
             out.push(Action::Status(status));
@@ -1152,6 +1174,7 @@ impl Engine for Forwarder {
             counters: Counters::default(),
             sent: None,
             next_status: now,
+            batch_load: None,
         };
         // Query numbers start at a random point: nothing to guess there,
         // but two generations of the engine never reuse each other's.
@@ -1162,6 +1185,7 @@ impl Engine for Forwarder {
 
     fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Action>) -> Result<(), Refusal> {
         let Event::Batch(items) = event;
+        self.batch_load = None;
         let mut batches = Batches::default();
         let mut refused = Refusals::default();
         self.expire(now, &mut batches);

@@ -519,3 +519,95 @@ fn a_truncated_answer_is_asked_again_over_tcp_of_the_same_upstream() {
         (1, false, 200)
     );
 }
+
+/// `max_pending` bounds the clients waiting: past it a cache miss gets
+/// SERVFAIL at once (in the batch that crosses it, too), a cache hit is
+/// still answered, merging into a flight counts, and an answered flight
+/// makes room again.
+#[test]
+fn max_pending_bounds_the_waiting_clients_but_not_the_cache() {
+    let start = Start {
+        upstreams: vec!["192.0.2.1:53".parse().unwrap()],
+        max_pending: 4,
+        ..Start::default()
+    };
+    let mut f = Forwarder::start(start, Instant(1000), [7; 32], &mut Vec::new());
+    // A cached name first.
+    let (out, _) = step(&mut f, 1000, vec![q(1, query(1, "hit.test", Type::A, None))]);
+    let (num, _, sent) = upstream_query(&out);
+    step(
+        &mut f,
+        1010,
+        vec![Inbound::Reply {
+            query: num,
+            data: reply(&sent, 1),
+        }],
+    );
+    // Three misses and a client joining one of them: four waiting. Then,
+    // in the same batch, a fifth miss, a sixth joining, and a hit.
+    let (out, _) = step(
+        &mut f,
+        1020,
+        vec![
+            q(10, query(10, "m1.test", Type::A, None)),
+            q(11, query(11, "m2.test", Type::A, None)),
+            q(12, query(12, "m3.test", Type::A, None)),
+            q(13, query(13, "m1.test", Type::A, None)),
+            q(14, query(14, "m4.test", Type::A, None)),
+            q(15, query(15, "m2.test", Type::A, None)),
+            q(16, query(16, "hit.test", Type::A, None)),
+        ],
+    );
+    let asked: Vec<(u32, Message)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Query { query, data, .. } => Some((*query, Message::parse(data).unwrap())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 3, "m1, m2, m3 asked, m4 not: {out:?}");
+    for c in [14, 15] {
+        assert_eq!(answer_of(&out, c).rcode(), Rcode::SERVFAIL, "client {c}");
+    }
+    assert_eq!(answer_of(&out, 16).rcode(), Rcode::NOERROR);
+    assert_eq!(answer_of(&out, 16).answers.len(), 1);
+    // Still full in the next batch; a hit still answered.
+    let (out, _) = step(
+        &mut f,
+        1030,
+        vec![
+            q(20, query(20, "m5.test", Type::A, None)),
+            q(21, query(21, "hit.test", Type::A, None)),
+        ],
+    );
+    assert_eq!(answer_of(&out, 20).rcode(), Rcode::SERVFAIL);
+    assert_eq!(answer_of(&out, 21).rcode(), Rcode::NOERROR);
+    // m1's answer frees its two clients: two more may wait.
+    let (num, m1) = asked
+        .iter()
+        .find(|(_, m)| m.questions[0].name == Name::from_ascii("m1.test").unwrap())
+        .unwrap();
+    let (out, _) = step(
+        &mut f,
+        1040,
+        vec![Inbound::Reply {
+            query: *num,
+            data: reply(m1, 1),
+        }],
+    );
+    for c in [10, 13] {
+        assert_eq!(answer_of(&out, c).rcode(), Rcode::NOERROR, "client {c}");
+    }
+    let (out, _) = step(
+        &mut f,
+        1050,
+        vec![
+            q(30, query(30, "m6.test", Type::A, None)),
+            q(31, query(31, "m7.test", Type::A, None)),
+            q(32, query(32, "m8.test", Type::A, None)),
+        ],
+    );
+    let asked = out.iter().filter(|o| matches!(o, Outbound::Query { .. })).count();
+    assert_eq!(asked, 2, "{out:?}");
+    assert_eq!(answer_of(&out, 32).rcode(), Rcode::SERVFAIL);
+}
