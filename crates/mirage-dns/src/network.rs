@@ -190,10 +190,6 @@ impl<'a> Network<'a> {
                     slots.push(Slot::Udp(i));
                     fds.push((s.as_fd(), false));
                 }
-                for (i, s) in self.tcp.iter().enumerate() {
-                    slots.push(Slot::Tcp(i));
-                    fds.push((s.as_fd(), false));
-                }
                 for (&q, u) in &self.in_flight {
                     slots.push(Slot::Upstream(q));
                     fds.push((u.socket.as_fd(), false));
@@ -211,6 +207,14 @@ impl<'a> Network<'a> {
                         slots.push(Slot::Conn(id));
                         fds.push((c.stream.as_fd(), !c.output.is_empty()));
                     }
+                }
+                // The listeners last: a round closes the connections whose
+                // clients left before it accepts new ones against
+                // `tcp_clients`, so a client that closed and connected
+                // again is not refused for its own old connection.
+                for (i, s) in self.tcp.iter().enumerate() {
+                    slots.push(Slot::Tcp(i));
+                    fds.push((s.as_fd(), false));
                 }
                 let timeout = self.next_deadline(now).saturating_sub(now).min(MAX_SLEEP_MS);
                 let ready = wait(&fds, Some(timeout)).map_err(|e| format!("poll: {e}"))?;
