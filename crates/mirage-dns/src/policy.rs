@@ -247,15 +247,20 @@ impl Clients {
 
     /// TCP connection `conn` closed: forget its queries.
     pub fn forget_conn(&mut self, conn: u64) {
-        self.pending.retain(|_, p| p.origin != Origin::Tcp { conn });
+        if self.per_conn.remove(&conn).is_some() {
+            self.pending.retain(|_, p| p.origin != Origin::Tcp { conn });
+        }
     }
 
-    /// Queries outstanding on TCP connection `conn`.
+    /// Queries outstanding on TCP connection `conn`: kept by count, as the
+    /// role asks for every connection on every round.
     pub fn on_conn(&self, conn: u64) -> usize {
-        self.pending
-            .values()
-            .filter(|p| p.origin == Origin::Tcp { conn })
-            .count()
+        self.per_conn.get(&conn).copied().unwrap_or(0)
+    }
+
+    /// Connections with queries outstanding.
+    pub fn conns_waiting(&self) -> usize {
+        self.per_conn.len()
     }
 
     /// The earliest expiry, if any.
@@ -298,13 +303,18 @@ impl TokenBucket {
         true
     }
 
-    /// Whether the bucket would be full at `now_ms`: a client that stopped
-    /// asking, whose entry can go.
-    pub fn is_full(&self, now_ms: u64) -> bool {
+    /// Its tokens at `now_ms`, in thousandths.
+    pub fn level(&self, now_ms: u64) -> u64 {
         let elapsed = now_ms.saturating_sub(self.at_ms);
         self.milli_tokens
             .saturating_add(elapsed.saturating_mul(self.per_second))
-            >= self.burst * 1000
+            .min(self.burst * 1000)
+    }
+
+    /// Whether the bucket would be full at `now_ms`: a client that stopped
+    /// asking, whose entry can go.
+    pub fn is_full(&self, now_ms: u64) -> bool {
+        self.level(now_ms) >= self.burst * 1000
     }
 }
 
@@ -390,9 +400,10 @@ pub fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
 /// entries: `per_second` queries a second, `burst` at once (0: no limit).
 /// A client is its IPv4 address, or its IPv6 /64 ([`client_key`]).
 /// A full table first forgets the clients whose buckets are full again
-/// (they stopped asking), then, if that freed less than a quarter, others,
-/// so a flood of spoofed addresses costs a bounded table and amortised
-/// constant time; a client forgotten starts again with a full bucket.
+/// (they stopped asking), then, if that freed less than a quarter, those
+/// with the most tokens left, so a flood of spoofed addresses costs a
+/// bounded table and amortised constant time and never frees a limited
+/// client; a client forgotten starts again with a full bucket.
 pub struct ClientLimiter {
     per_second: u32,
     loopback_too: bool,
@@ -423,14 +434,18 @@ impl ClientLimiter {
             self.buckets.retain(|_, b| !b.is_full(now_ms));
             let room = self.max / 4 + 1;
             if self.max - self.buckets.len().min(self.max) < room {
-                let excess: Vec<IpAddr> = self
+                // The clients with the most tokens left go first: those
+                // asking least. A flooder's empty bucket stays, so new
+                // (perhaps spoofed) sources cannot make it forgotten.
+                let excess = self.buckets.len() + room - self.max;
+                let mut by_level: Vec<(u64, IpAddr)> = self
                     .buckets
-                    .keys()
-                    .take(self.buckets.len() + room - self.max)
-                    .copied()
+                    .iter()
+                    .map(|(ip, b)| (b.level(now_ms), *ip))
                     .collect();
-                for k in excess {
-                    self.buckets.remove(&k);
+                by_level.select_nth_unstable_by(excess - 1, |a, b| b.0.cmp(&a.0));
+                for (_, ip) in &by_level[..excess] {
+                    self.buckets.remove(ip);
                 }
             }
         }
@@ -604,11 +619,12 @@ mod tests {
         assert!(!l.take(a, 50), "half a token");
         assert!(l.take(a, 100), "one token after 100 ms at 10/s");
         // Spoofed sources: the table never grows past its bound, and
-        // the flooder still finds its bucket empty while it is kept.
+        // the flooder is never the one forgotten: its bucket stays empty.
         for i in 0..1000u32 {
             l.take(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i)), 100);
             assert!(l.len() <= 8);
         }
+        assert!(!l.take(a, 100), "the flooder was forgotten");
         assert!(ClientLimiter::new(0, 0, 1, true).take(a, 0), "0: no limit");
     }
 
@@ -742,6 +758,11 @@ mod tests {
         assert_eq!(c.on_conn(1), 1);
         c.forget_conn(1);
         assert!(c.is_empty());
+        assert_eq!(
+            (c.on_conn(1), c.conns_waiting()),
+            (0, 0),
+            "nothing kept of a closed connection"
+        );
         assert_eq!(c.drop_query(b), Err(OutboundRefusal::NoLongerOutstanding));
         let d = c.admit(udp, &query(4), 0).unwrap();
         assert_eq!(c.drop_query(d), Ok(()));
@@ -754,7 +775,14 @@ mod tests {
         assert!(c.answer(e, &response(5)).is_ok());
         assert_eq!(c.on_conn(2), 1);
         assert_eq!(c.expire(3500), 1);
-        assert_eq!((c.on_conn(2), c.len()), (0, 0));
+        assert_eq!((c.on_conn(2), c.len(), c.conns_waiting()), (0, 0, 0));
+        // Many connections closed with a query each: nothing left of them.
+        for conn in 10..1000 {
+            c.admit(Origin::Tcp { conn }, &query(7), 4000).unwrap();
+            assert_eq!(c.on_conn(conn), 1);
+            c.forget_conn(conn);
+        }
+        assert_eq!((c.len(), c.conns_waiting()), (0, 0));
     }
 
     #[test]
