@@ -26,6 +26,11 @@
 //!   script builds every reply from the query, honest, bent or raw bytes,
 //!   from the server's address or another one, now, late or when the test
 //!   releases it; unsolicited datagrams and floods.
+//! - [`container`]: a service's image in podman with runc: written by the
+//!   reproducible writer and loaded through `oci:`, run as the operator
+//!   runs it in a namespace of the test's, containers and images removed
+//!   on drop; the supervisor's and roles' privileges read from `/proc`;
+//!   a Containerfile's build compared with the writer's image.
 //! - [`kvm`]: whether the `--sandbox kvm` runs of a suite run: they fail
 //!   loudly without a usable `/dev/kvm` unless `MIRAGE_NO_KVM=1`.
 //! - [`layout`]: a service binary's segments by process and what of each a
@@ -69,6 +74,7 @@
 
 pub mod clock;
 pub mod cmd;
+pub mod container;
 pub mod dns;
 pub mod kvm;
 pub mod layout;
