@@ -75,6 +75,7 @@
 pub mod clock;
 pub mod cmd;
 pub mod container;
+mod delayed;
 pub mod dns;
 pub mod kvm;
 pub mod layout;
