@@ -23,7 +23,7 @@ use mirage_testkit::container::{
     assert_role_confined, assert_supervisor_keeps_nothing, container_pid, effective_caps, image_lock,
     kvm_node, podman_ok, reproducible_layout, stop_cleanly,
 };
-use mirage_testkit::procfs::ProcStatus;
+use mirage_testkit::procfs::{ProcStatus, kvm_fds};
 use oci_image::MIRAGE_DHCP;
 use support::{CLIENT_IF, Net, bin, read, roles_of, wait_until};
 
@@ -208,18 +208,6 @@ fn assert_sandbox(status: &serde_json::Value, kvm: Kvm) {
             );
         }
     }
-}
-
-/// The KVM descriptors `pid` holds (the targets of its fd links), sorted.
-fn kvm_fds(pid: u32) -> Vec<String> {
-    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .map(|t| t.display().to_string())
-        .filter(|t| t.contains("kvm"))
-        .collect();
-    fds.sort();
-    fds
 }
 
 /// The Containerfile describes the same image as the reproducible writer

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use dns_wire::{Class, Edns, Header, Message, Question, RData, Record};
 
-use crate::delayed::Delayed;
+use crate::scripted::{Delayed, bind_udp};
 
 /// How long the loops wait before they look at the stop flag and their
 /// delayed sends again.
@@ -286,10 +286,7 @@ impl DnsServer {
         let udp_thread = std::thread::spawn(move || {
             let opened = (|| -> Result<Opened, String> {
                 crate::netns::enter(&ns2).map_err(|e| format!("setns {ns2}: {e}"))?;
-                let mut sockets = Vec::new();
-                for a in std::iter::once(addr).chain(extras) {
-                    sockets.push(UdpSocket::bind(a).map_err(|e| format!("bind {a}: {e}"))?);
-                }
+                let sockets = bind_udp(addr, extras)?;
                 let tcp = TcpListener::bind(addr).map_err(|e| format!("TCP bind {addr}: {e}"))?;
                 tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
                 Ok((Arc::new(sockets), tcp))

@@ -75,7 +75,6 @@
 pub mod clock;
 pub mod cmd;
 pub mod container;
-mod delayed;
 pub mod dns;
 pub mod kvm;
 pub mod layout;
@@ -86,6 +85,7 @@ pub mod process;
 pub mod procfs;
 pub mod raw;
 pub mod role;
+mod scripted;
 pub mod tempdir;
 pub mod wait;
 

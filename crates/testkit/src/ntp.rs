@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::delayed::Delayed;
+use crate::scripted::{Delayed, bind_udp};
 
 /// Seconds from 1900-01-01 (NTP era 0) to 1970-01-01 (RFC 5905 section 6).
 pub const UNIX_EPOCH_NTP_SECS: u64 = 2_208_988_800;
@@ -264,10 +264,7 @@ impl NtpServer {
         let thread = std::thread::spawn(move || {
             let opened = (|| -> Result<Arc<Vec<UdpSocket>>, String> {
                 crate::netns::enter(&ns).map_err(|e| format!("setns {ns}: {e}"))?;
-                let mut sockets = Vec::new();
-                for a in std::iter::once(addr).chain(extras) {
-                    sockets.push(UdpSocket::bind(a).map_err(|e| format!("bind {a}: {e}"))?);
-                }
+                let sockets = bind_udp(addr, extras)?;
                 sockets[0]
                     .set_read_timeout(Some(IDLE_WAIT))
                     .map_err(|e| e.to_string())?;

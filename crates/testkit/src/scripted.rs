@@ -1,9 +1,19 @@
-//! The late replies of the scripted servers ([`crate::dns`], [`crate::ntp`]):
-//! each waits in a queue until it is due, and the server's receive loop
-//! wakes for the earliest instead of polling.
+//! What the scripted servers ([`crate::dns`], [`crate::ntp`]) share: their
+//! UDP sockets, and their late replies, each waiting in a queue until it is
+//! due while the server's receive loop wakes for the earliest instead of
+//! polling.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
+
+/// The server's UDP socket on `addr`, then one on each of `extras` (sockets
+/// to send from, never read), in the namespace the calling thread is in.
+pub(crate) fn bind_udp(addr: SocketAddr, extras: Vec<SocketAddr>) -> Result<Vec<UdpSocket>, String> {
+    std::iter::once(addr)
+        .chain(extras)
+        .map(|a| UdpSocket::bind(a).map_err(|e| format!("bind {a}: {e}")))
+        .collect()
+}
 
 /// Sends not due yet: when, what, to whom.
 pub(crate) struct Delayed<T>(Vec<(Instant, T, SocketAddr)>);
