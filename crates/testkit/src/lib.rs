@@ -1,6 +1,6 @@
 //! The MirageSDK test kit: what every service's end-to-end suite needs to
-//! run real processes on real (but private) networks, shared by the DHCP
-//! suites now and the NTP and DNS suites next. A dev-dependency only
+//! run real processes on real (but private) networks, shared by the DHCP,
+//! NTP and DNS suites. A dev-dependency only
 //! (`publish = false`); nothing in it knows a protocol, but for [`ntp`] and [`dns`].
 //!
 //! - [`netns`]: named network namespaces and veth pairs, removed on drop
@@ -10,7 +10,8 @@
 //!   drop, their logs printed when a test fails; waiting until a UDP or TCP
 //!   port listens.
 //! - [`procfs`]: a role's `/proc/PID/status` (ids, capabilities, seccomp
-//!   mode, NoNewPrivs) and a daemon's role processes.
+//!   mode, NoNewPrivs), a daemon's role processes, the KVM descriptors a
+//!   process holds.
 //! - [`monitor`]: rtnetlink address events seen through `ip monitor`,
 //!   synchronised with marker addresses instead of sleeps.
 //! - [`role`]: the compromised-engine pattern: start one real role of a
