@@ -15,7 +15,7 @@ use dns_wire::{Message, Rcode, Type};
 use mirage_dns::plan::RoleIds;
 use mirage_testkit::netns::in_netns;
 use mirage_testkit::process::{Proto, wait_listening};
-use mirage_testkit::procfs::{ProcStatus, role_pid, roles_of};
+use mirage_testkit::procfs::{ProcStatus, kvm_fds, role_pid, roles_of};
 use mirage_testkit::wait::wait_some;
 use support::{UPSTREAM_PORT, ask_tcp, ask_udp, query, with_unbound};
 
@@ -276,14 +276,14 @@ fn it_answers_like_unbound_over_udp_and_tcp_and_its_roles_run_sandboxed(sandbox:
         }
         // A tender holds its VM and vCPU, no other role any KVM descriptor.
         assert_eq!(
-            support::kvm_fds(role_pid(pid, role)),
+            kvm_fds(role_pid(pid, role)),
             support::want_kvm_fds(role, sandbox),
             "{role}"
         );
     }
     // The supervisor keeps the device for the engines it starts.
     let want: &[&str] = if sandbox == "kvm" { &["/dev/kvm"] } else { &[] };
-    assert_eq!(support::kvm_fds(pid), want, "the supervisor");
+    assert_eq!(kvm_fds(pid), want, "the supervisor");
     // The supervisor bound port 53 and kept nothing that binds it again.
     let sup = ProcStatus::read(pid);
     assert_eq!(sup.seccomp(), 2, "the supervisor runs under its filter");
@@ -395,11 +395,7 @@ fn after_a_killed_engine_the_pair_restarts_on_the_same_listeners(sandbox: &'stat
     for role in ["engine", "network"] {
         let p = role_pid(pid, role);
         assert_eq!(ProcStatus::read(p).seccomp(), 2, "{role}");
-        assert_eq!(
-            support::kvm_fds(p),
-            support::want_kvm_fds(role, sandbox),
-            "{role}"
-        );
+        assert_eq!(kvm_fds(p), support::want_kvm_fds(role, sandbox), "{role}");
     }
 }
 

@@ -14,7 +14,7 @@ use mirage_ntp::plan;
 use mirage_testkit::cmd::read_lossy;
 use mirage_testkit::netns::{Netns, unique_id};
 use mirage_testkit::process::{Procs, Proto, wait_listening};
-use mirage_testkit::procfs::{ProcStatus, role_pid, roles_of};
+use mirage_testkit::procfs::{ProcStatus, kvm_fds, role_pid, roles_of};
 use mirage_testkit::tempdir::TestDir;
 use mirage_testkit::wait::wait_some;
 
@@ -111,19 +111,6 @@ fn each_process_has_resident_only_the_segments_it_uses(sandbox: &str) {
     procs.push(("supervisor".into(), pid));
     let bin = std::fs::canonicalize(bin()).unwrap();
     mirage_testkit::layout::assert_resident_only_where_used(&bin, &procs, sandbox);
-}
-
-/// The KVM descriptors `pid` holds, sorted: a tender holds its VM and vCPU
-/// (the device was closed once the VM was built), every other role none.
-fn kvm_fds(pid: u32) -> Vec<String> {
-    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .map(|t| t.display().to_string())
-        .filter(|t| t.contains("kvm"))
-        .collect();
-    fds.sort();
-    fds
 }
 
 /// status.json's `sandbox` is the one asked for, with its reason; a guest's

@@ -20,9 +20,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dns_wire::{Class, Edns, Header, Message, Question, RData, Record};
+
+use crate::scripted::{Delayed, bind_udp};
 
 /// How long the loops wait before they look at the stop flag and their
 /// delayed sends again.
@@ -284,10 +286,7 @@ impl DnsServer {
         let udp_thread = std::thread::spawn(move || {
             let opened = (|| -> Result<Opened, String> {
                 crate::netns::enter(&ns2).map_err(|e| format!("setns {ns2}: {e}"))?;
-                let mut sockets = Vec::new();
-                for a in std::iter::once(addr).chain(extras) {
-                    sockets.push(UdpSocket::bind(a).map_err(|e| format!("bind {a}: {e}"))?);
-                }
+                let sockets = bind_udp(addr, extras)?;
                 let tcp = TcpListener::bind(addr).map_err(|e| format!("TCP bind {addr}: {e}"))?;
                 tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
                 Ok((Arc::new(sockets), tcp))
@@ -397,32 +396,19 @@ fn send(sockets: &[UdpSocket], shared: &Shared, r: &Reply, to: SocketAddr) {
 
 fn serve_udp(sockets: &[UdpSocket], shared: &Shared, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65536];
-    let mut later: Vec<(Instant, Reply, SocketAddr)> = Vec::new();
+    let mut later = Delayed::new();
     while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let (due, rest): (Vec<_>, Vec<_>) = later.drain(..).partition(|(at, ..)| *at <= now);
-        later = rest;
-        for (_, r, to) in due {
-            send(sockets, shared, &r, to);
-        }
-        let wait = later
-            .iter()
-            .map(|(at, ..)| at.saturating_duration_since(now))
-            .min()
-            .unwrap_or(IDLE_WAIT)
-            .clamp(Duration::from_millis(1), IDLE_WAIT);
-        let _ = sockets[0].set_read_timeout(Some(wait));
-        let (len, from) = match sockets[0].recv_from(&mut buf) {
-            Ok(r) => r,
-            // Timeouts, and ICMP errors from earlier sends: keep serving.
-            Err(_) => continue,
+        let due = |r: Reply, to| send(sockets, shared, &r, to);
+        // Timeouts, and ICMP errors from earlier sends: keep serving.
+        let Some((len, from)) = later.send_due_then_recv(&sockets[0], &mut buf, IDLE_WAIT, due) else {
+            continue;
         };
         let (_, replies) = shared.on_query(from, Transport::Udp, buf[..len].to_vec());
         for r in replies {
             let to = r.to.unwrap_or(from);
             match r.when {
                 When::Now => send(sockets, shared, &r, to),
-                When::After(d) => later.push((Instant::now() + d, r, to)),
+                When::After(d) => later.push(d, r, to),
                 When::Held => shared.held.lock().unwrap().push((r, to)),
             }
         }

@@ -1,6 +1,6 @@
 //! The MirageSDK test kit: what every service's end-to-end suite needs to
-//! run real processes on real (but private) networks, shared by the DHCP
-//! suites now and the NTP and DNS suites next. A dev-dependency only
+//! run real processes on real (but private) networks, shared by the DHCP,
+//! NTP and DNS suites. A dev-dependency only
 //! (`publish = false`); nothing in it knows a protocol, but for [`ntp`] and [`dns`].
 //!
 //! - [`netns`]: named network namespaces and veth pairs, removed on drop
@@ -10,7 +10,8 @@
 //!   drop, their logs printed when a test fails; waiting until a UDP or TCP
 //!   port listens.
 //! - [`procfs`]: a role's `/proc/PID/status` (ids, capabilities, seccomp
-//!   mode, NoNewPrivs) and a daemon's role processes.
+//!   mode, NoNewPrivs), a daemon's role processes, the KVM descriptors a
+//!   process holds.
 //! - [`monitor`]: rtnetlink address events seen through `ip monitor`,
 //!   synchronised with marker addresses instead of sleeps.
 //! - [`role`]: the compromised-engine pattern: start one real role of a
@@ -26,6 +27,11 @@
 //!   script builds every reply from the query, honest, bent or raw bytes,
 //!   from the server's address or another one, now, late or when the test
 //!   releases it; unsolicited datagrams and floods.
+//! - [`container`]: a service's image in podman with runc: written by the
+//!   reproducible writer and loaded through `oci:`, run as the operator
+//!   runs it in a namespace of the test's, containers and images removed
+//!   on drop; the supervisor's and roles' privileges read from `/proc`;
+//!   a Containerfile's build compared with the writer's image.
 //! - [`kvm`]: whether the `--sandbox kvm` runs of a suite run: they fail
 //!   loudly without a usable `/dev/kvm` unless `MIRAGE_NO_KVM=1`.
 //! - [`layout`]: a service binary's segments by process and what of each a
@@ -69,6 +75,7 @@
 
 pub mod clock;
 pub mod cmd;
+pub mod container;
 pub mod dns;
 pub mod kvm;
 pub mod layout;
@@ -79,6 +86,7 @@ pub mod process;
 pub mod procfs;
 pub mod raw;
 pub mod role;
+mod scripted;
 pub mod tempdir;
 pub mod wait;
 

@@ -20,12 +20,13 @@
 //! a server in a namespace on the same host shares the client's clock, so
 //! an honest server's offset is the measurement's error.
 
-use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::scripted::{Delayed, bind_udp};
 
 /// Seconds from 1900-01-01 (NTP era 0) to 1970-01-01 (RFC 5905 section 6).
 pub const UNIX_EPOCH_NTP_SECS: u64 = 2_208_988_800;
@@ -263,10 +264,7 @@ impl NtpServer {
         let thread = std::thread::spawn(move || {
             let opened = (|| -> Result<Arc<Vec<UdpSocket>>, String> {
                 crate::netns::enter(&ns).map_err(|e| format!("setns {ns}: {e}"))?;
-                let mut sockets = Vec::new();
-                for a in std::iter::once(addr).chain(extras) {
-                    sockets.push(UdpSocket::bind(a).map_err(|e| format!("bind {a}: {e}"))?);
-                }
+                let sockets = bind_udp(addr, extras)?;
                 sockets[0]
                     .set_read_timeout(Some(IDLE_WAIT))
                     .map_err(|e| e.to_string())?;
@@ -397,28 +395,15 @@ fn send(sockets: &[UdpSocket], shared: &Shared, d: Datagram, to: SocketAddr) {
 
 fn serve(sockets: &[UdpSocket], shared: &Shared, stop: &AtomicBool, mut script: Script) {
     let mut buf = vec![0u8; 65536];
-    // Delayed sends: when, what, to whom.
-    let mut later: Vec<(Instant, Datagram, SocketAddr)> = Vec::new();
+    let mut later = Delayed::new();
     while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let (due, rest): (Vec<_>, Vec<_>) = later.drain(..).partition(|(at, ..)| *at <= now);
-        later = rest;
-        for (_, d, to) in due {
+        let due = |d, to| {
             send(sockets, shared, d, to);
             shared.pending.fetch_sub(1, Ordering::SeqCst);
-        }
-        let wait = later
-            .iter()
-            .map(|(at, ..)| at.saturating_duration_since(now))
-            .min()
-            .unwrap_or(IDLE_WAIT)
-            .clamp(Duration::from_millis(1), IDLE_WAIT);
-        let _ = sockets[0].set_read_timeout(Some(wait));
-        let (len, from) = match sockets[0].recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
-            // ICMP errors from earlier sends and the like: keep serving.
-            Err(_) => continue,
+        };
+        // Timeouts, ICMP errors from earlier sends and the like: keep serving.
+        let Some((len, from)) = later.send_due_then_recv(&sockets[0], &mut buf, IDLE_WAIT, due) else {
+            continue;
         };
         let received = ntp_now(0);
         let data = buf[..len].to_vec();
@@ -441,7 +426,7 @@ fn serve(sockets: &[UdpSocket], shared: &Shared, stop: &AtomicBool, mut script: 
                 send(sockets, shared, d, to);
             } else {
                 shared.pending.fetch_add(1, Ordering::SeqCst);
-                later.push((Instant::now() + d.after, d, to));
+                later.push(d.after, d, to);
             }
         }
     }

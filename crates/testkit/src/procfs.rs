@@ -128,6 +128,20 @@ pub fn role_pid(parent: u32, role: &str) -> u32 {
         .1
 }
 
+/// The KVM descriptors `pid` holds (the targets of its fd links), sorted:
+/// a tender holds its VM and vCPU (the device was closed once the VM was
+/// built), every other role none.
+pub fn kvm_fds(pid: u32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.contains("kvm"))
+        .collect();
+    fds.sort();
+    fds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +161,23 @@ mod tests {
         assert!(me.seccomp() <= 2);
         assert_eq!(me.caps("CapInh") & !me.caps("CapBnd"), 0);
         assert_eq!(me.words("NoSuchField"), "");
+    }
+
+    #[test]
+    fn a_kvm_descriptor_is_listed_while_it_is_open() {
+        if !crate::kvm::usable("procfs::a_kvm_descriptor_is_listed_while_it_is_open") {
+            return;
+        }
+        let devices = || {
+            let fds = kvm_fds(std::process::id());
+            assert!(fds.windows(2).all(|w| w[0] <= w[1]), "sorted: {fds:?}");
+            fds.iter().filter(|t| *t == crate::kvm::DEVICE).count()
+        };
+        let before = devices();
+        let open = std::fs::File::open(crate::kvm::DEVICE).unwrap();
+        assert_eq!(devices(), before + 1);
+        drop(open);
+        assert_eq!(devices(), before);
     }
 
     #[test]

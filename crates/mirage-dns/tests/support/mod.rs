@@ -197,20 +197,7 @@ impl Fixture {
     }
 }
 
-/// The KVM descriptors `pid` holds, sorted: a tender holds its VM and vCPU
-/// (the device was closed once the VM was built), every other role none.
-pub fn kvm_fds(pid: u32) -> Vec<String> {
-    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .map(|t| t.display().to_string())
-        .filter(|t| t.contains("kvm"))
-        .collect();
-    fds.sort();
-    fds
-}
-
-/// What [`kvm_fds`] must be for `role` under `sandbox`.
+/// What `mirage_testkit::procfs::kvm_fds` must be for `role` under `sandbox`.
 pub fn want_kvm_fds(role: &str, sandbox: &str) -> &'static [&'static str] {
     match (role, sandbox) {
         ("engine", "kvm") => &["anon_inode:kvm-vcpu:0", "anon_inode:kvm-vm"],
