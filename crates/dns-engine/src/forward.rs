@@ -129,6 +129,9 @@ pub struct Forwarder {
     /// table per query, which a flood of queries for a silent upstream
     /// fills.
     batch_load: Option<u32>,
+    /// Something happened since the status was last compared with the one
+    /// sent: the next one may differ (so `poll_at` need not build it).
+    status_stale: bool,
 }
 
 /// Outbound items of one call, packed into batches under the cap.
@@ -231,6 +234,22 @@ impl Forwarder {
 
     fn pending(&self) -> u32 {
         self.in_flight.values().map(|f| f.waiters.len() as u32).sum()
+    }
+
+    /// [`Forwarder::load`] as this batch counts it (`batch_load`).
+    fn load_now(&mut self) -> u32 {
+        match self.batch_load {
+            Some(l) => l,
+            None => {
+                let l = self.load();
+                self.batch_load = Some(l);
+                l
+            }
+        }
+    }
+
+    fn max_pending(&self) -> u32 {
+        clamp(self.start.max_pending, 1, 65_536)
     }
 
     /// What `max_pending` bounds: the clients waiting, and a query whose
@@ -432,11 +451,10 @@ impl Forwarder {
                 client: waiter.client,
                 data,
             });
-            if self.prefetch_due(now, &key) {
+            // Not past `max_pending`: a prefetch is a flight like any other.
+            if self.prefetch_due(now, &key) && self.load_now() < self.max_pending() {
                 self.counters.prefetches += 1;
-                if let Some(l) = self.batch_load.as_mut() {
-                    *l += 1;
-                }
+                self.batch_load = Some(self.load_now() + 1);
                 // Nobody waits: the answer only refreshes the cache.
                 self.ask_first(now, key, waiter.question.clone(), Vec::new(), out);
             }
@@ -445,12 +463,8 @@ impl Forwarder {
         self.counters.cache_misses += 1;
         // The bound on waiting clients; an answer from the cache above
         // makes nobody wait, and goes out however many do.
-        let load = match self.batch_load {
-            Some(l) => l,
-            None => self.load(),
-        };
-        if load >= clamp(self.start.max_pending, 1, 65_536) {
-            self.batch_load = Some(load);
+        let load = self.load_now();
+        if load >= self.max_pending() {
             self.counters.servfail += 1;
             out.push(Outbound::Answer {
                 client: waiter.client,
@@ -1082,6 +1096,7 @@ impl Forwarder {
         if now < self.next_status {
             return;
         }
+        self.status_stale = false;
         let status = self.status();
         if self.sent.as_ref() != Some(&status) {
             self.sent = Some(status.clone());
@@ -1175,6 +1190,7 @@ impl Engine for Forwarder {
             sent: None,
             next_status: now,
             batch_load: None,
+            status_stale: true,
         };
         // Query numbers start at a random point: nothing to guess there,
         // but two generations of the engine never reuse each other's.
@@ -1186,6 +1202,7 @@ impl Engine for Forwarder {
     fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Action>) -> Result<(), Refusal> {
         let Event::Batch(items) = event;
         self.batch_load = None;
+        self.status_stale = true;
         let mut batches = Batches::default();
         let mut refused = Refusals::default();
         self.expire(now, &mut batches);
@@ -1220,6 +1237,7 @@ impl Engine for Forwarder {
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.status_stale = true;
         let mut batches = Batches::default();
         self.expire(now, &mut batches);
         batches.finish(out);
@@ -1238,7 +1256,7 @@ impl Engine for Forwarder {
             )
             .min()
             .unwrap_or(Instant::NEVER);
-        if self.sent.as_ref() != Some(&self.status()) {
+        if self.status_stale {
             at = at.min(self.next_status);
         }
         at

@@ -156,7 +156,8 @@ impl<'a> Network<'a> {
                 limits.client_burst,
                 limits.client_table as usize,
                 limits.client_rate_loopback,
-            ),
+            )
+            .ipv6_prefix(limits.client_ipv6_prefix),
             clients: Clients::new(
                 limits.pending_queries as usize,
                 u64::from(limits.query_timeout_ms),
@@ -211,7 +212,9 @@ impl<'a> Network<'a> {
                 // The listeners last: a round closes the connections whose
                 // clients left before it accepts new ones against
                 // `tcp_clients`, so a client that closed and connected
-                // again is not refused for its own old connection.
+                // again is not refused for its own old connection (unless
+                // that one sits at its pipeline limit, not read, so its
+                // end of file is not seen yet).
                 for (i, s) in self.tcp.iter().enumerate() {
                     slots.push(Slot::Tcp(i));
                     fds.push((s.as_fd(), false));

@@ -123,6 +123,10 @@ pub struct NetworkLimits {
     pub client_rate_loopback: bool,
     /// Client addresses whose rate is kept at once (the table's bound).
     pub client_table: u32,
+    /// The IPv6 prefix length one rate is kept for: 128, an address (the
+    /// default: containers on a bridge share one /64), or shorter where
+    /// each client owns a prefix (64: a host and its temporary addresses).
+    pub client_ipv6_prefix: u8,
 }
 
 impl Default for NetworkLimits {
@@ -140,6 +144,7 @@ impl Default for NetworkLimits {
             client_burst: 4000,
             client_rate_loopback: false,
             client_table: 4096,
+            client_ipv6_prefix: 128,
         }
     }
 }
@@ -236,7 +241,8 @@ impl NetworkLimits {
         within("tcp_pipeline", self.tcp_pipeline, 1, 1024)?;
         within("client_per_second", self.client_per_second, 0, 1_000_000)?;
         within("client_burst", self.client_burst, 1, 1_000_000)?;
-        within("client_table", self.client_table, 1, 1_000_000)
+        within("client_table", self.client_table, 1, 1_000_000)?;
+        within("client_ipv6_prefix", u32::from(self.client_ipv6_prefix), 32, 128)
     }
 }
 
@@ -303,6 +309,26 @@ mod tests {
             SocketAddr::V6(v6) => assert_eq!(v6.scope_id(), 7),
             a => panic!("{a}"),
         }
+    }
+
+    #[test]
+    fn limits_out_of_range_are_named() {
+        assert_eq!(NetworkLimits::default().check(), Ok(()));
+        let prefix = |p: u8| {
+            NetworkLimits {
+                client_ipv6_prefix: p,
+                ..NetworkLimits::default()
+            }
+            .check()
+        };
+        assert_eq!(prefix(64), Ok(()));
+        assert_eq!(
+            prefix(20),
+            Err("limits.client_ipv6_prefix = 20 is not within 32..=128".to_owned())
+        );
+        assert!(prefix(129).is_err());
+        let toml: NetworkLimits = toml::from_str("client_ipv6_prefix = 64").unwrap();
+        assert_eq!(toml.client_ipv6_prefix, 64);
     }
 
     #[test]

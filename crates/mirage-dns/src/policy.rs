@@ -366,12 +366,9 @@ impl Cidr {
     /// Whether `ip` (an IPv4-mapped IPv6 address counting as its IPv4
     /// address) is within the block.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (self.addr, ip.to_canonical()) {
-            // A block wider than ::ffff:0:0/96 holds the mapped addresses.
-            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
-            (_, ip) => ip,
-        };
-        match (self.addr, ip) {
+        // IPv4 clients match IPv4 blocks only (a mapped block was made one
+        // by `parse`): `::/0` means every IPv6 client, not every client.
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
@@ -398,17 +395,20 @@ pub fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
 
 /// A token bucket per client, in a table of at most `max`
 /// entries: `per_second` queries a second, `burst` at once (0: no limit).
-/// A client is its IPv4 address, or its IPv6 /64 ([`client_key`]).
+/// A client is its IPv4 address, or its IPv6 address cut to a prefix
+/// ([`client_key`]; 128 unless [`ClientLimiter::ipv6_prefix`] says).
 /// A full table first forgets the clients whose buckets are full again
 /// (they stopped asking), then, if that freed less than a quarter, those
 /// with the most tokens left, so a flood of spoofed addresses costs a
-/// bounded table and amortised constant time and never frees a limited
-/// client; a client forgotten starts again with a full bucket.
+/// bounded table and amortised constant time, and a limited client is
+/// forgotten only after those asking less than it (among empty buckets,
+/// as any of them); a client forgotten starts again with a full bucket.
 pub struct ClientLimiter {
     per_second: u32,
     loopback_too: bool,
     burst: u32,
     max: usize,
+    ipv6_prefix: u8,
     buckets: HashMap<IpAddr, TokenBucket>,
 }
 
@@ -419,8 +419,15 @@ impl ClientLimiter {
             loopback_too,
             burst,
             max: max.max(1),
+            ipv6_prefix: 128,
             buckets: HashMap::new(),
         }
+    }
+
+    /// Keep one rate per IPv6 prefix of `len` bits (at most 128).
+    pub fn ipv6_prefix(mut self, len: u8) -> ClientLimiter {
+        self.ipv6_prefix = len.min(128);
+        self
     }
 
     /// Whether a query from `ip` at `now_ms` is within its client's rate.
@@ -429,7 +436,7 @@ impl ClientLimiter {
         if self.per_second == 0 || (ip.is_loopback() && !self.loopback_too) {
             return true;
         }
-        let ip = client_key(ip);
+        let ip = client_key(ip, self.ipv6_prefix);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max {
             self.buckets.retain(|_, b| !b.is_full(now_ms));
             let room = self.max / 4 + 1;
@@ -465,15 +472,18 @@ impl ClientLimiter {
     }
 }
 
-/// The client a rate is kept for: an IPv4 address, or the /64 of an
-/// IPv6 one. One IPv6 host owns a /64 (SLAAC and its temporary addresses,
-/// RFC 8981, rotate within it), so a bucket per address would let it
-/// multiply its rate by the addresses it picks. Link-local addresses
-/// (fe80::/10, one /64 shared by every host on every link) stay whole.
-pub fn client_key(ip: IpAddr) -> IpAddr {
+/// The client a rate is kept for: an IPv4 address, or an IPv6 one cut to
+/// `prefix` bits. Where each client owns a prefix (a host on a network of
+/// its own picks any address in its /64, RFC 8981), a bucket per address
+/// would let it multiply its rate; where clients share one (containers on
+/// a bridge), a bucket per prefix would make one throttle all, hence the
+/// setting. Link-local addresses (fe80::/10, one /64 on every link) and
+/// loopback stay whole.
+pub fn client_key(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 && !v6.is_loopback() => {
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
+        IpAddr::V6(v6) if prefix < 128 && v6.segments()[0] & 0xffc0 != 0xfe80 && !v6.is_loopback() => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
         }
         other => other,
     }
@@ -600,13 +610,17 @@ mod tests {
         assert!(mapped.contains("10.9.8.7".parse().unwrap()));
         assert!(mapped.contains("::ffff:10.9.8.7".parse().unwrap()));
         assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
-        let wide = Cidr::parse("::/64").unwrap();
-        assert!(wide.contains("10.9.8.7".parse().unwrap()));
-        assert!(
-            !Cidr::parse("2001:db8::/32")
-                .unwrap()
-                .contains("10.9.8.7".parse().unwrap())
-        );
+        for v6 in ["::/0", "::/64", "::ffff:0:0/95", "2001:db8::/32"] {
+            let b = Cidr::parse(v6).unwrap();
+            assert!(
+                !b.contains("10.9.8.7".parse().unwrap()),
+                "{v6} holds an IPv4 client"
+            );
+            assert!(
+                !b.contains("::ffff:10.9.8.7".parse().unwrap()),
+                "{v6} holds a mapped client"
+            );
+        }
     }
 
     #[test]
@@ -629,17 +643,28 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_client_is_its_64_and_a_link_local_one_its_address() {
-        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+    fn an_ipv6_client_is_its_address_or_its_prefix_and_a_link_local_one_its_address() {
+        let whole = |s: &str| client_key(s.parse().unwrap(), 128).to_string();
+        assert_eq!(whole("2001:db8:1:2:aaaa::1"), "2001:db8:1:2:aaaa::1");
+        let key = |s: &str| client_key(s.parse().unwrap(), 64).to_string();
         assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(
+            client_key("2001:db8:1:2:aaaa::1".parse().unwrap(), 48).to_string(),
+            "2001:db8:1::"
+        );
         assert_eq!(key("fd00::5:6:7:8"), "fd00::");
         assert_eq!(key("fe80::1:2"), "fe80::1:2");
         assert_eq!(key("febf::1:2"), "febf::1:2");
         assert_eq!(key("::1"), "::1");
         assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(key("192.0.2.7"), "192.0.2.7");
-        // Addresses of one /64 share a bucket; the next /64 has its own.
-        let mut l = ClientLimiter::new(10, 5, 8, true);
+        // With a /64 prefix, addresses of one /64 share a bucket; the next
+        // /64 has its own. By default each address has its own.
+        let mut per_address = ClientLimiter::new(10, 5, 8, true);
+        let (x, y): (IpAddr, IpAddr) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        assert_eq!((0..10).filter(|_| per_address.take(x, 0)).count(), 5);
+        assert!(per_address.take(y, 0));
+        let mut l = ClientLimiter::new(10, 5, 8, true).ipv6_prefix(64);
         let taken = (0..20u128)
             .filter(|i| {
                 let ip = Ipv6Addr::from(0x2001_0db8_0000_0001_0000_0000_0000_0000u128 + i);

@@ -438,11 +438,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // at start, not a service that runs without status files.
     if let Err(e) = runtime.service.publish_now() {
         runtime.shutdown();
-        return Err(format!(
-            "runtime directory {}: {e}: it must be writable by uid {euid} (chown {euid}:{egid} {})",
-            common.run_dir.display(),
-            common.run_dir.display()
-        ));
+        let dir = common.run_dir.display();
+        return Err(match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                format!(
+                    "runtime directory {dir}: {e}: it must be writable by uid {euid} (chown {euid}:{egid} {dir})"
+                )
+            }
+            _ => format!("runtime directory {dir}: {e}"),
+        });
     }
     // The engine learns the DHCP servers read at start like any later list.
     runtime.with_ctx(|sup, ctx| sup.tell_engine_dhcp(ctx));
