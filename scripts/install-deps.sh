@@ -22,9 +22,10 @@ apt-get update -qq
 # refused like the others); dnsperf is the bench's load client, and
 # bind9-dnsutils (dig) the demo's query client. podman + runc run the image in tests/container.rs (runc named so
 # apt does not pick crun); file is used by the image build; musl-tools
-# compiles the C of dev-dependencies (criterion) for the musl target.
+# compiles the C of dev-dependencies (criterion) for the musl target;
+# python3 runs the benchmarks and their tests (scripts/test.sh).
 apt-get install -y -qq --no-install-recommends \
-    dnsmasq-base iproute2 ethtool procps kmod \
+    dnsmasq-base iproute2 ethtool procps kmod python3 \
     kea-dhcp4-server isc-dhcp-server isc-dhcp-relay busybox nftables \
     chrony unbound nsd dnsperf bind9-dnsutils podman runc file musl-tools >/dev/null
 # The product is built for musl (see .cargo/config.toml); its standard

@@ -9,9 +9,11 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 # podman: the container tests run the images.
-for tool in ip dnsmasq ethtool kea-dhcp4 dhcpd dhcrelay busybox nft chronyd unbound nsd nsd-control podman; do
+for tool in python3 ip dnsmasq ethtool kea-dhcp4 dhcpd dhcrelay busybox nft chronyd unbound nsd nsd-control podman; do
     command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool is missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
+# The benchmark scripts' own tests (parsing, percentiles, process trees).
+timeout 120 python3 -m unittest discover -s scripts/bench
 . scripts/rust-target.sh
 # Each test bounds its own waits; this bounds the whole run.
 exec timeout 2400 cargo test --workspace --locked "$@"

@@ -150,12 +150,12 @@ def parse_dnsperf(text):
 
 def parse_latencies(text, timeout_s=5.0):
     """Per-query latencies (s) from dnsperf -v lines such as
-    `> NOERROR h1.bench. A 0.000123`; a query lost (`> T ...`) counts as
-    dnsperf's timeout (5 s), so losses raise the percentiles instead of
-    leaving them out."""
+    `> NOERROR h1.bench. A 0.000123`; a query lost (`[Timeout] Query timed
+    out: ...`) counts as dnsperf's timeout (5 s), so losses raise the
+    percentiles instead of leaving them out."""
     out = []
     for line in text.splitlines():
-        if line.startswith("> T "):
+        if line.startswith("[Timeout]"):
             out.append(timeout_s)
         elif line.startswith("> "):
             try:

@@ -55,8 +55,8 @@ class Parsing(unittest.TestCase):
         with self.assertRaises(ValueError):
             dns.parse_dnsperf("dnsperf: error: could not open data file\n")
 
-    def test_per_query_latencies_and_nothing_else(self):
-        self.assertEqual(dns.parse_latencies(SUMMARY), [0.000120, 0.000300, 0.000200, 0.004000])
+    def test_per_query_latencies_and_a_lost_query_as_the_timeout(self):
+        self.assertEqual(dns.parse_latencies(SUMMARY), [0.000120, 0.000300, 5.0, 0.000200, 0.004000])
 
     def test_percentile_is_the_nearest_rank(self):
         values = list(range(1, 101))
