@@ -932,8 +932,6 @@ impl Supervisor {
         }
     }
 
-    /// The network role's start: its settings and a socket per server,
-    /// opened now (the first start's are opened before the sandbox).
     /// Whether `peer` is one we send to: a configured or learned server, a
     /// resolver, or a source the engine last reported (resolved from a
     /// name or pool).
@@ -943,6 +941,8 @@ impl Supervisor {
             || (self.status.as_ref()).is_some_and(|s| s.sources.iter().any(|x| x.address == peer))
     }
 
+    /// The network role's start: its settings and a socket per server,
+    /// opened now (the first start's are opened before the sandbox).
     fn network_start(&mut self) -> Result<RoleStart, String> {
         let all = network_servers(&self.configured, self.dhcp.as_ref());
         let (settings, sockets, unrouted) = network_sockets(&all, &self.names, &self.resolvers)?;
